@@ -1,0 +1,91 @@
+"""The package's one settings object: environment variables with local defaults.
+
+Feast reads its own configuration from feature_store.yaml (embedded profile) or
+feature_store.production.yaml (production profile); everything else is here. Feature code
+never reads the environment: it receives a Settings.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROFILES = ("embedded", "production")
+
+
+def _find_repo_root(start: Path) -> Path:
+    for candidate in (start, *start.parents):
+        if (candidate / "feature_store.yaml").exists():
+            return candidate
+    return start
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where things live and how to reach servers. Build with `Settings.from_env()`."""
+
+    repo_path: Path
+    profile: str = "embedded"
+    pg_host: str = "127.0.0.1"
+    pg_port: int = 5432
+    pg_user: str = "postgres"
+    pg_password: str = ""
+    pg_database: str = "healthmate"
+    pg_schema: str = "healthmate"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    connect_timeout_s: float = 5.0
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, repo_path: str | Path | None = None, **overrides) -> "Settings":
+        """Read HM_* environment variables; `repo_path` defaults to HM_REPO_PATH or the
+        nearest directory upwards from the current one that holds feature_store.yaml."""
+        env = os.environ
+        root = Path(repo_path or env.get("HM_REPO_PATH") or _find_repo_root(Path.cwd())).resolve()
+        values = dict(
+            repo_path=root,
+            profile=env.get("HM_PROFILE", "embedded"),
+            pg_host=env.get("HM_PG_HOST", "127.0.0.1"),
+            pg_port=int(env.get("HM_PG_PORT", "5432")),
+            pg_user=env.get("HM_PG_USER", "postgres"),
+            pg_password=env.get("HM_PG_PASSWORD", ""),
+            pg_database=env.get("HM_PG_DATABASE", "healthmate"),
+            pg_schema=env.get("HM_PG_SCHEMA", "healthmate"),
+            redis_url=env.get("HM_REDIS_URL", "redis://127.0.0.1:6379/0"),
+            connect_timeout_s=float(env.get("HM_CONNECT_TIMEOUT_S", "5")),
+        )
+        values.update(overrides)
+        if values["profile"] not in PROFILES:
+            from .errors import ConfigError
+
+            raise ConfigError(
+                f"unknown profile {values['profile']!r} (HM_PROFILE); use one of {', '.join(PROFILES)}"
+            )
+        return cls(**values)
+
+    @property
+    def data_dir(self) -> Path:
+        """All generated state of the embedded profile (git-ignored)."""
+        return self.repo_path / "data"
+
+    @property
+    def raw_dir(self) -> Path:
+        return self.data_dir / "raw"
+
+    @property
+    def ingested_dir(self) -> Path:
+        return self.data_dir / "ingested"
+
+    @property
+    def features_dir(self) -> Path:
+        """Feature tables the Feast sources of the embedded profile read (data/features)."""
+        return self.data_dir / "features"
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.data_dir / "datasets"
+
+    @property
+    def feature_store_yaml(self) -> Path:
+        name = "feature_store.yaml" if self.profile == "embedded" else "feature_store.production.yaml"
+        return self.repo_path / name

@@ -1,0 +1,38 @@
+"""The package's error tree: one base class, one subclass per kind of failure.
+
+Every message names the object, the offending value, the count where there is one, and the fix.
+The CLI and the HTTP API turn these (and only these) into user-facing errors.
+"""
+from __future__ import annotations
+
+
+class HealthmateError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class RawDataError(HealthmateError):
+    """Raw input cannot be read or lacks what its schema requires (raised by ingest)."""
+
+
+class NotIngestedError(HealthmateError):
+    """build-features was given raw data that was not ingested, or changed since (engineering)."""
+
+
+class FeatureRepoError(HealthmateError):
+    """The Feast repository or registry is missing or inconsistent (store helpers)."""
+
+
+class EntityFrameError(HealthmateError):
+    """An entity/label frame is unusable for a point-in-time join (training)."""
+
+
+class ConfigError(HealthmateError):
+    """A configuration file or dict is invalid (training, preprocessing)."""
+
+
+class DatasetVersionError(HealthmateError):
+    """A dataset version is missing, invalid, tampered with, or would be overwritten (versioning)."""
+
+
+class ServiceUnavailableError(HealthmateError):
+    """Postgres or Redis could not be reached within the configured timeout (production profile)."""
