@@ -7,6 +7,8 @@ from __future__ import annotations
 import functools
 import json
 import sys
+from datetime import timezone
+from pathlib import Path
 
 import click
 
@@ -43,6 +45,128 @@ def schemas() -> None:
     from .schemas import describe_markdown
 
     click.echo(describe_markdown(), nl=False)
+
+
+def _settings(profile: str | None = None) -> Settings:
+    return Settings.from_env(**({"profile": profile} if profile else {}))
+
+
+quiet_option = click.option("--quiet", is_flag=True, help="No progress bars.")
+profile_option = click.option(
+    "--profile", type=click.Choice(["embedded", "production"]), default=None,
+    help="Deployment profile (default: HM_PROFILE or embedded).",
+)
+
+
+@main.command("ingest")
+@click.option("--raw", "raw_dir", required=True, type=click.Path(path_type=Path), help="Directory with the raw tables.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None, help="Output directory (default: data/ingested).")
+@profile_option
+@quiet_option
+@handles_errors
+def ingest_cmd(raw_dir: Path, out_dir: Path | None, profile: str | None, quiet: bool) -> None:
+    """Validate raw tables; write accepted rows, a rejects file per table and counts per reason."""
+    from .ingest import ingest
+
+    settings = _settings(profile)
+    out_dir = out_dir or settings.ingested_dir
+    for r in ingest(raw_dir, out_dir, progress=not quiet):
+        click.echo(f"{r.table}: read {r.read:,}, accepted {r.accepted:,}, rejected {r.rejected:,}")
+        for reason, n in sorted(r.reasons.items(), key=lambda kv: -kv[1]):
+            click.echo(f"  {n:>8,}  {reason}")
+        if r.rejected:
+            click.echo(f"  rejected rows with reasons: {out_dir / (r.table + '.rejects.csv')}")
+        if r.ignored_columns:
+            click.echo(f"  ignored columns: {', '.join(r.ignored_columns)}")
+
+
+@main.command("build-features")
+@click.option("--raw", "raw_dir", required=True, type=click.Path(path_type=Path), help="Raw directory that was ingested.")
+@click.option("--memory-limit", default=None, help="DuckDB memory limit, e.g. 4GB.")
+@profile_option
+@quiet_option
+@handles_errors
+def build_features_cmd(raw_dir: Path, memory_limit: str | None, profile: str | None, quiet: bool) -> None:
+    """Compute the feature tables (health, engagement, profile) from the ingested raw data."""
+    from .engineering import build_features
+
+    settings = _settings(profile)
+    for table, rows in build_features(raw_dir, settings, progress=not quiet, memory_limit=memory_limit).items():
+        click.echo(f"{table}: {rows:,} rows -> {settings.features_dir / (table + '.parquet')}")
+
+
+@main.command("apply")
+@profile_option
+@handles_errors
+def apply_cmd(profile: str | None) -> None:
+    """Register the definitions of feature_repo/ with Feast (same as `feast apply`)."""
+    from . import store
+
+    store.apply(_settings(profile))
+
+
+@main.command("materialize")
+@click.option("--start", type=click.DateTime(), default=None, help="Window start (UTC; default: earliest feature row).")
+@click.option("--end", type=click.DateTime(), default=None, help="Window end (UTC; default: latest feature row).")
+@click.option("--incremental", is_flag=True, help="Continue each view from its last materialization.")
+@click.option("--view", "views", multiple=True, help="Only these feature views (repeatable).")
+@profile_option
+@handles_errors
+def materialize_cmd(start, end, incremental: bool, views: tuple[str, ...], profile: str | None) -> None:
+    """Load the latest feature values into the online store."""
+    from . import store
+
+    utc = lambda d: d.replace(tzinfo=timezone.utc) if d is not None else None  # noqa: E731
+    lo, hi = store.materialize(
+        _settings(profile), start=utc(start), end=utc(end), incremental=incremental, views=list(views) or None
+    )
+    click.echo(f"materialized {'incrementally ' if incremental else ''}up to {hi}" + (f" from {lo}" if lo else ""))
+
+
+@main.command("online")
+@click.option("--user-id", required=True, type=int, help="The user to look up.")
+@click.option("--feature-service", default=None, help="Only this feature service's features (default: all).")
+@click.option("--at", type=click.DateTime(), default=None, help="Request time for on-demand features (UTC; default: now).")
+@profile_option
+@handles_errors
+def online_cmd(user_id: int, feature_service: str | None, at, profile: str | None) -> None:
+    """Print one user's online features as JSON."""
+    from . import store
+
+    at = at.replace(tzinfo=timezone.utc) if at else None
+    echo_json(store.online_features(_settings(profile), user_id, feature_service=feature_service, at=at))
+
+
+@main.command("training-frame")
+@click.option("--labels", "labels_path", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Parquet file with user_id, event_timestamp and the label (default: data/ingested/labels.parquet).")
+@click.option("--feature-service", default="health_risk_v1", show_default=True, help="Feature service to join.")
+@click.option("--label", default="adverse_event_30d", show_default=True, help="Label column.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Write the frame to this Parquet file.")
+@profile_option
+@handles_errors
+def training_frame_cmd(labels_path, feature_service: str, label: str, out, profile: str | None) -> None:
+    """Join labels to features point-in-time through Feast and print a summary."""
+    from .pipeline import summarize_frame, training_frame
+
+    settings = _settings(profile)
+    frame = training_frame(settings, labels_path or settings.ingested_dir / "labels.parquet", feature_service=feature_service, label=label)
+    if out:
+        frame.to_parquet(out, index=False)
+    echo_json(summarize_frame(frame, label))
+
+
+@main.command("demo")
+@click.option("--users", default=300, show_default=True, help="Users to generate.")
+@click.option("--days", default=180, show_default=True, help="Days to generate.")
+@click.option("--seed", default=7, show_default=True, help="Random seed.")
+@quiet_option
+@handles_errors
+def demo_cmd(users: int, days: int, seed: int, quiet: bool) -> None:
+    """Run the whole pipeline on the embedded profile (what `make demo` runs)."""
+    from .pipeline import run_demo
+
+    run_demo(_settings("embedded"), users=users, days=days, seed=seed, echo=click.echo, progress=not quiet)
 
 
 if __name__ == "__main__":  # pragma: no cover

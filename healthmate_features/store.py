@@ -1,0 +1,137 @@
+"""Thin helpers around Feast: open the store of a profile, apply, materialize, read online and offline.
+
+Feast owns definitions, the registry, materialization and serving; these functions only pick
+the right configuration, fill in sensible defaults (materialization window = the feature
+tables' time range) and turn Feast's failures into messages that say what to run.
+"""
+from __future__ import annotations
+
+import warnings
+from datetime import datetime, timedelta, timezone
+
+import pandas as pd
+
+from .config import Settings
+from .errors import FeatureRepoError
+
+
+def open_store(settings: Settings):
+    """The Feast FeatureStore of the settings' profile. Raises FeatureRepoError if unusable."""
+    from feast import FeatureStore
+
+    if not settings.feature_store_yaml.exists():
+        raise FeatureRepoError(f"{settings.feature_store_yaml} not found; run from the repository root or set HM_REPO_PATH")
+    warnings.filterwarnings("ignore", message=".*experimental feature.*")
+    return FeatureStore(repo_path=str(settings.repo_path), fs_yaml_file=settings.feature_store_yaml)
+
+
+def apply(settings: Settings) -> None:
+    """Run `feast apply` for the repository (registers every definition under feature_repo/)."""
+    from feast.repo_config import load_repo_config
+    from feast.repo_operations import apply_total
+
+    config = load_repo_config(settings.repo_path, settings.feature_store_yaml)
+    warnings.filterwarnings("ignore", message=".*experimental feature.*")
+    apply_total(config, settings.repo_path, skip_source_validation=False)
+
+
+def _require_registry(store) -> None:
+    if not store.list_feature_views():
+        raise FeatureRepoError(
+            f"the Feast registry of {store.repo_path} has no feature views; run `feast apply` from the repository root"
+        )
+
+
+def feature_time_range(settings: Settings) -> tuple[datetime, datetime]:
+    """Earliest and latest event_timestamp over the embedded profile's feature tables."""
+    import duckdb
+
+    files = sorted(settings.features_dir.glob("*.parquet"))
+    if not files:
+        raise FeatureRepoError(f"no feature tables in {settings.features_dir}; run `healthmate-features build-features --raw DIR`")
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    union = " UNION ALL ".join(f"SELECT min(event_timestamp) lo, max(event_timestamp) hi FROM read_parquet('{f}')" for f in files)
+    lo, hi = con.execute(f"SELECT min(lo), max(hi) FROM ({union})").fetchone()
+    con.close()
+    return lo.astimezone(timezone.utc), hi.astimezone(timezone.utc)
+
+
+def materialize(
+    settings: Settings,
+    *,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    incremental: bool = False,
+    views: list[str] | None = None,
+) -> tuple[datetime | None, datetime]:
+    """Load the latest feature values up to `end` into the online store; return the window used.
+
+    Default window: the feature tables' whole time range (the generated data lies in the past,
+    so Feast's default "now minus TTL" would find nothing). With `incremental`, Feast starts
+    each view where its previous materialization ended.
+    """
+    store = open_store(settings)
+    _require_registry(store)
+    if start is None or end is None:
+        lo, hi = feature_time_range(settings) if settings.profile == "embedded" else (None, None)
+        start = start or (lo - timedelta(seconds=1) if lo else None)
+        end = end or (hi + timedelta(seconds=1) if hi else datetime.now(timezone.utc))
+    if incremental:
+        store.materialize_incremental(end_date=end, feature_views=views)
+        return None, end
+    store.materialize(start_date=start, end_date=end, feature_views=views)
+    return start, end
+
+
+def feature_refs(store, feature_service: str | None) -> list[str] | object:
+    """The features to read: a feature service's, or every feature of every view."""
+    if feature_service:
+        try:
+            return store.get_feature_service(feature_service)
+        except Exception as exc:
+            names = ", ".join(s.name for s in store.list_feature_services())
+            raise FeatureRepoError(f"feature service '{feature_service}' not found (have: {names}); run `feast apply` if it is new") from exc
+    refs = [f"{fv.name}:{f.name}" for fv in store.list_feature_views() for f in fv.features]
+    refs += [f"{v.name}:{f.name}" for v in store.list_on_demand_feature_views() for f in v.features]
+    return refs
+
+
+def online_features(
+    settings: Settings,
+    user_id: int,
+    *,
+    feature_service: str | None = None,
+    at: datetime | None = None,
+) -> dict[str, object]:
+    """One user's online features as a flat dict (full `view__feature` names without a service).
+
+    `at` is the request time fed to the on-demand temporal features (default: now, UTC).
+    """
+    store = open_store(settings)
+    _require_registry(store)
+    at = at or datetime.now(timezone.utc)
+    features = feature_refs(store, feature_service)
+    response = store.get_online_features(
+        features=features,
+        entity_rows=[{"user_id": int(user_id), "event_timestamp": pd.Timestamp(at)}],
+        full_feature_names=feature_service is None,
+    ).to_dict()
+    return {name: values[0] for name, values in response.items()}
+
+
+def historical_features(
+    settings: Settings,
+    entity_df: pd.DataFrame,
+    *,
+    feature_service: str | None = None,
+    features: list[str] | None = None,
+    full_feature_names: bool = False,
+) -> pd.DataFrame:
+    """Point-in-time join of `entity_df` (user_id, event_timestamp, ...) through Feast."""
+    store = open_store(settings)
+    _require_registry(store)
+    refs = features if features is not None else feature_refs(store, feature_service)
+    job = store.get_historical_features(entity_df=entity_df, features=refs, full_feature_names=full_feature_names)
+    return job.to_df()
+
