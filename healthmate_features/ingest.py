@@ -77,7 +77,7 @@ def _open_source(con: duckdb.DuckDBPyConnection, table: TableSchema, path: Path)
         types = {row[0]: str(row[1]) for row in con.execute(f"DESCRIBE src_{table.name}").fetchall()}
     except duckdb.Error as exc:
         raise RawDataError(
-            f"cannot read {path} for table '{table.name}': {exc}; expected a Parquet file or a CSV file "
+            f"cannot read {path} for table '{table.name}': {str(exc).splitlines()[0]}; expected a Parquet file or a CSV file "
             f"with a header and the columns {', '.join(table.column_names)}"
         ) from exc
     missing = [c for c in table.column_names if c not in types]
