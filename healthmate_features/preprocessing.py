@@ -47,6 +47,8 @@ ALLOWED = {
 }
 SELECT_KEYS = {"variance": ("threshold",), "correlation": ("threshold",),
                "mutual_info": ("k", "random_state")}
+_DEFAULTS = {"numeric": {"impute": "none", "scale": "none"},
+             "categorical": {"impute": "none", "encode": "onehot"}, "reduce": {"method": None}}
 _SCALERS = {"standard": StandardScaler, "minmax": MinMaxScaler, "robust": RobustScaler}
 
 
@@ -103,25 +105,18 @@ def validate_config(config: Mapping[str, Any] | str | Path | None) -> dict[str, 
         if not isinstance(section, Mapping):
             raise ConfigError(f"preprocessing.{name} is {section!r}; it must be a mapping")
         _unknown(f"preprocessing.{name}", section, SECTION_KEYS[name])
-        out[name] = {key: section.get(key) for key in SECTION_KEYS[name]}
-    if out["numeric"] is not None:
-        out["numeric"] = _section_choices("numeric", out["numeric"], impute="none", scale="none")
-    if out["categorical"] is not None:
-        out["categorical"] = _section_choices("categorical", out["categorical"],
-                                              impute="none", encode="onehot")
-    for name in ("numeric", "categorical"):
-        if out[name] is not None:
+        out[name] = _section_choices(name, {key: section.get(key) for key in SECTION_KEYS[name]},
+                                     **_DEFAULTS[name])
+        if name == "reduce":
+            out[name]["n_components"] = _check_n_components(out[name]["n_components"])
+        else:
             _check_columns(name, out[name])
             _check_fill_value(name, out[name])
-    if out["numeric"] and out["categorical"] and out["numeric"]["columns"] \
-            and out["categorical"]["columns"]:
-        both = sorted(set(out["numeric"]["columns"]) & set(out["categorical"]["columns"]))
-        if both:
-            raise ConfigError(f"column(s) {both} are listed both as numeric and categorical; "
-                              "list each column in one section")
-    if out["reduce"] is not None:
-        out["reduce"] = _section_choices("reduce", out["reduce"], method=None)
-        out["reduce"]["n_components"] = _check_n_components(out["reduce"]["n_components"])
+    both = set((out["numeric"] or {}).get("columns") or []) \
+        & set((out["categorical"] or {}).get("columns") or [])
+    if both:
+        raise ConfigError(f"column(s) {sorted(both)} are listed both as numeric and categorical; "
+                          "list each column in one section")
     out["select"] = [_check_select(i, step) for i, step in enumerate(_as_list(data.get("select")))]
     return out
 
