@@ -36,3 +36,10 @@ class DatasetVersionError(HealthmateError):
 
 class ServiceUnavailableError(HealthmateError):
     """Postgres or Redis could not be reached within the configured timeout (production profile)."""
+
+
+class PreprocessingError(HealthmateError, ValueError):
+    """Data does not fit a preprocessing pipeline or transformer (preprocessing).
+
+    Missing or null key columns, a fit that fails; also a ValueError, as scikit-learn expects.
+    """
