@@ -47,6 +47,14 @@ def schemas() -> None:
     click.echo(describe_markdown(), nl=False)
 
 
+@main.command()
+def features() -> None:
+    """Print the feature catalog (every feature with type, unit and description) as Markdown."""
+    from .features import describe_markdown
+
+    click.echo(describe_markdown(), nl=False)
+
+
 def _settings(profile: str | None = None) -> Settings:
     return Settings.from_env(**({"profile": profile} if profile else {}))
 
