@@ -196,3 +196,46 @@ def test_query_limit_is_bounded(store):
         AuditLog(store).query(limit=0)
     with pytest.raises(AuditError, match="limit"):
         AuditLog(store).query(limit=10_001)
+
+
+# -- CLI -----------------------------------------------------------------------------------
+
+
+def test_cli_keys_create_list_revoke(backend_settings):
+    import json
+
+    from click.testing import CliRunner
+    from sqlbackends import settings_env
+
+    from healthmate_features.cli import main
+
+    runner = CliRunner(env=settings_env(backend_settings))
+
+    def run(*args, ok=True):
+        result = runner.invoke(main, ["keys", *args])
+        assert (result.exit_code == 0) is ok, result.output
+        return result.output
+
+    out = run("create", "--role", "admin", "--name", "ops")
+    key_id, secret = out.split()[3], out.strip().splitlines()[-1]
+    assert out.startswith(f"created admin key {key_id} (ops)")
+    user = json.loads(run("create", "--role", "user", "--user-id", "42", "--json"))
+    assert user["user_id"] == 42 and user["secret"].startswith(user["key_id"] + ".")
+    assert "needs the positive integer user id" in run("create", "--role", "user", ok=False)
+
+    listing = run("list")
+    assert key_id in listing and user["key_id"] in listing
+    assert secret not in listing and user["secret"] not in listing
+    assert secret not in run("list", "--json")
+
+    assert f"revoked {user['key_id']} (user)" in run("revoke", user["key_id"])
+    listed = {k["key_id"]: k["active"] for k in json.loads(run("list", "--json"))}
+    assert listed == {key_id: True, user["key_id"]: False}
+    assert key_id in run("list", "--active") and user["key_id"] not in run("list", "--active")
+    assert "no API key with id 'hmk_nope'" in run("revoke", "hmk_nope", ok=False)
+
+    with open_store(backend_settings) as store:  # what the CLI printed is what the API accepts
+        keys = ApiKeys(store)
+        assert keys.authenticate(secret).role == "admin"
+        with pytest.raises(AuthError, match="revoked"):
+            keys.authenticate(user["secret"])

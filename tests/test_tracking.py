@@ -172,3 +172,58 @@ def test_dataset_refs_and_directions():
     assert metric_direction("log_loss") == "lower"
     assert metric_direction("ndcg") == "unknown"
     assert metric_direction("ndcg", {"NDCG": True}) == "higher"
+
+
+# -- CLI -----------------------------------------------------------------------------------
+
+
+def test_cli_log_history_compare(backend_settings):
+    import json
+
+    from click.testing import CliRunner
+    from sqlbackends import settings_env
+
+    from healthmate_features.cli import main
+
+    runner = CliRunner(env=settings_env(backend_settings))
+
+    def run(*args, ok=True):
+        result = runner.invoke(main, ["models", *args])
+        assert (result.exit_code == 0) is ok, result.output
+        return result.output
+
+    out = run("log", "--model", "risk", "--version", "1.0", "--dataset", "health_risk@v1",
+              "--env", "staging", "--metric", "auc=0.81", "--metric", "accuracy=0.9",
+              "--param", "max_depth=4", "--param", "note=baseline run")
+    assert "logged run 1: risk 1.0 on health_risk@v1 in staging: auc=0.81, accuracy=0.9" in out
+    run("log", "--model", "risk", "--version", "1.1", "--dataset", "health_risk@v1",
+        "--env", "production", "--metric", "auc=0.84", "--metric", "rmse=1.5")
+    run("log", "--model", "risk", "--version", "2.0", "--dataset", "health_risk@v2",
+        "--env", "staging", "--metric", "auc=0.9")
+
+    history = json.loads(run("history", "--model", "risk", "--metric", "auc", "--json"))
+    assert [(h["model_version"], h["value"]) for h in history] == [("1.0", 0.81), ("1.1", 0.84), ("2.0", 0.9)]
+    assert history[0]["params"] == {"max_depth": 4, "note": "baseline run"}
+    table = run("history", "--model", "risk", "--env", "production")
+    assert table.splitlines()[0].split() == ["logged_at", "model_version", "environment", "dataset", "metric", "value"]
+    assert len(table.splitlines()) == 3  # header + auc + rmse
+
+    table = run("compare", "--model", "risk", "--versions", "1.0,1.1")
+    assert "baseline 1.0; datasets: 1.0: health_risk@v1; 1.1: health_risk@v1" in table
+    auc_row = next(line for line in table.splitlines() if line.startswith("auc"))
+    assert auc_row.split() == ["auc", "higher", "0.81", "0.84", "(+0.03)", "1.1"]
+    result = json.loads(run("compare", "--model", "risk", "--versions", "1.0,1.1", "--json"))
+    assert result["metrics"][1]["best"] == ["1.1"]
+
+    refused = run("compare", "--model", "risk", "--versions", "1.0,2.0", ok=False)
+    assert "different dataset versions" in refused and "--allow-mixed-datasets" in refused
+    mixed = run("compare", "--model", "risk", "--versions", "1.0,2.0", "--allow-mixed-datasets")
+    assert "WARNING" in mixed
+
+    assert "environment 'prod' is unknown" in run(
+        "log", "--model", "risk", "--version", "1", "--dataset", "d@1", "--env", "prod",
+        "--metric", "auc=1", ok=False)
+    assert "not a number" in run(
+        "log", "--model", "risk", "--version", "1", "--dataset", "d@1", "--env", "staging",
+        "--metric", "auc=high", ok=False)
+    assert "no metrics logged for model 'nope'" in run("history", "--model", "nope", ok=False)
