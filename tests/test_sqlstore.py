@@ -121,3 +121,28 @@ def test_silent_postgres_times_out(tmp_path):
         with pytest.raises(ServiceUnavailableError, match=rf"127\.0\.0\.1:{port}"):
             open_store(settings)
         assert time.monotonic() - started < 10
+
+
+def test_concurrent_first_use_migrates_once(backend_settings):
+    from concurrent.futures import ThreadPoolExecutor
+
+    def first_use(_):
+        with open_store(backend_settings) as store:
+            return store.applied_migrations()
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(first_use, range(4)))
+    assert results == [[m.number for m in MIGRATIONS]] * 4
+
+
+def test_lost_postgres_connection_is_reported_then_reopened(tmp_path, pg_dsn):
+    import psycopg
+    from sqlbackends import settings_for_dsn
+
+    with open_store(settings_for_dsn(pg_dsn, tmp_path)) as store:
+        pid = store.query("SELECT pg_backend_pid() AS pid")[0]["pid"]
+        with psycopg.connect(pg_dsn, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        with pytest.raises(ServiceUnavailableError, match="lost the connection"):
+            store.query("SELECT 1 AS one")
+        assert store.query("SELECT 1 AS one") == [{"one": 1}]
