@@ -111,17 +111,18 @@ class AuditLog:
         `since` is inclusive, `until` exclusive; both must be timezone-aware."""
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_QUERY_LIMIT:
             raise AuditError(f"audit query limit {limit!r} must be an integer in 1..{MAX_QUERY_LIMIT}")
-        clauses, params = [], []
+        clauses: list[str] = []
+        params: list[Any] = []
         for column, value in (("key_id", key_id), ("endpoint", endpoint), ("target", target), ("status", status)):
             if value is not None:
                 clauses.append(f"{column} = ?")
                 params.append(value)
-        for op, value in ((">=", since), ("<", until)):
-            if value is not None:
-                if value.tzinfo is None:
-                    raise AuditError(f"audit query time {value.isoformat()} has no time zone")
+        for op, moment in ((">=", since), ("<", until)):
+            if moment is not None:
+                if moment.tzinfo is None:
+                    raise AuditError(f"audit query time {moment.isoformat()} has no time zone")
                 clauses.append(f"at {op} ?")
-                params.append(value)
+                params.append(moment)
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = self.store.query(
             "SELECT id, at, key_id, role, endpoint, target, status, latency_ms FROM audit_log"
