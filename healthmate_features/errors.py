@@ -43,6 +43,8 @@ class PreprocessingError(HealthmateError, ValueError):
 
     Missing or null key columns, a fit that fails; also a ValueError, as scikit-learn expects.
     """
+
+
 class StoreError(HealthmateError):
     """The SQL store's schema is newer than this package, or a migration failed (sqlstore)."""
 
