@@ -48,7 +48,7 @@ def schemas() -> None:
 @main.command()
 @click.option("--users", type=click.IntRange(min=1), required=True, help="Number of users to simulate.")
 @click.option("--days", type=click.IntRange(min=1), required=True, help="Length of the period in days.")
-@click.option("--seed", type=int, required=True, help="Random seed: the same seed writes the same files.")
+@click.option("--seed", type=click.IntRange(min=0), required=True, help="Random seed: the same seed writes the same files.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Directory for the Parquet files.")
 @click.option("--start", type=click.DateTime(formats=["%Y-%m-%d"]), default="2025-01-01", show_default=True,
               help="First day of the period (UTC).")

@@ -1,79 +1,84 @@
 """Realistic, deterministic synthetic raw data: users, health readings, app events and labels.
 
 `generate()` writes the four raw tables of `healthmate_features.schemas` as Parquet; `simulate()`
-returns them in memory together with the latent ground truth (disengagement days, adverse events)
-that the tests check against. Everything is vectorized over (users x days) arrays, one block of
-1,000 users at a time, each block with its own random stream seeded from (seed, block number): the
-same arguments always give byte-identical files.
+returns them in memory together with the latent truth (disengagement days, adverse events) that
+tests check against. Everything is vectorized over (users x days) arrays, one block of 1,000 users
+at a time, each block with its own random stream seeded from (seed, block number): the same
+arguments always give byte-identical files.
 
 Simulation model
 ----------------
-*Time.* The period is `days` whole UTC days from `start`; the simulated population lives in UTC, so
+*Time.* The period is `days` whole UTC days from `start`. The population lives in UTC, so
 "morning" is morning in UTC.
 
 *Users.* Age 18-90, sex, height by sex, BMI, and conditions whose prevalence rises with age and BMI
-(hypertension, type 2 diabetes, heart disease; obesity from BMI; asthma flat). About 60% signed up
-in the two years before `start`; the others sign up during the period. Nothing is recorded before
-a user's signup time.
+(hypertension, type 2 diabetes, heart disease; obesity from BMI; asthma flat); 2% leave their
+conditions unanswered (null). About 60% signed up in the two years before `start`, the others sign
+up during the first 90% of the period. Nothing is recorded before a user's signup time.
 
-*Baselines.* Each user has personal baselines derived from those traits and a latent fitness:
-resting heart rate, daily steps (and a weekend factor: some walk more on weekends, some less),
-sleep (longer on weekends), weight (with a slow personal trend), blood pressure, glucose (much
-higher for diabetics) and SpO2 (lower with asthma or heart disease). Slow day-to-day wander is an
-AR(1) process; each reading adds measurement noise.
+*Baselines.* Each user has personal baselines from those traits and a latent fitness: resting heart
+rate, daily steps (with a personal weekend factor: some walk more on weekends, some less), sleep
+(longer on weekends), weight (with a slow personal trend), blood pressure, glucose (much higher
+for diabetics) and SpO2 (lower with asthma or heart disease). Slow day-to-day wander is AR(1);
+every reading adds measurement noise.
 
 *Health trajectory.* A latent risk r(day) in [0, 1]. Deterioration episodes arrive at a rate that
-grows with the number of conditions and with age; in one, r climbs linearly over 3-8 weeks and, at
-the peak, an adverse health event happens with probability 0.75; afterwards r decays with a time
-constant of 10 days. Rising r raises resting heart rate (+16 bpm at r = 1), blood pressure
-(+22/+11 mmHg) and glucose (+35 mg/dL, +80 for diabetics) and lowers steps (-50%), sleep (-50 min),
-SpO2 (-2.5 points) and logged workouts: deterioration shows in the data before the event. A few
-adverse events (~0.1 per user-year) come without warning.
+grows with the number of conditions and with age (0.4 a year, +0.8 per condition, more over 60 and
+72); in one, r climbs linearly over 3-8 weeks and at its peak an adverse health event happens with
+probability 0.75; afterwards r decays with a time constant of 10 days. Rising r raises resting
+heart rate (+16 bpm at r = 1), blood pressure (+22/+11 mmHg) and glucose (+35 mg/dL, +80 for
+diabetics) and lowers steps (-50%), sleep (-50 min), SpO2 (-2.5 points) and logged workouts, so a
+deterioration shows in the data weeks before its event. Some adverse events (~0.1 a year, more
+with conditions) come without warning. Each event is followed by a hospital stay of 1-14 days
+without readings.
 
 *Engagement trajectory.* Engagement e(day) in [0, 1] starts at a personal level, is boosted for new
-users (the novelty wears off over ~6 weeks) and wanders day to day (AR(1) on the log scale). Some
-users disengage (about 70% of those who sign up during the period, 45% of earlier users, fewer
-with conditions, more among the young and the lukewarm), after an exponential time with a mean of
-100-150 days: over the 2-6 weeks before, e falls to a tenth of its level; from the disengagement
-day on there are no app events at all, and health readings thin out and stop over the following
-days as devices stop syncing.
+users (the novelty wears off over ~6 weeks) and wanders day to day (AR(1) on the log scale). Most
+users disengage sooner or later: ~90% of those who sign up during the period (after 3 + an
+exponential 60 days on average) and ~80% of earlier users (3 + exponential 110 days from `start`),
+fewer with conditions, more among the young and the lukewarm. Over the 2-6 weeks before its day,
+e falls to a tenth of its level; from the disengagement day on there are no app events at all,
+and health readings thin out and stop within days as devices stop syncing.
 
-*App events.* A day is active with probability rising with e (less on weekends). An active day has
-a login, 1 + Poisson(2.2 e) sessions (session_id, log-normal duration growing with e), meals logged
-(for the ~55% who log meals, up to three at meal times), maybe a workout, and a medication log for
-users with a condition who log medication (by personal adherence). One or two notifications are
-sent every day until disengagement (09:00 and 18:00); each is opened, minutes later, with
-probability 0.04 + 0.7 e, so open rates fall as engagement falls.
+*App events.* A day is active with probability 0.1 + 0.88 e (15% less on weekends). An active day
+has a login just before its first session, 1 + Poisson(1.5 e) sessions (morning, lunch, evening;
+session_id `<user_id>-<n>`; log-normal duration growing with e), meals logged (for the 55% who log
+meals, up to three at meal times), maybe a workout, and a medication log for users with a known
+condition who log medication (by personal adherence). One or two notifications are sent every day
+until disengagement (~09:00, ~18:00); each is opened minutes later with probability 0.04 + 0.7 e,
+so open rates fall as engagement falls.
 
-*Health readings* (metric, device, time of day): resting heart rate from a watch each worn day
-(~06:30; a few manual ones otherwise); steps as one daily total (~23:50, watch or phone) or, for a
-quarter of watch users, three partial counts (12:00, 18:00, 23:50); sleep minutes once a day for
-the night ending that morning (~07:15); weight in the morning (a scale on ~45% of days, rare manual
-entries); blood pressure (systolic and diastolic, same time) mornings and evenings for
-hypertensive cuff owners, rarely for others; glucose fasting and after meals for diabetics with a
-glucometer, rarely for others; SpO2 overnight from watches. Device gaps (stretches of days with no
-device data, ~2.5 per user-year, mean length a week) and unworn days leave holes. About 1 reading
-in 1,000 is a plausible extreme (a 35,000-step hike, a 180 mmHg spike), still within range.
+*Health readings* (metric: device, time of day). resting_heart_rate: watch on each worn day
+(~06:30), otherwise rare manual entries. steps: one daily total (~23:50, watch, or phone for users
+without a watch) or, for a quarter of watch users, three partial counts (~12:00, ~18:00, ~23:50).
+sleep_minutes: once a day for the night ending that morning (~07:15; watch, or occasional manual).
+weight: morning, a scale on 45% of days for scale owners, rare manual entries. systolic_bp and
+diastolic_bp (same time): mornings and evenings for hypertensive cuff owners, now and then for
+other cuff owners, rarely manual. blood_glucose: fasting (~07:00) and after lunch and dinner for
+diabetics with a glucometer, rarely for others. spo2: overnight from watches (most nights with
+asthma). Device gaps (~2.5 a year per user, ~7 days long), unworn days and hospital stays leave
+missing days. About 1 reading in 1,000 is a plausible extreme (a 30,000-step hike, a 190 mmHg
+spike), still within the possible range; 0.5% of readings have no device (old app versions).
 
-*Invalid rows.* A fraction `invalid_rate` (default 5e-5, about 1 in 20,000) of readings and of app
-events is corrupted so that ingest must reject it: a value far out of range (a heart rate of 880),
-a negative value, a wrong unit (weight in lb, glucose in mmol/L, converted), a session with no
-duration or one longer than 720 minutes. `invalid_rate=0` disables this.
+*Invalid rows.* A fraction `invalid_rate` (default 5e-5, ~1 in 20,000) of readings and of app
+events is corrupted for ingest to reject: a reading far out of range (a heart rate of 880), a
+negative reading, or a reading in a wrong unit (weight in lb, glucose in mmol/L, converted); a
+session with no duration, a negative one, or one over 720 minutes. `invalid_rate=0` disables it.
 
-*Labels.* For each user, prediction times every 14 days (+-2) at a random time of day, from 14
-days after max(signup, start) until 30 days before the end of the period (so both outcomes are
-fully observed), and only while the user is still a user: a user gets no label at or after their
-last app activity. `adverse_event_30d` is 1 if an adverse event happens in (t, t + 30 days];
-`disengaged_14d` is 1 if the user's last app activity (any valid event except notification_sent)
-falls in (t, t + 14 days].
+*Labels.* Per user, prediction times every 14 (+-2) days at a random time of day, from 14 days
+after max(signup, start) to 30 days before the end of the period (both outcomes fully observed),
+and only while the user is still a user: there is no label at or after a user's last app activity.
+`adverse_event_30d` is 1 if an adverse event happens in (t, t + 30 days]; `disengaged_14d` is 1 if
+the user's last app activity (any valid event except notification_sent) is in (t, t + 14 days].
 """
 from __future__ import annotations
 
 import os
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -108,7 +113,7 @@ _OUTLIER = np.array([{
 }[m.name] for m in METRICS])
 _LOW = np.array([m.low for m in METRICS], dtype=float)
 _HIGH = np.array([m.high for m in METRICS], dtype=float)
-_DECIMALS = np.array([1.0 if m.name == "weight" else 0.0 for m in METRICS])
+_WRONG_FACTOR = np.array([_WRONG_UNIT[m.name][1] for m in METRICS])
 
 _ARROW_TYPES = {"int": pa.int64(), "float": pa.float64(), "string": pa.string(), "timestamp": pa.timestamp("us", tz="UTC")}
 
@@ -124,7 +129,7 @@ class Simulation:
 
     `disengaged_at` has one row per user: the start of the disengagement day (null if the user
     never disengages within the period). `adverse_events` has one row per adverse health event
-    (user_id, at), including events after the period or after disengagement.
+    within the period (user_id, at), including events after the user disengaged.
     """
 
     tables: dict[str, pa.Table]
@@ -148,23 +153,25 @@ def generate(
     temporary name and renamed into place). Returns the row count per table. See the module
     docstring for the model.
     """
+    blocks = _blocks(users=users, days=days, seed=seed, start=start, invalid_rate=invalid_rate, progress=progress)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tmp = {name: out / f".{name}.parquet.tmp-{os.getpid()}" for name in RAW_TABLES}
-    writers = {name: pq.ParquetWriter(tmp[name], arrow_schema(t), compression="zstd") for name, t in RAW_TABLES.items()}
     counts = dict.fromkeys(RAW_TABLES, 0)
     try:
-        for block in _blocks(users=users, days=days, seed=seed, start=start, invalid_rate=invalid_rate, progress=progress):
-            for name, table in block.tables.items():
-                writers[name].write_table(table)
-                counts[name] += table.num_rows
-        for writer in writers.values():
-            writer.close()
+        with ExitStack() as stack:
+            writers = {
+                name: stack.enter_context(pq.ParquetWriter(tmp[name], arrow_schema(schema), compression="zstd"))
+                for name, schema in RAW_TABLES.items()
+            }
+            for block in blocks:
+                for name, table in block.tables.items():
+                    writers[name].write_table(table)
+                    counts[name] += table.num_rows
         for name, path in tmp.items():
             os.replace(path, out / f"{name}.parquet")
     finally:
-        for name, path in tmp.items():
-            writers[name].close()
+        for path in tmp.values():
             path.unlink(missing_ok=True)
     return counts
 
@@ -182,20 +189,25 @@ def simulate(
 
 
 def _blocks(*, users: int, days: int, seed: int, start: date | str, invalid_rate: float, progress: bool) -> Iterator[Simulation]:
-    if users < 1 or days < 1:
-        raise ValueError(f"users and days must be >= 1 (got users={users}, days={days})")
+    """Check the arguments now; return an iterator that simulates one block of users at a time."""
+    if users < 1 or days < 1 or seed < 0:
+        raise ValueError(f"users and days must be >= 1 and seed >= 0 (got users={users}, days={days}, seed={seed})")
     if not 0 <= invalid_rate <= 1:
         raise ValueError(f"invalid_rate must be within [0, 1] (got {invalid_rate})")
     start_date = date.fromisoformat(start) if isinstance(start, str) else start
     start_us = int(datetime(start_date.year, start_date.month, start_date.day, tzinfo=timezone.utc).timestamp()) * 1_000_000
-    from tqdm import tqdm
 
-    with tqdm(total=users, unit="user", desc="generate", disable=not progress) as bar:
-        for first in range(0, users, BLOCK_USERS):
-            n = min(BLOCK_USERS, users - first)
-            rng = np.random.default_rng([seed, first // BLOCK_USERS])
-            yield _Block(rng, n, days, first + 1, start_date, start_us, invalid_rate).run()
-            bar.update(n)
+    def run() -> Iterator[Simulation]:
+        from tqdm import tqdm
+
+        with tqdm(total=users, unit="user", desc="generate", disable=not progress) as bar:
+            for first in range(0, users, BLOCK_USERS):
+                n = min(BLOCK_USERS, users - first)
+                rng = np.random.default_rng([seed, first // BLOCK_USERS])
+                yield _Block(rng, n, days, first + 1, start_date, start_us, invalid_rate).run()
+                bar.update(n)
+
+    return run()
 
 
 def _sigmoid(x):
@@ -243,8 +255,8 @@ class _Block:
     # -- model ---------------------------------------------------------------------------------
     def run(self) -> Simulation:
         self.people()
-        self.engagement()
         self.health()
+        self.engagement()
         users = self.users_table()
         readings = self.readings_table()
         events, last_activity = self.events_table()
@@ -252,7 +264,7 @@ class _Block:
         uid = np.arange(self.n, dtype=np.int64) + self.first_id
         q_us = np.where(self.q < self.D, self.q * DAY + self.start_us, 0)
         disengaged = pa.table({"user_id": uid, "disengaged_at": pa.array(q_us, pa.int64(), mask=self.q >= self.D).cast(pa.timestamp("us", tz="UTC"))})
-        has = self.adverse < NEVER
+        has = (self.adverse >= 0) & (self.adverse < self.D * DAY)
         adverse = pa.table({"user_id": np.nonzero(has)[0] + self.first_id, "at": _ts(self.adverse[has] + self.start_us)})
         tables = {"users": users, "health_readings": readings, "app_events": events, "labels": labels}
         return Simulation(tables, disengaged, adverse)
@@ -336,7 +348,7 @@ class _Block:
         gap = np.zeros((n, self.D), bool)
         for j in range(k):  # k x (users x days), not a loop over rows
             gap |= used[:, j, None] & (d >= starts[:, j, None]) & (d < (starts + lengths)[:, j, None])
-        self.present = (d >= self.app_start[:, None]) & fading & ~gap
+        self.present = (d >= self.app_start[:, None]) & fading & ~gap & ~self.hospital
 
     def health(self) -> None:
         rng, n, d = self.rng, self.n, self.day
@@ -360,6 +372,12 @@ class _Block:
         sudden = np.arange(m) < np.minimum(rng.poisson(0.1 * (1 + 0.5 * self.n_cond) * self.D / 365, n), m)[:, None]
         sudden_at = rng.integers(0, self.D * DAY, (n, m))
         self.adverse = np.sort(np.concatenate([np.where(event, at, NEVER), np.where(sudden, sudden_at, NEVER)], axis=1), axis=1)
+        # A hospital stay of 1-14 days after each event: no readings then.
+        event_day = self.adverse // DAY
+        stay = np.minimum(rng.geometric(0.3, event_day.shape), 14)
+        self.hospital = np.zeros((n, self.D), bool)
+        for j in range(event_day.shape[1]):  # (k + m) x (users x days)
+            self.hospital |= (d >= event_day[:, j, None]) & (d < (event_day + stay)[:, j, None])
 
     # -- tables --------------------------------------------------------------------------------
     def users_table(self) -> pa.Table:
@@ -381,100 +399,100 @@ class _Block:
     def readings_table(self) -> pa.Table:
         rng, n, D, r = self.rng, self.n, self.D, self.r
         parts: list[tuple] = []
-        manual_ok = self.present & self.in_app  # manual entries need the app
 
-        def add(mask, metric, value_fn: Callable, hour, sd, device):
+        def at(mask, hour: float, sd_hours: float, device: str):
+            """Reading slots (user, day, time of day, device) on the user-days in `mask`."""
             u, d = np.nonzero(mask)
-            if len(u):
-                dev = np.full(len(u), _DEV[device]) if isinstance(device, str) else device(u)
-                parts.append((u, d, np.full(len(u), _M[metric]), value_fn(u, d), self.tod(len(u), hour, sd), dev))
+            return u, d, self.tod(len(u), hour, sd_hours), np.full(len(u), _DEV[device])
 
-        noise = lambda sd: (lambda u, d: rng.normal(0, sd, len(u)))  # noqa: E731
-        worn = self.present & self.bern(self.wear[:, None] * np.ones(D))
-        watch_day = worn & self.watch[:, None]
+        def put(slots, metric: str, values: np.ndarray) -> None:
+            u, d, tod, dev = slots
+            parts.append((u, d, np.full(len(u), _M[metric]), values, tod, dev))
+
+        def noisy(level: np.ndarray, slots, sd: float) -> np.ndarray:
+            return level[slots[0], slots[1]] + rng.normal(0, sd, len(slots[0]))
+
+        watch = self.present & self.watch[:, None] & self.bern(self.wear[:, None], (n, D))  # worn, synced
+        manual = self.present & self.in_app  # manual entries need the app; they fade with engagement
+        no = lambda owned: ~owned[:, None]  # noqa: E731
 
         rhr = self.rhr_base[:, None] + 16 * r + self.ar1(1.5, 0.8)
-        add(watch_day, "resting_heart_rate", lambda u, d: rhr[u, d] + noise(2)(u, d), 6.5, 0.75, "watch")
-        add(manual_ok & ~self.watch[:, None] & self.bern(0.08 * self.e), "resting_heart_rate", lambda u, d: rhr[u, d] + noise(4)(u, d) + 3, 12, 4, "manual")
+        put(s := at(watch, 6.5, 0.75, "watch"), "resting_heart_rate", noisy(rhr, s, 2))
+        put(s := at(manual & no(self.watch) & self.bern(0.08 * self.e), 12, 4, "manual"), "resting_heart_rate", noisy(rhr + 3, s, 4))
 
-        steps = (self.steps_base[:, None] * np.where(self.weekend, self.weekend_steps[:, None], 1)
-                 * rng.lognormal(0, 0.35, (n, D)) * (1 - 0.5 * r))
-        add(watch_day & ~self.partial_steps[:, None], "steps", lambda u, d: steps[u, d], 23.83, 0.1, "watch")
-        phone_day = self.present & ~self.watch[:, None] & self.bern(0.9, (n, D))
-        add(phone_day, "steps", lambda u, d: 0.75 * steps[u, d], 23.83, 0.1, "phone")
+        weekend_steps = np.where(self.weekend, self.weekend_steps[:, None], 1)
+        steps = self.steps_base[:, None] * weekend_steps * rng.lognormal(0, 0.35, (n, D)) * (1 - 0.5 * r)
+        put(s := at(watch & no(self.partial_steps), 23.83, 0.1, "watch"), "steps", noisy(steps, s, 0))
+        put(s := at(self.present & no(self.watch) & self.bern(0.9, (n, D)), 23.83, 0.1, "phone"), "steps", noisy(0.75 * steps, s, 0))
         share = rng.gamma(3, 1, (n, D, 3))
         share /= share.sum(2, keepdims=True)
-        for j, hour in enumerate((12, 18, 23.83)):
-            add(watch_day & self.partial_steps[:, None], "steps", lambda u, d, j=j: steps[u, d] * share[u, d, j], hour, 0.1, "watch")
+        for j, hour in enumerate((12, 18, 23.83)):  # partial counts: morning, afternoon, evening
+            put(s := at(watch & self.partial_steps[:, None], hour, 0.1, "watch"), "steps", noisy(steps * share[:, :, j], s, 0))
 
         sleep = self.sleep_base[:, None] + self.weekend_sleep[:, None] * self.weekend + rng.normal(0, 40, (n, D)) - 50 * r
         sleep = np.clip(sleep, 90, 800)
-        add(watch_day, "sleep_minutes", lambda u, d: sleep[u, d], 7.25, 0.8, "watch")
-        add(manual_ok & ~self.watch[:, None] & self.bern(0.25 * self.e), "sleep_minutes", lambda u, d: sleep[u, d] + noise(20)(u, d), 8.5, 1, "manual")
+        put(s := at(watch, 7.25, 0.8, "watch"), "sleep_minutes", noisy(sleep, s, 0))
+        put(s := at(manual & no(self.watch) & self.bern(0.25 * self.e), 8.5, 1, "manual"), "sleep_minutes", noisy(sleep, s, 20))
 
         weight = self.weight_base[:, None] + self.weight_trend[:, None] * self.day / 365 + self.ar1(0.5, 0.9)
-        add(self.present & self.scale[:, None] & self.bern(0.45, (n, D)), "weight", lambda u, d: weight[u, d] + noise(0.3)(u, d), 6.75, 0.6, "scale")
-        add(manual_ok & ~self.scale[:, None] & self.bern(0.04 * self.e), "weight", lambda u, d: weight[u, d] + noise(0.8)(u, d), 8, 3, "manual")
+        put(s := at(self.present & self.scale[:, None] & self.bern(0.45, (n, D)), 6.75, 0.6, "scale"), "weight", noisy(weight, s, 0.3))
+        put(s := at(manual & no(self.scale) & self.bern(0.04 * self.e), 8, 3, "manual"), "weight", noisy(weight, s, 0.8))
 
-        bp_level = self.ar1(3, 0.85)
-        bp_users = self.present & self.cuff[:, None]
-        for mask, hour, shift in (
-            (bp_users & self.bern(np.where(self.hyp, 0.75, 0.1)[:, None] * np.ones(D)), 7.5, 0.0),
-            (bp_users & self.hyp[:, None] & self.bern(0.5, (n, D)), 20.5, -3.0),
-            (manual_ok & ~self.cuff[:, None] & self.bern(0.01 * self.e), 11, 0.0),
+        wander = self.ar1(3, 0.85)
+        sbp = self.sbp_base[:, None] + 22 * r + wander
+        dbp = self.dbp_base[:, None] + 11 * r + 0.5 * wander
+        cuff = self.present & self.cuff[:, None]
+        for slots, shift in (
+            (at(cuff & self.bern(np.where(self.hyp, 0.75, 0.1)[:, None], (n, D)), 7.5, 0.75, "bp_cuff"), 0),
+            (at(cuff & self.hyp[:, None] & self.bern(0.5, (n, D)), 20.5, 0.75, "bp_cuff"), -3),  # evenings lower
+            (at(manual & no(self.cuff) & self.bern(0.01 * self.e), 11, 3, "manual"), 0),
         ):
-            u, d = np.nonzero(mask)
-            k = len(u)
-            tod = self.tod(k, hour, 0.75 if hour != 11 else 3)
-            dev = np.full(k, _DEV["bp_cuff" if hour != 11 else "manual"])
-            sbp = self.sbp_base[u] + 22 * r[u, d] + bp_level[u, d] + shift + rng.normal(0, 7, k)
-            dbp = np.minimum(self.dbp_base[u] + 11 * r[u, d] + 0.5 * bp_level[u, d] + shift / 2 + rng.normal(0, 5, k), sbp - 15)
-            parts.append((u, d, np.full(k, _M["systolic_bp"]), sbp, tod, dev))
-            parts.append((u, d, np.full(k, _M["diastolic_bp"]), dbp, tod, dev))
+            systolic = noisy(sbp + shift, slots, 7)
+            put(slots, "systolic_bp", systolic)
+            put(slots, "diastolic_bp", np.minimum(noisy(dbp + shift / 2, slots, 5), systolic - 15))
 
-        glu_day = self.glu_base[:, None] + np.where(self.diab, 80, 35)[:, None] * r
-        meal_rise = np.where(self.diab, 55, 25)
-        g_noise = np.where(self.diab, 20, 8)
+        fasting = self.glu_base[:, None] + np.where(self.diab, 80, 35)[:, None] * r
+        after_meal = fasting + np.where(self.diab, 55, 25)[:, None]
+        sd = np.where(self.diab, 22, 9)[:, None] * np.ones(D)
         meter = self.present & self.glucometer[:, None]
-        for p, hour, after_meal in ((np.where(self.diab, 0.85, 0.1), 7, 0), (np.where(self.diab, 0.5, 0.02), 13.5, 1), (np.where(self.diab, 0.5, 0.02), 20, 1)):
-            add(meter & self.bern(p[:, None] * np.ones(D)), "blood_glucose",
-                lambda u, d, a=after_meal: glu_day[u, d] + a * (meal_rise[u] + rng.normal(0, 15, len(u))) + g_noise[u] * rng.normal(0, 1, len(u)),
-                hour, 0.6, "glucometer")
-        add(manual_ok & ~self.glucometer[:, None] & self.bern(0.005, (n, D)), "blood_glucose", lambda u, d: glu_day[u, d] + noise(10)(u, d), 9, 3, "manual")
+        rare = np.where(self.diab, 0.5, 0.02)[:, None]
+        for p, hour, level in ((np.where(self.diab, 0.85, 0.1)[:, None], 7, fasting), (rare, 13.5, after_meal), (rare, 20, after_meal)):
+            s = at(meter & self.bern(p, (n, D)), hour, 0.6, "glucometer")
+            put(s, "blood_glucose", noisy(level, s, 0) + sd[s[0], s[1]] * rng.normal(0, 1, len(s[0])))
+        put(s := at(manual & no(self.glucometer) & self.bern(0.005, (n, D)), 9, 3, "manual"), "blood_glucose", noisy(fasting, s, 10))
 
-        add(watch_day & self.bern(np.where(self.asthma, 0.9, 0.4)[:, None] * np.ones(D)), "spo2",
-            lambda u, d: np.minimum(self.spo2_base[u] - 2.5 * r[u, d] + rng.normal(0, 0.8, len(u)), 100), 3, 1.2, "watch")
+        spo2 = self.spo2_base[:, None] - 2.5 * r
+        s = at(watch & self.bern(np.where(self.asthma, 0.9, 0.4)[:, None], (n, D)), 3, 1.2, "watch")
+        put(s, "spo2", np.minimum(noisy(spo2, s, 0.8), 100))
 
         u, d, metric, value, tod, dev = (np.concatenate(c) for c in zip(*parts))
-        at = d * DAY + tod
-        keep = at > self.signup_us[u]
-        u, metric, value, at, dev = u[keep], metric[keep], value[keep], at[keep], dev[keep]
-
+        keep = d * DAY + tod > self.signup_us[u]
+        u, metric, value, rec, dev = u[keep], metric[keep], value[keep], (d * DAY + tod)[keep], dev[keep]
         k = len(u)
-        out = self.bern(OUTLIER_RATE, k)
-        lo, hi = _OUTLIER[metric[out], 0], _OUTLIER[metric[out], 1]
-        value[out] *= rng.uniform(lo, hi)
+
+        out = self.bern(OUTLIER_RATE, k)  # plausible extremes, still within the possible range
+        value[out] *= rng.uniform(_OUTLIER[metric[out], 0], _OUTLIER[metric[out], 1])
         value = np.clip(value, _LOW[metric], _HIGH[metric])
-        value = np.where(_DECIMALS[metric] > 0, np.round(value, 1), np.round(value))
-        unit = metric.copy()
+        value = np.where(metric == _M["weight"], np.round(value, 1), np.round(value))
         dev = np.where(self.bern(0.005, k), -1, dev)  # old app versions sent no device
 
-        bad = np.nonzero(self.bern(self.invalid_rate, k))[0]
-        kind = rng.integers(0, 3, len(bad))
-        m = metric[bad]
-        value[bad] = np.where(kind == 0, np.round(_HIGH[m] * rng.uniform(2, 5, len(bad))),
-                     np.where(kind == 1, -np.abs(value[bad]) - 1,
-                              np.round(value[bad] * np.array([_WRONG_UNIT[x.name][1] for x in METRICS])[m], 2)))
-        unit[bad] = np.where(kind == 2, m + len(METRICS), m)
+        bad = np.nonzero(self.bern(self.invalid_rate, k))[0]  # invalid rows for ingest to reject
+        kind, m = rng.integers(0, 3, len(bad)), metric[bad]
+        value[bad] = np.select(
+            [kind == 0, kind == 1],
+            [np.round(_HIGH[m] * rng.uniform(2, 5, len(bad))), -np.abs(value[bad]) - 1],
+            np.round(value[bad] * _WRONG_FACTOR[m], 2),
+        )
+        unit = np.where(np.isin(np.arange(k), bad[kind == 2]), metric + len(METRICS), metric)
 
-        order = np.lexsort((metric, at, u))
+        order = np.lexsort((metric, rec, u))
         return pa.table(
             {
                 "user_id": u[order].astype(np.int64) + self.first_id,
                 "metric": _take([x.name for x in METRICS], metric[order]),
                 "value": value[order],
                 "unit": _take(_UNITS, unit[order]),
-                "recorded_at": _ts(at[order] + self.start_us),
+                "recorded_at": _ts(rec[order] + self.start_us),
                 "device": _take(DEVICES, dev[order]),
             },
             schema=arrow_schema(RAW_TABLES["health_readings"]),
@@ -549,13 +567,16 @@ class _Block:
         # session_id "<user_id>-<n>": the user's n-th session.
         seq = np.cumsum(is_session) - np.searchsorted(u[is_session], u, "left")
         uid = u.astype(np.int64) + self.first_id
-        sid = pc.binary_join_element_wise(pc.cast(pa.array(uid), pa.string()), pc.cast(pa.array(seq), pa.string()), "-")
+        sid = pc.binary_join_element_wise(
+            pc.cast(pa.array(uid[is_session]), pa.string()), pc.cast(pa.array(seq[is_session]), pa.string()), "-"
+        )
+        nth = np.cumsum(is_session) - 1
         table = pa.table(
             {
                 "user_id": uid,
                 "event_type": _take(EVENT_TYPES, ev),
                 "at": _ts(at + self.start_us),
-                "session_id": pc.if_else(pa.array(is_session), sid, pa.scalar(None, pa.string())),
+                "session_id": pc.take(sid, pa.array(nth, pa.int64(), mask=~is_session)),
                 "duration_minutes": pa.array(dur, pa.float64(), from_pandas=True),
             },
             schema=arrow_schema(RAW_TABLES["app_events"]),

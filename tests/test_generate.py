@@ -55,7 +55,7 @@ def test_same_seed_writes_identical_files_and_another_seed_differs(tmp_path):
 
 
 def test_files_follow_the_documented_schemas_and_counts(tmp_path):
-    counts = generate(tmp_path, users=60, days=45, seed=1, progress=False)
+    counts = generate(tmp_path, users=60, days=75, seed=1, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{t}.parquet" for t in RAW_TABLES), "temporary files left"
     for name, schema in RAW_TABLES.items():
         table = pq.read_table(tmp_path / f"{name}.parquet")
@@ -83,6 +83,8 @@ def test_cli_generate_prints_counts(tmp_path):
 def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="users and days"):
         simulate(users=0, days=10, seed=1)
+    with pytest.raises(ValueError, match="seed >= 0"):
+        simulate(users=5, days=10, seed=-1)
     with pytest.raises(ValueError, match="invalid_rate"):
         simulate(users=5, days=10, seed=1, invalid_rate=2)
 
