@@ -88,7 +88,7 @@ from scipy.signal import lfilter
 
 from .schemas import CONDITIONS, DEVICES, EVENT_TYPES, METRICS, RAW_TABLES, SEXES, TableSchema
 
-BLOCK_USERS = 1000
+BLOCK_USERS = 500
 DAY = 86_400_000_000  # microseconds
 HOUR = 3_600_000_000
 MINUTE = 60_000_000
@@ -107,7 +107,7 @@ _WRONG_UNIT = {
 _UNITS = [m.unit for m in METRICS] + [_WRONG_UNIT[m.name][0] for m in METRICS]
 # Plausible extremes: a reading is multiplied by a factor in [lo, hi], then kept in range.
 _OUTLIER = np.array([{
-    "resting_heart_rate": (1.5, 1.9), "steps": (3.0, 5.0), "sleep_minutes": (0.3, 0.5),
+    "resting_heart_rate": (1.5, 1.9), "steps": (2.5, 4.0), "sleep_minutes": (0.3, 0.5),
     "weight": (1.04, 1.08), "systolic_bp": (1.35, 1.6), "diastolic_bp": (1.3, 1.5),
     "blood_glucose": (1.8, 2.6), "spo2": (0.88, 0.93),
 }[m.name] for m in METRICS])

@@ -54,6 +54,15 @@ def test_same_seed_writes_identical_files_and_another_seed_differs(tmp_path):
     assert not pq.read_table(tmp_path / "a" / "app_events.parquet").equals(pq.read_table(tmp_path / "c" / "app_events.parquet"))
 
 
+def test_files_hold_what_simulate_returns_for_the_given_start(tmp_path):
+    generate(tmp_path, users=40, days=50, seed=8, start="2024-02-10", progress=False)
+    sim = simulate(users=40, days=50, seed=8, start="2024-02-10")
+    for name in RAW_TABLES:
+        assert pq.read_table(tmp_path / f"{name}.parquet").equals(sim.tables[name]), name
+    recorded = sim.tables["health_readings"].column("recorded_at").to_pandas()
+    assert recorded.min() >= pd.Timestamp("2024-02-10", tz="UTC") and recorded.max() < pd.Timestamp("2024-03-31", tz="UTC")
+
+
 def test_files_follow_the_documented_schemas_and_counts(tmp_path):
     counts = generate(tmp_path, users=60, days=75, seed=1, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{t}.parquet" for t in RAW_TABLES), "temporary files left"
