@@ -149,8 +149,8 @@ def generate(
 ) -> dict[str, int]:
     """Simulate `users` users over `days` days and write users/health_readings/app_events/labels.parquet.
 
-    Creates `out_dir` if needed and replaces the four files atomically (each is written to a
-    temporary name and renamed into place). Returns the row count per table. See the module
+    Creates `out_dir` if needed; each file is written under a temporary name and renamed into
+    place (os.replace), so a reader never sees a half-written file. Returns the row count per table. See the module
     docstring for the model.
     """
     blocks = _blocks(users=users, days=days, seed=seed, start=start, invalid_rate=invalid_rate, progress=progress)
@@ -233,11 +233,10 @@ class _Block:
         self.weekend = ((start_date.weekday() + self.day) % 7) >= 5
 
     # -- helpers -------------------------------------------------------------------------------
-    def ar1(self, sd: float, phi: float, shape=None) -> np.ndarray:
-        """Per user-day AR(1) noise with stationary standard deviation `sd`."""
-        shape = shape or (self.n, self.D)
-        eps = self.rng.normal(0, sd * np.sqrt(1 - phi**2), shape)
-        eps[:, 0] = self.rng.normal(0, sd, shape[0])
+    def ar1(self, sd: float, phi: float) -> np.ndarray:
+        """Per user-day AR(1) noise with stationary standard deviation `sd` and day-to-day correlation `phi`."""
+        eps = self.rng.normal(0, sd * np.sqrt(1 - phi**2), (self.n, self.D))
+        eps[:, 0] = self.rng.normal(0, sd, self.n)
         return lfilter([1.0], [1.0, -phi], eps, axis=1)
 
     def tod(self, k: int, hour: float, sd_hours: float) -> np.ndarray:
