@@ -43,6 +43,7 @@ class FeatureTable:
     ttl_days: int
     sql: str
     features: tuple[Feature, ...] = field(default_factory=tuple)
+    window_days: int = 1  # how far back in time its longest feature looks (for split embargoes)
 
     def typed_sql(self) -> str:
         """The table's query with every feature cast to its declared type (user_id, event_timestamp first)."""
@@ -127,7 +128,7 @@ LEFT JOIN agg a ON a.user_id = d.user_id AND a.day = d.day
 def _health_daily() -> FeatureTable:
     features = tuple(Feature(col, dtype, desc, unit) for col, _, dtype, desc, unit in _health_daily_aggregates())
     sql = f"SELECT user_id, event_timestamp, {', '.join(f.name for f in features)} FROM hm_health_daily"
-    return FeatureTable("health_daily", "per user per day aggregates of each health metric", 2, sql, features)
+    return FeatureTable("health_daily", "per user per day aggregates of each health metric", 2, sql, features, 1)
 
 
 def _rolling_stats(value: str, days: int, metric) -> list[tuple[str, str, str, str, str]]:
@@ -166,7 +167,8 @@ WINDOW {_window_clause()}
 """
     features = tuple(Feature(col, dtype, desc, unit) for col, _, dtype, desc, unit in stats)
     return FeatureTable(
-        "health_rolling", "rolling 7-day and 30-day statistics of the key health metrics", 2, sql, features
+        "health_rolling", "rolling 7-day and 30-day statistics of the key health metrics", 2, sql, features,
+        LONGEST_WINDOW_DAYS,
     )
 
 
@@ -204,6 +206,7 @@ WHERE p.period_end <= (SELECT CAST(max(day) AS TIMESTAMP) + INTERVAL '1 day' FRO
         ttl_days,
         sql,
         features,
+        7 if period == "week" else 31,
     )
 
 
@@ -293,7 +296,10 @@ FROM (
     FROM rolled
 ) scored
 """
-    return FeatureTable("engagement_daily", "per user per day app engagement, with 7/30-day windows", 2, sql, tuple(features))
+    return FeatureTable(
+        "engagement_daily", "per user per day app engagement, with 7/30-day windows", 2, sql, tuple(features),
+        LONGEST_WINDOW_DAYS,
+    )
 
 
 def _profile() -> FeatureTable:
@@ -341,6 +347,7 @@ JOIN {{users}} u ON u.user_id = s.user_id
         62,
         sql,
         features,
+        31,  # monthly snapshots
     )
 
 
