@@ -172,6 +172,22 @@ def as_frame(value: pd.DataFrame | pd.Series) -> pd.DataFrame:
     return value
 
 
+def restore_resolution(values: Any, dtype: str | None) -> Any:
+    """Give a datetime/timedelta column back the resolution it was saved with.
+
+    Parquet has no second resolution, so datetime64[s] comes back as [ms]; the manifest records
+    the original dtype. Other dtypes round-trip through Parquet unchanged."""
+    if dtype is None or str(values.dtype) == dtype:
+        return values
+    kinds = (pd.api.types.is_datetime64_any_dtype, pd.api.types.is_timedelta64_dtype)
+    if not any(kind(values.dtype) for kind in kinds):
+        return values
+    try:
+        return values.astype(dtype)
+    except (TypeError, ValueError):
+        return values  # the data-hash check will report the difference
+
+
 def series_column(series: pd.Series) -> str:
     """The column name a Series is stored (and hashed) under: its name, or "y" when unnamed."""
     return "y" if series.name is None else str(series.name)
