@@ -163,8 +163,8 @@ def next_version(current: str | None, bump: str) -> str:
 def bump_rule(previous: Mapping[str, Any], current: Mapping[str, Any]) -> tuple[str, list[str]]:
     """Return (kind, reasons) for going from the `previous` to the `current` manifest.
 
-    major: the feature service, feature refs (set or order), X's columns or dtypes, or the
-    label's name or dtype differ. minor: otherwise, the entity-frame hash, time range or Feast
+    major: the feature service, feature refs (set or order), X's column names, order or dtypes,
+    or the label's name or dtype differ. minor: otherwise, the entity-frame hash, time range or Feast
     definitions hash differ. patch: everything else (corrected data, preprocessing or split
     config, or no change at all)."""
     major: list[str] = []
@@ -175,12 +175,11 @@ def bump_rule(previous: Mapping[str, Any], current: Mapping[str, Any]) -> tuple[
         )
     major += _list_change("feature refs", previous.get("feature_refs"), current.get("feature_refs"))
     old_cols, new_cols = _columns(previous, "X_train"), _columns(current, "X_train")
-    if old_cols != new_cols:
-        major += _list_change("columns", list(old_cols), list(new_cols)) or []
-        changed = [f"{c} ({old_cols[c]} -> {new_cols[c]})" for c in old_cols
-                   if c in new_cols and old_cols[c] != new_cols[c]]
-        if changed:
-            major.append(f"column dtypes changed: {', '.join(changed)}")
+    major += _list_change("columns", list(old_cols), list(new_cols))  # names and order
+    changed = [f"{c} ({old_cols[c]} -> {new_cols[c]})" for c in old_cols
+               if c in new_cols and old_cols[c] != new_cols[c]]
+    if changed:
+        major.append(f"column dtypes changed: {', '.join(changed)}")
     if previous.get("label") != current.get("label"):
         major.append(f"label changed: {previous.get('label')} -> {current.get('label')}")
     if major:

@@ -169,6 +169,17 @@ def test_bump_rule_chooses_major_minor_patch(registry):
     assert m["bump"]["kind"] == "major" and m["parent_version"] == "1.3.0"
     assert any("added ['d']" in reason for reason in m["bump"]["reasons"])
     assert registry.save(make_dataset(feature_service="health_risk_v2"), "risk") == "3.0.0"
+    reordered = make_dataset(feature_service="health_risk_v2")
+    for split in ("X_train", "X_test"):
+        setattr(reordered, split, getattr(reordered, split)[["c", "b", "a"]])
+    reordered.feature_names = ["c", "b", "a"]
+    assert registry.save(reordered, "risk") == "4.0.0"
+    assert registry.show("risk")["bump"]["reasons"] == ["columns reordered"]
+    retyped = make_dataset(feature_service="health_risk_v2")
+    for split in ("X_train", "X_test"):
+        setattr(retyped, split, getattr(retyped, split).astype("float32"))
+    assert registry.save(retyped, "risk") == "5.0.0"
+    assert "column dtypes changed: c (float64 -> float32), b (float64 -> float32), a (float64 -> float32)" in registry.show("risk")["bump"]["reasons"]
 
 
 def test_explicit_bump_may_exceed_but_not_undercut_the_rule(registry):
