@@ -78,20 +78,27 @@ def _daily_aggregates(metric) -> list[tuple[str, str, str, str, str]]:
 
 # --- shared building blocks -------------------------------------------------------------
 
-# A dense grid: one row per user per day from the signup day to the last day of data.
+# A dense grid: one row per user per day from the signup day (or the first day of data, if
+# later) to the last day of data.
 USER_DAY_SQL = """
 CREATE TEMP TABLE hm_user_day AS
-WITH last AS (
-    SELECT greatest(
+WITH span AS (
+    SELECT least(
+        (SELECT min(CAST(recorded_at AS DATE)) FROM {readings}),
+        (SELECT min(CAST("at" AS DATE)) FROM {events})
+    ) AS first_day,
+    greatest(
         (SELECT max(CAST(recorded_at AS DATE)) FROM {readings}),
         (SELECT max(CAST("at" AS DATE)) FROM {events})
     ) AS last_day
 )
 SELECT u.user_id, CAST(g.day AS DATE) AS day, CAST(g.day AS DATE) - DATE '1970-01-01' AS day_number
 FROM {users} u
-CROSS JOIN last
+CROSS JOIN span
 CROSS JOIN LATERAL generate_series(
-    CAST(CAST(u.signup_at AS DATE) AS TIMESTAMP), CAST(last.last_day AS TIMESTAMP), INTERVAL '1 day'
+    CAST(greatest(CAST(u.signup_at AS DATE), span.first_day) AS TIMESTAMP),
+    CAST(span.last_day AS TIMESTAMP),
+    INTERVAL '1 day'
 ) AS g(day)
 """
 
