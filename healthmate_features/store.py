@@ -25,14 +25,28 @@ def open_store(settings: Settings):
     return FeatureStore(repo_path=str(settings.repo_path), fs_yaml_file=settings.feature_store_yaml)
 
 
-def apply(settings: Settings) -> None:
-    """Run `feast apply` for the repository (registers every definition under feature_repo/)."""
-    from feast.repo_config import load_repo_config
-    from feast.repo_operations import apply_total
+def apply(settings: Settings) -> str:
+    """Run `feast apply` for the repository (registers every definition under feature_repo/).
 
-    config = load_repo_config(settings.repo_path, settings.feature_store_yaml)
-    warnings.filterwarnings("ignore", message=".*experimental feature.*")
-    apply_total(config, settings.repo_path, skip_source_validation=False)
+    Runs the real Feast CLI in a child process: Feast changes the working directory and
+    imports feature_repo/ as modules, neither of which should leak into this process.
+    Returns Feast's output; raises FeatureRepoError with it when apply fails.
+    """
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    feast = Path(sys.executable).parent / "feast"
+    command = [str(feast) if feast.exists() else (shutil.which("feast") or "feast")]
+    command += ["--chdir", str(settings.repo_path), "--feature-store-yaml", str(settings.feature_store_yaml), "apply"]
+    env = {**os.environ, "HM_PROFILE": settings.profile, "HM_REPO_PATH": str(settings.repo_path)}
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-8:])
+        raise FeatureRepoError(f"`feast apply` failed in {settings.repo_path}:\n{tail}")
+    return result.stdout
 
 
 def _require_registry(store) -> None:
