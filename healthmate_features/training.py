@@ -100,15 +100,21 @@ def _feature_refs(fs, feature_service: str) -> list[str]:
 
 
 def definitions_hash(fs, feature_service: str) -> str:
-    """SHA-256 over the specs of a feature service and every view it reads (not their timestamps)."""
+    """SHA-256 over the specs of a feature service and every view it reads (not their timestamps).
+
+    An on-demand view's spec embeds full copies of its source views, whose registry metadata
+    changes from read to read; those are hashed by name (the views themselves are hashed too).
+    """
     service = fs.get_feature_service(feature_service)
     digest = hashlib.sha256(service.to_proto().spec.SerializeToString(deterministic=True))
     for projection in sorted(service.feature_view_projections, key=lambda p: p.name):
         try:
-            view = fs.get_feature_view(projection.name)
+            spec = fs.get_feature_view(projection.name).to_proto().spec
         except Exception:
-            view = fs.get_on_demand_feature_view(projection.name)
-        digest.update(view.to_proto().spec.SerializeToString(deterministic=True))
+            spec = fs.get_on_demand_feature_view(projection.name).to_proto().spec
+            digest.update(",".join(sorted(spec.sources)).encode())
+            spec.ClearField("sources")
+        digest.update(spec.SerializeToString(deterministic=True))
     return digest.hexdigest()
 
 
