@@ -123,18 +123,27 @@ WITH agg AS (
     {select}
     FROM {{readings}} r
     GROUP BY r.user_id, CAST(r.recorded_at AS DATE)
+), span AS (
+    SELECT user_id, min(day) AS first_reading_day, max(day) AS last_reading_day FROM agg GROUP BY user_id
 )
 SELECT d.user_id, d.day, d.day_number, {_END_OF_DAY} AS event_timestamp,
+    s.first_reading_day, s.last_reading_day,
     {coalesced}
 FROM hm_user_day d
 LEFT JOIN agg a ON a.user_id = d.user_id AND a.day = d.day
+LEFT JOIN span s ON s.user_id = d.user_id
 """
     return sql
 
 
 def _health_daily() -> FeatureTable:
     features = tuple(Feature(col, dtype, desc, unit) for col, _, dtype, desc, unit in _health_daily_aggregates())
-    sql = f"SELECT user_id, event_timestamp, {', '.join(f.name for f in features)} FROM hm_health_daily"
+    # Rows stop the day after a user's last reading: later rows would be all null, and the view's
+    # 2-day TTL returns null for them just the same.
+    sql = (
+        f"SELECT user_id, event_timestamp, {', '.join(f.name for f in features)} FROM hm_health_daily "
+        "WHERE day BETWEEN first_reading_day AND last_reading_day + 1"
+    )
     return FeatureTable("health_daily", "per user per day aggregates of each health metric", 2, sql, features, 1)
 
 
@@ -169,9 +178,14 @@ def _health_rolling() -> FeatureTable:
     sql = f"""
 SELECT user_id, event_timestamp,
     {select}
-FROM hm_health_daily
+FROM (
+    SELECT * FROM hm_health_daily WHERE day BETWEEN first_reading_day AND last_reading_day + {LONGEST_WINDOW_DAYS}
+) AS h
 WINDOW {_window_clause()}
 """
+    # A user's rows span first reading .. last reading + the longest window (a contiguous run of
+    # days, so ROWS frames are calendar windows): beyond it every statistic is null and the
+    # 2-day TTL returns null just the same. Churned users stop costing window work.
     features = tuple(Feature(col, dtype, desc, unit) for col, _, dtype, desc, unit in stats)
     return FeatureTable(
         "health_rolling", "rolling 7-day and 30-day statistics of the key health metrics", 2, sql, features,
