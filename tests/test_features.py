@@ -179,3 +179,17 @@ def test_materialized_online_values_equal_the_latest_offline_values(built):
             got, want = online[f"{name}__{feature.name}"], latest[feature.name]
             assert (pd.isna(want) and got is None) or got == pytest.approx(want) or got == want, (name, feature.name, got, want)
     assert online["temporal__days_since_signup"] == pytest.approx(40 + 4 / 24)
+
+
+def test_feast_cli_lists_the_views_and_services_from_the_repo_root(built):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    feast = str(Path(sys.executable).parent / "feast")
+    views = subprocess.run([feast, "feature-views", "list"], cwd=built.repo_path, capture_output=True, text=True, timeout=120)
+    assert views.returncode == 0, views.stderr
+    for name in [*FEATURE_TABLES, "temporal"]:
+        assert name in views.stdout
+    services = subprocess.run([feast, "feature-services", "list"], cwd=built.repo_path, capture_output=True, text=True, timeout=120)
+    assert "health_risk_v1" in services.stdout and "engagement_churn_v1" in services.stdout
