@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 import pandas as pd
 
 from .config import Settings
-from .errors import FeatureRepoError
+from .errors import FeatureRepoError, FeatureServiceNotFoundError
 
 
 def open_store(settings: Settings):
@@ -105,7 +105,7 @@ def feature_refs(store, feature_service: str | None) -> list[str] | object:
             return store.get_feature_service(feature_service)
         except Exception as exc:
             names = ", ".join(s.name for s in store.list_feature_services())
-            raise FeatureRepoError(f"feature service '{feature_service}' not found (have: {names}); run `feast apply` if it is new") from exc
+            raise FeatureServiceNotFoundError(f"feature service '{feature_service}' not found (have: {names}); run `feast apply` if it is new") from exc
     refs = [f"{fv.name}:{f.name}" for fv in store.list_feature_views() for f in fv.features]
     refs += [f"{v.name}:{f.name}" for v in store.list_on_demand_feature_views() for f in v.features]
     return refs
