@@ -36,3 +36,7 @@ class DatasetVersionError(HealthmateError):
 
 class ServiceUnavailableError(HealthmateError):
     """Postgres or Redis could not be reached within the configured timeout (production profile)."""
+
+
+class OfflineStoreError(HealthmateError):
+    """A historical retrieval or materialization request cannot be served (the DuckDB offline store)."""
