@@ -113,6 +113,7 @@ def run_method(method: str, workdir: Path, memory_limit: str | None) -> dict:
         import duckdb
 
         con = duckdb.connect()
+        con.execute("SET preserve_insertion_order = false")  # as our store does: ASOF order is lost anyway
         if memory_limit:
             con.execute(f"SET memory_limit = '{memory_limit}'")
             con.execute(f"SET temp_directory = '{workdir / 'duckdb_tmp'}'")
@@ -134,38 +135,57 @@ def run_method(method: str, workdir: Path, memory_limit: str | None) -> dict:
     return {"seconds": seconds, "rows": len(result), "checksum": float(result["f0"].sum())}
 
 
-def measure(method: str, args: argparse.Namespace, workdir: Path) -> dict:
-    """Run one method in fresh subprocesses; median wall seconds and the largest peak RSS."""
-    runs, peaks = [], []
-    for attempt in range(args.repeats):
-        command = [sys.executable, __file__, "--run-method", method, "--workdir", str(workdir)]
-        if args.memory_limit:
-            command += ["--memory-limit", args.memory_limit]
-        child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + args.timeout
-        while True:
-            pid, status, usage = os.wait4(child.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() > deadline:
-                child.kill()
-                os.wait4(child.pid, 0)
-                return {"error": f"timed out after {args.timeout:.0f} s"}
-            time.sleep(0.05)
-        out, err = child.stdout.read(), child.stderr.read()
-        if os.waitstatus_to_exitcode(status) != 0:
-            return {"error": (err.strip().splitlines() or ["failed"])[-1][:120]}
-        runs.append(json.loads(out.strip().splitlines()[-1]))
-        peaks.append(usage.ru_maxrss / 1024)  # KiB on Linux
-        if runs[-1]["seconds"] > SLOW_SECONDS:
+def run_once(method: str, args: argparse.Namespace, workdir: Path) -> dict:
+    """Run one method in a fresh subprocess; its result plus that process's peak RSS in MB."""
+    command = [sys.executable, __file__, "--run-method", method, "--workdir", str(workdir)]
+    if args.memory_limit:
+        command += ["--memory-limit", args.memory_limit]
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + args.timeout
+    while True:
+        pid, status, usage = os.wait4(child.pid, os.WNOHANG)
+        if pid:
             break
-    return {
-        "seconds": statistics.median(r["seconds"] for r in runs),
-        "runs": len(runs),
-        "peak_mb": max(peaks),
-        "rows": runs[-1]["rows"],
-        "checksum": runs[-1]["checksum"],
-    }
+        if time.monotonic() > deadline:
+            child.kill()
+            os.wait4(child.pid, 0)
+            return {"error": f"timed out after {args.timeout:.0f} s"}
+        time.sleep(0.05)
+    out, err = child.stdout.read(), child.stderr.read()
+    if os.waitstatus_to_exitcode(status) != 0:
+        return {"error": (err.strip().splitlines() or ["failed"])[-1][:120]}
+    return json.loads(out.strip().splitlines()[-1]) | {"peak_mb": usage.ru_maxrss / 1024}  # KiB
+
+
+def measure(methods: list[str], args: argparse.Namespace, workdir: Path) -> dict[str, dict]:
+    """Run the methods round-robin, --repeats rounds (a slow one runs once), and summarize each.
+
+    Interleaving spreads the load of a shared machine evenly over the methods.
+    """
+    runs: dict[str, list[dict]] = {m: [] for m in methods}
+    failed: dict[str, dict] = {}
+    for _ in range(args.repeats):
+        for method in methods:
+            done = runs[method]
+            if method in failed or (done and done[0]["seconds"] > SLOW_SECONDS):
+                continue
+            result = run_once(method, args, workdir)
+            print(f"  {METHODS[method]}: {result}", file=sys.stderr, flush=True)
+            if "error" in result:
+                failed[method] = result
+            else:
+                done.append(result)
+    summary = {}
+    for method in methods:
+        done = runs[method]
+        summary[method] = failed.get(method) or {
+            "seconds": statistics.median(r["seconds"] for r in done),
+            "runs": len(done),
+            "peak_mb": max(r["peak_mb"] for r in done),
+            "rows": done[-1]["rows"],
+            "checksum": done[-1]["checksum"],
+        }
+    return summary
 
 
 def main() -> None:
@@ -202,12 +222,10 @@ def main() -> None:
             skipped["feast_file"] = f"skipped (> {FILE_STORE_MAX_ROWS:,} feature rows)"
         if feature_rows > FEAST_DUCKDB_MAX_ROWS:
             skipped["feast_duckdb"] = f"skipped (> {FEAST_DUCKDB_MAX_ROWS:,} feature rows)"
-        results = {}
-        for method, label in METHODS.items():
-            results[method] = {"error": skipped[method]} if method in skipped else measure(method, args, workdir)
-            print(f"  measured {label}: {results[method]}", file=sys.stderr, flush=True)
+        results = measure([m for m in METHODS if m not in skipped], args, workdir)
+        results |= {method: {"error": reason} for method, reason in skipped.items()}
         base = results["raw"].get("seconds")
-        print(f"\n| method | wall s (median) | runs | vs raw DuckDB | peak RSS MB | rows | sum(f0) |")
+        print("\n| method | wall s (median) | runs | vs raw DuckDB | peak RSS MB | rows | sum(f0) |")
         print("|---|---:|---:|---:|---:|---:|---:|")
         for method, label in METHODS.items():
             r = results[method]

@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 from feast.data_format import ParquetFormat
 from feast.data_source import DataSource
 from feast.errors import EntityTimestampInferenceException, SavedDatasetLocationAlreadyExists
-from feast.feature_view import FeatureView
+from feast.feature_view import DUMMY_ENTITY_ID, DUMMY_ENTITY_VAL, FeatureView
 from feast.infra.offline_stores.file_source import FileSource, SavedDatasetFileStorage
 from feast.infra.offline_stores.offline_store import OfflineStore, RetrievalJob, RetrievalMetadata
 from feast.infra.offline_stores.offline_utils import (
@@ -81,10 +81,12 @@ class HealthmateDuckDBOfflineStoreConfig(FeastConfigBaseModel):
 
 
 def _quote(identifier: str) -> str:
+    """Quote a SQL identifier for DuckDB."""
     return '"' + identifier.replace('"', '""') + '"'
 
 
 def _literal(text: str) -> str:
+    """Quote a SQL string literal for DuckDB."""
     return "'" + text.replace("'", "''") + "'"
 
 
@@ -139,6 +141,7 @@ def _columns(con: duckdb.DuckDBPyConnection, relation: str, what: str) -> dict[s
 
 
 def _require(columns: dict[str, str], wanted: Sequence[str], what: str) -> None:
+    """Raise OfflineStoreError naming the columns of `wanted` that a source lacks."""
     missing = [c for c in wanted if c not in columns]
     if missing:
         raise OfflineStoreError(
@@ -199,6 +202,56 @@ def _event_timestamp_column(columns: dict[str, Any]) -> str:
     raise EntityTimestampInferenceException(DEFAULT_ENTITY_DF_EVENT_TIMESTAMP_COL)
 
 
+def _ns_range(nanos: pa.Array) -> Optional[tuple[int, int]]:
+    """Return (min, max) of the entity timestamps in ns, or None when all are null."""
+    bounds = pc.min_max(nanos)
+    if not bounds["min"].is_valid:
+        return None
+    return bounds["min"].as_py(), bounds["max"].as_py()
+
+
+@dataclass(frozen=True)
+class _EntityInput:
+    """The entity frame: its column names, its event timestamp column, and how to load it."""
+
+    columns: tuple[str, ...]
+    timestamp: str
+    load: Callable[[duckdb.DuckDBPyConnection], pa.Table]
+
+
+def _entity_input(config: RepoConfig, entity_df: Union[pd.DataFrame, str, None]) -> _EntityInput:
+    """Describe the entity frame; a DataFrame is copied to Arrow now, SQL runs when the job does."""
+    if isinstance(entity_df, pd.DataFrame):
+        frame = pa.Table.from_pandas(entity_df, preserve_index=False)
+        timestamp = infer_event_timestamp_from_entity_df(dict(zip(entity_df.columns, entity_df.dtypes)))
+        return _EntityInput(tuple(map(str, entity_df.columns)), timestamp, lambda con: frame)
+    if isinstance(entity_df, str):
+        con = _connect(config)
+        try:
+            columns = _columns(con, f"({entity_df})", "entity SQL query")
+        finally:
+            con.close()
+        return _EntityInput(
+            tuple(columns), _event_timestamp_column(columns), lambda con: _entity_from_sql(con, entity_df)
+        )
+    if entity_df is None:
+        raise OfflineStoreError(
+            "HealthmateDuckDBOfflineStore needs an entity frame (a DataFrame or SQL query); "
+            "retrieval by start_date/end_date alone is not supported"
+        )
+    raise OfflineStoreError(
+        f"entity_df is a {type(entity_df).__name__}; pass a pandas DataFrame or a SQL string"
+    )
+
+
+def _entity_from_sql(con: duckdb.DuckDBPyConnection, query: str) -> pa.Table:
+    """Run the entity SQL query in DuckDB and return its rows as Arrow."""
+    try:
+        return con.sql(query).to_arrow_table()
+    except duckdb.Error as exc:
+        raise OfflineStoreError(f"entity SQL query failed in DuckDB: {exc}; query: {query!r}") from exc
+
+
 @dataclass(frozen=True)
 class _ViewJoin:
     """One feature view's share of a point-in-time join, in source-column terms."""
@@ -252,7 +305,7 @@ def _view_sql(
     scan = _scan(config, view.source)
     columns = _columns(con, scan, f"source of feature view {view.name!r}")
     needed = [k for k, _ in view.keys] + [view.timestamp] + [c for c, _ in view.features]
-    _require(columns, needed + ([view.created] if view.created else []), f"{scan}")
+    _require(columns, needed + ([view.created] if view.created else []), scan)
     ts = _ns(view.timestamp, columns[view.timestamp])
     cr = _ns(view.created, columns[view.created]) if view.created else None
     where = [f"{_quote(view.timestamp)} IS NOT NULL"]
@@ -281,13 +334,13 @@ def _view_sql(
         return ctes + [f"j{i} AS ({asof})"]
     # The ASOF match is the latest (event, created) row at or before the entity time; when it was
     # created after the entity time, redo those (few) rows with a range join over the candidates.
-    eq = [c for c in on[:-1]]
-    lower = "" if view.ttl_ns is None else f" AND v.__ts::HUGEINT >= e.{_TS}::HUGEINT - {view.ttl_ns}"
+    candidates = [*on[:-1], f"v.__ts <= e.{_TS}", f"v.__cr <= e.{_TS}"]
+    if view.ttl_ns is not None:
+        candidates.append(f"v.__ts::HUGEINT >= e.{_TS}::HUGEINT - {view.ttl_ns}")
     return ctes + [
         f"a{i} AS ({asof})",
         f"bad{i} AS (SELECT {_ROW} FROM a{i} WHERE __ok AND (__cr IS NULL OR __cr > {_TS}))",
-        f"fix{i} AS (SELECT {picked}, TRUE AS __ok FROM e JOIN {v} v ON "
-        f"{' AND '.join(eq + ['TRUE'])} AND v.__ts <= e.{_TS} AND v.__cr <= e.{_TS}{lower} "
+        f"fix{i} AS (SELECT {picked}, TRUE AS __ok FROM e JOIN {v} v ON {' AND '.join(candidates)} "
         f"WHERE e.{_ROW} IN (SELECT {_ROW} FROM bad{i}) "
         f"QUALIFY row_number() OVER (PARTITION BY e.{_ROW} ORDER BY v.__ts DESC, v.__cr DESC) = 1)",
         f"j{i} AS (SELECT * FROM a{i} WHERE __cr <= {_TS} OR NOT __ok "
@@ -311,9 +364,7 @@ def _point_in_time_join(
         {_ROW: pa.array(range(entity.num_rows), pa.int64()), _TS: nanos}
         | {alias: entity.column(name) for name, alias in entity_keys.items()}
     )
-    bounds = pc.min_max(nanos)
-    low, high = bounds["min"], bounds["max"]
-    ts_range = None if not low.is_valid else (low.as_py(), high.as_py())
+    ts_range = _ns_range(nanos)
     any_created = any(view.created for view in views)
     ord_col = f", {_TS}::HUGEINT * {_TWO_64} + {_TWO_64 - 1} AS {_ORD}" if any_created else ""
     con.register("__hm_entity", keyed)
@@ -453,66 +504,43 @@ class HealthmateDuckDBOfflineStore(OfflineStore):
         the repo root). Rows created after the entity timestamp are ignored when
         filter_by_created_timestamp is passed or set in the store config.
         """
-        if entity_df is None:
-            raise OfflineStoreError(
-                "HealthmateDuckDBOfflineStore needs an entity frame (a DataFrame or SQL query); "
-                "retrieval by start_date/end_date alone is not supported"
-            )
-        exclude = bool(filter_by_created_timestamp or config.offline_store.filter_by_created_timestamp)
+        exclude = filter_by_created_timestamp or config.offline_store.filter_by_created_timestamp
         views = [_plan_view(fv, feature_refs, full_feature_names) for fv in feature_views]
-        if isinstance(entity_df, pd.DataFrame):
-            frame = pa.Table.from_pandas(entity_df, preserve_index=False)
-            ts_col = infer_event_timestamp_from_entity_df(dict(zip(entity_df.columns, entity_df.dtypes)))
-            columns: dict[str, Any] = dict(zip(entity_df.columns, entity_df.dtypes))
-            load: Callable[[duckdb.DuckDBPyConnection], pa.Table] = lambda con: frame
-        elif isinstance(entity_df, str):
-            con = _connect(config)
-            try:
-                columns = _columns(con, f"({entity_df})", "entity SQL query")
-            finally:
-                con.close()
-            ts_col = _event_timestamp_column(columns)
-            load = lambda con: _entity_from_sql(con, entity_df)
-        else:
-            raise OfflineStoreError(
-                f"entity_df is a {type(entity_df).__name__}; pass a pandas DataFrame or a SQL string"
-            )
+        entity = _entity_input(config, entity_df)
         for view in views:
-            missing = [ent for _, ent in view.keys if ent not in columns]
+            missing = [ent for _, ent in view.keys if ent not in entity.columns]
             if missing:
                 raise OfflineStoreError(
                     f"entity frame is missing column {', '.join(map(repr, missing))} needed by "
-                    f"feature view {view.name!r} (columns: {', '.join(map(str, columns))}); add it, "
+                    f"feature view {view.name!r} (columns: {', '.join(entity.columns)}); add it, "
                     "or map the view's join key onto an existing column with fv.with_join_key_map()"
                 )
 
         def run(con: duckdb.DuckDBPyConnection) -> pa.Table:
-            return _point_in_time_join(config, con, load(con), ts_col, views, exclude)
+            table = entity.load(con)
+            return _point_in_time_join(config, con, table, entity.timestamp, views, bool(exclude))
 
         def metadata() -> RetrievalMetadata:
-            if isinstance(entity_df, pd.DataFrame):
-                nanos = _entity_ns(frame, ts_col)
-            else:
-                con = _connect(config)
-                try:
-                    nanos = _entity_ns(load(con), ts_col)
-                finally:
-                    con.close()
-            bounds = pc.min_max(nanos)
-            low, high = bounds["min"], bounds["max"]
-            as_dt = lambda s: pd.Timestamp(s.as_py(), tz="UTC").to_pydatetime() if s.is_valid else None
+            con = _connect(config)
+            try:
+                bounds = _ns_range(_entity_ns(entity.load(con), entity.timestamp))
+            finally:
+                con.close()
+            as_datetime = lambda ns: pd.Timestamp(ns, tz="UTC").to_pydatetime()
             return RetrievalMetadata(
                 features=feature_refs,
-                keys=[c for c in columns if c != ts_col],
-                min_event_timestamp=as_dt(low),
-                max_event_timestamp=as_dt(high),
+                keys=[c for c in entity.columns if c != entity.timestamp],
+                min_event_timestamp=as_datetime(bounds[0]) if bounds else None,
+                max_event_timestamp=as_datetime(bounds[1]) if bounds else None,
             )
 
         return HealthmateDuckDBRetrievalJob(
             run,
             config=config,
             full_feature_names=full_feature_names,
-            on_demand_feature_views=OnDemandFeatureView.get_requested_odfvs(feature_refs, project, registry),
+            on_demand_feature_views=OnDemandFeatureView.get_requested_odfvs(
+                feature_refs, project, registry
+            ),
             metadata=metadata,
         )
 
@@ -594,13 +622,6 @@ class HealthmateDuckDBOfflineStore(OfflineStore):
             progress(table.num_rows)
 
 
-def _entity_from_sql(con: duckdb.DuckDBPyConnection, query: str) -> pa.Table:
-    try:
-        return con.sql(query).to_arrow_table()
-    except duckdb.Error as exc:
-        raise OfflineStoreError(f"entity SQL query failed in DuckDB: {exc}; query: {query!r}") from exc
-
-
 def _pull(
     config: RepoConfig,
     data_source: DataSource,
@@ -619,22 +640,26 @@ def _pull(
     def sql_for(con: duckdb.DuckDBPyConnection) -> str:
         columns = _columns(con, scan, f"data source {data_source.name!r}")
         stamps = [timestamp_field] + ([created_timestamp_column] if created_timestamp_column else [])
-        # An empty feature list means "every column" (Feast's compute engine asks for raw inputs so).
-        wanted = join_key_columns + feature_name_columns + stamps if feature_name_columns else list(columns)
-        _require(columns, join_key_columns + stamps, scan)
-        _require(columns, wanted, scan)
+        _require(columns, join_key_columns + feature_name_columns + stamps, scan)
+        # No feature columns means "every column": Feast's compute engine asks for raw inputs so.
+        wanted = join_key_columns + feature_name_columns + stamps if feature_name_columns else columns
+        select = [_quote(c) for c in dict.fromkeys(wanted)]
+        if not join_key_columns:  # entityless view: the online store keys it by Feast's dummy entity
+            select.append(f"{_literal(DUMMY_ENTITY_VAL)} AS {_quote(DUMMY_ENTITY_ID)}")
         ts = _ns(timestamp_field, columns[timestamp_field])
         where = [f"{_quote(timestamp_field)} IS NOT NULL"]
         if start_date is not None:
             where.append(f"{ts} >= {_to_ns(start_date)}")
         if end_date is not None:
             where.append(f"{ts} <= {_to_ns(end_date)}")
-        sql = f"SELECT {', '.join(map(_quote, dict.fromkeys(wanted)))} FROM {scan} WHERE {' AND '.join(where)}"
+        sql = f"SELECT {', '.join(select)} FROM {scan} WHERE {' AND '.join(where)}"
         if latest:
             order = [f"{ts} DESC"]
             if created_timestamp_column:
-                order.append(f"{_ns(created_timestamp_column, columns[created_timestamp_column])} DESC NULLS LAST")
-            partition = f"PARTITION BY {', '.join(map(_quote, join_key_columns))} " if join_key_columns else ""
+                created = _ns(created_timestamp_column, columns[created_timestamp_column])
+                order.append(f"{created} DESC NULLS LAST")
+            keys = ", ".join(map(_quote, join_key_columns))
+            partition = f"PARTITION BY {keys} " if keys else ""
             sql += f" QUALIFY row_number() OVER ({partition}ORDER BY {', '.join(order)}) = 1"
         return sql
 

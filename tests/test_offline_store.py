@@ -65,6 +65,10 @@ device_fv = FeatureView(
     schema=[Field(name="user_id", dtype=Int64), Field(name="device_id", dtype=Int64), Field(name="steps", dtype=Float64)],
     source=device_source,
 )
+global_fv = FeatureView(
+    name="global_fv", entities=[], ttl=timedelta(hours=3), schema=[Field(name="x", dtype=Float64)],
+    source=vitals_source,
+)
 mapped_fv = FeatureView(
     name="mapped_fv", entities=[user], ttl=timedelta(days=1),
     schema=[Field(name="user_id", dtype=Int64), Field(name="hr", dtype=Float64)], source=mapped_source,
@@ -111,7 +115,9 @@ def repo(tmp_path_factory) -> Repo:
     (root / "data").mkdir()
     (root / "definitions.py").write_text(DEFINITIONS.format(data=root / "data"))
     yaml = lambda offline: YAML.format(root=root, offline=offline)
-    (root / "feature_store.yaml").write_text(yaml(f"  type: {STORE_TYPE}\n  threads: 2"))
+    (root / "feature_store.yaml").write_text(yaml(
+        f"  type: {STORE_TYPE}\n  threads: 2\n  memory_limit: 1GB\n  temp_directory: duckdb_tmp"
+    ))
     (root / "feast_duckdb.yaml").write_text(yaml("  type: duckdb"))
     (root / "exclude.yaml").write_text(yaml(f"  type: {STORE_TYPE}\n  filter_by_created_timestamp: true"))
     write_vitals(root / "data", [dict(user_id=0, event_timestamp=T0, created=T0, x=1.0, label="a")])
@@ -482,3 +488,19 @@ def test_null_entity_keys_and_timestamps_get_null_features(repo):
     })
     result = repo.ours.get_historical_features(frame, ["vitals_fv:label"]).to_df()
     assert result["label"].tolist() == ["a", None, None]
+
+
+def test_entityless_view_joins_on_time_alone_and_materializes(repo):
+    rows = [
+        dict(user_id=1, event_timestamp=T0, created=T0, x=1.0, label=None),
+        dict(user_id=2, event_timestamp=T0 + HOUR, created=T0, x=2.0, label=None),
+        dict(user_id=1, event_timestamp=T0 + HOUR, created=T0 + HOUR, x=3.0, label=None),
+    ]
+    write_vitals(repo.data, rows)
+    frame = pd.DataFrame({"event_timestamp": [T0 + 2 * HOUR, T0 - HOUR, T0, T0 + 5 * HOUR]})
+    result = repo.ours.get_historical_features(frame, ["global_fv:x"]).to_df()
+    expected = brute_force(frame, rows, keys={}, ts="event_timestamp", created="created",
+                           features={"x": "x"}, ttl=TTL)
+    assert_columns_equal(result, expected, ["x"])
+    assert [cell(v) for v in result["x"]] == [3.0, None, 1.0, None]
+    repo.ours.materialize(start_date=T0 - HOUR, end_date=T0 + 5 * HOUR, feature_views=["global_fv"])
