@@ -77,7 +77,9 @@ def generate(workdir: Path, users: int, days: int, entities: int, seed: int) -> 
     offsets = rng.integers(0, (days + 1) * 86_400_000_000, entities).astype("timedelta64[us]")
     entity = pa.table({
         "user_id": pa.array(rng.integers(0, users, entities), pa.int64()),
-        "event_timestamp": pa.array(START - np.timedelta64(86_399, "s") + offsets, pa.timestamp("us", tz="UTC")),
+        "event_timestamp": pa.array(
+            START - np.timedelta64(86_399, "s") + offsets, pa.timestamp("us", tz="UTC")
+        ),
     })
     pq.write_table(entity, workdir / "entities.parquet")
 
@@ -99,7 +101,9 @@ def build_repo(workdir: Path, memory_limit: str | None) -> None:
             f"offline_store:\n{offline}entity_key_serialization_version: 3\n"
         )
     feast = Path(sys.executable).with_name("feast")
-    done = subprocess.run([str(feast), "-f", "ours.yaml", "apply"], cwd=repo, capture_output=True, text=True)
+    done = subprocess.run(
+        [str(feast), "-f", "ours.yaml", "apply"], cwd=repo, capture_output=True, text=True
+    )
     if done.returncode != 0:
         sys.exit(f"feast apply failed:\n{done.stderr}")
 
@@ -127,7 +131,8 @@ def run_method(method: str, workdir: Path, memory_limit: str | None) -> dict:
     else:
         from feast import FeatureStore
 
-        store = FeatureStore(repo_path=str(workdir / "repo"), fs_yaml_file=workdir / "repo" / f"{method}.yaml")
+        repo = workdir / "repo"
+        store = FeatureStore(repo_path=str(repo), fs_yaml_file=repo / f"{method}.yaml")
         refs = [f"daily_fv:{name}" for name in FEATURES]
         started = time.perf_counter()
         result = store.get_historical_features(entity_df=entity_df, features=refs).to_df()

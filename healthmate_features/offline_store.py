@@ -29,9 +29,9 @@ from __future__ import annotations
 import os
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional, Sequence, Union
+from typing import Any, Callable, Final, Literal, Optional, Sequence, Union
 
 import duckdb
 import pandas as pd
@@ -57,7 +57,7 @@ from pydantic import StrictBool, StrictInt, StrictStr
 
 from healthmate_features.errors import OfflineStoreError
 
-STORE_TYPE = "healthmate_features.offline_store.HealthmateDuckDBOfflineStore"
+STORE_TYPE: Final = "healthmate_features.offline_store.HealthmateDuckDBOfflineStore"
 
 _ROW = "__hm_row"  # position of the entity row: restores input order
 _TS = "__hm_ts"  # entity timestamp as int64 ns since the epoch (UTC)

@@ -62,7 +62,10 @@ vitals_nottl_fv = FeatureView(
 )
 device_fv = FeatureView(
     name="device_fv", entities=[user, device], ttl=None,
-    schema=[Field(name="user_id", dtype=Int64), Field(name="device_id", dtype=Int64), Field(name="steps", dtype=Float64)],
+    schema=[
+        Field(name="user_id", dtype=Int64), Field(name="device_id", dtype=Int64),
+        Field(name="steps", dtype=Float64),
+    ],
     source=device_source,
 )
 global_fv = FeatureView(
@@ -123,10 +126,15 @@ def repo(tmp_path_factory) -> Repo:
     write_vitals(root / "data", [dict(user_id=0, event_timestamp=T0, created=T0, x=1.0, label="a")])
     write_device(root / "data", [dict(user_id=0, device_id=0, ts=T0, steps=1.0)])
     write_mapped(root / "data", [dict(uid=0, event_timestamp=T0, heart_rate=60.0)])
-    feast_cli = Path(sys.executable).with_name("feast")
-    done = subprocess.run([str(feast_cli), "apply"], cwd=root, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    feast_cli(root, "apply")
     return Repo(root)
+
+
+def feast_cli(root: Path, *args: str) -> None:
+    """Run the real `feast` command line in the repo; fail the test with its stderr."""
+    feast = Path(sys.executable).with_name("feast")
+    done = subprocess.run([str(feast), *args], cwd=root, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
 
 
 # --- sources ---------------------------------------------------------------------------------
@@ -278,7 +286,10 @@ REFS = ["vitals_fv:x", "vitals_fv:label", "vitals_nottl_fv:x", "device_fv:steps"
 VITALS = dict(keys={"user_id": "user_id"}, ts="event_timestamp", created="created")
 
 
-def expected_for(entities: pd.DataFrame, vitals: list[dict], device: list[dict], exclude: bool) -> pd.DataFrame:
+def expected_for(
+    entities: pd.DataFrame, vitals: list[dict], device: list[dict], exclude: bool
+) -> pd.DataFrame:
+    """The brute-force answer for REFS with full feature names."""
     parts = [
         brute_force(entities, vitals, **VITALS, ttl=TTL, exclude_created_later=exclude,
                     features={"x": "vitals_fv__x", "label": "vitals_fv__label"}),
@@ -367,7 +378,8 @@ def test_nanosecond_and_naive_timestamps_are_exact(repo):
     assert ours["event_timestamp"].tolist() == at  # the entity columns come back untouched
 
     naive = frame.assign(event_timestamp=frame["event_timestamp"].dt.tz_localize(None))
-    job = repo.ours._get_provider().offline_store.get_historical_features(  # below FeatureStore's tz coercion
+    # Called below FeatureStore, which would make naive timestamps UTC-aware before the store sees them.
+    job = repo.ours._get_provider().offline_store.get_historical_features(
         config=repo.ours.config, feature_views=[repo.ours.get_feature_view("vitals_fv")],
         feature_refs=["vitals_fv:label"], entity_df=naive, registry=repo.ours.registry,
         project=repo.ours.project,
@@ -393,7 +405,8 @@ def test_entity_frame_as_sql_equals_dataframe(repo):
     sql = "SELECT * FROM read_parquet('data/labels.parquet')"
     from_sql = repo.ours.get_historical_features(sql, ["vitals_fv:x"]).to_df()
     from_df = repo.ours.get_historical_features(frame, ["vitals_fv:x"]).to_df()
-    assert [cell(v) for v in from_sql["x"]] == [cell(v) for v in from_df["x"]] == [24.0, 1.0, 10.0, 22.0, None]
+    assert [cell(v) for v in from_sql["x"]] == [cell(v) for v in from_df["x"]]
+    assert [cell(v) for v in from_df["x"]] == [24.0, 1.0, 10.0, 22.0, None]
     assert list(from_sql.columns) == ["user_id", "event_timestamp", "label_col", "x"]
 
 
@@ -401,14 +414,16 @@ def test_full_feature_names_off_uses_bare_names(repo):
     write_vitals(repo.data, [dict(user_id=1, event_timestamp=T0, created=T0, x=5.0, label="a")])
     write_device(repo.data, [dict(user_id=1, device_id=2, ts=T0, steps=7.0)])
     frame = pd.DataFrame({"event_timestamp": [T0 + HOUR], "device_id": [2], "user_id": [1]})
-    result = repo.ours.get_historical_features(frame, ["device_fv:steps", "vitals_fv:x", "vitals_fv:label"]).to_df()
+    refs = ["device_fv:steps", "vitals_fv:x", "vitals_fv:label"]
+    result = repo.ours.get_historical_features(frame, refs).to_df()
     assert list(result.columns) == ["event_timestamp", "device_id", "user_id", "steps", "x", "label"]
     assert result.loc[0, ["steps", "x", "label"]].tolist() == [7.0, 5.0, "a"]
 
 
 def test_field_mapping_and_relative_source_path(repo):
     """mapped_fv reads data/mapped.parquet (relative to the repo) with uid->user_id, heart_rate->hr."""
-    rows = [dict(uid=u, event_timestamp=T0 + h * HOUR, heart_rate=60.0 + u + h) for u in (1, 2) for h in (0, 5, 30)]
+    rows = [dict(uid=u, event_timestamp=T0 + h * HOUR, heart_rate=60.0 + u + h)
+            for u in (1, 2) for h in (0, 5, 30)]
     write_mapped(repo.data, rows)
     at = [T0 + HOUR * h for h in (0, 4, 6, 29, 31, 60)]
     frame = pd.DataFrame({"user_id": [1, 2, 1, 2, 1, 3], "event_timestamp": at})
@@ -443,7 +458,7 @@ def test_saved_dataset_round_trip(repo, tmp_path):
 
 
 def test_materialize_then_online_read_equals_latest_offline(repo):
-    """Materialize through our store into SQLite; online values are the latest offline rows."""
+    """`feast materialize` through our store into SQLite; online values are the latest offline rows."""
     rows = [
         dict(user_id=1, event_timestamp=T0, created=T0, x=1.0, label="old"),
         dict(user_id=1, event_timestamp=T0 + HOUR, created=T0, x=2.0, label="tie-early"),
@@ -453,7 +468,8 @@ def test_materialize_then_online_read_equals_latest_offline(repo):
     ]
     write_vitals(repo.data, rows)
     end = T0 + 5 * HOUR
-    repo.ours.materialize(start_date=T0 - HOUR, end_date=end, feature_views=["vitals_nottl_fv"])
+    start = (T0 - HOUR).isoformat()
+    feast_cli(repo.root, "materialize", start, end.isoformat(), "--views", "vitals_nottl_fv")
     online = repo.ours.get_online_features(
         features=["vitals_nottl_fv:x", "vitals_nottl_fv:label"],
         entity_rows=[{"user_id": 1}, {"user_id": 2}, {"user_id": 3}],
@@ -471,12 +487,14 @@ def test_offline_write_batch_appends(repo):
     repo.ours.write_to_offline_store("vitals_fv", new)
     assert pq.read_table(repo.data / "vitals.parquet").num_rows == 2
     frame = pd.DataFrame({"user_id": [1, 1], "event_timestamp": [T0, T0 + 2 * HOUR]})
-    assert repo.ours.get_historical_features(frame, ["vitals_fv:label"]).to_df()["label"].tolist() == ["a", "b"]
+    result = repo.ours.get_historical_features(frame, ["vitals_fv:label"]).to_df()
+    assert result["label"].tolist() == ["a", "b"]
 
 
 def test_missing_entity_column_is_a_clear_error(repo):
     frame = pd.DataFrame({"user_id": [1], "event_timestamp": [T0]})
-    with pytest.raises(OfflineStoreError, match="missing column 'device_id' needed by feature view 'device_fv'"):
+    needed = "missing column 'device_id' needed by feature view 'device_fv'"
+    with pytest.raises(OfflineStoreError, match=needed):
         repo.ours.get_historical_features(frame, ["device_fv:steps"])
 
 
