@@ -103,5 +103,7 @@ class JobNotFoundError(NotFoundError):
 
 class PermissionDeniedError(HealthmateError):
     """A valid API key may not do this: a user key on an admin endpoint or another user's data (api)."""
+
+
 class OfflineStoreError(HealthmateError):
     """A historical retrieval or materialization request cannot be served (the DuckDB offline store)."""

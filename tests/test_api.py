@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import shutil
 import time
 import uuid
@@ -71,33 +70,28 @@ def env(tmp_path_factory):
     ingest(settings.raw_dir, settings.ingested_dir)
     build_features(settings.raw_dir, settings)
     tiny.feast_apply(root)
-    cwd = os.getcwd()
-    os.chdir(root)  # Feast's DuckDB store reads relative source paths from the working directory
-    try:
-        store.materialize(settings)
-        with open_store(settings) as sql:
-            keys = ApiKeys(sql)
-            secrets = {
-                "admin": keys.create_key("admin", name="test-admin").secret,
-                "user": keys.create_key("user", user_id=OWN, name="test-user").secret,
-            }
-            revoked = keys.create_key("user", user_id=OWN)
-            keys.revoke(revoked.key_id)
-            tracker = Tracker(sql)
-            for version, dataset, auc in (("1.0", "health_risk@1.0.0", 0.71), ("1.1", "health_risk@1.0.0", 0.74),
-                                          ("2.0", "health_risk@2.0.0", 0.79)):
-                tracker.log_metrics("risk", version=version, dataset=dataset, environment="staging",
-                                    metrics={"auc": auc, "brier": 0.2})
-        headers = {role: {"Authorization": f"Bearer {secret}"} for role, secret in secrets.items()}
-        headers["none"] = {}
-        headers["malformed"] = {"Authorization": "Bearer not-a-key"}
-        headers["unknown"] = {"Authorization": f"Bearer hmk_{'0' * 16}.{'A' * 43}"}
-        headers["revoked"] = {"Authorization": f"Bearer {revoked.secret}"}
-        app = create_app(settings)
-        with TestClient(app, raise_server_exceptions=False) as client:
-            yield Env(settings, client, headers)
-    finally:
-        os.chdir(cwd)
+    store.materialize(settings)
+    with open_store(settings) as sql:
+        keys = ApiKeys(sql)
+        secrets = {
+            "admin": keys.create_key("admin", name="test-admin").secret,
+            "user": keys.create_key("user", user_id=OWN, name="test-user").secret,
+        }
+        revoked = keys.create_key("user", user_id=OWN)
+        keys.revoke(revoked.key_id)
+        tracker = Tracker(sql)
+        for version, dataset, auc in (("1.0", "health_risk@1.0.0", 0.71), ("1.1", "health_risk@1.0.0", 0.74),
+                                      ("2.0", "health_risk@2.0.0", 0.79)):
+            tracker.log_metrics("risk", version=version, dataset=dataset, environment="staging",
+                                metrics={"auc": auc, "brier": 0.2})
+    headers = {role: {"Authorization": f"Bearer {secret}"} for role, secret in secrets.items()}
+    headers["none"] = {}
+    headers["malformed"] = {"Authorization": "Bearer not-a-key"}
+    headers["unknown"] = {"Authorization": f"Bearer hmk_{'0' * 16}.{'A' * 43}"}
+    headers["revoked"] = {"Authorization": f"Bearer {revoked.secret}"}
+    app = create_app(settings)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield Env(settings, client, headers)
 
 
 def _error(response, status: int) -> dict:

@@ -1,7 +1,6 @@
 """The training-set builder end to end on generated data: real Feast, real splits, real versions."""
 from __future__ import annotations
 
-import os
 import shutil
 
 import numpy as np
@@ -34,10 +33,7 @@ def repo(tmp_path_factory):
     ingest(settings.raw_dir, settings.ingested_dir)
     build_features(settings.raw_dir, settings)
     tiny.feast_apply(root)
-    cwd = os.getcwd()
-    os.chdir(root)  # Feast's DuckDB store reads relative source paths from the working directory
-    yield settings
-    os.chdir(cwd)
+    return settings
 
 
 def _config(config_name: str, **changes) -> dict:
