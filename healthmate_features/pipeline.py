@@ -10,7 +10,7 @@ from typing import Callable
 
 import pandas as pd
 
-from . import store
+from . import postgres, profiles, store
 from .config import Settings
 from .engineering import build_features
 from .generate import generate
@@ -38,6 +38,12 @@ def summarize_frame(frame: pd.DataFrame, label: str) -> dict:
     }
 
 
+def _check_servers(settings: Settings) -> None:
+    """Create the database if needed, then check that Postgres and Redis answer."""
+    postgres.ensure_database(settings)
+    profiles.check_services(settings)
+
+
 def run_demo(
     settings: Settings,
     *,
@@ -47,8 +53,13 @@ def run_demo(
     echo: Callable[[str], None] = print,
     progress: bool = True,
 ) -> dict:
-    """Run the whole pipeline on the embedded profile; return the figures it printed."""
+    """Run the whole pipeline on the settings' profile; return the figures it printed.
+
+    Production: checks Postgres and Redis first (creating the database if needed), then loads
+    and builds in Postgres and materializes into Redis.
+    """
     raw = settings.raw_dir
+    production = settings.profile == "production"
     timings: dict[str, float] = {}
 
     def step(name: str, fn, *args, **kwargs):
@@ -58,12 +69,20 @@ def run_demo(
         timings[name] = round(time.perf_counter() - t0, 2)
         return out
 
+    if production:
+        echo(f"    profile production: postgres {settings.pg_host}:{settings.pg_port}/{settings.pg_database} "
+             f"(schema {settings.pg_schema}), redis {settings.redis_url}")
+        step("check servers", _check_servers, settings)
     counts = step("generate", generate, raw, users=users, days=days, seed=seed, progress=progress)
     echo("    " + ", ".join(f"{k}: {v:,}" for k, v in counts.items()))
-    reports = step("ingest", ingest, raw, settings.ingested_dir, progress=progress)
+    if production:
+        reports, _ = step("ingest", postgres.ingest, raw, settings, progress=progress)
+    else:
+        reports = step("ingest", ingest, raw, settings.ingested_dir, progress=progress)
     for r in reports:
         echo(f"    {r.table}: {r.accepted:,} accepted, {r.rejected:,} rejected" + (f" {r.reasons}" if r.reasons else ""))
-    tables = step("build-features", build_features, raw, settings, progress=progress)
+    build = postgres.build_features if production else build_features
+    tables = step("build-features", build, raw, settings, progress=progress)
     echo("    " + ", ".join(f"{k}: {v:,}" for k, v in tables.items()))
     step("feast apply", store.apply, settings)
     start, end = step("materialize", store.materialize, settings)

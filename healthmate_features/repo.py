@@ -1,15 +1,20 @@
-"""Helpers the Feast definitions in feature_repo/ use to build their schemas from the catalog.
+"""Helpers the Feast definitions in feature_repo/ use to build their schemas and sources.
 
 Kept here so feature_repo/ stays declarative: a feature view names its table and gets its
-fields, with descriptions, units and tags, from `features.FEATURE_TABLES`.
+fields, with descriptions, units and tags, from `features.FEATURE_TABLES`, and its batch source
+from `source(table)`, which follows the profile (a Parquet FileSource when embedded, a
+PostgreSQLSource over `<HM_PG_SCHEMA>.<table>` in production) under the same source name.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from datetime import timedelta
+from typing import Iterator
 
-from feast import Field
+from feast import Field, FileSource
 from feast.types import Float64, Int64, String
 
+from .config import Settings
 from .features import FEATURE_TABLES, TEMPORAL_FEATURES
 
 OWNER = "ml-platform@healthmate"
@@ -40,6 +45,37 @@ def description(table: str) -> str:
 def source_path(table: str) -> str:
     """Path of a table's Parquet file, relative to the repository root (embedded profile)."""
     return f"data/features/{table}.parquet"
+
+
+_applying: list[Settings] = []
+
+
+@contextmanager
+def definitions_for(settings: Settings) -> Iterator[None]:
+    """While `feast apply` imports feature_repo/, build sources for these settings (not HM_PROFILE).
+
+    Used by `store.apply`; the plain `feast` CLI reads the profile from HM_PROFILE instead.
+    """
+    _applying.append(settings)
+    try:
+        yield
+    finally:
+        _applying.pop()
+
+
+def source(table: str):
+    """The batch source of a feature table for the active profile, named `<table>_source`.
+
+    The profile comes from the settings `store.apply` passes in, or else from the environment
+    (HM_PROFILE, HM_PG_SCHEMA), which is what the plain `feast apply` sees.
+    """
+    settings = _applying[-1] if _applying else Settings.from_env()
+    common = dict(name=f"{table}_source", timestamp_field="event_timestamp", description=description(table))
+    if settings.profile == "production":
+        from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import PostgreSQLSource
+
+        return PostgreSQLSource(table=f"{settings.pg_schema}.{table}", **common)
+    return FileSource(path=source_path(table), **common)
 
 
 

@@ -6,33 +6,62 @@ tables' time range) and turn Feast's failures into messages that say what to run
 """
 from __future__ import annotations
 
+import sys
 import warnings
 from datetime import datetime, timedelta, timezone
 
 import pandas as pd
 
+from . import profiles
 from .config import Settings
 from .errors import FeatureRepoError
 
+ROW_COLUMN = "_hm_row"  # entity-frame row number carried through a join to restore the order
+
 
 def open_store(settings: Settings):
-    """The Feast FeatureStore of the settings' profile. Raises FeatureRepoError if unusable."""
+    """The Feast FeatureStore of the settings' profile. Raises FeatureRepoError if unusable.
+
+    Production: the configuration's placeholders are filled from the settings, and Postgres and
+    Redis must answer within the connect timeout (else ServiceUnavailableError).
+    """
     from feast import FeatureStore
 
     if not settings.feature_store_yaml.exists():
         raise FeatureRepoError(f"{settings.feature_store_yaml} not found; run from the repository root or set HM_REPO_PATH")
     warnings.filterwarnings("ignore", message=".*experimental feature.*")
+    if settings.profile == "production":
+        config = profiles.repo_config(settings)
+        profiles.check_services(settings)
+        return FeatureStore(repo_path=str(settings.repo_path), config=config)
     return FeatureStore(repo_path=str(settings.repo_path), fs_yaml_file=settings.feature_store_yaml)
 
 
 def apply(settings: Settings) -> None:
-    """Run `feast apply` for the repository (registers every definition under feature_repo/)."""
+    """Run `feast apply` for the repository (registers every definition under feature_repo/).
+
+    The definitions are imported afresh with sources for the settings' profile (see
+    `repo.source`). Side effect, as with Feast's own apply: the working directory becomes the repo.
+    """
     from feast.repo_config import load_repo_config
     from feast.repo_operations import apply_total
 
-    config = load_repo_config(settings.repo_path, settings.feature_store_yaml)
+    from .repo import definitions_for
+
     warnings.filterwarnings("ignore", message=".*experimental feature.*")
-    apply_total(config, settings.repo_path, skip_source_validation=False)
+    for name in [m for m in sys.modules if m == "feature_repo" or m.startswith("feature_repo.")]:
+        del sys.modules[name]  # a previous apply may have imported them for another profile or repo
+    if settings.profile == "production":
+        config = profiles.repo_config(settings)
+        profiles.check_services(settings)
+    else:
+        config = load_repo_config(settings.repo_path, settings.feature_store_yaml)
+    sys.path.insert(0, str(settings.repo_path))  # as `feast apply` does: feature_repo/ imports from the root
+    try:
+        with definitions_for(settings), profiles.service_errors(settings):
+            apply_total(config, settings.repo_path, skip_source_validation=False)
+    finally:
+        sys.path.remove(str(settings.repo_path))
 
 
 def _require_registry(store) -> None:
@@ -72,15 +101,21 @@ def materialize(
     each view where its previous materialization ended.
     """
     store = open_store(settings)
-    _require_registry(store)
-    if start is None or end is None:
-        lo, hi = feature_time_range(settings) if settings.profile == "embedded" else (None, None)
-        start = start or (lo - timedelta(seconds=1) if lo else None)
-        end = end or (hi + timedelta(seconds=1) if hi else datetime.now(timezone.utc))
-    if incremental:
-        store.materialize_incremental(end_date=end, feature_views=views)
-        return None, end
-    store.materialize(start_date=start, end_date=end, feature_views=views)
+    with profiles.service_errors(settings):
+        _require_registry(store)
+        if start is None or end is None:
+            if settings.profile == "production":
+                from .postgres import feature_time_range as pg_feature_time_range
+
+                lo, hi = pg_feature_time_range(settings)
+            else:
+                lo, hi = feature_time_range(settings)
+            start = start or lo - timedelta(seconds=1)
+            end = end or hi + timedelta(seconds=1)
+        if incremental:
+            store.materialize_incremental(end_date=end, feature_views=views)
+            return None, end
+        store.materialize(start_date=start, end_date=end, feature_views=views)
     return start, end
 
 
@@ -109,14 +144,15 @@ def online_features(
     `at` is the request time fed to the on-demand temporal features (default: now, UTC).
     """
     store = open_store(settings)
-    _require_registry(store)
     at = at or datetime.now(timezone.utc)
-    features = feature_refs(store, feature_service)
-    response = store.get_online_features(
-        features=features,
-        entity_rows=[{"user_id": int(user_id), "event_timestamp": pd.Timestamp(at)}],
-        full_feature_names=feature_service is None,
-    ).to_dict()
+    with profiles.service_errors(settings):
+        _require_registry(store)
+        features = feature_refs(store, feature_service)
+        response = store.get_online_features(
+            features=features,
+            entity_rows=[{"user_id": int(user_id), "event_timestamp": pd.Timestamp(at)}],
+            full_feature_names=feature_service is None,
+        ).to_dict()
     return {name: values[0] for name, values in response.items()}
 
 
@@ -128,10 +164,22 @@ def historical_features(
     features: list[str] | None = None,
     full_feature_names: bool = False,
 ) -> pd.DataFrame:
-    """Point-in-time join of `entity_df` (user_id, event_timestamp, ...) through Feast."""
-    store = open_store(settings)
-    _require_registry(store)
-    refs = features if features is not None else feature_refs(store, feature_service)
-    job = store.get_historical_features(entity_df=entity_df, features=refs, full_feature_names=full_feature_names)
-    return job.to_df()
+    """Point-in-time join of `entity_df` (user_id, event_timestamp, ...) through Feast.
 
+    Rows come back in the order of `entity_df`, with its own entity columns (values and dtypes):
+    Feast's DuckDB and Postgres stores return rows in no guaranteed order, and the Postgres store
+    drops the time zone of `event_timestamp`. A row-number column carried through the join restores both.
+    """
+    store = open_store(settings)
+    with profiles.service_errors(settings):
+        _require_registry(store)
+        refs = features if features is not None else feature_refs(store, feature_service)
+        entities = entity_df.reset_index(drop=True)
+        numbered = entities.assign(**{ROW_COLUMN: range(len(entities))})
+        job = store.get_historical_features(entity_df=numbered, features=refs, full_feature_names=full_feature_names)
+        frame = job.to_df()
+    if len(frame) != len(entities):
+        raise FeatureRepoError(f"Feast returned {len(frame)} rows for an entity frame of {len(entities)}; duplicate feature rows per user and timestamp?")
+    frame = frame.sort_values(ROW_COLUMN, kind="stable").reset_index(drop=True)
+    frame[list(entities.columns)] = entities
+    return frame.drop(columns=ROW_COLUMN)
