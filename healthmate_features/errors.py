@@ -36,3 +36,30 @@ class DatasetVersionError(HealthmateError):
 
 class ServiceUnavailableError(HealthmateError):
     """Postgres or Redis could not be reached within the configured timeout (production profile)."""
+
+
+class PreprocessingError(HealthmateError, ValueError):
+    """Data does not fit a preprocessing pipeline or transformer (preprocessing).
+
+    Missing or null key columns, a fit that fails; also a ValueError, as scikit-learn expects.
+    """
+
+
+class StoreError(HealthmateError):
+    """The SQL store's schema is newer than this package, or a migration failed (sqlstore)."""
+
+
+class TrackingError(HealthmateError):
+    """A model-metrics record or query is invalid, or a comparison would mix datasets (tracking)."""
+
+
+class AuthError(HealthmateError):
+    """A bearer token is missing, malformed, unknown or revoked (auth.authenticate)."""
+
+
+class ApiKeyError(HealthmateError):
+    """An API-key request is invalid: unknown role or key id, missing user id (auth management)."""
+
+
+class AuditError(HealthmateError):
+    """An audit record has a field outside its allowed shape, e.g. a target with free text (audit)."""

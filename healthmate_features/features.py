@@ -374,3 +374,15 @@ TEMPORAL_FEATURES: tuple[Feature, ...] = (
     Feature("day_of_year", "Int64", "day of the year of the request time, 1..366"),
     Feature("days_since_signup", "Float64", "days from signup to the request time", "days"),
 )
+
+
+def describe_markdown() -> str:
+    """The feature catalog as Markdown: one table per feature table (`healthmate-features features`)."""
+    lines: list[str] = []
+    for t in FEATURE_TABLES.values():
+        lines += [f"### `{t.name}` (TTL {t.ttl_days} days): {t.description}", "", "| feature | type | unit | description |", "|---|---|---|---|"]
+        lines += [f"| {f.name} | {f.dtype} | {f.unit} | {f.description} |" for f in t.features]
+        lines.append("")
+    lines += ["### `temporal` (on demand, from the request time)", "", "| feature | type | unit | description |", "|---|---|---|---|"]
+    lines += [f"| {f.name} | {f.dtype} | {f.unit} | {f.description} |" for f in TEMPORAL_FEATURES]
+    return "\n".join(lines) + "\n"
