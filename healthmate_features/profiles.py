@@ -9,7 +9,10 @@ no defaults).
 
 Timeouts: Postgres connections use `connect_timeout` (HM_CONNECT_TIMEOUT_S, at least 2 s, a
 libpq minimum); Redis uses it as `socket_connect_timeout` and REDIS_SOCKET_TIMEOUT_S as
-`socket_timeout`, so an unreachable or silent server fails within a bounded time instead of hanging.
+`socket_timeout`, so an unreachable or silent server fails within a bounded time instead of
+hanging. Every command first checks both servers once (`check_services`, no retries); Feast's
+own Redis client keeps redis-py's default of 3 retries with exponential backoff (at most
+1 + 2 + 4 s), so a Redis lost mid-run is reported after at most 4 timeouts plus 7 s.
 """
 from __future__ import annotations
 
@@ -129,8 +132,8 @@ def _redis_address(settings: Settings) -> str:
 def redis_unavailable(settings: Settings, exc: BaseException) -> ServiceUnavailableError:
     """The error for a Redis that cannot be reached or does not answer in time."""
     return ServiceUnavailableError(
-        f"Redis at {_redis_address(settings)} (HM_REDIS_URL) did not answer within "
-        f"{settings.connect_timeout_s:g} s: {exc}; {REDIS_HINT}"
+        f"Redis at {_redis_address(settings)} (HM_REDIS_URL) is unreachable or did not answer as Redis "
+        f"within {settings.connect_timeout_s:g} s: {exc}; {REDIS_HINT}"
     )
 
 
@@ -144,15 +147,24 @@ def postgres_unavailable(settings: Settings, exc: BaseException) -> ServiceUnava
 
 
 def check_redis(settings: Settings) -> None:
-    """Ping Redis within the connect timeout. Raises ServiceUnavailableError if it does not answer."""
+    """Ping Redis once within the connect timeout. Raises ServiceUnavailableError if it does not answer.
+
+    No retries here (redis-py's default retries 3 times with up to 7 s of backoff): this check
+    exists to fail fast before handing over to Feast, whose own client keeps those retries.
+    """
     import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
 
     client = redis.Redis.from_url(
-        settings.redis_url, socket_connect_timeout=settings.connect_timeout_s, socket_timeout=settings.connect_timeout_s
+        settings.redis_url,
+        socket_connect_timeout=settings.connect_timeout_s,
+        socket_timeout=settings.connect_timeout_s,
+        retry=Retry(NoBackoff(), 0),
     )
     try:
         client.ping()
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+    except redis.exceptions.RedisError as exc:  # refused, timed out, or not speaking Redis at all
         raise redis_unavailable(settings, exc) from exc
     finally:
         client.close()
