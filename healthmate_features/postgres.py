@@ -4,7 +4,8 @@
   rejects file per table, counts per reason), then `load_raw` COPYs the accepted rows into
   `<schema>.users`, `health_readings`, `app_events` and `labels`.
 - `build_features(raw_dir, settings)` runs the feature SQL of `features.py` (the same SQL DuckDB
-  runs) inside Postgres and writes `<schema>.<feature table>`, indexed on (user_id, event_timestamp).
+  runs) inside Postgres and writes `<schema>.<feature table>`, indexed on (user_id, event_timestamp)
+  for point-in-time joins and on event_timestamp for incremental materialization.
 
 Both replace their tables atomically: everything is written to new tables and swapped in by
 DROP + RENAME inside ONE transaction, so readers see the old tables or the new ones, a re-run
@@ -225,7 +226,7 @@ def build_features(
 
     Runs PREPARE_SQL and each table's `typed_sql()` from features.py (the SQL the embedded
     profile runs in DuckDB). Side effects: replaces `<schema>.<table>` for every table in
-    FEATURE_TABLES in one transaction, each with an index on (user_id, event_timestamp).
+    FEATURE_TABLES in one transaction, each indexed on (user_id, event_timestamp) and event_timestamp.
     Raises NotIngestedError when `raw_dir` is not what was loaded (see `check_loaded`).
     """
     from tqdm import tqdm
@@ -255,7 +256,9 @@ def build_features(
             final = table_name(settings, table.name)
             cur.execute(f"DROP TABLE IF EXISTS {final}")
             cur.execute(f"ALTER TABLE {table_name(settings, table.name + '__build')} RENAME TO {_q(table.name)}")
+            # (user_id, event_timestamp): point-in-time joins; (event_timestamp): incremental materialization windows
             cur.execute(f"CREATE INDEX {_q(table.name + '_user_id_event_timestamp_idx')} ON {final} (user_id, event_timestamp)")
+            cur.execute(f"CREATE INDEX {_q(table.name + '_event_timestamp_idx')} ON {final} (event_timestamp)")
             cur.execute(f"ANALYZE {final}")
             steps.update()
         cur.execute("DROP TABLE hm_health_daily")

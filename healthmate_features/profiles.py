@@ -98,9 +98,11 @@ def _substitute(node: Any, variables: dict[str, str], where: str) -> Any:
     return node
 
 
-def repo_config(settings: Settings):
+def repo_config(settings: Settings, *, offline_store: dict[str, Any] | None = None):
     """Feast's RepoConfig for the settings' profile, placeholders filled from the settings.
 
+    `offline_store` overrides keys of that section, e.g. `{"type": "postgres"}` for Feast's own
+    Postgres store (what bench/ and the tests compare ours with).
     Raises FeatureRepoError if the profile's YAML file is missing, ConfigError if it is invalid.
     """
     from feast.repo_config import RepoConfig
@@ -110,6 +112,8 @@ def repo_config(settings: Settings):
     if not path.exists():
         raise FeatureRepoError(f"{path} not found; run from the repository root or set HM_REPO_PATH")
     raw = _substitute(yaml.safe_load(path.read_text()), feast_variables(settings), str(path))
+    if offline_store:
+        raw["offline_store"] = {**raw.get("offline_store", {}), **offline_store}
     try:
         config = RepoConfig(**raw)
     except ValidationError as exc:

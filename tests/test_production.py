@@ -222,9 +222,10 @@ def test_build_features_swaps_all_tables_in_one_transaction_with_indexes(prod, m
     load_and_build(raw, prod)
     before = {name: count(prod, name) for name in FEATURE_TABLES}
     with postgres.connect(prod) as conn:
-        indexes = dict(conn.execute("SELECT tablename, indexdef FROM pg_indexes WHERE schemaname = %s", (prod.pg_schema,)).fetchall())
+        rows = conn.execute("SELECT tablename, indexdef FROM pg_indexes WHERE schemaname = %s", (prod.pg_schema,)).fetchall()
     for name in FEATURE_TABLES:
-        assert indexes[name].endswith("USING btree (user_id, event_timestamp)"), name
+        indexes = sorted(d.split(" USING btree ")[1] for t, d in rows if t == name)
+        assert indexes == ["(event_timestamp)", "(user_id, event_timestamp)"], name
 
     shorter = tiny.raw_tables()
     shorter["health_readings"] = shorter["health_readings"][shorter["health_readings"].recorded_at < tiny.day(20)]
@@ -309,3 +310,35 @@ def test_redis_failure_inside_feast_is_a_clear_error(prod, monkeypatch):
     with pytest.raises(ServiceUnavailableError, match="Redis at 127.0.0.1:1/0.*Connection refused"):
         store.materialize(closed)  # inside Feast's own Redis client: redis-py retries 3 times first
     assert time.monotonic() - start < 4 * 2 + 7 + 5
+
+
+def test_our_point_in_time_join_equals_feasts_postgres_store(prod):
+    from feast import FeatureStore
+
+    from healthmate_features import profiles
+
+    raw = tiny.write_raw(prod.repo_path / "raw", small.raw_tables(users=8, days=60))
+    load_and_build(raw, prod)
+    store.apply(prod)
+    ours = store.open_store(prod)
+    feasts = FeatureStore(repo_path=str(prod.repo_path), config=profiles.repo_config(prod, offline_store={"type": "postgres"}))
+    assert type(ours._get_provider().offline_store).__name__ == "LateralPostgreSQLOfflineStore"
+    assert type(feasts._get_provider().offline_store).__name__ == "PostgreSQLOfflineStore"
+    labels = pd.read_parquet(prod.ingested_dir / "labels.parquet")
+    labels = pd.concat([labels, labels.head(3), pd.DataFrame({  # duplicates; before any data; exactly at a row's time
+        "user_id": [1, 2, 99], "event_timestamp": pd.to_datetime(["2024-06-01", "2025-02-01", "2025-02-01"], utc=True),
+        "adverse_event_30d": 0, "disengaged_14d": 0,
+    })], ignore_index=True).assign(row=lambda df: range(len(df)))
+    for service in SERVICES:
+        for full in (False, True):
+            frames = [
+                fs.get_historical_features(entity_df=labels, features=fs.get_feature_service(service), full_feature_names=full)
+                .to_df().sort_values("row").reset_index(drop=True)
+                for fs in (ours, feasts)
+            ]
+            frames[1]["event_timestamp"] = frames[1]["event_timestamp"].dt.tz_localize("UTC")  # Feast's store drops the zone
+            assert frames[0].notna().to_numpy().mean() > 0.5
+            pd.testing.assert_frame_equal(frames[0], frames[1], check_exact=False, rtol=1e-12, obj=f"{service} full={full}")
+    sql = f"SELECT user_id, event_timestamp FROM {postgres.table_name(prod, 'labels')}"  # not a DataFrame: Feast's own join
+    frame = ours.get_historical_features(entity_df=sql, features=["health_rolling:steps_mean_7d"]).to_df()
+    assert len(frame) == len(pd.read_parquet(prod.ingested_dir / "labels.parquet"))
