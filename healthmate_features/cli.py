@@ -185,8 +185,8 @@ def training_frame_cmd(labels_path, feature_service: str, label: str, out, profi
 
 
 @main.command("demo")
-@click.option("--users", default=300, show_default=True, help="Users to generate.")
-@click.option("--days", default=180, show_default=True, help="Days to generate.")
+@click.option("--users", default=500, show_default=True, help="Users to generate.")
+@click.option("--days", default=270, show_default=True, help="Days to generate.")
 @click.option("--seed", default=7, show_default=True, help="Random seed.")
 @click.option(
     "--profile", type=click.Choice(["embedded", "production"]), default="embedded", show_default=True,
@@ -216,6 +216,120 @@ def env_cmd() -> None:
 # -- model tracking and API keys (SQL store: data/healthmate.db or Postgres) ---------------
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+
+
+@main.group("training-set")
+def training_set_group() -> None:
+    """Build point-in-time-correct, leakage-safe, preprocessed and versioned training sets."""
+
+
+@training_set_group.command("build")
+@click.option("--config", "config_path", required=True, type=click.Path(path_type=Path), help="Training-set config (YAML).")
+@click.option("--bump", type=click.Choice(["major", "minor", "patch"]), default=None, help="Override the version bump rule.")
+@profile_option
+@handles_errors
+def training_set_build_cmd(config_path: Path, bump: str | None, profile: str | None) -> None:
+    """Build a training set from a config and save it as a new dataset version; print name@version."""
+    from .training import TrainingSetConfig, build_and_save, summary
+
+    config = TrainingSetConfig.from_file(config_path)
+    if bump:
+        config.bump = bump
+    ref, dataset = build_and_save(config, _settings(profile))
+    click.echo(ref)
+    echo_json(summary(dataset))
+
+
+@main.group("datasets")
+def datasets_group() -> None:
+    """Dataset versions: list, show, load, verify, diff, rebuild."""
+
+
+def _registry(profile: str | None):
+    from .training import registry
+
+    return registry(_settings(profile))
+
+
+@datasets_group.command("list")
+@click.argument("name", required=False)
+@profile_option
+@handles_errors
+def datasets_list_cmd(name: str | None, profile: str | None) -> None:
+    """List dataset versions (of one dataset, or all)."""
+    echo_json(_registry(profile).list(name))
+
+
+@datasets_group.command("show")
+@click.argument("name")
+@click.argument("version", required=False)
+@profile_option
+@handles_errors
+def datasets_show_cmd(name: str, version: str | None, profile: str | None) -> None:
+    """Print a version's manifest (latest by default)."""
+    echo_json(_registry(profile).show(name, version))
+
+
+@datasets_group.command("load")
+@click.argument("name")
+@click.argument("version", required=False)
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Also write the splits as Parquet into this directory.")
+@profile_option
+@handles_errors
+def datasets_load_cmd(name: str, version: str | None, out: Path | None, profile: str | None) -> None:
+    """Load a version (verified first; latest by default) and print its summary."""
+    import pandas as pd
+
+    from .training import summary
+
+    dataset = _registry(profile).load(name, version)
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        for split, frame in dataset.frames():
+            (frame.to_frame() if isinstance(frame, pd.Series) else frame).to_parquet(out / f"{split}.parquet")
+    echo_json({"dataset": dataset.ref, **summary(dataset)})
+
+
+@datasets_group.command("verify")
+@click.argument("name")
+@click.argument("version", required=False)
+@profile_option
+@handles_errors
+def datasets_verify_cmd(name: str, version: str | None, profile: str | None) -> None:
+    """Recompute a version's hashes; exit 1 on tampering or missing files."""
+    report = _registry(profile).verify(name, version)
+    echo_json(report.to_dict())
+    if not report.ok:
+        raise click.ClickException(f"{name}@{report.version} failed verification")
+
+
+@datasets_group.command("diff")
+@click.argument("name")
+@click.argument("v1")
+@click.argument("v2")
+@profile_option
+@handles_errors
+def datasets_diff_cmd(name: str, v1: str, v2: str, profile: str | None) -> None:
+    """Schema, feature, row-count and summary-statistic changes between two versions."""
+    echo_json(_registry(profile).diff(name, v1, v2))
+
+
+@datasets_group.command("rebuild")
+@click.argument("name")
+@click.argument("version")
+@profile_option
+@handles_errors
+def datasets_rebuild_cmd(name: str, version: str, profile: str | None) -> None:
+    """Rebuild a version from its manifest and check the data hash is identical (saves nothing)."""
+    from .training import rebuild
+
+    report = rebuild(name, version, _settings(profile))
+    echo_json(report)
+    if not report["identical"]:
+        raise click.ClickException(
+            f"rebuild of {name}@{version} differs"
+            + (": its entity file changed since" if report["entities_changed"] else ": the sources changed since")
+        )
 
 
 def _sql_store(profile: str | None):
@@ -424,6 +538,27 @@ def keys_revoke_cmd(key_id, profile, as_json) -> None:
     if as_json:
         return echo_json(info.to_dict())
     click.echo(f"revoked {info.key_id} ({info.role}) at {info.revoked_at:%Y-%m-%d %H:%M:%S} UTC")
+
+
+@main.command()
+@click.option("--users", type=click.IntRange(min=1), required=True, help="Number of users to simulate.")
+@click.option("--days", type=click.IntRange(min=1), required=True, help="Length of the period in days.")
+@click.option("--seed", type=click.IntRange(min=0), required=True, help="Random seed: the same seed writes the same files.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Directory for the Parquet files.")
+@click.option("--start", type=click.DateTime(formats=["%Y-%m-%d"]), default="2025-01-01", show_default=True,
+              help="First day of the period (UTC).")
+@click.option("--invalid-rate", type=click.FloatRange(0, 1), default=5e-5, show_default=True,
+              help="Fraction of readings and app events corrupted on purpose for ingest to reject (0: none).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@handles_errors
+def generate(users, days, seed, out_dir, start, invalid_rate, quiet) -> None:
+    """Write realistic synthetic raw data (users, health_readings, app_events, labels) as Parquet."""
+    from .generate import generate as run
+
+    counts = run(out_dir, users=users, days=days, seed=seed, start=start.date(), invalid_rate=invalid_rate, progress=not quiet)
+    for table, rows in counts.items():
+        click.echo(f"{table}: {rows:,} rows")
+    click.echo(f"written to {out_dir}")
 
 
 if __name__ == "__main__":  # pragma: no cover

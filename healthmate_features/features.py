@@ -43,6 +43,7 @@ class FeatureTable:
     ttl_days: int
     sql: str
     features: tuple[Feature, ...] = field(default_factory=tuple)
+    window_days: int = 1  # how far back in time its longest feature looks (for split embargoes)
 
     def typed_sql(self) -> str:
         """The table's query with every feature cast to its declared type (user_id, event_timestamp first)."""
@@ -77,20 +78,27 @@ def _daily_aggregates(metric) -> list[tuple[str, str, str, str, str]]:
 
 # --- shared building blocks -------------------------------------------------------------
 
-# A dense grid: one row per user per day from the signup day to the last day of data.
+# A dense grid: one row per user per day from the signup day (or the first day of data, if
+# later) to the last day of data.
 USER_DAY_SQL = """
 CREATE TEMP TABLE hm_user_day AS
-WITH last AS (
-    SELECT greatest(
+WITH span AS (
+    SELECT least(
+        (SELECT min(CAST(recorded_at AS DATE)) FROM {readings}),
+        (SELECT min(CAST("at" AS DATE)) FROM {events})
+    ) AS first_day,
+    greatest(
         (SELECT max(CAST(recorded_at AS DATE)) FROM {readings}),
         (SELECT max(CAST("at" AS DATE)) FROM {events})
     ) AS last_day
 )
 SELECT u.user_id, CAST(g.day AS DATE) AS day, CAST(g.day AS DATE) - DATE '1970-01-01' AS day_number
 FROM {users} u
-CROSS JOIN last
+CROSS JOIN span
 CROSS JOIN LATERAL generate_series(
-    CAST(CAST(u.signup_at AS DATE) AS TIMESTAMP), CAST(last.last_day AS TIMESTAMP), INTERVAL '1 day'
+    CAST(greatest(CAST(u.signup_at AS DATE), span.first_day) AS TIMESTAMP),
+    CAST(span.last_day AS TIMESTAMP),
+    INTERVAL '1 day'
 ) AS g(day)
 """
 
@@ -115,19 +123,28 @@ WITH agg AS (
     {select}
     FROM {{readings}} r
     GROUP BY r.user_id, CAST(r.recorded_at AS DATE)
+), span AS (
+    SELECT user_id, min(day) AS first_reading_day, max(day) AS last_reading_day FROM agg GROUP BY user_id
 )
 SELECT d.user_id, d.day, d.day_number, {_END_OF_DAY} AS event_timestamp,
+    s.first_reading_day, s.last_reading_day,
     {coalesced}
 FROM hm_user_day d
 LEFT JOIN agg a ON a.user_id = d.user_id AND a.day = d.day
+LEFT JOIN span s ON s.user_id = d.user_id
 """
     return sql
 
 
 def _health_daily() -> FeatureTable:
     features = tuple(Feature(col, dtype, desc, unit) for col, _, dtype, desc, unit in _health_daily_aggregates())
-    sql = f"SELECT user_id, event_timestamp, {', '.join(f.name for f in features)} FROM hm_health_daily"
-    return FeatureTable("health_daily", "per user per day aggregates of each health metric", 2, sql, features)
+    # Rows stop the day after a user's last reading: later rows would be all null, and the view's
+    # 2-day TTL returns null for them just the same.
+    sql = (
+        f"SELECT user_id, event_timestamp, {', '.join(f.name for f in features)} FROM hm_health_daily "
+        "WHERE day BETWEEN first_reading_day AND last_reading_day + 1"
+    )
+    return FeatureTable("health_daily", "per user per day aggregates of each health metric", 2, sql, features, 1)
 
 
 def _rolling_stats(value: str, days: int, metric) -> list[tuple[str, str, str, str, str]]:
@@ -161,12 +178,18 @@ def _health_rolling() -> FeatureTable:
     sql = f"""
 SELECT user_id, event_timestamp,
     {select}
-FROM hm_health_daily
+FROM (
+    SELECT * FROM hm_health_daily WHERE day BETWEEN first_reading_day AND last_reading_day + {LONGEST_WINDOW_DAYS}
+) AS h
 WINDOW {_window_clause()}
 """
+    # A user's rows span first reading .. last reading + the longest window (a contiguous run of
+    # days, so ROWS frames are calendar windows): beyond it every statistic is null and the
+    # 2-day TTL returns null just the same. Churned users stop costing window work.
     features = tuple(Feature(col, dtype, desc, unit) for col, _, dtype, desc, unit in stats)
     return FeatureTable(
-        "health_rolling", "rolling 7-day and 30-day statistics of the key health metrics", 2, sql, features
+        "health_rolling", "rolling 7-day and 30-day statistics of the key health metrics", 2, sql, features,
+        LONGEST_WINDOW_DAYS,
     )
 
 
@@ -204,6 +227,7 @@ WHERE p.period_end <= (SELECT CAST(max(day) AS TIMESTAMP) + INTERVAL '1 day' FRO
         ttl_days,
         sql,
         features,
+        7 if period == "week" else 31,
     )
 
 
@@ -293,7 +317,10 @@ FROM (
     FROM rolled
 ) scored
 """
-    return FeatureTable("engagement_daily", "per user per day app engagement, with 7/30-day windows", 2, sql, tuple(features))
+    return FeatureTable(
+        "engagement_daily", "per user per day app engagement, with 7/30-day windows", 2, sql, tuple(features),
+        LONGEST_WINDOW_DAYS,
+    )
 
 
 def _profile() -> FeatureTable:
@@ -341,6 +368,7 @@ JOIN {{users}} u ON u.user_id = s.user_id
         62,
         sql,
         features,
+        31,  # monthly snapshots
     )
 
 

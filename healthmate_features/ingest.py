@@ -67,13 +67,12 @@ def _q(value: str) -> str:
 
 def _open_source(con: duckdb.DuckDBPyConnection, table: TableSchema, path: Path) -> dict[str, str]:
     """Create view `src_<table>` over the file with a row number; return its column types."""
-    reader = (
-        f"read_parquet({_q(str(path))})"
-        if path.suffix == ".parquet"
-        else f"read_csv({_q(str(path))}, header = true, all_varchar = true)"
-    )
+    if path.suffix == ".parquet":
+        source = f"SELECT * EXCLUDE (file_row_number), file_row_number AS _row FROM read_parquet({_q(str(path))}, file_row_number = true)"
+    else:
+        source = f"SELECT *, row_number() OVER () - 1 AS _row FROM read_csv({_q(str(path))}, header = true, all_varchar = true)"
     try:
-        con.execute(f"CREATE OR REPLACE VIEW src_{table.name} AS SELECT *, row_number() OVER () - 1 AS _row FROM {reader}")
+        con.execute(f"CREATE OR REPLACE VIEW src_{table.name} AS {source}")
         types = {row[0]: str(row[1]) for row in con.execute(f"DESCRIBE src_{table.name}").fetchall()}
     except duckdb.Error as exc:
         raise RawDataError(
@@ -238,33 +237,37 @@ def _ingest_table(con, table: TableSchema, path: Path, out_dir: Path) -> TableRe
     types = _open_source(con, table, path)
     report = TableReport(table.name, str(path), ignored_columns=[c for c in types if c not in table.column_names and c != "_row"])
     typed_cols = ", ".join(f"{_typed(c, types[c.name])} AS t_{c.name}" for c in table.columns)
-    con.execute(f"CREATE OR REPLACE TEMP TABLE typed_{table.name} AS SELECT *, {typed_cols} FROM src_{table.name}")
     checks = _checks(table, types)
     flags = ", ".join(f"coalesce({cond}, false) AS c{i}" for i, (_, cond, _) in enumerate(checks))
-    con.execute(f"CREATE OR REPLACE TEMP TABLE checked_{table.name} AS SELECT *, {flags} FROM typed_{table.name}")
     bad = " OR ".join(f"c{i}" for i in range(len(checks))) or "false"
+    checked = f"checked_{table.name}"
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE {checked} AS SELECT *, {bad} AS _bad "
+        f"FROM (SELECT *, {flags} FROM (SELECT *, {typed_cols} FROM src_{table.name}) AS typed) AS flagged"
+    )
     counts = con.execute(
-        "SELECT count(*), " + ", ".join(f"count(*) FILTER (WHERE c{i})" for i in range(len(checks))) + f" FROM checked_{table.name}"
+        "SELECT count(*), count(*) FILTER (WHERE _bad), "
+        + ", ".join(f"count(*) FILTER (WHERE c{i})" for i in range(len(checks)))
+        + f" FROM {checked}"
     ).fetchone()
-    report.read = int(counts[0])
-    report.reasons = {code: int(n) for (code, _, _), n in zip(checks, counts[1:]) if n}
-    reason = "concat_ws('; ', " + ", ".join(f"CASE WHEN c{i} THEN {msg} END" for i, (_, _, msg) in enumerate(checks)) + ")"
-    originals = ", ".join(f'CAST("{c}" AS VARCHAR) AS "{c}"' for c in table.column_names)
-    out_cols = ", ".join(f't_{c} AS "{c}"' for c in table.column_names)
-    report.rejected = con.execute(f"SELECT count(*) FROM checked_{table.name} WHERE {bad}").fetchone()[0]
+    report.read, report.rejected = int(counts[0]), int(counts[1])
     report.accepted = report.read - report.rejected
-    accepted_query = f"SELECT {out_cols} FROM checked_{table.name} WHERE NOT ({bad}) ORDER BY _row"
-    con.execute(f"CREATE OR REPLACE TEMP TABLE ok_{table.name} AS {accepted_query}")
-    _atomic_copy(con, f"SELECT * FROM ok_{table.name}", out_dir / f"{table.name}.parquet", "parquet")
+    report.reasons = {code: int(n) for (code, _, _), n in zip(checks, counts[2:]) if n}
+    out_cols = ", ".join(f't_{c} AS "{c}"' for c in table.column_names)
+    accepted = f"SELECT {out_cols} FROM {checked} WHERE NOT _bad ORDER BY _row"
+    if table.name == "users":  # the other tables are checked against the accepted users
+        con.execute(f"CREATE OR REPLACE TEMP TABLE ok_users AS {accepted}")
+        accepted = "SELECT * FROM ok_users"
+    _atomic_copy(con, accepted, out_dir / f"{table.name}.parquet", "parquet")
     rejects = out_dir / f"{table.name}.rejects.csv"
     if report.rejected:
-        _atomic_copy(
-            con, f"SELECT _row, {reason} AS _reason, {originals} FROM checked_{table.name} WHERE {bad} ORDER BY _row", rejects, "csv"
-        )
+        reason = "concat_ws('; ', " + ", ".join(f"CASE WHEN c{i} THEN {msg} END" for i, (_, _, msg) in enumerate(checks)) + ")"
+        originals = ", ".join(f'CAST("{c}" AS VARCHAR) AS "{c}"' for c in table.column_names)
+        query = f"SELECT _row, {reason} AS _reason, {originals} FROM {checked} WHERE _bad ORDER BY _row"
+        _atomic_copy(con, query, rejects, "csv")
     else:
         rejects.unlink(missing_ok=True)
-    for kind in ("typed", "checked"):
-        con.execute(f"DROP TABLE {kind}_{table.name}")
+    con.execute(f"DROP TABLE {checked}")
     return report
 
 

@@ -15,8 +15,21 @@ from .config import Settings
 from .engineering import build_features
 from .generate import generate
 from .ingest import ingest
+from .sqlstore import open_store as open_sql_store
+from .tracking import Tracker
+from .training import TrainingSetConfig, build_and_save, summary
 
-DEMO_USER_ID = 1
+def demo_user(settings: Settings) -> int:
+    """A user worth showing: one with a 7-day resting heart rate on the last day of data."""
+    import duckdb
+
+    query = "SELECT user_id FROM {} WHERE resting_heart_rate_mean_7d IS NOT NULL ORDER BY event_timestamp DESC, user_id LIMIT 1"
+    if settings.profile == "production":
+        with postgres.connect(settings) as conn:
+            rows = conn.execute(query.format(postgres.table_name(settings, "health_rolling"))).fetchall()
+    else:
+        rows = duckdb.sql(query.format(f"read_parquet('{settings.features_dir / 'health_rolling.parquet'}')")).fetchall()
+    return int(rows[0][0]) if rows else 1
 
 
 def training_frame(settings: Settings, labels_path, *, feature_service: str, label: str) -> pd.DataFrame:
@@ -44,11 +57,31 @@ def _check_servers(settings: Settings) -> None:
     profiles.check_services(settings)
 
 
+def train_baseline(dataset) -> dict[str, float]:
+    """Fit a logistic-regression baseline on a dataset's train split; score it and a trivial predictor on test.
+
+    The trivial predictor scores every row with the training positive rate (AUC 0.5).
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    model = LogisticRegression(max_iter=2000, class_weight="balanced")
+    model.fit(dataset.X_train.to_numpy(), dataset.y_train.to_numpy())
+    scores = model.predict_proba(dataset.X_test.to_numpy())[:, 1]
+    y = dataset.y_test.to_numpy()
+    return {
+        "auc": round(float(roc_auc_score(y, scores)), 4),
+        "average_precision": round(float(average_precision_score(y, scores)), 4),
+        "trivial_auc": 0.5,
+        "trivial_average_precision": round(float(y.mean()), 4),
+    }
+
+
 def run_demo(
     settings: Settings,
     *,
-    users: int = 300,
-    days: int = 180,
+    users: int = 500,
+    days: int = 270,
     seed: int = 7,
     echo: Callable[[str], None] = print,
     progress: bool = True,
@@ -87,16 +120,33 @@ def run_demo(
     step("feast apply", store.apply, settings)
     start, end = step("materialize", store.materialize, settings)
     echo(f"    window {start} .. {end}")
-    online = step("online features", store.online_features, settings, DEMO_USER_ID, feature_service="health_risk_v1", at=end)
-    echo(f"    user {DEMO_USER_ID}, feature service health_risk_v1 ({len(online) - 1} features):")
+    user_id = demo_user(settings)
+    online = step("online features", store.online_features, settings, user_id, feature_service="health_risk_v1", at=end)
+    echo(f"    user {user_id}, feature service health_risk_v1 ({len(online) - 1} features):")
     for name in list(online)[:12]:
         echo(f"      {name} = {online[name]}")
-    echo(f"      ... (healthmate-features online --user-id {DEMO_USER_ID} prints them all)")
+    echo(f"      ... (healthmate-features online --user-id {user_id} prints them all)")
     frame = step(
         "training frame", training_frame, settings, settings.ingested_dir / "labels.parquet",
         feature_service="health_risk_v1", label="adverse_event_30d",
     )
-    summary = summarize_frame(frame, "adverse_event_30d")
-    echo("    " + ", ".join(f"{k}: {v}" for k, v in summary.items()))
+    frame_summary = summarize_frame(frame, "adverse_event_30d")
+    echo("    " + ", ".join(f"{k}: {v}" for k, v in frame_summary.items()))
+    config = settings.repo_path / "configs" / "health_risk.yaml"
+    ref, dataset = step("training set", build_and_save, TrainingSetConfig.from_file(config), settings)
+    echo(f"    {ref}: " + ", ".join(f"{k}: {v}" for k, v in summary(dataset).items()))
+    metrics = step("baseline model", train_baseline, dataset)
+    echo(
+        f"    logistic regression on {ref}: test AUC {metrics['auc']} (trivial {metrics['trivial_auc']}), "
+        f"average precision {metrics['average_precision']} (trivial {metrics['trivial_average_precision']})"
+    )
+    with open_sql_store(settings) as sql:
+        Tracker(sql).log_metrics(
+            "health_risk_baseline", version="logreg-1", dataset=ref, environment="development",
+            metrics={"auc": metrics["auc"], "average_precision": metrics["average_precision"]},
+            params={"model": "LogisticRegression", "class_weight": "balanced"},
+        )
+    echo(f"    logged to model tracking: healthmate-features models history --model health_risk_baseline")
     echo("==> timings (s): " + ", ".join(f"{k} {v}" for k, v in timings.items()))
-    return {"counts": counts, "tables": tables, "online": online, "summary": summary, "timings": timings}
+    return {"counts": counts, "tables": tables, "online": online, "frame": frame_summary, "dataset": ref,
+            "metrics": metrics, "timings": timings}

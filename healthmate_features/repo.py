@@ -7,9 +7,7 @@ PostgreSQLSource over `<HM_PG_SCHEMA>.<table>` in production) under the same sou
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from datetime import timedelta
-from typing import Iterator
 
 from feast import Field, FileSource
 from feast.types import Float64, Int64, String
@@ -47,29 +45,14 @@ def source_path(table: str) -> str:
     return f"data/features/{table}.parquet"
 
 
-_applying: list[Settings] = []
-
-
-@contextmanager
-def definitions_for(settings: Settings) -> Iterator[None]:
-    """While `feast apply` imports feature_repo/, build sources for these settings (not HM_PROFILE).
-
-    Used by `store.apply`; the plain `feast` CLI reads the profile from HM_PROFILE instead.
-    """
-    _applying.append(settings)
-    try:
-        yield
-    finally:
-        _applying.pop()
-
-
 def source(table: str):
-    """The batch source of a feature table for the active profile, named `<table>_source`.
+    """The batch source of a feature table for the profile in HM_PROFILE, named `<table>_source`.
 
-    The profile comes from the settings `store.apply` passes in, or else from the environment
-    (HM_PROFILE, HM_PG_SCHEMA), which is what the plain `feast apply` sees.
+    `feast apply` imports feature_repo/ in its own process, so the environment is the channel:
+    `store.apply` (and `healthmate-features env`, for the plain feast CLI) exports HM_PROFILE and
+    HM_PG_SCHEMA there.
     """
-    settings = _applying[-1] if _applying else Settings.from_env()
+    settings = Settings.from_env()
     common = dict(name=f"{table}_source", timestamp_field="event_timestamp", description=description(table))
     if settings.profile == "production":
         from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import PostgreSQLSource

@@ -16,7 +16,7 @@ from . import profiles
 from .config import Settings
 from .errors import FeatureRepoError
 
-ROW_COLUMN = "_hm_row"  # entity-frame row number carried through a join to restore the order
+ROW_COLUMN = "_hm_store_row"  # entity-frame row number carried through a join to restore the order
 
 
 def open_store(settings: Settings):
@@ -37,31 +37,34 @@ def open_store(settings: Settings):
     return FeatureStore(repo_path=str(settings.repo_path), fs_yaml_file=settings.feature_store_yaml)
 
 
-def apply(settings: Settings) -> None:
+def apply(settings: Settings) -> str:
     """Run `feast apply` for the repository (registers every definition under feature_repo/).
 
-    The definitions are imported afresh with sources for the settings' profile (see
-    `repo.source`). Side effect, as with Feast's own apply: the working directory becomes the repo.
+    Runs the real Feast CLI in a child process: Feast changes the working directory and
+    imports feature_repo/ as modules, neither of which should leak into this process. The child
+    sees the settings as HM_* variables: `repo.source` picks each table's source by HM_PROFILE,
+    and Feast fills the placeholders of feature_store.production.yaml from them.
+    Returns Feast's output; raises FeatureRepoError with it when apply fails, and (production)
+    ServiceUnavailableError when Postgres or Redis does not answer.
     """
-    from feast.repo_config import load_repo_config
-    from feast.repo_operations import apply_total
+    import os
+    import shutil
+    import subprocess
+    from pathlib import Path
 
-    from .repo import definitions_for
-
-    warnings.filterwarnings("ignore", message=".*experimental feature.*")
-    for name in [m for m in sys.modules if m == "feature_repo" or m.startswith("feature_repo.")]:
-        del sys.modules[name]  # a previous apply may have imported them for another profile or repo
+    feast = Path(sys.executable).parent / "feast"
+    command = [str(feast) if feast.exists() else (shutil.which("feast") or "feast")]
+    command += ["--chdir", str(settings.repo_path), "--feature-store-yaml", str(settings.feature_store_yaml), "apply"]
+    env = {**os.environ, "HM_PROFILE": settings.profile, "HM_REPO_PATH": str(settings.repo_path)}
     if settings.profile == "production":
-        config = profiles.repo_config(settings)
+        profiles.repo_config(settings)  # a bad setting fails here, with our message
         profiles.check_services(settings)
-    else:
-        config = load_repo_config(settings.repo_path, settings.feature_store_yaml)
-    sys.path.insert(0, str(settings.repo_path))  # as `feast apply` does: feature_repo/ imports from the root
-    try:
-        with definitions_for(settings), profiles.service_errors(settings):
-            apply_total(config, settings.repo_path, skip_source_validation=False)
-    finally:
-        sys.path.remove(str(settings.repo_path))
+        env.update(profiles.feast_variables(settings))
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-8:])
+        raise FeatureRepoError(f"`feast apply` failed in {settings.repo_path}:\n{tail}")
+    return result.stdout
 
 
 def _require_registry(store) -> None:

@@ -22,3 +22,52 @@ def test_every_command_has_help():
         result = runner.invoke(main, [*path, "--help"])
         assert result.exit_code == 0, (path, result.output)
         assert "Usage:" in result.output
+
+
+import re
+import shlex
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def _shown_commands(prefix: str) -> list[list[str]]:
+    """Argument lists of every README line that runs `prefix` (in code blocks or inline)."""
+    found = []
+    for match in re.finditer(r"(?:\.venv/bin/)?" + re.escape(prefix) + r"((?: [^`\n|]*)?)", README):
+        args = shlex.split(match.group(1).split("#")[0].replace("\\", ""))
+        found.append(args)
+    return found
+
+
+def test_every_healthmate_command_in_the_readme_exists():
+    shown = _shown_commands("healthmate-features")
+    assert len(shown) >= 5
+    for args in shown:
+        group, path = main, []
+        for word in args:
+            if word.startswith("-") or not isinstance(group, click.Group):
+                break
+            assert word in group.commands, f"README shows `healthmate-features {' '.join(args)}`: no command {word!r}"
+            group, path = group.commands[word], [*path, word]
+        names = {opt for p in group.params for opt in getattr(p, "opts", [])}
+        for word in args:
+            if word.startswith("--"):
+                assert word.split("=")[0] in names, f"README shows option {word} that `{' '.join(path)}` lacks"
+
+
+def test_every_make_target_in_the_readme_exists():
+    targets = set(re.findall(r"^([a-z][\w-]*):", (ROOT / "Makefile").read_text(), re.M))
+    for target in re.findall(r"(?:^|`)make ([a-z][\w-]*)", README, re.M):
+        assert target in targets, f"README shows `make {target}`, which the Makefile lacks"
+
+
+def test_readme_schema_section_and_feature_docs_are_current():
+    from healthmate_features.features import describe_markdown as features_md
+    from healthmate_features.schemas import describe_markdown as schemas_md
+
+    assert schemas_md() in README, "README's schema section is stale: paste `healthmate-features schemas`"
+    assert (ROOT / "docs" / "features.md").read_text() == features_md(), (
+        "docs/features.md is stale: healthmate-features features > docs/features.md"
+    )

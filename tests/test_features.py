@@ -140,7 +140,7 @@ def test_point_in_time_join_through_feast_never_sees_later_rows(built):
     labels = pd.DataFrame({"user_id": [1, 1, 1], "event_timestamp": [day(15, 12), day(15, 0), day(14, 23.99)]})
     frame = store.historical_features(
         built, labels, features=["health_daily:resting_heart_rate_mean", "health_rolling:resting_heart_rate_max_7d"]
-    )
+    ).set_index("event_timestamp").loc[labels.event_timestamp]
     # noon of day 15: day 15's own readings (07:00) are not known until midnight -> day 14's row
     assert list(frame.resting_heart_rate_mean) == [tiny.rhr(14), tiny.rhr(14), tiny.rhr(13)]
     assert list(frame.resting_heart_rate_max_7d) == [74, 74, 73]
@@ -179,3 +179,17 @@ def test_materialized_online_values_equal_the_latest_offline_values(built):
             got, want = online[f"{name}__{feature.name}"], latest[feature.name]
             assert (pd.isna(want) and got is None) or got == pytest.approx(want) or got == want, (name, feature.name, got, want)
     assert online["temporal__days_since_signup"] == pytest.approx(40 + 4 / 24)
+
+
+def test_feast_cli_lists_the_views_and_services_from_the_repo_root(built):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    feast = str(Path(sys.executable).parent / "feast")
+    views = subprocess.run([feast, "feature-views", "list"], cwd=built.repo_path, capture_output=True, text=True, timeout=120)
+    assert views.returncode == 0, views.stderr
+    for name in [*FEATURE_TABLES, "temporal"]:
+        assert name in views.stdout
+    services = subprocess.run([feast, "feature-services", "list"], cwd=built.repo_path, capture_output=True, text=True, timeout=120)
+    assert "health_risk_v1" in services.stdout and "engagement_churn_v1" in services.stdout

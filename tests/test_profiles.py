@@ -65,16 +65,15 @@ def test_env_command_prints_what_the_plain_feast_cli_needs(monkeypatch):
     assert "export HM_PG_PASSWORD='it'\"'\"'s'" in out and "export HM_FEAST_REDIS=" in out
 
 
-def test_sources_follow_the_profile_under_the_same_names(tmp_path, monkeypatch):
+def test_sources_follow_the_profile_under_the_same_names(monkeypatch):
     monkeypatch.delenv("HM_PROFILE", raising=False)
     embedded = repo.source("health_daily")
     assert type(embedded).__name__ == "FileSource" and embedded.path == "data/features/health_daily.parquet"
-    with repo.definitions_for(Settings(repo_path=tmp_path, profile="production", pg_schema="features")):
-        prod = repo.source("health_daily")
+    monkeypatch.setenv("HM_PROFILE", "production")  # what `feast apply` sees (store.apply exports it)
+    monkeypatch.setenv("HM_PG_SCHEMA", "features")
+    prod = repo.source("health_daily")
     assert type(prod).__name__ == "PostgreSQLSource" and prod.get_table_query_string() == "features.health_daily"
     assert prod.name == embedded.name == "health_daily_source" and prod.timestamp_field == "event_timestamp"
-    monkeypatch.setenv("HM_PROFILE", "production")  # what the plain `feast apply` sees
-    assert type(repo.source("profile")).__name__ == "PostgreSQLSource"
 
 
 def _fails_fast(fn, match: str, limit_s: float) -> None:

@@ -1,0 +1,167 @@
+"""The training-set builder end to end on generated data: real Feast, real splits, real versions."""
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from healthmate_features.cli import main
+from healthmate_features.config import Settings
+from healthmate_features.engineering import build_features
+from healthmate_features.errors import ConfigError, EntityFrameError
+from healthmate_features.generate import generate
+from healthmate_features.ingest import ingest
+from healthmate_features.training import (TrainingSetConfig, build_and_save, build_training_set, join_features,
+                                          rebuild, registry)
+
+import tiny
+
+CONFIGS = tiny.ROOT / "configs"
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    """A repository copy with 250 generated users x 240 days, ingested, built and applied."""
+    root = tiny.copy_repo(tmp_path_factory.mktemp("train"))
+    shutil.copytree(CONFIGS, root / "configs")
+    settings = Settings(repo_path=root)
+    generate(settings.raw_dir, users=250, days=240, seed=3, progress=False)
+    ingest(settings.raw_dir, settings.ingested_dir)
+    build_features(settings.raw_dir, settings)
+    tiny.feast_apply(root)
+    cwd = os.getcwd()
+    os.chdir(root)  # Feast's DuckDB store reads relative source paths from the working directory
+    yield settings
+    os.chdir(cwd)
+
+
+def _config(config_name: str, **changes) -> dict:
+    data = yaml.safe_load((CONFIGS / f"{config_name}.yaml").read_text())
+    data.update(changes)
+    return data
+
+
+def test_time_split_training_set_is_versioned_with_its_leakage_report(repo):
+    ref, dataset = build_and_save(_config("health_risk"), repo)
+    assert ref == "health_risk@1.0.0"
+    report = dataset.metadata["leakage_report"]
+    assert report["strategy"] == "time" and report["embargo_days"] >= 30 + 30  # window + label horizon
+    cutoff = pd.Timestamp(report["cutoff"])
+    embargo = pd.Timedelta(days=report["embargo_days"])
+    assert dataset.joined_train.event_timestamp.max() < cutoff - embargo
+    assert dataset.joined_test.event_timestamp.min() >= cutoff
+    labels = pd.read_parquet(repo.ingested_dir / "labels.parquet")
+    assert len(dataset.X_train) + len(dataset.X_test) + report["excluded_rows_total"] == len(labels)  # nothing lost silently
+    manifest = registry(repo).show("health_risk", "1.0.0")
+    assert manifest["feature_service"] == "health_risk_v1" and manifest["feast_definitions_hash"]
+    assert registry(repo).verify("health_risk", "1.0.0").ok
+
+
+def test_preprocessing_is_fitted_on_the_training_split_only(repo):
+    dataset = build_training_set(_config("health_risk"), repo)
+    label = "adverse_event_30d"
+    X_train = dataset.joined_train.drop(columns=[label])
+    pd.testing.assert_frame_equal(dataset.pipeline.transform(X_train), dataset.X_train)
+    # the numeric imputer's medians are the training rows' medians, whatever the test rows hold
+    imputer = dataset.pipeline.named_steps["columns"].named_transformers_["numeric"].named_steps["impute"]
+    numeric = dataset.pipeline.named_steps["columns"].transformers_[0][2]
+    assert np.allclose(imputer.statistics_, X_train[numeric].median().to_numpy(), equal_nan=True)
+
+
+def test_group_split_keeps_every_user_on_one_side(repo):
+    dataset = build_training_set(_config("engagement_churn"), repo)
+    train_users, test_users = set(dataset.joined_train.user_id), set(dataset.joined_test.user_id)
+    assert train_users and test_users and not train_users & test_users
+    assert dataset.metadata["leakage_report"]["users_overlapping"] == 0
+    assert len(dataset.feature_names) <= 20 + 5  # mutual-information top-k, column names kept
+    assert all(isinstance(n, str) for n in dataset.feature_names)
+
+
+def test_rebuild_gives_the_identical_data_hash_and_versions_bump_by_rule(repo):
+    ref, _ = build_and_save(_config("engagement_churn", name="churn_rebuild"), repo)
+    name, version = ref.split("@")
+    report = rebuild(name, version, repo)
+    assert report["identical"] and not report["entities_changed"], report
+    again, _ = build_and_save(_config("engagement_churn", name="churn_rebuild"), repo)
+    assert again == "churn_rebuild@1.0.1"  # same definitions and data: a patch
+
+
+def test_join_keeps_rows_duplicates_and_order_and_handles_any_timestamp_precision(repo):
+    labels = pd.read_parquet(repo.ingested_dir / "labels.parquet").sample(60, random_state=1)
+    entities = pd.concat([labels, labels.iloc[:5]], ignore_index=True)  # 5 duplicate rows
+    entities["event_timestamp"] = entities["event_timestamp"].astype("datetime64[ns, UTC]") + pd.Timedelta(nanoseconds=7)
+    joined, report = join_features(entities, repo, feature_service="engagement_churn_v1", label="disengaged_14d")
+    assert len(joined) == len(entities) and report.duplicate_rows >= 5
+    assert list(joined.user_id) == list(entities.user_id)
+    assert (joined.event_timestamp == entities.event_timestamp.dt.floor("us")).all()
+    assert report.sub_microsecond_floored == len(entities)
+    pd.testing.assert_frame_equal(joined.iloc[:5].reset_index(drop=True), joined.iloc[-5:].reset_index(drop=True))
+
+
+def test_naive_timestamps_are_taken_as_utc_and_unknown_users_are_counted(repo):
+    entities = pd.DataFrame({"user_id": [1, 1, 99_999], "event_timestamp": ["2025-05-01 12:00", "2025-05-02T12:00:00", "2025-05-01 12:00"]})
+    joined, report = join_features(entities, repo, feature_service="engagement_churn_v1")
+    assert report.naive_timestamps_assumed_utc == 3 and str(joined.event_timestamp.dt.tz) == "UTC"
+    assert (report.unknown_users, report.unknown_user_rows) == (1, 1)
+    assert joined.iloc[2].drop(["user_id", "event_timestamp"]).isna().sum() > 10  # unknown user: null features, row kept
+
+
+@pytest.mark.parametrize(
+    "entities, message",
+    [
+        (pd.DataFrame({"user_id": [1], "label": [0]}), "missing column(s) 'event_timestamp' (columns: user_id, label); pass the prediction time per row"),
+        (pd.DataFrame({"user_id": [1, 2], "event_timestamp": [pd.Timestamp("2025-05-01", tz="UTC"), None]}), "'event_timestamp' has 1 null value(s) of 2 rows"),
+        (pd.DataFrame({"user_id": [1], "event_timestamp": ["next tuesday"]}), "1 unparseable value(s) (e.g. 'next tuesday')"),
+        (pd.DataFrame({"user_id": ["abc"], "event_timestamp": ["2025-05-01T00:00:00Z"]}), "'user_id' has 1 non-integer value(s) (e.g. 'abc')"),
+        (pd.DataFrame({"user_id": [], "event_timestamp": []}), "entity frame has no rows"),
+    ],
+)
+def test_bad_entity_frames_give_clear_errors(repo, entities, message):
+    with pytest.raises(EntityFrameError) as info:
+        join_features(entities, repo, feature_service="engagement_churn_v1")
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"colour": "blue"}, "unknown training-set config key(s) colour"),
+        ({"label": None}, "training-set config is missing label"),
+        ({"task": "ranking"}, "task 'ranking' is not one of classification, regression"),
+        ({"split": {"strategy": "alphabetical"}}, "alphabetical"),
+        ({"preprocessing": {"numeric": {"scale": "loud"}}}, "loud"),
+        ({"bump": "huge"}, "bump 'huge' is not one of major, minor, patch"),
+    ],
+)
+def test_bad_configs_give_clear_errors(changes, message):
+    with pytest.raises(ConfigError) as info:
+        TrainingSetConfig.from_dict(_config("health_risk", **changes))
+    assert message in str(info.value)
+
+
+def test_cli_builds_lists_verifies_diffs_and_rebuilds(repo, tmp_path, monkeypatch):
+    monkeypatch.setenv("HM_REPO_PATH", str(repo.repo_path))
+    config = tmp_path / "risk.yaml"
+    config.write_text(yaml.safe_dump(_config("health_risk", name="cli_risk")))
+    run = lambda *args: CliRunner().invoke(main, list(args))  # noqa: E731
+    first = run("training-set", "build", "--config", str(config))
+    assert first.exit_code == 0, first.output
+    assert first.output.startswith("cli_risk@1.0.0\n")
+    second = run("training-set", "build", "--config", str(config), "--bump", "minor")
+    assert second.output.startswith("cli_risk@1.1.0\n"), second.output
+    listed = run("datasets", "list", "cli_risk")
+    assert listed.exit_code == 0 and "1.1.0" in listed.output
+    assert run("datasets", "verify", "cli_risk").exit_code == 0
+    diff = run("datasets", "diff", "cli_risk", "1.0.0", "1.1.0")
+    assert diff.exit_code == 0, diff.output
+    rebuilt = run("datasets", "rebuild", "cli_risk", "1.0.0")
+    assert rebuilt.exit_code == 0 and '"identical": true' in rebuilt.output, rebuilt.output
+    loaded = run("datasets", "load", "cli_risk", "--out", str(tmp_path / "splits"))
+    assert loaded.exit_code == 0 and (tmp_path / "splits" / "X_train.parquet").exists(), loaded.output
+    bad = run("training-set", "build", "--config", str(tmp_path / "missing.yaml"))
+    assert bad.exit_code == 1 and "cannot read training-set config" in bad.output
