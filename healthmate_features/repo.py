@@ -61,7 +61,6 @@ def source(table: str):
     return FileSource(path=source_path(table), **common)
 
 
-
 def temporal_schema() -> list[Field]:
     """Schema of the on-demand temporal view: names and types only (see TEMPORAL_FEATURES)."""
     return [Field(name=f.name, dtype=_TYPES[f.dtype]) for f in TEMPORAL_FEATURES]
