@@ -540,6 +540,20 @@ def keys_revoke_cmd(key_id, profile, as_json) -> None:
     click.echo(f"revoked {info.key_id} ({info.role}) at {info.revoked_at:%Y-%m-%d %H:%M:%S} UTC")
 
 
+@main.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
+@profile_option
+@handles_errors
+def serve_cmd(host: str, port: int, profile: str | None) -> None:
+    """Serve the HTTP API with uvicorn (Bearer API keys; OpenAPI docs at /docs)."""
+    import uvicorn
+
+    from .api import create_app
+
+    uvicorn.run(create_app(_settings(profile)), host=host, port=port)
+
+
 @main.command()
 @click.option("--users", type=click.IntRange(min=1), required=True, help="Number of users to simulate.")
 @click.option("--days", type=click.IntRange(min=1), required=True, help="Length of the period in days.")

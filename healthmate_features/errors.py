@@ -63,3 +63,43 @@ class ApiKeyError(HealthmateError):
 
 class AuditError(HealthmateError):
     """An audit record has a field outside its allowed shape, e.g. a target with free text (audit)."""
+
+
+class NotFoundError(HealthmateError):
+    """Base of errors about a named thing that does not exist; the HTTP API answers 404."""
+
+
+class ConflictError(HealthmateError):
+    """Base of errors about a request that conflicts with existing state; the HTTP API answers 409."""
+
+
+class DatasetNotFoundError(DatasetVersionError, NotFoundError):
+    """A dataset has no versions, or not the one asked for (versioning)."""
+
+
+class ModelNotFoundError(TrackingError, NotFoundError):
+    """No metrics are logged for a model name, or for the versions asked for (tracking)."""
+
+
+class MixedDatasetsError(TrackingError, ConflictError):
+    """A comparison would mix values measured on different dataset versions (tracking.compare)."""
+
+
+class FeatureServiceNotFoundError(FeatureRepoError, NotFoundError):
+    """A feature service is not in the Feast registry (store helpers)."""
+
+
+class FeatureSetError(ConfigError):
+    """A feature-set definition is invalid: its name, an unknown view or feature (feature_sets)."""
+
+
+class FeatureSetExistsError(FeatureSetError, ConflictError):
+    """A feature set would replace an existing feature service without being allowed to (feature_sets)."""
+
+
+class JobNotFoundError(NotFoundError):
+    """No background job has the id asked for (jobs)."""
+
+
+class PermissionDeniedError(HealthmateError):
+    """A valid API key may not do this: a user key on an admin endpoint or another user's data (api)."""

@@ -14,7 +14,7 @@ import pandas as pd
 
 from . import profiles
 from .config import Settings
-from .errors import FeatureRepoError
+from .errors import FeatureRepoError, FeatureServiceNotFoundError
 
 ROW_COLUMN = "_hm_store_row"  # entity-frame row number carried through a join to restore the order
 
@@ -129,7 +129,7 @@ def feature_refs(store, feature_service: str | None) -> list[str] | object:
             return store.get_feature_service(feature_service)
         except Exception as exc:
             names = ", ".join(s.name for s in store.list_feature_services())
-            raise FeatureRepoError(f"feature service '{feature_service}' not found (have: {names}); run `feast apply` if it is new") from exc
+            raise FeatureServiceNotFoundError(f"feature service '{feature_service}' not found (have: {names}); run `feast apply` if it is new") from exc
     refs = [f"{fv.name}:{f.name}" for fv in store.list_feature_views() for f in fv.features]
     refs += [f"{v.name}:{f.name}" for v in store.list_on_demand_feature_views() for f in v.features]
     return refs

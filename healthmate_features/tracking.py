@@ -17,7 +17,7 @@ from datetime import datetime
 from numbers import Real
 from typing import Any
 
-from .errors import TrackingError
+from .errors import MixedDatasetsError, ModelNotFoundError, TrackingError
 from .sqlstore import SqlStore, read_json, read_ts, utcnow
 
 ENVIRONMENTS = ("development", "staging", "production")
@@ -272,7 +272,7 @@ class Tracker:
                 for label, value in (("in", environment), ("on", ref))
                 if value is not None
             )
-            raise TrackingError(
+            raise ModelNotFoundError(
                 f"model {model_name!r} has no metrics{where} for version(s) {', '.join(missing)} "
                 f"(logged versions: {', '.join(self.versions(model_name))}); "
                 "log them with `healthmate-features models log` or fix the version list"
@@ -284,7 +284,7 @@ class Tracker:
         mixed = len({d for ds in datasets.values() for d in ds}) > 1
         if mixed and not allow_mixed_datasets:
             per_version = "; ".join(f"{v}: {', '.join(ds)}" for v, ds in datasets.items())
-            raise TrackingError(
+            raise MixedDatasetsError(
                 f"refusing to compare versions of model {model_name!r} evaluated on different "
                 f"dataset versions ({per_version}); evaluate them on the same dataset version, "
                 "pick one with dataset=NAME@VERSION (--dataset), or pass "
@@ -342,7 +342,7 @@ class Tracker:
         if not self.store.query("SELECT 1 FROM model_runs WHERE model_name = ? LIMIT 1", (model_name,)):
             known = self.models()
             listing = ", ".join(known[:20]) + (" ..." if len(known) > 20 else "") if known else "none"
-            raise TrackingError(
+            raise ModelNotFoundError(
                 f"no metrics logged for model {model_name!r} (models with metrics: {listing}); "
                 "check the name or log a run with `healthmate-features models log`"
             )

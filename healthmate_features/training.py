@@ -64,11 +64,16 @@ class TrainingSetConfig:
         missing = [k for k in ("name", "feature_service", "entities", "label") if not data.get(k)]
         if missing:
             raise ConfigError(f"training-set config is missing {', '.join(missing)}; see README 'Training-set configs'")
+        not_text = [k for k in ("name", "feature_service", "entities", "label") if not isinstance(data[k], str)]
+        if not_text:
+            raise ConfigError(f"training-set config {', '.join(not_text)} must be text, e.g. label: adverse_event_30d")
         config = cls(**dict(data))
         if config.task not in TASKS:
             raise ConfigError(f"task {config.task!r} is not one of {', '.join(TASKS)}")
         if config.bump not in (None, "major", "minor", "patch"):
             raise ConfigError(f"bump {config.bump!r} is not one of major, minor, patch (or leave it out)")
+        if not isinstance(config.split, Mapping):
+            raise ConfigError(f"split must be a mapping such as {{strategy: time}}, got {type(config.split).__name__}")
         SplitConfig.from_dict(config.split)  # validates
         validate_config(config.preprocessing)
         return config
@@ -147,12 +152,35 @@ def join_features(
     return joined.drop(columns=[_ROW]), report
 
 
+def resolve_entities(config: TrainingSetConfig, settings: Settings) -> Path:
+    """The entity file of a config: an absolute path, or one relative to the repository root."""
+    path = Path(config.entities)
+    return path if path.is_absolute() else settings.repo_path / path
+
+
+def check_sources(config: TrainingSetConfig, settings: Settings, *, within: Path | None = None) -> Path:
+    """Fail fast before a long build: the entity file exists (inside `within`, when given) and
+    the feature service is registered. Returns the entity file's path; raises ConfigError."""
+    if "\x00" in config.entities:
+        raise ConfigError("entities is a path and cannot contain a NUL character")
+    path = resolve_entities(config, settings)
+    if within is not None and not path.resolve().is_relative_to(Path(within).resolve()):
+        raise ConfigError(f"entities {config.entities!r} lies outside {within}; use a path inside the repository")
+    if not path.is_file():
+        raise ConfigError(f"entities file {config.entities!r} not found (looked at {path}); write it first, "
+                          "e.g. with `healthmate-features ingest`")
+    fs = store.open_store(settings)
+    names = sorted(s.name for s in fs.list_feature_services())
+    if config.feature_service not in names:
+        raise ConfigError(f"feature service {config.feature_service!r} is not registered (have: {', '.join(names)}); "
+                          "run `feast apply` if it is new")
+    return path
+
+
 def build_training_set(config: TrainingSetConfig | Mapping[str, Any], settings: Settings) -> ProcessedDataset:
     """Build (without saving) the ProcessedDataset a config describes."""
     config = config if isinstance(config, TrainingSetConfig) else TrainingSetConfig.from_dict(config)
-    entities_path = Path(config.entities)
-    if not entities_path.is_absolute():
-        entities_path = settings.repo_path / entities_path
+    entities_path = resolve_entities(config, settings)
     raw = read_entity_frame(entities_path)
     fs = store.open_store(settings)
     refs = _feature_refs(fs, config.feature_service)

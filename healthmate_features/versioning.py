@@ -45,7 +45,7 @@ from . import manifest as mf
 from .dataset import (
     OPTIONAL_SPLITS, SPLITS, ProcessedDataset, as_frame, data_hash, restore_resolution,
 )
-from .errors import DatasetVersionError
+from .errors import DatasetNotFoundError, DatasetVersionError
 from .manifest import BUMPS, VERSION_RE, check_version, next_version, parse_version
 
 __all__ = [
@@ -146,7 +146,7 @@ class DatasetRegistry:
         """The highest version of `name`; raises DatasetVersionError if it has none."""
         versions = self.versions(name)
         if not versions:
-            raise DatasetVersionError(
+            raise DatasetNotFoundError(
                 f"dataset {name!r} has no versions under {self.uri}; save one first "
                 f"(datasets here: {', '.join(self.names()) or 'none'})"
             )
@@ -236,6 +236,33 @@ class DatasetRegistry:
                     f"{saved}): {exc}; install that version or load(load_pipeline=False)"
                 ) from exc
         return dataset
+
+    def read_split(self, name: str, version: str | None, split: str) -> bytes:
+        """The stored Parquet bytes of one split (e.g. "X_train") of a version (latest by default).
+
+        The bytes are checked against the manifest's SHA-256 before they are returned
+        (DatasetVersionError on a mismatch); a split the version lacks raises
+        DatasetNotFoundError. Reads one file and never unpickles."""
+        if split not in SPLITS:
+            raise DatasetVersionError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+        version = self._resolve(name, version)
+        fname = f"{split}.parquet"
+        listed = self.show(name, version).get("files")
+        entry = listed.get(fname) if isinstance(listed, dict) else None
+        if not isinstance(entry, dict):
+            raise DatasetNotFoundError(f"dataset {name}@{version} has no {fname} (saved without it)")
+        try:
+            data = self._read_bytes(self._path(name, version, fname))
+        except FileNotFoundError as exc:
+            raise DatasetVersionError(
+                f"dataset {name}@{version}: {fname} is missing (listed in the manifest); rebuild the version"
+            ) from exc
+        if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+            raise DatasetVersionError(
+                f"dataset {name}@{version}: {fname} does not match its SHA-256 in the manifest "
+                "(modified after it was written); do not use it, rebuild the version"
+            )
+        return data
 
     def diff(self, name: str, v1: str, v2: str) -> dict[str, Any]:
         """Compare two versions' manifests: schema, feature refs, row counts, per-column
@@ -340,7 +367,7 @@ class DatasetRegistry:
         check_version(version)
         if self._fs.get_file_info(self._path(name, version)).type != pafs.FileType.Directory:
             known = ", ".join(self.versions(name)) or "none"
-            raise DatasetVersionError(
+            raise DatasetNotFoundError(
                 f"dataset {name!r} has no version {version} under {self.uri} (versions: {known})"
             )
         return version

@@ -136,6 +136,8 @@ def test_bad_entity_frames_give_clear_errors(repo, entities, message):
         ({"split": {"strategy": "alphabetical"}}, "alphabetical"),
         ({"preprocessing": {"numeric": {"scale": "loud"}}}, "loud"),
         ({"bump": "huge"}, "bump 'huge' is not one of major, minor, patch"),
+        ({"name": 123, "label": ["y"]}, "training-set config name, label must be text"),
+        ({"split": "time"}, "split must be a mapping"),
     ],
 )
 def test_bad_configs_give_clear_errors(changes, message):

@@ -20,7 +20,7 @@ from sklearn.preprocessing import StandardScaler
 
 from healthmate_features import manifest as mf
 from healthmate_features.dataset import ProcessedDataset
-from healthmate_features.errors import DatasetVersionError
+from healthmate_features.errors import DatasetNotFoundError, DatasetVersionError
 from healthmate_features.versioning import DatasetRegistry, data_hash
 
 POSIX = os.name == "posix"
@@ -321,6 +321,20 @@ def test_verify_names_a_modified_parquet_file(registry):
     assert any(p.startswith("X_train.parquet: SHA-256 mismatch") for p in report.problems)
     with pytest.raises(DatasetVersionError, match="X_train.parquet"):
         registry.load("risk", "1.0.0")
+
+
+def test_read_split_returns_the_stored_bytes_checked_against_the_manifest(registry):
+    registry.save(make_dataset(), "risk")
+    path = version_dir(registry, "risk", "1.0.0") / "X_test.parquet"
+    assert registry.read_split("risk", None, "X_test") == path.read_bytes()
+    with pytest.raises(DatasetNotFoundError, match="no version 9.9.9"):
+        registry.read_split("risk", "9.9.9", "X_test")
+    with pytest.raises(DatasetVersionError, match="unknown split 'pipeline'"):
+        registry.read_split("risk", "1.0.0", "pipeline")
+    target = writable(path)
+    target.write_bytes(target.read_bytes()[:-1] + b"x")
+    with pytest.raises(DatasetVersionError, match="X_test.parquet does not match its SHA-256"):
+        registry.read_split("risk", "1.0.0", "X_test")
 
 
 def test_verify_names_a_missing_file_and_an_unexpected_one(registry):
