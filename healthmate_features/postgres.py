@@ -73,9 +73,17 @@ def table_name(settings: Settings, table: str) -> str:
 
 
 def ensure_database(settings: Settings) -> None:
-    """Create the settings' database if it does not exist yet (connecting to `postgres` for that)."""
+    """Create the settings' database if it does not exist yet (connecting to `postgres` for that).
+
+    Raises ServiceUnavailableError when the server cannot be reached.
+    """
     import psycopg
 
+    try:
+        with connect(settings):
+            return
+    except NotIngestedError:  # connect's error for a database that does not exist
+        pass
     with connect(settings, database="postgres", autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (settings.pg_database,)).fetchone()
         if not exists:
@@ -175,9 +183,12 @@ def ingest(
 
     Returns (ingest reports, rows loaded per table). Side effects: the rejects files and the
     ingest manifest in `out_dir` (default: settings.ingested_dir), and the raw tables in Postgres.
+    Checks Postgres first (creating the database if needed), so a down server fails before the
+    validation runs.
     """
     from .ingest import ingest as validate
 
+    ensure_database(settings)
     out_dir = Path(out_dir or settings.ingested_dir)
     reports = validate(raw_dir, out_dir, progress=progress)
     return reports, load_raw(settings, out_dir, batch_rows=batch_rows, progress=progress)

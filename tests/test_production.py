@@ -7,6 +7,7 @@ its Redis keys (`<entity key><project>`) are its own and deleted afterwards.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -342,3 +343,16 @@ def test_our_point_in_time_join_equals_feasts_postgres_store(prod):
     sql = f"SELECT user_id, event_timestamp FROM {postgres.table_name(prod, 'labels')}"  # not a DataFrame: Feast's own join
     frame = ours.get_historical_features(entity_df=sql, features=["health_rolling:steps_mean_7d"]).to_df()
     assert len(frame) == len(pd.read_parquet(prod.ingested_dir / "labels.parquet"))
+
+
+def test_a_missing_database_is_named_and_created_by_ingest(prod):
+    fresh = replace(prod, pg_database=prod.pg_database + "_new")
+    where = re.escape(f"{fresh.pg_host}:{fresh.pg_port}")
+    with pytest.raises(NotIngestedError, match=f"database '{fresh.pg_database}' does not exist on {where}; .*ingest --profile production"):
+        postgres.connect(fresh)
+    try:
+        postgres.ingest(tiny.write_raw(prod.repo_path / "raw"), fresh)
+        assert count(fresh, "users") == 2
+    finally:
+        with postgres.connect(replace(prod, pg_database="postgres"), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{fresh.pg_database}" WITH (FORCE)')

@@ -1,6 +1,7 @@
 """Profile selection and configuration, and unreachable servers: none of these needs a server."""
 from __future__ import annotations
 
+import os
 import socket
 import time
 from dataclasses import replace
@@ -19,13 +20,19 @@ CLOSED = 1  # nothing listens on port 1: connection refused at once
 
 
 def production(tmp_path, **overrides) -> Settings:
-    return Settings.from_env(repo_path=tiny.copy_repo(tmp_path / "repo"), profile="production", **overrides)
+    """Production settings with the built-in localhost defaults (whatever HM_* says)."""
+    return Settings(repo_path=tiny.copy_repo(tmp_path / "repo"), profile="production", **overrides)
 
 
-def test_production_yaml_is_filled_from_settings_with_localhost_defaults(tmp_path, monkeypatch):
-    for name in ("HM_PG_HOST", "HM_PG_PORT", "HM_PG_PASSWORD", "HM_REDIS_URL", "HM_PG_SSLMODE"):
-        monkeypatch.delenv(name, raising=False)
-    config = profiles.repo_config(production(tmp_path))
+@pytest.fixture
+def clean_env(monkeypatch):
+    for name in [n for n in os.environ if n.startswith("HM_")]:
+        monkeypatch.delenv(name)
+    return monkeypatch
+
+
+def test_production_yaml_is_filled_from_settings_with_localhost_defaults(tmp_path, clean_env):
+    config = profiles.repo_config(Settings.from_env(repo_path=tiny.copy_repo(tmp_path / "repo"), profile="production"))
     assert (config.offline_store.host, config.offline_store.port, config.offline_store.sslmode) == ("127.0.0.1", 5432, "disable")
     assert config.offline_store.db_schema == "healthmate" and config.offline_store.password == ""
     assert config.online_store.connection_string == "127.0.0.1:6379,db=0,socket_connect_timeout=5,socket_timeout=30"
@@ -34,11 +41,11 @@ def test_production_yaml_is_filled_from_settings_with_localhost_defaults(tmp_pat
     assert config.materialization_config.pull_latest_features and config.materialization_config.online_write_batch_size == 5000
 
 
-def test_secrets_come_from_the_environment_and_are_quoted_where_they_go(tmp_path, monkeypatch):
-    monkeypatch.setenv("HM_PG_PASSWORD", 'p@ss:w/rd"#')
-    monkeypatch.setenv("HM_REDIS_URL", "rediss://app:s3cret@cache.internal:6380/3")
-    monkeypatch.setenv("HM_CONNECT_TIMEOUT_S", "2.5")
-    config = profiles.repo_config(production(tmp_path))
+def test_secrets_come_from_the_environment_and_are_quoted_where_they_go(tmp_path, clean_env):
+    clean_env.setenv("HM_PG_PASSWORD", 'p@ss:w/rd"#')
+    clean_env.setenv("HM_REDIS_URL", "rediss://app:s3cret@cache.internal:6380/3")
+    clean_env.setenv("HM_CONNECT_TIMEOUT_S", "2.5")
+    config = profiles.repo_config(Settings.from_env(repo_path=tiny.copy_repo(tmp_path / "repo"), profile="production"))
     assert config.offline_store.password == 'p@ss:w/rd"#'
     assert "postgres:p%40ss%3Aw%2Frd%22%23@" in config.registry.path and "connect_timeout=3" in config.registry.path
     assert config.online_store.connection_string == (
@@ -58,19 +65,18 @@ def test_bad_redis_url_and_unknown_placeholder_are_config_errors(tmp_path):
         profiles.repo_config(replace(settings, redis_url="redis://127.0.0.1:6379/0"))
 
 
-def test_env_command_prints_what_the_plain_feast_cli_needs(monkeypatch):
-    monkeypatch.setenv("HM_PG_PASSWORD", "it's")
+def test_env_command_prints_what_the_plain_feast_cli_needs(clean_env):
+    clean_env.setenv("HM_PG_PASSWORD", "it's")
     out = CliRunner().invoke(main, ["env"]).output
     assert "export HM_PROFILE=production" in out
     assert "export HM_PG_PASSWORD='it'\"'\"'s'" in out and "export HM_FEAST_REDIS=" in out
 
 
-def test_sources_follow_the_profile_under_the_same_names(monkeypatch):
-    monkeypatch.delenv("HM_PROFILE", raising=False)
+def test_sources_follow_the_profile_under_the_same_names(clean_env):
     embedded = repo.source("health_daily")
     assert type(embedded).__name__ == "FileSource" and embedded.path == "data/features/health_daily.parquet"
-    monkeypatch.setenv("HM_PROFILE", "production")  # what `feast apply` sees (store.apply exports it)
-    monkeypatch.setenv("HM_PG_SCHEMA", "features")
+    clean_env.setenv("HM_PROFILE", "production")  # what `feast apply` sees (store.apply exports it)
+    clean_env.setenv("HM_PG_SCHEMA", "features")
     prod = repo.source("health_daily")
     assert type(prod).__name__ == "PostgreSQLSource" and prod.get_table_query_string() == "features.health_daily"
     assert prod.name == embedded.name == "health_daily_source" and prod.timestamp_field == "event_timestamp"
@@ -90,7 +96,8 @@ def test_unreachable_postgres_is_a_clear_error_within_the_timeout(tmp_path):
     _fails_fast(lambda: store.online_features(settings, 1), expected, 5)
     _fails_fast(lambda: postgres.build_features(tmp_path, settings), expected, 5)
     raw = tiny.write_raw(tmp_path / "raw")
-    _fails_fast(lambda: postgres.ingest(raw, settings), expected, 15)  # validates first (DuckDB), then connects
+    _fails_fast(lambda: postgres.ingest(raw, settings), expected, 5)  # before validating
+    assert not settings.ingested_dir.exists()
 
 
 @pytest.fixture
@@ -109,10 +116,10 @@ def test_a_server_that_never_answers_times_out_instead_of_hanging(tmp_path, sile
     _fails_fast(lambda: profiles.check_redis(settings), f"Redis at 127.0.0.1:{silent_port}/0 .* within 2 s", 6)
 
 
-def test_cli_reports_an_unreachable_server_as_an_error_message(tmp_path, monkeypatch):
+def test_cli_reports_an_unreachable_server_as_an_error_message(tmp_path, clean_env):
     settings = production(tmp_path)
-    monkeypatch.setenv("HM_REPO_PATH", str(settings.repo_path))
-    monkeypatch.setenv("HM_PG_PORT", str(CLOSED))
+    clean_env.setenv("HM_REPO_PATH", str(settings.repo_path))
+    clean_env.setenv("HM_PG_PORT", str(CLOSED))
     start = time.monotonic()
     result = CliRunner().invoke(main, ["online", "--profile", "production", "--user-id", "1"])
     assert result.exit_code == 1 and time.monotonic() - start < 10
