@@ -33,7 +33,8 @@ _LOCK = "hashtext('healthmate_features.postgres')"
 def connect(settings: Settings, *, database: str | None = None, autocommit: bool = False):
     """A psycopg connection to the settings' database (session time zone UTC), within the timeout.
 
-    Raises ServiceUnavailableError, naming the server and the fix, when it cannot connect.
+    Raises ServiceUnavailableError, naming the server and the fix, when it cannot connect, and
+    NotIngestedError when the server answers but the database does not exist yet.
     """
     import psycopg
 
