@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo demo-production test bench bench-production clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python 3.10+ is required, found " + sys.version'
@@ -15,15 +15,25 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The whole main job on the embedded profile (no server needed).
+# The whole main job: embedded profile by default (no server needed); `make demo
+# PROFILE=production` (or `make demo-production`) runs it against the Postgres and Redis named by
+# HM_PG_* and HM_REDIS_URL (localhost defaults; `docker compose up -d` starts both).
+PROFILE ?= embedded
 demo: $(STAMP)
-	$(BIN)/healthmate-features demo
+	$(BIN)/healthmate-features demo --profile $(PROFILE)
+
+demo-production: $(STAMP)
+	$(BIN)/healthmate-features demo --profile production
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
 	$(BIN)/python bench/pipeline.py
+
+# Materialization into Redis, online latency, training-set build on Postgres (needs both servers).
+bench-production: $(STAMP)
+	$(BIN)/python bench/materialize.py
 
 clean:
 	rm -rf data .pytest_cache

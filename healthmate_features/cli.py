@@ -69,16 +69,26 @@ profile_option = click.option(
 @main.command("ingest")
 @click.option("--raw", "raw_dir", required=True, type=click.Path(path_type=Path), help="Directory with the raw tables.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None, help="Output directory (default: data/ingested).")
+@click.option("--batch-rows", default=100_000, show_default=True, help="Rows per COPY chunk (production profile).")
 @profile_option
 @quiet_option
 @handles_errors
-def ingest_cmd(raw_dir: Path, out_dir: Path | None, profile: str | None, quiet: bool) -> None:
-    """Validate raw tables; write accepted rows, a rejects file per table and counts per reason."""
+def ingest_cmd(raw_dir: Path, out_dir: Path | None, batch_rows: int, profile: str | None, quiet: bool) -> None:
+    """Validate raw tables; write accepted rows, a rejects file per table and counts per reason.
+
+    With the production profile the accepted rows are then loaded into Postgres (replacing the
+    previous load atomically)."""
+    from . import postgres
     from .ingest import ingest
 
     settings = _settings(profile)
     out_dir = out_dir or settings.ingested_dir
-    for r in ingest(raw_dir, out_dir, progress=not quiet):
+    loaded: dict[str, int] = {}
+    if settings.profile == "production":
+        reports, loaded = postgres.ingest(raw_dir, settings, out_dir=out_dir, batch_rows=batch_rows, progress=not quiet)
+    else:
+        reports = ingest(raw_dir, out_dir, progress=not quiet)
+    for r in reports:
         click.echo(f"{r.table}: read {r.read:,}, accepted {r.accepted:,}, rejected {r.rejected:,}")
         for reason, n in sorted(r.reasons.items(), key=lambda kv: -kv[1]):
             click.echo(f"  {n:>8,}  {reason}")
@@ -86,6 +96,8 @@ def ingest_cmd(raw_dir: Path, out_dir: Path | None, profile: str | None, quiet: 
             click.echo(f"  rejected rows with reasons: {out_dir / (r.table + '.rejects.csv')}")
         if r.ignored_columns:
             click.echo(f"  ignored columns: {', '.join(r.ignored_columns)}")
+    for table, rows in loaded.items():
+        click.echo(f"loaded {rows:,} rows into postgres table {settings.pg_schema}.{table}")
 
 
 @main.command("build-features")
@@ -95,10 +107,18 @@ def ingest_cmd(raw_dir: Path, out_dir: Path | None, profile: str | None, quiet: 
 @quiet_option
 @handles_errors
 def build_features_cmd(raw_dir: Path, memory_limit: str | None, profile: str | None, quiet: bool) -> None:
-    """Compute the feature tables (health, engagement, profile) from the ingested raw data."""
+    """Compute the feature tables (health, engagement, profile) from the ingested raw data.
+
+    Embedded: DuckDB writes data/features/*.parquet. Production: the same SQL runs inside
+    Postgres and replaces the tables <HM_PG_SCHEMA>.<table> atomically."""
+    from . import postgres
     from .engineering import build_features
 
     settings = _settings(profile)
+    if settings.profile == "production":
+        for table, rows in postgres.build_features(raw_dir, settings, progress=not quiet).items():
+            click.echo(f"{table}: {rows:,} rows -> postgres table {settings.pg_schema}.{table}")
+        return
     for table, rows in build_features(raw_dir, settings, progress=not quiet, memory_limit=memory_limit).items():
         click.echo(f"{table}: {rows:,} rows -> {settings.features_dir / (table + '.parquet')}")
 
@@ -168,13 +188,29 @@ def training_frame_cmd(labels_path, feature_service: str, label: str, out, profi
 @click.option("--users", default=500, show_default=True, help="Users to generate.")
 @click.option("--days", default=270, show_default=True, help="Days to generate.")
 @click.option("--seed", default=7, show_default=True, help="Random seed.")
+@click.option(
+    "--profile", type=click.Choice(["embedded", "production"]), default="embedded", show_default=True,
+    help="embedded: no server needed; production: Postgres and Redis named by HM_PG_* / HM_REDIS_URL.",
+)
 @quiet_option
 @handles_errors
-def demo_cmd(users: int, days: int, seed: int, quiet: bool) -> None:
-    """Run the whole pipeline on the embedded profile (what `make demo` runs)."""
+def demo_cmd(users: int, days: int, seed: int, profile: str, quiet: bool) -> None:
+    """Run the whole pipeline (what `make demo` and `make demo-production` run)."""
     from .pipeline import run_demo
 
-    run_demo(_settings("embedded"), users=users, days=days, seed=seed, echo=click.echo, progress=not quiet)
+    run_demo(_settings(profile), users=users, days=days, seed=seed, echo=click.echo, progress=not quiet)
+
+
+@main.command("env")
+@handles_errors
+def env_cmd() -> None:
+    """Print `export` lines that let the plain `feast` CLI use the production profile.
+
+    Usage: eval "$(healthmate-features env)"; feast -f feature_store.production.yaml apply
+    """
+    from .profiles import env_lines
+
+    click.echo("\n".join(env_lines(_settings("production"))))
 
 
 # -- model tracking and API keys (SQL store: data/healthmate.db or Postgres) ---------------

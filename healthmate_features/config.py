@@ -32,6 +32,7 @@ class Settings:
     pg_password: str = ""
     pg_database: str = "healthmate"
     pg_schema: str = "healthmate"
+    pg_sslmode: str = "disable"
     redis_url: str = "redis://127.0.0.1:6379/0"
     connect_timeout_s: float = 5.0
     extra: dict = field(default_factory=dict)
@@ -51,6 +52,7 @@ class Settings:
             pg_password=env.get("HM_PG_PASSWORD", ""),
             pg_database=env.get("HM_PG_DATABASE", "healthmate"),
             pg_schema=env.get("HM_PG_SCHEMA", "healthmate"),
+            pg_sslmode=env.get("HM_PG_SSLMODE", "disable"),
             redis_url=env.get("HM_REDIS_URL", "redis://127.0.0.1:6379/0"),
             connect_timeout_s=float(env.get("HM_CONNECT_TIMEOUT_S", "5")),
         )

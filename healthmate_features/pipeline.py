@@ -10,7 +10,7 @@ from typing import Callable
 
 import pandas as pd
 
-from . import store
+from . import postgres, profiles, store
 from .config import Settings
 from .engineering import build_features
 from .generate import generate
@@ -23,11 +23,12 @@ def demo_user(settings: Settings) -> int:
     """A user worth showing: one with a 7-day resting heart rate on the last day of data."""
     import duckdb
 
-    path = settings.features_dir / "health_rolling.parquet"
-    rows = duckdb.sql(
-        f"SELECT user_id FROM read_parquet('{path}') WHERE resting_heart_rate_mean_7d IS NOT NULL "
-        "ORDER BY event_timestamp DESC, user_id LIMIT 1"
-    ).fetchall()
+    query = "SELECT user_id FROM {} WHERE resting_heart_rate_mean_7d IS NOT NULL ORDER BY event_timestamp DESC, user_id LIMIT 1"
+    if settings.profile == "production":
+        with postgres.connect(settings) as conn:
+            rows = conn.execute(query.format(postgres.table_name(settings, "health_rolling"))).fetchall()
+    else:
+        rows = duckdb.sql(query.format(f"read_parquet('{settings.features_dir / 'health_rolling.parquet'}')")).fetchall()
     return int(rows[0][0]) if rows else 1
 
 
@@ -48,6 +49,12 @@ def summarize_frame(frame: pd.DataFrame, label: str) -> dict:
         "label_positive_rate": round(float(frame[label].mean()), 4),
         "missing_share": round(float(frame[features].isna().to_numpy().mean()), 4) if features else 0.0,
     }
+
+
+def _check_servers(settings: Settings) -> None:
+    """Create the database if needed, then check that Postgres and Redis answer."""
+    postgres.ensure_database(settings)
+    profiles.check_services(settings)
 
 
 def train_baseline(dataset) -> dict[str, float]:
@@ -79,8 +86,13 @@ def run_demo(
     echo: Callable[[str], None] = print,
     progress: bool = True,
 ) -> dict:
-    """Run the whole pipeline on the embedded profile; return the figures it printed."""
+    """Run the whole pipeline on the settings' profile; return the figures it printed.
+
+    Production: checks Postgres and Redis first (creating the database if needed), then loads
+    and builds in Postgres and materializes into Redis.
+    """
     raw = settings.raw_dir
+    production = settings.profile == "production"
     timings: dict[str, float] = {}
 
     def step(name: str, fn, *args, **kwargs):
@@ -90,12 +102,20 @@ def run_demo(
         timings[name] = round(time.perf_counter() - t0, 2)
         return out
 
+    if production:
+        echo(f"    profile production: postgres {settings.pg_host}:{settings.pg_port}/{settings.pg_database} "
+             f"(schema {settings.pg_schema}), redis {settings.redis_url}")
+        step("check servers", _check_servers, settings)
     counts = step("generate", generate, raw, users=users, days=days, seed=seed, progress=progress)
     echo("    " + ", ".join(f"{k}: {v:,}" for k, v in counts.items()))
-    reports = step("ingest", ingest, raw, settings.ingested_dir, progress=progress)
+    if production:
+        reports, _ = step("ingest", postgres.ingest, raw, settings, progress=progress)
+    else:
+        reports = step("ingest", ingest, raw, settings.ingested_dir, progress=progress)
     for r in reports:
         echo(f"    {r.table}: {r.accepted:,} accepted, {r.rejected:,} rejected" + (f" {r.reasons}" if r.reasons else ""))
-    tables = step("build-features", build_features, raw, settings, progress=progress)
+    build = postgres.build_features if production else build_features
+    tables = step("build-features", build, raw, settings, progress=progress)
     echo("    " + ", ".join(f"{k}: {v:,}" for k, v in tables.items()))
     step("feast apply", store.apply, settings)
     start, end = step("materialize", store.materialize, settings)

@@ -1,15 +1,18 @@
-"""Helpers the Feast definitions in feature_repo/ use to build their schemas from the catalog.
+"""Helpers the Feast definitions in feature_repo/ use to build their schemas and sources.
 
 Kept here so feature_repo/ stays declarative: a feature view names its table and gets its
-fields, with descriptions, units and tags, from `features.FEATURE_TABLES`.
+fields, with descriptions, units and tags, from `features.FEATURE_TABLES`, and its batch source
+from `source(table)`, which follows the profile (a Parquet FileSource when embedded, a
+PostgreSQLSource over `<HM_PG_SCHEMA>.<table>` in production) under the same source name.
 """
 from __future__ import annotations
 
 from datetime import timedelta
 
-from feast import Field
+from feast import Field, FileSource
 from feast.types import Float64, Int64, String
 
+from .config import Settings
 from .features import FEATURE_TABLES, TEMPORAL_FEATURES
 
 OWNER = "ml-platform@healthmate"
@@ -41,6 +44,21 @@ def source_path(table: str) -> str:
     """Path of a table's Parquet file, relative to the repository root (embedded profile)."""
     return f"data/features/{table}.parquet"
 
+
+def source(table: str):
+    """The batch source of a feature table for the profile in HM_PROFILE, named `<table>_source`.
+
+    `feast apply` imports feature_repo/ in its own process, so the environment is the channel:
+    `store.apply` (and `healthmate-features env`, for the plain feast CLI) exports HM_PROFILE and
+    HM_PG_SCHEMA there.
+    """
+    settings = Settings.from_env()
+    common = dict(name=f"{table}_source", timestamp_field="event_timestamp", description=description(table))
+    if settings.profile == "production":
+        from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import PostgreSQLSource
+
+        return PostgreSQLSource(table=f"{settings.pg_schema}.{table}", **common)
+    return FileSource(path=source_path(table), **common)
 
 
 def temporal_schema() -> list[Field]:

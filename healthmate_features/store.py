@@ -6,22 +6,34 @@ tables' time range) and turn Feast's failures into messages that say what to run
 """
 from __future__ import annotations
 
+import sys
 import warnings
 from datetime import datetime, timedelta, timezone
 
 import pandas as pd
 
+from . import profiles
 from .config import Settings
 from .errors import FeatureRepoError, FeatureServiceNotFoundError
 
+ROW_COLUMN = "_hm_store_row"  # entity-frame row number carried through a join to restore the order
+
 
 def open_store(settings: Settings):
-    """The Feast FeatureStore of the settings' profile. Raises FeatureRepoError if unusable."""
+    """The Feast FeatureStore of the settings' profile. Raises FeatureRepoError if unusable.
+
+    Production: the configuration's placeholders are filled from the settings, and Postgres and
+    Redis must answer within the connect timeout (else ServiceUnavailableError).
+    """
     from feast import FeatureStore
 
     if not settings.feature_store_yaml.exists():
         raise FeatureRepoError(f"{settings.feature_store_yaml} not found; run from the repository root or set HM_REPO_PATH")
     warnings.filterwarnings("ignore", message=".*experimental feature.*")
+    if settings.profile == "production":
+        config = profiles.repo_config(settings)
+        profiles.check_services(settings)
+        return FeatureStore(repo_path=str(settings.repo_path), config=config)
     return FeatureStore(repo_path=str(settings.repo_path), fs_yaml_file=settings.feature_store_yaml)
 
 
@@ -29,19 +41,25 @@ def apply(settings: Settings) -> str:
     """Run `feast apply` for the repository (registers every definition under feature_repo/).
 
     Runs the real Feast CLI in a child process: Feast changes the working directory and
-    imports feature_repo/ as modules, neither of which should leak into this process.
-    Returns Feast's output; raises FeatureRepoError with it when apply fails.
+    imports feature_repo/ as modules, neither of which should leak into this process. The child
+    sees the settings as HM_* variables: `repo.source` picks each table's source by HM_PROFILE,
+    and Feast fills the placeholders of feature_store.production.yaml from them.
+    Returns Feast's output; raises FeatureRepoError with it when apply fails, and (production)
+    ServiceUnavailableError when Postgres or Redis does not answer.
     """
     import os
     import shutil
     import subprocess
-    import sys
     from pathlib import Path
 
     feast = Path(sys.executable).parent / "feast"
     command = [str(feast) if feast.exists() else (shutil.which("feast") or "feast")]
     command += ["--chdir", str(settings.repo_path), "--feature-store-yaml", str(settings.feature_store_yaml), "apply"]
     env = {**os.environ, "HM_PROFILE": settings.profile, "HM_REPO_PATH": str(settings.repo_path)}
+    if settings.profile == "production":
+        profiles.repo_config(settings)  # a bad setting fails here, with our message
+        profiles.check_services(settings)
+        env.update(profiles.feast_variables(settings))
     result = subprocess.run(command, capture_output=True, text=True, env=env)
     if result.returncode != 0:
         tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-8:])
@@ -86,15 +104,21 @@ def materialize(
     each view where its previous materialization ended.
     """
     store = open_store(settings)
-    _require_registry(store)
-    if start is None or end is None:
-        lo, hi = feature_time_range(settings) if settings.profile == "embedded" else (None, None)
-        start = start or (lo - timedelta(seconds=1) if lo else None)
-        end = end or (hi + timedelta(seconds=1) if hi else datetime.now(timezone.utc))
-    if incremental:
-        store.materialize_incremental(end_date=end, feature_views=views)
-        return None, end
-    store.materialize(start_date=start, end_date=end, feature_views=views)
+    with profiles.service_errors(settings):
+        _require_registry(store)
+        if start is None or end is None:
+            if settings.profile == "production":
+                from .postgres import feature_time_range as pg_feature_time_range
+
+                lo, hi = pg_feature_time_range(settings)
+            else:
+                lo, hi = feature_time_range(settings)
+            start = start or lo - timedelta(seconds=1)
+            end = end or hi + timedelta(seconds=1)
+        if incremental:
+            store.materialize_incremental(end_date=end, feature_views=views)
+            return None, end
+        store.materialize(start_date=start, end_date=end, feature_views=views)
     return start, end
 
 
@@ -123,14 +147,15 @@ def online_features(
     `at` is the request time fed to the on-demand temporal features (default: now, UTC).
     """
     store = open_store(settings)
-    _require_registry(store)
     at = at or datetime.now(timezone.utc)
-    features = feature_refs(store, feature_service)
-    response = store.get_online_features(
-        features=features,
-        entity_rows=[{"user_id": int(user_id), "event_timestamp": pd.Timestamp(at)}],
-        full_feature_names=feature_service is None,
-    ).to_dict()
+    with profiles.service_errors(settings):
+        _require_registry(store)
+        features = feature_refs(store, feature_service)
+        response = store.get_online_features(
+            features=features,
+            entity_rows=[{"user_id": int(user_id), "event_timestamp": pd.Timestamp(at)}],
+            full_feature_names=feature_service is None,
+        ).to_dict()
     return {name: values[0] for name, values in response.items()}
 
 
@@ -142,10 +167,22 @@ def historical_features(
     features: list[str] | None = None,
     full_feature_names: bool = False,
 ) -> pd.DataFrame:
-    """Point-in-time join of `entity_df` (user_id, event_timestamp, ...) through Feast."""
-    store = open_store(settings)
-    _require_registry(store)
-    refs = features if features is not None else feature_refs(store, feature_service)
-    job = store.get_historical_features(entity_df=entity_df, features=refs, full_feature_names=full_feature_names)
-    return job.to_df()
+    """Point-in-time join of `entity_df` (user_id, event_timestamp, ...) through Feast.
 
+    Rows come back in the order of `entity_df`, with its own entity columns (values and dtypes):
+    Feast's DuckDB and Postgres stores return rows in no guaranteed order, and the Postgres store
+    drops the time zone of `event_timestamp`. A row-number column carried through the join restores both.
+    """
+    store = open_store(settings)
+    with profiles.service_errors(settings):
+        _require_registry(store)
+        refs = features if features is not None else feature_refs(store, feature_service)
+        entities = entity_df.reset_index(drop=True)
+        numbered = entities.assign(**{ROW_COLUMN: range(len(entities))})
+        job = store.get_historical_features(entity_df=numbered, features=refs, full_feature_names=full_feature_names)
+        frame = job.to_df()
+    if len(frame) != len(entities):
+        raise FeatureRepoError(f"Feast returned {len(frame)} rows for an entity frame of {len(entities)}; duplicate feature rows per user and timestamp?")
+    frame = frame.sort_values(ROW_COLUMN, kind="stable").reset_index(drop=True)
+    frame[list(entities.columns)] = entities
+    return frame.drop(columns=ROW_COLUMN)

@@ -67,9 +67,10 @@ def write_raw(raw_dir: Path, tables: dict[str, pd.DataFrame] | None = None) -> P
 
 
 def copy_repo(dest: Path) -> Path:
-    """A temporary copy of the feature repository: feature_store.yaml, .feastignore, feature_repo/."""
+    """A temporary copy of the feature repository: both profiles' YAML, .feastignore, feature_repo/."""
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copy(ROOT / "feature_store.yaml", dest)
+    shutil.copy(ROOT / "feature_store.production.yaml", dest)
     shutil.copy(ROOT / ".feastignore", dest)
     shutil.copytree(ROOT / "feature_repo", dest / "feature_repo", ignore=shutil.ignore_patterns("__pycache__"))
     return dest

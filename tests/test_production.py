@@ -1,0 +1,358 @@
+"""The production profile against real Postgres and Redis: equivalence with the embedded profile,
+atomic and idempotent loads and builds, full/incremental/interrupted materialization, faults.
+
+Each test gets its own Postgres database (conftest `pg_dsn`) and its own Feast project name, so
+its Redis keys (`<entity key><project>`) are its own and deleted afterwards.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from healthmate_features import postgres, store
+from healthmate_features.config import Settings
+from healthmate_features.engineering import build_features
+from healthmate_features.errors import NotIngestedError, ServiceUnavailableError
+from healthmate_features.features import FEATURE_TABLES
+from healthmate_features.ingest import ingest
+
+import small
+import tiny
+from sqlbackends import settings_env, settings_for_dsn
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+BIN = Path(sys.executable).parent
+SERVICES = ("health_risk_v1", "engagement_churn_v1")
+
+
+@pytest.fixture
+def prod(tmp_path, pg_dsn, redis_url, monkeypatch):
+    """Production Settings for a repo copy: a fresh database, a project name of its own in Redis."""
+    import redis
+
+    url, prefix = redis_url
+    project = prefix.rstrip(":")
+    repo = tiny.copy_repo(tmp_path / "repo")
+    yaml_path = repo / "feature_store.production.yaml"
+    yaml_path.write_text(yaml_path.read_text().replace("project: healthmate", f"project: {project}"))
+    monkeypatch.chdir(repo)  # Feast's apply changes directory; this restores it afterwards
+    yield replace(settings_for_dsn(pg_dsn, repo), redis_url=url)
+    client = redis.Redis.from_url(url)
+    keys = list(client.scan_iter(match=f"*{project}", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+def env_of(settings: Settings) -> dict[str, str]:
+    return {**os.environ, **settings_env(settings), "HM_REDIS_URL": settings.redis_url}
+
+
+def run(args: list[str], settings: Settings, **kwargs) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, cwd=settings.repo_path, env=env_of(settings), capture_output=True, text=True, timeout=300, **kwargs)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def plain_feast_apply(settings: Settings) -> None:
+    """The documented path for Feast's own CLI: export the settings, then `feast -f ... apply`."""
+    exports = run([str(BIN / "healthmate-features"), "env"], settings).stdout
+    script = f'{exports}\n"{BIN / "feast"}" -f feature_store.production.yaml apply'
+    run(["bash", "-c", script], settings)
+
+
+def table(settings: Settings, name: str) -> pd.DataFrame:
+    with postgres.connect(settings) as conn, conn.cursor() as cur:
+        cur.execute(f"SELECT * FROM {postgres.table_name(settings, name)} ORDER BY user_id, event_timestamp")
+        return pd.DataFrame(cur.fetchall(), columns=[d.name for d in cur.description])
+
+
+def count(settings: Settings, name: str) -> int:
+    with postgres.connect(settings) as conn:
+        return conn.execute(f"SELECT count(*) FROM {postgres.table_name(settings, name)}").fetchone()[0]
+
+
+def assert_close(left: pd.DataFrame, right: pd.DataFrame, what: str) -> None:
+    """Same columns and rows in the same order; numbers equal within float tolerance, nulls alike."""
+    assert list(left.columns) == list(right.columns), what
+    assert len(left) == len(right), what
+    for col in left.columns:
+        a, b = left[col].reset_index(drop=True), right[col].reset_index(drop=True)
+        if col == "event_timestamp":
+            assert (pd.to_datetime(a, utc=True) == pd.to_datetime(b, utc=True)).all(), (what, col)
+        elif pd.api.types.is_numeric_dtype(a.dropna().infer_objects()) and a.notna().any():
+            np.testing.assert_allclose(a.astype(float), b.astype(float), rtol=1e-9, atol=1e-9, equal_nan=True, err_msg=f"{what}.{col}")
+        else:
+            assert [None if pd.isna(v) else v for v in a] == [None if pd.isna(v) else v for v in b], (what, col)
+
+
+def assert_same_online(left: dict, right: dict, what: str) -> None:
+    assert left.keys() == right.keys(), what
+    for name, value in left.items():
+        other = right[name]
+        same = value == other if isinstance(value, str) or value is None else value == pytest.approx(other, rel=1e-9, abs=1e-9)
+        assert same, (what, name, value, other)
+
+
+def load_and_build(raw, settings: Settings) -> None:
+    postgres.ingest(raw, settings)
+    postgres.build_features(raw, settings)
+
+
+@pytest.mark.slow
+def test_production_profile_equals_embedded(prod):
+    raw = tiny.write_raw(prod.repo_path / "raw", small.raw_tables())
+    embedded = Settings(repo_path=prod.repo_path)
+    ingest(raw, embedded.ingested_dir)
+    build_features(raw, embedded)
+    store.apply(embedded)
+    store.materialize(embedded)
+
+    reports, loaded = postgres.ingest(raw, prod)
+    assert loaded == {r.table: r.accepted for r in reports}
+    counts = postgres.build_features(raw, prod)
+    plain_feast_apply(prod)
+    store.materialize(prod)
+
+    for name in FEATURE_TABLES:  # the same SQL in both engines gives the same tables
+        parquet = pd.read_parquet(embedded.features_dir / f"{name}.parquet").sort_values(["user_id", "event_timestamp"])
+        assert counts[name] == len(parquet) > 0, name
+        assert_close(parquet, table(prod, name), name)
+
+    labels = pd.read_parquet(embedded.ingested_dir / "labels.parquet")
+    for service in SERVICES:
+        frames = [store.historical_features(s, labels, feature_service=service) for s in (embedded, prod)]
+        assert frames[0].notna().to_numpy().mean() > 0.5, service  # the comparison is not all nulls
+        assert_close(frames[0], frames[1], service)
+        assert_close(frames[1][labels.columns], labels, f"{service}: rows in the label frame's order")
+
+    at = pd.Timestamp("2025-03-20 09:30", tz="UTC")
+    for user_id in range(1, 13):
+        for service in SERVICES:
+            assert_same_online(
+                store.online_features(embedded, user_id, feature_service=service, at=at),
+                store.online_features(prod, user_id, feature_service=service, at=at),
+                f"user {user_id} {service}",
+            )
+
+
+def test_ingest_replaces_atomically_and_never_duplicates(prod, monkeypatch):
+    raw = tiny.write_raw(prod.repo_path / "raw")
+    _, first = postgres.ingest(raw, prod)
+    _, again = postgres.ingest(raw, prod)
+    assert first == again and {name: count(prod, name) for name in first} == first
+
+    changed = tiny.raw_tables()
+    changed["health_readings"] = changed["health_readings"].iloc[:50]
+    tiny.write_raw(raw, changed)
+    real_copy = postgres._copy_parquet
+
+    def copy_then_fail(cur, dest, *args, **kwargs):
+        rows = real_copy(cur, dest, *args, **kwargs)
+        if "health_readings" in dest:
+            raise KeyboardInterrupt("interrupted after copying health_readings")
+        return rows
+
+    monkeypatch.setattr(postgres, "_copy_parquet", copy_then_fail)
+    with pytest.raises(KeyboardInterrupt):
+        postgres.ingest(raw, prod)
+    assert {name: count(prod, name) for name in first} == first  # the previous load, whole
+    with pytest.raises(NotIngestedError, match="'health_readings' .* changed since it was loaded"):
+        postgres.check_loaded(raw, prod)
+    monkeypatch.setattr(postgres, "_copy_parquet", real_copy)
+    _, rerun = postgres.ingest(raw, prod, batch_rows=7)  # several COPY chunks per table
+    assert rerun["health_readings"] == 50 and count(prod, "health_readings") == 50
+    with postgres.connect(prod) as conn:
+        leftovers = conn.execute("SELECT count(*) FROM pg_tables WHERE tablename LIKE '%%__load'").fetchone()[0]
+    assert leftovers == 0
+
+
+@pytest.mark.slow
+def test_killed_ingest_keeps_the_previous_load_and_a_rerun_completes(prod):
+    raw = tiny.write_raw(prod.repo_path / "raw")
+    _, first = postgres.ingest(raw, prod)
+    big = tiny.raw_tables()
+    readings = big["health_readings"]
+    big["health_readings"] = pd.concat([readings] * 6000, ignore_index=True)  # ~500k rows: COPY takes a while
+    tiny.write_raw(raw, big)
+    args = [str(BIN / "healthmate-features"), "ingest", "--profile", "production", "--raw", str(raw), "--quiet"]
+    proc = subprocess.Popen(args, cwd=prod.repo_path, env=env_of(prod), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with postgres.connect(prod, autocommit=True) as conn:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and proc.poll() is None:
+                copying = conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND query LIKE 'COPY%%health_readings__load%%'",
+                    (prod.pg_database,),
+                ).fetchone()[0]
+                if copying:
+                    break
+                time.sleep(0.02)
+            assert proc.poll() is None, "ingest finished before it could be interrupted"
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(30)
+            for _ in range(100):  # the server notices the dead client and rolls back
+                if not conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND application_name = "
+                                    "'healthmate-features' AND pid <> pg_backend_pid()", (prod.pg_database,)).fetchone()[0]:
+                    break
+                time.sleep(0.1)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert {name: count(prod, name) for name in first} == first
+    run(args, prod)
+    assert count(prod, "health_readings") == len(big["health_readings"])
+    assert count(prod, "users") == first["users"]
+
+
+def test_build_features_swaps_all_tables_in_one_transaction_with_indexes(prod, monkeypatch):
+    raw = tiny.write_raw(prod.repo_path / "raw")
+    with pytest.raises(NotIngestedError, match="no raw data was loaded into Postgres"):
+        postgres.build_features(raw, prod)
+    load_and_build(raw, prod)
+    before = {name: count(prod, name) for name in FEATURE_TABLES}
+    with postgres.connect(prod) as conn:
+        rows = conn.execute("SELECT tablename, indexdef FROM pg_indexes WHERE schemaname = %s", (prod.pg_schema,)).fetchall()
+    for name in FEATURE_TABLES:
+        indexes = sorted(d.split(" USING btree ")[1] for t, d in rows if t == name)
+        assert indexes == ["(event_timestamp)", "(user_id, event_timestamp)"], name
+
+    shorter = tiny.raw_tables()
+    shorter["health_readings"] = shorter["health_readings"][shorter["health_readings"].recorded_at < tiny.day(20)]
+    shorter["app_events"] = shorter["app_events"][shorter["app_events"]["at"] < tiny.day(20)]
+    tiny.write_raw(raw, shorter)
+    postgres.ingest(raw, prod)
+    broken = dict(FEATURE_TABLES)
+    last = list(broken)[-1]
+    broken[last] = replace(broken[last], sql="SELECT no_such_column FROM hm_user_day")
+    monkeypatch.setattr(postgres, "FEATURE_TABLES", broken)
+    with pytest.raises(Exception, match="no_such_column"):
+        postgres.build_features(raw, prod)
+    assert {name: count(prod, name) for name in FEATURE_TABLES} == before  # nothing swapped in
+    monkeypatch.setattr(postgres, "FEATURE_TABLES", FEATURE_TABLES)
+    after = postgres.build_features(raw, prod)
+    assert after["health_daily"] < before["health_daily"] and after == {name: count(prod, name) for name in FEATURE_TABLES}
+
+
+def redis_keys(settings: Settings) -> int:
+    import redis
+
+    project = store.open_store(settings).config.project
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        return sum(1 for _ in client.scan_iter(match=f"*{project}", count=1000))
+    finally:
+        client.close()
+
+
+def test_materialization_full_incremental_and_interrupted(prod, monkeypatch):
+    from feast.infra.online_stores.redis import RedisOnlineStore
+
+    raw = tiny.write_raw(prod.repo_path / "raw")
+    load_and_build(raw, prod)
+    store.apply(prod)
+    cut = tiny.day(20)
+    store.materialize(prod, end=cut)  # full, up to a cut
+    rolling = table(prod, "health_rolling").query("user_id == 1").set_index("event_timestamp")
+    online = store.online_features(prod, 1, at=cut)
+    assert online["health_rolling__resting_heart_rate_mean_7d"] == pytest.approx(rolling.loc[cut, "resting_heart_rate_mean_7d"])
+    assert online["profile__bmi"] is None  # user 1's first month-end snapshot (1 Feb) lies after the cut
+    assert redis_keys(prod) == 2  # one hash per user, holding every view's features
+
+    real_write, calls = RedisOnlineStore.online_write_batch, []
+
+    def write_then_fail(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise ConnectionResetError("interrupted: redis went away mid-materialization")
+        return real_write(self, *args, **kwargs)
+
+    monkeypatch.setattr(RedisOnlineStore, "online_write_batch", write_then_fail)
+    with pytest.raises(ConnectionResetError):
+        store.materialize(prod, incremental=True)
+    monkeypatch.setattr(RedisOnlineStore, "online_write_batch", real_write)
+    store.materialize(prod, incremental=True)  # resumes from the last completed window: nothing lost
+    latest = {name: table(prod, name).groupby("user_id").tail(1).set_index("user_id") for name in ("health_rolling", "engagement_daily", "profile")}
+    for user_id in (1, 2):
+        online = store.online_features(prod, user_id, at=tiny.day(41))
+        for name, frame in latest.items():
+            for feature in FEATURE_TABLES[name].features:
+                want, got = frame.loc[user_id, feature.name], online[f"{name}__{feature.name}"]
+                assert (pd.isna(want) and got is None) or got == pytest.approx(want) or got == want, (user_id, name, feature.name)
+    assert redis_keys(prod) == 2  # one hash per user, however often it was written
+    store.materialize(prod)  # a full re-run changes nothing
+    assert redis_keys(prod) == 2
+
+
+def test_redis_failure_inside_feast_is_a_clear_error(prod, monkeypatch):
+    from healthmate_features import profiles
+
+    raw = tiny.write_raw(prod.repo_path / "raw")
+    load_and_build(raw, prod)
+    store.apply(prod)
+    closed = replace(prod, redis_url="redis://127.0.0.1:1/0", connect_timeout_s=2)
+    start = time.monotonic()
+    with pytest.raises(ServiceUnavailableError, match=r"Redis at 127.0.0.1:1/0 \(HM_REDIS_URL\) is unreachable"):
+        store.online_features(closed, 1)  # the check before Feast
+    assert time.monotonic() - start < 5
+    monkeypatch.setattr(profiles, "check_redis", lambda settings: None)
+    start = time.monotonic()
+    with pytest.raises(ServiceUnavailableError, match="Redis at 127.0.0.1:1/0.*Connection refused"):
+        store.materialize(closed)  # inside Feast's own Redis client: redis-py retries 3 times first
+    assert time.monotonic() - start < 4 * 2 + 7 + 5
+
+
+def test_our_point_in_time_join_equals_feasts_postgres_store(prod):
+    from feast import FeatureStore
+
+    from healthmate_features import profiles
+
+    raw = tiny.write_raw(prod.repo_path / "raw", small.raw_tables(users=8, days=60))
+    load_and_build(raw, prod)
+    store.apply(prod)
+    ours = store.open_store(prod)
+    feasts = FeatureStore(repo_path=str(prod.repo_path), config=profiles.repo_config(prod, offline_store={"type": "postgres"}))
+    assert type(ours._get_provider().offline_store).__name__ == "LateralPostgreSQLOfflineStore"
+    assert type(feasts._get_provider().offline_store).__name__ == "PostgreSQLOfflineStore"
+    labels = pd.read_parquet(prod.ingested_dir / "labels.parquet")
+    labels = pd.concat([labels, labels.head(3), pd.DataFrame({  # duplicates; before any data; exactly at a row's time
+        "user_id": [1, 2, 99], "event_timestamp": pd.to_datetime(["2024-06-01", "2025-02-01", "2025-02-01"], utc=True),
+        "adverse_event_30d": 0, "disengaged_14d": 0,
+    })], ignore_index=True).assign(row=lambda df: range(len(df)))
+    for service in SERVICES:
+        for full in (False, True):
+            frames = [
+                fs.get_historical_features(entity_df=labels, features=fs.get_feature_service(service), full_feature_names=full)
+                .to_df().sort_values("row").reset_index(drop=True)
+                for fs in (ours, feasts)
+            ]
+            frames[1]["event_timestamp"] = frames[1]["event_timestamp"].dt.tz_localize("UTC")  # Feast's store drops the zone
+            assert frames[0].notna().to_numpy().mean() > 0.5
+            pd.testing.assert_frame_equal(frames[0], frames[1], check_exact=False, rtol=1e-12, obj=f"{service} full={full}")
+    sql = f"SELECT user_id, event_timestamp FROM {postgres.table_name(prod, 'labels')}"  # not a DataFrame: Feast's own join
+    frame = ours.get_historical_features(entity_df=sql, features=["health_rolling:steps_mean_7d"]).to_df()
+    assert len(frame) == len(pd.read_parquet(prod.ingested_dir / "labels.parquet"))
+
+
+def test_a_missing_database_is_named_and_created_by_ingest(prod):
+    fresh = replace(prod, pg_database=prod.pg_database + "_new")
+    where = re.escape(f"{fresh.pg_host}:{fresh.pg_port}")
+    with pytest.raises(NotIngestedError, match=f"database '{fresh.pg_database}' does not exist on {where}; .*ingest --profile production"):
+        postgres.connect(fresh)
+    try:
+        postgres.ingest(tiny.write_raw(prod.repo_path / "raw"), fresh)
+        assert count(fresh, "users") == 2
+    finally:
+        with postgres.connect(replace(prod, pg_database="postgres"), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{fresh.pg_database}" WITH (FORCE)')

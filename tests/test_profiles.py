@@ -1,0 +1,126 @@
+"""Profile selection and configuration, and unreachable servers: none of these needs a server."""
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import replace
+
+import pytest
+from click.testing import CliRunner
+
+from healthmate_features import postgres, profiles, repo, store
+from healthmate_features.cli import main
+from healthmate_features.config import Settings
+from healthmate_features.errors import ConfigError, ServiceUnavailableError
+
+import tiny
+
+CLOSED = 1  # nothing listens on port 1: connection refused at once
+
+
+def production(tmp_path, **overrides) -> Settings:
+    """Production settings with the built-in localhost defaults (whatever HM_* says)."""
+    return Settings(repo_path=tiny.copy_repo(tmp_path / "repo"), profile="production", **overrides)
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    for name in [n for n in os.environ if n.startswith("HM_")]:
+        monkeypatch.delenv(name)
+    return monkeypatch
+
+
+def test_production_yaml_is_filled_from_settings_with_localhost_defaults(tmp_path, clean_env):
+    config = profiles.repo_config(Settings.from_env(repo_path=tiny.copy_repo(tmp_path / "repo"), profile="production"))
+    assert (config.offline_store.host, config.offline_store.port, config.offline_store.sslmode) == ("127.0.0.1", 5432, "disable")
+    assert config.offline_store.db_schema == "healthmate" and config.offline_store.password == ""
+    assert config.online_store.connection_string == "127.0.0.1:6379,db=0,socket_connect_timeout=5,socket_timeout=30"
+    assert config.online_store.key_ttl_seconds == 14 * 24 * 3600
+    assert config.registry.path == "postgresql+psycopg://postgres:@127.0.0.1:5432/healthmate?sslmode=disable&connect_timeout=5"
+    assert config.materialization_config.pull_latest_features and config.materialization_config.online_write_batch_size == 5000
+
+
+def test_secrets_come_from_the_environment_and_are_quoted_where_they_go(tmp_path, clean_env):
+    clean_env.setenv("HM_PG_PASSWORD", 'p@ss:w/rd"#')
+    clean_env.setenv("HM_REDIS_URL", "rediss://app:s3cret@cache.internal:6380/3")
+    clean_env.setenv("HM_CONNECT_TIMEOUT_S", "2.5")
+    config = profiles.repo_config(Settings.from_env(repo_path=tiny.copy_repo(tmp_path / "repo"), profile="production"))
+    assert config.offline_store.password == 'p@ss:w/rd"#'
+    assert "postgres:p%40ss%3Aw%2Frd%22%23@" in config.registry.path and "connect_timeout=3" in config.registry.path
+    assert config.online_store.connection_string == (
+        "cache.internal:6380,db=3,username=app,password=s3cret,ssl=true,socket_connect_timeout=2.5,socket_timeout=30"
+    )
+    text = (tiny.ROOT / "feature_store.production.yaml").read_text()
+    assert "s3cret" not in text and "password: \"${HM_PG_PASSWORD}\"" in text
+
+
+def test_bad_redis_url_and_unknown_placeholder_are_config_errors(tmp_path):
+    settings = production(tmp_path, redis_url="http://127.0.0.1:6379")
+    with pytest.raises(ConfigError, match="HM_REDIS_URL 'http://127.0.0.1:6379' is not a redis://"):
+        profiles.repo_config(settings)
+    yaml_path = settings.repo_path / "feature_store.production.yaml"
+    yaml_path.write_text(yaml_path.read_text().replace("${HM_PG_HOST}", "${HM_PG_HOSTNAME}"))
+    with pytest.raises(ConfigError, match=r"uses \$\{HM_PG_HOSTNAME\}, which is not a setting"):
+        profiles.repo_config(replace(settings, redis_url="redis://127.0.0.1:6379/0"))
+
+
+def test_env_command_prints_what_the_plain_feast_cli_needs(clean_env):
+    clean_env.setenv("HM_PG_PASSWORD", "it's")
+    out = CliRunner().invoke(main, ["env"]).output
+    assert "export HM_PROFILE=production" in out
+    assert "export HM_PG_PASSWORD='it'\"'\"'s'" in out and "export HM_FEAST_REDIS=" in out
+
+
+def test_sources_follow_the_profile_under_the_same_names(clean_env):
+    embedded = repo.source("health_daily")
+    assert type(embedded).__name__ == "FileSource" and embedded.path == "data/features/health_daily.parquet"
+    clean_env.setenv("HM_PROFILE", "production")  # what `feast apply` sees (store.apply exports it)
+    clean_env.setenv("HM_PG_SCHEMA", "features")
+    prod = repo.source("health_daily")
+    assert type(prod).__name__ == "PostgreSQLSource" and prod.get_table_query_string() == "features.health_daily"
+    assert prod.name == embedded.name == "health_daily_source" and prod.timestamp_field == "event_timestamp"
+
+
+def _fails_fast(fn, match: str, limit_s: float) -> None:
+    start = time.monotonic()
+    with pytest.raises(ServiceUnavailableError, match=match):
+        fn()
+    assert time.monotonic() - start < limit_s
+
+
+def test_unreachable_postgres_is_a_clear_error_within_the_timeout(tmp_path):
+    settings = production(tmp_path, pg_port=CLOSED, connect_timeout_s=2)
+    expected = r"PostgreSQL at 127.0.0.1:1 \(database healthmate, user postgres; HM_PG_\*\) is unreachable.*docker compose up -d postgres"
+    _fails_fast(lambda: store.open_store(settings), expected, 5)
+    _fails_fast(lambda: store.online_features(settings, 1), expected, 5)
+    _fails_fast(lambda: postgres.build_features(tmp_path, settings), expected, 5)
+    raw = tiny.write_raw(tmp_path / "raw")
+    _fails_fast(lambda: postgres.ingest(raw, settings), expected, 5)  # before validating
+    assert not settings.ingested_dir.exists()
+
+
+@pytest.fixture
+def silent_port():
+    """A port that accepts TCP connections and never answers: a hung server."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    yield sock.getsockname()[1]
+    sock.close()
+
+
+def test_a_server_that_never_answers_times_out_instead_of_hanging(tmp_path, silent_port):
+    settings = production(tmp_path, pg_port=silent_port, redis_url=f"redis://127.0.0.1:{silent_port}/0", connect_timeout_s=2)
+    _fails_fast(lambda: postgres.connect(settings), f"PostgreSQL at 127.0.0.1:{silent_port} .* within 2 s", 6)
+    _fails_fast(lambda: profiles.check_redis(settings), f"Redis at 127.0.0.1:{silent_port}/0 .* within 2 s", 6)
+
+
+def test_cli_reports_an_unreachable_server_as_an_error_message(tmp_path, clean_env):
+    settings = production(tmp_path)
+    clean_env.setenv("HM_REPO_PATH", str(settings.repo_path))
+    clean_env.setenv("HM_PG_PORT", str(CLOSED))
+    start = time.monotonic()
+    result = CliRunner().invoke(main, ["online", "--profile", "production", "--user-id", "1"])
+    assert result.exit_code == 1 and time.monotonic() - start < 10
+    assert "Error: PostgreSQL at 127.0.0.1:1" in result.output and "Traceback" not in result.output
