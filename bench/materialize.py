@@ -21,7 +21,6 @@ import argparse
 import os
 import resource
 import shutil
-import statistics
 import sys
 import time
 from dataclasses import replace
@@ -82,7 +81,7 @@ def materialization(settings, store_mod, postgres) -> None:
     t0 = time.perf_counter()  # the window `materialize --incremental` takes next (explicit: --reuse safe)
     store_mod.materialize(settings, start=cut, end=hi + timedelta(seconds=1))
     inc = time.perf_counter() - t0
-    print(f"\nmaterialize into Redis (online_write_batch_size from feature_store.production.yaml)")
+    print("\nmaterialize into Redis (online_write_batch_size from feature_store.production.yaml)")
     for name, n, values, seconds in (("full, whole history", full_rows, full_values, full), ("incremental, last day", inc_rows, inc_values, inc)):
         print(f"  {name:<22}{n:>8,} rows {seconds:7.1f} s {n / seconds:>8,.0f} rows/s {values / seconds:>10,.0f} values/s")
 

@@ -14,7 +14,6 @@ Rules (README "Entity frames"):
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,10 +125,3 @@ def validate_entity_frame(
         report.unknown_users = int(out.loc[unknown, "user_id"].nunique())
     return out, report
 
-
-def frame_hash(frame: pd.DataFrame) -> str:
-    """SHA-256 of a frame's columns, dtypes and values, in row order (the entity-frame hash)."""
-    digest = hashlib.sha256()
-    digest.update(repr([(str(c), str(t)) for c, t in frame.dtypes.items()]).encode())
-    digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
-    return digest.hexdigest()

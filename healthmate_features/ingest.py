@@ -327,14 +327,22 @@ def check_ingested(raw_dir: str | Path, out_dir: str | Path) -> dict:
     path = out_dir / MANIFEST
     if not path.exists():
         raise NotIngestedError(f"raw data in {raw_dir} was not ingested (no {path}); {fix}")
-    manifest = json.loads(path.read_text())
+    return verify_manifest(json.loads(path.read_text()), raw_dir, where=str(out_dir), fix=fix)
+
+
+def verify_manifest(manifest: dict, raw_dir: str | Path, *, where: str, fix: str) -> dict:
+    """Check an ingest manifest describes `raw_dir` as it is now (every file's SHA-256); return it.
+
+    `where` names the ingest's destination (a directory, or a Postgres schema) in messages.
+    """
+    raw_dir = Path(raw_dir)
     if Path(manifest["raw_dir"]) != raw_dir.resolve():
-        raise NotIngestedError(f"{out_dir} holds an ingest of {manifest['raw_dir']}, not of {raw_dir}; {fix}")
+        raise NotIngestedError(f"{where} holds an ingest of {manifest['raw_dir']}, not of {raw_dir}; {fix}")
     for table, info in manifest["files"].items():
         current = find_raw_file(raw_dir, table)
         if current is None or str(current.resolve()) != info["path"] or sha256_file(current) != info["sha256"]:
-            raise NotIngestedError(f"raw table '{table}' in {raw_dir} changed since it was ingested; {fix}")
-    for name in REQUIRED_TABLES:
-        if name not in manifest["files"]:
-            raise NotIngestedError(f"the ingest in {out_dir} lacks table '{name}'; {fix}")
+            raise NotIngestedError(f"raw table '{table}' in {raw_dir} changed since it was ingested into {where}; {fix}")
+    missing = [name for name in REQUIRED_TABLES if name not in manifest["files"]]
+    if missing:
+        raise NotIngestedError(f"the ingest in {where} lacks table(s) {', '.join(missing)}; {fix}")
     return manifest

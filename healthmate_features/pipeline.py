@@ -146,7 +146,7 @@ def run_demo(
             metrics={"auc": metrics["auc"], "average_precision": metrics["average_precision"]},
             params={"model": "LogisticRegression", "class_weight": "balanced"},
         )
-    echo(f"    logged to model tracking: healthmate-features models history --model health_risk_baseline")
+    echo("    logged to model tracking: healthmate-features models history --model health_risk_baseline")
     echo("==> timings (s): " + ", ".join(f"{k} {v}" for k, v in timings.items()))
     return {"counts": counts, "tables": tables, "online": online, "frame": frame_summary, "dataset": ref,
             "metrics": metrics, "timings": timings}

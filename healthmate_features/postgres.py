@@ -207,7 +207,7 @@ def loaded_manifest(settings: Settings) -> dict | None:
 
 def check_loaded(raw_dir: str | Path, settings: Settings) -> dict:
     """Return the loaded manifest if `raw_dir`, unchanged, is what Postgres holds; else NotIngestedError."""
-    from .ingest import REQUIRED_TABLES, find_raw_file, sha256_file
+    from .ingest import verify_manifest
 
     raw_dir = Path(raw_dir)
     where = f"Postgres ({settings.pg_host}:{settings.pg_port}/{settings.pg_database}, schema {settings.pg_schema})"
@@ -215,16 +215,7 @@ def check_loaded(raw_dir: str | Path, settings: Settings) -> dict:
     manifest = loaded_manifest(settings)
     if manifest is None:
         raise NotIngestedError(f"no raw data was loaded into {where}; {fix}")
-    if Path(manifest["raw_dir"]) != raw_dir.resolve():
-        raise NotIngestedError(f"{where} holds an ingest of {manifest['raw_dir']}, not of {raw_dir}; {fix}")
-    for table, info in manifest["files"].items():
-        current = find_raw_file(raw_dir, table)
-        if current is None or str(current.resolve()) != info["path"] or sha256_file(current) != info["sha256"]:
-            raise NotIngestedError(f"raw table '{table}' in {raw_dir} changed since it was loaded into {where}; {fix}")
-    missing = [name for name in REQUIRED_TABLES if name not in manifest["files"]]
-    if missing:
-        raise NotIngestedError(f"the ingest loaded into {where} lacks table(s) {', '.join(missing)}; {fix}")
-    return manifest
+    return verify_manifest(manifest, raw_dir, where=where, fix=fix)
 
 
 def build_features(

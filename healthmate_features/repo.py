@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from feast import Field, FileSource
+from feast import FeatureView, Field, FileSource
 from feast.types import Float64, Int64, String
 
 from .config import Settings
@@ -59,6 +59,20 @@ def source(table: str):
 
         return PostgreSQLSource(table=f"{settings.pg_schema}.{table}", **common)
     return FileSource(path=source_path(table), **common)
+
+
+def feature_view(table: str, source, entity) -> FeatureView:
+    """The feature view of one feature table: schema, TTL, description and tags from the catalog."""
+    pii = any(f.pii for f in FEATURE_TABLES[table].features)
+    return FeatureView(
+        name=table,
+        entities=[entity],
+        ttl=ttl(table),
+        schema=fields(table),
+        source=source,
+        description=description(table),
+        tags={"owner": OWNER, "domain": table.split("_")[0], "pii": str(pii).lower()},
+    )
 
 
 def temporal_schema() -> list[Field]:

@@ -28,10 +28,11 @@ import yaml
 
 from . import store
 from .config import Settings
-from .dataset import ProcessedDataset, data_hash
-from .entities import EntityReport, frame_hash, read_entity_frame, validate_entity_frame
+from .dataset import ProcessedDataset, data_hash, frame_hash
+from .entities import EntityReport, read_entity_frame, validate_entity_frame
 from .errors import ConfigError, EntityFrameError
 from .features import FEATURE_TABLES
+from .ingest import sha256_file
 from .preprocessing import build_pipeline, fit_transform_splits, validate_config
 from .splits import SplitConfig, split_frame
 from .versioning import DatasetRegistry
@@ -206,7 +207,7 @@ def build_training_set(config: TrainingSetConfig | Mapping[str, Any], settings: 
         "preprocessing_config": validate_config(config.preprocessing),
         "leakage_report": split.leakage_report,
         "profile": settings.profile,
-        "build_spec": {"config": config.to_dict(), "entities_path": str(entities_path), "entities_sha256": _sha256(entities_path)},
+        "build_spec": {"config": config.to_dict(), "entities_path": str(entities_path), "entities_sha256": sha256_file(entities_path)},
     }
     return ProcessedDataset(
         X_train=Xt_train,
@@ -219,14 +220,6 @@ def build_training_set(config: TrainingSetConfig | Mapping[str, Any], settings: 
         joined_train=train,
         joined_test=test,
     )
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def registry(settings: Settings) -> DatasetRegistry:
@@ -260,7 +253,7 @@ def rebuild(name: str, version: str, settings: Settings) -> dict[str, Any]:
         "identical": got == expected,
         "data_hash": got,
         "manifest_data_hash": expected,
-        "entities_changed": (not entities_path.exists()) or _sha256(entities_path) != spec["entities_sha256"],
+        "entities_changed": (not entities_path.exists()) or sha256_file(entities_path) != spec["entities_sha256"],
     }
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import shutil
 import time
 import uuid
 from dataclasses import dataclass
@@ -27,9 +26,6 @@ from healthmate_features.api import PREFIX, create_app
 from healthmate_features.audit import AuditLog
 from healthmate_features.auth import ApiKeys
 from healthmate_features.config import Settings
-from healthmate_features.engineering import build_features
-from healthmate_features.generate import generate
-from healthmate_features.ingest import ingest
 from healthmate_features.sqlstore import open_store
 from healthmate_features.tracking import Tracker
 from healthmate_features.training import registry
@@ -63,13 +59,7 @@ def _url(path: str) -> str:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     """150 generated users x 200 days, ingested, built, applied and materialized; keys and runs."""
-    root = tiny.copy_repo(tmp_path_factory.mktemp("api"))
-    shutil.copytree(CONFIGS, root / "configs")
-    settings = Settings(repo_path=root)
-    generate(settings.raw_dir, users=150, days=200, seed=11, progress=False)
-    ingest(settings.raw_dir, settings.ingested_dir)
-    build_features(settings.raw_dir, settings)
-    tiny.feast_apply(root)
+    settings = tiny.generated_repo(tmp_path_factory.mktemp("api"), users=150, days=200, seed=11)
     store.materialize(settings)
     with open_store(settings) as sql:
         keys = ApiKeys(sql)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime, timedelta, timezone
 
-import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
-from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -168,7 +167,7 @@ def test_ingest_replaces_atomically_and_never_duplicates(prod, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         postgres.ingest(raw, prod)
     assert {name: count(prod, name) for name in first} == first  # the previous load, whole
-    with pytest.raises(NotIngestedError, match="'health_readings' .* changed since it was loaded"):
+    with pytest.raises(NotIngestedError, match="'health_readings' .* changed since it was ingested into Postgres"):
         postgres.check_loaded(raw, prod)
     monkeypatch.setattr(postgres, "_copy_parquet", real_copy)
     _, rerun = postgres.ingest(raw, prod, batch_rows=7)  # several COPY chunks per table

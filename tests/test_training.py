@@ -1,7 +1,6 @@
 """The training-set builder end to end on generated data: real Feast, real splits, real versions."""
 from __future__ import annotations
 
-import shutil
 
 import numpy as np
 import pandas as pd
@@ -10,11 +9,7 @@ import yaml
 from click.testing import CliRunner
 
 from healthmate_features.cli import main
-from healthmate_features.config import Settings
-from healthmate_features.engineering import build_features
 from healthmate_features.errors import ConfigError, EntityFrameError
-from healthmate_features.generate import generate
-from healthmate_features.ingest import ingest
 from healthmate_features.training import (TrainingSetConfig, build_and_save, build_training_set, join_features,
                                           rebuild, registry)
 
@@ -26,14 +21,7 @@ CONFIGS = tiny.ROOT / "configs"
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     """A repository copy with 250 generated users x 240 days, ingested, built and applied."""
-    root = tiny.copy_repo(tmp_path_factory.mktemp("train"))
-    shutil.copytree(CONFIGS, root / "configs")
-    settings = Settings(repo_path=root)
-    generate(settings.raw_dir, users=250, days=240, seed=3, progress=False)
-    ingest(settings.raw_dir, settings.ingested_dir)
-    build_features(settings.raw_dir, settings)
-    tiny.feast_apply(root)
-    return settings
+    return tiny.generated_repo(tmp_path_factory.mktemp("train"), users=250, days=240, seed=3)
 
 
 def _config(config_name: str, **changes) -> dict:

@@ -82,3 +82,22 @@ def feast_apply(repo: Path) -> str:
     result = subprocess.run([str(feast), "apply"], cwd=repo, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
+
+
+def generated_repo(root: Path, *, users: int, days: int, seed: int):
+    """A repository copy (with configs/) holding a generated population, ingested, built and applied.
+
+    Returns its Settings."""
+    from healthmate_features.config import Settings
+    from healthmate_features.engineering import build_features
+    from healthmate_features.generate import generate
+    from healthmate_features.ingest import ingest
+
+    copy_repo(root)
+    shutil.copytree(ROOT / "configs", root / "configs")
+    settings = Settings(repo_path=root)
+    generate(settings.raw_dir, users=users, days=days, seed=seed, progress=False)
+    ingest(settings.raw_dir, settings.ingested_dir)
+    build_features(settings.raw_dir, settings)
+    feast_apply(root)
+    return settings
