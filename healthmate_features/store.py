@@ -166,6 +166,7 @@ def historical_features(
     feature_service: str | None = None,
     features: list[str] | None = None,
     full_feature_names: bool = False,
+    filter_by_created_timestamp: bool = False,
 ) -> pd.DataFrame:
     """Point-in-time join of `entity_df` (user_id, event_timestamp, ...) through Feast.
 
@@ -179,7 +180,10 @@ def historical_features(
         refs = features if features is not None else feature_refs(store, feature_service)
         entities = entity_df.reset_index(drop=True)
         numbered = entities.assign(**{ROW_COLUMN: range(len(entities))})
-        job = store.get_historical_features(entity_df=numbered, features=refs, full_feature_names=full_feature_names)
+        job = store.get_historical_features(
+            entity_df=numbered, features=refs, full_feature_names=full_feature_names,
+            filter_by_created_timestamp=filter_by_created_timestamp,
+        )
         frame = job.to_df()
     if len(frame) != len(entities):
         raise FeatureRepoError(f"Feast returned {len(frame)} rows for an entity frame of {len(entities)}; duplicate feature rows per user and timestamp?")

@@ -15,6 +15,7 @@ A training-set config (YAML or dict; README "Training-set configs"):
     split: {strategy: time, test_size: 0.2, label_horizon_days: 30}
     preprocessing: {numeric: {impute: median, scale: standard}, categorical: {encode: onehot}}
     bump: null                        # major|minor|patch; default: the registry's rule
+    exclude_late_arrivals: false      # skip feature rows created after the prediction time
 """
 from __future__ import annotations
 
@@ -38,7 +39,6 @@ from .splits import SplitConfig, split_frame
 from .versioning import DatasetRegistry
 
 TASKS = ("classification", "regression")
-_ROW = "_hm_row"  # carries the input row position through the join
 
 
 @dataclass
@@ -53,6 +53,7 @@ class TrainingSetConfig:
     split: dict[str, Any] = field(default_factory=lambda: {"strategy": "time"})
     preprocessing: dict[str, Any] = field(default_factory=dict)
     bump: str | None = None
+    exclude_late_arrivals: bool = False
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TrainingSetConfig":
@@ -137,20 +138,19 @@ def join_features(
     *,
     feature_service: str,
     label: str | None = None,
+    exclude_late_arrivals: bool = False,
 ) -> tuple[pd.DataFrame, EntityReport]:
-    """Validate `entities` and join them point-in-time through Feast; same rows, same order."""
+    """Validate `entities` and join them point-in-time through Feast; same rows, same order.
+
+    With `exclude_late_arrivals`, feature rows created after a row's prediction time are not
+    used (Feast's `filter_by_created_timestamp`; views without a created timestamp are unaffected).
+    """
     frame, report = validate_entity_frame(entities, label=label, known_users=_known_users(settings))
     keep = ["user_id", "event_timestamp", *([label] if label else [])]
-    request = frame[keep].copy()
-    request[_ROW] = range(len(request))
-    joined = store.historical_features(settings, request, feature_service=feature_service)
-    joined = joined.sort_values(_ROW, kind="stable").reset_index(drop=True)
-    if len(joined) != len(request) or not (joined[_ROW].to_numpy() == request[_ROW].to_numpy()).all():
-        raise EntityFrameError(
-            f"the offline store returned {len(joined)} rows for {len(request)} entity rows; "
-            "a point-in-time join must keep every row (check the offline store in feature_store.yaml)"
-        )
-    return joined.drop(columns=[_ROW]), report
+    joined = store.historical_features(
+        settings, frame[keep], feature_service=feature_service, filter_by_created_timestamp=exclude_late_arrivals
+    )
+    return joined, report
 
 
 def resolve_entities(config: TrainingSetConfig, settings: Settings) -> Path:
@@ -185,7 +185,10 @@ def build_training_set(config: TrainingSetConfig | Mapping[str, Any], settings: 
     raw = read_entity_frame(entities_path)
     fs = store.open_store(settings)
     refs = _feature_refs(fs, config.feature_service)
-    joined, entity_report = join_features(raw, settings, feature_service=config.feature_service, label=config.label)
+    joined, entity_report = join_features(
+        raw, settings, feature_service=config.feature_service, label=config.label,
+        exclude_late_arrivals=config.exclude_late_arrivals,
+    )
     window = feature_window_days(refs)
     split = split_frame(joined, config.split, label_column=config.label, feature_window_days=window)
     train, test = split.take(joined)

@@ -141,6 +141,23 @@ def test_point_in_time_join_through_feast_never_sees_later_rows(built):
     assert list(frame.resting_heart_rate_max_7d) == [74, 74, 73]
 
 
+def test_a_row_known_one_second_after_the_label_time_never_appears_and_ttl_bounds_are_inclusive(built):
+    from healthmate_features.training import join_features
+
+    labels = pd.DataFrame({
+        "user_id": [1, 1, 2, 2],
+        "event_timestamp": [
+            day(15) - pd.Timedelta(seconds=1),  # day 14's row becomes known one second later
+            day(15),  # ... and exactly now
+            day(tiny.LAST_DAY + 3),  # user 2's last row (known at day 40) + the 2-day TTL, exactly
+            day(tiny.LAST_DAY + 3) + pd.Timedelta(seconds=1),  # one second past the TTL
+        ],
+    })
+    frame, _ = join_features(labels, built, feature_service="health_risk_v1")
+    assert list(frame.resting_heart_rate_max_7d[:2]) == [73, 74]
+    assert frame.steps_mean_7d[2] == 4000 and pd.isna(frame.steps_mean_7d[3])
+
+
 def test_every_joined_value_comes_from_a_row_at_or_before_the_label_time(built):
     labels = pd.read_parquet(built.ingested_dir / "labels.parquet")
     frame = store.historical_features(built, labels, features=["health_rolling:resting_heart_rate_mean_7d", "engagement_daily:engagement_score"])
