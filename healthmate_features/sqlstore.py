@@ -207,6 +207,7 @@ class SqlStore:
         password: str = "",
         schema: str = "healthmate",
         timeout_s: float = 5.0,
+        sslmode: str = "prefer",
     ) -> SqlStore:
         """Connect to Postgres with psycopg 3; tables live in `schema` (created by `migrate`).
 
@@ -229,6 +230,7 @@ class SqlStore:
             connect_timeout=max(2, math.ceil(timeout_s)),
             options=f"-c search_path={schema} -c TimeZone=UTC",
             application_name="healthmate-features",
+            sslmode=sslmode,
         )
         if password:
             kwargs["password"] = password
@@ -402,6 +404,7 @@ def open_store(settings: Settings, *, migrate: bool = True) -> SqlStore:
             dbname=settings.pg_database,
             schema=settings.pg_schema,
             timeout_s=settings.connect_timeout_s,
+            sslmode=settings.pg_sslmode,
         )
     else:
         settings.sql_path.parent.mkdir(parents=True, exist_ok=True)
