@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import struct
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Sequence
@@ -36,6 +37,7 @@ from .config import Settings
 from .errors import FeatureRepoError, FeatureServiceNotFoundError, OnlineReadError
 
 JOIN_KEY = "user_id"
+UNKNOWN_REFRESH_S = 5.0  # an unknown feature service refreshes the registry at most this often
 _DOUBLE_TAG = 0x29  # ValueProto field 5 (double_val), wire type 1 (64-bit)
 _unpack_double = struct.Struct("<d").unpack_from
 
@@ -109,6 +111,7 @@ class OnlineReader:
         self._plans: dict[tuple, _Plan] = {}
         self._plans_registry_ts = None
         self._lock = threading.Lock()
+        self._unknown_refresh_at = float("-inf")
 
     # --- registry -------------------------------------------------------------------------
 
@@ -117,6 +120,15 @@ class OnlineReader:
         self.store.refresh_registry()
         with self._lock:
             self._plans.clear()
+
+    def _refreshed_recently(self) -> bool:
+        """Refresh the registry for an unknown name, at most once per UNKNOWN_REFRESH_S; True if it did."""
+        now = time.monotonic()
+        if now - self._unknown_refresh_at < UNKNOWN_REFRESH_S:
+            return False
+        self._unknown_refresh_at = now
+        self.store.registry.refresh(self.project)
+        return True
 
     def _plan(self, feature_service: str | None, features: list[str] | None, full_feature_names: bool) -> _Plan:
         registry = self.store.registry
@@ -143,7 +155,12 @@ class OnlineReader:
         registry = self.store.registry
         if feature_service is not None:
             try:
-                selection: Any = registry.get_feature_service(feature_service, self.project, allow_cache=True)
+                try:
+                    selection: Any = registry.get_feature_service(feature_service, self.project, allow_cache=True)
+                except Exception:
+                    if not self._refreshed_recently():  # applied since the registry was cached?
+                        raise
+                    selection = registry.get_feature_service(feature_service, self.project, allow_cache=True)
             except Exception as exc:
                 names = ", ".join(s.name for s in registry.list_feature_services(self.project, allow_cache=True))
                 raise FeatureServiceNotFoundError(
@@ -209,6 +226,13 @@ class OnlineReader:
         # ODFV outputs follow in the order each transformation returns them: known after its first run.
         return _Plan(fields=fields, columns=columns, request_data=request, odfvs=odfv_plans, order=order,
                      full_feature_names=full_feature_names, generic=generic)
+
+    def feature_refs(self) -> list[str]:
+        """Every feature of every feature view and on-demand view, as 'view:feature' refs (cached registry)."""
+        registry = self.store.registry
+        views = registry.list_feature_views(self.project, allow_cache=True)
+        odfvs = registry.list_on_demand_feature_views(self.project, allow_cache=True)
+        return [f"{v.name}:{f.name}" for v in [*views, *odfvs] for f in v.features]
 
     # --- redis ----------------------------------------------------------------------------
 
