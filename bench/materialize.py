@@ -10,8 +10,9 @@ deleted at the end. In one run it measures, next to a reference each:
 - materialization into Redis, full (whole history but the last day) and incremental (the last
   day, the window a daily `materialize --incremental` writes), in rows/s (one row = one user's
   values of one feature view) and feature values/s;
-- online lookups of every feature of a feature service through Feast, for 1 and for 100 users,
-  p50/p99, next to a raw pipelined HGETALL of the same Redis keys (the floor: no decoding);
+- online lookups of every feature of a feature service, for 1 and for 100 users, p50/p99: Feast's
+  get_online_features, our OnlineReader (healthmate_features.online; checked equal to Feast's) and
+  a raw pipelined HGETALL of the same Redis keys (the floor: no decoding), round-robin;
 - a point-in-time training frame of `--labels` rows with health_risk_v1 through Feast: our
   offline store (LATERAL join) next to Feast's own Postgres store, checking both are equal.
 """
@@ -87,40 +88,52 @@ def materialization(settings, store_mod, postgres) -> None:
 
 
 def online(settings, store_mod, repeats: int) -> None:
-    """Feast online lookups of a whole feature service next to raw pipelined HGETALLs of the same keys."""
+    """Online lookups of a whole feature service: Feast, our OnlineReader, raw pipelined HGETALLs of the same keys.
+
+    The three run round-robin per lookup (same users, same moment); ours is checked equal to Feast's.
+    """
     import redis
     from feast.infra.online_stores.helpers import _redis_key
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey
     from feast.protos.feast.types.Value_pb2 import Value
 
+    from healthmate_features.online import OnlineReader
+
     fs = store_mod.open_store(settings)
+    reader = OnlineReader(settings, store=fs)
     service = fs.get_feature_service(SERVICE)
     n_features = sum(len(p.features) for p in service.feature_view_projections)
     client = redis.Redis.from_url(settings.redis_url)
     rng = np.random.default_rng(0)
     at = pd.Timestamp("2025-12-31 12:00", tz="UTC")
-    print(f"\nonline lookup, feature service {SERVICE} ({n_features} features), {repeats} lookups each")
+    print(f"\nonline lookup, feature service {SERVICE} ({n_features} features), {repeats} lookups each, round-robin")
     for batch in (1, 100):
         users = [rng.integers(1, 10_001, batch).tolist() for _ in range(repeats)]
-        feast_times, raw_times = [], []
-        fs.get_online_features(features=service, entity_rows=[{"user_id": 1, "event_timestamp": at}])  # warm up
+        times = {"Feast get_online_features": [], "ours (OnlineReader)": [], "raw HGETALL pipeline": []}
+        warm = [int(u) for u in users[0]]
+        want = fs.get_online_features(features=service, entity_rows=[{"user_id": u, "event_timestamp": at} for u in warm]).to_dict()
+        assert reader.get(warm, feature_service=SERVICE, at=at) == want, "ours differs from Feast"
         for ids in users:
-            rows = [{"user_id": int(u), "event_timestamp": at} for u in ids]
+            ids = [int(u) for u in ids]
+            rows = [{"user_id": u, "event_timestamp": at} for u in ids]
             t0 = time.perf_counter()
             fs.get_online_features(features=service, entity_rows=rows).to_dict()
-            feast_times.append(time.perf_counter() - t0)
-        for ids in users:
-            keys = [_redis_key(PROJECT, EntityKey(join_keys=["user_id"], entity_values=[Value(int64_val=int(u))]), 3) for u in ids]
+            times["Feast get_online_features"].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            reader.get(ids, feature_service=SERVICE, at=at)
+            times["ours (OnlineReader)"].append(time.perf_counter() - t0)
+            keys = [_redis_key(PROJECT, EntityKey(join_keys=["user_id"], entity_values=[Value(int64_val=u)]), 3) for u in ids]
             t0 = time.perf_counter()
             with client.pipeline(transaction=False) as pipe:
                 for key in keys:
                     pipe.hgetall(key)
                 values = pipe.execute()
-            raw_times.append(time.perf_counter() - t0)
-        assert all(values), "bench keys missing in Redis"
-        f50, r50 = np.percentile(feast_times, 50), np.percentile(raw_times, 50)
-        print(f"  {batch:>3} user(s)  Feast  {quantiles(feast_times)}")
-        print(f"  {batch:>3} user(s)  HGETALL pipeline  {quantiles(raw_times)}   Feast/raw at p50: {f50 / r50:.1f}x")
+            times["raw HGETALL pipeline"].append(time.perf_counter() - t0)
+            assert all(values), "bench keys missing in Redis"
+        raw50 = np.percentile(times["raw HGETALL pipeline"], 50)
+        for name, seconds in times.items():
+            print(f"  {batch:>3} user(s)  {name:<26}{quantiles(seconds)}   vs raw at p50: {np.percentile(seconds, 50) / raw50:5.1f}x")
+    reader.close()
     client.close()
 
 

@@ -107,3 +107,7 @@ class PermissionDeniedError(HealthmateError):
 
 class OfflineStoreError(HealthmateError):
     """A historical retrieval or materialization request cannot be served (the DuckDB offline store)."""
+
+
+class OnlineReadError(HealthmateError):
+    """An online lookup the fast Redis reader cannot serve, or a bad request to it (online)."""

@@ -7,6 +7,7 @@ tables' time range) and turn Feast's failures into messages that say what to run
 from __future__ import annotations
 
 import sys
+import threading
 import warnings
 from datetime import datetime, timedelta, timezone
 
@@ -61,6 +62,7 @@ def apply(settings: Settings) -> str:
         profiles.check_services(settings)
         env.update(profiles.feast_variables(settings))
     result = subprocess.run(command, capture_output=True, text=True, env=env)
+    forget_online_reader(settings)
     if result.returncode != 0:
         tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-8:])
         raise FeatureRepoError(f"`feast apply` failed in {settings.repo_path}:\n{tail}")
@@ -135,6 +137,44 @@ def feature_refs(store, feature_service: str | None) -> list[str] | object:
     return refs
 
 
+_readers: dict[tuple, object] = {}
+_readers_lock = threading.Lock()
+
+
+def _reader_key(settings: Settings) -> tuple:
+    return (str(settings.repo_path), settings.profile, settings.redis_url, settings.pg_host, settings.pg_port,
+            settings.pg_database, settings.pg_schema, settings.pg_user)
+
+
+def online_reader(settings: Settings):
+    """The process's OnlineReader for the settings (created on first use), or None unless on Redis.
+
+    Opening it checks the servers like open_store; afterwards it follows Feast's registry cache
+    (cache_ttl_seconds), and `apply` in this process drops it.
+    """
+    from .online import OnlineReader
+
+    key = _reader_key(settings)
+    with _readers_lock:
+        reader = _readers.get(key)
+    if reader is None:
+        store = open_store(settings)
+        if getattr(store.config.online_store, "type", None) != "redis":
+            return None
+        reader = OnlineReader(settings, store=store)
+        with _readers_lock:
+            reader = _readers.setdefault(key, reader)
+    return reader
+
+
+def forget_online_reader(settings: Settings) -> None:
+    """Drop the cached OnlineReader of the settings (after an apply: the next lookup re-reads the registry)."""
+    with _readers_lock:
+        reader = _readers.pop(_reader_key(settings), None)
+    if reader is not None:
+        reader.close()
+
+
 def online_features(
     settings: Settings,
     user_id: int,
@@ -145,9 +185,25 @@ def online_features(
     """One user's online features as a flat dict (full `view__feature` names without a service).
 
     `at` is the request time fed to the on-demand temporal features (default: now, UTC).
+    Production (Redis): read by healthmate_features.online.OnlineReader, which returns what
+    Feast returns; otherwise, and for what that reader does not serve, through Feast.
     """
-    store = open_store(settings)
     at = at or datetime.now(timezone.utc)
+    if settings.profile == "production":
+        from .errors import OnlineReadError
+
+        reader = online_reader(settings)
+        if reader is not None:
+            try:
+                with profiles.service_errors(settings):
+                    if feature_service:
+                        response = reader.get([user_id], feature_service=feature_service, at=at)
+                    else:
+                        response = reader.get([user_id], features=reader.feature_refs(), at=at, full_feature_names=True)
+                return {name: values[0] for name, values in response.items()}
+            except OnlineReadError:
+                pass  # a selection the fast reader does not serve: Feast's path below
+    store = open_store(settings)
     with profiles.service_errors(settings):
         _require_registry(store)
         features = feature_refs(store, feature_service)
