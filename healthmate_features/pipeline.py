@@ -19,6 +19,7 @@ from .sqlstore import open_store as open_sql_store
 from .tracking import Tracker
 from .training import TrainingSetConfig, build_and_save, summary
 
+
 def demo_user(settings: Settings) -> int:
     """A user worth showing: one with a 7-day resting heart rate on the last day of data."""
     import duckdb
