@@ -7,10 +7,23 @@ never reads the environment: it receives a Settings.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 PROFILES = ("embedded", "production")
+# Settings field -> the environment variable that sets it (defaults: the field defaults).
+_ENV = {
+    "profile": "HM_PROFILE",
+    "pg_host": "HM_PG_HOST",
+    "pg_port": "HM_PG_PORT",
+    "pg_user": "HM_PG_USER",
+    "pg_password": "HM_PG_PASSWORD",
+    "pg_database": "HM_PG_DATABASE",
+    "pg_schema": "HM_PG_SCHEMA",
+    "pg_sslmode": "HM_PG_SSLMODE",
+    "redis_url": "HM_REDIS_URL",
+    "connect_timeout_s": "HM_CONNECT_TIMEOUT_S",
+}
 
 
 def _find_repo_root(start: Path) -> Path:
@@ -35,7 +48,6 @@ class Settings:
     pg_sslmode: str = "disable"
     redis_url: str = "redis://127.0.0.1:6379/0"
     connect_timeout_s: float = 5.0
-    extra: dict = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, repo_path: str | Path | None = None, **overrides) -> "Settings":
@@ -43,27 +55,22 @@ class Settings:
         nearest directory upwards from the current one that holds feature_store.yaml."""
         env = os.environ
         root = Path(repo_path or env.get("HM_REPO_PATH") or _find_repo_root(Path.cwd())).resolve()
-        values = dict(
-            repo_path=root,
-            profile=env.get("HM_PROFILE", "embedded"),
-            pg_host=env.get("HM_PG_HOST", "127.0.0.1"),
-            pg_port=int(env.get("HM_PG_PORT", "5432")),
-            pg_user=env.get("HM_PG_USER", "postgres"),
-            pg_password=env.get("HM_PG_PASSWORD", ""),
-            pg_database=env.get("HM_PG_DATABASE", "healthmate"),
-            pg_schema=env.get("HM_PG_SCHEMA", "healthmate"),
-            pg_sslmode=env.get("HM_PG_SSLMODE", "disable"),
-            redis_url=env.get("HM_REDIS_URL", "redis://127.0.0.1:6379/0"),
-            connect_timeout_s=float(env.get("HM_CONNECT_TIMEOUT_S", "5")),
-        )
+        values: dict = {"repo_path": root}
+        for f in fields(cls):
+            if f.name in _ENV and _ENV[f.name] in env:
+                values[f.name] = type(f.default)(env[_ENV[f.name]])
         values.update(overrides)
-        if values["profile"] not in PROFILES:
+        if values.get("profile", "embedded") not in PROFILES:
             from .errors import ConfigError
 
             raise ConfigError(
                 f"unknown profile {values['profile']!r} (HM_PROFILE); use one of {', '.join(PROFILES)}"
             )
         return cls(**values)
+
+    def to_env(self) -> dict[str, str]:
+        """The HM_* environment variables for which `Settings.from_env()` returns these settings."""
+        return {"HM_REPO_PATH": str(self.repo_path), **{var: str(getattr(self, name)) for name, var in _ENV.items()}}
 
     @property
     def data_dir(self) -> Path:

@@ -56,7 +56,7 @@ def apply(settings: Settings) -> str:
     feast = Path(sys.executable).parent / "feast"
     command = [str(feast) if feast.exists() else (shutil.which("feast") or "feast")]
     command += ["--chdir", str(settings.repo_path), "--feature-store-yaml", str(settings.feature_store_yaml), "apply"]
-    env = {**os.environ, "HM_PROFILE": settings.profile, "HM_REPO_PATH": str(settings.repo_path)}
+    env = {**os.environ, **settings.to_env()}
     if settings.profile == "production":
         profiles.repo_config(settings)  # a bad setting fails here, with our message
         profiles.check_services(settings)

@@ -30,16 +30,7 @@ def settings_for_dsn(dsn: str, repo_path) -> Settings:
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """The HM_* environment variables that make `Settings.from_env()` return `settings`."""
-    return {
-        "HM_REPO_PATH": str(settings.repo_path),
-        "HM_PROFILE": settings.profile,
-        "HM_PG_HOST": settings.pg_host,
-        "HM_PG_PORT": str(settings.pg_port),
-        "HM_PG_USER": settings.pg_user,
-        "HM_PG_PASSWORD": settings.pg_password,
-        "HM_PG_DATABASE": settings.pg_database,
-        "HM_PG_SCHEMA": settings.pg_schema,
-    }
+    return settings.to_env()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
