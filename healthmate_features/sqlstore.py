@@ -12,6 +12,7 @@ import math
 import re
 import sqlite3
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -158,6 +159,25 @@ def read_json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, (str, bytes)) else value
 
 
+def _enable_wal(conn: sqlite3.Connection, timeout_s: float) -> None:
+    """Switch a SQLite database to WAL mode, waiting out other first users.
+
+    Changing the journal mode needs an exclusive lock, and SQLite reports "database is locked"
+    at once instead of calling its busy handler when several connections open a new file
+    together; so retry until `timeout_s` (a database already in WAL mode needs no lock).
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)
+
+
 class SqlStore:
     """A DB-API connection and its dialect ("sqlite" or "postgres"). Build with `open_store`.
 
@@ -186,7 +206,7 @@ class SqlStore:
                 )
                 conn.row_factory = sqlite3.Row
                 conn.execute("PRAGMA foreign_keys = ON")
-                conn.execute("PRAGMA journal_mode = WAL")  # the API reads while the CLI writes
+                _enable_wal(conn, timeout_s)  # the API reads while the CLI writes
             except sqlite3.Error as exc:
                 raise StoreError(
                     f"cannot open the SQLite store {path}: {exc}; check that its directory "
