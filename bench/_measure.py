@@ -1,4 +1,5 @@
 """Run a command in a fresh process; return its wall time and peak memory (used by bench/ scripts)."""
+
 from __future__ import annotations
 
 import os

@@ -11,11 +11,12 @@ deleted at the end. In one run it measures, next to a reference each:
   day, the window a daily `materialize --incremental` writes), in rows/s (one row = one user's
   values of one feature view) and feature values/s;
 - online lookups of every feature of a feature service, for 1 and for 100 users, p50/p99: Feast's
-  get_online_features, our OnlineReader (healthmate_features.online; checked equal to Feast's) and
+  get_online_features, our OnlineReader (healthmate_features.stores.online; checked equal to Feast's) and
   a raw pipelined HGETALL of the same Redis keys (the floor: no decoding), round-robin;
 - a point-in-time training frame of `--labels` rows with health_risk_v1 through Feast: our
   offline store (LATERAL join) next to Feast's own Postgres store, checking both are equal.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,9 +51,29 @@ def prepare(args, work: Path, env: dict) -> None:
     raw = args.raw or work / "raw"
     steps = {}
     if not args.raw:
-        steps["generate"] = [cli, "generate", "--users", str(args.users), "--days", str(args.days), "--seed", "1", "--out", str(raw), "--quiet"]
+        steps["generate"] = [
+            cli,
+            "generate",
+            "--users",
+            str(args.users),
+            "--days",
+            str(args.days),
+            "--seed",
+            "1",
+            "--out",
+            str(raw),
+            "--quiet",
+        ]
     steps["ingest (postgres)"] = [cli, "ingest", "--profile", "production", "--raw", str(raw), "--quiet"]
-    steps["build-features (postgres)"] = [cli, "build-features", "--profile", "production", "--raw", str(raw), "--quiet"]
+    steps["build-features (postgres)"] = [
+        cli,
+        "build-features",
+        "--profile",
+        "production",
+        "--raw",
+        str(raw),
+        "--quiet",
+    ]
     steps["apply"] = [cli, "apply", "--profile", "production"]
     print(f"{'step':<28}{'wall s':>10}{'peak MiB':>12}")
     for name, cmd in steps.items():
@@ -63,19 +84,27 @@ def prepare(args, work: Path, env: dict) -> None:
 def materialization(settings, store_mod, postgres) -> None:
     """Full materialization up to the last day, then incremental over the last day."""
     lo, hi = postgres.feature_time_range(settings)
-    from healthmate_features.features import FEATURE_TABLES
+    from healthmate_features.features.catalog import FEATURE_TABLES
 
     with postgres.connect(settings) as conn:
+
         def rows(start, end) -> tuple[int, int]:
             """(users x views, feature values) the window writes: the latest row per user and view."""
             counts = {
-                name: conn.execute(f"SELECT count(DISTINCT user_id) FROM {postgres.table_name(settings, name)} "
-                                   "WHERE event_timestamp > %s AND event_timestamp <= %s", (start, end)).fetchone()[0]
+                name: conn.execute(
+                    f"SELECT count(DISTINCT user_id) FROM {postgres.table_name(settings, name)} "
+                    "WHERE event_timestamp > %s AND event_timestamp <= %s",
+                    (start, end),
+                ).fetchone()[0]
                 for name in FEATURE_TABLES
             }
             return sum(counts.values()), sum(n * len(FEATURE_TABLES[name].features) for name, n in counts.items())
+
         cut = hi - timedelta(days=1)
-        (full_rows, full_values), (inc_rows, inc_values) = rows(lo - timedelta(seconds=1), cut), rows(cut, hi + timedelta(seconds=1))
+        (full_rows, full_values), (inc_rows, inc_values) = (
+            rows(lo - timedelta(seconds=1), cut),
+            rows(cut, hi + timedelta(seconds=1)),
+        )
     t0 = time.perf_counter()
     store_mod.materialize(settings, start=lo - timedelta(seconds=1), end=cut)
     full = time.perf_counter() - t0
@@ -83,8 +112,13 @@ def materialization(settings, store_mod, postgres) -> None:
     store_mod.materialize(settings, start=cut, end=hi + timedelta(seconds=1))
     inc = time.perf_counter() - t0
     print("\nmaterialize into Redis (online_write_batch_size from feature_store.production.yaml)")
-    for name, n, values, seconds in (("full, whole history", full_rows, full_values, full), ("incremental, last day", inc_rows, inc_values, inc)):
-        print(f"  {name:<22}{n:>8,} rows {seconds:7.1f} s {n / seconds:>8,.0f} rows/s {values / seconds:>10,.0f} values/s")
+    for name, n, values, seconds in (
+        ("full, whole history", full_rows, full_values, full),
+        ("incremental, last day", inc_rows, inc_values, inc),
+    ):
+        print(
+            f"  {name:<22}{n:>8,} rows {seconds:7.1f} s {n / seconds:>8,.0f} rows/s {values / seconds:>10,.0f} values/s"
+        )
 
 
 def online(settings, store_mod, repeats: int) -> None:
@@ -97,7 +131,7 @@ def online(settings, store_mod, repeats: int) -> None:
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey
     from feast.protos.feast.types.Value_pb2 import Value
 
-    from healthmate_features.online import OnlineReader
+    from healthmate_features.stores.online import OnlineReader
 
     fs = store_mod.open_store(settings)
     reader = OnlineReader(settings, store=fs)
@@ -111,7 +145,9 @@ def online(settings, store_mod, repeats: int) -> None:
         users = [rng.integers(1, 10_001, batch).tolist() for _ in range(repeats)]
         times = {"Feast get_online_features": [], "ours (OnlineReader)": [], "raw HGETALL pipeline": []}
         warm = [int(u) for u in users[0]]
-        want = fs.get_online_features(features=service, entity_rows=[{"user_id": u, "event_timestamp": at} for u in warm]).to_dict()
+        want = fs.get_online_features(
+            features=service, entity_rows=[{"user_id": u, "event_timestamp": at} for u in warm]
+        ).to_dict()
         assert reader.get(warm, feature_service=SERVICE, at=at) == want, "ours differs from Feast"
         for ids in users:
             ids = [int(u) for u in ids]
@@ -122,7 +158,10 @@ def online(settings, store_mod, repeats: int) -> None:
             t0 = time.perf_counter()
             reader.get(ids, feature_service=SERVICE, at=at)
             times["ours (OnlineReader)"].append(time.perf_counter() - t0)
-            keys = [_redis_key(PROJECT, EntityKey(join_keys=["user_id"], entity_values=[Value(int64_val=u)]), 3) for u in ids]
+            keys = [
+                _redis_key(PROJECT, EntityKey(join_keys=["user_id"], entity_values=[Value(int64_val=u)]), 3)
+                for u in ids
+            ]
             t0 = time.perf_counter()
             with client.pipeline(transaction=False) as pipe:
                 for key in keys:
@@ -132,7 +171,9 @@ def online(settings, store_mod, repeats: int) -> None:
             assert all(values), "bench keys missing in Redis"
         raw50 = np.percentile(times["raw HGETALL pipeline"], 50)
         for name, seconds in times.items():
-            print(f"  {batch:>3} user(s)  {name:<26}{quantiles(seconds)}   vs raw at p50: {np.percentile(seconds, 50) / raw50:5.1f}x")
+            print(
+                f"  {batch:>3} user(s)  {name:<26}{quantiles(seconds)}   vs raw at p50: {np.percentile(seconds, 50) / raw50:5.1f}x"
+            )
     reader.close()
     client.close()
 
@@ -142,7 +183,9 @@ def training(settings, store_mod, profiles, labels: pd.DataFrame) -> None:
     from feast import FeatureStore
 
     ours = store_mod.open_store(settings)
-    feasts = FeatureStore(repo_path=str(settings.repo_path), config=profiles.repo_config(settings, offline_store={"type": "postgres"}))
+    feasts = FeatureStore(
+        repo_path=str(settings.repo_path), config=profiles.repo_config(settings, offline_store={"type": "postgres"})
+    )
     frames, times = {}, {}
     for name, fs in (("ours (LATERAL)", ours), ("Feast's Postgres store", feasts)):
         t0 = time.perf_counter()
@@ -150,7 +193,9 @@ def training(settings, store_mod, profiles, labels: pd.DataFrame) -> None:
         times[name] = time.perf_counter() - t0
         frames[name] = frame.sort_values("row").reset_index(drop=True)
     a, b = frames.values()
-    b["event_timestamp"] = b["event_timestamp"].dt.tz_localize("UTC").astype(a["event_timestamp"].dtype)  # Feast drops the zone
+    b["event_timestamp"] = (
+        b["event_timestamp"].dt.tz_localize("UTC").astype(a["event_timestamp"].dtype)
+    )  # Feast drops the zone
     pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-12)
     print(f"\ntraining frame: {len(labels):,} label rows x {SERVICE} ({a.shape[1]} columns), results equal")
     for name, seconds in times.items():
@@ -171,8 +216,9 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=Path("/tmp/hm-bench-production"))
     args = parser.parse_args()
 
-    from healthmate_features import postgres, profiles, store
+    from healthmate_features.backends import postgres, profiles
     from healthmate_features.config import Settings
+    from healthmate_features.stores import feature_store as store
 
     work = args.dir
     if not args.reuse:
@@ -180,15 +226,19 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     for name in ("feature_store.yaml", "feature_store.production.yaml", ".feastignore"):
         shutil.copy(ROOT / name, work)
-    shutil.copytree(ROOT / "feature_repo", work / "feature_repo", dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        ROOT / "feature_repo", work / "feature_repo", dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__")
+    )
     yaml_path = work / "feature_store.production.yaml"
     yaml_path.write_text(yaml_path.read_text().replace("project: healthmate", f"project: {PROJECT}"))
     env = {**os.environ, "HM_REPO_PATH": str(work), "HM_PG_DATABASE": args.database, "HM_PROFILE": "production"}
     os.environ.update(env)
     settings = Settings.from_env()
     os.chdir(work)
-    print(f"production profile at {args.users:,} users x {args.days} days, {os.cpu_count()} cores; "
-          f"postgres {settings.pg_host}:{settings.pg_port}/{settings.pg_database}, redis {settings.redis_url}")
+    print(
+        f"production profile at {args.users:,} users x {args.days} days, {os.cpu_count()} cores; "
+        f"postgres {settings.pg_host}:{settings.pg_port}/{settings.pg_database}, redis {settings.redis_url}"
+    )
     if not args.reuse:
         with postgres.connect(replace(settings, pg_database="postgres"), autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{args.database}" WITH (FORCE)')
@@ -199,10 +249,14 @@ def main() -> None:
         rng = np.random.default_rng(2)
         _, hi = postgres.feature_time_range(settings)
         span = args.days * 86_400  # label times spread over the simulated period
-        labels = pd.DataFrame({
-            "user_id": rng.integers(1, args.users + 1, args.labels),
-            "event_timestamp": (hi - pd.to_timedelta(rng.integers(0, span, args.labels), unit="s")).astype("datetime64[us, UTC]"),
-        }).assign(row=lambda df: np.arange(len(df)))
+        labels = pd.DataFrame(
+            {
+                "user_id": rng.integers(1, args.users + 1, args.labels),
+                "event_timestamp": (hi - pd.to_timedelta(rng.integers(0, span, args.labels), unit="s")).astype(
+                    "datetime64[us, UTC]"
+                ),
+            }
+        ).assign(row=lambda df: np.arange(len(df)))
         training(settings, store, profiles, labels)
     finally:
         import redis
@@ -210,7 +264,7 @@ def main() -> None:
         client = redis.Redis.from_url(settings.redis_url)
         keys = list(client.scan_iter(match=f"*{PROJECT}", count=5000))
         for i in range(0, len(keys), 5000):
-            client.delete(*keys[i:i + 5000])
+            client.delete(*keys[i : i + 5000])
         client.close()
     print(f"\npeak memory of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 

@@ -6,6 +6,7 @@ Each step runs as the real CLI command in a fresh process (peak memory is that p
 maximum RSS). With --repeats > 1 the median wall time is printed. The work directory is a
 throw-away repository root (the feature tables land in <dir>/data/features).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,7 +39,19 @@ def main() -> None:
     env = {**os.environ, "HM_REPO_PATH": str(work)}
     raw = str(work / "data" / "raw")
     steps = {
-        "generate": [cli, "generate", "--users", str(args.users), "--days", str(args.days), "--seed", str(args.seed), "--out", raw, "--quiet"],
+        "generate": [
+            cli,
+            "generate",
+            "--users",
+            str(args.users),
+            "--days",
+            str(args.days),
+            "--seed",
+            str(args.seed),
+            "--out",
+            raw,
+            "--quiet",
+        ],
         "ingest": [cli, "ingest", "--raw", raw, "--quiet"],
         "build-features": [cli, "build-features", "--raw", raw, "--quiet"],
     }

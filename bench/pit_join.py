@@ -10,6 +10,7 @@ row count, a checksum of one feature column, and the time ratio to raw DuckDB. F
 store is skipped with --skip-file or above FILE_STORE_MAX_ROWS feature rows, Feast's DuckDB store
 above FEAST_DUCKDB_MAX_ROWS (both need many GB there and would crowd a shared machine).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,7 +40,7 @@ METHODS = {
     "feast_file": "Feast file (dask) store",
 }
 STORE_TYPES = {
-    "ours": "healthmate_features.offline_store.HealthmateDuckDBOfflineStore",
+    "ours": "healthmate_features.stores.duckdb_asof.HealthmateDuckDBOfflineStore",
     "feast_duckdb": "duckdb",
     "feast_file": "file",
 }
@@ -75,12 +76,12 @@ def generate(workdir: Path, users: int, days: int, entities: int, seed: int) -> 
             columns |= {name: rng.standard_normal(n) for name in FEATURES}
             writer.write_table(pa.table(columns, schema=schema))
     offsets = rng.integers(0, (days + 1) * 86_400_000_000, entities).astype("timedelta64[us]")
-    entity = pa.table({
-        "user_id": pa.array(rng.integers(0, users, entities), pa.int64()),
-        "event_timestamp": pa.array(
-            START - np.timedelta64(86_399, "s") + offsets, pa.timestamp("us", tz="UTC")
-        ),
-    })
+    entity = pa.table(
+        {
+            "user_id": pa.array(rng.integers(0, users, entities), pa.int64()),
+            "event_timestamp": pa.array(START - np.timedelta64(86_399, "s") + offsets, pa.timestamp("us", tz="UTC")),
+        }
+    )
     pq.write_table(entity, workdir / "entities.parquet")
 
 
@@ -101,9 +102,7 @@ def build_repo(workdir: Path, memory_limit: str | None) -> None:
             f"offline_store:\n{offline}entity_key_serialization_version: 3\n"
         )
     feast = Path(sys.executable).with_name("feast")
-    done = subprocess.run(
-        [str(feast), "-f", "ours.yaml", "apply"], cwd=repo, capture_output=True, text=True
-    )
+    done = subprocess.run([str(feast), "-f", "ours.yaml", "apply"], cwd=repo, capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"feast apply failed:\n{done.stderr}")
 
@@ -218,8 +217,10 @@ def main() -> None:
         started = time.perf_counter()
         generate(workdir, args.users, args.days, args.entities, args.seed)
         build_repo(workdir, args.memory_limit)
-        print(f"{feature_rows:,} feature rows x {args.entities:,} entity rows, 10 features; "
-              f"{os.cpu_count()} cores; data + feast apply in {time.perf_counter() - started:.1f} s")
+        print(
+            f"{feature_rows:,} feature rows x {args.entities:,} entity rows, 10 features; "
+            f"{os.cpu_count()} cores; data + feast apply in {time.perf_counter() - started:.1f} s"
+        )
         skipped = {}
         if args.skip_file:
             skipped["feast_file"] = "skipped (--skip-file)"
@@ -238,8 +239,10 @@ def main() -> None:
                 print(f"| {label} | {r['error']} | | | | | |")
                 continue
             ratio = f"{r['seconds'] / base:.2f}x" if base else "n/a"
-            print(f"| {label} | {r['seconds']:.2f} | {r['runs']} | {ratio} | {r['peak_mb']:,.0f} | "
-                  f"{r['rows']:,} | {r['checksum']:.3f} |")
+            print(
+                f"| {label} | {r['seconds']:.2f} | {r['runs']} | {ratio} | {r['peak_mb']:,.0f} | "
+                f"{r['rows']:,} | {r['checksum']:.3f} |"
+            )
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)

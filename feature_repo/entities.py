@@ -1,4 +1,5 @@
 """Entities: the keys features are looked up by."""
+
 from feast import Entity, ValueType
 
 user = Entity(

@@ -1,17 +1,21 @@
 """Feature services: the contracts between models and their features. Versioned by name."""
-from feast import FeatureService
 
-from healthmate_features.repo import OWNER
+from feast import FeatureService
 
 from feature_repo.feature_views import engagement_daily_fv, health_rolling_fv, health_weekly_fv, profile_fv
 from feature_repo.temporal import temporal
+from healthmate_features.features.definitions import OWNER
 
 health_risk_v1 = FeatureService(
     name="health_risk_v1",
     features=[
         health_rolling_fv,
-        health_weekly_fv[["resting_heart_rate_mean_week", "systolic_bp_mean_week", "blood_glucose_mean_week", "steps_mean_week"]],
-        profile_fv[["age_years", "sex", "bmi", "has_hypertension", "has_type2_diabetes", "has_heart_disease", "has_obesity"]],
+        health_weekly_fv[
+            ["resting_heart_rate_mean_week", "systolic_bp_mean_week", "blood_glucose_mean_week", "steps_mean_week"]
+        ],
+        profile_fv[
+            ["age_years", "sex", "bmi", "has_hypertension", "has_type2_diabetes", "has_heart_disease", "has_obesity"]
+        ],
         temporal[["days_since_signup", "month_sin", "month_cos"]],
     ],
     description="Adverse health event within 30 days: rolling vitals, weekly means, profile.",
@@ -21,12 +25,23 @@ health_risk_v1 = FeatureService(
 engagement_churn_v1 = FeatureService(
     name="engagement_churn_v1",
     features=[
-        engagement_daily_fv[[
-            "active_days_7d", "active_days_30d", "sessions_7d", "session_minutes_7d",
-            "meals_logged_7d", "meals_logged_30d", "workouts_logged_7d", "workouts_logged_30d",
-            "medications_logged_7d", "medications_logged_30d", "notification_open_rate_30d",
-            "days_since_last_activity", "engagement_score",
-        ]],
+        engagement_daily_fv[
+            [
+                "active_days_7d",
+                "active_days_30d",
+                "sessions_7d",
+                "session_minutes_7d",
+                "meals_logged_7d",
+                "meals_logged_30d",
+                "workouts_logged_7d",
+                "workouts_logged_30d",
+                "medications_logged_7d",
+                "medications_logged_30d",
+                "notification_open_rate_30d",
+                "days_since_last_activity",
+                "engagement_score",
+            ]
+        ],
         health_rolling_fv[["steps_mean_7d", "steps_slope_30d", "sleep_minutes_mean_7d"]],
         profile_fv[["age_years", "sex"]],
         temporal,

@@ -2,12 +2,12 @@
 
 Each entry of feature_sets.json becomes a module-level FeatureService of the same name, so
 `feast apply` from the repository keeps them; a missing or empty file defines none. Edit the
-JSON (or use the API), not this file: healthmate_features.feature_sets documents the format.
+JSON (or use the API), not this file: healthmate_features.features.feature_sets documents the format.
 """
+
 from pathlib import Path
 
-from healthmate_features.feature_sets import services_from_file
-
 from feature_repo import feature_views, temporal
+from healthmate_features.features.feature_sets import services_from_file
 
 globals().update(services_from_file(Path(__file__).with_name("feature_sets.json"), modules=[feature_views, temporal]))

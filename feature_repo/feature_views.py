@@ -1,6 +1,5 @@
 """Feature views: one per feature table. Schemas, TTLs, descriptions, units and tags come from
-healthmate_features.features (the one source of feature documentation)."""
-from healthmate_features.repo import feature_view
+healthmate_features.features.catalog (the one source of feature documentation)."""
 
 from feature_repo.entities import user
 from feature_repo.sources import (
@@ -11,6 +10,7 @@ from feature_repo.sources import (
     health_weekly_source,
     profile_source,
 )
+from healthmate_features.features.definitions import feature_view
 
 health_daily_fv = feature_view("health_daily", health_daily_source, user)
 health_rolling_fv = feature_view("health_rolling", health_rolling_source, user)

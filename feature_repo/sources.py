@@ -1,9 +1,10 @@
 """Batch sources: the feature tables written by `healthmate-features build-features`.
 
-The profile picks the kind (healthmate_features.repo.source): Parquet files under data/features
+The profile picks the kind (healthmate_features.features.definitions.source): Parquet files under data/features
 when embedded, tables `<HM_PG_SCHEMA>.<table>` in Postgres in production. Names are the same.
 """
-from healthmate_features.repo import source
+
+from healthmate_features.features.definitions import source
 
 health_daily_source = source("health_daily")
 health_rolling_source = source("health_rolling")

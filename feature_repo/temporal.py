@@ -2,16 +2,16 @@
 
 In training, the request timestamp is the entity frame's `event_timestamp` column; online,
 pass `event_timestamp` with the entity row (`healthmate-features online` does it for you).
-Feature descriptions: healthmate_features.features.TEMPORAL_FEATURES.
+Feature descriptions: healthmate_features.features.catalog.TEMPORAL_FEATURES.
 """
+
 import pandas as pd
 from feast import Field, RequestSource
 from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import UnixTimestamp
 
-from healthmate_features.repo import OWNER, temporal_description, temporal_schema
-
 from feature_repo.feature_views import profile_fv
+from healthmate_features.features.definitions import OWNER, temporal_description, temporal_schema
 
 prediction_request_source = RequestSource(
     name="prediction_request",

@@ -4,6 +4,7 @@ Feast reads its own configuration from feature_store.yaml (embedded profile) or
 feature_store.production.yaml (production profile); everything else is here. Feature code
 never reads the environment: it receives a Settings.
 """
+
 from __future__ import annotations
 
 import os
@@ -50,7 +51,7 @@ class Settings:
     connect_timeout_s: float = 5.0
 
     @classmethod
-    def from_env(cls, repo_path: str | Path | None = None, **overrides) -> "Settings":
+    def from_env(cls, repo_path: str | Path | None = None, **overrides) -> Settings:
         """Read HM_* environment variables; `repo_path` defaults to HM_REPO_PATH or the
         nearest directory upwards from the current one that holds feature_store.yaml."""
         env = os.environ
@@ -61,11 +62,9 @@ class Settings:
                 values[f.name] = type(f.default)(env[_ENV[f.name]])
         values.update(overrides)
         if values.get("profile", "embedded") not in PROFILES:
-            from .errors import ConfigError
+            from healthmate_features.errors import ConfigError
 
-            raise ConfigError(
-                f"unknown profile {values['profile']!r} (HM_PROFILE); use one of {', '.join(PROFILES)}"
-            )
+            raise ConfigError(f"unknown profile {values['profile']!r} (HM_PROFILE); use one of {', '.join(PROFILES)}")
         return cls(**values)
 
     def to_env(self) -> dict[str, str]:

@@ -3,6 +3,7 @@
 Every message names the object, the offending value, the count where there is one, and the fix.
 The CLI and the HTTP API turn these (and only these) into user-facing errors.
 """
+
 from __future__ import annotations
 
 

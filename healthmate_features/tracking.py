@@ -6,6 +6,7 @@ number of named float metrics. Runs live in the SQL store (`sqlstore`): SQLite i
 profile, Postgres in production. `compare` lines versions up metric by metric and refuses to
 compare values measured on different dataset versions unless asked to.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,13 +18,23 @@ from datetime import datetime
 from numbers import Real
 from typing import Any
 
-from .errors import MixedDatasetsError, ModelNotFoundError, TrackingError
-from .sqlstore import SqlStore, read_json, read_ts, utcnow
+from healthmate_features.backends.sqlstore import SqlStore, read_json, read_ts, utcnow
+from healthmate_features.errors import MixedDatasetsError, ModelNotFoundError, TrackingError
 
 ENVIRONMENTS = ("development", "staging", "production")
 HIGHER_IS_BETTER = frozenset(
-    {"accuracy", "balanced_accuracy", "auc", "roc_auc", "pr_auc", "average_precision",
-     "f1", "precision", "recall", "r2"}
+    {
+        "accuracy",
+        "balanced_accuracy",
+        "auc",
+        "roc_auc",
+        "pr_auc",
+        "average_precision",
+        "f1",
+        "precision",
+        "recall",
+        "r2",
+    }
 )
 LOWER_IS_BETTER = frozenset({"rmse", "mae", "mse", "mape", "log_loss", "brier"})
 
@@ -140,7 +151,7 @@ class Comparison:
 
 
 def metric_direction(metric: str, higher_is_better: Mapping[str, bool] | None = None) -> str:
-    """"higher" or "lower" (which values are better) for `metric`, or "unknown".
+    """ "higher" or "lower" (which values are better) for `metric`, or "unknown".
 
     `higher_is_better` overrides the built-in table, e.g. {"ndcg": True}."""
     metric = metric.lower()
@@ -268,9 +279,7 @@ class Tracker:
         missing = [v for v in versions if not any(k[0] == v for k in latest)]
         if missing:
             where = "".join(
-                f" {label} {value}"
-                for label, value in (("in", environment), ("on", ref))
-                if value is not None
+                f" {label} {value}" for label, value in (("in", environment), ("on", ref)) if value is not None
             )
             raise ModelNotFoundError(
                 f"model {model_name!r} has no metrics{where} for version(s) {', '.join(missing)} "
@@ -278,9 +287,7 @@ class Tracker:
                 "log them with `healthmate-features models log` or fix the version list"
             )
 
-        datasets = {
-            v: sorted({rec.dataset for (ver, _), rec in latest.items() if ver == v}) for v in versions
-        }
+        datasets = {v: sorted({rec.dataset for (ver, _), rec in latest.items() if ver == v}) for v in versions}
         mixed = len({d for ds in datasets.values() for d in ds}) > 1
         if mixed and not allow_mixed_datasets:
             per_version = "; ".join(f"{v}: {', '.join(ds)}" for v, ds in datasets.items())
@@ -316,8 +323,7 @@ class Tracker:
         if metrics:
             marks = ", ".join("?" for _ in metrics)
             for m in self.store.query(
-                f"SELECT run_id, metric, value FROM model_metrics WHERE run_id IN ({marks})"
-                " ORDER BY metric",
+                f"SELECT run_id, metric, value FROM model_metrics WHERE run_id IN ({marks}) ORDER BY metric",
                 list(metrics),
             ):
                 metrics[int(m["run_id"])][m["metric"]] = float(m["value"])
@@ -401,15 +407,10 @@ def _compare_metric(
     values: dict[str, VersionValue | None] = {}
     for v in versions:
         rec = latest.get((v, metric))
-        values[v] = (
-            VersionValue(rec.value, rec.dataset, rec.environment, rec.logged_at, rec.run_id)
-            if rec
-            else None
-        )
+        values[v] = VersionValue(rec.value, rec.dataset, rec.environment, rec.logged_at, rec.run_id) if rec else None
     base = values[versions[0]]
     deltas = {
-        v: (val.value - base.value) if (val is not None and base is not None) else None
-        for v, val in values.items()
+        v: (val.value - base.value) if (val is not None and base is not None) else None for v, val in values.items()
     }
     direction = metric_direction(metric, higher_is_better)
     present = {v: val.value for v, val in values.items() if val is not None}
@@ -422,16 +423,13 @@ def _compare_metric(
 
 def _check_name(value: str, what: str) -> None:
     if not isinstance(value, str) or not _NAME.match(value):
-        raise TrackingError(
-            f"{what} {value!r} is not a plain name; use letters, digits, '_', '.', '-' (max 128)"
-        )
+        raise TrackingError(f"{what} {value!r} is not a plain name; use letters, digits, '_', '.', '-' (max 128)")
 
 
 def _check_version(value: str, what: str) -> None:
     if not isinstance(value, str) or not _VERSION.match(value):
         raise TrackingError(
-            f"{what} {value!r} is not a plain version; use letters, digits, '_', '.', '+', '-'"
-            " (max 64), e.g. 1.2.0"
+            f"{what} {value!r} is not a plain version; use letters, digits, '_', '.', '+', '-' (max 64), e.g. 1.2.0"
         )
 
 
@@ -447,9 +445,7 @@ def _check_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
     for name, value in metrics.items():
         key = str(name).lower()
         if not _METRIC.match(key):
-            raise TrackingError(
-                f"metric name {name!r} is not a plain name; use a letter then letters, digits, '_'"
-            )
+            raise TrackingError(f"metric name {name!r} is not a plain name; use a letter then letters, digits, '_'")
         if key in out:
             raise TrackingError(f"metric {key!r} is given twice (names are case-insensitive)")
         if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):

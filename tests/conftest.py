@@ -1,4 +1,5 @@
 """Shared fixtures: real servers when reachable, loud failure in CI when not."""
+
 from __future__ import annotations
 
 import os

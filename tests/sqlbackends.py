@@ -4,6 +4,7 @@ Import it into a test module (`from sqlbackends import backend_settings`). The P
 uses conftest's `pg_dsn` (a fresh database per test: skipped locally when Postgres is down,
 failing in CI).
 """
+
 from __future__ import annotations
 
 import pytest

@@ -4,6 +4,7 @@ One module fixture generates a small population in a repository copy, ingests it
 feature tables, runs the real `feast apply`, materializes into SQLite and serves the app with
 Starlette's TestClient (an httpx client over the ASGI transport).
 """
+
 from __future__ import annotations
 
 import io
@@ -17,20 +18,21 @@ from urllib.parse import quote
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+import tiny
 import yaml
 from fastapi.testclient import TestClient
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
-from healthmate_features import store
-from healthmate_features.api import PREFIX, create_app
-from healthmate_features.audit import AuditLog
-from healthmate_features.auth import ApiKeys
+from healthmate_features.access.audit import AuditLog
+from healthmate_features.access.keys import ApiKeys
+from healthmate_features.api.app import PREFIX, create_app
+from healthmate_features.backends.sqlstore import open_store
 from healthmate_features.config import Settings
-from healthmate_features.sqlstore import open_store
+from healthmate_features.stores import feature_store as store
 from healthmate_features.tracking import Tracker
-from healthmate_features.training import registry
-
-import tiny
+from healthmate_features.training.builder import registry
 
 OWN, OTHER = 1, 2
 CONFIGS = tiny.ROOT / "configs"
@@ -53,7 +55,9 @@ class Env:
 
 
 def _url(path: str) -> str:
-    return path if path.startswith("/health") or path.startswith("/openapi") or path.startswith("/docs") else PREFIX + path
+    return (
+        path if path.startswith("/health") or path.startswith("/openapi") or path.startswith("/docs") else PREFIX + path
+    )
 
 
 @pytest.fixture(scope="module")
@@ -70,10 +74,14 @@ def env(tmp_path_factory):
         revoked = keys.create_key("user", user_id=OWN)
         keys.revoke(revoked.key_id)
         tracker = Tracker(sql)
-        for version, dataset, auc in (("1.0", "health_risk@1.0.0", 0.71), ("1.1", "health_risk@1.0.0", 0.74),
-                                      ("2.0", "health_risk@2.0.0", 0.79)):
-            tracker.log_metrics("risk", version=version, dataset=dataset, environment="staging",
-                                metrics={"auc": auc, "brier": 0.2})
+        for version, dataset, auc in (
+            ("1.0", "health_risk@1.0.0", 0.71),
+            ("1.1", "health_risk@1.0.0", 0.74),
+            ("2.0", "health_risk@2.0.0", 0.79),
+        ):
+            tracker.log_metrics(
+                "risk", version=version, dataset=dataset, environment="staging", metrics={"auc": auc, "brier": 0.2}
+            )
     headers = {role: {"Authorization": f"Bearer {secret}"} for role, secret in secrets.items()}
     headers["none"] = {}
     headers["malformed"] = {"Authorization": "Bearer not-a-key"}
@@ -168,8 +176,10 @@ def test_model_performance_history_comparison_and_refusal_to_mix_datasets(env):
     assert auc["best"] == ["1.1"] and math.isclose(auc["deltas"]["1.1"], 0.03)
     body = _error(env.get("/models/performance", params={"model": "risk", "versions": "1.0,2.0"}), 409)
     assert "different dataset versions" in body["detail"]
-    mixed = env.get("/models/performance", params={"model": "risk", "versions": "1.0,2.0", "metric": "brier",
-                                                   "allow_mixed_datasets": "true"}).json()["comparison"]
+    mixed = env.get(
+        "/models/performance",
+        params={"model": "risk", "versions": "1.0,2.0", "metric": "brier", "allow_mixed_datasets": "true"},
+    ).json()["comparison"]
     assert mixed["mixed_datasets"] and [m["metric"] for m in mixed["metrics"]] == ["brier"]
     _error(env.get("/models/performance", params={"model": "nope"}), 404)
     _error(env.get("/models/performance", params={"model": "risk", "versions": "1.0,9.9"}), 404)
@@ -177,8 +187,11 @@ def test_model_performance_history_comparison_and_refusal_to_mix_datasets(env):
 
 
 def test_feature_set_is_validated_applied_and_survives_the_next_feast_apply(env):
-    body = {"name": "sleep_risk_v1", "description": "sleep and age",
-            "features": ["health_rolling:sleep_minutes_mean_7d", "profile:age_years", "temporal"]}
+    body = {
+        "name": "sleep_risk_v1",
+        "description": "sleep and age",
+        "features": ["health_rolling:sleep_minutes_mean_7d", "profile:age_years", "temporal"],
+    }
     response = env.post("/feature-sets/create", body)
     assert response.status_code == 201, response.text
     created = response.json()
@@ -195,19 +208,25 @@ def test_feature_set_is_validated_applied_and_survives_the_next_feast_apply(env)
     assert replaced.status_code == 201 and replaced.json()["replaced"] is True
 
     saved = json.loads((env.settings.repo_path / "feature_repo" / "feature_sets.json").read_text())
-    assert saved["feature_sets"] == [{"name": "sleep_risk_v1", "features": ["profile:age_years"],
-                                      "description": "sleep and age"}]
+    assert saved["feature_sets"] == [
+        {"name": "sleep_risk_v1", "features": ["profile:age_years"], "description": "sleep and age"}
+    ]
     tiny.feast_apply(env.settings.repo_path)  # from the repository, as a developer would
     service = store.open_store(env.settings).get_feature_service("sleep_risk_v1")
-    assert [(p.name, [f.name for f in p.features]) for p in service.feature_view_projections] == [("profile", ["age_years"])]
+    assert [(p.name, [f.name for f in p.features]) for p in service.feature_view_projections] == [
+        ("profile", ["age_years"])
+    ]
 
 
-@pytest.mark.parametrize("features, message", [
-    (["no_such_view:x"], "unknown feature view 'no_such_view'"),
-    (["profile:age_years", "profile:no_such_feature"], "feature view 'profile' has no feature 'no_such_feature'"),
-    (["not a ref"], "is not 'view:feature'"),
-    (["profile:"], "is not 'view:feature'"),
-])
+@pytest.mark.parametrize(
+    "features, message",
+    [
+        (["no_such_view:x"], "unknown feature view 'no_such_view'"),
+        (["profile:age_years", "profile:no_such_feature"], "feature view 'profile' has no feature 'no_such_feature'"),
+        (["not a ref"], "is not 'view:feature'"),
+        (["profile:"], "is not 'view:feature'"),
+    ],
+)
 def test_feature_set_references_are_checked_against_the_registry(env, features, message):
     body = _error(env.post("/feature-sets/create", {"name": "check_refs_v1", "features": features}), 422)
     assert message in body["detail"]
@@ -248,13 +267,23 @@ def test_dataset_job_builds_a_version_that_loads_downloads_and_preprocesses(env,
     assert latest["dataset"] == "api_health_risk@1.0.0"
 
     dataset = registry(env.settings).load("api_health_risk", "1.0.0")
-    download = env.get("/datasets/load-version", params={"name": "api_health_risk", "version": "1.0.0",
-                                                         "download": "X_train"})
+    download = env.get(
+        "/datasets/load-version", params={"name": "api_health_risk", "version": "1.0.0", "download": "X_train"}
+    )
     assert download.status_code == 200 and download.headers["content-type"] == "application/vnd.apache.parquet"
-    pd.testing.assert_frame_equal(pq.read_table(io.BytesIO(download.content)).to_pandas(), dataset.X_train,
-                                  check_index_type=False, check_dtype=False)
-    y_test = pq.read_table(io.BytesIO(env.get("/datasets/load-version", params={
-        "name": "api_health_risk", "version": "1.0.0", "download": "y_test"}).content)).to_pandas()
+    pd.testing.assert_frame_equal(
+        pq.read_table(io.BytesIO(download.content)).to_pandas(),
+        dataset.X_train,
+        check_index_type=False,
+        check_dtype=False,
+    )
+    y_test = pq.read_table(
+        io.BytesIO(
+            env.get(
+                "/datasets/load-version", params={"name": "api_health_risk", "version": "1.0.0", "download": "y_test"}
+            ).content
+        )
+    ).to_pandas()
     assert y_test.iloc[:, 0].tolist() == dataset.y_test.tolist()
 
     # the same fitted transform at serving time: posted joined rows come back as X_test's rows
@@ -269,14 +298,20 @@ def test_dataset_job_builds_a_version_that_loads_downloads_and_preprocesses(env,
     pd.testing.assert_frame_equal(got, expected, check_exact=False, atol=1e-9)
 
     label = {**payload[0], "adverse_event_30d": 1}
-    assert "drop the label 'adverse_event_30d'" in _error(env.post("/data/preprocess", {
-        "dataset": "api_health_risk@1.0.0", "rows": [label]}), 422)["detail"]
+    assert (
+        "drop the label 'adverse_event_30d'"
+        in _error(env.post("/data/preprocess", {"dataset": "api_health_risk@1.0.0", "rows": [label]}), 422)["detail"]
+    )
     missing = {k: v for k, v in payload[0].items() if k != "event_timestamp"}
-    assert "missing column(s) event_timestamp" in _error(env.post("/data/preprocess", {
-        "dataset": "api_health_risk@1.0.0", "rows": [missing]}), 422)["detail"]
+    assert (
+        "missing column(s) event_timestamp"
+        in _error(env.post("/data/preprocess", {"dataset": "api_health_risk@1.0.0", "rows": [missing]}), 422)["detail"]
+    )
     bad = {**payload[0], "steps_mean_7d": "many"}
-    assert "column 'steps_mean_7d'" in _error(env.post("/data/preprocess", {
-        "dataset": "api_health_risk@1.0.0", "rows": [bad]}), 422)["detail"]
+    assert (
+        "column 'steps_mean_7d'"
+        in _error(env.post("/data/preprocess", {"dataset": "api_health_risk@1.0.0", "rows": [bad]}), 422)["detail"]
+    )
     _error(env.post("/data/preprocess", {"dataset": "api_health_risk@9.9.9", "rows": [payload[0]]}), 404)
 
 
@@ -297,7 +332,8 @@ def test_dashboard_summary_counts_and_freshness(env):
     assert all(v["last_materialized_end"] and v["materialization_intervals"] >= 1 for v in batch)
     assert {s["name"] for s in body["feature_services"]} >= {"health_risk_v1", "engagement_churn_v1"}
     assert [(r["model_name"], r["model_version"], r["environment"]) for r in body["latest_model_results"]] == [
-        ("risk", "2.0", "staging")]
+        ("risk", "2.0", "staging")
+    ]
 
 
 # -- access control --------------------------------------------------------------------------
@@ -308,8 +344,11 @@ PROBES = {  # endpoint: (method, path, params or body); admin reaches the endpoi
     "extract_own": ("GET", "/features/extract", {"user_id": OWN}),
     "extract_other": ("GET", "/features/extract", {"user_id": OTHER}),
     "feature_sets_create": ("POST", "/feature-sets/create", {"name": "matrix_v1", "features": ["no_such_view"]}),
-    "datasets_prepare": ("POST", "/datasets/prepare", {"name": "m", "feature_service": "health_risk_v1",
-                                                       "entities": "data/none.parquet", "label": "y"}),
+    "datasets_prepare": (
+        "POST",
+        "/datasets/prepare",
+        {"name": "m", "feature_service": "health_risk_v1", "entities": "data/none.parquet", "label": "y"},
+    ),
     "datasets_job": ("GET", f"/datasets/jobs/{_JOB}", None),
     "datasets_versions": ("GET", "/datasets/versions", None),
     "datasets_load_version": ("GET", "/datasets/load-version", {"name": "no_such_dataset"}),
@@ -317,10 +356,19 @@ PROBES = {  # endpoint: (method, path, params or body); admin reaches the endpoi
     "models_performance": ("GET", "/models/performance", {"model": "risk"}),
     "dashboard_summary": ("GET", "/dashboard/summary", None),
 }
-ADMIN_OUTCOME = {"health": 200, "extract_own": 200, "extract_other": 200, "feature_sets_create": 422,
-                 "datasets_prepare": 422, "datasets_job": 404, "datasets_versions": 200,
-                 "datasets_load_version": 404, "data_preprocess": 404, "models_performance": 200,
-                 "dashboard_summary": 200}
+ADMIN_OUTCOME = {
+    "health": 200,
+    "extract_own": 200,
+    "extract_other": 200,
+    "feature_sets_create": 422,
+    "datasets_prepare": 422,
+    "datasets_job": 404,
+    "datasets_versions": 200,
+    "datasets_load_version": 404,
+    "data_preprocess": 404,
+    "models_performance": 200,
+    "dashboard_summary": 200,
+}
 USER_ALLOWED = {"health", "extract_own", "datasets_versions", "models_performance", "dashboard_summary"}
 ROLES = ("admin", "user", "none", "malformed", "unknown", "revoked")
 
@@ -360,62 +408,105 @@ def test_unknown_paths_need_a_key_too(env):
 # -- bad input -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method, path, data, status, message", [
-    ("GET", "/features/extract", {}, 422, "query.user_id: Field required"),
-    ("GET", "/features/extract", {"user_id": "abc"}, 422, "query.user_id"),
-    ("GET", "/features/extract", {"user_id": 0}, 422, "greater than or equal to 1"),
-    ("GET", "/features/extract", {"user_id": 2**70}, 422, "query.user_id"),
-    ("POST", "/feature-sets/create", {"name": "NoVersion", "features": ["profile"]}, 422, "body.name"),
-    ("POST", "/feature-sets/create", {"name": "x_v1", "features": []}, 422, "body.features"),
-    ("POST", "/feature-sets/create", {"name": "x_v1", "features": ["profile"], "extra": 1}, 422, "body.extra"),
-    ("POST", "/feature-sets/create", [1, 2], 422, "body"),
-    ("POST", "/datasets/prepare", {"name": "x"}, 422, "body.feature_service: Field required"),
-    ("POST", "/datasets/prepare", {"name": "x", "feature_service": "health_risk_v1", "entities":
-                                   "data/ingested/labels.parquet", "label": "y", "split": {"strategy": "sideways"}},
-     422, "split.strategy is 'sideways'"),
-    ("POST", "/datasets/prepare", {"name": "x", "feature_service": "nope_v1", "entities":
-                                   "data/ingested/labels.parquet", "label": "y"}, 422, "'nope_v1' is not registered"),
-    ("POST", "/datasets/prepare", {"name": "x", "feature_service": "health_risk_v1", "entities": "/etc/hostname",
-                                   "label": "y"}, 422, "lies outside"),
-    ("POST", "/datasets/prepare", {"name": "x", "feature_service": "health_risk_v1", "entities": "../../x.parquet",
-                                   "label": "y"}, 422, "lies outside"),
-    ("GET", "/datasets/jobs/not-a-job", None, 422, "path.job_id"),
-    ("GET", "/datasets/versions", {"name": "../etc"}, 422, "invalid dataset name"),
-    ("GET", "/datasets/load-version", {}, 422, "query.name: Field required"),
-    ("GET", "/datasets/load-version", {"name": "health_risk", "version": "../1"}, 422, "invalid dataset version"),
-    ("GET", "/datasets/load-version", {"name": "health_risk", "download": "pipeline"}, 422, "query.download"),
-    ("POST", "/data/preprocess", {"dataset": "no-version", "rows": [{}]}, 422, "body.dataset"),
-    ("POST", "/data/preprocess", {"dataset": "x@1.0.0", "rows": []}, 422, "body.rows"),
-    ("GET", "/models/performance", {}, 422, "query.model: Field required"),
-    ("GET", "/models/performance", {"model": "risk", "versions": "1.0,1.0"}, 422, "two or more distinct"),
-    ("GET", "/models/performance", {"model": "risk", "allow_mixed_datasets": "maybe"}, 422, "allow_mixed"),
-])
+@pytest.mark.parametrize(
+    "method, path, data, status, message",
+    [
+        ("GET", "/features/extract", {}, 422, "query.user_id: Field required"),
+        ("GET", "/features/extract", {"user_id": "abc"}, 422, "query.user_id"),
+        ("GET", "/features/extract", {"user_id": 0}, 422, "greater than or equal to 1"),
+        ("GET", "/features/extract", {"user_id": 2**70}, 422, "query.user_id"),
+        ("POST", "/feature-sets/create", {"name": "NoVersion", "features": ["profile"]}, 422, "body.name"),
+        ("POST", "/feature-sets/create", {"name": "x_v1", "features": []}, 422, "body.features"),
+        ("POST", "/feature-sets/create", {"name": "x_v1", "features": ["profile"], "extra": 1}, 422, "body.extra"),
+        ("POST", "/feature-sets/create", [1, 2], 422, "body"),
+        ("POST", "/datasets/prepare", {"name": "x"}, 422, "body.feature_service: Field required"),
+        (
+            "POST",
+            "/datasets/prepare",
+            {
+                "name": "x",
+                "feature_service": "health_risk_v1",
+                "entities": "data/ingested/labels.parquet",
+                "label": "y",
+                "split": {"strategy": "sideways"},
+            },
+            422,
+            "split.strategy is 'sideways'",
+        ),
+        (
+            "POST",
+            "/datasets/prepare",
+            {"name": "x", "feature_service": "nope_v1", "entities": "data/ingested/labels.parquet", "label": "y"},
+            422,
+            "'nope_v1' is not registered",
+        ),
+        (
+            "POST",
+            "/datasets/prepare",
+            {"name": "x", "feature_service": "health_risk_v1", "entities": "/etc/hostname", "label": "y"},
+            422,
+            "lies outside",
+        ),
+        (
+            "POST",
+            "/datasets/prepare",
+            {"name": "x", "feature_service": "health_risk_v1", "entities": "../../x.parquet", "label": "y"},
+            422,
+            "lies outside",
+        ),
+        ("GET", "/datasets/jobs/not-a-job", None, 422, "path.job_id"),
+        ("GET", "/datasets/versions", {"name": "../etc"}, 422, "invalid dataset name"),
+        ("GET", "/datasets/load-version", {}, 422, "query.name: Field required"),
+        ("GET", "/datasets/load-version", {"name": "health_risk", "version": "../1"}, 422, "invalid dataset version"),
+        ("GET", "/datasets/load-version", {"name": "health_risk", "download": "pipeline"}, 422, "query.download"),
+        ("POST", "/data/preprocess", {"dataset": "no-version", "rows": [{}]}, 422, "body.dataset"),
+        ("POST", "/data/preprocess", {"dataset": "x@1.0.0", "rows": []}, 422, "body.rows"),
+        ("GET", "/models/performance", {}, 422, "query.model: Field required"),
+        ("GET", "/models/performance", {"model": "risk", "versions": "1.0,1.0"}, 422, "two or more distinct"),
+        ("GET", "/models/performance", {"model": "risk", "allow_mixed_datasets": "maybe"}, 422, "allow_mixed"),
+    ],
+)
 def test_bad_parameters_and_bodies_give_a_clear_4xx(env, method, path, data, status, message):
     response = env.get(path, params=data) if method == "GET" else env.post(path, data)
     assert message in _error(response, status)["detail"]
 
 
 def test_a_body_that_is_not_json_is_a_400(env):
-    response = env.client.post(_url("/feature-sets/create"), content=b"{not json",
-                               headers={**env.keys["admin"], "Content-Type": "application/json"})
+    response = env.client.post(
+        _url("/feature-sets/create"),
+        content=b"{not json",
+        headers={**env.keys["admin"], "Content-Type": "application/json"},
+    )
     assert "not valid JSON" in _error(response, 400)["detail"]
 
 
 # -- fuzzing the OpenAPI schema --------------------------------------------------------------
 
 _json = st.recursive(
-    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False) | st.text(max_size=20),
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | st.text(max_size=20),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
     max_leaves=12,
 )
-_scalar_text = st.one_of(st.text(max_size=30), st.integers(-2**70, 2**70).map(str), st.sampled_from(
-    ["", "0", "-1", "true", "1.0,1.1", "risk", "health_risk", "X_train", "../x", "health_risk@1.0.0", "%00", "\x00"]))
+_scalar_text = st.one_of(
+    st.text(max_size=30),
+    st.integers(-(2**70), 2**70).map(str),
+    st.sampled_from(
+        ["", "0", "-1", "true", "1.0,1.1", "risk", "health_risk", "X_train", "../x", "health_risk@1.0.0", "%00", "\x00"]
+    ),
+)
 
 
 OPERATIONS = [  # every operation of the schema (test_openapi_documents_every_endpoint... checks the list)
-    ("post", "/feature-sets/create"), ("get", "/features/extract"), ("post", "/datasets/prepare"),
-    ("get", "/datasets/jobs/{job_id}"), ("get", "/datasets/versions"), ("get", "/datasets/load-version"),
-    ("post", "/data/preprocess"), ("get", "/models/performance"), ("get", "/dashboard/summary"), ("get", "/health"),
+    ("post", "/feature-sets/create"),
+    ("get", "/features/extract"),
+    ("post", "/datasets/prepare"),
+    ("get", "/datasets/jobs/{job_id}"),
+    ("get", "/datasets/versions"),
+    ("get", "/datasets/load-version"),
+    ("post", "/data/preprocess"),
+    ("get", "/models/performance"),
+    ("get", "/dashboard/summary"),
+    ("get", "/health"),
 ]
 
 
@@ -436,8 +527,12 @@ def test_fuzz_openapi_operations_never_answer_5xx(env, method, path):
         params=st.dictionaries(st.sampled_from(names or ["x"]) | st.text(max_size=8), _scalar_text, max_size=5),
         job_id=_scalar_text,
         body=st.one_of(
-            _json, st.fixed_dictionaries({}, optional={k: _json for k in properties or ["x"]}),
-        ).map(json.dumps).map(str.encode) | st.binary(max_size=40),  # JSON with NaN/Infinity, or junk
+            _json,
+            st.fixed_dictionaries({}, optional={k: _json for k in properties or ["x"]}),
+        )
+        .map(json.dumps)
+        .map(str.encode)
+        | st.binary(max_size=40),  # JSON with NaN/Infinity, or junk
     )
     def check(params, job_id, body):
         url = full.replace("{job_id}", quote(job_id or "x", safe=""))
@@ -452,9 +547,15 @@ def test_fuzz_openapi_operations_never_answer_5xx(env, method, path):
     check()
 
 
-_value = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(), st.text(max_size=12),
-                  st.sampled_from(["2025-03-01T00:00:00Z", "2025-03-01", "yesterday", "female", "1e400"]),
-                  st.lists(st.integers(), max_size=2))
+_value = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(),
+    st.text(max_size=12),
+    st.sampled_from(["2025-03-01T00:00:00Z", "2025-03-01", "yesterday", "female", "1e400"]),
+    st.lists(st.integers(), max_size=2),
+)
 
 
 def test_fuzz_preprocess_rows_and_prepare_configs_never_answer_5xx(env, prepared):
@@ -464,27 +565,54 @@ def test_fuzz_preprocess_rows_and_prepare_configs_never_answer_5xx(env, prepared
     columns = [c for c in dataset.joined_train.columns if c != "adverse_event_30d"]
 
     @hsettings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-    @given(rows=st.lists(st.fixed_dictionaries({c: _value for c in columns[:3]},
-                                               optional={c: _value for c in columns[3:]}), min_size=1, max_size=3),
-           complete=st.booleans())
+    @given(
+        rows=st.lists(
+            st.fixed_dictionaries({c: _value for c in columns[:3]}, optional={c: _value for c in columns[3:]}),
+            min_size=1,
+            max_size=3,
+        ),
+        complete=st.booleans(),
+    )
     def rows_check(rows, complete):
         if complete:
             rows = [{c: row.get(c) for c in columns} for row in rows]
-        response = env.client.post(_url("/data/preprocess"), headers=env.keys["admin"], content=json.dumps(
-            {"dataset": "api_health_risk@1.0.0", "rows": rows}).encode(), )
+        response = env.client.post(
+            _url("/data/preprocess"),
+            headers=env.keys["admin"],
+            content=json.dumps({"dataset": "api_health_risk@1.0.0", "rows": rows}).encode(),
+        )
         assert response.status_code in (200, 422), response.text
 
-    sections = st.dictionaries(st.sampled_from(["strategy", "test_size", "cutoff", "embargo_days", "seed", "stratify",
-                                                "numeric", "categorical", "select", "reduce", "impute", "x"]),
-                               _json, max_size=3)
+    sections = st.dictionaries(
+        st.sampled_from(
+            [
+                "strategy",
+                "test_size",
+                "cutoff",
+                "embargo_days",
+                "seed",
+                "stratify",
+                "numeric",
+                "categorical",
+                "select",
+                "reduce",
+                "impute",
+                "x",
+            ]
+        ),
+        _json,
+        max_size=3,
+    )
 
     @hsettings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     @given(split=sections, preprocessing=sections, task=st.sampled_from(["classification", "regression"]))
     def config_check(split, preprocessing, task):
-        config = _health_risk_config(name="fuzz", label="no_such_label", split=split, preprocessing=preprocessing,
-                                     task=task)
-        response = env.client.post(_url("/datasets/prepare"), headers=env.keys["admin"],
-                                   content=json.dumps(config).encode())
+        config = _health_risk_config(
+            name="fuzz", label="no_such_label", split=split, preprocessing=preprocessing, task=task
+        )
+        response = env.client.post(
+            _url("/datasets/prepare"), headers=env.keys["admin"], content=json.dumps(config).encode()
+        )
         assert response.status_code in (202, 422), response.text
 
     rows_check()

@@ -1,4 +1,5 @@
 """API keys (hashed at rest, revocable) and the append-only, PHI-free audit log, on both backends."""
+
 from __future__ import annotations
 
 import hashlib
@@ -7,10 +8,10 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlbackends import backend_settings  # noqa: F401  (fixture)
 
-from healthmate_features.audit import AuditLog
-from healthmate_features.auth import ApiKeys, Principal
+from healthmate_features.access.audit import AuditLog
+from healthmate_features.access.keys import ApiKeys, Principal
+from healthmate_features.backends.sqlstore import open_store
 from healthmate_features.errors import ApiKeyError, AuditError, AuthError
-from healthmate_features.sqlstore import open_store
 
 T0 = datetime(2024, 5, 1, 9, 0, tzinfo=timezone.utc)
 
@@ -60,8 +61,7 @@ def test_secrets_are_stored_only_as_hashes(store, backend_settings):
 
 @pytest.mark.parametrize(
     "token",
-    [None, "", "Bearer ", "not-a-key", "hmk_0123456789abcdef.short",
-     "hmk_0123456789abcdef." + "A" * 43],
+    [None, "", "Bearer ", "not-a-key", "hmk_0123456789abcdef.short", "hmk_0123456789abcdef." + "A" * 43],
 )
 def test_bad_tokens_are_rejected_without_echo(store, token):
     ApiKeys(store).create_key("admin")
@@ -120,11 +120,24 @@ def test_invalid_key_requests(store, role, kwargs, match):
 def test_write_and_query(store):
     audit = AuditLog(store)
     key = "hmk_0123456789abcdef"
-    audit.write(endpoint="GET /api/v1/ml-data-preparation/features/extract", status=200,
-                latency_ms=3.5, key_id=key, role="user", target="user:42", at=T0)
-    audit.write(endpoint="POST /api/v1/ml-data-preparation/datasets/prepare", status=403,
-                latency_ms=1, key_id=key, role="user", target="dataset:health_risk@v3",
-                at=T0 + timedelta(seconds=1))
+    audit.write(
+        endpoint="GET /api/v1/ml-data-preparation/features/extract",
+        status=200,
+        latency_ms=3.5,
+        key_id=key,
+        role="user",
+        target="user:42",
+        at=T0,
+    )
+    audit.write(
+        endpoint="POST /api/v1/ml-data-preparation/datasets/prepare",
+        status=403,
+        latency_ms=1,
+        key_id=key,
+        role="user",
+        target="dataset:health_risk@v3",
+        at=T0 + timedelta(seconds=1),
+    )
     audit.write(endpoint="/health", status=401, latency_ms=0.2, at=T0 + timedelta(seconds=2))
 
     entries = audit.query()

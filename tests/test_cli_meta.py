@@ -1,4 +1,5 @@
 """Meta-tests of the command line: every command has help."""
+
 from __future__ import annotations
 
 import click
@@ -64,8 +65,8 @@ def test_every_make_target_in_the_readme_exists():
 
 
 def test_readme_schema_section_and_feature_docs_are_current():
-    from healthmate_features.features import describe_markdown as features_md
-    from healthmate_features.schemas import describe_markdown as schemas_md
+    from healthmate_features.features.catalog import describe_markdown as features_md
+    from healthmate_features.raw.schemas import describe_markdown as schemas_md
 
     assert schemas_md() in README, "README's schema section is stale: paste `healthmate-features schemas`"
     assert (ROOT / "docs" / "features.md").read_text() == features_md(), (

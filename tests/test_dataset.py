@@ -1,4 +1,5 @@
 """ProcessedDataset consistency checks, the canonical data hash and summary statistics."""
+
 from __future__ import annotations
 
 import os
@@ -11,8 +12,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from healthmate_features.dataset import (
-    ProcessedDataset, column_stats, data_hash, frame_hash, label_balance,
+from healthmate_features.datasets.dataset import (
+    ProcessedDataset,
+    column_stats,
+    data_hash,
+    frame_hash,
+    label_balance,
 )
 from healthmate_features.errors import DatasetVersionError
 
@@ -40,7 +45,10 @@ def small_dataset(**overrides) -> ProcessedDataset:
     X = pd.DataFrame({"a": [0.1, 0.2, 0.3, 0.4], "b": [1.0, 2.0, 3.0, 4.0]})
     y = pd.Series([0, 1, 0, 1], name="label")
     values = dict(
-        X_train=X.iloc[:3], X_test=X.iloc[3:], y_train=y.iloc[:3], y_test=y.iloc[3:],
+        X_train=X.iloc[:3],
+        X_test=X.iloc[3:],
+        y_train=y.iloc[:3],
+        y_test=y.iloc[3:],
         feature_names=["a", "b"],
     )
     values.update(overrides)
@@ -71,8 +79,14 @@ def test_frame_hash_ignores_parquet_writer_and_layout(tmp_path):
     frame = rich_frame()
     table = pa.Table.from_pandas(frame)
     pq.write_table(table, tmp_path / "snappy.parquet", compression="snappy")
-    pq.write_table(table, tmp_path / "gzip.parquet", compression="gzip", row_group_size=1,
-                   write_statistics=False, data_page_size=64)
+    pq.write_table(
+        table,
+        tmp_path / "gzip.parquet",
+        compression="gzip",
+        row_group_size=1,
+        write_statistics=False,
+        data_page_size=64,
+    )
     raw = [(tmp_path / n).read_bytes() for n in ("snappy.parquet", "gzip.parquet")]
     assert raw[0] != raw[1]
     back = [pq.read_table(tmp_path / n).to_pandas() for n in ("snappy.parquet", "gzip.parquet")]
@@ -82,12 +96,13 @@ def test_frame_hash_ignores_parquet_writer_and_layout(tmp_path):
 def test_frame_hash_is_identical_in_another_process():
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]);"
-        "from test_dataset import rich_frame; from healthmate_features.dataset import frame_hash;"
+        "from test_dataset import rich_frame; from healthmate_features.datasets.dataset import frame_hash;"
         "print(frame_hash(rich_frame()))"
     )
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
-    out = subprocess.run([sys.executable, "-c", code, os.path.dirname(__file__)], env=env,
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code, os.path.dirname(__file__)], env=env, capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip() == frame_hash(rich_frame())
 
 
@@ -97,8 +112,9 @@ def test_data_hash_covers_splits_and_joined_frames_but_not_pipeline_or_metadata(
     y = base.y_train.copy()
     y.iloc[0] = 1
     assert data_hash(small_dataset(y_train=y)) != data_hash(base)
-    joined = dict(joined_train=base.X_train.assign(label=base.y_train),
-                  joined_test=base.X_test.assign(label=base.y_test))
+    joined = dict(
+        joined_train=base.X_train.assign(label=base.y_train), joined_test=base.X_test.assign(label=base.y_test)
+    )
     assert data_hash(small_dataset(**joined)) != data_hash(base)
 
 
@@ -122,8 +138,11 @@ def test_inconsistent_datasets_are_refused(overrides, message):
 
 def test_label_balance_and_column_stats():
     assert label_balance(pd.Series([0, 1, 1, None])) == {
-        "kind": "classification", "rows": 4, "nulls": 1,
-        "counts": {"0": 1, "1": 2}, "fractions": {"0": 1 / 3, "1": 2 / 3},
+        "kind": "classification",
+        "rows": 4,
+        "nulls": 1,
+        "counts": {"0": 1, "1": 2},
+        "fractions": {"0": 1 / 3, "1": 2 / 3},
     }
     regression = label_balance(pd.Series(np.linspace(0, 1, 50)))
     assert regression["kind"] == "regression" and regression["mean"] == pytest.approx(0.5)

@@ -1,4 +1,5 @@
 """Feature-set definitions: reference checks, the JSON file, and the FeatureServices built from it."""
+
 from __future__ import annotations
 
 import json
@@ -9,7 +10,7 @@ from feast import Entity, FeatureView, Field, FileSource, ValueType
 from feast.types import Float64
 
 from healthmate_features.errors import FeatureSetError
-from healthmate_features.feature_sets import check_name, read_file, resolve, services_from_file
+from healthmate_features.features.feature_sets import check_name, read_file, resolve, services_from_file
 
 VIEWS = {"daily": ["steps", "sleep"], "weekly": ["steps_week", "sleep"], "profile": ["age"]}
 
@@ -31,15 +32,18 @@ def test_references_group_by_view_in_first_mention_order():
     assert resolve(["daily:steps", "daily"], VIEWS) == {"daily": None}  # the whole view wins
 
 
-@pytest.mark.parametrize("refs, message", [
-    (["nope:steps"], "unknown feature view 'nope'"),
-    (["daily:nope"], "feature view 'daily' has no feature 'nope'"),
-    (["daily", "weekly"], "feature 'sleep' is in both 'daily' and 'weekly'"),
-    (["daily:sleep", "weekly:sleep"], "is in both"),
-    ([], "at least one feature"),
-    ([7], "is not a string"),
-    (["a:b:c"], "is not 'view:feature'"),
-])
+@pytest.mark.parametrize(
+    "refs, message",
+    [
+        (["nope:steps"], "unknown feature view 'nope'"),
+        (["daily:nope"], "feature view 'daily' has no feature 'nope'"),
+        (["daily", "weekly"], "feature 'sleep' is in both 'daily' and 'weekly'"),
+        (["daily:sleep", "weekly:sleep"], "is in both"),
+        ([], "at least one feature"),
+        ([7], "is not a string"),
+        (["a:b:c"], "is not 'view:feature'"),
+    ],
+)
 def test_bad_references_are_refused_by_name(refs, message):
     with pytest.raises(FeatureSetError, match=message):
         resolve(refs, VIEWS)
@@ -60,13 +64,23 @@ def test_a_missing_or_blank_file_holds_no_feature_sets(tmp_path):
 def test_services_are_built_from_the_file_with_projections(tmp_path):
     user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.INT64)
     source = FileSource(name="s", path="x.parquet", timestamp_field="event_timestamp")
-    daily = FeatureView(name="daily", entities=[user], source=source,
-                        schema=[Field(name="steps", dtype=Float64), Field(name="sleep", dtype=Float64)])
+    daily = FeatureView(
+        name="daily",
+        entities=[user],
+        source=source,
+        schema=[Field(name="steps", dtype=Float64), Field(name="sleep", dtype=Float64)],
+    )
     path = tmp_path / "feature_sets.json"
-    path.write_text(json.dumps({"feature_sets": [
-        {"name": "a_v1", "features": ["daily:sleep"], "description": "d"},
-        {"name": "b_v1", "features": ["daily"]},
-    ]}))
+    path.write_text(
+        json.dumps(
+            {
+                "feature_sets": [
+                    {"name": "a_v1", "features": ["daily:sleep"], "description": "d"},
+                    {"name": "b_v1", "features": ["daily"]},
+                ]
+            }
+        )
+    )
     services = services_from_file(path, modules=[SimpleNamespace(daily_fv=daily)])
     assert sorted(services) == ["a_v1", "b_v1"]
     assert [f.name for f in services["a_v1"].feature_view_projections[0].features] == ["sleep"]

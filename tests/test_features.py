@@ -1,4 +1,5 @@
 """Feature values against hand-computed fixtures, causality, and the Feast repository end to end."""
+
 from __future__ import annotations
 
 import math
@@ -7,16 +8,15 @@ from datetime import timedelta
 import numpy as np
 import pandas as pd
 import pytest
-
-from healthmate_features import store
-from healthmate_features.config import Settings
-from healthmate_features.engineering import build_features
-from healthmate_features.errors import NotIngestedError
-from healthmate_features.features import FEATURE_TABLES
-from healthmate_features.ingest import ingest
-
 import tiny
 from tiny import day
+
+from healthmate_features.config import Settings
+from healthmate_features.errors import NotIngestedError
+from healthmate_features.features.build import build_features
+from healthmate_features.features.catalog import FEATURE_TABLES
+from healthmate_features.raw.ingest import ingest
+from healthmate_features.stores import feature_store as store
 
 
 def _build(repo, tables=None):
@@ -142,17 +142,19 @@ def test_point_in_time_join_through_feast_never_sees_later_rows(built):
 
 
 def test_a_row_known_one_second_after_the_label_time_never_appears_and_ttl_bounds_are_inclusive(built):
-    from healthmate_features.training import join_features
+    from healthmate_features.training.builder import join_features
 
-    labels = pd.DataFrame({
-        "user_id": [1, 1, 2, 2],
-        "event_timestamp": [
-            day(15) - pd.Timedelta(seconds=1),  # day 14's row becomes known one second later
-            day(15),  # ... and exactly now
-            day(tiny.LAST_DAY + 3),  # user 2's last row (known at day 40) + the 2-day TTL, exactly
-            day(tiny.LAST_DAY + 3) + pd.Timedelta(seconds=1),  # one second past the TTL
-        ],
-    })
+    labels = pd.DataFrame(
+        {
+            "user_id": [1, 1, 2, 2],
+            "event_timestamp": [
+                day(15) - pd.Timedelta(seconds=1),  # day 14's row becomes known one second later
+                day(15),  # ... and exactly now
+                day(tiny.LAST_DAY + 3),  # user 2's last row (known at day 40) + the 2-day TTL, exactly
+                day(tiny.LAST_DAY + 3) + pd.Timedelta(seconds=1),  # one second past the TTL
+            ],
+        }
+    )
     frame, _ = join_features(labels, built, feature_service="health_risk_v1")
     assert list(frame.resting_heart_rate_max_7d[:2]) == [73, 74]
     assert frame.steps_mean_7d[2] == 4000 and pd.isna(frame.steps_mean_7d[3])
@@ -160,21 +162,43 @@ def test_a_row_known_one_second_after_the_label_time_never_appears_and_ttl_bound
 
 def test_every_joined_value_comes_from_a_row_at_or_before_the_label_time(built):
     labels = pd.read_parquet(built.ingested_dir / "labels.parquet")
-    frame = store.historical_features(built, labels, features=["health_rolling:resting_heart_rate_mean_7d", "engagement_daily:engagement_score"])
+    frame = store.historical_features(
+        built, labels, features=["health_rolling:resting_heart_rate_mean_7d", "engagement_daily:engagement_score"]
+    )
     for name, feature in (("health_rolling", "resting_heart_rate_mean_7d"), ("engagement_daily", "engagement_score")):
         source = pd.read_parquet(built.features_dir / f"{name}.parquet")
         ttl = timedelta(days=FEATURE_TABLES[name].ttl_days)
         for _, row in frame.iterrows():
-            rows = source[(source.user_id == row.user_id) & (source.event_timestamp <= row.event_timestamp)
-                          & (source.event_timestamp >= row.event_timestamp - ttl)]
+            rows = source[
+                (source.user_id == row.user_id)
+                & (source.event_timestamp <= row.event_timestamp)
+                & (source.event_timestamp >= row.event_timestamp - ttl)
+            ]
             expected = rows.sort_values("event_timestamp")[feature].iloc[-1] if len(rows) else np.nan
             assert (pd.isna(expected) and pd.isna(row[feature])) or row[feature] == pytest.approx(expected), (name, row)
 
 
 def test_temporal_on_demand_features_at_known_timestamps(built):
-    labels = pd.DataFrame({"user_id": [1], "event_timestamp": [pd.Timestamp("2025-01-04 18:00", tz="UTC")]})  # a Saturday
-    row = store.historical_features(built, labels, features=[f"temporal:{n}" for n in (
-        "hour_sin", "hour_cos", "dow_sin", "is_weekend", "day_of_year", "month_sin", "month_cos", "days_since_signup")]).iloc[0]
+    labels = pd.DataFrame(
+        {"user_id": [1], "event_timestamp": [pd.Timestamp("2025-01-04 18:00", tz="UTC")]}
+    )  # a Saturday
+    row = store.historical_features(
+        built,
+        labels,
+        features=[
+            f"temporal:{n}"
+            for n in (
+                "hour_sin",
+                "hour_cos",
+                "dow_sin",
+                "is_weekend",
+                "day_of_year",
+                "month_sin",
+                "month_cos",
+                "days_since_signup",
+            )
+        ],
+    ).iloc[0]
     assert row.hour_sin == pytest.approx(-1) and row.hour_cos == pytest.approx(0, abs=1e-12)
     assert row.dow_sin == pytest.approx(math.sin(2 * math.pi * 5 / 7))
     assert (row.is_weekend, row.day_of_year) == (1, 4)
@@ -189,7 +213,12 @@ def test_materialized_online_values_equal_the_latest_offline_values(built):
         latest = table(built, name).iloc[-1]
         for feature in FEATURE_TABLES[name].features:
             got, want = online[f"{name}__{feature.name}"], latest[feature.name]
-            assert (pd.isna(want) and got is None) or got == pytest.approx(want) or got == want, (name, feature.name, got, want)
+            assert (pd.isna(want) and got is None) or got == pytest.approx(want) or got == want, (
+                name,
+                feature.name,
+                got,
+                want,
+            )
     assert online["temporal__days_since_signup"] == pytest.approx(40 + 4 / 24)
 
 
@@ -199,9 +228,13 @@ def test_feast_cli_lists_the_views_and_services_from_the_repo_root(built):
     from pathlib import Path
 
     feast = str(Path(sys.executable).parent / "feast")
-    views = subprocess.run([feast, "feature-views", "list"], cwd=built.repo_path, capture_output=True, text=True, timeout=120)
+    views = subprocess.run(
+        [feast, "feature-views", "list"], cwd=built.repo_path, capture_output=True, text=True, timeout=120
+    )
     assert views.returncode == 0, views.stderr
     for name in [*FEATURE_TABLES, "temporal"]:
         assert name in views.stdout
-    services = subprocess.run([feast, "feature-services", "list"], cwd=built.repo_path, capture_output=True, text=True, timeout=120)
+    services = subprocess.run(
+        [feast, "feature-services", "list"], cwd=built.repo_path, capture_output=True, text=True, timeout=120
+    )
     assert "health_risk_v1" in services.stdout and "engagement_churn_v1" in services.stdout

@@ -1,4 +1,5 @@
 """The synthetic data generator: deterministic, schema-conformant, realistic, and learnable."""
+
 from __future__ import annotations
 
 import hashlib
@@ -10,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from healthmate_features.cli import main
-from healthmate_features.generate import arrow_schema, generate, simulate
-from healthmate_features.schemas import CONDITIONS, DEVICES, EVENT_TYPES, METRIC_BY_NAME, RAW_TABLES, SEXES
+from healthmate_features.raw.generate import arrow_schema, generate, simulate
+from healthmate_features.raw.schemas import CONDITIONS, DEVICES, EVENT_TYPES, METRIC_BY_NAME, RAW_TABLES, SEXES
 
 START = datetime(2025, 1, 1, tzinfo=timezone.utc)
 DAYS = 180
@@ -44,13 +45,20 @@ def _invalid_events(e: pd.DataFrame) -> pd.Series:
 
 
 def test_same_seed_writes_identical_files_and_another_seed_differs(tmp_path):
-    counts = [generate(tmp_path / name, users=80, days=60, seed=seed, progress=False) for name, seed in (("a", 5), ("b", 5), ("c", 6))]
+    counts = [
+        generate(tmp_path / name, users=80, days=60, seed=seed, progress=False)
+        for name, seed in (("a", 5), ("b", 5), ("c", 6))
+    ]
     assert counts[0] == counts[1]
     for table in RAW_TABLES:
         assert _sha(tmp_path / "a" / f"{table}.parquet") == _sha(tmp_path / "b" / f"{table}.parquet"), table
-        assert pq.read_table(tmp_path / "a" / f"{table}.parquet").equals(pq.read_table(tmp_path / "b" / f"{table}.parquet"))
+        assert pq.read_table(tmp_path / "a" / f"{table}.parquet").equals(
+            pq.read_table(tmp_path / "b" / f"{table}.parquet")
+        )
     assert _sha(tmp_path / "a" / "health_readings.parquet") != _sha(tmp_path / "c" / "health_readings.parquet")
-    assert not pq.read_table(tmp_path / "a" / "app_events.parquet").equals(pq.read_table(tmp_path / "c" / "app_events.parquet"))
+    assert not pq.read_table(tmp_path / "a" / "app_events.parquet").equals(
+        pq.read_table(tmp_path / "c" / "app_events.parquet")
+    )
 
 
 def test_files_hold_what_simulate_returns_for_the_given_start(tmp_path):
@@ -59,12 +67,16 @@ def test_files_hold_what_simulate_returns_for_the_given_start(tmp_path):
     for name in RAW_TABLES:
         assert pq.read_table(tmp_path / f"{name}.parquet").equals(sim.tables[name]), name
     recorded = sim.tables["health_readings"].column("recorded_at").to_pandas()
-    assert recorded.min() >= pd.Timestamp("2024-02-10", tz="UTC") and recorded.max() < pd.Timestamp("2024-03-31", tz="UTC")
+    assert recorded.min() >= pd.Timestamp("2024-02-10", tz="UTC") and recorded.max() < pd.Timestamp(
+        "2024-03-31", tz="UTC"
+    )
 
 
 def test_files_follow_the_documented_schemas_and_counts(tmp_path):
     counts = generate(tmp_path, users=60, days=75, seed=1, progress=False)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{t}.parquet" for t in RAW_TABLES), "temporary files left"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{t}.parquet" for t in RAW_TABLES), (
+        "temporary files left"
+    )
     for name, schema in RAW_TABLES.items():
         table = pq.read_table(tmp_path / f"{name}.parquet")
         assert table.schema.names == schema.column_names
@@ -80,7 +92,9 @@ def test_files_follow_the_documented_schemas_and_counts(tmp_path):
 
 
 def test_cli_generate_prints_counts(tmp_path):
-    result = CliRunner().invoke(main, ["generate", "--users", "20", "--days", "30", "--seed", "3", "--out", str(tmp_path), "--quiet"])
+    result = CliRunner().invoke(
+        main, ["generate", "--users", "20", "--days", "30", "--seed", "3", "--out", str(tmp_path), "--quiet"]
+    )
     assert result.exit_code == 0, result.output
     assert "users: 20 rows" in result.output
     for table in RAW_TABLES:
@@ -228,11 +242,18 @@ def test_outcomes_are_learnable_from_past_data(frames):
     by_adverse = rhr.groupby(labels.adverse_event_30d.reindex(rhr.index)).mean()
     assert by_adverse[1] > by_adverse[0] + 2, by_adverse
 
-    sessions = _window(e[e.event_type == "session"], labels, "at", 14).groupby("label").size().reindex(labels.index, fill_value=0)
+    sessions = (
+        _window(e[e.event_type == "session"], labels, "at", 14)
+        .groupby("label")
+        .size()
+        .reindex(labels.index, fill_value=0)
+    )
     by_churn = sessions.groupby(labels.disengaged_14d).mean()
     assert by_churn[1] < 0.75 * by_churn[0], by_churn
 
     notes = _window(e[e.event_type.str.startswith("notification")], labels, "at", 30)
-    rate = notes.groupby("label").event_type.apply(lambda s: (s == "notification_opened").sum() / max((s == "notification_sent").sum(), 1))
+    rate = notes.groupby("label").event_type.apply(
+        lambda s: (s == "notification_opened").sum() / max((s == "notification_sent").sum(), 1)
+    )
     by_churn = rate.groupby(labels.disengaged_14d.reindex(rate.index)).mean()
     assert by_churn[1] < by_churn[0] - 0.05, by_churn

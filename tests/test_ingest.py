@@ -1,17 +1,17 @@
 """Every class of bad raw input gives a clear error or a rejects row with its reason; nothing is lost."""
+
 from __future__ import annotations
 
 import json
 
 import pandas as pd
 import pytest
+import tiny
 from click.testing import CliRunner
 
 from healthmate_features.cli import main
 from healthmate_features.errors import RawDataError
-from healthmate_features.ingest import ingest
-
-import tiny
+from healthmate_features.raw.ingest import ingest
 
 
 def _ingest(tmp_path, tables):
@@ -113,7 +113,9 @@ def test_csv_input_is_validated_like_parquet(tmp_path):
     tiny.write_raw(raw)
     users = tiny.raw_tables()["users"]
     (raw / "users.parquet").unlink()
-    users.assign(signup_at=users.signup_at.dt.strftime("%Y-%m-%dT%H:%M:%S+00:00"), birth_year=["1980", "nineteen"]).to_csv(raw / "users.csv", index=False)
+    users.assign(
+        signup_at=users.signup_at.dt.strftime("%Y-%m-%dT%H:%M:%S+00:00"), birth_year=["1980", "nineteen"]
+    ).to_csv(raw / "users.csv", index=False)
     reports = {r.table: r for r in ingest(raw, tmp_path / "out")}
     assert reports["users"].reasons == {"birth_year: not a number": 1}
     # the readings of the rejected user are rejected too, with their own reason
@@ -123,14 +125,19 @@ def test_csv_input_is_validated_like_parquet(tmp_path):
 def test_unreadable_missing_and_incomplete_inputs_fail_with_the_file_named(tmp_path):
     raw = tiny.write_raw(tmp_path / "raw")
     (raw / "health_readings.parquet").write_bytes(b"not parquet at all")
-    with pytest.raises(RawDataError, match=r"cannot read .*health_readings.parquet for table 'health_readings'.*expected a Parquet file"):
+    with pytest.raises(
+        RawDataError,
+        match=r"cannot read .*health_readings.parquet for table 'health_readings'.*expected a Parquet file",
+    ):
         ingest(raw, tmp_path / "out")
     (raw / "health_readings.parquet").unlink()
     with pytest.raises(RawDataError, match=r"missing raw table file\(s\): .*health_readings.parquet"):
         ingest(raw, tmp_path / "out")
     tiny.write_raw(raw)
     tiny.raw_tables()["users"].drop(columns=["sex"]).to_parquet(raw / "users.parquet")
-    with pytest.raises(RawDataError, match=r"users.parquet \(table 'users'\) is missing column\(s\) sex \(columns: user_id, signup_at"):
+    with pytest.raises(
+        RawDataError, match=r"users.parquet \(table 'users'\) is missing column\(s\) sex \(columns: user_id, signup_at"
+    ):
         ingest(raw, tmp_path / "out")
     with pytest.raises(RawDataError, match="does not exist"):
         ingest(tmp_path / "nowhere", tmp_path / "out")

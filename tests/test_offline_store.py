@@ -3,6 +3,7 @@
 Each test module run builds one temporary Feast repository (feature_store.yaml + definitions.py,
 applied with the real `feast apply` CLI); hypothesis examples rewrite its Parquet sources.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,16 +22,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from healthmate_features.errors import OfflineStoreError
-from healthmate_features.offline_store import STORE_TYPE
+from healthmate_features.stores.duckdb_asof import STORE_TYPE
 
 T0 = datetime(2024, 3, 1, tzinfo=timezone.utc)
 TTL = timedelta(hours=3)
 HOUR = timedelta(hours=1)
-EXAMPLES = settings(
-    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+EXAMPLES = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-DEFINITIONS = '''
+DEFINITIONS = """
 from datetime import timedelta
 
 import pandas as pd
@@ -87,7 +86,7 @@ patient_v1 = FeatureService(
     name="patient_v1",
     features=[vitals_fv.with_name("patient_vitals").with_join_key_map({{"user_id": "patient_id"}})[["x"]]],
 )
-'''
+"""
 
 YAML = """project: pit
 provider: local
@@ -118,9 +117,9 @@ def repo(tmp_path_factory) -> Repo:
     (root / "data").mkdir()
     (root / "definitions.py").write_text(DEFINITIONS.format(data=root / "data"))
     yaml = lambda offline: YAML.format(root=root, offline=offline)
-    (root / "feature_store.yaml").write_text(yaml(
-        f"  type: {STORE_TYPE}\n  threads: 2\n  memory_limit: 1GB\n  temp_directory: duckdb_tmp"
-    ))
+    (root / "feature_store.yaml").write_text(
+        yaml(f"  type: {STORE_TYPE}\n  threads: 2\n  memory_limit: 1GB\n  temp_directory: duckdb_tmp")
+    )
     (root / "feast_duckdb.yaml").write_text(yaml("  type: duckdb"))
     (root / "exclude.yaml").write_text(yaml(f"  type: {STORE_TYPE}\n  filter_by_created_timestamp: true"))
     write_vitals(root / "data", [dict(user_id=0, event_timestamp=T0, created=T0, x=1.0, label="a")])
@@ -139,17 +138,30 @@ def feast_cli(root: Path, *args: str) -> None:
 
 # --- sources ---------------------------------------------------------------------------------
 
-VITALS_SCHEMA = pa.schema([
-    ("user_id", pa.int64()), ("event_timestamp", pa.timestamp("us", tz="UTC")),
-    ("created", pa.timestamp("us", tz="UTC")), ("x", pa.float64()), ("label", pa.string()),
-])
-DEVICE_SCHEMA = pa.schema([
-    ("user_id", pa.int64()), ("device_id", pa.int64()), ("ts", pa.timestamp("us", tz="UTC")),
-    ("steps", pa.float64()),
-])
-MAPPED_SCHEMA = pa.schema([
-    ("uid", pa.int64()), ("event_timestamp", pa.timestamp("us", tz="UTC")), ("heart_rate", pa.float64()),
-])
+VITALS_SCHEMA = pa.schema(
+    [
+        ("user_id", pa.int64()),
+        ("event_timestamp", pa.timestamp("us", tz="UTC")),
+        ("created", pa.timestamp("us", tz="UTC")),
+        ("x", pa.float64()),
+        ("label", pa.string()),
+    ]
+)
+DEVICE_SCHEMA = pa.schema(
+    [
+        ("user_id", pa.int64()),
+        ("device_id", pa.int64()),
+        ("ts", pa.timestamp("us", tz="UTC")),
+        ("steps", pa.float64()),
+    ]
+)
+MAPPED_SCHEMA = pa.schema(
+    [
+        ("uid", pa.int64()),
+        ("event_timestamp", pa.timestamp("us", tz="UTC")),
+        ("heart_rate", pa.float64()),
+    ]
+)
 
 
 def _write(path: Path, rows: list[dict], schema: pa.Schema) -> None:
@@ -179,10 +191,15 @@ def _same_values_per_key(rows: list[dict], key: tuple[str, ...], value_cols: tup
 
 hours = st.integers(0, 12).map(lambda h: T0 + h * HOUR)
 maybe_float = st.one_of(st.none(), st.integers(-5, 5).map(float))
-vitals_row = st.fixed_dictionaries(dict(
-    user_id=st.integers(0, 3), event_timestamp=hours, created=st.one_of(st.none(), hours),
-    x=maybe_float, label=st.one_of(st.none(), st.sampled_from(["a", "b", "c"])),
-))
+vitals_row = st.fixed_dictionaries(
+    dict(
+        user_id=st.integers(0, 3),
+        event_timestamp=hours,
+        created=st.one_of(st.none(), hours),
+        x=maybe_float,
+        label=st.one_of(st.none(), st.sampled_from(["a", "b", "c"])),
+    )
+)
 
 
 @st.composite
@@ -197,20 +214,28 @@ def vitals_rows(draw) -> list[dict]:
 
 
 device_rows = st.lists(
-    st.fixed_dictionaries(dict(
-        user_id=st.integers(0, 2), device_id=st.integers(0, 1), ts=hours, steps=maybe_float,
-    )),
+    st.fixed_dictionaries(
+        dict(
+            user_id=st.integers(0, 2),
+            device_id=st.integers(0, 1),
+            ts=hours,
+            steps=maybe_float,
+        )
+    ),
     max_size=20,
 ).map(lambda rows: _same_values_per_key(rows, ("user_id", "device_id", "ts"), ("steps",)))
 entity_rows = st.lists(
-    st.fixed_dictionaries(dict(
-        user_id=st.integers(0, 4),
-        device_id=st.integers(0, 2),
-        event_timestamp=st.tuples(st.integers(0, 15), st.sampled_from([0, 30])).map(
-            lambda hm: T0 + hm[0] * HOUR + timedelta(minutes=hm[1])
-        ),
-    )),
-    min_size=1, max_size=25,
+    st.fixed_dictionaries(
+        dict(
+            user_id=st.integers(0, 4),
+            device_id=st.integers(0, 2),
+            event_timestamp=st.tuples(st.integers(0, 15), st.sampled_from([0, 30])).map(
+                lambda hm: T0 + hm[0] * HOUR + timedelta(minutes=hm[1])
+            ),
+        )
+    ),
+    min_size=1,
+    max_size=25,
 )
 
 
@@ -244,17 +269,21 @@ def brute_force(
         at = pd.Timestamp(entity["event_timestamp"])
         at = at.tz_localize("UTC") if at.tzinfo is None else at
         usable = [
-            r for r in rows
+            r
+            for r in rows
             if all(r[s] is not None and r[s] == entity[e] for s, e in keys.items())
-            and r[ts] is not None and pd.Timestamp(r[ts]) <= at
+            and r[ts] is not None
+            and pd.Timestamp(r[ts]) <= at
             and (not ttl or pd.Timestamp(r[ts]) >= at - ttl)
             and (not exclude_created_later or (r[created] is not None and pd.Timestamp(r[created]) <= at))
         ]
-        usable.sort(key=lambda r: (
-            pd.Timestamp(r[ts]),
-            created is not None and r[created] is not None,
-            pd.Timestamp(r[created]) if created and r[created] is not None else pd.Timestamp(0, tz="UTC"),
-        ))
+        usable.sort(
+            key=lambda r: (
+                pd.Timestamp(r[ts]),
+                created is not None and r[created] is not None,
+                pd.Timestamp(r[created]) if created and r[created] is not None else pd.Timestamp(0, tz="UTC"),
+            )
+        )
         latest = usable[-1] if usable else {}
         out.append({name: latest.get(col) for col, name in features.items()})
     return pd.DataFrame(out, columns=list(features.values()))
@@ -286,17 +315,29 @@ REFS = ["vitals_fv:x", "vitals_fv:label", "vitals_nottl_fv:x", "device_fv:steps"
 VITALS = dict(keys={"user_id": "user_id"}, ts="event_timestamp", created="created")
 
 
-def expected_for(
-    entities: pd.DataFrame, vitals: list[dict], device: list[dict], exclude: bool
-) -> pd.DataFrame:
+def expected_for(entities: pd.DataFrame, vitals: list[dict], device: list[dict], exclude: bool) -> pd.DataFrame:
     """The brute-force answer for REFS with full feature names."""
     parts = [
-        brute_force(entities, vitals, **VITALS, ttl=TTL, exclude_created_later=exclude,
-                    features={"x": "vitals_fv__x", "label": "vitals_fv__label"}),
-        brute_force(entities, vitals, **VITALS, ttl=None, exclude_created_later=exclude,
-                    features={"x": "vitals_nottl_fv__x"}),
-        brute_force(entities, device, keys={"user_id": "user_id", "device_id": "device_id"}, ts="ts",
-                    created=None, features={"steps": "device_fv__steps"}, ttl=None),
+        brute_force(
+            entities,
+            vitals,
+            **VITALS,
+            ttl=TTL,
+            exclude_created_later=exclude,
+            features={"x": "vitals_fv__x", "label": "vitals_fv__label"},
+        ),
+        brute_force(
+            entities, vitals, **VITALS, ttl=None, exclude_created_later=exclude, features={"x": "vitals_nottl_fv__x"}
+        ),
+        brute_force(
+            entities,
+            device,
+            keys={"user_id": "user_id", "device_id": "device_id"},
+            ts="ts",
+            created=None,
+            features={"steps": "device_fv__steps"},
+            ttl=None,
+        ),
     ]
     return pd.concat(parts, axis=1)
 
@@ -346,8 +387,15 @@ def test_join_key_map_and_alias_match(repo, vitals, entities):
     service = repo.ours.get_feature_service("patient_v1")
     ours = repo.ours.get_historical_features(frame, service, full_feature_names=True).to_df()
     feast = repo.feast.get_historical_features(frame, service, full_feature_names=True).to_df()
-    expected = brute_force(frame, vitals, keys={"user_id": "patient_id"}, ts="event_timestamp",
-                           created="created", features={"x": "patient_vitals__x"}, ttl=TTL)
+    expected = brute_force(
+        frame,
+        vitals,
+        keys={"user_id": "patient_id"},
+        ts="event_timestamp",
+        created="created",
+        features={"x": "patient_vitals__x"},
+        ttl=TTL,
+    )
 
     assert list(ours.columns) == list(frame.columns) + ["patient_vitals__x"]
     assert_columns_equal(ours, expected, expected.columns)
@@ -380,8 +428,11 @@ def test_nanosecond_and_naive_timestamps_are_exact(repo):
     naive = frame.assign(event_timestamp=frame["event_timestamp"].dt.tz_localize(None))
     # Called below FeatureStore, which would make naive timestamps UTC-aware before the store sees them.
     job = repo.ours._get_provider().offline_store.get_historical_features(
-        config=repo.ours.config, feature_views=[repo.ours.get_feature_view("vitals_fv")],
-        feature_refs=["vitals_fv:label"], entity_df=naive, registry=repo.ours.registry,
+        config=repo.ours.config,
+        feature_views=[repo.ours.get_feature_view("vitals_fv")],
+        feature_refs=["vitals_fv:label"],
+        entity_df=naive,
+        registry=repo.ours.registry,
         project=repo.ours.project,
     )
     assert job.to_df()["label"].tolist() == expected["label"].tolist()
@@ -394,13 +445,19 @@ def test_nanosecond_and_naive_timestamps_are_exact(repo):
 
 def test_entity_frame_as_sql_equals_dataframe(repo):
     """A DuckDB query as entity frame; relative paths in it resolve against the repo root."""
-    rows = [dict(user_id=u, event_timestamp=T0 + h * HOUR, created=T0, x=float(10 * u + h), label=None)
-            for u in range(3) for h in range(5)]
+    rows = [
+        dict(user_id=u, event_timestamp=T0 + h * HOUR, created=T0, x=float(10 * u + h), label=None)
+        for u in range(3)
+        for h in range(5)
+    ]
     write_vitals(repo.data, rows)
-    frame = pd.DataFrame({
-        "user_id": [2, 0, 1, 2, 9], "event_timestamp": [T0 + h * HOUR for h in (4, 1, 0, 2, 3)],
-        "label_col": ["p", "q", "r", "s", "t"],
-    })
+    frame = pd.DataFrame(
+        {
+            "user_id": [2, 0, 1, 2, 9],
+            "event_timestamp": [T0 + h * HOUR for h in (4, 1, 0, 2, 3)],
+            "label_col": ["p", "q", "r", "s", "t"],
+        }
+    )
     pq.write_table(pa.Table.from_pandas(frame), repo.data / "labels.parquet")
     sql = "SELECT * FROM read_parquet('data/labels.parquet')"
     from_sql = repo.ours.get_historical_features(sql, ["vitals_fv:x"]).to_df()
@@ -422,14 +479,20 @@ def test_full_feature_names_off_uses_bare_names(repo):
 
 def test_field_mapping_and_relative_source_path(repo):
     """mapped_fv reads data/mapped.parquet (relative to the repo) with uid->user_id, heart_rate->hr."""
-    rows = [dict(uid=u, event_timestamp=T0 + h * HOUR, heart_rate=60.0 + u + h)
-            for u in (1, 2) for h in (0, 5, 30)]
+    rows = [dict(uid=u, event_timestamp=T0 + h * HOUR, heart_rate=60.0 + u + h) for u in (1, 2) for h in (0, 5, 30)]
     write_mapped(repo.data, rows)
     at = [T0 + HOUR * h for h in (0, 4, 6, 29, 31, 60)]
     frame = pd.DataFrame({"user_id": [1, 2, 1, 2, 1, 3], "event_timestamp": at})
     result = repo.ours.get_historical_features(frame, ["mapped_fv:hr"]).to_df()
-    expected = brute_force(frame, rows, keys={"uid": "user_id"}, ts="event_timestamp", created=None,
-                           features={"heart_rate": "hr"}, ttl=timedelta(days=1))
+    expected = brute_force(
+        frame,
+        rows,
+        keys={"uid": "user_id"},
+        ts="event_timestamp",
+        created=None,
+        features={"heart_rate": "hr"},
+        ttl=timedelta(days=1),
+    )
     assert_columns_equal(result, expected, ["hr"])
     assert [cell(v) for v in result["hr"]] == [61.0, 62.0, 66.0, 67.0, 91.0, None]
 
@@ -442,13 +505,13 @@ def test_on_demand_feature_view_is_applied(repo):
 
 
 def test_saved_dataset_round_trip(repo, tmp_path):
-    write_vitals(repo.data, [dict(user_id=u, event_timestamp=T0, created=T0, x=float(u), label="l")
-                             for u in range(4)])
+    write_vitals(repo.data, [dict(user_id=u, event_timestamp=T0, created=T0, x=float(u), label="l") for u in range(4)])
     frame = pd.DataFrame({"user_id": [3, 1, 2], "event_timestamp": [T0 + HOUR] * 3})
     job = repo.ours.get_historical_features(frame, ["vitals_fv:x", "vitals_odfv:x_doubled"])
     path = tmp_path / "saved.parquet"
-    repo.ours.create_saved_dataset(from_=job, name="saved_v1", storage=SavedDatasetFileStorage(str(path)),
-                                   allow_overwrite=True)
+    repo.ours.create_saved_dataset(
+        from_=job, name="saved_v1", storage=SavedDatasetFileStorage(str(path)), allow_overwrite=True
+    )
     saved = pq.read_table(path).to_pandas()
     assert saved["x"].tolist() == [3.0, 1.0, 2.0] and saved["x_doubled"].tolist() == [6.0, 2.0, 4.0]
     with pytest.raises(Exception, match="already exists"):
@@ -474,16 +537,22 @@ def test_materialize_then_online_read_equals_latest_offline(repo):
         features=["vitals_nottl_fv:x", "vitals_nottl_fv:label"],
         entity_rows=[{"user_id": 1}, {"user_id": 2}, {"user_id": 3}],
     ).to_dict()
-    latest = brute_force(pd.DataFrame({"user_id": [1, 2, 3], "event_timestamp": [end] * 3}), rows, **VITALS,
-                         features={"x": "x", "label": "label"}, ttl=None)
+    latest = brute_force(
+        pd.DataFrame({"user_id": [1, 2, 3], "event_timestamp": [end] * 3}),
+        rows,
+        **VITALS,
+        features={"x": "x", "label": "label"},
+        ttl=None,
+    )
     assert online["label"] == [*latest["label"].tolist()[:2], None]
     assert [cell(v) for v in online["x"]] == [3.0, None, None]
 
 
 def test_offline_write_batch_appends(repo):
     write_vitals(repo.data, [dict(user_id=1, event_timestamp=T0, created=T0, x=1.0, label="a")])
-    new = pd.DataFrame({"user_id": [1], "event_timestamp": [T0 + HOUR], "created": [T0 + HOUR],
-                        "x": [4.0], "label": ["b"]})
+    new = pd.DataFrame(
+        {"user_id": [1], "event_timestamp": [T0 + HOUR], "created": [T0 + HOUR], "x": [4.0], "label": ["b"]}
+    )
     repo.ours.write_to_offline_store("vitals_fv", new)
     assert pq.read_table(repo.data / "vitals.parquet").num_rows == 2
     frame = pd.DataFrame({"user_id": [1, 1], "event_timestamp": [T0, T0 + 2 * HOUR]})
@@ -500,10 +569,12 @@ def test_missing_entity_column_is_a_clear_error(repo):
 
 def test_null_entity_keys_and_timestamps_get_null_features(repo):
     write_vitals(repo.data, [dict(user_id=1, event_timestamp=T0, created=T0, x=1.0, label="a")])
-    frame = pd.DataFrame({
-        "user_id": pd.array([1, None, 1], dtype="Int64"),
-        "event_timestamp": [T0 + HOUR, T0 + HOUR, pd.NaT],
-    })
+    frame = pd.DataFrame(
+        {
+            "user_id": pd.array([1, None, 1], dtype="Int64"),
+            "event_timestamp": [T0 + HOUR, T0 + HOUR, pd.NaT],
+        }
+    )
     result = repo.ours.get_historical_features(frame, ["vitals_fv:label"]).to_df()
     assert result["label"].tolist() == ["a", None, None]
 
@@ -517,8 +588,7 @@ def test_entityless_view_joins_on_time_alone_and_materializes(repo):
     write_vitals(repo.data, rows)
     frame = pd.DataFrame({"event_timestamp": [T0 + 2 * HOUR, T0 - HOUR, T0, T0 + 5 * HOUR]})
     result = repo.ours.get_historical_features(frame, ["global_fv:x"]).to_df()
-    expected = brute_force(frame, rows, keys={}, ts="event_timestamp", created="created",
-                           features={"x": "x"}, ttl=TTL)
+    expected = brute_force(frame, rows, keys={}, ts="event_timestamp", created="created", features={"x": "x"}, ttl=TTL)
     assert_columns_equal(result, expected, ["x"])
     assert [cell(v) for v in result["x"]] == [3.0, None, 1.0, None]
     repo.ours.materialize(start_date=T0 - HOUR, end_date=T0 + 5 * HOUR, feature_views=["global_fv"])

@@ -1,9 +1,10 @@
-"""The fast Redis reader (healthmate_features.online) returns exactly what Feast's get_online_features returns.
+"""The fast Redis reader (healthmate_features.stores.online) returns exactly what Feast's get_online_features returns.
 
 One production setup per module (a fresh Postgres database, a Feast project of its own in Redis,
 the small seeded dataset materialized), then value-for-value comparisons with Feast on it.
 Skips locally when Postgres or Redis is down; fails in CI (conftest).
 """
+
 from __future__ import annotations
 
 import json
@@ -14,22 +15,29 @@ from dataclasses import replace
 
 import pandas as pd
 import pytest
-
-from healthmate_features import postgres, store
-from healthmate_features.config import Settings
-from healthmate_features.errors import FeatureServiceNotFoundError, OnlineReadError
-from healthmate_features.online import OnlineReader
-
 import small
 import tiny
 from conftest import PG_HINT, REDIS_HINT, _require
 from sqlbackends import settings_for_dsn
 
+from healthmate_features.backends import postgres
+from healthmate_features.config import Settings
+from healthmate_features.errors import FeatureServiceNotFoundError, OnlineReadError
+from healthmate_features.stores import feature_store as store
+from healthmate_features.stores.online import OnlineReader
+
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 AT = pd.Timestamp("2025-03-20 09:30:17.250", tz="UTC")  # sub-second: Feast sends whole seconds to the ODFV
 USERS = [*range(1, 13), 999, 3, 0]  # a dozen known users, an unknown one, a repeat, another unknown
-REFS = ["profile:sex", "profile:age_years", "health_weekly:steps_mean_week", "engagement_daily:sessions_7d",
-        "health_rolling:resting_heart_rate_mean_7d", "temporal:days_since_signup", "temporal:hour_sin"]
+REFS = [
+    "profile:sex",
+    "profile:age_years",
+    "health_weekly:steps_mean_week",
+    "engagement_daily:sessions_7d",
+    "health_rolling:resting_heart_rate_mean_7d",
+    "temporal:days_since_signup",
+    "temporal:hour_sin",
+]
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +98,9 @@ def feasts(feast, users, *, feature_service=None, features=None, at=AT, full_fea
     selection = feast.get_feature_service(feature_service) if feature_service else features
     times = at if isinstance(at, list) else [at] * len(users)
     rows = [{"user_id": u, "event_timestamp": t} for u, t in zip(users, times)]
-    return feast.get_online_features(features=selection, entity_rows=rows, full_feature_names=full_feature_names).to_dict()
+    return feast.get_online_features(
+        features=selection, entity_rows=rows, full_feature_names=full_feature_names
+    ).to_dict()
 
 
 def assert_identical(got: dict[str, list], want: dict[str, list]) -> None:
@@ -99,16 +109,21 @@ def assert_identical(got: dict[str, list], want: dict[str, list]) -> None:
     for name, values in want.items():
         assert len(got[name]) == len(values), name
         for i, (a, b) in enumerate(zip(got[name], values)):
-            same = (a is None and b is None) or (type(a) is type(b) and (a == b or (isinstance(a, float) and math.isnan(a) and math.isnan(b))))
+            same = (a is None and b is None) or (
+                type(a) is type(b) and (a == b or (isinstance(a, float) and math.isnan(a) and math.isnan(b)))
+            )
             assert same, (name, i, a, b)
 
 
 @pytest.mark.parametrize("full_feature_names", [False, True])
-@pytest.mark.parametrize("selection", [
-    {"feature_service": "health_risk_v1"},
-    {"feature_service": "engagement_churn_v1"},
-    {"features": REFS},
-])
+@pytest.mark.parametrize(
+    "selection",
+    [
+        {"feature_service": "health_risk_v1"},
+        {"feature_service": "engagement_churn_v1"},
+        {"features": REFS},
+    ],
+)
 def test_reader_equals_feast(reader, feast, selection, full_feature_names):
     got = reader.get(USERS, at=AT, full_feature_names=full_feature_names, **selection)
     want = feasts(feast, USERS, at=AT, full_feature_names=full_feature_names, **selection)
@@ -136,8 +151,10 @@ def test_reader_covers_nulls_and_every_type(reader, feast):
 
 def test_reader_takes_one_request_time_per_user(reader, feast):
     times = [AT + pd.Timedelta(hours=7 * i, seconds=i) for i in range(len(USERS))]
-    assert_identical(reader.get(USERS, feature_service="engagement_churn_v1", at=times),
-                     feasts(feast, USERS, feature_service="engagement_churn_v1", at=times))
+    assert_identical(
+        reader.get(USERS, feature_service="engagement_churn_v1", at=times),
+        feasts(feast, USERS, feature_service="engagement_churn_v1", at=times),
+    )
     with pytest.raises(OnlineReadError, match="2 times for 15 user ids"):
         reader.get(USERS, feature_service="engagement_churn_v1", at=times[:2])
 
@@ -145,8 +162,13 @@ def test_reader_takes_one_request_time_per_user(reader, feast):
 def test_store_online_features_reads_through_the_reader_and_equals_feast(prod, feast):
     for service in (None, "health_risk_v1"):
         refs = store.feature_refs(feast, service)
-        want = feasts(feast, [7], features=refs if service is None else None, feature_service=service,
-                      full_feature_names=service is None)
+        want = feasts(
+            feast,
+            [7],
+            features=refs if service is None else None,
+            feature_service=service,
+            full_feature_names=service is None,
+        )
         got = store.online_features(prod, 7, feature_service=service, at=AT)
         assert list(got) == list(want) and got == {name: values[0] for name, values in want.items()}
     assert store.online_reader(prod) is store.online_reader(prod)  # one reader per settings
@@ -188,9 +210,14 @@ def test_a_new_apply_is_seen(prod, feast):
     spec.write_text(json.dumps({"feature_sets": [{"name": "sleep_v1", "features": ["profile:sex"]}]}))
     store.apply(prod)
     assert list(store.online_features(prod, 1, feature_service="sleep_v1", at=AT)) == ["user_id", "sex"]
-    assert list(other.get([1], feature_service="sleep_v1", at=AT)) == ["user_id", "sex"]  # unknown name: one registry refresh
+    assert list(other.get([1], feature_service="sleep_v1", at=AT)) == [
+        "user_id",
+        "sex",
+    ]  # unknown name: one registry refresh
 
-    spec.write_text(json.dumps({"feature_sets": [{"name": "sleep_v1", "features": ["profile:sex", "profile:age_years"]}]}))
+    spec.write_text(
+        json.dumps({"feature_sets": [{"name": "sleep_v1", "features": ["profile:sex", "profile:age_years"]}]})
+    )
     store.apply(prod)
     assert set(store.online_features(prod, 1, feature_service="sleep_v1", at=AT)) == {"user_id", "sex", "age_years"}
     other.refresh()

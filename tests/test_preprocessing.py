@@ -1,4 +1,5 @@
 """Declarative preprocessing: fitted on train only, causal ffill, names kept, strict configs."""
+
 from __future__ import annotations
 
 import pickle
@@ -11,18 +12,24 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from healthmate_features.errors import ConfigError, PreprocessingError
-from healthmate_features.preprocessing import (CausalForwardFill, CorrelationFilter,
-                                               build_pipeline, fit_transform_splits,
-                                               validate_config)
+from healthmate_features.training.preprocessing import (
+    CausalForwardFill,
+    CorrelationFilter,
+    build_pipeline,
+    fit_transform_splits,
+    validate_config,
+)
 
 START = pd.Timestamp("2025-01-01", tz="UTC")
 
 FULL = {
     "numeric": {"impute": "median", "scale": "standard"},
     "categorical": {"impute": "most_frequent", "encode": "onehot"},
-    "select": [{"method": "variance", "threshold": 0.0},
-               {"method": "correlation", "threshold": 0.95},
-               {"method": "mutual_info", "k": 6}],
+    "select": [
+        {"method": "variance", "threshold": 0.0},
+        {"method": "correlation", "threshold": 0.95},
+        {"method": "mutual_info", "k": 6},
+    ],
 }
 FFILL = {**FULL, "numeric": {"impute": "ffill", "scale": "robust"}}
 PCA = {**FULL, "reduce": {"method": "pca", "n_components": 0.9}}
@@ -31,16 +38,18 @@ PCA = {**FULL, "reduce": {"method": "pca", "n_components": 0.9}}
 def make_frame(n: int = 400, seed: int = 0) -> tuple[pd.DataFrame, pd.Series]:
     """A joined frame (keys + numeric/categorical/bool features, gaps) and a label."""
     rng = np.random.default_rng(seed)
-    frame = pd.DataFrame({
-        "user_id": rng.integers(0, 25, n),
-        "event_timestamp": START + pd.to_timedelta(rng.integers(0, 300 * 24, n), unit="h"),
-        "steps_mean_7d": rng.normal(8000, 1500, n),
-        "resting_hr": rng.normal(62, 6, n),
-        "sleep_hours": rng.normal(7, 1, n),
-        "plan": pd.Categorical(rng.choice(["free", "plus", "pro"], n)),
-        "sex": rng.choice(["F", "M"], n).astype(object),
-        "smoker": rng.random(n) < 0.2,
-    })
+    frame = pd.DataFrame(
+        {
+            "user_id": rng.integers(0, 25, n),
+            "event_timestamp": START + pd.to_timedelta(rng.integers(0, 300 * 24, n), unit="h"),
+            "steps_mean_7d": rng.normal(8000, 1500, n),
+            "resting_hr": rng.normal(62, 6, n),
+            "sleep_hours": rng.normal(7, 1, n),
+            "plan": pd.Categorical(rng.choice(["free", "plus", "pro"], n)),
+            "sex": rng.choice(["F", "M"], n).astype(object),
+            "smoker": rng.random(n) < 0.2,
+        }
+    )
     frame["steps_sum_7d"] = frame["steps_mean_7d"] * 7 + rng.normal(0, 1, n)  # correlated twin
     frame.loc[rng.random(n) < 0.15, "steps_mean_7d"] = np.nan
     frame.loc[rng.random(n) < 0.10, "resting_hr"] = np.nan
@@ -53,8 +62,7 @@ def learned_state(estimator, prefix: str = "") -> dict:
     """Every fitted attribute (public, ending in `_`) of a pipeline and its nested estimators."""
     state = {}
     for key, value in vars(estimator).items():
-        if key.endswith("_") and not key.startswith("_") and key not in (
-                "transformers_", "named_transformers_"):
+        if key.endswith("_") and not key.startswith("_") and key not in ("transformers_", "named_transformers_"):
             state[prefix + key] = value
     if isinstance(estimator, Pipeline):
         for name, step in estimator.steps:
@@ -105,8 +113,7 @@ def test_scaler_statistics_come_from_the_training_rows():
     i = names.index("sleep_hours")
     assert numeric.named_steps["scale"].mean_[i] == pytest.approx(frame.sleep_hours[:300].mean())
     j = names.index("resting_hr")
-    assert numeric.named_steps["impute"].statistics_[j] == \
-        pytest.approx(frame.resting_hr[:300].median())
+    assert numeric.named_steps["impute"].statistics_[j] == pytest.approx(frame.resting_hr[:300].median())
 
 
 # --------------------------------------------------------------------------- causal ffill
@@ -114,17 +121,18 @@ def test_scaler_statistics_come_from_the_training_rows():
 
 def ffill_fixture() -> pd.DataFrame:
     """User 1: null, then a later value. User 2: a value, then a null. Given out of time order."""
-    return pd.DataFrame({
-        "user_id": [1, 2, 1, 2],
-        "event_timestamp": [START + pd.Timedelta(days=d) for d in (5, 2, 1, 1)],
-        "hr": [70.0, np.nan, np.nan, 50.0],
-    })
+    return pd.DataFrame(
+        {
+            "user_id": [1, 2, 1, 2],
+            "event_timestamp": [START + pd.Timedelta(days=d) for d in (5, 2, 1, 1)],
+            "hr": [70.0, np.nan, np.nan, 50.0],
+        }
+    )
 
 
 def test_ffill_never_looks_forward():
     frame = ffill_fixture()
-    train = pd.DataFrame({"user_id": [9, 9, 9], "event_timestamp": [START] * 3,
-                          "hr": [60.0, 61.0, 100.0]})
+    train = pd.DataFrame({"user_id": [9, 9, 9], "event_timestamp": [START] * 3, "hr": [60.0, 61.0, 100.0]})
     fill = CausalForwardFill().fit(train)
     assert fill.medians_.tolist() == [61.0]
     out = fill.transform(frame)
@@ -184,8 +192,7 @@ def test_keyed_ffill_follows_the_estimator_contract():
     assert list(est.feature_names_in_) == ["uid", "ts", "hr"] and est.n_features_in_ == 3
     fresh = clone(est)
     assert fresh.get_params() == est.get_params() and not hasattr(fresh, "medians_")
-    np.testing.assert_array_equal(pickle.loads(pickle.dumps(est)).transform(frame),
-                                  est.transform(frame))
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(est)).transform(frame), est.transform(frame))
 
 
 # --------------------------------------------------------------------------- other transformers
@@ -194,8 +201,7 @@ def test_keyed_ffill_follows_the_estimator_contract():
 def test_correlation_filter_drops_the_later_column_of_a_correlated_pair():
     rng = np.random.default_rng(0)
     a = rng.normal(size=200)
-    X = pd.DataFrame({"a": a, "b": rng.normal(size=200), "a2": 3 * a + 0.01,
-                      "const": 1.0})
+    X = pd.DataFrame({"a": a, "b": rng.normal(size=200), "a2": 3 * a + 0.01, "const": 1.0})
     filt = CorrelationFilter(threshold=0.95).fit(X)
     assert list(filt.get_feature_names_out()) == ["a", "b", "const"]
     assert list(CorrelationFilter(threshold=1.0).fit(X).get_feature_names_out()) == list(X)
@@ -203,8 +209,7 @@ def test_correlation_filter_drops_the_later_column_of_a_correlated_pair():
         CorrelationFilter(threshold=2).fit(X)
 
 
-@parametrize_with_checks([CausalForwardFill(group_column=None, time_column=None),
-                          CorrelationFilter()])
+@parametrize_with_checks([CausalForwardFill(group_column=None, time_column=None), CorrelationFilter()])
 def test_custom_transformers_pass_sklearn_estimator_checks(estimator, check):
     """scikit-learn's own checks. They feed plain arrays, so CausalForwardFill is checked with
     both key columns unset (rows form one series); its keyed path is covered above."""
@@ -227,14 +232,15 @@ def test_column_names_survive():
 def test_empty_config_only_drops_the_keys():
     frame, _ = make_frame()
     train, _ = fit_transform_splits(build_pipeline({}), frame.iloc[:300], frame.iloc[300:])
-    pd.testing.assert_frame_equal(
-        train, frame.iloc[:300].drop(columns=["user_id", "event_timestamp"]), check_like=True)
+    pd.testing.assert_frame_equal(train, frame.iloc[:300].drop(columns=["user_id", "event_timestamp"]), check_like=True)
 
 
 def test_pca_names_and_selection_are_deterministic():
     frame, label = make_frame()
-    outs = [fit_transform_splits(build_pipeline(PCA), frame.iloc[:300], frame.iloc[300:],
-                                 y_train=label.iloc[:300])[0] for _ in range(2)]
+    outs = [
+        fit_transform_splits(build_pipeline(PCA), frame.iloc[:300], frame.iloc[300:], y_train=label.iloc[:300])[0]
+        for _ in range(2)
+    ]
     pd.testing.assert_frame_equal(*outs)
     assert list(outs[0].columns) == [f"pca{i}" for i in range(outs[0].shape[1])]
 
@@ -260,8 +266,10 @@ select:
     path = tmp_path / "prep.yaml"
     path.write_text(text)
     frame, _ = make_frame()
-    outs = [fit_transform_splits(build_pipeline(cfg), frame.iloc[:300], frame.iloc[300:])[0]
-            for cfg in (text, path, str(path), validate_config(text))]
+    outs = [
+        fit_transform_splits(build_pipeline(cfg), frame.iloc[:300], frame.iloc[300:])[0]
+        for cfg in (text, path, str(path), validate_config(text))
+    ]
     for out in outs[1:]:
         pd.testing.assert_frame_equal(outs[0], out)
 
@@ -274,8 +282,7 @@ def test_mutual_info_needs_labels():
 
 def test_fit_failures_become_preprocessing_errors():
     frame, _ = make_frame()
-    pipeline = build_pipeline({"numeric": {"impute": "median"},
-                               "select": [{"method": "variance", "threshold": 1e12}]})
+    pipeline = build_pipeline({"numeric": {"impute": "median"}, "select": [{"method": "variance", "threshold": 1e12}]})
     with pytest.raises(PreprocessingError, match="preprocessing failed on 300 training"):
         fit_transform_splits(pipeline, frame.iloc[:300], frame.iloc[300:])
 
@@ -283,38 +290,49 @@ def test_fit_failures_become_preprocessing_errors():
 # --------------------------------------------------------------------------- bad configs
 
 
-@pytest.mark.parametrize("config, message", [
-    ({"numerics": {}}, "preprocessing config has unknown key(s) 'numerics'; allowed keys: "
-                       "numeric, categorical, select, reduce"),
-    ({"numeric": {"impute": "medain"}}, "preprocessing.numeric.impute is 'medain'; allowed "
-                                        "values: median, mean, most_frequent, constant, ffill"),
-    ({"numeric": {"scale": "zscore"}}, "numeric.scale is 'zscore'; allowed values: standard, "
-                                       "minmax, robust, none"),
-    ({"numeric": {"imputer": "mean"}}, "numeric has unknown key(s) 'imputer'"),
-    ({"numeric": {"impute": "mean", "fill_value": 0}}, "fill_value applies to impute: constant"),
-    ({"numeric": {"impute": "constant", "fill_value": "zero"}}, "fill_value is 'zero'"),
-    ({"categorical": {"impute": "ffill"}}, "categorical.impute is 'ffill'; allowed values: "
-                                           "most_frequent, constant, none"),
-    ({"categorical": {"encode": "target"}}, "categorical.encode is 'target'; allowed values: "
-                                            "onehot, ordinal"),
-    ({"categorical": {"columns": "plan"}}, "categorical.columns is 'plan'; give a non-empty list"),
-    ({"numeric": {"columns": ["plan"]}, "categorical": {"columns": ["plan"]}},
-     "listed both as numeric and categorical"),
-    ({"select": [{"method": "lasso"}]}, "select[0].method is 'lasso'; allowed values: variance, "
-                                        "correlation, mutual_info"),
-    ({"select": [{"method": "correlation", "threshold": 1.5}]},
-     "select[0].threshold is 1.5; it must be a number in [0, 1]"),
-    ({"select": [{"method": "variance", "k": 3}]}, "select[0] (variance) has unknown key(s) 'k'"),
-    ({"select": [{"method": "mutual_info", "k": -2}]}, "select[0].k is -2"),
-    ({"select": {"method": "variance"}}, "preprocessing.select is {'method': 'variance'}; it "
-                                         "must be a list"),
-    ({"reduce": {"method": "umap"}}, "reduce.method is 'umap'; allowed values: pca"),
-    ({"reduce": {"method": "pca", "n_components": 0}}, "reduce.n_components is 0"),
-    ({"reduce": {"method": "pca", "n_components": 1.0}}, "n_components is 1.0"),
-    ("numeric: [", "preprocessing config is not valid YAML"),
-    ("no-such-file.yaml", "got str 'no-such-file.yaml'; if that was meant as a file path, it "
-                          "does not exist"),
-])
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        (
+            {"numerics": {}},
+            "preprocessing config has unknown key(s) 'numerics'; allowed keys: numeric, categorical, select, reduce",
+        ),
+        (
+            {"numeric": {"impute": "medain"}},
+            "preprocessing.numeric.impute is 'medain'; allowed values: median, mean, most_frequent, constant, ffill",
+        ),
+        ({"numeric": {"scale": "zscore"}}, "numeric.scale is 'zscore'; allowed values: standard, minmax, robust, none"),
+        ({"numeric": {"imputer": "mean"}}, "numeric has unknown key(s) 'imputer'"),
+        ({"numeric": {"impute": "mean", "fill_value": 0}}, "fill_value applies to impute: constant"),
+        ({"numeric": {"impute": "constant", "fill_value": "zero"}}, "fill_value is 'zero'"),
+        (
+            {"categorical": {"impute": "ffill"}},
+            "categorical.impute is 'ffill'; allowed values: most_frequent, constant, none",
+        ),
+        ({"categorical": {"encode": "target"}}, "categorical.encode is 'target'; allowed values: onehot, ordinal"),
+        ({"categorical": {"columns": "plan"}}, "categorical.columns is 'plan'; give a non-empty list"),
+        (
+            {"numeric": {"columns": ["plan"]}, "categorical": {"columns": ["plan"]}},
+            "listed both as numeric and categorical",
+        ),
+        (
+            {"select": [{"method": "lasso"}]},
+            "select[0].method is 'lasso'; allowed values: variance, correlation, mutual_info",
+        ),
+        (
+            {"select": [{"method": "correlation", "threshold": 1.5}]},
+            "select[0].threshold is 1.5; it must be a number in [0, 1]",
+        ),
+        ({"select": [{"method": "variance", "k": 3}]}, "select[0] (variance) has unknown key(s) 'k'"),
+        ({"select": [{"method": "mutual_info", "k": -2}]}, "select[0].k is -2"),
+        ({"select": {"method": "variance"}}, "preprocessing.select is {'method': 'variance'}; it must be a list"),
+        ({"reduce": {"method": "umap"}}, "reduce.method is 'umap'; allowed values: pca"),
+        ({"reduce": {"method": "pca", "n_components": 0}}, "reduce.n_components is 0"),
+        ({"reduce": {"method": "pca", "n_components": 1.0}}, "n_components is 1.0"),
+        ("numeric: [", "preprocessing config is not valid YAML"),
+        ("no-such-file.yaml", "got str 'no-such-file.yaml'; if that was meant as a file path, it does not exist"),
+    ],
+)
 def test_bad_configs_name_the_key_the_value_and_the_allowed_values(config, message):
     with pytest.raises(ConfigError) as info:
         build_pipeline(config)

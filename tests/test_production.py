@@ -4,6 +4,7 @@ atomic and idempotent loads and builds, full/incremental/interrupted materializa
 Each test gets its own Postgres database (conftest `pg_dsn`) and its own Feast project name, so
 its Redis keys (`<entity key><project>`) are its own and deleted afterwards.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,17 +19,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from healthmate_features import postgres, store
-from healthmate_features.config import Settings
-from healthmate_features.engineering import build_features
-from healthmate_features.errors import NotIngestedError, ServiceUnavailableError
-from healthmate_features.features import FEATURE_TABLES
-from healthmate_features.ingest import ingest
-
 import small
 import tiny
 from sqlbackends import settings_env, settings_for_dsn
+
+from healthmate_features.backends import postgres
+from healthmate_features.config import Settings
+from healthmate_features.errors import NotIngestedError, ServiceUnavailableError
+from healthmate_features.features.build import build_features
+from healthmate_features.features.catalog import FEATURE_TABLES
+from healthmate_features.raw.ingest import ingest
+from healthmate_features.stores import feature_store as store
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 BIN = Path(sys.executable).parent
@@ -59,7 +60,9 @@ def env_of(settings: Settings) -> dict[str, str]:
 
 
 def run(args: list[str], settings: Settings, **kwargs) -> subprocess.CompletedProcess:
-    result = subprocess.run(args, cwd=settings.repo_path, env=env_of(settings), capture_output=True, text=True, timeout=300, **kwargs)
+    result = subprocess.run(
+        args, cwd=settings.repo_path, env=env_of(settings), capture_output=True, text=True, timeout=300, **kwargs
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     return result
 
@@ -91,7 +94,9 @@ def assert_close(left: pd.DataFrame, right: pd.DataFrame, what: str) -> None:
         if col == "event_timestamp":
             assert (pd.to_datetime(a, utc=True) == pd.to_datetime(b, utc=True)).all(), (what, col)
         elif pd.api.types.is_numeric_dtype(a.dropna().infer_objects()) and a.notna().any():
-            np.testing.assert_allclose(a.astype(float), b.astype(float), rtol=1e-9, atol=1e-9, equal_nan=True, err_msg=f"{what}.{col}")
+            np.testing.assert_allclose(
+                a.astype(float), b.astype(float), rtol=1e-9, atol=1e-9, equal_nan=True, err_msg=f"{what}.{col}"
+            )
         else:
             assert [None if pd.isna(v) else v for v in a] == [None if pd.isna(v) else v for v in b], (what, col)
 
@@ -100,7 +105,11 @@ def assert_same_online(left: dict, right: dict, what: str) -> None:
     assert left.keys() == right.keys(), what
     for name, value in left.items():
         other = right[name]
-        same = value == other if isinstance(value, str) or value is None else value == pytest.approx(other, rel=1e-9, abs=1e-9)
+        same = (
+            value == other
+            if isinstance(value, str) or value is None
+            else value == pytest.approx(other, rel=1e-9, abs=1e-9)
+        )
         assert same, (what, name, value, other)
 
 
@@ -186,7 +195,9 @@ def test_killed_ingest_keeps_the_previous_load_and_a_rerun_completes(prod):
     big["health_readings"] = pd.concat([readings] * 6000, ignore_index=True)  # ~500k rows: COPY takes a while
     tiny.write_raw(raw, big)
     args = [str(BIN / "healthmate-features"), "ingest", "--profile", "production", "--raw", str(raw), "--quiet"]
-    proc = subprocess.Popen(args, cwd=prod.repo_path, env=env_of(prod), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        args, cwd=prod.repo_path, env=env_of(prod), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         with postgres.connect(prod, autocommit=True) as conn:
             deadline = time.monotonic() + 120
@@ -202,8 +213,11 @@ def test_killed_ingest_keeps_the_previous_load_and_a_rerun_completes(prod):
             proc.send_signal(signal.SIGKILL)
             proc.wait(30)
             for _ in range(100):  # the server notices the dead client and rolls back
-                if not conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND application_name = "
-                                    "'healthmate-features' AND pid <> pg_backend_pid()", (prod.pg_database,)).fetchone()[0]:
+                if not conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND application_name = "
+                    "'healthmate-features' AND pid <> pg_backend_pid()",
+                    (prod.pg_database,),
+                ).fetchone()[0]:
                     break
                 time.sleep(0.1)
     finally:
@@ -222,7 +236,9 @@ def test_build_features_swaps_all_tables_in_one_transaction_with_indexes(prod, m
     load_and_build(raw, prod)
     before = {name: count(prod, name) for name in FEATURE_TABLES}
     with postgres.connect(prod) as conn:
-        rows = conn.execute("SELECT tablename, indexdef FROM pg_indexes WHERE schemaname = %s", (prod.pg_schema,)).fetchall()
+        rows = conn.execute(
+            "SELECT tablename, indexdef FROM pg_indexes WHERE schemaname = %s", (prod.pg_schema,)
+        ).fetchall()
     for name in FEATURE_TABLES:
         indexes = sorted(d.split(" USING btree ")[1] for t, d in rows if t == name)
         assert indexes == ["(event_timestamp)", "(user_id, event_timestamp)"], name
@@ -241,7 +257,9 @@ def test_build_features_swaps_all_tables_in_one_transaction_with_indexes(prod, m
     assert {name: count(prod, name) for name in FEATURE_TABLES} == before  # nothing swapped in
     monkeypatch.setattr(postgres, "FEATURE_TABLES", FEATURE_TABLES)
     after = postgres.build_features(raw, prod)
-    assert after["health_daily"] < before["health_daily"] and after == {name: count(prod, name) for name in FEATURE_TABLES}
+    assert after["health_daily"] < before["health_daily"] and after == {
+        name: count(prod, name) for name in FEATURE_TABLES
+    }
 
 
 def redis_keys(settings: Settings) -> int:
@@ -265,7 +283,9 @@ def test_materialization_full_incremental_and_interrupted(prod, monkeypatch):
     store.materialize(prod, end=cut)  # full, up to a cut
     rolling = table(prod, "health_rolling").query("user_id == 1").set_index("event_timestamp")
     online = store.online_features(prod, 1, at=cut)
-    assert online["health_rolling__resting_heart_rate_mean_7d"] == pytest.approx(rolling.loc[cut, "resting_heart_rate_mean_7d"])
+    assert online["health_rolling__resting_heart_rate_mean_7d"] == pytest.approx(
+        rolling.loc[cut, "resting_heart_rate_mean_7d"]
+    )
     assert online["profile__bmi"] is None  # user 1's first month-end snapshot (1 Feb) lies after the cut
     assert redis_keys(prod) == 2  # one hash per user, holding every view's features
 
@@ -282,20 +302,27 @@ def test_materialization_full_incremental_and_interrupted(prod, monkeypatch):
         store.materialize(prod, incremental=True)
     monkeypatch.setattr(RedisOnlineStore, "online_write_batch", real_write)
     store.materialize(prod, incremental=True)  # resumes from the last completed window: nothing lost
-    latest = {name: table(prod, name).groupby("user_id").tail(1).set_index("user_id") for name in ("health_rolling", "engagement_daily", "profile")}
+    latest = {
+        name: table(prod, name).groupby("user_id").tail(1).set_index("user_id")
+        for name in ("health_rolling", "engagement_daily", "profile")
+    }
     for user_id in (1, 2):
         online = store.online_features(prod, user_id, at=tiny.day(41))
         for name, frame in latest.items():
             for feature in FEATURE_TABLES[name].features:
                 want, got = frame.loc[user_id, feature.name], online[f"{name}__{feature.name}"]
-                assert (pd.isna(want) and got is None) or got == pytest.approx(want) or got == want, (user_id, name, feature.name)
+                assert (pd.isna(want) and got is None) or got == pytest.approx(want) or got == want, (
+                    user_id,
+                    name,
+                    feature.name,
+                )
     assert redis_keys(prod) == 2  # one hash per user, however often it was written
     store.materialize(prod)  # a full re-run changes nothing
     assert redis_keys(prod) == 2
 
 
 def test_redis_failure_inside_feast_is_a_clear_error(prod, monkeypatch):
-    from healthmate_features import profiles
+    from healthmate_features.backends import profiles
 
     raw = tiny.write_raw(prod.repo_path / "raw")
     load_and_build(raw, prod)
@@ -315,30 +342,51 @@ def test_redis_failure_inside_feast_is_a_clear_error(prod, monkeypatch):
 def test_our_point_in_time_join_equals_feasts_postgres_store(prod):
     from feast import FeatureStore
 
-    from healthmate_features import profiles
+    from healthmate_features.backends import profiles
 
     raw = tiny.write_raw(prod.repo_path / "raw", small.raw_tables(users=8, days=60))
     load_and_build(raw, prod)
     store.apply(prod)
     ours = store.open_store(prod)
-    feasts = FeatureStore(repo_path=str(prod.repo_path), config=profiles.repo_config(prod, offline_store={"type": "postgres"}))
+    feasts = FeatureStore(
+        repo_path=str(prod.repo_path), config=profiles.repo_config(prod, offline_store={"type": "postgres"})
+    )
     assert type(ours._get_provider().offline_store).__name__ == "LateralPostgreSQLOfflineStore"
     assert type(feasts._get_provider().offline_store).__name__ == "PostgreSQLOfflineStore"
     labels = pd.read_parquet(prod.ingested_dir / "labels.parquet")
-    labels = pd.concat([labels, labels.head(3), pd.DataFrame({  # duplicates; before any data; exactly at a row's time
-        "user_id": [1, 2, 99], "event_timestamp": pd.to_datetime(["2024-06-01", "2025-02-01", "2025-02-01"], utc=True),
-        "adverse_event_30d": 0, "disengaged_14d": 0,
-    })], ignore_index=True).assign(row=lambda df: range(len(df)))
+    labels = pd.concat(
+        [
+            labels,
+            labels.head(3),
+            pd.DataFrame(
+                {  # duplicates; before any data; exactly at a row's time
+                    "user_id": [1, 2, 99],
+                    "event_timestamp": pd.to_datetime(["2024-06-01", "2025-02-01", "2025-02-01"], utc=True),
+                    "adverse_event_30d": 0,
+                    "disengaged_14d": 0,
+                }
+            ),
+        ],
+        ignore_index=True,
+    ).assign(row=lambda df: range(len(df)))
     for service in SERVICES:
         for full in (False, True):
             frames = [
-                fs.get_historical_features(entity_df=labels, features=fs.get_feature_service(service), full_feature_names=full)
-                .to_df().sort_values("row").reset_index(drop=True)
+                fs.get_historical_features(
+                    entity_df=labels, features=fs.get_feature_service(service), full_feature_names=full
+                )
+                .to_df()
+                .sort_values("row")
+                .reset_index(drop=True)
                 for fs in (ours, feasts)
             ]
-            frames[1]["event_timestamp"] = frames[1]["event_timestamp"].dt.tz_localize("UTC")  # Feast's store drops the zone
+            frames[1]["event_timestamp"] = frames[1]["event_timestamp"].dt.tz_localize(
+                "UTC"
+            )  # Feast's store drops the zone
             assert frames[0].notna().to_numpy().mean() > 0.5
-            pd.testing.assert_frame_equal(frames[0], frames[1], check_exact=False, rtol=1e-12, obj=f"{service} full={full}")
+            pd.testing.assert_frame_equal(
+                frames[0], frames[1], check_exact=False, rtol=1e-12, obj=f"{service} full={full}"
+            )
     sql = f"SELECT user_id, event_timestamp FROM {postgres.table_name(prod, 'labels')}"  # not a DataFrame: Feast's own join
     frame = ours.get_historical_features(entity_df=sql, features=["health_rolling:steps_mean_7d"]).to_df()
     assert len(frame) == len(pd.read_parquet(prod.ingested_dir / "labels.parquet"))
@@ -347,7 +395,10 @@ def test_our_point_in_time_join_equals_feasts_postgres_store(prod):
 def test_a_missing_database_is_named_and_created_by_ingest(prod):
     fresh = replace(prod, pg_database=prod.pg_database + "_new")
     where = re.escape(f"{fresh.pg_host}:{fresh.pg_port}")
-    with pytest.raises(NotIngestedError, match=f"database '{fresh.pg_database}' does not exist on {where}; .*ingest --profile production"):
+    with pytest.raises(
+        NotIngestedError,
+        match=f"database '{fresh.pg_database}' does not exist on {where}; .*ingest --profile production",
+    ):
         postgres.connect(fresh)
     try:
         postgres.ingest(tiny.write_raw(prod.repo_path / "raw"), fresh)

@@ -1,4 +1,5 @@
 """Profile selection and configuration, and unreachable servers: none of these needs a server."""
+
 from __future__ import annotations
 
 import os
@@ -7,14 +8,15 @@ import time
 from dataclasses import replace
 
 import pytest
+import tiny
 from click.testing import CliRunner
 
-from healthmate_features import postgres, profiles, repo, store
+from healthmate_features.backends import postgres, profiles
 from healthmate_features.cli import main
 from healthmate_features.config import Settings
 from healthmate_features.errors import ConfigError, ServiceUnavailableError
-
-import tiny
+from healthmate_features.features import definitions as repo
+from healthmate_features.stores import feature_store as store
 
 CLOSED = 1  # nothing listens on port 1: connection refused at once
 
@@ -33,12 +35,22 @@ def clean_env(monkeypatch):
 
 def test_production_yaml_is_filled_from_settings_with_localhost_defaults(tmp_path, clean_env):
     config = profiles.repo_config(Settings.from_env(repo_path=tiny.copy_repo(tmp_path / "repo"), profile="production"))
-    assert (config.offline_store.host, config.offline_store.port, config.offline_store.sslmode) == ("127.0.0.1", 5432, "disable")
+    assert (config.offline_store.host, config.offline_store.port, config.offline_store.sslmode) == (
+        "127.0.0.1",
+        5432,
+        "disable",
+    )
     assert config.offline_store.db_schema == "healthmate" and config.offline_store.password == ""
     assert config.online_store.connection_string == "127.0.0.1:6379,db=0,socket_connect_timeout=5,socket_timeout=30"
     assert config.online_store.key_ttl_seconds == 14 * 24 * 3600
-    assert config.registry.path == "postgresql+psycopg://postgres:@127.0.0.1:5432/healthmate?sslmode=disable&connect_timeout=5"
-    assert config.materialization_config.pull_latest_features and config.materialization_config.online_write_batch_size == 5000
+    assert (
+        config.registry.path
+        == "postgresql+psycopg://postgres:@127.0.0.1:5432/healthmate?sslmode=disable&connect_timeout=5"
+    )
+    assert (
+        config.materialization_config.pull_latest_features
+        and config.materialization_config.online_write_batch_size == 5000
+    )
 
 
 def test_secrets_come_from_the_environment_and_are_quoted_where_they_go(tmp_path, clean_env):
@@ -52,7 +64,7 @@ def test_secrets_come_from_the_environment_and_are_quoted_where_they_go(tmp_path
         "cache.internal:6380,db=3,username=app,password=s3cret,ssl=true,socket_connect_timeout=2.5,socket_timeout=30"
     )
     text = (tiny.ROOT / "feature_store.production.yaml").read_text()
-    assert "s3cret" not in text and "password: \"${HM_PG_PASSWORD}\"" in text
+    assert "s3cret" not in text and 'password: "${HM_PG_PASSWORD}"' in text
 
 
 def test_bad_redis_url_and_unknown_placeholder_are_config_errors(tmp_path):
@@ -111,7 +123,9 @@ def silent_port():
 
 
 def test_a_server_that_never_answers_times_out_instead_of_hanging(tmp_path, silent_port):
-    settings = production(tmp_path, pg_port=silent_port, redis_url=f"redis://127.0.0.1:{silent_port}/0", connect_timeout_s=2)
+    settings = production(
+        tmp_path, pg_port=silent_port, redis_url=f"redis://127.0.0.1:{silent_port}/0", connect_timeout_s=2
+    )
     _fails_fast(lambda: postgres.connect(settings), f"PostgreSQL at 127.0.0.1:{silent_port} .* within 2 s", 6)
     _fails_fast(lambda: profiles.check_redis(settings), f"Redis at 127.0.0.1:{silent_port}/0 .* within 2 s", 6)
 

@@ -1,4 +1,5 @@
 """Leakage-safe splits: each guard holds on constructed frames and bad configs fail clearly."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,13 @@ import pandas as pd
 import pytest
 
 from healthmate_features.errors import ConfigError, EntityFrameError
-from healthmate_features.splits import (LeakageWarning, SplitConfig, SplitResult,
-                                        required_embargo_days, split_frame)
+from healthmate_features.training.splits import (
+    LeakageWarning,
+    SplitConfig,
+    SplitResult,
+    required_embargo_days,
+    split_frame,
+)
 
 START = pd.Timestamp("2025-01-01", tz="UTC")
 
@@ -20,13 +26,15 @@ def frame() -> pd.DataFrame:
     """60 users x ~one row a day for a year, a 30%-positive label, two features."""
     rng = np.random.default_rng(7)
     n = 6000
-    return pd.DataFrame({
-        "user_id": rng.integers(0, 60, n),
-        "event_timestamp": START + pd.to_timedelta(rng.integers(0, 365 * 24, n), unit="h"),
-        "label": (rng.random(n) < 0.3).astype(int),
-        "steps_mean_7d": rng.normal(8000, 1500, n),
-        "resting_hr": rng.normal(62, 6, n),
-    })
+    return pd.DataFrame(
+        {
+            "user_id": rng.integers(0, 60, n),
+            "event_timestamp": START + pd.to_timedelta(rng.integers(0, 365 * 24, n), unit="h"),
+            "label": (rng.random(n) < 0.3).astype(int),
+            "steps_mean_7d": rng.normal(8000, 1500, n),
+            "resting_hr": rng.normal(62, 6, n),
+        }
+    )
 
 
 def _balance(labels: pd.Series) -> float:
@@ -49,8 +57,7 @@ def test_group_split_puts_no_user_on_both_sides(frame):
 
 
 def test_stratified_group_split_keeps_label_balance(frame):
-    result = split_frame(frame, {"strategy": "group", "stratify": True, "test_size": 0.2},
-                         label_column="label")
+    result = split_frame(frame, {"strategy": "group", "stratify": True, "test_size": 0.2}, label_column="label")
     train, test = result.take(frame)
     assert set(train.user_id).isdisjoint(set(test.user_id))
     assert abs(_balance(train.label) - _balance(test.label)) < 0.03
@@ -106,22 +113,19 @@ def test_time_split_default_cutoff_is_test_size_quantile_and_default_embargo_the
 
 def test_label_horizon_extends_the_required_embargo(frame):
     assert required_embargo_days(30, 30) == 60
-    result = split_frame(frame, {"strategy": "time", "label_horizon_days": 30},
-                         feature_window_days=30)
+    result = split_frame(frame, {"strategy": "time", "label_horizon_days": 30}, feature_window_days=30)
     assert result.leakage_report["embargo_days"] == 60.0
     train, test = result.take(frame)
     assert train.event_timestamp.max() < test.event_timestamp.min() - pd.Timedelta(days=60)
     with pytest.raises(ConfigError, match=r"embargo_days=45 is shorter .* = 60 days"):
-        split_frame(frame, {"strategy": "time", "label_horizon_days": 30, "embargo_days": 45},
-                    feature_window_days=30)
+        split_frame(frame, {"strategy": "time", "label_horizon_days": 30, "embargo_days": 45}, feature_window_days=30)
 
 
 def test_short_embargo_is_refused_unless_overridden_and_then_reported(frame):
     with pytest.raises(ConfigError, match=r"embargo_days=7 .*allow_short_embargo: true"):
         split_frame(frame, {"embargo_days": 7}, feature_window_days=30)
     with pytest.warns(LeakageWarning, match="embargo_days=7 is shorter"):
-        result = split_frame(frame, {"embargo_days": 7, "allow_short_embargo": True},
-                             feature_window_days=30)
+        result = split_frame(frame, {"embargo_days": 7, "allow_short_embargo": True}, feature_window_days=30)
     report = result.leakage_report
     assert report["short_embargo_allowed"] is True
     assert any("allow_short_embargo" in w for w in report["warnings"])
@@ -135,10 +139,13 @@ def test_time_split_needs_a_known_window_or_an_explicit_embargo(frame):
     assert any("window unknown" in w for w in result.leakage_report["warnings"])
 
 
-@pytest.mark.parametrize("cutoff, side, fix", [
-    ("2026-06-01", "test set empty", "move the cutoff earlier"),
-    ("2025-01-20", "training set empty", "move the cutoff later"),
-])
+@pytest.mark.parametrize(
+    "cutoff, side, fix",
+    [
+        ("2026-06-01", "test set empty", "move the cutoff earlier"),
+        ("2025-01-20", "training set empty", "move the cutoff later"),
+    ],
+)
 def test_empty_side_names_the_cutoff_and_the_fix(frame, cutoff, side, fix):
     with pytest.raises(ConfigError, match=side) as info:
         split_frame(frame, {"cutoff": cutoff}, feature_window_days=30)
@@ -148,8 +155,7 @@ def test_empty_side_names_the_cutoff_and_the_fix(frame, cutoff, side, fix):
 
 def test_time_split_reads_a_naive_cutoff_as_utc():
     assert SplitConfig(cutoff="2025-10-01").cutoff == pd.Timestamp("2025-10-01", tz="UTC")
-    assert SplitConfig(cutoff="2025-10-01T02:00:00+02:00").cutoff == \
-        pd.Timestamp("2025-10-01", tz="UTC")
+    assert SplitConfig(cutoff="2025-10-01T02:00:00+02:00").cutoff == pd.Timestamp("2025-10-01", tz="UTC")
 
 
 def test_time_split_refuses_naive_or_null_timestamps(frame):
@@ -175,8 +181,7 @@ def test_random_split_warns_and_records_the_warning(frame):
 
 def test_stratified_random_split_keeps_label_balance(frame):
     with pytest.warns(LeakageWarning):
-        result = split_frame(frame, {"strategy": "random", "stratify": True, "seed": 5},
-                             label_column="label")
+        result = split_frame(frame, {"strategy": "random", "stratify": True, "seed": 5}, label_column="label")
     train, test = result.take(frame)
     assert abs(_balance(train.label) - _balance(test.label)) < 0.005
     assert set(result.train_index).isdisjoint(result.test_index)
@@ -184,8 +189,7 @@ def test_stratified_random_split_keeps_label_balance(frame):
 
 def test_stratify_refuses_a_continuous_label(frame):
     with pytest.raises(ConfigError, match="stratify needs a classification label"):
-        split_frame(frame, {"strategy": "random", "stratify": True},
-                    label_column="steps_mean_7d")
+        split_frame(frame, {"strategy": "random", "stratify": True}, label_column="steps_mean_7d")
     with pytest.raises(ConfigError, match="no label_column"):
         split_frame(frame, {"strategy": "group", "stratify": True})
 
@@ -193,18 +197,21 @@ def test_stratify_refuses_a_continuous_label(frame):
 # --------------------------------------------------------------------------- config/report
 
 
-@pytest.mark.parametrize("config, message", [
-    ({"strategy": "kfold"}, "split.strategy is 'kfold'; allowed values: time, group, random"),
-    ({"test_sise": 0.2}, "unknown key(s) 'test_sise'; allowed keys: strategy, test_size"),
-    ({"test_size": 0}, "split.test_size is 0; it must be a number in (0, 1)"),
-    ({"embargo_days": -1}, "split.embargo_days is -1; it must be a number >= 0"),
-    ({"strategy": "group", "embargo_days": 30}, "applies to strategy 'time' only"),
-    ({"strategy": "random", "cutoff": "2025-10-01"}, "split.cutoff is set (2025-10-01T00:00:00"),
-    ({"strategy": "time", "stratify": True}, "cannot be stratified"),
-    ({"stratify": "yes"}, "split.stratify is 'yes'; allowed values: true, false"),
-    ({"cutoff": "next tuesday"}, "split.cutoff 'next tuesday' is not a timestamp"),
-    ({"seed": 1.5}, "split.seed is 1.5; it must be an integer"),
-])
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ({"strategy": "kfold"}, "split.strategy is 'kfold'; allowed values: time, group, random"),
+        ({"test_sise": 0.2}, "unknown key(s) 'test_sise'; allowed keys: strategy, test_size"),
+        ({"test_size": 0}, "split.test_size is 0; it must be a number in (0, 1)"),
+        ({"embargo_days": -1}, "split.embargo_days is -1; it must be a number >= 0"),
+        ({"strategy": "group", "embargo_days": 30}, "applies to strategy 'time' only"),
+        ({"strategy": "random", "cutoff": "2025-10-01"}, "split.cutoff is set (2025-10-01T00:00:00"),
+        ({"strategy": "time", "stratify": True}, "cannot be stratified"),
+        ({"stratify": "yes"}, "split.stratify is 'yes'; allowed values: true, false"),
+        ({"cutoff": "next tuesday"}, "split.cutoff 'next tuesday' is not a timestamp"),
+        ({"seed": 1.5}, "split.seed is 1.5; it must be an integer"),
+    ],
+)
 def test_bad_split_configs_name_key_value_and_allowed(config, message):
     with pytest.raises(ConfigError) as info:
         SplitConfig.from_dict(config)
@@ -212,27 +219,28 @@ def test_bad_split_configs_name_key_value_and_allowed(config, message):
 
 
 def test_config_round_trips_through_a_plain_dict():
-    config = SplitConfig.from_dict({"cutoff": "2025-10-01T00:00:00Z", "embargo_days": 30,
-                                    "label_horizon_days": None})
+    config = SplitConfig.from_dict({"cutoff": "2025-10-01T00:00:00Z", "embargo_days": 30, "label_horizon_days": None})
     data = config.to_dict()
     assert data["cutoff"] == "2025-10-01T00:00:00+00:00"
     assert json.loads(json.dumps(data)) == data
     assert SplitConfig.from_dict(data) == config
 
 
-@pytest.mark.parametrize("config", [
-    {"strategy": "time"}, {"strategy": "group", "stratify": True},
-    {"strategy": "random", "stratify": True},
-])
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"strategy": "time"},
+        {"strategy": "group", "stratify": True},
+        {"strategy": "random", "stratify": True},
+    ],
+)
 def test_leakage_report_is_json_and_indices_are_sorted_positions(frame, config):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", LeakageWarning)
-        result = split_frame(frame.set_index(frame.index * 10), config, label_column="label",
-                             feature_window_days=30)
+        result = split_frame(frame.set_index(frame.index * 10), config, label_column="label", feature_window_days=30)
     assert isinstance(result, SplitResult)
     json.dumps(result.leakage_report)
     for index in (result.train_index, result.test_index):
         assert np.all(np.diff(index) > 0) and index.max() < len(frame)
-    for key in ("strategy", "train_rows", "test_rows", "excluded_rows", "users_overlapping",
-                "guards", "warnings"):
+    for key in ("strategy", "train_rows", "test_rows", "excluded_rows", "users_overlapping", "guards", "warnings"):
         assert key in result.leakage_report

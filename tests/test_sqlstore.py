@@ -1,4 +1,5 @@
 """The SQL store: same schema on SQLite and Postgres, idempotent migrations, no hangs."""
+
 from __future__ import annotations
 
 import socket
@@ -8,9 +9,9 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlbackends import backend_settings  # noqa: F401  (fixture)
 
+from healthmate_features.backends.sqlstore import MIGRATIONS, SqlStore, open_store, read_json, read_ts
 from healthmate_features.config import Settings
 from healthmate_features.errors import ServiceUnavailableError, StoreError
-from healthmate_features.sqlstore import MIGRATIONS, SqlStore, open_store, read_json, read_ts
 
 TABLES = {"schema_migrations", "model_runs", "model_metrics", "api_keys", "audit_log"}
 
@@ -19,9 +20,7 @@ def _columns(store: SqlStore) -> dict[str, list[str]]:
     if store.dialect == "sqlite":
         names = [r["name"] for r in store.query("SELECT name FROM sqlite_master WHERE type = 'table'")]
         return {
-            t: [c["name"] for c in store.query(f"PRAGMA table_info({t})")]
-            for t in names
-            if not t.startswith("sqlite_")
+            t: [c["name"] for c in store.query(f"PRAGMA table_info({t})")] for t in names if not t.startswith("sqlite_")
         }
     rows = store.query(
         "SELECT table_name, column_name FROM information_schema.columns "
@@ -114,9 +113,7 @@ def test_silent_postgres_times_out(tmp_path):
         server.bind(("127.0.0.1", 0))
         server.listen(8)
         port = server.getsockname()[1]
-        settings = Settings.from_env(
-            repo_path=tmp_path, profile="production", pg_port=port, connect_timeout_s=1
-        )
+        settings = Settings.from_env(repo_path=tmp_path, profile="production", pg_port=port, connect_timeout_s=1)
         started = time.monotonic()
         with pytest.raises(ServiceUnavailableError, match=rf"127\.0\.0\.1:{port}"):
             open_store(settings)

@@ -1,4 +1,5 @@
 """Model performance tracking on SQLite and Postgres: logging, history, comparison, dashboard."""
+
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
@@ -6,8 +7,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlbackends import backend_settings  # noqa: F401  (fixture)
 
+from healthmate_features.backends.sqlstore import open_store
 from healthmate_features.errors import TrackingError
-from healthmate_features.sqlstore import open_store
 from healthmate_features.tracking import DatasetRef, Tracker, metric_direction
 
 T0 = datetime(2024, 5, 1, 9, 0, tzinfo=timezone.utc)
@@ -21,8 +22,13 @@ def tracker(backend_settings):
 
 def _log(tracker, version, metrics, *, dataset="health_risk@v1", env="staging", minutes=0, **kw):
     return tracker.log_metrics(
-        "risk", version=version, dataset=dataset, environment=env, metrics=metrics,
-        at=T0 + timedelta(minutes=minutes), **kw,
+        "risk",
+        version=version,
+        dataset=dataset,
+        environment=env,
+        metrics=metrics,
+        at=T0 + timedelta(minutes=minutes),
+        **kw,
     )
 
 
@@ -35,7 +41,10 @@ def test_log_and_history_over_time(tracker):
 
     history = tracker.history("risk")
     assert [(r.model_version, r.metric) for r in history] == [
-        ("1.0", "accuracy"), ("1.0", "auc"), ("1.0", "auc"), ("1.1", "auc"),
+        ("1.0", "accuracy"),
+        ("1.0", "auc"),
+        ("1.0", "auc"),
+        ("1.1", "auc"),
     ]
     assert [r.logged_at for r in history] == sorted(r.logged_at for r in history)
     assert history[0].params == {"lr": 0.1, "max_depth": 4}
@@ -153,11 +162,14 @@ def test_latest_per_environment(tracker):
     _log(tracker, "1.0", {"auc": 0.80}, env="production")
     _log(tracker, "1.1", {"auc": 0.84, "accuracy": 0.9}, env="staging", minutes=1)
     _log(tracker, "1.2", {"auc": 0.86}, env="staging", minutes=2)
-    tracker.log_metrics("churn", version="0.1", dataset="churn@2024-05", environment="development",
-                        metrics={"f1": 0.5}, at=T0)
+    tracker.log_metrics(
+        "churn", version="0.1", dataset="churn@2024-05", environment="development", metrics={"f1": 0.5}, at=T0
+    )
     latest = tracker.latest_per_environment()
     assert [(r.environment, r.model_name, r.model_version) for r in latest] == [
-        ("development", "churn", "0.1"), ("staging", "risk", "1.2"), ("production", "risk", "1.0"),
+        ("development", "churn", "0.1"),
+        ("staging", "risk", "1.2"),
+        ("production", "risk", "1.0"),
     ]
     assert latest[1].metrics == {"auc": 0.86}
     assert [r.model_name for r in tracker.latest_per_environment(model_name="churn")] == ["churn"]
@@ -192,14 +204,54 @@ def test_cli_log_history_compare(backend_settings):
         assert (result.exit_code == 0) is ok, result.output
         return result.output
 
-    out = run("log", "--model", "risk", "--version", "1.0", "--dataset", "health_risk@v1",
-              "--env", "staging", "--metric", "auc=0.81", "--metric", "accuracy=0.9",
-              "--param", "max_depth=4", "--param", "note=baseline run")
+    out = run(
+        "log",
+        "--model",
+        "risk",
+        "--version",
+        "1.0",
+        "--dataset",
+        "health_risk@v1",
+        "--env",
+        "staging",
+        "--metric",
+        "auc=0.81",
+        "--metric",
+        "accuracy=0.9",
+        "--param",
+        "max_depth=4",
+        "--param",
+        "note=baseline run",
+    )
     assert "logged run 1: risk 1.0 on health_risk@v1 in staging: auc=0.81, accuracy=0.9" in out
-    run("log", "--model", "risk", "--version", "1.1", "--dataset", "health_risk@v1",
-        "--env", "production", "--metric", "auc=0.84", "--metric", "rmse=1.5")
-    run("log", "--model", "risk", "--version", "2.0", "--dataset", "health_risk@v2",
-        "--env", "staging", "--metric", "auc=0.9")
+    run(
+        "log",
+        "--model",
+        "risk",
+        "--version",
+        "1.1",
+        "--dataset",
+        "health_risk@v1",
+        "--env",
+        "production",
+        "--metric",
+        "auc=0.84",
+        "--metric",
+        "rmse=1.5",
+    )
+    run(
+        "log",
+        "--model",
+        "risk",
+        "--version",
+        "2.0",
+        "--dataset",
+        "health_risk@v2",
+        "--env",
+        "staging",
+        "--metric",
+        "auc=0.9",
+    )
 
     history = json.loads(run("history", "--model", "risk", "--metric", "auc", "--json"))
     assert [(h["model_version"], h["value"]) for h in history] == [("1.0", 0.81), ("1.1", 0.84), ("2.0", 0.9)]
@@ -221,9 +273,20 @@ def test_cli_log_history_compare(backend_settings):
     assert "WARNING" in mixed
 
     assert "environment 'prod' is unknown" in run(
-        "log", "--model", "risk", "--version", "1", "--dataset", "d@1", "--env", "prod",
-        "--metric", "auc=1", ok=False)
+        "log", "--model", "risk", "--version", "1", "--dataset", "d@1", "--env", "prod", "--metric", "auc=1", ok=False
+    )
     assert "not a number" in run(
-        "log", "--model", "risk", "--version", "1", "--dataset", "d@1", "--env", "staging",
-        "--metric", "auc=high", ok=False)
+        "log",
+        "--model",
+        "risk",
+        "--version",
+        "1",
+        "--dataset",
+        "d@1",
+        "--env",
+        "staging",
+        "--metric",
+        "auc=high",
+        ok=False,
+    )
     assert "no metrics logged for model 'nope'" in run("history", "--model", "nope", ok=False)

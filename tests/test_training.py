@@ -1,19 +1,24 @@
 """The training-set builder end to end on generated data: real Feast, real splits, real versions."""
-from __future__ import annotations
 
+from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
+import tiny
 import yaml
 from click.testing import CliRunner
 
 from healthmate_features.cli import main
 from healthmate_features.errors import ConfigError, EntityFrameError
-from healthmate_features.training import (TrainingSetConfig, build_and_save, build_training_set, join_features,
-                                          rebuild, registry)
-
-import tiny
+from healthmate_features.training.builder import (
+    TrainingSetConfig,
+    build_and_save,
+    build_training_set,
+    join_features,
+    rebuild,
+    registry,
+)
 
 CONFIGS = tiny.ROOT / "configs"
 
@@ -40,7 +45,9 @@ def test_time_split_training_set_is_versioned_with_its_leakage_report(repo):
     assert dataset.joined_train.event_timestamp.max() < cutoff - embargo
     assert dataset.joined_test.event_timestamp.min() >= cutoff
     labels = pd.read_parquet(repo.ingested_dir / "labels.parquet")
-    assert len(dataset.X_train) + len(dataset.X_test) + report["excluded_rows_total"] == len(labels)  # nothing lost silently
+    assert len(dataset.X_train) + len(dataset.X_test) + report["excluded_rows_total"] == len(
+        labels
+    )  # nothing lost silently
     manifest = registry(repo).show("health_risk", "1.0.0")
     assert manifest["feature_service"] == "health_risk_v1" and manifest["feast_definitions_hash"]
     assert registry(repo).verify("health_risk", "1.0.0").ok
@@ -78,7 +85,9 @@ def test_rebuild_gives_the_identical_data_hash_and_versions_bump_by_rule(repo):
 def test_join_keeps_rows_duplicates_and_order_and_handles_any_timestamp_precision(repo):
     labels = pd.read_parquet(repo.ingested_dir / "labels.parquet").sample(60, random_state=1)
     entities = pd.concat([labels, labels.iloc[:5]], ignore_index=True)  # 5 duplicate rows
-    entities["event_timestamp"] = entities["event_timestamp"].astype("datetime64[ns, UTC]") + pd.Timedelta(nanoseconds=7)
+    entities["event_timestamp"] = entities["event_timestamp"].astype("datetime64[ns, UTC]") + pd.Timedelta(
+        nanoseconds=7
+    )
     joined, report = join_features(entities, repo, feature_service="engagement_churn_v1", label="disengaged_14d")
     assert len(joined) == len(entities) and report.duplicate_rows >= 5
     assert list(joined.user_id) == list(entities.user_id)
@@ -88,20 +97,36 @@ def test_join_keeps_rows_duplicates_and_order_and_handles_any_timestamp_precisio
 
 
 def test_naive_timestamps_are_taken_as_utc_and_unknown_users_are_counted(repo):
-    entities = pd.DataFrame({"user_id": [1, 1, 99_999], "event_timestamp": ["2025-05-01 12:00", "2025-05-02T12:00:00", "2025-05-01 12:00"]})
+    entities = pd.DataFrame(
+        {"user_id": [1, 1, 99_999], "event_timestamp": ["2025-05-01 12:00", "2025-05-02T12:00:00", "2025-05-01 12:00"]}
+    )
     joined, report = join_features(entities, repo, feature_service="engagement_churn_v1")
     assert report.naive_timestamps_assumed_utc == 3 and str(joined.event_timestamp.dt.tz) == "UTC"
     assert (report.unknown_users, report.unknown_user_rows) == (1, 1)
-    assert joined.iloc[2].drop(["user_id", "event_timestamp"]).isna().sum() > 10  # unknown user: null features, row kept
+    assert (
+        joined.iloc[2].drop(["user_id", "event_timestamp"]).isna().sum() > 10
+    )  # unknown user: null features, row kept
 
 
 @pytest.mark.parametrize(
     "entities, message",
     [
-        (pd.DataFrame({"user_id": [1], "label": [0]}), "missing column(s) 'event_timestamp' (columns: user_id, label); pass the prediction time per row"),
-        (pd.DataFrame({"user_id": [1, 2], "event_timestamp": [pd.Timestamp("2025-05-01", tz="UTC"), None]}), "'event_timestamp' has 1 null value(s) of 2 rows"),
-        (pd.DataFrame({"user_id": [1], "event_timestamp": ["next tuesday"]}), "1 unparseable value(s) (e.g. 'next tuesday')"),
-        (pd.DataFrame({"user_id": ["abc"], "event_timestamp": ["2025-05-01T00:00:00Z"]}), "'user_id' has 1 non-integer value(s) (e.g. 'abc')"),
+        (
+            pd.DataFrame({"user_id": [1], "label": [0]}),
+            "missing column(s) 'event_timestamp' (columns: user_id, label); pass the prediction time per row",
+        ),
+        (
+            pd.DataFrame({"user_id": [1, 2], "event_timestamp": [pd.Timestamp("2025-05-01", tz="UTC"), None]}),
+            "'event_timestamp' has 1 null value(s) of 2 rows",
+        ),
+        (
+            pd.DataFrame({"user_id": [1], "event_timestamp": ["next tuesday"]}),
+            "1 unparseable value(s) (e.g. 'next tuesday')",
+        ),
+        (
+            pd.DataFrame({"user_id": ["abc"], "event_timestamp": ["2025-05-01T00:00:00Z"]}),
+            "'user_id' has 1 non-integer value(s) (e.g. 'abc')",
+        ),
         (pd.DataFrame({"user_id": [], "event_timestamp": []}), "entity frame has no rows"),
     ],
 )

@@ -1,4 +1,5 @@
 """The dataset registry: roundtrip, bump rule, immutability, concurrency, tampering, diff."""
+
 from __future__ import annotations
 
 import hashlib
@@ -18,10 +19,10 @@ import pytest
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from healthmate_features import manifest as mf
-from healthmate_features.dataset import ProcessedDataset
+from healthmate_features.datasets import manifest as mf
+from healthmate_features.datasets.dataset import ProcessedDataset
+from healthmate_features.datasets.registry import DatasetRegistry, data_hash
 from healthmate_features.errors import DatasetNotFoundError, DatasetVersionError
-from healthmate_features.versioning import DatasetRegistry, data_hash
 
 POSIX = os.name == "posix"
 
@@ -52,9 +53,13 @@ def make_dataset(seed: int = 0, rows: int = 40, columns=("a", "b", "c"), **metad
     return ProcessedDataset(
         X_train=pipeline.transform(train[list(columns)]),
         X_test=pipeline.transform(test[list(columns)]),
-        y_train=train["label"], y_test=test["label"],
-        feature_names=list(columns), pipeline=pipeline, metadata=meta,
-        joined_train=train, joined_test=test,
+        y_train=train["label"],
+        y_test=test["label"],
+        feature_names=list(columns),
+        pipeline=pipeline,
+        metadata=meta,
+        joined_train=train,
+        joined_test=test,
     )
 
 
@@ -123,8 +128,9 @@ def test_manifest_records_what_a_rebuild_needs(registry):
     assert m["label_balance"]["train"]["kind"] == "classification"
     assert m["environment"]["feast"].startswith("0.67")
     assert m["created_at"].endswith("+00:00")
-    assert set(m["files"]) == {f"{s}.parquet" for s in ("X_train", "X_test", "y_train", "y_test",
-                                                        "joined_train", "joined_test")} | {"pipeline.joblib"}
+    assert set(m["files"]) == {
+        f"{s}.parquet" for s in ("X_train", "X_test", "y_train", "y_test", "joined_train", "joined_test")
+    } | {"pipeline.joblib"}
     assert m["manifest_sha256"] == mf.self_hash(m)
 
 
@@ -161,10 +167,13 @@ def test_bump_rule_chooses_major_minor_patch(registry):
     assert registry.save(make_dataset(seed=1), "risk") == "1.0.3"  # corrected data
     assert registry.save(make_dataset(entity_frame_hash="entity-2"), "risk") == "1.1.0"
     assert registry.save(make_dataset(entity_frame_hash="entity-2", rows=60), "risk") == "1.2.0"  # time range
-    assert registry.save(make_dataset(rows=60, feast_definitions_hash="defs-2",
-                                      entity_frame_hash="entity-2"), "risk") == "1.3.0"
-    wider = make_dataset(rows=60, columns=("a", "b", "c", "d"), feast_definitions_hash="defs-2",
-                         entity_frame_hash="entity-2")
+    assert (
+        registry.save(make_dataset(rows=60, feast_definitions_hash="defs-2", entity_frame_hash="entity-2"), "risk")
+        == "1.3.0"
+    )
+    wider = make_dataset(
+        rows=60, columns=("a", "b", "c", "d"), feast_definitions_hash="defs-2", entity_frame_hash="entity-2"
+    )
     assert registry.save(wider, "risk") == "2.0.0"
     m = registry.show("risk")
     assert m["bump"]["kind"] == "major" and m["parent_version"] == "1.3.0"
@@ -180,7 +189,10 @@ def test_bump_rule_chooses_major_minor_patch(registry):
     for split in ("X_train", "X_test"):
         setattr(retyped, split, getattr(retyped, split).astype("float32"))
     assert registry.save(retyped, "risk") == "5.0.0"
-    assert "column dtypes changed: c (float64 -> float32), b (float64 -> float32), a (float64 -> float32)" in registry.show("risk")["bump"]["reasons"]
+    assert (
+        "column dtypes changed: c (float64 -> float32), b (float64 -> float32), a (float64 -> float32)"
+        in registry.show("risk")["bump"]["reasons"]
+    )
 
 
 def test_explicit_bump_may_exceed_but_not_undercut_the_rule(registry):
@@ -418,18 +430,27 @@ def test_verify_and_data_only_loads_never_unpickle(registry, tmp_path):
 
 @pytest.mark.parametrize("name", ["../x", "a/b", "/abs", "", ".", "..", ".tmp-1", "a\\b", "x\n", "a" * 129, None])
 def test_path_like_names_are_refused(registry, name):
-    for call in (lambda: registry.save(make_dataset(), name), lambda: registry.versions(name),
-                 lambda: registry.show(name), lambda: registry.load(name)):
+    for call in (
+        lambda: registry.save(make_dataset(), name),
+        lambda: registry.versions(name),
+        lambda: registry.show(name),
+        lambda: registry.load(name),
+    ):
         with pytest.raises(DatasetVersionError, match="invalid dataset name"):
             call()
 
 
-@pytest.mark.parametrize("version", ["../1.0.0", "1.0", "01.0.0", "1.0.0/..", "/1.0.0", "", "v1.0.0",
-                                     "1.0.0-rc1", "1.0.0\n", "..", 1])
+@pytest.mark.parametrize(
+    "version", ["../1.0.0", "1.0", "01.0.0", "1.0.0/..", "/1.0.0", "", "v1.0.0", "1.0.0-rc1", "1.0.0\n", "..", 1]
+)
 def test_path_like_versions_are_refused(registry, version):
     registry.save(make_dataset(), "risk")
-    for call in (lambda: registry.show("risk", version), lambda: registry.load("risk", version),
-                 lambda: registry.verify("risk", version), lambda: registry.diff("risk", "1.0.0", version)):
+    for call in (
+        lambda: registry.show("risk", version),
+        lambda: registry.load("risk", version),
+        lambda: registry.verify("risk", version),
+        lambda: registry.diff("risk", "1.0.0", version),
+    ):
         with pytest.raises(DatasetVersionError, match="invalid dataset version"):
             call()
 
@@ -454,18 +475,35 @@ def test_diff_reports_schema_rows_stats_and_label_changes(registry):
 
 
 def test_next_version_and_metadata_conversion():
-    from healthmate_features.versioning import next_version
+    from healthmate_features.datasets.registry import next_version
 
     assert next_version(None, "patch") == "1.0.0"
     assert [next_version("1.9.3", b) for b in ("major", "minor", "patch")] == ["2.0.0", "1.10.0", "1.9.4"]
-    converted = mf.to_jsonable({
-        "n": np.int64(3), "x": np.float32(0.5), "nan": float("nan"), "when": pd.Timestamp("2024-01-01", tz="UTC"),
-        "gap": pd.Timedelta(days=30), "path": Path("/data/x.parquet"), "tags": {"b", "a"}, "arr": np.arange(2),
-        "flag": np.bool_(True), "nat": pd.NaT,
-    })
+    converted = mf.to_jsonable(
+        {
+            "n": np.int64(3),
+            "x": np.float32(0.5),
+            "nan": float("nan"),
+            "when": pd.Timestamp("2024-01-01", tz="UTC"),
+            "gap": pd.Timedelta(days=30),
+            "path": Path("/data/x.parquet"),
+            "tags": {"b", "a"},
+            "arr": np.arange(2),
+            "flag": np.bool_(True),
+            "nat": pd.NaT,
+        }
+    )
     assert converted == {
-        "n": 3, "x": 0.5, "nan": None, "when": "2024-01-01T00:00:00+00:00", "gap": "P30DT0H0M0S",
-        "path": "/data/x.parquet", "tags": ["a", "b"], "arr": [0, 1], "flag": True, "nat": None,
+        "n": 3,
+        "x": 0.5,
+        "nan": None,
+        "when": "2024-01-01T00:00:00+00:00",
+        "gap": "P30DT0H0M0S",
+        "path": "/data/x.parquet",
+        "tags": ["a", "b"],
+        "arr": [0, 1],
+        "flag": True,
+        "nat": None,
     }
     json.dumps(converted, allow_nan=False)
     with pytest.raises(DatasetVersionError, match=r"metadata\['feature_refs'\] must be a list"):

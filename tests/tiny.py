@@ -1,5 +1,6 @@
 """A tiny hand-made raw dataset whose feature values can be computed by hand, and a temporary
 copy of the feature repository to run it through real Feast."""
+
 from __future__ import annotations
 
 import shutil
@@ -25,14 +26,16 @@ def rhr(d: int) -> float:
 
 
 def raw_tables() -> dict[str, pd.DataFrame]:
-    users = pd.DataFrame({
-        "user_id": [1, 2],
-        "signup_at": [day(0, 8), day(9, 12)],
-        "birth_year": [1980, 1990],
-        "sex": ["female", "male"],
-        "height_cm": [170.0, 180.0],
-        "conditions": ["hypertension", ""],
-    })
+    users = pd.DataFrame(
+        {
+            "user_id": [1, 2],
+            "signup_at": [day(0, 8), day(9, 12)],
+            "birth_year": [1980, 1990],
+            "sex": ["female", "male"],
+            "height_cm": [170.0, 180.0],
+            "conditions": ["hypertension", ""],
+        }
+    )
     readings = []
     for d in range(LAST_DAY + 1):
         if d not in RHR_GAP:
@@ -43,19 +46,25 @@ def raw_tables() -> dict[str, pd.DataFrame]:
         readings.append((1, "weight", w, "kg", day(d, 6.5), "scale"))
     readings.append((2, "steps", 4000.0, "count", day(LAST_DAY, 20), "phone"))
     health = pd.DataFrame(readings, columns=["user_id", "metric", "value", "unit", "recorded_at", "device"])
-    events = [(1, "session", day(2, 9), "s1", 15.0), (1, "meal_logged", day(2, 12), None, None), (1, "meal_logged", day(3, 12), None, None)]
+    events = [
+        (1, "session", day(2, 9), "s1", 15.0),
+        (1, "meal_logged", day(2, 12), None, None),
+        (1, "meal_logged", day(3, 12), None, None),
+    ]
     for d in range(1, 11):
         events.append((1, "notification_sent", day(d, 10), None, None))
     for d in (1, 3, 5):
         events.append((1, "notification_opened", day(d, 11), None, None))
     events.append((2, "login", day(LAST_DAY, 8), None, None))
     app = pd.DataFrame(events, columns=["user_id", "event_type", "at", "session_id", "duration_minutes"])
-    labels = pd.DataFrame({
-        "user_id": [1, 1, 2],
-        "event_timestamp": [day(15, 12), day(4, 18), day(20, 0)],
-        "adverse_event_30d": [0, 1, 0],
-        "disengaged_14d": [1, 0, 0],
-    })
+    labels = pd.DataFrame(
+        {
+            "user_id": [1, 1, 2],
+            "event_timestamp": [day(15, 12), day(4, 18), day(20, 0)],
+            "adverse_event_30d": [0, 1, 0],
+            "disengaged_14d": [1, 0, 0],
+        }
+    )
     return {"users": users, "health_readings": health, "app_events": app, "labels": labels}
 
 
@@ -89,9 +98,9 @@ def generated_repo(root: Path, *, users: int, days: int, seed: int):
 
     Returns its Settings."""
     from healthmate_features.config import Settings
-    from healthmate_features.engineering import build_features
-    from healthmate_features.generate import generate
-    from healthmate_features.ingest import ingest
+    from healthmate_features.features.build import build_features
+    from healthmate_features.raw.generate import generate
+    from healthmate_features.raw.ingest import ingest
 
     copy_repo(root)
     shutil.copytree(ROOT / "configs", root / "configs")

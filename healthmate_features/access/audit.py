@@ -1,0 +1,145 @@
+"""Append-only audit log of API requests: who called what, on which target, with what outcome.
+
+An entry holds exactly: time, key id, role, endpoint, target, outcome (HTTP status) and
+latency in ms. Nothing else can be written, so no health values or other PHI end up in the log:
+`write` takes only those fields, the endpoint is a path without a query string, and the target
+is a `kind:identifier` reference (`user:42`, `dataset:health_risk@v3`), never free text.
+The store refuses UPDATE, DELETE (and on Postgres TRUNCATE) of audit_log with a trigger, and
+this module offers no way to change or remove an entry.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+from healthmate_features.access.keys import KEY_ID_PATTERN, ROLES
+from healthmate_features.backends.sqlstore import SqlStore, read_ts, utcnow
+from healthmate_features.errors import AuditError
+
+ENDPOINT_PATTERN = re.compile(r"^(?:(?:GET|POST|PUT|PATCH|DELETE|HEAD|OPTIONS) )?/[A-Za-z0-9_./{}-]{0,200}$")
+TARGET_PATTERN = re.compile(r"^[a-z][a-z_]{0,31}:[A-Za-z0-9_.@-]{1,128}$")
+MAX_QUERY_LIMIT = 10_000
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One audited request."""
+
+    id: int
+    at: datetime
+    key_id: str | None
+    role: str | None
+    endpoint: str
+    target: str | None
+    status: int
+    latency_ms: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (timestamp as ISO 8601)."""
+        return {**asdict(self), "at": self.at.isoformat()}
+
+
+class AuditLog:
+    """Writes and queries the audit_log table of a SQL store (see `sqlstore.open_store`)."""
+
+    def __init__(self, store: SqlStore) -> None:
+        self.store = store
+
+    def write(
+        self,
+        *,
+        endpoint: str,
+        status: int,
+        latency_ms: float,
+        key_id: str | None = None,
+        role: str | None = None,
+        target: str | None = None,
+        at: datetime | None = None,
+    ) -> int:
+        """Append one entry and return its id; key_id and role are None for unauthenticated calls.
+
+        Side effect: one row in audit_log. Raises AuditError (writing nothing) when a field is
+        outside its shape: an endpoint with a query string, a target that is not
+        `kind:identifier`, a status outside 100-599, a negative or non-finite latency."""
+        if not isinstance(endpoint, str) or not ENDPOINT_PATTERN.match(endpoint):
+            raise AuditError(
+                "audit endpoint must be an optional HTTP method and a path without query string, "
+                f"e.g. 'GET /api/v1/ml-data-preparation/features/extract' (got {len(str(endpoint))} chars)"
+            )
+        if target is not None and (not isinstance(target, str) or not TARGET_PATTERN.match(target)):
+            raise AuditError(
+                "audit target must be kind:identifier, e.g. 'user:42' or 'dataset:health_risk@v3' "
+                "(no free text, it could carry health data)"
+            )
+        if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
+            raise AuditError(f"audit status {status!r} is not an HTTP status code (100-599)")
+        if (
+            isinstance(latency_ms, bool)
+            or not isinstance(latency_ms, (int, float))
+            or not math.isfinite(latency_ms)
+            or latency_ms < 0
+        ):
+            raise AuditError(f"audit latency_ms {latency_ms!r} must be a finite number >= 0")
+        if key_id is not None and (not isinstance(key_id, str) or not KEY_ID_PATTERN.match(key_id)):
+            raise AuditError(f"audit key_id must look like hmk_<16 hex> or be None (got {len(str(key_id))} chars)")
+        if role is not None and role not in ROLES:
+            raise AuditError(f"audit role {role!r} is unknown; use one of {', '.join(ROLES)} or None")
+        if at is not None and at.tzinfo is None:
+            raise AuditError(f"audit time {at.isoformat()} has no time zone; pass an aware datetime")
+        return self.store.insert(
+            "INSERT INTO audit_log (at, key_id, role, endpoint, target, status, latency_ms)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (at or utcnow(), key_id, role, endpoint, target, status, float(latency_ms)),
+        )
+
+    def query(
+        self,
+        *,
+        key_id: str | None = None,
+        endpoint: str | None = None,
+        target: str | None = None,
+        status: int | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+    ) -> list[AuditEntry]:
+        """Entries matching every given filter, newest first, at most `limit` (1-10000).
+
+        `since` is inclusive, `until` exclusive; both must be timezone-aware."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_QUERY_LIMIT:
+            raise AuditError(f"audit query limit {limit!r} must be an integer in 1..{MAX_QUERY_LIMIT}")
+        clauses: list[str] = []
+        params: list[Any] = []
+        for column, value in (("key_id", key_id), ("endpoint", endpoint), ("target", target), ("status", status)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        for op, moment in ((">=", since), ("<", until)):
+            if moment is not None:
+                if moment.tzinfo is None:
+                    raise AuditError(f"audit query time {moment.isoformat()} has no time zone")
+                clauses.append(f"at {op} ?")
+                params.append(moment)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self.store.query(
+            "SELECT id, at, key_id, role, endpoint, target, status, latency_ms FROM audit_log"
+            f"{where} ORDER BY at DESC, id DESC LIMIT {limit}",
+            params,
+        )
+        return [
+            AuditEntry(
+                id=int(r["id"]),
+                at=read_ts(r["at"]),
+                key_id=r["key_id"],
+                role=r["role"],
+                endpoint=r["endpoint"],
+                target=r["target"],
+                status=int(r["status"]),
+                latency_ms=float(r["latency_ms"]),
+            )
+            for r in rows
+        ]

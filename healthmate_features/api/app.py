@@ -1,0 +1,553 @@
+"""The HTTP API: feature sets, online features, training sets, preprocessing, model performance
+and a dashboard under /api/v1/ml-data-preparation/, plus /health. Build it with `create_app`.
+
+A thin edge (STYLE 1): handlers parse, call the library and format. Every request except
+/health and the OpenAPI docs needs `Authorization: Bearer <key>` (auth.ApiKeys); every request,
+refused ones included, is written to the audit log: time, key id, role, endpoint (method and
+route template), target (`kind:id`), status and latency, never feature values. Library errors
+become JSON `{"error": kind, "detail": message}` with the status code ERROR_STATUS gives.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from contextlib import asynccontextmanager
+from datetime import datetime, timezone
+from importlib.metadata import version as package_version
+from typing import Annotated, Any
+
+import anyio
+import numpy as np
+import pandas as pd
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
+
+from healthmate_features.access.audit import TARGET_PATTERN, AuditLog
+from healthmate_features.access.keys import ApiKeys, Principal
+from healthmate_features.api import dashboard
+from healthmate_features.api.jobs import Job, JobRunner
+from healthmate_features.api.models import (
+    JOB_ID_PATTERN,
+    DashboardSummary,
+    DatasetManifest,
+    DatasetVersions,
+    Environment,
+    ErrorBody,
+    FeatureSetCreate,
+    FeatureSetCreated,
+    Health,
+    JobInfo,
+    OnlineFeatures,
+    Performance,
+    PreprocessRequest,
+    PreprocessResponse,
+    Split,
+    TrainingSetConfigBody,
+)
+from healthmate_features.api.preprocess import DatasetCache, transform_records
+from healthmate_features.backends.sqlstore import SqlStore
+from healthmate_features.backends.sqlstore import open_store as open_sql_store
+from healthmate_features.config import Settings
+from healthmate_features.errors import (
+    AuditError,
+    AuthError,
+    ConflictError,
+    FeatureRepoError,
+    HealthmateError,
+    NotFoundError,
+    PermissionDeniedError,
+    ServiceUnavailableError,
+    StoreError,
+)
+from healthmate_features.features import feature_sets
+from healthmate_features.stores import feature_store as store
+from healthmate_features.tracking import Tracker
+from healthmate_features.training import builder as training
+
+PREFIX = "/api/v1/ml-data-preparation"
+PUBLIC_PATHS = frozenset({"/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+PARQUET = "application/vnd.apache.parquet"
+MAX_INT64 = 2**63 - 1
+log = logging.getLogger(__name__)
+
+#: The one mapping from library errors to HTTP: the first matching class wins.
+ERROR_STATUS: tuple[tuple[type[HealthmateError], int, str], ...] = (
+    (AuthError, 401, "unauthorized"),
+    (PermissionDeniedError, 403, "forbidden"),
+    (NotFoundError, 404, "not_found"),
+    (ConflictError, 409, "conflict"),
+    (ServiceUnavailableError, 503, "service_unavailable"),
+    (StoreError, 503, "service_unavailable"),
+    (FeatureRepoError, 503, "service_unavailable"),  # registry missing or `feast apply` failing
+    (AuditError, 500, "internal_error"),
+    (HealthmateError, 422, "invalid_request"),  # config, entity frame, preprocessing, tracking, dataset, key
+)
+_HTTP_KINDS = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+_ERRORS = {code: {"model": ErrorBody} for code in (401, 403, 422)}
+
+
+@dataclasses.dataclass
+class ApiContext:
+    """What one app holds: its settings, the SQL store and the services over it, jobs, datasets."""
+
+    settings: Settings
+    sql: SqlStore
+    tracker: Tracker
+    keys: ApiKeys
+    audit: AuditLog
+    jobs: JobRunner
+    datasets: DatasetCache
+
+
+# -- errors ----------------------------------------------------------------------------------
+
+
+def error_response(status: int, kind: str, detail: str) -> JSONResponse:
+    """The JSON error body every failure uses."""
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse({"error": kind, "detail": detail}, status_code=status, headers=headers)
+
+
+def response_for(exc: HealthmateError) -> JSONResponse:
+    """The response for a library error, by ERROR_STATUS."""
+    status, kind = next((s, k) for cls, s, k in ERROR_STATUS if isinstance(exc, cls))
+    if status >= 500 and status != 503:
+        log.error("internal error: %s", exc)
+        return error_response(status, kind, "internal error; the server log has the details")
+    return error_response(status, kind, str(exc))
+
+
+async def _healthmate_error(request: Request, exc: HealthmateError) -> JSONResponse:
+    return response_for(exc)
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return error_response(400, "bad_request", "the request body is not valid JSON")
+    parts = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in errors[:10]]
+    return error_response(422, "invalid_request", "; ".join(parts) + (" ..." if len(errors) > 10 else ""))
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return error_response(exc.status_code, _HTTP_KINDS.get(exc.status_code, "error"), str(exc.detail))
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return error_response(500, "internal_error", "internal error; the server log has the details")
+
+
+# -- authentication and audit ----------------------------------------------------------------
+
+
+class AuthAuditMiddleware:
+    """Authenticates every non-public request and audit-logs every request, refused ones too.
+
+    A missing or bad key is answered 401 here, before routing; the Principal of a good key is
+    put in `request.state.principal`. Handlers name what a request is about with `_target`."""
+
+    def __init__(self, app, *, ctx: ApiContext, api: FastAPI) -> None:
+        self.app, self.ctx, self.api = app, ctx, api
+        self._templates: list[tuple[Any, str]] | None = None
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        state = scope.setdefault("state", {})
+        outcome = {"status": 500}
+
+        async def send_and_record(message) -> None:
+            if message["type"] == "http.response.start":
+                outcome["status"] = message["status"]
+            await send(message)
+
+        try:
+            if scope["path"] not in PUBLIC_PATHS:
+                try:
+                    state["principal"] = await anyio.to_thread.run_sync(self.ctx.keys.authenticate, _bearer(scope))
+                except HealthmateError as exc:  # AuthError; or the key store is unreachable
+                    await response_for(exc)(scope, receive, send_and_record)
+                    return
+            await self.app(scope, receive, send_and_record)
+        finally:
+            latency_ms = (time.perf_counter() - started) * 1000
+            await anyio.to_thread.run_sync(self._audit, scope, state, outcome["status"], latency_ms)
+
+    def _audit(self, scope, state: dict, status: int, latency_ms: float) -> None:
+        principal = state.get("principal")
+        try:
+            if self._templates is None:  # the routes are complete once requests arrive
+                self._templates = route_templates(self.api)
+            self.ctx.audit.write(
+                endpoint=_endpoint(self._templates, scope),
+                status=status,
+                latency_ms=latency_ms,
+                key_id=principal.key_id if principal else None,
+                role=principal.role if principal else None,
+                target=state.get("audit_target"),
+            )
+        except Exception:  # the response is already sent; never lose the failure silently
+            log.exception("could not write the audit entry for %s", scope.get("path"))
+
+
+def _bearer(scope) -> str | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"authorization":
+            return value.decode("latin-1")
+    return None
+
+
+_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
+
+
+def route_templates(app: FastAPI) -> list[tuple[Any, str]]:
+    """(compiled pattern, template) of every documented path and of the public docs paths."""
+    paths = [*app.openapi()["paths"], *sorted(PUBLIC_PATHS)]
+    return [(compile_path(path)[0], path) for path in dict.fromkeys(paths)]
+
+
+def _endpoint(templates: list[tuple[Any, str]], scope) -> str:
+    """Method and route template (`GET /api/.../jobs/{job_id}`), never the raw URL's values."""
+    method = scope.get("method", "")
+    path = scope.get("path", "")
+    template = next((t for pattern, t in templates if pattern.match(path)), "/{unmatched}")
+    return f"{method} {template}" if method in _METHODS else template
+
+
+def _target(request: Request, kind: str, value: object) -> None:
+    """Name what the request is about in its audit entry, e.g. user:42 (ids only, never values)."""
+    target = f"{kind}:{value}"
+    request.state.audit_target = target if TARGET_PATTERN.match(target) else f"{kind}:invalid"
+
+
+bearer = HTTPBearer(auto_error=False, description="An API key from `healthmate-features keys create`.")
+
+
+def authenticated(request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Principal:
+    """The caller, authenticated by AuthAuditMiddleware."""
+    found = getattr(request.state, "principal", None)
+    if found is None:
+        raise AuthError("missing API key; send 'Authorization: Bearer <key>'")
+    return found
+
+
+def admin_only(caller: Annotated[Principal, Depends(authenticated)]) -> Principal:
+    """The caller, if an admin; PermissionDeniedError (403) for a user key."""
+    if not caller.is_admin:
+        raise PermissionDeniedError(f"this endpoint needs an admin key; key {caller.key_id} has role {caller.role!r}")
+    return caller
+
+
+def context(request: Request) -> ApiContext:
+    """The app's ApiContext."""
+    return request.app.state.ctx
+
+
+Caller = Annotated[Principal, Depends(authenticated)]
+Admin = Annotated[Principal, Depends(admin_only)]
+Ctx = Annotated[ApiContext, Depends(context)]
+
+
+# -- endpoints -------------------------------------------------------------------------------
+
+public = APIRouter()
+router = APIRouter(prefix=PREFIX, responses=_ERRORS)
+
+
+@public.get("/health", response_model=Health, tags=["health"], summary="Liveness (no key needed)")
+def health(ctx: Ctx) -> Health:
+    """Answers 200 while the process is up."""
+    return Health(version=package_version("healthmate-features"), profile=ctx.settings.profile)
+
+
+@router.post(
+    "/feature-sets/create",
+    status_code=201,
+    response_model=FeatureSetCreated,
+    tags=["feature sets"],
+    summary="Define a feature set (admin)",
+    responses={409: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+)
+def create_feature_set(body: FeatureSetCreate, request: Request, ctx: Ctx, _: Admin) -> FeatureSetCreated:
+    """Define a Feast feature service from features in the registry, apply it, and keep it.
+
+    Every reference is checked against the registry (422 naming an unknown view or feature).
+    The definition is written to feature_repo/feature_sets.json, so the next `feast apply` keeps
+    it. An existing name is refused (409) unless it was created here and `overwrite` is true."""
+    _target(request, "feature_set", body.name)
+    spec, refs, replaced = feature_sets.create(
+        ctx.settings, body.name, body.features, description=body.description, overwrite=body.overwrite
+    )
+    return FeatureSetCreated(name=spec.name, features=refs, description=spec.description, replaced=replaced)
+
+
+@router.get(
+    "/features/extract",
+    response_model=OnlineFeatures,
+    tags=["features"],
+    summary="One user's online features",
+    responses={404: {"model": ErrorBody}},
+)
+def extract_features(
+    request: Request,
+    ctx: Ctx,
+    caller: Caller,
+    user_id: Annotated[int, Query(ge=1, le=MAX_INT64, description="The user to look up.")],
+    feature_service: Annotated[str | None, Query(max_length=200, description="Only this feature service.")] = None,
+) -> OnlineFeatures:
+    """The latest feature values of one user from the online store (all features, or a service's).
+
+    A user key may read only its own user id (403 otherwise); admin keys any."""
+    _target(request, "user", user_id)
+    if not caller.may_access_user(user_id):
+        raise PermissionDeniedError(f"key {caller.key_id} may read only its own user's features")
+    at = datetime.now(timezone.utc)
+    values = store.online_features(ctx.settings, user_id, feature_service=feature_service, at=at)
+    return OnlineFeatures(user_id=user_id, feature_service=feature_service, at=at, features=_json_safe(values))
+
+
+@router.post(
+    "/datasets/prepare",
+    status_code=202,
+    response_model=JobInfo,
+    tags=["datasets"],
+    summary="Build and version a training set in the background (admin)",
+)
+def prepare_dataset(body: TrainingSetConfigBody, request: Request, response: Response, ctx: Ctx, _: Admin) -> JobInfo:
+    """Validate a training-set config and start building it; poll the returned job.
+
+    The config is checked now (422 for an invalid config, a missing entity file or an
+    unregistered feature service); the build runs on a background worker and saves a new
+    dataset version. `GET datasets/jobs/{job_id}` reports its progress and result."""
+    _target(request, "dataset", body.name)
+    config = training.TrainingSetConfig.from_dict(body.model_dump(exclude_unset=True))
+    training.check_sources(config, ctx.settings, within=ctx.settings.repo_path)
+    settings = ctx.settings
+
+    def build() -> dict[str, Any]:
+        ref, dataset = training.build_and_save(config, settings)
+        return {"dataset": ref, "summary": _json_safe(training.summary(dataset))}
+
+    job = ctx.jobs.submit("datasets/prepare", build, target=f"dataset:{config.name}")
+    info = _job_info(job)
+    response.headers["Location"] = info.status_url
+    return info
+
+
+@router.get(
+    "/datasets/jobs/{job_id}",
+    response_model=JobInfo,
+    tags=["datasets"],
+    summary="Status of a dataset job (admin)",
+    responses={404: {"model": ErrorBody}},
+)
+def dataset_job(job_id: Annotated[str, Path(pattern=JOB_ID_PATTERN)], request: Request, ctx: Ctx, _: Admin) -> JobInfo:
+    """queued, running, succeeded (with name@version and a summary) or failed (with the error)."""
+    _target(request, "job", job_id)
+    return _job_info(ctx.jobs.get(job_id))
+
+
+@router.get("/datasets/versions", response_model=DatasetVersions, tags=["datasets"], summary="List dataset versions")
+def dataset_versions(
+    request: Request,
+    ctx: Ctx,
+    _: Caller,
+    name: Annotated[str | None, Query(max_length=128, description="Only this dataset.")] = None,
+) -> DatasetVersions:
+    """Every version of every dataset (or of one): created time, parent, bump, rows, hash."""
+    if name is not None:
+        _target(request, "dataset", name)
+    return DatasetVersions(versions=training.registry(ctx.settings).list(name))
+
+
+@router.get(
+    "/datasets/load-version",
+    response_model=DatasetManifest,
+    tags=["datasets"],
+    summary="A dataset version's manifest, or one split as Parquet (admin)",
+    responses={
+        200: {"content": {PARQUET: {}}, "description": "The manifest (JSON), or with `download` the split."},
+        404: {"model": ErrorBody},
+    },
+)
+def load_dataset_version(
+    request: Request,
+    ctx: Ctx,
+    _: Admin,
+    name: Annotated[str, Query(max_length=128, description="Dataset name.")],
+    version: Annotated[str | None, Query(max_length=40, description="MAJOR.MINOR.PATCH; default latest.")] = None,
+    download: Annotated[Split | None, Query(description="Stream this split as Parquet instead.")] = None,
+) -> Any:
+    """The manifest of a version (latest by default); with `download`, that split's Parquet file.
+
+    A downloaded split is checked against the manifest's SHA-256 before it is sent."""
+    _target(request, "dataset", f"{name}@{version}" if version else name)
+    registry = training.registry(ctx.settings)
+    version = version or registry.latest(name)
+    _target(request, "dataset", f"{name}@{version}")
+    if download:
+        data = registry.read_split(name, version, download)
+        disposition = f'attachment; filename="{name}-{version}-{download}.parquet"'
+        return Response(data, media_type=PARQUET, headers={"Content-Disposition": disposition})
+    return DatasetManifest(dataset=f"{name}@{version}", manifest=_json_safe(registry.show(name, version)))
+
+
+@router.post(
+    "/data/preprocess",
+    response_model=PreprocessResponse,
+    tags=["datasets"],
+    summary="Transform rows with a dataset version's fitted pipeline (admin)",
+    responses={404: {"model": ErrorBody}},
+)
+def preprocess(body: PreprocessRequest, request: Request, ctx: Ctx, _: Admin) -> PreprocessResponse:
+    """Apply the preprocessing fitted on a version's training split to new rows (serving time).
+
+    Rows hold the joined columns (user_id, event_timestamp and the features; not the label);
+    values are cast to their training dtypes. Returns the rows with the output feature names."""
+    _target(request, "dataset", body.dataset)
+    out = transform_records(ctx.datasets.get(body.dataset), body.rows)
+    rows = _json_safe(out.to_dict(orient="records"))
+    return PreprocessResponse(dataset=body.dataset, feature_names=[str(c) for c in out.columns], rows=rows)
+
+
+@router.get(
+    "/models/performance",
+    response_model=Performance,
+    tags=["models"],
+    summary="Model metric history or comparison",
+    responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}},
+)
+def model_performance(
+    request: Request,
+    ctx: Ctx,
+    _: Caller,
+    model: Annotated[str, Query(max_length=128, description="Model name.")],
+    versions: Annotated[str | None, Query(max_length=1000, description="Comma-separated versions: 2+ compare.")] = None,
+    metric: Annotated[str | None, Query(max_length=64, description="Only this metric.")] = None,
+    environment: Annotated[Environment | None, Query(description="Only this environment.")] = None,
+    dataset: Annotated[str | None, Query(max_length=200, description="Compare on this NAME@VERSION only.")] = None,
+    allow_mixed_datasets: Annotated[bool, Query(description="Compare across dataset versions anyway.")] = False,
+) -> Performance:
+    """A model's metric history (oldest first); with two or more `versions`, their comparison.
+
+    Comparing versions evaluated on different dataset versions is refused (409) unless
+    `allow_mixed_datasets=true`."""
+    _target(request, "model", model)
+    wanted = [v.strip() for v in (versions or "").split(",") if v.strip()]
+    if len(wanted) >= 2:
+        result = ctx.tracker.compare(
+            model, wanted, allow_mixed_datasets=allow_mixed_datasets, environment=environment, dataset=dataset
+        )
+        comparison = dataclasses.asdict(result)
+        if metric:
+            comparison["metrics"] = [m for m in comparison["metrics"] if m["metric"] == metric.lower()]
+        return Performance(model=model, comparison=comparison)
+    records = ctx.tracker.history(model, metric=metric, environment=environment, version=wanted[0] if wanted else None)
+    return Performance(model=model, history=[dataclasses.asdict(r) for r in records])
+
+
+@router.get("/dashboard/summary", response_model=DashboardSummary, tags=["dashboard"], summary="Counts and freshness")
+def dashboard_summary(ctx: Ctx, _: Caller) -> Any:
+    """Feature views with their last materialization, feature services, dataset versions, and
+    the latest model results per environment."""
+    return dashboard.summary(ctx.settings, tracker=ctx.tracker)
+
+
+def _job_info(job: Job) -> JobInfo:
+    result = job.result or {}
+    return JobInfo(
+        job_id=job.job_id,
+        kind=job.kind,
+        status=job.status,
+        target=job.target,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        dataset=result.get("dataset"),
+        summary=result.get("summary"),
+        error=job.error,
+        status_url=f"{PREFIX}/datasets/jobs/{job.job_id}",
+    )
+
+
+def _json_safe(value: Any) -> Any:
+    """Plain JSON values: numpy scalars unwrapped, NaN and infinities as null, times as ISO 8601."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is pd.NaT:
+        return None
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
+
+
+# -- the app ---------------------------------------------------------------------------------
+
+_TAGS = [
+    {"name": "health", "description": "Liveness; no key needed."},
+    {"name": "feature sets", "description": "Feast feature services defined over the API (admin)."},
+    {"name": "features", "description": "Online feature lookup; user keys read only their own user."},
+    {"name": "datasets", "description": "Training sets: build (background job), versions, splits, preprocessing."},
+    {"name": "models", "description": "Model performance tracking."},
+    {"name": "dashboard", "description": "Counts and freshness."},
+]
+
+
+def create_app(settings: Settings, *, job_workers: int = 1) -> FastAPI:
+    """Build the API for `settings`.
+
+    Side effects: opens (and migrates) the SQL store of the profile now; the app closes it and
+    stops its job workers on shutdown. `job_workers` bounds concurrent training-set builds."""
+    sql = open_sql_store(settings)
+    ctx = ApiContext(
+        settings=settings,
+        sql=sql,
+        tracker=Tracker(sql),
+        keys=ApiKeys(sql),
+        audit=AuditLog(sql),
+        jobs=JobRunner(max_workers=job_workers),
+        datasets=DatasetCache(training.registry(settings)),
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        try:
+            yield
+        finally:
+            ctx.jobs.shutdown()
+            sql.close()
+
+    app = FastAPI(
+        title="HealthMate ML data preparation API",
+        version=package_version("healthmate-features"),
+        description="Feature sets, online features, training sets, preprocessing and model performance. "
+        "Send `Authorization: Bearer <key>` (keys: `healthmate-features keys create`). "
+        'Errors are JSON `{"error": kind, "detail": message}`.',
+        openapi_tags=_TAGS,
+        lifespan=lifespan,
+    )
+    app.state.ctx = ctx
+    app.include_router(public)
+    app.include_router(router)
+    app.add_exception_handler(HealthmateError, _healthmate_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)
+    app.add_middleware(AuthAuditMiddleware, ctx=ctx, api=app)
+    return app

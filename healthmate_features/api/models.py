@@ -1,0 +1,335 @@
+"""Request and response models of the HTTP API (pydantic), which its OpenAPI schema documents.
+
+Defined at module level so FastAPI can resolve their annotations at run time.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from healthmate_features.api.jobs import JOB_ID_PATTERN
+from healthmate_features.api.preprocess import MAX_ROWS
+from healthmate_features.features.feature_sets import MAX_DESCRIPTION, NAME_PATTERN
+
+DATASET_REF_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}@[0-9]+\.[0-9]+\.[0-9]+$"
+Split = Literal["X_train", "X_test", "y_train", "y_test"]
+Environment = Literal["development", "staging", "production"]
+
+__all__ = [
+    "DATASET_REF_PATTERN",
+    "JOB_ID_PATTERN",
+    "Split",
+    "Environment",
+    "ErrorBody",
+    "Health",
+    "FeatureSetCreate",
+    "FeatureSetCreated",
+    "OnlineFeatures",
+    "TrainingSetConfigBody",
+    "JobInfo",
+    "DatasetVersionRow",
+    "DatasetVersions",
+    "DatasetManifest",
+    "PreprocessRequest",
+    "PreprocessResponse",
+    "Performance",
+    "DashboardSummary",
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorBody(BaseModel):
+    """Every error response: a short kind and a message that says what to fix."""
+
+    error: str = Field(
+        description="Kind of error: unauthorized, forbidden, not_found, conflict, "
+        "invalid_request, bad_request, method_not_allowed, service_unavailable, internal_error."
+    )
+    detail: str = Field(description="What went wrong and how to fix it.")
+
+
+class Health(BaseModel):
+    """Liveness: the process answers."""
+
+    status: Literal["ok"] = "ok"
+    version: str = Field(description="healthmate-features package version.")
+    profile: str = Field(description="Deployment profile: embedded or production.")
+
+
+class FeatureSetCreate(_Strict):
+    """A new feature set: a Feast feature service over features already in the registry."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "sleep_risk_v1",
+                    "features": ["health_rolling:sleep_minutes_mean_7d", "profile:age_years"],
+                    "description": "Sleep-related risk.",
+                }
+            ]
+        },
+    )
+    name: str = Field(pattern=NAME_PATTERN, description="Versioned name: lowercase, ending in _v<number>.")
+    features: list[str] = Field(
+        min_length=1,
+        max_length=1000,
+        description="Feature references 'view:feature', or a view name for all its features.",
+    )
+    description: str = Field("", max_length=MAX_DESCRIPTION)
+    overwrite: bool = Field(False, description="Replace a feature set of this name created over the API before.")
+
+
+class FeatureSetCreated(BaseModel):
+    """The applied feature set."""
+
+    name: str
+    features: list[str] = Field(description="Every 'view:feature' the feature service serves, in order.")
+    description: str
+    replaced: bool = Field(description="Whether an earlier definition of this name was replaced.")
+
+
+class OnlineFeatures(BaseModel):
+    """One user's latest feature values from the online store (nulls where none is known)."""
+
+    user_id: int
+    feature_service: str | None = Field(description="The feature service read, or null for every feature.")
+    at: datetime = Field(description="Request time given to the on-demand temporal features (UTC).")
+    features: dict[str, Any] = Field(description="Feature name -> value; `view__feature` names without a service.")
+
+
+class TrainingSetConfigBody(_Strict):
+    """A training-set config, as in configs/*.yaml (README 'Training-set configs')."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "health_risk",
+                    "feature_service": "health_risk_v1",
+                    "entities": "data/ingested/labels.parquet",
+                    "label": "adverse_event_30d",
+                    "task": "classification",
+                    "split": {"strategy": "time", "test_size": 0.25, "label_horizon_days": 30},
+                    "preprocessing": {
+                        "numeric": {"impute": "median", "scale": "standard"},
+                        "categorical": {"impute": "most_frequent", "encode": "onehot"},
+                    },
+                }
+            ]
+        },
+    )
+    name: str = Field(max_length=128, description="Dataset name in the registry.")
+    feature_service: str = Field(max_length=200)
+    entities: str = Field(
+        max_length=1000, description="Parquet/CSV entity file inside the repository (relative to its root)."
+    )
+    label: str = Field(max_length=200)
+    task: Literal["classification", "regression"] = "classification"
+    split: dict[str, Any] = Field(default_factory=dict, description="Split config (strategy time|group|random, ...).")
+    preprocessing: dict[str, Any] = Field(default_factory=dict, description="Preprocessing config.")
+    bump: Literal["major", "minor", "patch"] | None = Field(None, description="Version bump; default: the bump rule.")
+
+
+class JobInfo(BaseModel):
+    """A background job: queued, running, succeeded (with the dataset version) or failed."""
+
+    job_id: str
+    kind: str
+    status: Literal["queued", "running", "succeeded", "failed"]
+    target: str | None = None
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    dataset: str | None = Field(None, description="name@version of the saved training set (succeeded).")
+    summary: dict[str, Any] | None = Field(None, description="Rows, features, label balance (succeeded).")
+    error: str | None = Field(None, description="What went wrong (failed).")
+    status_url: str
+
+
+class DatasetVersionRow(BaseModel):
+    """One dataset version (no data)."""
+
+    name: str
+    version: str
+    created_at: str | None = None
+    parent_version: str | None = None
+    bump: str | None = None
+    rows: dict[str, int] | None = None
+    feature_service: str | None = None
+    data_hash: str | None = None
+
+
+class DatasetVersions(BaseModel):
+    """Dataset versions, sorted by name then version."""
+
+    versions: list[DatasetVersionRow]
+
+
+class DatasetManifest(BaseModel):
+    """A version's manifest: everything needed to rebuild it (README 'Dataset versions')."""
+
+    dataset: str
+    manifest: dict[str, Any]
+
+
+class PreprocessRequest(_Strict):
+    """Rows of the joined frame to transform with a dataset version's fitted pipeline."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "dataset": "health_risk@1.0.0",
+                    "rows": [
+                        {
+                            "user_id": 42,
+                            "event_timestamp": "2025-09-01T00:00:00Z",
+                            "steps_mean_7d": 6500.0,
+                            "...": "...",
+                        }
+                    ],
+                }
+            ]
+        },
+    )
+    dataset: str = Field(pattern=DATASET_REF_PATTERN, description="name@version, e.g. health_risk@1.0.0.")
+    rows: list[dict[str, Any]] = Field(
+        min_length=1,
+        max_length=MAX_ROWS,
+        description="Joined columns incl. user_id and event_timestamp, without the label.",
+    )
+
+
+class PreprocessResponse(BaseModel):
+    """The transformed rows, in the order sent."""
+
+    dataset: str
+    feature_names: list[str]
+    rows: list[dict[str, Any]]
+
+
+class MetricRecordOut(BaseModel):
+    """One metric value of one run."""
+
+    run_id: int
+    model_name: str
+    model_version: str
+    dataset: str
+    environment: str
+    metric: str
+    value: float
+    logged_at: datetime
+    params: dict[str, Any]
+
+
+class VersionValueOut(BaseModel):
+    """A version's latest value of one metric."""
+
+    value: float
+    dataset: str
+    environment: str
+    logged_at: datetime
+    run_id: int
+
+
+class MetricComparisonOut(BaseModel):
+    """One metric across versions: values, deltas against the baseline, the best version(s)."""
+
+    metric: str
+    direction: Literal["higher", "lower", "unknown"]
+    values: dict[str, VersionValueOut | None]
+    deltas: dict[str, float | None]
+    best: list[str]
+
+
+class ComparisonOut(BaseModel):
+    """Versions compared metric by metric; the first version is the baseline."""
+
+    model_name: str
+    versions: list[str]
+    baseline: str
+    datasets: dict[str, list[str]]
+    mixed_datasets: bool
+    metrics: list[MetricComparisonOut]
+
+
+class Performance(BaseModel):
+    """A model's metric history, or a comparison of versions when several were asked for."""
+
+    model: str
+    history: list[MetricRecordOut] | None = None
+    comparison: ComparisonOut | None = None
+
+
+class FeatureViewStatus(BaseModel):
+    """A feature view and its materialization state."""
+
+    name: str
+    kind: Literal["batch", "on_demand"]
+    features: int
+    ttl_seconds: float | None = None
+    materialization_intervals: int
+    last_materialized_end: datetime | None = None
+
+
+class FeatureServiceInfo(BaseModel):
+    """A feature service (a model's feature contract)."""
+
+    name: str
+    features: int
+    description: str
+
+
+class DatasetInfo(BaseModel):
+    """A dataset's versions."""
+
+    name: str
+    versions: list[str]
+    latest: str
+    latest_created_at: str | None = None
+
+
+class ModelResult(BaseModel):
+    """A model's latest run in one environment."""
+
+    run_id: int
+    model_name: str
+    model_version: str
+    dataset: str
+    environment: str
+    logged_at: datetime
+    metrics: dict[str, float]
+    params: dict[str, Any]
+
+
+class DashboardCounts(BaseModel):
+    """How many of each thing there are."""
+
+    feature_views: int
+    on_demand_feature_views: int
+    feature_services: int
+    datasets: int
+    dataset_versions: int
+    models: int
+
+
+class DashboardSummary(BaseModel):
+    """Counts and freshness across the feature store, datasets and models."""
+
+    generated_at: datetime
+    counts: DashboardCounts
+    oldest_materialization_end: datetime | None = None
+    feature_views: list[FeatureViewStatus]
+    feature_services: list[FeatureServiceInfo]
+    datasets: list[DatasetInfo]
+    latest_model_results: list[ModelResult]

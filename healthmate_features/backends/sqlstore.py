@@ -1,0 +1,437 @@
+"""One SQL store for model tracking, API keys and audit: SQLite (embedded) or Postgres (production).
+
+`open_store(settings)` connects (with a timeout) and applies the package's numbered migrations,
+recorded in `schema_migrations`, so both backends hold the same tables. Callers write SQL once,
+with `?` placeholders; this module is the only place that knows how the two drivers differ
+(paramstyle, column types, timestamps, JSON, inserted ids, transactions).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from healthmate_features.config import Settings
+from healthmate_features.errors import ServiceUnavailableError, StoreError
+
+# Column types that differ between dialects; migration statements name them as {id}, {ts}, ...
+TYPES = {
+    "sqlite": {
+        "id": "INTEGER PRIMARY KEY AUTOINCREMENT",
+        "bigint": "INTEGER",
+        "float": "REAL",
+        "ts": "TEXT",  # ISO 8601 in UTC with microseconds: sorts like time
+        "json": "TEXT",
+    },
+    "postgres": {
+        "id": "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+        "bigint": "BIGINT",
+        "float": "DOUBLE PRECISION",
+        "ts": "TIMESTAMPTZ",
+        "json": "JSONB",
+    },
+}
+
+_APPEND_ONLY = "audit_log is append-only"
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One numbered schema change: shared statements, then the dialect's own ones."""
+
+    number: int
+    name: str
+    statements: tuple[str, ...]
+    sqlite: tuple[str, ...] = ()
+    postgres: tuple[str, ...] = ()
+
+    def statements_for(self, dialect: str) -> list[str]:
+        extra = self.sqlite if dialect == "sqlite" else self.postgres
+        return [s.format(**TYPES[dialect]) for s in self.statements] + list(extra)
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "model tracking",
+        (
+            """CREATE TABLE model_runs (
+                id {id},
+                model_name TEXT NOT NULL,
+                model_version TEXT NOT NULL,
+                dataset_name TEXT NOT NULL,
+                dataset_version TEXT NOT NULL,
+                environment TEXT NOT NULL
+                    CHECK (environment IN ('development', 'staging', 'production')),
+                logged_at {ts} NOT NULL,
+                params {json} NOT NULL
+            )""",
+            "CREATE INDEX model_runs_model_idx ON model_runs (model_name, logged_at)",
+            """CREATE TABLE model_metrics (
+                run_id {bigint} NOT NULL REFERENCES model_runs (id),
+                metric TEXT NOT NULL,
+                value {float} NOT NULL,
+                PRIMARY KEY (run_id, metric)
+            )""",
+        ),
+    ),
+    Migration(
+        2,
+        "api keys",
+        (
+            """CREATE TABLE api_keys (
+                key_id TEXT PRIMARY KEY,
+                secret_sha256 TEXT NOT NULL UNIQUE,
+                role TEXT NOT NULL CHECK (role IN ('admin', 'user')),
+                user_id {bigint},
+                name TEXT,
+                created_at {ts} NOT NULL,
+                revoked_at {ts},
+                CHECK ((role = 'user' AND user_id IS NOT NULL)
+                       OR (role = 'admin' AND user_id IS NULL))
+            )""",
+        ),
+    ),
+    Migration(
+        3,
+        "append-only audit log",
+        (
+            """CREATE TABLE audit_log (
+                id {id},
+                at {ts} NOT NULL,
+                key_id TEXT,
+                role TEXT CHECK (role IN ('admin', 'user')),
+                endpoint TEXT NOT NULL,
+                target TEXT,
+                status INTEGER NOT NULL,
+                latency_ms {float} NOT NULL
+            )""",
+            "CREATE INDEX audit_log_at_idx ON audit_log (at)",
+        ),
+        sqlite=(
+            f"""CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+                BEGIN SELECT RAISE(ABORT, '{_APPEND_ONLY}'); END""",
+            f"""CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+                BEGIN SELECT RAISE(ABORT, '{_APPEND_ONLY}'); END""",
+        ),
+        postgres=(
+            f"""CREATE FUNCTION audit_log_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN RAISE EXCEPTION '{_APPEND_ONLY} (% refused)', TG_OP; END $$""",
+            """CREATE TRIGGER audit_log_no_update_delete BEFORE UPDATE OR DELETE ON audit_log
+                FOR EACH ROW EXECUTE FUNCTION audit_log_append_only()""",
+            """CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log
+                FOR EACH STATEMENT EXECUTE FUNCTION audit_log_append_only()""",
+        ),
+    ),
+)
+
+_MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS schema_migrations (
+    version INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    applied_at {ts} NOT NULL
+)"""
+_PG_MIGRATION_LOCK = 0x686D6D67  # advisory lock key: one migrating process at a time
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware in UTC (what the store writes by default)."""
+    return datetime.now(timezone.utc)
+
+
+def read_ts(value: Any) -> datetime:
+    """A timestamp column's value as an aware UTC datetime, whichever backend returned it."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.astimezone(timezone.utc)
+
+
+def read_json(value: Any) -> Any:
+    """A JSON column's value as Python objects (SQLite returns text, Postgres parsed JSONB)."""
+    return json.loads(value) if isinstance(value, (str, bytes)) else value
+
+
+def _enable_wal(conn: sqlite3.Connection, timeout_s: float) -> None:
+    """Switch a SQLite database to WAL mode, waiting out other first users.
+
+    Changing the journal mode needs an exclusive lock, and SQLite reports "database is locked"
+    at once instead of calling its busy handler when several connections open a new file
+    together; so retry until `timeout_s` (a database already in WAL mode needs no lock).
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)
+
+
+class SqlStore:
+    """A DB-API connection and its dialect ("sqlite" or "postgres"). Build with `open_store`.
+
+    Calls are serialized by a lock, so one store may be shared by a web app's threads.
+    """
+
+    def __init__(self, connect, dialect: str, description: str, *, schema: str | None = None) -> None:
+        self._connect = connect
+        self.dialect = dialect
+        self.description = description
+        self.schema = schema  # Postgres only: where the tables live
+        self._lock = threading.RLock()
+        self._conn = connect()
+
+    # -- construction -----------------------------------------------------------------------
+
+    @classmethod
+    def sqlite(cls, path: str | Path, *, timeout_s: float = 5.0) -> SqlStore:
+        """Open (creating if needed) the SQLite file at `path`; waits `timeout_s` on locks."""
+        path = Path(path)
+
+        def connect() -> sqlite3.Connection:
+            try:
+                conn = sqlite3.connect(path, timeout=timeout_s, isolation_level=None, check_same_thread=False)
+                conn.row_factory = sqlite3.Row
+                conn.execute("PRAGMA foreign_keys = ON")
+                _enable_wal(conn, timeout_s)  # the API reads while the CLI writes
+            except sqlite3.Error as exc:
+                raise StoreError(
+                    f"cannot open the SQLite store {path}: {exc}; check that its directory "
+                    "exists and is writable (HM_REPO_PATH)"
+                ) from exc
+            return conn
+
+        return cls(connect, "sqlite", f"SQLite {path}")
+
+    @classmethod
+    def postgres(
+        cls,
+        *,
+        host: str,
+        port: int,
+        user: str,
+        dbname: str,
+        password: str = "",
+        schema: str = "healthmate",
+        timeout_s: float = 5.0,
+        sslmode: str = "prefer",
+    ) -> SqlStore:
+        """Connect to Postgres with psycopg 3; tables live in `schema` (created by `migrate`).
+
+        Raises ServiceUnavailableError naming host:port when the server cannot be reached
+        within `timeout_s` (libpq's minimum is 2 s)."""
+        import psycopg
+        from psycopg.rows import dict_row
+
+        if not _IDENTIFIER.match(schema):
+            raise StoreError(
+                f"Postgres schema name {schema!r} (HM_PG_SCHEMA) is not a plain identifier; "
+                "use lowercase letters, digits and underscores"
+            )
+        where = f"{host}:{port}"
+        kwargs = dict(
+            host=host,
+            port=port,
+            user=user,
+            dbname=dbname,
+            connect_timeout=max(2, math.ceil(timeout_s)),
+            options=f"-c search_path={schema} -c TimeZone=UTC",
+            application_name="healthmate-features",
+            sslmode=sslmode,
+        )
+        if password:
+            kwargs["password"] = password
+
+        def connect():
+            try:
+                return psycopg.connect(**kwargs, autocommit=True, row_factory=dict_row)
+            except psycopg.OperationalError as exc:
+                reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+                raise ServiceUnavailableError(
+                    f"PostgreSQL at {where} (database {dbname!r}, user {user!r}) could not be "
+                    f"reached within {kwargs['connect_timeout']} s: {reason}; start the server "
+                    "or point HM_PG_HOST/HM_PG_PORT/HM_PG_USER/HM_PG_DATABASE at one "
+                    "(or use HM_PROFILE=embedded for the SQLite store)"
+                ) from exc
+
+        return cls(connect, "postgres", f"PostgreSQL {where}/{dbname}", schema=schema)
+
+    # -- statements -------------------------------------------------------------------------
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one statement written with `?` placeholders; return the affected row count."""
+        with self._cursor(sql, params) as cur:
+            return cur.rowcount
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """Run one SELECT (or RETURNING) statement; return its rows as dicts."""
+        with self._cursor(sql, params) as cur:
+            return [dict(row) for row in cur.fetchall()]
+
+    def insert(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one INSERT into a table with an `id` column; return the new row's id."""
+        if self.dialect == "sqlite":
+            with self._cursor(sql, params) as cur:
+                return int(cur.lastrowid)
+        return int(self.query(sql + " RETURNING id", params)[0]["id"])
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Run the statements of the block atomically (commit on success, roll back on error)."""
+        with self._lock:
+            if self.dialect == "postgres":
+                self._reconnect_if_broken()
+                with self._conn.transaction():
+                    yield
+                return
+            self._conn.execute("BEGIN IMMEDIATE")  # take the write lock now: no upgrade deadlock
+            try:
+                yield
+                self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> SqlStore:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    # -- migrations -------------------------------------------------------------------------
+
+    def applied_migrations(self) -> list[int]:
+        """Numbers of the migrations recorded in schema_migrations, ascending."""
+        rows = self.query("SELECT version FROM schema_migrations ORDER BY version")
+        return [int(r["version"]) for r in rows]
+
+    def migrate(self) -> list[int]:
+        """Apply pending migrations in order, in one transaction; return the numbers applied.
+
+        Idempotent: a second call applies nothing. Refuses a database migrated by a newer
+        package (StoreError), rather than guessing at tables it does not know."""
+        applied_now: list[int] = []
+        with self.transaction():
+            if self.dialect == "postgres":
+                self.execute("SELECT pg_advisory_xact_lock(?)", (_PG_MIGRATION_LOCK,))
+                self.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+            self.execute(_MIGRATIONS_TABLE.format(**TYPES[self.dialect]))
+            applied = set(self.applied_migrations())
+            known = {m.number for m in MIGRATIONS}
+            if applied - known:
+                raise StoreError(
+                    f"{self.description} has migrations {sorted(applied - known)} that this "
+                    f"package does not know (it knows 1..{max(known)}); upgrade healthmate-features"
+                )
+            for migration in MIGRATIONS:
+                if migration.number in applied:
+                    continue
+                try:
+                    for statement in migration.statements_for(self.dialect):
+                        self.execute(statement)
+                except Exception as exc:
+                    raise StoreError(
+                        f"migration {migration.number} ({migration.name}) failed on {self.description}: {exc}"
+                    ) from exc
+                self.execute(
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                    (migration.number, migration.name, utcnow()),
+                )
+                applied_now.append(migration.number)
+        return applied_now
+
+    # -- driver differences -----------------------------------------------------------------
+
+    def _adapt(self, value: Any) -> Any:
+        if isinstance(value, datetime):
+            if value.tzinfo is None:
+                raise StoreError(f"timestamp {value.isoformat()} has no time zone; pass an aware datetime")
+            value = value.astimezone(timezone.utc)
+            return value if self.dialect == "postgres" else value.isoformat(timespec="microseconds")
+        if isinstance(value, (dict, list)):
+            if self.dialect == "postgres":
+                from psycopg.types.json import Jsonb
+
+                return Jsonb(value)
+            return json.dumps(value, sort_keys=True)
+        return value
+
+    def _reconnect_if_broken(self) -> None:
+        if self.dialect == "postgres" and self._conn.closed:
+            self._conn = self._connect()
+
+    @contextmanager
+    def _cursor(self, sql: str, params: Sequence[Any]):
+        values = [self._adapt(v) for v in params]
+        with self._lock:
+            self._reconnect_if_broken()
+            if self.dialect == "sqlite":
+                cur = self._conn.execute(sql, values)
+                try:
+                    yield cur
+                finally:
+                    cur.close()
+                return
+            import psycopg
+
+            if values:  # psycopg's paramstyle is %s; a literal % must then be doubled
+                sql = sql.replace("%", "%%").replace("?", "%s")
+            try:
+                with self._conn.cursor() as cur:
+                    cur.execute(sql, values or None)
+                    yield cur
+            except psycopg.OperationalError as exc:
+                if self._conn.closed:
+                    raise ServiceUnavailableError(
+                        f"lost the connection to {self.description}: {exc}; check that the "
+                        "server is running (the next call reconnects)"
+                    ) from exc
+                raise
+
+
+def open_store(settings: Settings, *, migrate: bool = True) -> SqlStore:
+    """Connect to the profile's SQL store and (by default) apply pending migrations.
+
+    Embedded profile: SQLite at `settings.sql_path` (data/healthmate.db, created with its
+    directory). Production profile: Postgres from the HM_PG_* settings, tables in HM_PG_SCHEMA.
+    """
+    if settings.profile == "production":
+        store = SqlStore.postgres(
+            host=settings.pg_host,
+            port=settings.pg_port,
+            user=settings.pg_user,
+            password=settings.pg_password,
+            dbname=settings.pg_database,
+            schema=settings.pg_schema,
+            timeout_s=settings.connect_timeout_s,
+            sslmode=settings.pg_sslmode,
+        )
+    else:
+        settings.sql_path.parent.mkdir(parents=True, exist_ok=True)
+        store = SqlStore.sqlite(settings.sql_path, timeout_s=settings.connect_timeout_s)
+    if migrate:
+        try:
+            store.migrate()
+        except BaseException:
+            store.close()
+            raise
+    return store

@@ -1,0 +1,539 @@
+"""The dataset registry: immutable, self-describing, semantically versioned training sets.
+
+Layout under a storage root (a local directory, or a pyarrow filesystem URI such as file:///..)::
+
+    <root>/<name>/<major.minor.patch>/
+        manifest.json                      everything about the version (see README "Dataset versions")
+        X_train.parquet  X_test.parquet    processed splits
+        y_train.parquet  y_test.parquet    labels (one column each)
+        joined_train.parquet  joined_test.parquet   joined frames before preprocessing (optional)
+        pipeline.joblib                    the fitted preprocessing pipeline (optional; a pickle)
+
+A version is written under `<root>/<name>/.tmp-<uuid>` and published by one atomic rename onto
+its final name; a rename onto an existing version fails, and the save then retries with the
+next free version. Published files and directories are made read-only. Saving needs a local
+root (atomic rename); reading works on any pyarrow filesystem.
+
+Trust model: `pipeline.joblib` is a pickle, and unpickling runs arbitrary code. `load` checks its
+SHA-256 against the manifest before unpickling the very bytes it checked, which catches
+corruption and edits of the file alone; the manifest is not signed, so anyone who can write to
+the root can replace both. Load pipelines only from roots you trust; `load_pipeline=False`
+reads the Parquet data (safe to parse) and leaves the pipeline alone.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import errno
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from healthmate_features.datasets import manifest as mf
+from healthmate_features.datasets.dataset import (
+    OPTIONAL_SPLITS,
+    SPLITS,
+    ProcessedDataset,
+    as_frame,
+    data_hash,
+    restore_resolution,
+)
+from healthmate_features.datasets.manifest import BUMPS, VERSION_RE, check_version, next_version, parse_version
+from healthmate_features.errors import DatasetNotFoundError, DatasetVersionError
+
+__all__ = [
+    "BUMPS",
+    "DatasetRegistry",
+    "VerifyReport",
+    "check_name",
+    "check_version",
+    "data_hash",
+    "next_version",
+    "parse_version",
+]
+
+Bump = Literal["major", "minor", "patch"]
+MANIFEST = mf.MANIFEST_FILE
+PIPELINE_FILE = mf.PIPELINE_FILE
+ALLOWED_FILES = frozenset({f"{s}.parquet" for s in SPLITS} | {PIPELINE_FILE})
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_MAX_ATTEMPTS = 1000
+
+
+def check_name(name: object) -> str:
+    """Return `name` if it is a safe dataset name, else raise DatasetVersionError.
+
+    Safe: 1-128 characters of letters, digits, '.', '_', '-', starting with a letter or digit
+    (so no separators, no '..', no absolute paths, no hidden or temporary directories)."""
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        raise DatasetVersionError(
+            f"invalid dataset name {name!r}: use 1-128 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit (no path separators)"
+        )
+    return name
+
+
+@dataclass
+class VerifyReport:
+    """The outcome of `DatasetRegistry.verify`: one line per problem, each naming its file."""
+
+    name: str
+    version: str
+    problems: list[str] = field(default_factory=list)
+    checked_files: list[str] = field(default_factory=list)
+    data_hash: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when every file and the data hash match the manifest."""
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of the report."""
+        return {**asdict(self), "ok": self.ok}
+
+
+class DatasetRegistry:
+    """Immutable, semantically versioned ProcessedDatasets under one storage root.
+
+    `root` is a local directory (str or path) or a pyarrow filesystem URI ("file:///...",
+    "s3://bucket/prefix"); alternatively pass `filesystem` and a path inside it as `root`.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], *, filesystem: pafs.FileSystem | None = None):
+        text = os.fspath(root)
+        if filesystem is not None:
+            self._fs, path = filesystem, text
+        elif "://" in text:
+            try:
+                self._fs, path = pafs.FileSystem.from_uri(text)
+            except (pa.ArrowException, ValueError) as exc:
+                raise DatasetVersionError(f"cannot open dataset root {text!r}: {exc}") from exc
+        else:
+            self._fs, path = pafs.LocalFileSystem(), Path(os.path.abspath(text)).as_posix()
+        #: The root as a path inside the filesystem (a plain directory path for local roots).
+        self.root: str = path.rstrip("/") or "/"
+        self._local = isinstance(self._fs, pafs.LocalFileSystem)
+        self.uri = text
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> DatasetRegistry:
+        """The registry of the package settings: `settings.datasets_dir` (data/datasets)."""
+        return cls(settings.datasets_dir)
+
+    def __repr__(self) -> str:
+        return f"DatasetRegistry({self.uri!r})"
+
+    # ---------------------------------------------------------------- reading -------------
+
+    def names(self) -> builtins.list[str]:
+        """Dataset names that have at least one version, sorted."""
+        return sorted(
+            entry
+            for entry, is_dir in self._entries(self.root)
+            if is_dir and _NAME_RE.fullmatch(entry) and self.versions(entry)
+        )
+
+    def versions(self, name: str) -> builtins.list[str]:
+        """Published versions of `name`, sorted semantically (oldest first); [] if none."""
+        found = [
+            entry
+            for entry, is_dir in self._entries(self._path(check_name(name)))
+            if is_dir and VERSION_RE.fullmatch(entry)
+        ]
+        return sorted(found, key=parse_version)
+
+    def latest(self, name: str) -> str:
+        """The highest version of `name`; raises DatasetVersionError if it has none."""
+        versions = self.versions(name)
+        if not versions:
+            raise DatasetNotFoundError(
+                f"dataset {name!r} has no versions under {self.uri}; save one first "
+                f"(datasets here: {', '.join(self.names()) or 'none'})"
+            )
+        return versions[-1]
+
+    def list(self, name: str | None = None) -> builtins.list[dict[str, Any]]:
+        """One summary dict per version (of `name`, or of every dataset), sorted."""
+        rows = []
+        for each in [check_name(name)] if name is not None else self.names():
+            for version in self.versions(each):
+                m = self.show(each, version)
+                rows.append(
+                    {
+                        "name": each,
+                        "version": version,
+                        "created_at": m.get("created_at"),
+                        "parent_version": m.get("parent_version"),
+                        "bump": m.get("bump", {}).get("kind"),
+                        "rows": m.get("row_counts"),
+                        "feature_service": m.get("feature_service"),
+                        "data_hash": m.get("data_hash"),
+                    }
+                )
+        return rows
+
+    def show(self, name: str, version: str | None = None) -> dict[str, Any]:
+        """The manifest of a version (latest by default) as a dict. Does not verify it."""
+        version = self._resolve(name, version)
+        path = self._path(name, version, MANIFEST)
+        try:
+            raw = self._read_bytes(path)
+        except FileNotFoundError as exc:
+            raise DatasetVersionError(
+                f"dataset {name}@{version} has no {MANIFEST} (an incomplete or foreign "
+                f"directory at {self._path(name, version)}); remove it or restore the manifest"
+            ) from exc
+        try:
+            manifest = json.loads(raw)
+        except ValueError as exc:
+            raise DatasetVersionError(
+                f"dataset {name}@{version}: {MANIFEST} is not valid JSON ({exc}); the version is damaged, rebuild it"
+            ) from exc
+        if not isinstance(manifest, dict):
+            raise DatasetVersionError(f"dataset {name}@{version}: {MANIFEST} is not a JSON object")
+        return manifest
+
+    def verify(self, name: str, version: str | None = None) -> VerifyReport:
+        """Recompute every file's SHA-256 and the data hash of a version (latest by default).
+
+        Returns a report listing each problem with the file it concerns: a modified, missing or
+        unexpected file, an edited manifest, or data whose hash differs. Never unpickles."""
+        version = self._resolve(name, version)
+        report = VerifyReport(name, version)
+        try:
+            manifest = self.show(name, version)
+        except DatasetVersionError as exc:
+            report.problems.append(f"{MANIFEST}: {exc}")
+            return report
+        self._read_version(name, version, manifest, report, check=True)
+        return report
+
+    def load(
+        self,
+        name: str,
+        version: str | None = None,
+        *,
+        verify: bool = True,
+        load_pipeline: bool = True,
+    ) -> ProcessedDataset:
+        """Load a version (latest by default) as a ProcessedDataset.
+
+        With `verify` (the default) every file and the data hash are checked first, on the same
+        bytes that are then parsed and unpickled; any problem raises DatasetVersionError.
+        `load_pipeline=False` leaves the pickled pipeline unread (see the module's trust model).
+        """
+        version = self._resolve(name, version)
+        manifest = self.show(name, version)
+        report = VerifyReport(name, version)
+        dataset, raw = self._read_version(name, version, manifest, report, check=verify)
+        if report.problems:
+            raise DatasetVersionError(
+                f"dataset {name}@{version} is damaged or was modified ({len(report.problems)} "
+                f"problem(s)): "
+                + "; ".join(report.problems)
+                + ". Do not use it: rebuild the version, or load(verify=False) to inspect it"
+            )
+        assert dataset is not None
+        if load_pipeline and PIPELINE_FILE in raw:
+            import joblib
+
+            try:
+                dataset.pipeline = joblib.load(io.BytesIO(raw[PIPELINE_FILE]))
+            except Exception as exc:  # unpickling fails in many ways (missing class, version)
+                saved = (manifest.get("environment") or {}).get("scikit-learn")
+                raise DatasetVersionError(
+                    f"cannot unpickle the pipeline of {name}@{version} (saved with scikit-learn "
+                    f"{saved}): {exc}; install that version or load(load_pipeline=False)"
+                ) from exc
+        return dataset
+
+    def read_split(self, name: str, version: str | None, split: str) -> bytes:
+        """The stored Parquet bytes of one split (e.g. "X_train") of a version (latest by default).
+
+        The bytes are checked against the manifest's SHA-256 before they are returned
+        (DatasetVersionError on a mismatch); a split the version lacks raises
+        DatasetNotFoundError. Reads one file and never unpickles."""
+        if split not in SPLITS:
+            raise DatasetVersionError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+        version = self._resolve(name, version)
+        fname = f"{split}.parquet"
+        listed = self.show(name, version).get("files")
+        entry = listed.get(fname) if isinstance(listed, dict) else None
+        if not isinstance(entry, dict):
+            raise DatasetNotFoundError(f"dataset {name}@{version} has no {fname} (saved without it)")
+        try:
+            data = self._read_bytes(self._path(name, version, fname))
+        except FileNotFoundError as exc:
+            raise DatasetVersionError(
+                f"dataset {name}@{version}: {fname} is missing (listed in the manifest); rebuild the version"
+            ) from exc
+        if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+            raise DatasetVersionError(
+                f"dataset {name}@{version}: {fname} does not match its SHA-256 in the manifest "
+                "(modified after it was written); do not use it, rebuild the version"
+            )
+        return data
+
+    def diff(self, name: str, v1: str, v2: str) -> dict[str, Any]:
+        """Compare two versions' manifests: schema, feature refs, row counts, per-column
+        mean/std/null-fraction deltas, label balance and which build inputs changed."""
+        return mf.diff_manifests(self.show(name, check_version(v1)), self.show(name, check_version(v2)))
+
+    # ---------------------------------------------------------------- writing -------------
+
+    def save(self, dataset: ProcessedDataset, name: str, *, bump: Bump | None = None) -> str:
+        """Write `dataset` as a new immutable version of `name` and return the version string.
+
+        `bump=None` applies the bump rule against the latest version (see `manifest.bump_rule`);
+        an explicit bump may go higher than the rule but not lower. The first version is 1.0.0.
+        Side effects: creates `<root>/<name>/<version>/` (read-only), and `<root>/<name>/` for
+        a new name; a failed save leaves no version and no temporary directory behind. Safe under concurrent saves from threads and processes."""
+        check_name(name)
+        if bump is not None and bump not in BUMPS:
+            raise DatasetVersionError(f"invalid bump {bump!r}: use one of {', '.join(BUMPS)} or None")
+        if not isinstance(dataset, ProcessedDataset):
+            raise DatasetVersionError(f"save() needs a ProcessedDataset, got a {type(dataset).__name__}")
+        if not self._local:
+            raise DatasetVersionError(
+                f"cannot save to {self.uri}: publishing a version needs an atomic rename, which "
+                "only a local root guarantees; save to a local root and copy the version directory"
+            )
+        dataset.validate()
+        content = mf.content_manifest(dataset)  # fails fast on metadata that is not JSON
+        name_dir = os.path.join(self.root, name)
+        os.makedirs(name_dir, exist_ok=True)
+        tmp = os.path.join(name_dir, f".tmp-{uuid.uuid4().hex}")
+        os.mkdir(tmp)
+        try:
+            content["files"] = _write_payload(tmp, dataset)
+            for _ in range(_MAX_ATTEMPTS):
+                versions = self.versions(name)
+                parent = versions[-1] if versions else None
+                previous = self.show(name, parent) if parent else None
+                kind, reasons = mf.decide_bump(previous, content, bump)
+                version = next_version(parent, kind)
+                manifest = mf.finalize(
+                    content,
+                    name=name,
+                    version=version,
+                    parent=parent,
+                    bump={"kind": kind, "requested": bump or "auto", "reasons": reasons},
+                    created_at=datetime.now(timezone.utc).isoformat(),
+                )
+                _write_file(tmp, MANIFEST, mf.dumps(manifest).encode(), replace=True)
+                final = os.path.join(name_dir, version)
+                try:
+                    os.rename(tmp, final)
+                except OSError as exc:
+                    if isinstance(exc, FileExistsError) or exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                        continue  # another save took this version first: re-plan on top of it
+                    raise DatasetVersionError(f"cannot publish {name}@{version}: {exc}") from exc
+                _make_read_only(final)
+                _fsync_dir(name_dir)
+                return version
+            raise DatasetVersionError(f"could not allocate a version of {name!r} after {_MAX_ATTEMPTS} attempts")
+        finally:
+            if os.path.exists(tmp):
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    # ---------------------------------------------------------------- internals -----------
+
+    def _path(self, *parts: str) -> str:
+        return "/".join([self.root.rstrip("/"), *parts]) if parts else self.root
+
+    def _entries(self, path: str) -> builtins.list[tuple[str, bool]]:
+        """(name, is a directory) of each entry of `path`; [] if it does not exist.
+
+        Concurrent saves create and remove temporary directories while we list: a local
+        listing uses the directory entry types (no stat that could race), other filesystems
+        retry a listing that failed because an entry vanished."""
+        if self._local:
+            try:
+                with os.scandir(path) as entries:
+                    return [(e.name, e.is_dir(follow_symlinks=False)) for e in entries]
+            except (FileNotFoundError, NotADirectoryError):
+                return []
+        for attempt in range(3):
+            try:
+                infos = self._fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
+                continue
+            return [(i.base_name, i.type == pafs.FileType.Directory) for i in infos]
+        return []
+
+    def _read_bytes(self, path: str) -> bytes:
+        info = self._fs.get_file_info(path)
+        if info.type != pafs.FileType.File:
+            raise FileNotFoundError(path)
+        with self._fs.open_input_stream(path) as stream:
+            return stream.read()
+
+    def _resolve(self, name: str, version: str | None) -> str:
+        check_name(name)
+        if version is None:
+            return self.latest(name)
+        check_version(version)
+        if self._fs.get_file_info(self._path(name, version)).type != pafs.FileType.Directory:
+            known = ", ".join(self.versions(name)) or "none"
+            raise DatasetNotFoundError(
+                f"dataset {name!r} has no version {version} under {self.uri} (versions: {known})"
+            )
+        return version
+
+    def _read_version(
+        self,
+        name: str,
+        version: str,
+        manifest: Mapping[str, Any],
+        report: VerifyReport,
+        *,
+        check: bool,
+    ) -> tuple[ProcessedDataset | None, dict[str, bytes]]:
+        """Read (and with `check`, verify) a version's files; problems go into `report`."""
+        problems = report.problems
+        if check and mf.self_hash(manifest) != manifest.get("manifest_sha256"):
+            problems.append(f"{MANIFEST}: its self-hash does not match: the manifest was edited")
+        listed = manifest.get("files") or {}
+        if not isinstance(listed, dict):
+            problems.append(f"{MANIFEST}: 'files' is not an object")
+            listed = {}
+        present = {entry for entry, is_dir in self._entries(self._path(name, version)) if not is_dir}
+        for extra in sorted(present - set(listed) - {MANIFEST}):
+            problems.append(f"{extra}: not listed in the manifest (unexpected file)")
+        raw: dict[str, bytes] = {}
+        for fname in sorted(listed):
+            if fname not in ALLOWED_FILES:
+                problems.append(f"{MANIFEST}: lists {fname!r}, which is not a dataset file")
+                continue
+            if fname not in present:
+                problems.append(f"{fname}: missing (listed in the manifest)")
+                continue
+            data = self._read_bytes(self._path(name, version, fname))
+            report.checked_files.append(fname)
+            expected = (listed[fname] or {}).get("sha256")
+            if check and hashlib.sha256(data).hexdigest() != expected:
+                problems.append(
+                    f"{fname}: SHA-256 mismatch (manifest {str(expected)[:12]}..., file "
+                    f"{hashlib.sha256(data).hexdigest()[:12]}...): modified after it was written"
+                )
+            raw[fname] = data
+        frames: dict[str, Any] = {}
+        splits = manifest.get("splits")
+        if not isinstance(splits, dict):
+            splits = {}
+        for split in SPLITS:
+            fname = f"{split}.parquet"
+            if fname not in raw:  # a missing listed file is reported above
+                if split not in OPTIONAL_SPLITS and fname not in listed:
+                    problems.append(f"{MANIFEST}: does not list the required {fname}")
+                continue
+            try:
+                frame = pq.read_table(pa.BufferReader(raw[fname])).to_pandas()
+            except (pa.ArrowException, ValueError, OSError) as exc:
+                problems.append(f"{fname}: not readable as Parquet ({exc})")
+                continue
+            entry = splits.get(split) or {}
+            index = entry.get("index") or []
+            if len(index) == 1 and frame.index.nlevels == 1:
+                frame.index = restore_resolution(frame.index, index[0].get("dtype"))
+            if split.startswith("y_"):
+                series = restore_resolution(frame.iloc[:, 0], entry.get("dtype"))
+                series.name = entry.get("series_name")
+                frames[split] = series
+            else:
+                for column in entry.get("columns") or []:
+                    if column.get("name") in frame.columns:
+                        frame[column["name"]] = restore_resolution(frame[column["name"]], column.get("dtype"))
+                frames[split] = frame
+        if any(s not in frames for s in SPLITS if s not in OPTIONAL_SPLITS):
+            return None, raw
+        try:
+            dataset = ProcessedDataset(
+                feature_names=list(frames["X_train"].columns),
+                pipeline=None,
+                metadata=dict(manifest.get("metadata") or {}),
+                ref=f"{name}@{version}",
+                **frames,
+            )
+        except DatasetVersionError as exc:
+            problems.append(f"splits are inconsistent: {exc}")
+            return None, raw
+        if check:
+            report.data_hash = data_hash(dataset)
+            if report.data_hash != manifest.get("data_hash"):
+                problems.append(
+                    f"data hash mismatch (manifest {str(manifest.get('data_hash'))[:12]}..., "
+                    f"recomputed {report.data_hash[:12]}...): the stored data changed"
+                )
+            for split, value in frames.items():
+                expected_rows = (splits.get(split) or {}).get("rows")
+                if expected_rows != len(value):
+                    problems.append(f"{split}.parquet: {len(value)} rows, the manifest says {expected_rows}")
+        return dataset, raw
+
+
+def _write_payload(directory: str, dataset: ProcessedDataset) -> dict[str, dict[str, Any]]:
+    """Write the Parquet splits and the pickled pipeline; return {file: {sha256, bytes}}."""
+    files: dict[str, dict[str, Any]] = {}
+    for split, value in dataset.frames():
+        table = pa.Table.from_pandas(as_frame(value), preserve_index=None)
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        files[f"{split}.parquet"] = _write_file(directory, f"{split}.parquet", sink.getvalue().to_pybytes())
+    if dataset.pipeline is not None:
+        import joblib
+
+        buffer = io.BytesIO()
+        try:
+            joblib.dump(dataset.pipeline, buffer)
+        except Exception as exc:  # pickling errors come in many types
+            raise DatasetVersionError(f"cannot pickle the pipeline ({type(dataset.pipeline).__name__}): {exc}") from exc
+        files[PIPELINE_FILE] = _write_file(directory, PIPELINE_FILE, buffer.getvalue())
+    return files
+
+
+def _write_file(directory: str, fname: str, data: bytes, *, replace: bool = False) -> dict[str, Any]:
+    """Write bytes durably (fsync), read-only; with `replace`, atomically replace an old copy."""
+    path = os.path.join(directory, fname)
+    target = path + ".part" if replace else path
+    with open(target, "xb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.chmod(target, 0o444)
+    if replace:
+        os.replace(target, path)
+    return {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+
+
+def _make_read_only(directory: str) -> None:
+    for entry in os.scandir(directory):
+        os.chmod(entry.path, 0o444)
+    os.chmod(directory, 0o555)
+
+
+def _fsync_dir(directory: str) -> None:
+    """Make a rename durable; a no-op where directories cannot be opened (Windows)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

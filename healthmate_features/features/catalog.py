@@ -1,0 +1,497 @@
+"""The feature catalog: every feature's name, type, unit, description and the SQL that computes it.
+
+The name of a feature is the column its SQL produces, and its description here becomes the
+Feast `Field.description` (feature_repo/ builds its schemas from this catalog), so a feature
+is documented in exactly one place.
+
+The SQL is written once for both engines (DuckDB locally, Postgres in production): standard
+window functions over a dense user x day grid, `FILTER` aggregates, `regr_slope`, and no
+engine-specific functions. Source tables are referred to by the placeholders `{users}`,
+`{readings}` and `{events}`; the engine runner substitutes its table names.
+
+Timing rule: a row's `event_timestamp` is the moment its values become known: the end of its
+day (midnight UTC that starts the next day), week or month. Rolling windows end at that row's
+day and use only that day and the days before it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from healthmate_features.raw.schemas import CONDITIONS, METRICS
+
+WINDOWS = (7, 30)  # rolling window lengths in days
+LONGEST_WINDOW_DAYS = max(WINDOWS)
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One feature column: its Feast type, description and unit."""
+
+    name: str
+    dtype: str  # Feast type name: Float64, Int64 or String
+    description: str
+    unit: str = ""
+    pii: bool = False
+
+
+@dataclass(frozen=True)
+class FeatureTable:
+    """A feature table: the Parquet file / Postgres table one Feast source reads."""
+
+    name: str
+    description: str
+    ttl_days: int
+    sql: str
+    features: tuple[Feature, ...] = field(default_factory=tuple)
+    window_days: int = 1  # how far back in time its longest feature looks (for split embargoes)
+
+    def typed_sql(self) -> str:
+        """The table's query with every feature cast to its declared type (user_id, event_timestamp first)."""
+        cols = ", ".join(f"CAST({f.name} AS {_SQL_TYPE[f.dtype]}) AS {f.name}" for f in self.features)
+        return f"SELECT user_id, event_timestamp, {cols}\nFROM ({self.sql}) AS {self.name}_t"
+
+
+_SQL_TYPE = {"Float64": "DOUBLE PRECISION", "Int64": "BIGINT", "String": "VARCHAR"}
+
+
+def _daily_value(metric) -> str:
+    """The column holding a metric's value for the day (the total for steps, else the mean)."""
+    return f"{metric.name}_total" if metric.name == "steps" else f"{metric.name}_mean"
+
+
+def _daily_aggregates(metric) -> list[tuple[str, str, str, str, str]]:
+    """(column, sql, dtype, description, unit) of one metric's per-day aggregates."""
+    m, u, d = metric.name, metric.unit, metric.description
+    cond = f"r.metric = '{m}'"
+    if m == "steps":
+        return [
+            (f"{m}_total", f"sum(r.value) FILTER (WHERE {cond})", "Float64", f"total {d} that day", u),
+            (
+                f"{m}_count",
+                f"count(r.value) FILTER (WHERE {cond})",
+                "Int64",
+                f"number of {m} readings that day",
+                "count",
+            ),
+        ]
+    return [
+        (f"{m}_mean", f"avg(r.value) FILTER (WHERE {cond})", "Float64", f"mean {d} that day", u),
+        (f"{m}_min", f"min(r.value) FILTER (WHERE {cond})", "Float64", f"lowest {d} that day", u),
+        (f"{m}_max", f"max(r.value) FILTER (WHERE {cond})", "Float64", f"highest {d} that day", u),
+        (f"{m}_count", f"count(r.value) FILTER (WHERE {cond})", "Int64", f"number of {m} readings that day", "count"),
+    ]
+
+
+# --- shared building blocks -------------------------------------------------------------
+
+# A dense grid: one row per user per day from the signup day (or the first day of data, if
+# later) to the last day of data.
+USER_DAY_SQL = """
+CREATE TEMP TABLE hm_user_day AS
+WITH span AS (
+    SELECT least(
+        (SELECT min(CAST(recorded_at AS DATE)) FROM {readings}),
+        (SELECT min(CAST("at" AS DATE)) FROM {events})
+    ) AS first_day,
+    greatest(
+        (SELECT max(CAST(recorded_at AS DATE)) FROM {readings}),
+        (SELECT max(CAST("at" AS DATE)) FROM {events})
+    ) AS last_day
+)
+SELECT u.user_id, CAST(g.day AS DATE) AS day, CAST(g.day AS DATE) - DATE '1970-01-01' AS day_number
+FROM {users} u
+CROSS JOIN span
+CROSS JOIN LATERAL generate_series(
+    CAST(greatest(CAST(u.signup_at AS DATE), span.first_day) AS TIMESTAMP),
+    CAST(span.last_day AS TIMESTAMP),
+    INTERVAL '1 day'
+) AS g(day)
+"""
+
+_END_OF_DAY = "CAST(CAST(d.day AS TIMESTAMP) + INTERVAL '1 day' AS TIMESTAMPTZ)"
+
+
+def _health_daily_aggregates() -> list[tuple[str, str, str, str, str]]:
+    return [a for m in METRICS for a in _daily_aggregates(m)]
+
+
+def _health_daily_prepare_sql() -> str:
+    """Materializes the dense daily table `hm_health_daily` that the other health tables read."""
+    aggs = _health_daily_aggregates()
+    select = ",\n    ".join(f"{sql} AS {col}" for col, sql, *_ in aggs)
+    coalesced = ",\n    ".join(
+        (f"coalesce(a.{col}, 0) AS {col}" if dtype == "Int64" else f"a.{col}") for col, _, dtype, *_ in aggs
+    )
+    sql = f"""
+CREATE TEMP TABLE hm_health_daily AS
+WITH agg AS (
+    SELECT r.user_id, CAST(r.recorded_at AS DATE) AS day,
+    {select}
+    FROM {{readings}} r
+    GROUP BY r.user_id, CAST(r.recorded_at AS DATE)
+), span AS (
+    SELECT user_id, min(day) AS first_reading_day, max(day) AS last_reading_day FROM agg GROUP BY user_id
+)
+SELECT d.user_id, d.day, d.day_number, {_END_OF_DAY} AS event_timestamp,
+    s.first_reading_day, s.last_reading_day,
+    {coalesced}
+FROM hm_user_day d
+LEFT JOIN agg a ON a.user_id = d.user_id AND a.day = d.day
+LEFT JOIN span s ON s.user_id = d.user_id
+"""
+    return sql
+
+
+def _health_daily() -> FeatureTable:
+    features = tuple(Feature(col, dtype, desc, unit) for col, _, dtype, desc, unit in _health_daily_aggregates())
+    # Rows stop the day after a user's last reading: later rows would be all null, and the view's
+    # 2-day TTL returns null for them just the same.
+    sql = (
+        f"SELECT user_id, event_timestamp, {', '.join(f.name for f in features)} FROM hm_health_daily "
+        "WHERE day BETWEEN first_reading_day AND last_reading_day + 1"
+    )
+    return FeatureTable("health_daily", "per user per day aggregates of each health metric", 2, sql, features, 1)
+
+
+def _rolling_stats(value: str, days: int, metric) -> list[tuple[str, str, str, str, str]]:
+    m, u, w = metric.name, metric.unit, f"w{days}"
+    span = f"over the {days} days ending that day"
+    return [
+        (f"{m}_mean_{days}d", f"avg({value}) OVER {w}", "Float64", f"mean daily {metric.description} {span}", u),
+        (
+            f"{m}_std_{days}d",
+            f"stddev_samp({value}) OVER {w}",
+            "Float64",
+            f"standard deviation of daily {metric.description} {span}",
+            u,
+        ),
+        (f"{m}_min_{days}d", f"min({value}) OVER {w}", "Float64", f"lowest daily {metric.description} {span}", u),
+        (f"{m}_max_{days}d", f"max({value}) OVER {w}", "Float64", f"highest daily {metric.description} {span}", u),
+        (
+            f"{m}_slope_{days}d",
+            f"CASE WHEN count({value}) OVER {w} >= 2 THEN regr_slope({value}, day_number) OVER {w} END",
+            "Float64",
+            f"least-squares trend of daily {metric.description} {span} (needs 2+ days)",
+            f"{u}/day",
+        ),
+    ]
+
+
+def _window_clause() -> str:
+    return ", ".join(
+        f"w{n} AS (PARTITION BY user_id ORDER BY day ROWS BETWEEN {n - 1} PRECEDING AND CURRENT ROW)" for n in WINDOWS
+    )
+
+
+def _health_rolling() -> FeatureTable:
+    stats = [s for m in METRICS if m.key for n in WINDOWS for s in _rolling_stats(_daily_value(m), n, m)]
+    select = ",\n    ".join(f"{sql} AS {col}" for col, sql, *_ in stats)
+    sql = f"""
+SELECT user_id, event_timestamp,
+    {select}
+FROM (
+    SELECT * FROM hm_health_daily WHERE day BETWEEN first_reading_day AND last_reading_day + {LONGEST_WINDOW_DAYS}
+) AS h
+WINDOW {_window_clause()}
+"""
+    # A user's rows span first reading .. last reading + the longest window (a contiguous run of
+    # days, so ROWS frames are calendar windows): beyond it every statistic is null and the
+    # 2-day TTL returns null just the same. Churned users stop costing window work.
+    features = tuple(Feature(col, dtype, desc, unit) for col, _, dtype, desc, unit in stats)
+    return FeatureTable(
+        "health_rolling",
+        "rolling 7-day and 30-day statistics of the key health metrics",
+        2,
+        sql,
+        features,
+        LONGEST_WINDOW_DAYS,
+    )
+
+
+def _health_period(period: str, days_label: str, ttl_days: int) -> FeatureTable:
+    """Weekly or monthly aggregates from the daily table; only complete periods, stamped at their end."""
+    cols: list[tuple[str, str, str, str, str]] = []
+    for m in METRICS:
+        v = _daily_value(m)
+        what = "daily total" if m.name == "steps" else "daily mean"
+        cols += [
+            (
+                f"{m.name}_mean_{days_label}",
+                f"avg({v})",
+                "Float64",
+                f"mean {what} {m.description} over the {period}",
+                m.unit,
+            ),
+            (
+                f"{m.name}_min_{days_label}",
+                f"min({v})",
+                "Float64",
+                f"lowest {what} {m.description} over the {period}",
+                m.unit,
+            ),
+            (
+                f"{m.name}_max_{days_label}",
+                f"max({v})",
+                "Float64",
+                f"highest {what} {m.description} over the {period}",
+                m.unit,
+            ),
+            (
+                f"{m.name}_days_{days_label}",
+                f"count({v})",
+                "Int64",
+                f"days with {m.name} readings in the {period}",
+                "days",
+            ),
+        ]
+    select = ",\n    ".join(f"{sql} AS {col}" for col, sql, *_ in cols)
+    start = f"CAST(date_trunc('{period}', CAST(day AS TIMESTAMP)) AS TIMESTAMP)"
+    sql = f"""
+WITH p AS (
+    SELECT user_id, {start} AS period_start,
+        {start} + INTERVAL '1 {period}' AS period_end,
+    {select}
+    FROM hm_health_daily
+    GROUP BY user_id, {start}
+)
+SELECT p.user_id, CAST(p.period_end AS TIMESTAMPTZ) AS event_timestamp,
+    {", ".join(c[0] for c in cols)}
+FROM p
+WHERE p.period_end <= (SELECT CAST(max(day) AS TIMESTAMP) + INTERVAL '1 day' FROM hm_user_day)
+"""
+    features = tuple(Feature(col, dtype, desc, unit) for col, _, dtype, desc, unit in cols)
+    return FeatureTable(
+        f"health_{period}ly",
+        f"per user per calendar {period} aggregates of each health metric (complete {period}s only)",
+        ttl_days,
+        sql,
+        features,
+        7 if period == "week" else 31,
+    )
+
+
+ENGAGEMENT_SCORE_FORMULA = (
+    "100 * (0.4 * active_days_7d / 7 + 0.2 * min(sessions_7d / 14, 1) "
+    "+ 0.2 * min(items_logged_7d / 21, 1) + 0.2 * coalesce(notification_open_rate_30d, 0)), "
+    "where items_logged_7d = meals + workouts + medications logged in the last 7 days"
+)
+
+
+def _engagement() -> FeatureTable:
+    counted = {
+        "sessions": ("session", "sessions started that day"),
+        "logins": ("login", "logins that day"),
+        "meals_logged": ("meal_logged", "meals logged that day"),
+        "workouts_logged": ("workout_logged", "workouts logged that day"),
+        "medications_logged": ("medication_logged", "medications logged that day"),
+        "notifications_sent": ("notification_sent", "notifications sent that day"),
+        "notifications_opened": ("notification_opened", "notifications opened that day"),
+    }
+    daily = ",\n        ".join(
+        f"count(*) FILTER (WHERE e.event_type = '{t}') AS {name}" for name, (t, _) in counted.items()
+    )
+    user_initiated = "('login', 'session', 'meal_logged', 'workout_logged', 'medication_logged', 'notification_opened')"
+    features: list[Feature] = [Feature(n, "Int64", d, "count") for n, (_, d) in counted.items()]
+    features += [
+        Feature("session_minutes", "Float64", "minutes spent in sessions that day", "min"),
+        Feature("active", "Int64", "1 if the user did anything in the app that day"),
+    ]
+    rolled = [
+        ("active_days_7d", "sum(active) OVER w7", "Int64", "days active in the 7 days ending that day", "days"),
+        ("active_days_30d", "sum(active) OVER w30", "Int64", "days active in the 30 days ending that day", "days"),
+        ("sessions_7d", "sum(sessions) OVER w7", "Int64", "sessions in the 7 days ending that day", "count"),
+        (
+            "session_minutes_7d",
+            "sum(session_minutes) OVER w7",
+            "Float64",
+            "session minutes in the 7 days ending that day",
+            "min",
+        ),
+    ]
+    for what in ("meals_logged", "workouts_logged", "medications_logged"):
+        for n in WINDOWS:
+            rolled.append(
+                (
+                    f"{what}_{n}d",
+                    f"sum({what}) OVER w{n}",
+                    "Int64",
+                    f"{what.replace('_', ' ')} in the {n} days ending that day",
+                    "count",
+                )
+            )
+    rolled += [
+        (
+            "notification_open_rate_30d",
+            "CAST(sum(notifications_opened) OVER w30 AS DOUBLE PRECISION) / nullif(sum(notifications_sent) OVER w30, 0)",
+            "Float64",
+            "notifications opened / sent in the 30 days ending that day (null when none sent)",
+            "ratio",
+        ),
+        (
+            "days_since_last_activity",
+            "day_number - max(CASE WHEN active = 1 THEN day_number END) OVER (PARTITION BY user_id ORDER BY day ROWS UNBOUNDED PRECEDING)",
+            "Int64",
+            "days since the last active day (0: active that day; null: never active)",
+            "days",
+        ),
+    ]
+    rolled_sql = ",\n    ".join(f"{sql} AS {col}" for col, sql, *_ in rolled)
+    features += [Feature(col, dtype, desc, unit) for col, _, dtype, desc, unit in rolled]
+    features.append(
+        Feature("engagement_score", "Float64", "engagement score 0-100: " + ENGAGEMENT_SCORE_FORMULA, "score")
+    )
+    sql = f"""
+WITH ev AS (
+    SELECT e.user_id, CAST(e."at" AS DATE) AS day,
+        {daily},
+        coalesce(sum(e.duration_minutes) FILTER (WHERE e.event_type = 'session'), 0) AS session_minutes,
+        max(CASE WHEN e.event_type IN {user_initiated} THEN 1 ELSE 0 END) AS active
+    FROM {{events}} e
+    GROUP BY e.user_id, CAST(e."at" AS DATE)
+), daily AS (
+    SELECT d.user_id, d.day, d.day_number, {_END_OF_DAY} AS event_timestamp,
+        {", ".join(f"coalesce(ev.{n}, 0) AS {n}" for n in counted)},
+        coalesce(ev.session_minutes, 0) AS session_minutes,
+        coalesce(ev.active, 0) AS active
+    FROM hm_user_day d
+    LEFT JOIN ev ON ev.user_id = d.user_id AND ev.day = d.day
+), rolled AS (
+    SELECT daily.*,
+    {rolled_sql}
+    FROM daily
+    WINDOW {_window_clause()}
+)
+SELECT user_id, event_timestamp,
+    {", ".join(f.name for f in features)}
+FROM (
+    SELECT rolled.*,
+        100.0 * (0.4 * active_days_7d / 7.0
+            + 0.2 * least(sessions_7d / 14.0, 1.0)
+            + 0.2 * least((meals_logged_7d + workouts_logged_7d + medications_logged_7d) / 21.0, 1.0)
+            + 0.2 * coalesce(notification_open_rate_30d, 0.0)) AS engagement_score
+    FROM rolled
+) scored
+"""
+    return FeatureTable(
+        "engagement_daily",
+        "per user per day app engagement, with 7/30-day windows",
+        2,
+        sql,
+        tuple(features),
+        LONGEST_WINDOW_DAYS,
+    )
+
+
+def _profile() -> FeatureTable:
+    flags = ",\n        ".join(
+        f"CASE WHEN ';' || coalesce(u.conditions, '') || ';' LIKE '%;{c};%' THEN 1 ELSE 0 END AS has_{c}"
+        for c in CONDITIONS
+    )
+    sql = f"""
+WITH weight AS (
+    SELECT user_id, day, max(weight_mean) OVER (PARTITION BY user_id, weight_seen) AS last_weight
+    FROM (
+        SELECT user_id, day, weight_mean,
+            count(weight_mean) OVER (PARTITION BY user_id ORDER BY day ROWS UNBOUNDED PRECEDING) AS weight_seen
+        FROM hm_health_daily
+    ) w
+), snapshots AS (
+    SELECT u.user_id, u.signup_at AS event_timestamp, CAST(NULL AS DOUBLE PRECISION) AS last_weight
+    FROM {{users}} u
+    UNION ALL
+    SELECT w.user_id, CAST(CAST(w.day AS TIMESTAMP) + INTERVAL '1 day' AS TIMESTAMPTZ), w.last_weight
+    FROM weight w
+    WHERE EXTRACT(DAY FROM w.day + 1) = 1
+)
+SELECT s.user_id, s.event_timestamp,
+        CAST(EXTRACT(YEAR FROM s.event_timestamp) - u.birth_year AS BIGINT) AS age_years,
+        u.sex,
+        u.height_cm,
+        s.last_weight / ((u.height_cm / 100.0) * (u.height_cm / 100.0)) AS bmi,
+        {flags},
+        CAST(EXTRACT(EPOCH FROM u.signup_at) AS BIGINT) AS signup_epoch_s
+FROM snapshots s
+JOIN {{users}} u ON u.user_id = s.user_id
+"""
+    features = (
+        Feature(
+            "age_years",
+            "Int64",
+            "age in whole years at the snapshot (calendar year minus birth year)",
+            "years",
+            pii=True,
+        ),
+        Feature(
+            "sex",
+            "String",
+            "self-reported sex (categorical: " + "/".join(("female", "male", "other", "unknown")) + ")",
+            pii=True,
+        ),
+        Feature("height_cm", "Float64", "height", "cm", pii=True),
+        Feature("bmi", "Float64", "body-mass index from the latest weight before the snapshot", "kg/m2"),
+        *(Feature(f"has_{c}", "Int64", f"1 if the user reported {c.replace('_', ' ')}", pii=True) for c in CONDITIONS),
+        Feature("signup_epoch_s", "Int64", "signup time as Unix seconds (input of days_since_signup)", "s"),
+    )
+    return FeatureTable(
+        "profile",
+        "slowly changing user profile: a snapshot at signup and at every month end",
+        62,
+        sql,
+        features,
+        31,  # monthly snapshots
+    )
+
+
+# Run in order before any feature table: the dense user x day grid and the daily health table.
+PREPARE_SQL = (USER_DAY_SQL, _health_daily_prepare_sql())
+FEATURE_TABLES: dict[str, FeatureTable] = {
+    t.name: t
+    for t in (
+        _health_daily(),
+        _health_rolling(),
+        _health_period("week", "week", 14),
+        _health_period("month", "month", 62),
+        _engagement(),
+        _profile(),
+    )
+}
+
+
+# On-demand features computed by feature_repo/temporal.py from the request (prediction) time.
+# Feast 0.67 drops field descriptions of on-demand views when it reads them back from the
+# registry (OnDemandFeatureView._parse_features_from_proto), so their documentation lives here
+# and in the view's description.
+TEMPORAL_FEATURES: tuple[Feature, ...] = (
+    Feature("hour_sin", "Float64", "sin(2*pi*hour/24) of the request time, hour with fraction (UTC)"),
+    Feature("hour_cos", "Float64", "cos(2*pi*hour/24) of the request time, hour with fraction (UTC)"),
+    Feature("dow_sin", "Float64", "sin(2*pi*weekday/7) of the request time, Monday = 0"),
+    Feature("dow_cos", "Float64", "cos(2*pi*weekday/7) of the request time, Monday = 0"),
+    Feature("month_sin", "Float64", "sin(2*pi*(month-1)/12) of the request time"),
+    Feature("month_cos", "Float64", "cos(2*pi*(month-1)/12) of the request time"),
+    Feature("is_weekend", "Int64", "1 on Saturday and Sunday (UTC)"),
+    Feature("day_of_year", "Int64", "day of the year of the request time, 1..366"),
+    Feature("days_since_signup", "Float64", "days from signup to the request time", "days"),
+)
+
+
+def describe_markdown() -> str:
+    """The feature catalog as Markdown: one table per feature table (`healthmate-features features`)."""
+    lines: list[str] = []
+    for t in FEATURE_TABLES.values():
+        lines += [
+            f"### `{t.name}` (TTL {t.ttl_days} days): {t.description}",
+            "",
+            "| feature | type | unit | description |",
+            "|---|---|---|---|",
+        ]
+        lines += [f"| {f.name} | {f.dtype} | {f.unit} | {f.description} |" for f in t.features]
+        lines.append("")
+    lines += [
+        "### `temporal` (on demand, from the request time)",
+        "",
+        "| feature | type | unit | description |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {f.name} | {f.dtype} | {f.unit} | {f.description} |" for f in TEMPORAL_FEATURES]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,389 @@
+"""Validate raw tables against their schemas; accepted rows to Parquet, rejected rows to a rejects file.
+
+`ingest(raw_dir, out_dir)` reads `<table>.parquet` (or `.csv`) for every raw table in
+`schemas.RAW_TABLES`, checks types, required values, allowed values, physically possible
+ranges, units, timezone-aware timestamps and references to known users, and writes:
+
+- `<out_dir>/<table>.parquet`: the accepted rows, typed as the schema says (timestamps UTC);
+- `<out_dir>/<table>.rejects.csv`: every rejected row, its original values as text, its row
+  number in the input (`_row`, from 0) and the reason(s) (`_reason`);
+- `<out_dir>/_ingest.json`: counts per table and per reason, and the SHA-256 of each raw file,
+  so `build-features` can refuse raw data that was not ingested (or changed since).
+
+Nothing is dropped silently: accepted + rejected = read, per table. All checks run in DuckDB.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+
+from healthmate_features.errors import NotIngestedError, RawDataError
+from healthmate_features.raw.schemas import CONDITIONS, METRICS, RAW_TABLES, Column, TableSchema
+
+REQUIRED_TABLES = ("users", "health_readings", "app_events")
+MANIFEST = "_ingest.json"
+_TZ_SUFFIX = r"(Z|z|[+-][0-9]{2}(:?[0-9]{2})?)$"
+_SQL_TYPES = {"int": "BIGINT", "float": "DOUBLE", "string": "VARCHAR", "timestamp": "TIMESTAMPTZ"}
+
+
+@dataclass
+class TableReport:
+    """What ingest did with one table."""
+
+    table: str
+    source: str
+    read: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+    ignored_columns: list[str] = field(default_factory=list)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def find_raw_file(raw_dir: Path, table: str) -> Path | None:
+    for ext in (".parquet", ".csv"):
+        if (raw_dir / f"{table}{ext}").exists():
+            return raw_dir / f"{table}{ext}"
+    return None
+
+
+def _q(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _open_source(con: duckdb.DuckDBPyConnection, table: TableSchema, path: Path) -> dict[str, str]:
+    """Create view `src_<table>` over the file with a row number; return its column types."""
+    if path.suffix == ".parquet":
+        source = f"SELECT * EXCLUDE (file_row_number), file_row_number AS _row FROM read_parquet({_q(str(path))}, file_row_number = true)"
+    else:
+        source = f"SELECT *, row_number() OVER () - 1 AS _row FROM read_csv({_q(str(path))}, header = true, all_varchar = true)"
+    try:
+        con.execute(f"CREATE OR REPLACE VIEW src_{table.name} AS {source}")
+        types = {row[0]: str(row[1]) for row in con.execute(f"DESCRIBE src_{table.name}").fetchall()}
+    except duckdb.Error as exc:
+        raise RawDataError(
+            f"cannot read {path} for table '{table.name}': {str(exc).splitlines()[0]}; expected a Parquet file or a CSV file "
+            f"with a header and the columns {', '.join(table.column_names)}"
+        ) from exc
+    missing = [c for c in table.column_names if c not in types]
+    if missing:
+        present = [c for c in types if c != "_row"]
+        raise RawDataError(
+            f"{path} (table '{table.name}') is missing column(s) {', '.join(missing)} "
+            f"(columns: {', '.join(present)}); add them (see `healthmate-features schemas`)"
+        )
+    return types
+
+
+def _is_aware(src_type: str) -> bool:
+    return "TIME ZONE" in src_type or src_type.startswith("TIMESTAMPTZ")
+
+
+def _is_naive(src_type: str) -> bool:
+    return (src_type.startswith("TIMESTAMP") or src_type == "DATE") and not _is_aware(src_type)
+
+
+def _typed(col: Column, src_type: str) -> str:
+    """SQL for a column's value cast to its schema type (NULL where it cannot be cast)."""
+    name = f'"{col.name}"'
+    if col.dtype == "timestamp":
+        if _is_aware(src_type):
+            return f"CAST({name} AS TIMESTAMPTZ)"
+        if src_type == "VARCHAR":
+            return (
+                f"CASE WHEN regexp_matches(trim({name}), '{_TZ_SUFFIX}') THEN TRY_CAST(trim({name}) AS TIMESTAMPTZ) END"
+            )
+        return "CAST(NULL AS TIMESTAMPTZ)"
+    if col.dtype == "string":
+        return f"CAST({name} AS VARCHAR)"
+    return f"TRY_CAST({name} AS {_SQL_TYPES[col.dtype]})"
+
+
+def _checks(table: TableSchema, types: dict[str, str]) -> list[tuple[str, str, str]]:
+    """(reason code, condition that rejects, message SQL) for every rule of the table."""
+    checks: list[tuple[str, str, str]] = []
+    for col in table.columns:
+        raw, typed, src_type = f'"{col.name}"', f"t_{col.name}", types[col.name]
+        text = f"CAST({raw} AS VARCHAR)"
+        if not col.nullable:
+            checks.append((f"{col.name}: missing", f"{raw} IS NULL", _q(f"{col.name} is missing")))
+        if col.dtype == "timestamp" and _is_naive(src_type):
+            checks.append(
+                (
+                    f"{col.name}: timezone-naive",
+                    f"{raw} IS NOT NULL",
+                    _q(f"{col.name} is a timezone-naive timestamp; write it timezone-aware (UTC)"),
+                )
+            )
+        elif col.dtype == "timestamp" and src_type == "VARCHAR":
+            checks.append(
+                (
+                    f"{col.name}: no timezone",
+                    f"{raw} IS NOT NULL AND NOT regexp_matches(trim({raw}), '{_TZ_SUFFIX}')",
+                    f"'{col.name} ' || {text} || ' has no timezone offset; append Z or +00:00'",
+                )
+            )
+            checks.append(
+                (
+                    f"{col.name}: not a timestamp",
+                    f"{raw} IS NOT NULL AND regexp_matches(trim({raw}), '{_TZ_SUFFIX}') AND {typed} IS NULL",
+                    f"'{col.name} ' || {text} || ' is not a timestamp'",
+                )
+            )
+        elif col.dtype == "timestamp" and not _is_aware(src_type):
+            checks.append(
+                (
+                    f"{col.name}: not a timestamp",
+                    f"{raw} IS NOT NULL",
+                    f"'{col.name} ' || {text} || ' is not a timestamp (column type {src_type})'",
+                )
+            )
+        elif col.dtype in ("int", "float"):
+            checks.append(
+                (
+                    f"{col.name}: not a number",
+                    f"{raw} IS NOT NULL AND {typed} IS NULL",
+                    f"'{col.name} ' || {text} || ' is not {'an integer' if col.dtype == 'int' else 'a number'}'",
+                )
+            )
+            if col.dtype == "float":
+                checks.append(
+                    (
+                        f"{col.name}: not finite",
+                        f"NOT isfinite({typed})",
+                        f"'{col.name} ' || {text} || ' is not finite'",
+                    )
+                )
+        if col.allowed:
+            allowed = ", ".join(_q(a) for a in col.allowed)
+            checks.append(
+                (
+                    f"{col.name}: unknown value",
+                    f"{typed} IS NOT NULL AND {typed} NOT IN ({allowed})",
+                    f"'{col.name} ''' || {typed} || ''' is not one of {', '.join(col.allowed).replace(chr(39), '')}'",
+                )
+            )
+        if col.low is not None or col.high is not None:
+            low = f"{typed} < {col.low}" if col.low is not None else "false"
+            high = f"{typed} > {col.high}" if col.high is not None else "false"
+            checks.append(
+                (
+                    f"{col.name}: out of range",
+                    f"({low} OR {high})",
+                    f"'{col.name} ' || {text} || ' is outside {'' if col.low is None else f'{col.low:g}'}..{'' if col.high is None else f'{col.high:g}'}'",
+                )
+            )
+    checks += _table_checks(table.name)
+    return checks
+
+
+def _table_checks(name: str) -> list[tuple[str, str, str]]:
+    """Rules that involve more than one column or table."""
+    if name == "health_readings":
+        out = []
+        for m in METRICS:
+            out.append(
+                (
+                    f"value: impossible {m.name}",
+                    f"t_metric = '{m.name}' AND (t_value < {m.low} OR t_value > {m.high})",
+                    f"'{m.name} value ' || CAST(t_value AS VARCHAR) || ' is physically impossible (possible: {m.low:g}..{m.high:g} {m.unit})'",
+                )
+            )
+            out.append(
+                (
+                    f"unit: wrong for {m.name}",
+                    f"t_metric = '{m.name}' AND t_unit IS DISTINCT FROM '{m.unit}'",
+                    f"'unit ''' || coalesce(t_unit, 'NULL') || ''' is wrong for {m.name}; expected {m.unit}'",
+                )
+            )
+        return out + [_unknown_user_check()]
+    if name == "app_events":
+        return [
+            (
+                "duration_minutes: missing for session",
+                "t_event_type = 'session' AND t_duration_minutes IS NULL",
+                "'session event without duration_minutes'",
+            ),
+            _unknown_user_check(),
+        ]
+    if name == "labels":
+        return [_unknown_user_check()]
+    if name == "users":
+        one = "(" + "|".join(CONDITIONS) + ")"
+        return [
+            (
+                "conditions: unknown condition",
+                f"t_conditions IS NOT NULL AND t_conditions <> '' AND NOT regexp_full_match(t_conditions, '{one}(;{one})*')",
+                f"'conditions ''' || t_conditions || ''' names an unknown condition (known: {', '.join(CONDITIONS)})'",
+            ),
+            (
+                "user_id: duplicate",
+                "count(*) OVER (PARTITION BY t_user_id) > 1 AND _row <> min(_row) OVER (PARTITION BY t_user_id)",
+                "'user_id ' || CAST(t_user_id AS VARCHAR) || ' appears more than once; the first row is kept'",
+            ),
+        ]
+    return []
+
+
+def _unknown_user_check() -> tuple[str, str, str]:
+    return (
+        "user_id: not in users",
+        "t_user_id IS NOT NULL AND t_user_id NOT IN (SELECT user_id FROM ok_users)",
+        "'user_id ' || CAST(t_user_id AS VARCHAR) || ' is not in users'",
+    )
+
+
+def _atomic_copy(con: duckdb.DuckDBPyConnection, query: str, dest: Path, fmt: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+    os.close(fd)
+    options = "FORMAT parquet, COMPRESSION zstd" if fmt == "parquet" else "FORMAT csv, HEADER true"
+    try:
+        con.execute(f"COPY ({query}) TO {_q(tmp)} ({options})")
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _ingest_table(con, table: TableSchema, path: Path, out_dir: Path) -> TableReport:
+    types = _open_source(con, table, path)
+    report = TableReport(
+        table.name, str(path), ignored_columns=[c for c in types if c not in table.column_names and c != "_row"]
+    )
+    typed_cols = ", ".join(f"{_typed(c, types[c.name])} AS t_{c.name}" for c in table.columns)
+    checks = _checks(table, types)
+    flags = ", ".join(f"coalesce({cond}, false) AS c{i}" for i, (_, cond, _) in enumerate(checks))
+    bad = " OR ".join(f"c{i}" for i in range(len(checks))) or "false"
+    checked = f"checked_{table.name}"
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE {checked} AS SELECT *, {bad} AS _bad "
+        f"FROM (SELECT *, {flags} FROM (SELECT *, {typed_cols} FROM src_{table.name}) AS typed) AS flagged"
+    )
+    counts = con.execute(
+        "SELECT count(*), count(*) FILTER (WHERE _bad), "
+        + ", ".join(f"count(*) FILTER (WHERE c{i})" for i in range(len(checks)))
+        + f" FROM {checked}"
+    ).fetchone()
+    report.read, report.rejected = int(counts[0]), int(counts[1])
+    report.accepted = report.read - report.rejected
+    report.reasons = {code: int(n) for (code, _, _), n in zip(checks, counts[2:]) if n}
+    out_cols = ", ".join(f't_{c} AS "{c}"' for c in table.column_names)
+    accepted = f"SELECT {out_cols} FROM {checked} WHERE NOT _bad ORDER BY _row"
+    if table.name == "users":  # the other tables are checked against the accepted users
+        con.execute(f"CREATE OR REPLACE TEMP TABLE ok_users AS {accepted}")
+        accepted = "SELECT * FROM ok_users"
+    _atomic_copy(con, accepted, out_dir / f"{table.name}.parquet", "parquet")
+    rejects = out_dir / f"{table.name}.rejects.csv"
+    if report.rejected:
+        reason = (
+            "concat_ws('; ', "
+            + ", ".join(f"CASE WHEN c{i} THEN {msg} END" for i, (_, _, msg) in enumerate(checks))
+            + ")"
+        )
+        originals = ", ".join(f'CAST("{c}" AS VARCHAR) AS "{c}"' for c in table.column_names)
+        query = f"SELECT _row, {reason} AS _reason, {originals} FROM {checked} WHERE _bad ORDER BY _row"
+        _atomic_copy(con, query, rejects, "csv")
+    else:
+        rejects.unlink(missing_ok=True)
+    con.execute(f"DROP TABLE {checked}")
+    return report
+
+
+def ingest(raw_dir: str | Path, out_dir: str | Path, *, progress: bool = False) -> list[TableReport]:
+    """Validate the raw tables in `raw_dir` and write accepted rows, rejects and a manifest to `out_dir`.
+
+    Side effects: creates `out_dir`; replaces its Parquet, rejects and manifest files atomically.
+    Raises RawDataError when a required table is absent, unreadable or lacks columns, or when a
+    table has no valid row at all.
+    """
+    raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+    if not raw_dir.is_dir():
+        raise RawDataError(
+            f"raw data directory {raw_dir} does not exist; run `healthmate-features generate --out {raw_dir}` or point --raw at your export"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {name: find_raw_file(raw_dir, name) for name in RAW_TABLES}
+    missing = [f"{raw_dir / name}.parquet" for name in REQUIRED_TABLES if files[name] is None]
+    if missing:
+        raise RawDataError(
+            f"missing raw table file(s): {', '.join(missing)} (or .csv); expected users, health_readings and app_events"
+        )
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    reports = []
+    # users first: the other tables are checked against the accepted users.
+    tables = [name for name in RAW_TABLES if files[name] is not None]
+    try:
+        from tqdm import tqdm
+
+        iterator = tqdm(tables, desc="ingest", unit="table", disable=not progress)
+        for name in iterator:
+            reports.append(_ingest_table(con, RAW_TABLES[name], files[name], out_dir))
+    finally:
+        con.close()
+    for r in reports:
+        if r.read and not r.accepted:
+            raise RawDataError(
+                f"table '{r.table}' ({r.source}): all {r.read} rows were rejected "
+                f"({', '.join(f'{k}: {v}' for k, v in r.reasons.items())}); see {out_dir / (r.table + '.rejects.csv')}"
+            )
+    manifest = {
+        "raw_dir": str(raw_dir.resolve()),
+        "ingested_at": datetime.now(timezone.utc).isoformat(),
+        "files": {
+            r.table: {"path": str(Path(r.source).resolve()), "sha256": sha256_file(Path(r.source))} for r in reports
+        },
+        "tables": {r.table: {k: v for k, v in r.__dict__.items() if k != "table"} for r in reports},
+    }
+    tmp = out_dir / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2))
+    os.replace(tmp, out_dir / MANIFEST)
+    return reports
+
+
+def check_ingested(raw_dir: str | Path, out_dir: str | Path) -> dict:
+    """Return the ingest manifest if `raw_dir` was ingested into `out_dir` and is unchanged since.
+
+    Raises NotIngestedError otherwise, naming the file that differs and the command to run.
+    """
+    raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+    fix = f"run `healthmate-features ingest --raw {raw_dir}` first"
+    path = out_dir / MANIFEST
+    if not path.exists():
+        raise NotIngestedError(f"raw data in {raw_dir} was not ingested (no {path}); {fix}")
+    return verify_manifest(json.loads(path.read_text()), raw_dir, where=str(out_dir), fix=fix)
+
+
+def verify_manifest(manifest: dict, raw_dir: str | Path, *, where: str, fix: str) -> dict:
+    """Check an ingest manifest describes `raw_dir` as it is now (every file's SHA-256); return it.
+
+    `where` names the ingest's destination (a directory, or a Postgres schema) in messages.
+    """
+    raw_dir = Path(raw_dir)
+    if Path(manifest["raw_dir"]) != raw_dir.resolve():
+        raise NotIngestedError(f"{where} holds an ingest of {manifest['raw_dir']}, not of {raw_dir}; {fix}")
+    for table, info in manifest["files"].items():
+        current = find_raw_file(raw_dir, table)
+        if current is None or str(current.resolve()) != info["path"] or sha256_file(current) != info["sha256"]:
+            raise NotIngestedError(
+                f"raw table '{table}' in {raw_dir} changed since it was ingested into {where}; {fix}"
+            )
+    missing = [name for name in REQUIRED_TABLES if name not in manifest["files"]]
+    if missing:
+        raise NotIngestedError(f"the ingest in {where} lacks table(s) {', '.join(missing)}; {fix}")
+    return manifest

@@ -1,0 +1,232 @@
+"""The production offline store: Feast's Postgres store with a faster point-in-time join.
+
+Everything but `get_historical_features` is Feast's own PostgreSQLOfflineStore (sources,
+materialization pulls, saved datasets, monitoring). For a training frame given as a DataFrame,
+the join is one query over the (user_id, event_timestamp) index of each feature table instead
+of Feast's generic query, which joins every entity row to every feature row of its user in the
+TTL window and then ranks them:
+
+    SELECT e._row, f0.<features>, f1.<features>, ...
+    FROM <entity rows sorted by key and time> e
+    LEFT JOIN LATERAL (SELECT <features> FROM <table> s
+                       WHERE s.user_id = e.user_id AND s.event_timestamp <= e.event_timestamp
+                         AND s.event_timestamp >= e.event_timestamp - <ttl>
+                       ORDER BY s.event_timestamp DESC LIMIT 1) f0 ON true
+    ...
+    ORDER BY e._row
+
+The entity rows go up with COPY (Feast inserts them row by row) and the result comes back with
+COPY ... TO STDOUT, parsed by Arrow (Feast builds Python lists cell by cell). Semantics are
+Feast's, and the result equals its store's (tests/test_production.py; bench/materialize.py
+checks it at 100k rows): per view, the latest row at or before the entity time within the
+view's TTL, ties broken by created timestamp. Rows come back in entity-frame order, entity
+columns as given. Anything unusual (an SQL entity query, a column type Arrow cannot parse from
+CSV) goes to Feast's own implementation.
+
+Select it in feature_store.production.yaml with
+`type: healthmate_features.stores.postgres_lateral.LateralPostgreSQLOfflineStore`.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Literal
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+from feast.infra.offline_stores import offline_utils
+from feast.infra.offline_stores.contrib.postgres_offline_store.postgres import (
+    PostgreSQLOfflineStore,
+    PostgreSQLOfflineStoreConfig,
+    PostgreSQLRetrievalJob,
+)
+from feast.infra.offline_stores.offline_store import RetrievalMetadata
+from feast.infra.utils.postgres.connection_utils import _get_conn
+from feast.on_demand_feature_view import OnDemandFeatureView
+from feast.type_map import arrow_to_pg_type, pg_type_code_to_arrow
+
+ROW = "_hm_entity_row"
+ENTITY_TABLE = "hm_entity_rows"  # a TEMP table: lives in the connection that runs the join
+_CSV_TYPES = ("int16", "int32", "int64", "float", "double", "string", "bool")
+
+
+class LateralPostgreSQLOfflineStoreConfig(PostgreSQLOfflineStoreConfig):
+    """Feast's Postgres offline store settings (host, port, database, db_schema, user, sslmode...)."""
+
+    type: Literal[
+        "healthmate_features.stores.postgres_lateral.LateralPostgreSQLOfflineStore",
+        "healthmate_features.pg_offline_store.LateralPostgreSQLOfflineStore",  # before 0.2; removed in 0.3
+    ] = "healthmate_features.stores.postgres_lateral.LateralPostgreSQLOfflineStore"
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _output_name(context, feature: str, full_feature_names: bool) -> str:
+    name = context.field_mapping.get(feature, feature)
+    return f"{context.name}__{name}" if full_feature_names else name
+
+
+def build_query(contexts, *, keys: list[str], timestamp: str, full_feature_names: bool) -> str:
+    """The LATERAL point-in-time join of ENTITY_TABLE with every feature view of `contexts`."""
+    selects, joins = [f"e.{_q(ROW)}"], []
+    for i, ctx in enumerate(contexts):
+        alias = f"f{i}"
+        selects += [f"{alias}.{_q(f)} AS {_q(_output_name(ctx, f, full_feature_names))}" for f in ctx.features]
+        pairs = [sel.split(" AS ") for sel in ctx.entity_selections]  # "<source column> AS <join key>"
+        where = [f"s.{_q(src)} = e.{_q(key)}" for src, key in pairs]
+        where.append(f"s.{_q(ctx.timestamp_field)} <= e.{_q(timestamp)}")
+        if ctx.ttl:
+            where.append(f"s.{_q(ctx.timestamp_field)} >= e.{_q(timestamp)} - {int(ctx.ttl)} * interval '1 second'")
+        order = [f"s.{_q(ctx.timestamp_field)} DESC"]
+        if ctx.created_timestamp_column:
+            order.append(f"s.{_q(ctx.created_timestamp_column)} DESC")
+        columns = ", ".join(f"s.{_q(f)}" for f in ctx.features) or "1"
+        joins.append(
+            f"LEFT JOIN LATERAL (SELECT {columns} FROM {ctx.table_subquery} AS s WHERE {' AND '.join(where)} "
+            f"ORDER BY {', '.join(order)} LIMIT 1) AS {alias} ON true"
+        )
+    probe_order = ", ".join(_q(c) for c in [*keys, timestamp])  # neighbouring probes hit neighbouring pages
+    return (
+        f"SELECT {', '.join(selects)}\nFROM (SELECT * FROM {ENTITY_TABLE} ORDER BY {probe_order}) AS e\n"
+        + "\n".join(joins)
+        + f"\nORDER BY e.{_q(ROW)}"
+    )
+
+
+class LateralRetrievalJob(PostgreSQLRetrievalJob):
+    """Runs the LATERAL join in one connection: COPY entity rows in, COPY the result out."""
+
+    def __init__(
+        self,
+        *,
+        config,
+        entity_df: pd.DataFrame,
+        keys: list[str],
+        timestamp: str,
+        query: str,
+        full_feature_names: bool,
+        on_demand_feature_views,
+        metadata,
+    ):
+        super().__init__(
+            query=query,
+            config=config,
+            full_feature_names=full_feature_names,
+            on_demand_feature_views=on_demand_feature_views,
+            metadata=metadata,
+        )
+        self._entity_df, self._keys, self._timestamp, self._sql = entity_df, keys, timestamp, query
+
+    def _upload(self, cur) -> None:
+        df = self._entity_df
+        upload = pa.table(
+            {
+                ROW: pa.array(range(len(df)), pa.int64()),
+                **{k: pa.Array.from_pandas(df[k]) for k in self._keys},
+                self._timestamp: pa.Array.from_pandas(pd.to_datetime(df[self._timestamp], utc=True)),
+            }
+        )
+        columns = ", ".join(f"{_q(f.name)} {arrow_to_pg_type(str(f.type))}" for f in upload.schema)
+        cur.execute(f"CREATE TEMP TABLE {ENTITY_TABLE} ({columns}) ON COMMIT DROP")
+        buf = io.BytesIO()
+        pacsv.write_csv(upload, buf, pacsv.WriteOptions(include_header=False, quoting_style="all_valid"))
+        with cur.copy(f"COPY {ENTITY_TABLE} FROM STDIN (FORMAT csv)") as copy:
+            copy.write(buf.getbuffer())
+        cur.execute(f"ANALYZE {ENTITY_TABLE}")
+
+    def _to_arrow_internal(self, timeout=None) -> pa.Table:
+        with _get_conn(self.config.offline_store) as conn, conn.transaction(), conn.cursor() as cur:
+            self._upload(cur)
+            cur.execute(f"SELECT * FROM ({self._sql}) AS q LIMIT 0")
+            types = {c.name: pg_type_code_to_arrow(c.type_code) for c in cur.description}
+            out = io.BytesIO()
+            with cur.copy(f"COPY ({self._sql}) TO STDOUT (FORMAT csv, HEADER)") as copy:
+                for chunk in copy:
+                    out.write(chunk)
+        out.seek(0)
+        features = pacsv.read_csv(
+            out,
+            convert_options=pacsv.ConvertOptions(
+                column_types=types,
+                strings_can_be_null=True,
+                quoted_strings_can_be_null=False,  # "" is text, a bare empty field NULL
+                true_values=["t"],
+                false_values=["f"],
+            ),
+        )
+        entities = pa.Table.from_pandas(self._entity_df, preserve_index=False)
+        for name in features.column_names[1:]:
+            entities = entities.append_column(name, features.column(name))
+        return entities
+
+    def _to_df_internal(self, timeout=None) -> pd.DataFrame:
+        return self._to_arrow_internal(timeout).to_pandas()
+
+
+class LateralPostgreSQLOfflineStore(PostgreSQLOfflineStore):
+    """Feast's Postgres offline store, with the point-in-time join done by `build_query`."""
+
+    @staticmethod
+    def get_historical_features(
+        config,
+        feature_views,
+        feature_refs,
+        entity_df,
+        registry,
+        project,
+        full_feature_names: bool = False,
+        filter_by_created_timestamp: bool = False,
+        **kwargs,
+    ):
+        fallback = lambda: PostgreSQLOfflineStore.get_historical_features(  # noqa: E731
+            config,
+            feature_views,
+            feature_refs,
+            entity_df,
+            registry,
+            project,
+            full_feature_names=full_feature_names,
+            filter_by_created_timestamp=filter_by_created_timestamp,
+            **kwargs,
+        )
+        if not isinstance(entity_df, pd.DataFrame) or filter_by_created_timestamp or kwargs.get("start_date"):
+            return fallback()
+        schema = dict(zip(entity_df.columns, entity_df.dtypes))
+        timestamp = offline_utils.infer_event_timestamp_from_entity_df(schema)
+        keys = sorted(offline_utils.get_expected_join_keys(project, feature_views, registry))
+        offline_utils.assert_expected_columns_in_entity_df(schema, set(keys), timestamp)
+        times = pd.to_datetime(entity_df[timestamp], utc=True)
+        span = (times.min().to_pydatetime(), times.max().to_pydatetime())
+        contexts = offline_utils.get_feature_view_query_context(feature_refs, feature_views, registry, project, span)
+        if not _csv_safe(feature_views, contexts):
+            return fallback()
+        query = build_query(contexts, keys=keys, timestamp=timestamp, full_feature_names=full_feature_names)
+        return LateralRetrievalJob(
+            config=config,
+            entity_df=entity_df,
+            keys=keys,
+            timestamp=timestamp,
+            query=query,
+            full_feature_names=full_feature_names,
+            on_demand_feature_views=OnDemandFeatureView.get_requested_odfvs(feature_refs, project, registry),
+            metadata=RetrievalMetadata(
+                features=feature_refs, keys=keys, min_event_timestamp=span[0], max_event_timestamp=span[1]
+            ),
+        )
+
+
+def _csv_safe(feature_views, contexts) -> bool:
+    """True when every requested feature column has a type Arrow parses from Postgres CSV as Feast would."""
+    by_name = {fv.projection.name_to_use(): fv for fv in feature_views}
+    from feast.types import from_feast_to_pyarrow_type
+
+    for ctx in contexts:
+        fields = {f.name: f for f in by_name[ctx.name].features}
+        for feature in ctx.features:
+            field = fields.get(ctx.field_mapping.get(feature, feature))
+            if field is None or str(from_feast_to_pyarrow_type(field.dtype)) not in _CSV_TYPES:
+                return False
+    return True

@@ -1,0 +1,297 @@
+"""The training-set builder: entity/label frame + feature service -> versioned ProcessedDataset.
+
+Steps: validate the entity frame (`entities`), join point-in-time through Feast's
+`get_historical_features` (the embedded profile's offline store is our DuckDB ASOF store),
+split with leakage guards (`splits`), fit the preprocessing pipeline on the training split only
+(`preprocessing`), and save an immutable, content-hashed version (`versioning`).
+
+A training-set config (YAML or dict; README "Training-set configs"):
+
+    name: health_risk                 # dataset name in the registry
+    feature_service: health_risk_v1
+    entities: data/ingested/labels.parquet   # Parquet/CSV; relative to the repository root
+    label: adverse_event_30d
+    task: classification              # or regression
+    split: {strategy: time, test_size: 0.2, label_horizon_days: 30}
+    preprocessing: {numeric: {impute: median, scale: standard}, categorical: {encode: onehot}}
+    bump: null                        # major|minor|patch; default: the registry's rule
+    exclude_late_arrivals: false      # skip feature rows created after the prediction time
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from healthmate_features.config import Settings
+from healthmate_features.datasets.dataset import ProcessedDataset, data_hash, frame_hash
+from healthmate_features.datasets.registry import DatasetRegistry
+from healthmate_features.errors import ConfigError
+from healthmate_features.features.catalog import FEATURE_TABLES
+from healthmate_features.raw.ingest import sha256_file
+from healthmate_features.stores import feature_store as store
+from healthmate_features.training.entities import EntityReport, read_entity_frame, validate_entity_frame
+from healthmate_features.training.preprocessing import build_pipeline, fit_transform_splits, validate_config
+from healthmate_features.training.splits import SplitConfig, split_frame
+
+TASKS = ("classification", "regression")
+
+
+@dataclass
+class TrainingSetConfig:
+    """What to build; `from_dict`/`from_file` validate strictly (unknown keys are errors)."""
+
+    name: str
+    feature_service: str
+    entities: str
+    label: str
+    task: str = "classification"
+    split: dict[str, Any] = field(default_factory=lambda: {"strategy": "time"})
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+    bump: str | None = None
+    exclude_late_arrivals: bool = False
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainingSetConfig:
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"a training-set config must be a mapping, got {type(data).__name__}")
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown training-set config key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}"
+            )
+        missing = [k for k in ("name", "feature_service", "entities", "label") if not data.get(k)]
+        if missing:
+            raise ConfigError(f"training-set config is missing {', '.join(missing)}; see README 'Training-set configs'")
+        not_text = [k for k in ("name", "feature_service", "entities", "label") if not isinstance(data[k], str)]
+        if not_text:
+            raise ConfigError(f"training-set config {', '.join(not_text)} must be text, e.g. label: adverse_event_30d")
+        config = cls(**dict(data))
+        if config.task not in TASKS:
+            raise ConfigError(f"task {config.task!r} is not one of {', '.join(TASKS)}")
+        if config.bump not in (None, "major", "minor", "patch"):
+            raise ConfigError(f"bump {config.bump!r} is not one of major, minor, patch (or leave it out)")
+        if not isinstance(config.split, Mapping):
+            raise ConfigError(f"split must be a mapping such as {{strategy: time}}, got {type(config.split).__name__}")
+        SplitConfig.from_dict(config.split)  # validates
+        validate_config(config.preprocessing)
+        return config
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> TrainingSetConfig:
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read training-set config {path}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"training-set config {path} is not valid YAML: {exc}") from exc
+        return cls.from_dict(data or {})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def feature_window_days(feature_refs: list[str]) -> int:
+    """The longest look-back window over the feature views a list of references uses."""
+    views = {ref.split(":", 1)[0] for ref in feature_refs}
+    return max((FEATURE_TABLES[v].window_days for v in views if v in FEATURE_TABLES), default=0)
+
+
+def _feature_refs(fs, feature_service: str) -> list[str]:
+    service = store.feature_refs(fs, feature_service)
+    return [f"{p.name_to_use()}:{f.name}" for p in service.feature_view_projections for f in p.features]
+
+
+def definitions_hash(fs, feature_service: str) -> str:
+    """SHA-256 over the specs of a feature service and every view it reads (not their timestamps).
+
+    An on-demand view's spec embeds full copies of its source views, whose registry metadata
+    changes from read to read; those are hashed by name (the views themselves are hashed too).
+    """
+    service = fs.get_feature_service(feature_service)
+    digest = hashlib.sha256(service.to_proto().spec.SerializeToString(deterministic=True))
+    for projection in sorted(service.feature_view_projections, key=lambda p: p.name):
+        try:
+            spec = fs.get_feature_view(projection.name).to_proto().spec
+        except Exception:
+            spec = fs.get_on_demand_feature_view(projection.name).to_proto().spec
+            digest.update(",".join(sorted(spec.sources)).encode())
+            spec.ClearField("sources")
+        digest.update(spec.SerializeToString(deterministic=True))
+    return digest.hexdigest()
+
+
+def _known_users(settings: Settings) -> pd.Series | None:
+    path = settings.features_dir / "profile.parquet"
+    if settings.profile != "embedded" or not path.exists():
+        return None
+    return pd.read_parquet(path, columns=["user_id"])["user_id"]
+
+
+def join_features(
+    entities: pd.DataFrame,
+    settings: Settings,
+    *,
+    feature_service: str,
+    label: str | None = None,
+    exclude_late_arrivals: bool = False,
+) -> tuple[pd.DataFrame, EntityReport]:
+    """Validate `entities` and join them point-in-time through Feast; same rows, same order.
+
+    With `exclude_late_arrivals`, feature rows created after a row's prediction time are not
+    used (Feast's `filter_by_created_timestamp`; views without a created timestamp are unaffected).
+    """
+    frame, report = validate_entity_frame(entities, label=label, known_users=_known_users(settings))
+    keep = ["user_id", "event_timestamp", *([label] if label else [])]
+    joined = store.historical_features(
+        settings, frame[keep], feature_service=feature_service, filter_by_created_timestamp=exclude_late_arrivals
+    )
+    return joined, report
+
+
+def resolve_entities(config: TrainingSetConfig, settings: Settings) -> Path:
+    """The entity file of a config: an absolute path, or one relative to the repository root."""
+    path = Path(config.entities)
+    return path if path.is_absolute() else settings.repo_path / path
+
+
+def check_sources(config: TrainingSetConfig, settings: Settings, *, within: Path | None = None) -> Path:
+    """Fail fast before a long build: the entity file exists (inside `within`, when given) and
+    the feature service is registered. Returns the entity file's path; raises ConfigError."""
+    if "\x00" in config.entities:
+        raise ConfigError("entities is a path and cannot contain a NUL character")
+    path = resolve_entities(config, settings)
+    if within is not None and not path.resolve().is_relative_to(Path(within).resolve()):
+        raise ConfigError(f"entities {config.entities!r} lies outside {within}; use a path inside the repository")
+    if not path.is_file():
+        raise ConfigError(
+            f"entities file {config.entities!r} not found (looked at {path}); write it first, "
+            "e.g. with `healthmate-features ingest`"
+        )
+    fs = store.open_store(settings)
+    names = sorted(s.name for s in fs.list_feature_services())
+    if config.feature_service not in names:
+        raise ConfigError(
+            f"feature service {config.feature_service!r} is not registered (have: {', '.join(names)}); "
+            "run `feast apply` if it is new"
+        )
+    return path
+
+
+def build_training_set(config: TrainingSetConfig | Mapping[str, Any], settings: Settings) -> ProcessedDataset:
+    """Build (without saving) the ProcessedDataset a config describes."""
+    config = config if isinstance(config, TrainingSetConfig) else TrainingSetConfig.from_dict(config)
+    entities_path = resolve_entities(config, settings)
+    raw = read_entity_frame(entities_path)
+    fs = store.open_store(settings)
+    refs = _feature_refs(fs, config.feature_service)
+    joined, entity_report = join_features(
+        raw,
+        settings,
+        feature_service=config.feature_service,
+        label=config.label,
+        exclude_late_arrivals=config.exclude_late_arrivals,
+    )
+    window = feature_window_days(refs)
+    split = split_frame(joined, config.split, label_column=config.label, feature_window_days=window)
+    train, test = split.take(joined)
+    pipeline = build_pipeline(config.preprocessing, task=config.task)
+    X_train, X_test = train.drop(columns=[config.label]), test.drop(columns=[config.label])
+    y_train, y_test = train[config.label], test[config.label]
+    Xt_train, Xt_test = fit_transform_splits(pipeline, X_train, X_test, y_train=y_train)
+    metadata = {
+        "feature_service": config.feature_service,
+        "feature_refs": refs,
+        "label": config.label,
+        "task": config.task,
+        "entity_frame_hash": frame_hash(raw),
+        "entity_report": asdict(entity_report),
+        "feast_definitions_hash": definitions_hash(fs, config.feature_service),
+        "feature_window_days": window,
+        "time_range": {"start": entity_report.time_range[0], "end": entity_report.time_range[1]},
+        "split_config": SplitConfig.from_dict(config.split).to_dict(),
+        "preprocessing_config": validate_config(config.preprocessing),
+        "leakage_report": split.leakage_report,
+        "profile": settings.profile,
+        "build_spec": {
+            "config": config.to_dict(),
+            "entities_path": str(entities_path),
+            "entities_sha256": sha256_file(entities_path),
+        },
+    }
+    return ProcessedDataset(
+        X_train=Xt_train,
+        X_test=Xt_test,
+        y_train=y_train,
+        y_test=y_test,
+        feature_names=list(Xt_train.columns),
+        pipeline=pipeline,
+        metadata=metadata,
+        joined_train=train,
+        joined_test=test,
+    )
+
+
+def registry(settings: Settings) -> DatasetRegistry:
+    return DatasetRegistry.from_settings(settings)
+
+
+def build_and_save(config: TrainingSetConfig | Mapping[str, Any], settings: Settings) -> tuple[str, ProcessedDataset]:
+    """Build a training set and save it as a new version; return ("name@version", dataset)."""
+    config = config if isinstance(config, TrainingSetConfig) else TrainingSetConfig.from_dict(config)
+    dataset = build_training_set(config, settings)
+    version = registry(settings).save(dataset, config.name, bump=config.bump)
+    return f"{config.name}@{version}", dataset
+
+
+def rebuild(name: str, version: str, settings: Settings) -> dict[str, Any]:
+    """Rebuild a version from its manifest; report whether the data hash is identical.
+
+    Does not save anything. When the entity file changed since, the report says so (a
+    different hash is then expected).
+    """
+    manifest = registry(settings).show(name, version)
+    spec = manifest.get("build_spec") or manifest.get("metadata", {}).get("build_spec")
+    if not spec:
+        raise ConfigError(
+            f"{name}@{version} has no build_spec in its manifest; it was not built by the training-set builder"
+        )
+    dataset = build_training_set(spec["config"], settings)
+    entities_path = Path(spec["entities_path"])
+    expected = manifest.get("data_hash") or manifest.get("hashes", {}).get("data")
+    got = data_hash(dataset)
+    return {
+        "dataset": f"{name}@{version}",
+        "identical": got == expected,
+        "data_hash": got,
+        "manifest_data_hash": expected,
+        "entities_changed": (not entities_path.exists()) or sha256_file(entities_path) != spec["entities_sha256"],
+    }
+
+
+def summary(dataset: ProcessedDataset) -> dict[str, Any]:
+    """Rows, features and label balance of a dataset, for the CLI and the API."""
+    y = pd.concat([dataset.y_train, dataset.y_test])
+    out = {
+        "train_rows": len(dataset.X_train),
+        "test_rows": len(dataset.X_test),
+        "features": len(dataset.feature_names),
+        "strategy": dataset.metadata.get("leakage_report", {}).get("strategy"),
+        "excluded_rows": dataset.metadata.get("leakage_report", {}).get("excluded_rows_total", 0),
+    }
+    if dataset.metadata.get("task") == "classification":
+        out["label_positive_rate"] = {
+            "train": round(float(dataset.y_train.mean()), 4),
+            "test": round(float(dataset.y_test.mean()), 4),
+        }
+    else:
+        out["label_mean"] = round(float(y.mean()), 4)
+    return out

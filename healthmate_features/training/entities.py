@@ -1,0 +1,133 @@
+"""Validate and normalize an entity/label frame before a point-in-time join.
+
+Rules (README "Entity frames"):
+- `user_id` and `event_timestamp` (the prediction time) are required, and the label column
+  when one is named; none of them may be null.
+- Timestamps may be datetimes or strings; unparseable values are an error that quotes them.
+- Timezone: aware timestamps are converted to UTC; naive ones are taken to be UTC (Feast's
+  rule too), and how many were naive is reported.
+- Precision: timestamps are floored to microseconds, the precision of the feature tables, so
+  the join result is the same as at nanosecond precision (Feast's DuckDB store crashes on
+  nanosecond timestamps; ours does not need this but the frame stays portable).
+- Duplicate rows are kept; row order and count are the input's. Users the feature tables do
+  not know are counted and reported (their features come back null), not dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from healthmate_features.errors import EntityFrameError
+
+REQUIRED = ("user_id", "event_timestamp")
+
+
+@dataclass
+class EntityReport:
+    """What validation found and did; goes into the dataset's metadata."""
+
+    rows: int
+    users: int
+    duplicate_rows: int
+    naive_timestamps_assumed_utc: int
+    converted_to_utc: int
+    sub_microsecond_floored: int
+    unknown_users: int = 0
+    unknown_user_rows: int = 0
+    time_range: list[str] = field(default_factory=list)
+
+
+def read_entity_frame(source: pd.DataFrame | str | Path) -> pd.DataFrame:
+    """A DataFrame as is, or read from a Parquet or CSV path."""
+    if isinstance(source, pd.DataFrame):
+        return source.copy()
+    path = Path(source)
+    if not path.exists():
+        raise EntityFrameError(
+            f"entity frame file {path} does not exist; pass a Parquet or CSV file with user_id, event_timestamp and the label"
+        )
+    try:
+        return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    except Exception as exc:
+        raise EntityFrameError(
+            f"cannot read entity frame {path}: {exc}; expected Parquet (.parquet) or CSV with a header"
+        ) from exc
+
+
+def _utc_timestamps(values: pd.Series, report: dict) -> pd.Series:
+    if pd.api.types.is_datetime64_any_dtype(values):
+        ts = values
+    else:
+        ts = pd.to_datetime(values, errors="coerce", utc=False, format="mixed")
+        bad = values.notna() & ts.isna()
+        if bad.any():
+            examples = ", ".join(repr(v) for v in values[bad].astype(str).unique()[:3])
+            raise EntityFrameError(
+                f"entity frame column 'event_timestamp' has {int(bad.sum())} unparseable value(s) (e.g. {examples}); "
+                "use ISO 8601 such as 2025-03-01T12:00:00Z"
+            )
+        if ts.dtype == object:  # mixed offsets
+            ts = pd.to_datetime(values, utc=True, format="mixed")
+    if getattr(ts.dt, "tz", None) is None:
+        report["naive_timestamps_assumed_utc"] = int(ts.notna().sum())
+        ts = ts.dt.tz_localize("UTC")
+    elif str(ts.dt.tz) != "UTC":
+        report["converted_to_utc"] = int(ts.notna().sum())
+        ts = ts.dt.tz_convert("UTC")
+    floored = ts.dt.floor("us")
+    report["sub_microsecond_floored"] = int((floored != ts).sum())
+    return floored.astype("datetime64[us, UTC]")
+
+
+def validate_entity_frame(
+    frame: pd.DataFrame,
+    *,
+    label: str | None = None,
+    known_users: pd.Series | None = None,
+) -> tuple[pd.DataFrame, EntityReport]:
+    """Return the normalized frame (same rows, same order) and a report; raise EntityFrameError if unusable."""
+    required = [*REQUIRED, *([label] if label else [])]
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        hint = "pass the prediction time per row" if "event_timestamp" in missing else "add it to the frame"
+        raise EntityFrameError(
+            f"entity frame is missing column(s) {', '.join(repr(c) for c in missing)} "
+            f"(columns: {', '.join(map(str, frame.columns))}); {hint}"
+        )
+    if frame.empty:
+        raise EntityFrameError("entity frame has no rows; pass at least one (user_id, event_timestamp) row")
+    for column in required:
+        nulls = int(frame[column].isna().sum())
+        if nulls:
+            raise EntityFrameError(
+                f"entity frame column '{column}' has {nulls} null value(s) of {len(frame)} rows; "
+                "fill or drop those rows before building (rows are never dropped for you)"
+            )
+    out = frame.reset_index(drop=True).copy()
+    ids = pd.to_numeric(out["user_id"], errors="coerce")
+    bad_ids = ids.isna() | (ids != ids.round())
+    if bad_ids.any():
+        examples = ", ".join(repr(v) for v in out.loc[bad_ids, "user_id"].astype(str).unique()[:3])
+        raise EntityFrameError(
+            f"entity frame column 'user_id' has {int(bad_ids.sum())} non-integer value(s) (e.g. {examples}); user ids are integers"
+        )
+    out["user_id"] = ids.astype("int64")
+    counts: dict = {"naive_timestamps_assumed_utc": 0, "converted_to_utc": 0}
+    out["event_timestamp"] = _utc_timestamps(out["event_timestamp"], counts)
+    report = EntityReport(
+        rows=len(out),
+        users=int(out["user_id"].nunique()),
+        duplicate_rows=int(out.duplicated(subset=list(REQUIRED)).sum()),
+        naive_timestamps_assumed_utc=counts["naive_timestamps_assumed_utc"],
+        converted_to_utc=counts["converted_to_utc"],
+        sub_microsecond_floored=counts.get("sub_microsecond_floored", 0),
+        time_range=[out["event_timestamp"].min().isoformat(), out["event_timestamp"].max().isoformat()],
+    )
+    if known_users is not None:
+        unknown = ~out["user_id"].isin(set(known_users))
+        report.unknown_user_rows = int(unknown.sum())
+        report.unknown_users = int(out.loc[unknown, "user_id"].nunique())
+    return out, report
