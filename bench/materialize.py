@@ -83,8 +83,10 @@ def prepare(args, work: Path, env: dict) -> None:
 
 def materialization(settings, store_mod, postgres) -> None:
     """Full materialization up to the last day, then incremental over the last day."""
-    lo, hi = postgres.feature_time_range(settings)
+    from healthmate_features.backends import backend_for
     from healthmate_features.features.catalog import FEATURE_TABLES
+
+    lo, hi = backend_for(settings).feature_time_range(list(FEATURE_TABLES))
 
     with postgres.connect(settings) as conn:
 
@@ -133,7 +135,7 @@ def online(settings, store_mod, repeats: int) -> None:
 
     from healthmate_features.stores.online import OnlineReader
 
-    fs = store_mod.open_store(settings)
+    fs = store_mod.open_feature_store(settings)
     reader = OnlineReader(settings, store=fs)
     service = fs.get_feature_service(SERVICE)
     n_features = sum(len(p.features) for p in service.feature_view_projections)
@@ -178,13 +180,15 @@ def online(settings, store_mod, repeats: int) -> None:
     client.close()
 
 
-def training(settings, store_mod, profiles, labels: pd.DataFrame) -> None:
+def training(settings, store_mod, labels: pd.DataFrame) -> None:
+    from healthmate_features.backends import backend_for
+
     """health_risk_v1 for the label rows through our offline store and through Feast's own Postgres store."""
     from feast import FeatureStore
 
-    ours = store_mod.open_store(settings)
+    ours = store_mod.open_feature_store(settings)
     feasts = FeatureStore(
-        repo_path=str(settings.repo_path), config=profiles.repo_config(settings, offline_store={"type": "postgres"})
+        repo_path=str(settings.repo_path), config=backend_for(settings).feast_config(offline_store={"type": "postgres"})
     )
     frames, times = {}, {}
     for name, fs in (("ours (LATERAL)", ours), ("Feast's Postgres store", feasts)):
@@ -216,8 +220,9 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=Path("/tmp/hm-bench-production"))
     args = parser.parse_args()
 
-    from healthmate_features.backends import postgres, profiles
+    from healthmate_features.backends import backend_for, postgres
     from healthmate_features.config import Settings
+    from healthmate_features.features.catalog import FEATURE_TABLES
     from healthmate_features.stores import feature_store as store
 
     work = args.dir
@@ -247,7 +252,7 @@ def main() -> None:
         materialization(settings, store, postgres)
         online(settings, store, args.repeats)
         rng = np.random.default_rng(2)
-        _, hi = postgres.feature_time_range(settings)
+        _, hi = backend_for(settings).feature_time_range(list(FEATURE_TABLES))
         span = args.days * 86_400  # label times spread over the simulated period
         labels = pd.DataFrame(
             {
@@ -257,7 +262,7 @@ def main() -> None:
                 ),
             }
         ).assign(row=lambda df: np.arange(len(df)))
-        training(settings, store, profiles, labels)
+        training(settings, store, labels)
     finally:
         import redis
 

@@ -97,8 +97,3 @@ class Settings:
     def sql_path(self) -> Path:
         """The SQLite file of the embedded profile's SQL store (tracking, API keys, audit)."""
         return self.data_dir / "healthmate.db"
-
-    @property
-    def feature_store_yaml(self) -> Path:
-        name = "feature_store.yaml" if self.profile == "embedded" else "feature_store.production.yaml"
-        return self.repo_path / name

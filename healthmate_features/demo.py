@@ -11,12 +11,11 @@ from collections.abc import Callable
 
 import pandas as pd
 
-from healthmate_features.backends import postgres, profiles
-from healthmate_features.backends.sqlstore import open_store as open_sql_store
+from healthmate_features.backends import backend_for, open_sql_store
 from healthmate_features.config import Settings
 from healthmate_features.features.build import build_features
 from healthmate_features.raw.generate import generate
-from healthmate_features.raw.ingest import ingest
+from healthmate_features.raw.ingest import ingest_raw
 from healthmate_features.stores import feature_store as store
 from healthmate_features.tracking import Tracker
 from healthmate_features.training.builder import TrainingSetConfig, build_and_save, summary
@@ -24,16 +23,11 @@ from healthmate_features.training.builder import TrainingSetConfig, build_and_sa
 
 def demo_user(settings: Settings) -> int:
     """A user worth showing: one with a 7-day resting heart rate on the last day of data."""
-    import duckdb
-
-    query = "SELECT user_id FROM {} WHERE resting_heart_rate_mean_7d IS NOT NULL ORDER BY event_timestamp DESC, user_id LIMIT 1"
-    if settings.profile == "production":
-        with postgres.connect(settings) as conn:
-            rows = conn.execute(query.format(postgres.table_name(settings, "health_rolling"))).fetchall()
-    else:
-        rows = duckdb.sql(
-            query.format(f"read_parquet('{settings.features_dir / 'health_rolling.parquet'}')")
-        ).fetchall()
+    rows = backend_for(settings).query_feature_tables(
+        "SELECT user_id FROM {0} WHERE resting_heart_rate_mean_7d IS NOT NULL "
+        "ORDER BY event_timestamp DESC, user_id LIMIT 1",
+        "health_rolling",
+    )
     return int(rows[0][0]) if rows else 1
 
 
@@ -54,12 +48,6 @@ def summarize_frame(frame: pd.DataFrame, label: str) -> dict:
         "label_positive_rate": round(float(frame[label].mean()), 4),
         "missing_share": round(float(frame[features].isna().to_numpy().mean()), 4) if features else 0.0,
     }
-
-
-def _check_servers(settings: Settings) -> None:
-    """Create the database if needed, then check that Postgres and Redis answer."""
-    postgres.ensure_database(settings)
-    profiles.check_services(settings)
 
 
 def train_baseline(dataset) -> dict[str, float]:
@@ -97,7 +85,7 @@ def run_demo(
     and builds in Postgres and materializes into Redis.
     """
     raw = settings.raw_dir
-    production = settings.profile == "production"
+    backend = backend_for(settings)
     timings: dict[str, float] = {}
 
     def step(name: str, fn, *args, **kwargs):
@@ -107,24 +95,18 @@ def run_demo(
         timings[name] = round(time.perf_counter() - t0, 2)
         return out
 
-    if production:
-        echo(
-            f"    profile production: postgres {settings.pg_host}:{settings.pg_port}/{settings.pg_database} "
-            f"(schema {settings.pg_schema}), redis {settings.redis_url}"
-        )
-        step("check servers", _check_servers, settings)
+    description = backend.describe()
+    if description:
+        echo(f"    {description}")
+        step("check servers", backend.prepare_servers)
     counts = step("generate", generate, raw, users=users, days=days, seed=seed, progress=progress)
     echo("    " + ", ".join(f"{k}: {v:,}" for k, v in counts.items()))
-    if production:
-        reports, _ = step("ingest", postgres.ingest, raw, settings, progress=progress)
-    else:
-        reports = step("ingest", ingest, raw, settings.ingested_dir, progress=progress)
+    reports, _ = step("ingest", ingest_raw, raw, settings, progress=progress)
     for r in reports:
         echo(
             f"    {r.table}: {r.accepted:,} accepted, {r.rejected:,} rejected" + (f" {r.reasons}" if r.reasons else "")
         )
-    build = postgres.build_features if production else build_features
-    tables = step("build-features", build, raw, settings, progress=progress)
+    tables = step("build-features", build_features, raw, settings, progress=progress)
     echo("    " + ", ".join(f"{k}: {v:,}" for k, v in tables.items()))
     step("feast apply", store.apply, settings)
     start, end = step("materialize", store.materialize, settings)

@@ -166,7 +166,7 @@ def metric_direction(metric: str, higher_is_better: Mapping[str, bool] | None = 
 
 
 class Tracker:
-    """Logs and queries model metrics in a SQL store (see `sqlstore.open_store`)."""
+    """Logs and queries model metrics in a SQL store (see `backends.open_sql_store`)."""
 
     def __init__(self, store: SqlStore) -> None:
         self.store = store

@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from healthmate_features.access.audit import AuditLog
 from healthmate_features.access.keys import ApiKeys
 from healthmate_features.api.app import PREFIX, create_app
-from healthmate_features.backends.sqlstore import open_store
+from healthmate_features.backends import open_sql_store
 from healthmate_features.config import Settings
 from healthmate_features.stores import feature_store as store
 from healthmate_features.tracking import Tracker
@@ -65,7 +65,7 @@ def env(tmp_path_factory):
     """150 generated users x 200 days, ingested, built, applied and materialized; keys and runs."""
     settings = tiny.generated_repo(tmp_path_factory.mktemp("api"), users=150, days=200, seed=11)
     store.materialize(settings)
-    with open_store(settings) as sql:
+    with open_sql_store(settings) as sql:
         keys = ApiKeys(sql)
         secrets = {
             "admin": keys.create_key("admin", name="test-admin").secret,
@@ -212,7 +212,7 @@ def test_feature_set_is_validated_applied_and_survives_the_next_feast_apply(env)
         {"name": "sleep_risk_v1", "features": ["profile:age_years"], "description": "sleep and age"}
     ]
     tiny.feast_apply(env.settings.repo_path)  # from the repository, as a developer would
-    service = store.open_store(env.settings).get_feature_service("sleep_risk_v1")
+    service = store.open_feature_store(env.settings).get_feature_service("sleep_risk_v1")
     assert [(p.name, [f.name for f in p.features]) for p in service.feature_view_projections] == [
         ("profile", ["age_years"])
     ]

@@ -10,7 +10,7 @@ from sqlbackends import backend_settings  # noqa: F401  (fixture)
 
 from healthmate_features.access.audit import AuditLog
 from healthmate_features.access.keys import ApiKeys, Principal
-from healthmate_features.backends.sqlstore import open_store
+from healthmate_features.backends import open_sql_store
 from healthmate_features.errors import ApiKeyError, AuditError, AuthError
 
 T0 = datetime(2024, 5, 1, 9, 0, tzinfo=timezone.utc)
@@ -18,7 +18,7 @@ T0 = datetime(2024, 5, 1, 9, 0, tzinfo=timezone.utc)
 
 @pytest.fixture
 def store(backend_settings):
-    with open_store(backend_settings) as store:
+    with open_sql_store(backend_settings) as store:
         yield store
 
 
@@ -247,7 +247,7 @@ def test_cli_keys_create_list_revoke(backend_settings):
     assert key_id in run("list", "--active") and user["key_id"] not in run("list", "--active")
     assert "no API key with id 'hmk_nope'" in run("revoke", "hmk_nope", ok=False)
 
-    with open_store(backend_settings) as store:  # what the CLI printed is what the API accepts
+    with open_sql_store(backend_settings) as store:  # what the CLI printed is what the API accepts
         keys = ApiKeys(store)
         assert keys.authenticate(secret).role == "admin"
         with pytest.raises(AuthError, match="revoked"):

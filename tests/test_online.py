@@ -20,9 +20,10 @@ import tiny
 from conftest import PG_HINT, REDIS_HINT, _require
 from sqlbackends import settings_for_dsn
 
-from healthmate_features.backends import postgres
 from healthmate_features.config import Settings
 from healthmate_features.errors import FeatureServiceNotFoundError, OnlineReadError
+from healthmate_features.features.build import build_features
+from healthmate_features.raw.ingest import ingest_raw
 from healthmate_features.stores import feature_store as store
 from healthmate_features.stores.online import OnlineReader
 
@@ -65,8 +66,8 @@ def prod(tmp_path_factory):
     try:
         settings = replace(settings_for_dsn(f"host={host} port={port} user={user} dbname={name}", repo), redis_url=url)
         raw = tiny.write_raw(repo / "raw", small.raw_tables())
-        postgres.ingest(raw, settings)
-        postgres.build_features(raw, settings)
+        ingest_raw(raw, settings)
+        build_features(raw, settings)
         store.apply(settings)
         store.materialize(settings)
         yield settings
@@ -83,7 +84,7 @@ def prod(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def feast(prod):
-    return store.open_store(prod)
+    return store.open_feature_store(prod)
 
 
 @pytest.fixture(scope="module")

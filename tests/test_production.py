@@ -23,12 +23,13 @@ import small
 import tiny
 from sqlbackends import settings_env, settings_for_dsn
 
-from healthmate_features.backends import postgres
+from healthmate_features.backends import backend_for, postgres, production
 from healthmate_features.config import Settings
 from healthmate_features.errors import NotIngestedError, ServiceUnavailableError
+from healthmate_features.features import build as features_build
 from healthmate_features.features.build import build_features
 from healthmate_features.features.catalog import FEATURE_TABLES
-from healthmate_features.raw.ingest import ingest
+from healthmate_features.raw.ingest import check_raw_store, ingest, ingest_raw
 from healthmate_features.stores import feature_store as store
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
@@ -114,8 +115,8 @@ def assert_same_online(left: dict, right: dict, what: str) -> None:
 
 
 def load_and_build(raw, settings: Settings) -> None:
-    postgres.ingest(raw, settings)
-    postgres.build_features(raw, settings)
+    ingest_raw(raw, settings)
+    build_features(raw, settings)
 
 
 @pytest.mark.slow
@@ -127,9 +128,9 @@ def test_production_profile_equals_embedded(prod):
     store.apply(embedded)
     store.materialize(embedded)
 
-    reports, loaded = postgres.ingest(raw, prod)
+    reports, loaded = ingest_raw(raw, prod)
     assert loaded == {r.table: r.accepted for r in reports}
-    counts = postgres.build_features(raw, prod)
+    counts = build_features(raw, prod)
     plain_feast_apply(prod)
     store.materialize(prod)
 
@@ -157,14 +158,14 @@ def test_production_profile_equals_embedded(prod):
 
 def test_ingest_replaces_atomically_and_never_duplicates(prod, monkeypatch):
     raw = tiny.write_raw(prod.repo_path / "raw")
-    _, first = postgres.ingest(raw, prod)
-    _, again = postgres.ingest(raw, prod)
+    _, first = ingest_raw(raw, prod)
+    _, again = ingest_raw(raw, prod)
     assert first == again and {name: count(prod, name) for name in first} == first
 
     changed = tiny.raw_tables()
     changed["health_readings"] = changed["health_readings"].iloc[:50]
     tiny.write_raw(raw, changed)
-    real_copy = postgres._copy_parquet
+    real_copy = production._copy_parquet
 
     def copy_then_fail(cur, dest, *args, **kwargs):
         rows = real_copy(cur, dest, *args, **kwargs)
@@ -172,14 +173,14 @@ def test_ingest_replaces_atomically_and_never_duplicates(prod, monkeypatch):
             raise KeyboardInterrupt("interrupted after copying health_readings")
         return rows
 
-    monkeypatch.setattr(postgres, "_copy_parquet", copy_then_fail)
+    monkeypatch.setattr(production, "_copy_parquet", copy_then_fail)
     with pytest.raises(KeyboardInterrupt):
-        postgres.ingest(raw, prod)
+        ingest_raw(raw, prod)
     assert {name: count(prod, name) for name in first} == first  # the previous load, whole
     with pytest.raises(NotIngestedError, match="'health_readings' .* changed since it was ingested into Postgres"):
-        postgres.check_loaded(raw, prod)
-    monkeypatch.setattr(postgres, "_copy_parquet", real_copy)
-    _, rerun = postgres.ingest(raw, prod, batch_rows=7)  # several COPY chunks per table
+        check_raw_store(raw, prod)
+    monkeypatch.setattr(production, "_copy_parquet", real_copy)
+    _, rerun = ingest_raw(raw, prod, batch_rows=7)  # several COPY chunks per table
     assert rerun["health_readings"] == 50 and count(prod, "health_readings") == 50
     with postgres.connect(prod) as conn:
         leftovers = conn.execute("SELECT count(*) FROM pg_tables WHERE tablename LIKE '%%__load'").fetchone()[0]
@@ -189,7 +190,7 @@ def test_ingest_replaces_atomically_and_never_duplicates(prod, monkeypatch):
 @pytest.mark.slow
 def test_killed_ingest_keeps_the_previous_load_and_a_rerun_completes(prod):
     raw = tiny.write_raw(prod.repo_path / "raw")
-    _, first = postgres.ingest(raw, prod)
+    _, first = ingest_raw(raw, prod)
     big = tiny.raw_tables()
     readings = big["health_readings"]
     big["health_readings"] = pd.concat([readings] * 6000, ignore_index=True)  # ~500k rows: COPY takes a while
@@ -232,7 +233,7 @@ def test_killed_ingest_keeps_the_previous_load_and_a_rerun_completes(prod):
 def test_build_features_swaps_all_tables_in_one_transaction_with_indexes(prod, monkeypatch):
     raw = tiny.write_raw(prod.repo_path / "raw")
     with pytest.raises(NotIngestedError, match="no raw data was loaded into Postgres"):
-        postgres.build_features(raw, prod)
+        build_features(raw, prod)
     load_and_build(raw, prod)
     before = {name: count(prod, name) for name in FEATURE_TABLES}
     with postgres.connect(prod) as conn:
@@ -247,16 +248,16 @@ def test_build_features_swaps_all_tables_in_one_transaction_with_indexes(prod, m
     shorter["health_readings"] = shorter["health_readings"][shorter["health_readings"].recorded_at < tiny.day(20)]
     shorter["app_events"] = shorter["app_events"][shorter["app_events"]["at"] < tiny.day(20)]
     tiny.write_raw(raw, shorter)
-    postgres.ingest(raw, prod)
+    ingest_raw(raw, prod)
     broken = dict(FEATURE_TABLES)
     last = list(broken)[-1]
     broken[last] = replace(broken[last], sql="SELECT no_such_column FROM hm_user_day")
-    monkeypatch.setattr(postgres, "FEATURE_TABLES", broken)
+    monkeypatch.setattr(features_build, "FEATURE_TABLES", broken)
     with pytest.raises(Exception, match="no_such_column"):
-        postgres.build_features(raw, prod)
+        build_features(raw, prod)
     assert {name: count(prod, name) for name in FEATURE_TABLES} == before  # nothing swapped in
-    monkeypatch.setattr(postgres, "FEATURE_TABLES", FEATURE_TABLES)
-    after = postgres.build_features(raw, prod)
+    monkeypatch.setattr(features_build, "FEATURE_TABLES", FEATURE_TABLES)
+    after = build_features(raw, prod)
     assert after["health_daily"] < before["health_daily"] and after == {
         name: count(prod, name) for name in FEATURE_TABLES
     }
@@ -265,7 +266,7 @@ def test_build_features_swaps_all_tables_in_one_transaction_with_indexes(prod, m
 def redis_keys(settings: Settings) -> int:
     import redis
 
-    project = store.open_store(settings).config.project
+    project = store.open_feature_store(settings).config.project
     client = redis.Redis.from_url(settings.redis_url)
     try:
         return sum(1 for _ in client.scan_iter(match=f"*{project}", count=1000))
@@ -322,7 +323,7 @@ def test_materialization_full_incremental_and_interrupted(prod, monkeypatch):
 
 
 def test_redis_failure_inside_feast_is_a_clear_error(prod, monkeypatch):
-    from healthmate_features.backends import profiles
+    from healthmate_features.backends import redis as hm_redis
 
     raw = tiny.write_raw(prod.repo_path / "raw")
     load_and_build(raw, prod)
@@ -332,7 +333,7 @@ def test_redis_failure_inside_feast_is_a_clear_error(prod, monkeypatch):
     with pytest.raises(ServiceUnavailableError, match=r"Redis at 127.0.0.1:1/0 \(HM_REDIS_URL\) is unreachable"):
         store.online_features(closed, 1)  # the check before Feast
     assert time.monotonic() - start < 5
-    monkeypatch.setattr(profiles, "check_redis", lambda settings: None)
+    monkeypatch.setattr(hm_redis, "check_redis", lambda settings: None)
     start = time.monotonic()
     with pytest.raises(ServiceUnavailableError, match="Redis at 127.0.0.1:1/0.*Connection refused"):
         store.materialize(closed)  # inside Feast's own Redis client: redis-py retries 3 times first
@@ -342,14 +343,13 @@ def test_redis_failure_inside_feast_is_a_clear_error(prod, monkeypatch):
 def test_our_point_in_time_join_equals_feasts_postgres_store(prod):
     from feast import FeatureStore
 
-    from healthmate_features.backends import profiles
 
     raw = tiny.write_raw(prod.repo_path / "raw", small.raw_tables(users=8, days=60))
     load_and_build(raw, prod)
     store.apply(prod)
-    ours = store.open_store(prod)
+    ours = store.open_feature_store(prod)
     feasts = FeatureStore(
-        repo_path=str(prod.repo_path), config=profiles.repo_config(prod, offline_store={"type": "postgres"})
+        repo_path=str(prod.repo_path), config=backend_for(prod).feast_config(offline_store={"type": "postgres"})
     )
     assert type(ours._get_provider().offline_store).__name__ == "LateralPostgreSQLOfflineStore"
     assert type(feasts._get_provider().offline_store).__name__ == "PostgreSQLOfflineStore"
@@ -401,7 +401,7 @@ def test_a_missing_database_is_named_and_created_by_ingest(prod):
     ):
         postgres.connect(fresh)
     try:
-        postgres.ingest(tiny.write_raw(prod.repo_path / "raw"), fresh)
+        ingest_raw(tiny.write_raw(prod.repo_path / "raw"), fresh)
         assert count(fresh, "users") == 2
     finally:
         with postgres.connect(replace(prod, pg_database="postgres"), autocommit=True) as conn:

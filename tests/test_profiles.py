@@ -11,14 +11,21 @@ import pytest
 import tiny
 from click.testing import CliRunner
 
-from healthmate_features.backends import postgres, profiles
+from healthmate_features.backends import backend_for, postgres
+from healthmate_features.backends import redis as hm_redis
 from healthmate_features.cli import main
 from healthmate_features.config import Settings
 from healthmate_features.errors import ConfigError, ServiceUnavailableError
 from healthmate_features.features import definitions as repo
+from healthmate_features.features.build import build_features
+from healthmate_features.raw.ingest import ingest_raw
 from healthmate_features.stores import feature_store as store
 
 CLOSED = 1  # nothing listens on port 1: connection refused at once
+
+
+def feast_config(settings: Settings):
+    return backend_for(settings).feast_config()
 
 
 def production(tmp_path, **overrides) -> Settings:
@@ -34,7 +41,7 @@ def clean_env(monkeypatch):
 
 
 def test_production_yaml_is_filled_from_settings_with_localhost_defaults(tmp_path, clean_env):
-    config = profiles.repo_config(Settings.from_env(repo_path=tiny.copy_repo(tmp_path / "repo"), profile="production"))
+    config = feast_config(Settings.from_env(repo_path=tiny.copy_repo(tmp_path / "repo"), profile="production"))
     assert (config.offline_store.host, config.offline_store.port, config.offline_store.sslmode) == (
         "127.0.0.1",
         5432,
@@ -57,7 +64,7 @@ def test_secrets_come_from_the_environment_and_are_quoted_where_they_go(tmp_path
     clean_env.setenv("HM_PG_PASSWORD", 'p@ss:w/rd"#')
     clean_env.setenv("HM_REDIS_URL", "rediss://app:s3cret@cache.internal:6380/3")
     clean_env.setenv("HM_CONNECT_TIMEOUT_S", "2.5")
-    config = profiles.repo_config(Settings.from_env(repo_path=tiny.copy_repo(tmp_path / "repo"), profile="production"))
+    config = feast_config(Settings.from_env(repo_path=tiny.copy_repo(tmp_path / "repo"), profile="production"))
     assert config.offline_store.password == 'p@ss:w/rd"#'
     assert "postgres:p%40ss%3Aw%2Frd%22%23@" in config.registry.path and "connect_timeout=3" in config.registry.path
     assert config.online_store.connection_string == (
@@ -70,11 +77,11 @@ def test_secrets_come_from_the_environment_and_are_quoted_where_they_go(tmp_path
 def test_bad_redis_url_and_unknown_placeholder_are_config_errors(tmp_path):
     settings = production(tmp_path, redis_url="http://127.0.0.1:6379")
     with pytest.raises(ConfigError, match="HM_REDIS_URL 'http://127.0.0.1:6379' is not a redis://"):
-        profiles.repo_config(settings)
+        feast_config(settings)
     yaml_path = settings.repo_path / "feature_store.production.yaml"
     yaml_path.write_text(yaml_path.read_text().replace("${HM_PG_HOST}", "${HM_PG_HOSTNAME}"))
     with pytest.raises(ConfigError, match=r"uses \$\{HM_PG_HOSTNAME\}, which is not a setting"):
-        profiles.repo_config(replace(settings, redis_url="redis://127.0.0.1:6379/0"))
+        feast_config(replace(settings, redis_url="redis://127.0.0.1:6379/0"))
 
 
 def test_env_command_prints_what_the_plain_feast_cli_needs(clean_env):
@@ -104,11 +111,11 @@ def _fails_fast(fn, match: str, limit_s: float) -> None:
 def test_unreachable_postgres_is_a_clear_error_within_the_timeout(tmp_path):
     settings = production(tmp_path, pg_port=CLOSED, connect_timeout_s=2)
     expected = r"PostgreSQL at 127.0.0.1:1 \(database healthmate, user postgres; HM_PG_\*\) is unreachable.*docker compose up -d postgres"
-    _fails_fast(lambda: store.open_store(settings), expected, 5)
+    _fails_fast(lambda: store.open_feature_store(settings), expected, 5)
     _fails_fast(lambda: store.online_features(settings, 1), expected, 5)
-    _fails_fast(lambda: postgres.build_features(tmp_path, settings), expected, 5)
+    _fails_fast(lambda: build_features(tmp_path, settings), expected, 5)
     raw = tiny.write_raw(tmp_path / "raw")
-    _fails_fast(lambda: postgres.ingest(raw, settings), expected, 5)  # before validating
+    _fails_fast(lambda: ingest_raw(raw, settings), expected, 5)  # before validating
     assert not settings.ingested_dir.exists()
 
 
@@ -127,7 +134,7 @@ def test_a_server_that_never_answers_times_out_instead_of_hanging(tmp_path, sile
         tmp_path, pg_port=silent_port, redis_url=f"redis://127.0.0.1:{silent_port}/0", connect_timeout_s=2
     )
     _fails_fast(lambda: postgres.connect(settings), f"PostgreSQL at 127.0.0.1:{silent_port} .* within 2 s", 6)
-    _fails_fast(lambda: profiles.check_redis(settings), f"Redis at 127.0.0.1:{silent_port}/0 .* within 2 s", 6)
+    _fails_fast(lambda: hm_redis.check_redis(settings), f"Redis at 127.0.0.1:{silent_port}/0 .* within 2 s", 6)
 
 
 def test_cli_reports_an_unreachable_server_as_an_error_message(tmp_path, clean_env):

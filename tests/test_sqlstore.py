@@ -9,7 +9,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlbackends import backend_settings  # noqa: F401  (fixture)
 
-from healthmate_features.backends.sqlstore import MIGRATIONS, SqlStore, open_store, read_json, read_ts
+from healthmate_features.backends import open_sql_store
+from healthmate_features.backends.sqlstore import MIGRATIONS, SqlStore, read_json, read_ts
 from healthmate_features.config import Settings
 from healthmate_features.errors import ServiceUnavailableError, StoreError
 
@@ -34,11 +35,11 @@ def _columns(store: SqlStore) -> dict[str, list[str]]:
 
 
 def test_migrations_apply_in_order_once(backend_settings):
-    with open_store(backend_settings, migrate=False) as store:
+    with open_sql_store(backend_settings, migrate=False) as store:
         assert store.migrate() == [m.number for m in MIGRATIONS]
         assert store.migrate() == []
         assert store.applied_migrations() == [m.number for m in MIGRATIONS]
-    with open_store(backend_settings) as store:  # reopening migrates nothing
+    with open_sql_store(backend_settings) as store:  # reopening migrates nothing
         assert store.applied_migrations() == [m.number for m in MIGRATIONS]
         assert set(_columns(store)) == TABLES
 
@@ -46,13 +47,13 @@ def test_migrations_apply_in_order_once(backend_settings):
 def test_same_schema_on_both_backends(tmp_path, pg_dsn):
     from sqlbackends import settings_for_dsn
 
-    with open_store(Settings.from_env(repo_path=tmp_path, profile="embedded")) as lite:
-        with open_store(settings_for_dsn(pg_dsn, tmp_path)) as pg:
+    with open_sql_store(Settings.from_env(repo_path=tmp_path, profile="embedded")) as lite:
+        with open_sql_store(settings_for_dsn(pg_dsn, tmp_path)) as pg:
             assert _columns(lite) == _columns(pg)
 
 
 def test_newer_database_is_refused(backend_settings):
-    with open_store(backend_settings) as store:
+    with open_sql_store(backend_settings) as store:
         store.execute(
             "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
             (999, "from the future", datetime.now(timezone.utc)),
@@ -63,7 +64,7 @@ def test_newer_database_is_refused(backend_settings):
 
 def test_values_round_trip_and_placeholders(backend_settings):
     at = datetime(2024, 3, 1, 12, 30, tzinfo=timezone(timedelta(hours=2)))
-    with open_store(backend_settings) as store:
+    with open_sql_store(backend_settings) as store:
         run_id = store.insert(
             "INSERT INTO model_runs (model_name, model_version, dataset_name, dataset_version,"
             " environment, logged_at, params) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -76,7 +77,7 @@ def test_values_round_trip_and_placeholders(backend_settings):
 
 
 def test_transaction_rolls_back(backend_settings):
-    with open_store(backend_settings) as store:
+    with open_sql_store(backend_settings) as store:
         with pytest.raises(RuntimeError):
             with store.transaction():
                 store.execute(
@@ -89,7 +90,7 @@ def test_transaction_rolls_back(backend_settings):
 
 def test_embedded_store_lives_under_data(tmp_path):
     settings = Settings.from_env(repo_path=tmp_path, profile="embedded")
-    with open_store(settings):
+    with open_sql_store(settings):
         pass
     assert settings.sql_path == tmp_path / "data" / "healthmate.db"
     assert settings.sql_path.exists()
@@ -105,7 +106,7 @@ def test_unreachable_postgres_names_host_port_and_fix(tmp_path):
     port = _free_port()  # nothing listens there
     settings = Settings.from_env(repo_path=tmp_path, profile="production", pg_port=port)
     with pytest.raises(ServiceUnavailableError, match=rf"127\.0\.0\.1:{port}.*HM_PG_HOST"):
-        open_store(settings)
+        open_sql_store(settings)
 
 
 def test_silent_postgres_times_out(tmp_path):
@@ -116,7 +117,7 @@ def test_silent_postgres_times_out(tmp_path):
         settings = Settings.from_env(repo_path=tmp_path, profile="production", pg_port=port, connect_timeout_s=1)
         started = time.monotonic()
         with pytest.raises(ServiceUnavailableError, match=rf"127\.0\.0\.1:{port}"):
-            open_store(settings)
+            open_sql_store(settings)
         assert time.monotonic() - started < 10
 
 
@@ -124,7 +125,7 @@ def test_concurrent_first_use_migrates_once(backend_settings):
     from concurrent.futures import ThreadPoolExecutor
 
     def first_use(_):
-        with open_store(backend_settings) as store:
+        with open_sql_store(backend_settings) as store:
             return store.applied_migrations()
 
     with ThreadPoolExecutor(max_workers=4) as pool:
@@ -136,7 +137,7 @@ def test_lost_postgres_connection_is_reported_then_reopened(tmp_path, pg_dsn):
     import psycopg
     from sqlbackends import settings_for_dsn
 
-    with open_store(settings_for_dsn(pg_dsn, tmp_path)) as store:
+    with open_sql_store(settings_for_dsn(pg_dsn, tmp_path)) as store:
         pid = store.query("SELECT pg_backend_pid() AS pid")[0]["pid"]
         with psycopg.connect(pg_dsn, autocommit=True) as admin:
             admin.execute("SELECT pg_terminate_backend(%s)", (pid,))

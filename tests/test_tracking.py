@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlbackends import backend_settings  # noqa: F401  (fixture)
 
-from healthmate_features.backends.sqlstore import open_store
+from healthmate_features.backends import open_sql_store
 from healthmate_features.errors import TrackingError
 from healthmate_features.tracking import DatasetRef, Tracker, metric_direction
 
@@ -16,7 +16,7 @@ T0 = datetime(2024, 5, 1, 9, 0, tzinfo=timezone.utc)
 
 @pytest.fixture
 def tracker(backend_settings):
-    with open_store(backend_settings) as store:
+    with open_sql_store(backend_settings) as store:
         yield Tracker(store)
 
 

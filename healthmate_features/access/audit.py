@@ -44,7 +44,7 @@ class AuditEntry:
 
 
 class AuditLog:
-    """Writes and queries the audit_log table of a SQL store (see `sqlstore.open_store`)."""
+    """Writes and queries the audit_log table of a SQL store (see `backends.open_sql_store`)."""
 
     def __init__(self, store: SqlStore) -> None:
         self.store = store

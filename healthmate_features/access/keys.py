@@ -83,7 +83,7 @@ _DUMMY_DIGEST = _digest("hmk_0000000000000000.unknown")
 
 
 class ApiKeys:
-    """Creates, checks, lists and revokes API keys in a SQL store (see `sqlstore.open_store`)."""
+    """Creates, checks, lists and revokes API keys in a SQL store (see `backends.open_sql_store`)."""
 
     def __init__(self, store: SqlStore) -> None:
         self.store = store

@@ -52,8 +52,8 @@ from healthmate_features.api.models import (
     TrainingSetConfigBody,
 )
 from healthmate_features.api.preprocess import DatasetCache, transform_records
+from healthmate_features.backends import open_sql_store
 from healthmate_features.backends.sqlstore import SqlStore
-from healthmate_features.backends.sqlstore import open_store as open_sql_store
 from healthmate_features.config import Settings
 from healthmate_features.errors import (
     AuditError,

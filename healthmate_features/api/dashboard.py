@@ -49,7 +49,7 @@ def summary(settings: Settings, *, tracker: Tracker, registry: DatasetRegistry |
     """Counts and freshness of feature views, feature services, datasets and model results.
 
     Reads the Feast registry, the dataset registry and the tracking tables; changes nothing."""
-    fs = store.open_store(settings)
+    fs = store.open_feature_store(settings)
     views = feature_view_status(fs)
     services = [
         {

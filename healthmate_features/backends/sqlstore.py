@@ -1,6 +1,6 @@
 """One SQL store for model tracking, API keys and audit: SQLite (embedded) or Postgres (production).
 
-`open_store(settings)` connects (with a timeout) and applies the package's numbered migrations,
+`backends.open_sql_store(settings)` connects (with a timeout) and applies the package's numbered migrations,
 recorded in `schema_migrations`, so both backends hold the same tables. Callers write SQL once,
 with `?` placeholders; this module is the only place that knows how the two drivers differ
 (paramstyle, column types, timestamps, JSON, inserted ids, transactions).
@@ -9,7 +9,6 @@ with `?` placeholders; this module is the only place that knows how the two driv
 from __future__ import annotations
 
 import json
-import math
 import re
 import sqlite3
 import threading
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from healthmate_features.config import Settings
-from healthmate_features.errors import ServiceUnavailableError, StoreError
+from healthmate_features.errors import NotIngestedError, ServiceUnavailableError, StoreError
 
 # Column types that differ between dialects; migration statements name them as {id}, {ts}, ...
 TYPES = {
@@ -181,7 +180,7 @@ def _enable_wal(conn: sqlite3.Connection, timeout_s: float) -> None:
 
 
 class SqlStore:
-    """A DB-API connection and its dialect ("sqlite" or "postgres"). Build with `open_store`.
+    """A DB-API connection and its dialect ("sqlite" or "postgres"). Build with `backends.open_sql_store(settings)`.
 
     Calls are serialized by a lock, so one store may be shared by a web app's threads.
     """
@@ -217,57 +216,34 @@ class SqlStore:
         return cls(connect, "sqlite", f"SQLite {path}")
 
     @classmethod
-    def postgres(
-        cls,
-        *,
-        host: str,
-        port: int,
-        user: str,
-        dbname: str,
-        password: str = "",
-        schema: str = "healthmate",
-        timeout_s: float = 5.0,
-        sslmode: str = "prefer",
-    ) -> SqlStore:
-        """Connect to Postgres with psycopg 3; tables live in `schema` (created by `migrate`).
+    def postgres(cls, settings: Settings) -> SqlStore:
+        """Connect to the settings' Postgres (backends.postgres.connect); tables live in HM_PG_SCHEMA.
 
-        Raises ServiceUnavailableError naming host:port when the server cannot be reached
-        within `timeout_s` (libpq's minimum is 2 s)."""
-        import psycopg
+        Raises ServiceUnavailableError naming host:port and the fix when the server cannot be
+        reached within the connect timeout, StoreError for a schema name that is not a plain identifier."""
         from psycopg.rows import dict_row
 
+        from healthmate_features.backends import postgres
+
+        schema = settings.pg_schema
         if not _IDENTIFIER.match(schema):
             raise StoreError(
                 f"Postgres schema name {schema!r} (HM_PG_SCHEMA) is not a plain identifier; "
                 "use lowercase letters, digits and underscores"
             )
-        where = f"{host}:{port}"
-        kwargs = dict(
-            host=host,
-            port=port,
-            user=user,
-            dbname=dbname,
-            connect_timeout=max(2, math.ceil(timeout_s)),
-            options=f"-c search_path={schema} -c TimeZone=UTC",
-            application_name="healthmate-features",
-            sslmode=sslmode,
-        )
-        if password:
-            kwargs["password"] = password
 
-        def connect():
+        def connect() -> Any:
             try:
-                return psycopg.connect(**kwargs, autocommit=True, row_factory=dict_row)
-            except psycopg.OperationalError as exc:
-                reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-                raise ServiceUnavailableError(
-                    f"PostgreSQL at {where} (database {dbname!r}, user {user!r}) could not be "
-                    f"reached within {kwargs['connect_timeout']} s: {reason}; start the server "
-                    "or point HM_PG_HOST/HM_PG_PORT/HM_PG_USER/HM_PG_DATABASE at one "
-                    "(or use HM_PROFILE=embedded for the SQLite store)"
-                ) from exc
+                return postgres.connect(settings, autocommit=True, search_path=schema, row_factory=dict_row)
+            except NotIngestedError as exc:  # the database does not exist: the server is there, the store is not
+                raise ServiceUnavailableError(str(exc)) from exc
 
-        return cls(connect, "postgres", f"PostgreSQL {where}/{dbname}", schema=schema)
+        return cls(
+            connect,
+            "postgres",
+            f"PostgreSQL {settings.pg_host}:{settings.pg_port}/{settings.pg_database}",
+            schema=schema,
+        )
 
     # -- statements -------------------------------------------------------------------------
 
@@ -406,32 +382,3 @@ class SqlStore:
                         "server is running (the next call reconnects)"
                     ) from exc
                 raise
-
-
-def open_store(settings: Settings, *, migrate: bool = True) -> SqlStore:
-    """Connect to the profile's SQL store and (by default) apply pending migrations.
-
-    Embedded profile: SQLite at `settings.sql_path` (data/healthmate.db, created with its
-    directory). Production profile: Postgres from the HM_PG_* settings, tables in HM_PG_SCHEMA.
-    """
-    if settings.profile == "production":
-        store = SqlStore.postgres(
-            host=settings.pg_host,
-            port=settings.pg_port,
-            user=settings.pg_user,
-            password=settings.pg_password,
-            dbname=settings.pg_database,
-            schema=settings.pg_schema,
-            timeout_s=settings.connect_timeout_s,
-            sslmode=settings.pg_sslmode,
-        )
-    else:
-        settings.sql_path.parent.mkdir(parents=True, exist_ok=True)
-        store = SqlStore.sqlite(settings.sql_path, timeout_s=settings.connect_timeout_s)
-    if migrate:
-        try:
-            store.migrate()
-        except BaseException:
-            store.close()
-            raise
-    return store

@@ -19,12 +19,14 @@ import hashlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from healthmate_features.errors import DatasetVersionError
+from healthmate_features.util.files import atomic_path
 
 #: Identifies the canonical serialization below; bump it if the encoding ever changes.
 HASH_SCHEME = "healthmate-canonical-v1"
@@ -72,6 +74,21 @@ class ProcessedDataset:
             value = getattr(self, name)
             if value is not None:
                 yield name, value
+
+    def write_parquet(self, directory: str | Path) -> list[Path]:
+        """Write every split as `<directory>/<split>.parquet` (created if needed; each file replaced atomically).
+
+        Series become one-column frames. Returns the paths written, in the fixed split order.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        written = []
+        for split, value in self.frames():
+            frame = value.to_frame() if isinstance(value, pd.Series) else value
+            with atomic_path(directory / f"{split}.parquet") as tmp:
+                frame.to_parquet(tmp)
+            written.append(directory / f"{split}.parquet")
+        return written
 
     def __repr__(self) -> str:
         joined = "with" if self.joined_train is not None else "without"

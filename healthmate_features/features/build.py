@@ -1,28 +1,32 @@
-"""Run the feature SQL of `features.py` in DuckDB over ingested tables; write the feature tables.
+"""Build the feature tables: the catalog's SQL, run by the profile's backend over the ingested raw tables.
 
 `build_features(raw_dir, settings)` refuses raw data that was not ingested (or changed since),
-then writes one Parquet file per feature table into `settings.features_dir`, each replaced
-atomically. The same SQL runs inside Postgres in the production profile.
+then hands PREPARE_SQL and every table's typed SELECT of `features.catalog` to the backend:
+DuckDB writing `data/features/<table>.parquet` (embedded), or the very same SQL inside Postgres
+replacing `<HM_PG_SCHEMA>.<table>` (production). Either way every table is replaced atomically.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
-import duckdb
-
+from healthmate_features.backends import FeatureBuild, backend_for
 from healthmate_features.config import Settings
-from healthmate_features.features.catalog import FEATURE_TABLES, PREPARE_SQL
-from healthmate_features.raw.ingest import check_ingested
+from healthmate_features.features.catalog import FEATURE_TABLES, PREPARE_SQL, SCRATCH_TABLES
+from healthmate_features.raw.ingest import check_raw_store
 
+# The raw tables the feature SQL reads, by the placeholder it names them with.
 SOURCE_NAMES = {"users": "users", "readings": "health_readings", "events": "app_events"}
 
 
-def render(sql: str, tables: dict[str, str]) -> str:
-    """Substitute the engine's table names for the `{users}`, `{readings}`, `{events}` placeholders."""
-    return sql.format(**tables)
+def feature_build() -> FeatureBuild:
+    """What a build runs: the catalog's preparation SQL and one typed SELECT per feature table."""
+    return FeatureBuild(
+        prepare_sql=tuple(PREPARE_SQL),
+        scratch_tables=SCRATCH_TABLES,
+        tables={table.name: table.typed_sql() for table in FEATURE_TABLES.values()},
+        sources=SOURCE_NAMES,
+    )
 
 
 def build_features(
@@ -34,45 +38,9 @@ def build_features(
 ) -> dict[str, int]:
     """Compute every feature table from the ingest of `raw_dir`; return row counts per table.
 
-    Side effects: writes `<features_dir>/<table>.parquet` for each table in FEATURE_TABLES.
-    Raises NotIngestedError when `raw_dir` was not ingested into `settings.ingested_dir`.
+    Side effects: replaces every table of FEATURE_TABLES in the profile's feature store
+    (`backend.feature_table_label(table)` says where). `memory_limit` bounds DuckDB (embedded).
+    Raises NotIngestedError when `raw_dir`, as it is now, is not what the raw tables hold.
     """
-    check_ingested(raw_dir, settings.ingested_dir)
-    out_dir = settings.features_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect()
-    try:
-        con.execute("SET TimeZone = 'UTC'")
-        con.execute("SET preserve_insertion_order = false")
-        if memory_limit:
-            con.execute(f"SET memory_limit = '{memory_limit}'")
-        tables = {}
-        for placeholder, name in SOURCE_NAMES.items():
-            path = settings.ingested_dir / f"{name}.parquet"
-            con.execute(f"CREATE VIEW raw_{name} AS SELECT * FROM read_parquet('{path}')")
-            tables[placeholder] = f"raw_{name}"
-        from tqdm import tqdm
-
-        steps = tqdm(
-            total=len(PREPARE_SQL) + len(FEATURE_TABLES), desc="build-features", unit="step", disable=not progress
-        )
-        for sql in PREPARE_SQL:
-            con.execute(render(sql, tables))
-            steps.update()
-        counts = {}
-        for table in FEATURE_TABLES.values():
-            steps.set_postfix_str(table.name)
-            dest = out_dir / f"{table.name}.parquet"
-            fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=out_dir)
-            os.close(fd)
-            try:
-                con.execute(f"COPY ({render(table.typed_sql(), tables)}) TO '{tmp}' (FORMAT parquet, COMPRESSION zstd)")
-                counts[table.name] = con.execute(f"SELECT count(*) FROM read_parquet('{tmp}')").fetchone()[0]
-                os.replace(tmp, dest)
-            finally:
-                Path(tmp).unlink(missing_ok=True)
-            steps.update()
-        steps.close()
-    finally:
-        con.close()
-    return counts
+    check_raw_store(raw_dir, settings)
+    return backend_for(settings).build_feature_tables(feature_build(), progress=progress, memory_limit=memory_limit)

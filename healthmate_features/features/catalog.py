@@ -445,6 +445,7 @@ JOIN {{users}} u ON u.user_id = s.user_id
 
 # Run in order before any feature table: the dense user x day grid and the daily health table.
 PREPARE_SQL = (USER_DAY_SQL, _health_daily_prepare_sql())
+SCRATCH_TABLES = ("hm_user_day", "hm_health_daily")  # the temporary tables PREPARE_SQL creates, in order
 FEATURE_TABLES: dict[str, FeatureTable] = {
     t.name: t
     for t in (

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from feast import FeatureView, Field, FileSource
+from feast import FeatureView, Field
+from feast.data_source import DataSource
 from feast.types import Float64, Int64, String
 
+from healthmate_features.backends import backend_for
 from healthmate_features.config import Settings
 from healthmate_features.features.catalog import FEATURE_TABLES, TEMPORAL_FEATURES
 
@@ -41,25 +43,14 @@ def description(table: str) -> str:
     return FEATURE_TABLES[table].description
 
 
-def source_path(table: str) -> str:
-    """Path of a table's Parquet file, relative to the repository root (embedded profile)."""
-    return f"data/features/{table}.parquet"
-
-
-def source(table: str):
+def source(table: str) -> DataSource:
     """The batch source of a feature table for the profile in HM_PROFILE, named `<table>_source`.
 
     `feast apply` imports feature_repo/ in its own process, so the environment is the channel:
-    `store.apply` (and `healthmate-features env`, for the plain feast CLI) exports HM_PROFILE and
-    HM_PG_SCHEMA there.
+    `stores.feature_store.apply` (and `healthmate-features env`, for the plain feast CLI) exports
+    HM_PROFILE and HM_PG_SCHEMA there.
     """
-    settings = Settings.from_env()
-    common = dict(name=f"{table}_source", timestamp_field="event_timestamp", description=description(table))
-    if settings.profile == "production":
-        from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import PostgreSQLSource
-
-        return PostgreSQLSource(table=f"{settings.pg_schema}.{table}", **common)
-    return FileSource(path=source_path(table), **common)
+    return backend_for(Settings.from_env()).batch_source(table, description=description(table))
 
 
 def feature_view(table: str, source, entity) -> FeatureView:

@@ -220,7 +220,7 @@ def create(
         raise FeatureSetError(f"a feature set description is text of at most {MAX_DESCRIPTION} characters")
     path = spec_path(settings)
     with _locked(settings):
-        fs = store.open_store(settings)
+        fs = store.open_feature_store(settings)
         views = registry_views(fs)
         grouped = resolve(features, views)
         specs = read_file(path)

@@ -17,19 +17,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
+from healthmate_features.backends import RawTable, backend_for
+from healthmate_features.backends.base import INGEST_MANIFEST
+from healthmate_features.config import Settings
 from healthmate_features.errors import NotIngestedError, RawDataError
 from healthmate_features.raw.schemas import CONDITIONS, METRICS, RAW_TABLES, Column, TableSchema
+from healthmate_features.util.files import atomic_path, atomic_write_text
+from healthmate_features.util.sql import quote_literal
 
 REQUIRED_TABLES = ("users", "health_readings", "app_events")
-MANIFEST = "_ingest.json"
+MANIFEST = INGEST_MANIFEST
 _TZ_SUFFIX = r"(Z|z|[+-][0-9]{2}(:?[0-9]{2})?)$"
 _SQL_TYPES = {"int": "BIGINT", "float": "DOUBLE", "string": "VARCHAR", "timestamp": "TIMESTAMPTZ"}
 
@@ -62,16 +66,12 @@ def find_raw_file(raw_dir: Path, table: str) -> Path | None:
     return None
 
 
-def _q(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
 def _open_source(con: duckdb.DuckDBPyConnection, table: TableSchema, path: Path) -> dict[str, str]:
     """Create view `src_<table>` over the file with a row number; return its column types."""
     if path.suffix == ".parquet":
-        source = f"SELECT * EXCLUDE (file_row_number), file_row_number AS _row FROM read_parquet({_q(str(path))}, file_row_number = true)"
+        source = f"SELECT * EXCLUDE (file_row_number), file_row_number AS _row FROM read_parquet({quote_literal(str(path))}, file_row_number = true)"
     else:
-        source = f"SELECT *, row_number() OVER () - 1 AS _row FROM read_csv({_q(str(path))}, header = true, all_varchar = true)"
+        source = f"SELECT *, row_number() OVER () - 1 AS _row FROM read_csv({quote_literal(str(path))}, header = true, all_varchar = true)"
     try:
         con.execute(f"CREATE OR REPLACE VIEW src_{table.name} AS {source}")
         types = {row[0]: str(row[1]) for row in con.execute(f"DESCRIBE src_{table.name}").fetchall()}
@@ -121,13 +121,13 @@ def _checks(table: TableSchema, types: dict[str, str]) -> list[tuple[str, str, s
         raw, typed, src_type = f'"{col.name}"', f"t_{col.name}", types[col.name]
         text = f"CAST({raw} AS VARCHAR)"
         if not col.nullable:
-            checks.append((f"{col.name}: missing", f"{raw} IS NULL", _q(f"{col.name} is missing")))
+            checks.append((f"{col.name}: missing", f"{raw} IS NULL", quote_literal(f"{col.name} is missing")))
         if col.dtype == "timestamp" and _is_naive(src_type):
             checks.append(
                 (
                     f"{col.name}: timezone-naive",
                     f"{raw} IS NOT NULL",
-                    _q(f"{col.name} is a timezone-naive timestamp; write it timezone-aware (UTC)"),
+                    quote_literal(f"{col.name} is a timezone-naive timestamp; write it timezone-aware (UTC)"),
                 )
             )
         elif col.dtype == "timestamp" and src_type == "VARCHAR":
@@ -170,7 +170,7 @@ def _checks(table: TableSchema, types: dict[str, str]) -> list[tuple[str, str, s
                     )
                 )
         if col.allowed:
-            allowed = ", ".join(_q(a) for a in col.allowed)
+            allowed = ", ".join(quote_literal(a) for a in col.allowed)
             checks.append(
                 (
                     f"{col.name}: unknown value",
@@ -249,15 +249,9 @@ def _unknown_user_check() -> tuple[str, str, str]:
 
 
 def _atomic_copy(con: duckdb.DuckDBPyConnection, query: str, dest: Path, fmt: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
-    os.close(fd)
     options = "FORMAT parquet, COMPRESSION zstd" if fmt == "parquet" else "FORMAT csv, HEADER true"
-    try:
-        con.execute(f"COPY ({query}) TO {_q(tmp)} ({options})")
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(dest) as tmp:
+        con.execute(f"COPY ({query}) TO {quote_literal(str(tmp))} ({options})")
 
 
 def _ingest_table(con, table: TableSchema, path: Path, out_dir: Path) -> TableReport:
@@ -350,10 +344,47 @@ def ingest(raw_dir: str | Path, out_dir: str | Path, *, progress: bool = False) 
         },
         "tables": {r.table: {k: v for k, v in r.__dict__.items() if k != "table"} for r in reports},
     }
-    tmp = out_dir / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, out_dir / MANIFEST)
+    atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=2), durable=False)
     return reports
+
+
+def ingest_raw(
+    raw_dir: str | Path,
+    settings: Settings,
+    *,
+    out_dir: str | Path | None = None,
+    batch_rows: int = 100_000,
+    progress: bool = False,
+) -> tuple[list[TableReport], dict[str, int]]:
+    """Validate the raw tables (`ingest`), then store the accepted rows in the profile's raw tables.
+
+    Returns (ingest reports, rows loaded per table; empty when the ingested files are the raw
+    tables, as on the embedded profile). Side effects: the accepted rows, rejects files and the
+    ingest manifest in `out_dir` (default: settings.ingested_dir), and the profile's raw tables
+    (production: COPY into Postgres in chunks of `batch_rows`, swapped in atomically). The raw
+    store is checked first, so a down server fails before the validation runs.
+    """
+    backend = backend_for(settings)
+    backend.prepare_raw_store()
+    out_dir = Path(out_dir or settings.ingested_dir)
+    reports = ingest(raw_dir, out_dir, progress=progress)
+    tables = [
+        RawTable(
+            name, tuple((c.name, c.dtype) for c in schema.columns), primary_key="user_id" if name == "users" else None
+        )
+        for name, schema in RAW_TABLES.items()
+    ]
+    return reports, backend.store_raw(out_dir, tables, batch_rows=batch_rows, progress=progress)
+
+
+def check_raw_store(raw_dir: str | Path, settings: Settings) -> dict[str, Any]:
+    """Return the manifest of the ingest the profile's raw tables hold, if it is `raw_dir` as it is now.
+
+    Raises NotIngestedError otherwise, naming the file that differs and the command to run.
+    """
+    raw_dir = Path(raw_dir)
+    manifest, where, fix = backend_for(settings).loaded_ingest(raw_dir)
+    return verify_manifest(manifest, raw_dir, where=where, fix=fix)
 
 
 def check_ingested(raw_dir: str | Path, out_dir: str | Path) -> dict:

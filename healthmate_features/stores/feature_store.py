@@ -7,38 +7,38 @@ tables' time range) and turn Feast's failures into messages that say what to run
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 import sys
 import threading
 import warnings
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from healthmate_features.backends import profiles
+from healthmate_features.backends import backend_for
 from healthmate_features.config import Settings
-from healthmate_features.errors import FeatureRepoError, FeatureServiceNotFoundError
+from healthmate_features.errors import FeatureRepoError, FeatureServiceNotFoundError, OnlineReadError
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
+    from healthmate_features.stores.online import OnlineReader
 
 ROW_COLUMN = "_hm_store_row"  # entity-frame row number carried through a join to restore the order
 
 
-def open_store(settings: Settings):
+def open_feature_store(settings: Settings) -> FeatureStore:
     """The Feast FeatureStore of the settings' profile. Raises FeatureRepoError if unusable.
 
     Production: the configuration's placeholders are filled from the settings, and Postgres and
     Redis must answer within the connect timeout (else ServiceUnavailableError).
     """
-    from feast import FeatureStore
-
-    if not settings.feature_store_yaml.exists():
-        raise FeatureRepoError(
-            f"{settings.feature_store_yaml} not found; run from the repository root or set HM_REPO_PATH"
-        )
     warnings.filterwarnings("ignore", message=".*experimental feature.*")
-    if settings.profile == "production":
-        config = profiles.repo_config(settings)
-        profiles.check_services(settings)
-        return FeatureStore(repo_path=str(settings.repo_path), config=config)
-    return FeatureStore(repo_path=str(settings.repo_path), fs_yaml_file=settings.feature_store_yaml)
+    return backend_for(settings).open_feature_store()
 
 
 def apply(settings: Settings) -> str:
@@ -46,24 +46,16 @@ def apply(settings: Settings) -> str:
 
     Runs the real Feast CLI in a child process: Feast changes the working directory and
     imports feature_repo/ as modules, neither of which should leak into this process. The child
-    sees the settings as HM_* variables: `repo.source` picks each table's source by HM_PROFILE,
-    and Feast fills the placeholders of feature_store.production.yaml from them.
+    sees the settings as HM_* variables (`features.definitions.source` picks each table's source
+    by HM_PROFILE) and the values of the profile's `${...}` placeholders.
     Returns Feast's output; raises FeatureRepoError with it when apply fails, and (production)
     ServiceUnavailableError when Postgres or Redis does not answer.
     """
-    import os
-    import shutil
-    import subprocess
-    from pathlib import Path
-
+    backend = backend_for(settings)
     feast = Path(sys.executable).parent / "feast"
     command = [str(feast) if feast.exists() else (shutil.which("feast") or "feast")]
-    command += ["--chdir", str(settings.repo_path), "--feature-store-yaml", str(settings.feature_store_yaml), "apply"]
-    env = {**os.environ, **settings.to_env()}
-    if settings.profile == "production":
-        profiles.repo_config(settings)  # a bad setting fails here, with our message
-        profiles.check_services(settings)
-        env.update(profiles.feast_variables(settings))
+    command += ["--chdir", str(settings.repo_path), "--feature-store-yaml", str(backend.feature_store_yaml), "apply"]
+    env = {**os.environ, **backend.feast_env()}
     result = subprocess.run(command, capture_output=True, text=True, env=env)
     forget_online_reader(settings)
     if result.returncode != 0:
@@ -77,25 +69,6 @@ def _require_registry(store) -> None:
         raise FeatureRepoError(
             f"the Feast registry of {store.repo_path} has no feature views; run `feast apply` from the repository root"
         )
-
-
-def feature_time_range(settings: Settings) -> tuple[datetime, datetime]:
-    """Earliest and latest event_timestamp over the embedded profile's feature tables."""
-    import duckdb
-
-    files = sorted(settings.features_dir.glob("*.parquet"))
-    if not files:
-        raise FeatureRepoError(
-            f"no feature tables in {settings.features_dir}; run `healthmate-features build-features --raw DIR`"
-        )
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
-    union = " UNION ALL ".join(
-        f"SELECT min(event_timestamp) lo, max(event_timestamp) hi FROM read_parquet('{f}')" for f in files
-    )
-    lo, hi = con.execute(f"SELECT min(lo), max(hi) FROM ({union})").fetchone()
-    con.close()
-    return lo.astimezone(timezone.utc), hi.astimezone(timezone.utc)
 
 
 def materialize(
@@ -112,16 +85,12 @@ def materialize(
     so Feast's default "now minus TTL" would find nothing). With `incremental`, Feast starts
     each view where its previous materialization ended.
     """
-    store = open_store(settings)
-    with profiles.service_errors(settings):
+    backend = backend_for(settings)
+    store = open_feature_store(settings)
+    with backend.service_errors():
         _require_registry(store)
         if start is None or end is None:
-            if settings.profile == "production":
-                from healthmate_features.backends.postgres import feature_time_range as pg_feature_time_range
-
-                lo, hi = pg_feature_time_range(settings)
-            else:
-                lo, hi = feature_time_range(settings)
+            lo, hi = backend.feature_time_range([view.name for view in store.list_feature_views()])
             start = start or lo - timedelta(seconds=1)
             end = end or hi + timedelta(seconds=1)
         if incremental:
@@ -146,49 +115,36 @@ def feature_refs(store, feature_service: str | None) -> list[str] | object:
     return refs
 
 
-_readers: dict[tuple, object] = {}
+_NO_READER = object()  # cached for settings whose online store the fast reader does not serve
+_readers: dict[Settings, object] = {}
 _readers_lock = threading.Lock()
 
 
-def _reader_key(settings: Settings) -> tuple:
-    return (
-        str(settings.repo_path),
-        settings.profile,
-        settings.redis_url,
-        settings.pg_host,
-        settings.pg_port,
-        settings.pg_database,
-        settings.pg_schema,
-        settings.pg_user,
-    )
-
-
-def online_reader(settings: Settings):
+def online_reader(settings: Settings) -> OnlineReader | None:
     """The process's OnlineReader for the settings (created on first use), or None unless on Redis.
 
-    Opening it checks the servers like open_store; afterwards it follows Feast's registry cache
-    (cache_ttl_seconds), and `apply` in this process drops it.
+    Opening it checks the servers like open_feature_store; afterwards it follows Feast's registry
+    cache (cache_ttl_seconds), and `apply` in this process drops it.
     """
     from healthmate_features.stores.online import OnlineReader
 
-    key = _reader_key(settings)
     with _readers_lock:
-        reader = _readers.get(key)
+        reader = _readers.get(settings)
     if reader is None:
-        store = open_store(settings)
-        if getattr(store.config.online_store, "type", None) != "redis":
-            return None
-        reader = OnlineReader(settings, store=store)
+        store = open_feature_store(settings)
+        reader = OnlineReader(settings, store=store) if OnlineReader.serves(store.config) else _NO_READER
         with _readers_lock:
-            reader = _readers.setdefault(key, reader)
-    return reader
+            reader = _readers.setdefault(settings, reader)
+    return reader if isinstance(reader, OnlineReader) else None
 
 
 def forget_online_reader(settings: Settings) -> None:
     """Drop the cached OnlineReader of the settings (after an apply: the next lookup re-reads the registry)."""
+    from healthmate_features.stores.online import OnlineReader
+
     with _readers_lock:
-        reader = _readers.pop(_reader_key(settings), None)
-    if reader is not None:
+        reader = _readers.pop(settings, None)
+    if isinstance(reader, OnlineReader):
         reader.close()
 
 
@@ -202,26 +158,24 @@ def online_features(
     """One user's online features as a flat dict (full `view__feature` names without a service).
 
     `at` is the request time fed to the on-demand temporal features (default: now, UTC).
-    Production (Redis): read by healthmate_features.stores.online.OnlineReader, which returns what
-    Feast returns; otherwise, and for what that reader does not serve, through Feast.
+    On Redis: read by healthmate_features.stores.online.OnlineReader, which returns what Feast
+    returns; otherwise, and for what that reader does not serve, through Feast.
     """
     at = at or datetime.now(timezone.utc)
-    if settings.profile == "production":
-        from healthmate_features.errors import OnlineReadError
-
-        reader = online_reader(settings)
-        if reader is not None:
-            try:
-                with profiles.service_errors(settings):
-                    if feature_service:
-                        response = reader.get([user_id], feature_service=feature_service, at=at)
-                    else:
-                        response = reader.get([user_id], features=reader.feature_refs(), at=at, full_feature_names=True)
-                return {name: values[0] for name, values in response.items()}
-            except OnlineReadError:
-                pass  # a selection the fast reader does not serve: Feast's path below
-    store = open_store(settings)
-    with profiles.service_errors(settings):
+    backend = backend_for(settings)
+    reader = online_reader(settings)
+    if reader is not None:
+        try:
+            with backend.service_errors():
+                if feature_service:
+                    response = reader.get([user_id], feature_service=feature_service, at=at)
+                else:
+                    response = reader.get([user_id], features=reader.feature_refs(), at=at, full_feature_names=True)
+            return {name: values[0] for name, values in response.items()}
+        except OnlineReadError:
+            pass  # a selection the fast reader does not serve: Feast's path below
+    store = open_feature_store(settings)
+    with backend.service_errors():
         _require_registry(store)
         features = feature_refs(store, feature_service)
         response = store.get_online_features(
@@ -247,8 +201,8 @@ def historical_features(
     Feast's DuckDB and Postgres stores return rows in no guaranteed order, and the Postgres store
     drops the time zone of `event_timestamp`. A row-number column carried through the join restores both.
     """
-    store = open_store(settings)
-    with profiles.service_errors(settings):
+    store = open_feature_store(settings)
+    with backend_for(settings).service_errors():
         _require_registry(store)
         refs = features if features is not None else feature_refs(store, feature_service)
         entities = entity_df.reset_index(drop=True)

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from healthmate_features.backends import profiles
+from healthmate_features.backends import backend_for, redis
 from healthmate_features.config import Settings
 from healthmate_features.errors import FeatureRepoError, FeatureServiceNotFoundError, OnlineReadError
 
@@ -83,16 +83,21 @@ class OnlineReader:
     pool and the resolved plans. Thread-safe for concurrent `get` calls.
     """
 
-    def __init__(self, settings: Settings, *, store=None) -> None:
-        """Open the profile's Feast store (or use `store`); raises OnlineReadError unless it is on Redis."""
-        from healthmate_features.stores.feature_store import open_store
+    @staticmethod
+    def serves(config: Any) -> bool:
+        """Whether a Feast RepoConfig's online store is one this reader reads (Redis)."""
+        return getattr(config.online_store, "type", None) == "redis"
 
+    def __init__(self, settings: Settings, *, store: Any = None) -> None:
+        """Open the profile's Feast store (or use `store`); raises OnlineReadError unless it is on Redis."""
         self.settings = settings
-        self.store = store if store is not None else open_store(settings)
+        self.backend = backend_for(settings)
+        self.store = store if store is not None else self.backend.open_feature_store()
         config = self.store.config
-        if getattr(config.online_store, "type", None) != "redis":
+        if not self.serves(config):
             raise OnlineReadError(
-                f"the online store of {settings.feature_store_yaml.name} is {getattr(config.online_store, 'type', '?')!r}; "
+                f"the online store of {self.backend.feature_store_yaml.name} is "
+                f"{getattr(config.online_store, 'type', '?')!r}; "
                 "the fast reader serves Redis only; use store.online_features (Feast) for it"
             )
         if config.entity_key_serialization_version != 3:
@@ -263,13 +268,7 @@ class OnlineReader:
 
     def _redis(self):
         if self._client is None:
-            import redis
-
-            self._client = redis.Redis.from_url(
-                self.settings.redis_url,
-                socket_connect_timeout=self.settings.connect_timeout_s,
-                socket_timeout=profiles.REDIS_SOCKET_TIMEOUT_S,
-            )
+            self._client = redis.connect(self.settings)
         return self._client
 
     def redis_key(self, user_id: int) -> bytes:
@@ -310,7 +309,7 @@ class OnlineReader:
         plan = self._plan(feature_service, features, full_feature_names)
 
         unique = list(dict.fromkeys(ids))
-        with profiles.service_errors(self.settings):
+        with self.backend.service_errors():
             pipe = self._redis().pipeline(transaction=False)
             fields = plan.fields
             for user_id in unique:

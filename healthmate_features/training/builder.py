@@ -29,10 +29,11 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from healthmate_features.backends import backend_for
 from healthmate_features.config import Settings
 from healthmate_features.datasets.dataset import ProcessedDataset, data_hash, frame_hash
 from healthmate_features.datasets.registry import DatasetRegistry
-from healthmate_features.errors import ConfigError
+from healthmate_features.errors import ConfigError, FeatureRepoError
 from healthmate_features.features.catalog import FEATURE_TABLES
 from healthmate_features.raw.ingest import sha256_file
 from healthmate_features.stores import feature_store as store
@@ -130,10 +131,12 @@ def definitions_hash(fs, feature_service: str) -> str:
 
 
 def _known_users(settings: Settings) -> pd.Series | None:
-    path = settings.features_dir / "profile.parquet"
-    if settings.profile != "embedded" or not path.exists():
+    """Every user the feature tables know (the profile table has a row per user), or None before a build."""
+    try:
+        rows = backend_for(settings).query_feature_tables("SELECT DISTINCT user_id FROM {0}", "profile")
+    except FeatureRepoError:
         return None
-    return pd.read_parquet(path, columns=["user_id"])["user_id"]
+    return pd.Series([row[0] for row in rows], name="user_id", dtype="int64")
 
 
 def join_features(
@@ -176,7 +179,7 @@ def check_sources(config: TrainingSetConfig, settings: Settings, *, within: Path
             f"entities file {config.entities!r} not found (looked at {path}); write it first, "
             "e.g. with `healthmate-features ingest`"
         )
-    fs = store.open_store(settings)
+    fs = store.open_feature_store(settings)
     names = sorted(s.name for s in fs.list_feature_services())
     if config.feature_service not in names:
         raise ConfigError(
@@ -191,7 +194,7 @@ def build_training_set(config: TrainingSetConfig | Mapping[str, Any], settings: 
     config = config if isinstance(config, TrainingSetConfig) else TrainingSetConfig.from_dict(config)
     entities_path = resolve_entities(config, settings)
     raw = read_entity_frame(entities_path)
-    fs = store.open_store(settings)
+    fs = store.open_feature_store(settings)
     refs = _feature_refs(fs, config.feature_service)
     joined, entity_report = join_features(
         raw,
@@ -244,9 +247,16 @@ def registry(settings: Settings) -> DatasetRegistry:
     return DatasetRegistry.from_settings(settings)
 
 
-def build_and_save(config: TrainingSetConfig | Mapping[str, Any], settings: Settings) -> tuple[str, ProcessedDataset]:
-    """Build a training set and save it as a new version; return ("name@version", dataset)."""
+def build_and_save(
+    config: TrainingSetConfig | Mapping[str, Any], settings: Settings, *, bump: str | None = None
+) -> tuple[str, ProcessedDataset]:
+    """Build a training set and save it as a new version; return ("name@version", dataset).
+
+    `bump` (major, minor or patch), when given, overrides the config's.
+    """
     config = config if isinstance(config, TrainingSetConfig) else TrainingSetConfig.from_dict(config)
+    if bump is not None:
+        config = TrainingSetConfig.from_dict({**config.to_dict(), "bump": bump})
     dataset = build_training_set(config, settings)
     version = registry(settings).save(dataset, config.name, bump=config.bump)
     return f"{config.name}@{version}", dataset

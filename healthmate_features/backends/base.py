@@ -1,0 +1,246 @@
+"""The Backend interface: everything that differs between deployment profiles, behind one object.
+
+A Backend is built once from Settings (`backends.backend_for(settings)`) and answers every
+question whose answer depends on the profile: which Feast configuration to use and how to fill
+it, where raw and feature tables live and how they are written (atomically) and read, which SQL
+store holds tracking, keys and audit, which servers must answer and how their failures read.
+Nothing outside `backends/` asks which profile it is on.
+
+The layers above hand the backend what only they know (the raw schemas, the feature SQL): a
+backend runs SQL it is given and moves tables; it never imports the catalog or the validators.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import yaml
+
+from healthmate_features.config import Settings
+from healthmate_features.errors import ConfigError, FeatureRepoError
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+    from feast.data_source import DataSource
+    from feast.repo_config import RepoConfig
+
+    from healthmate_features.backends.sqlstore import SqlStore
+
+INGEST_MANIFEST = "_ingest.json"  # the ingest manifest's file name in an ingested directory
+_PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+@dataclass(frozen=True)
+class RawTable:
+    """A raw table as the backend stores it: its name and (column, type) pairs, types as in raw.schemas."""
+
+    name: str
+    columns: tuple[tuple[str, str], ...]
+    primary_key: str | None = None
+
+
+@dataclass(frozen=True)
+class FeatureBuild:
+    """What a feature build runs, handed down by `features.build`.
+
+    `prepare_sql` creates the scratch tables (`scratch_tables`) every feature table reads;
+    `tables` maps each feature table to its SELECT; both use `{users}`, `{readings}`, `{events}`
+    placeholders, which the backend fills with its names of the raw tables in `sources`
+    (placeholder -> raw table name).
+    """
+
+    prepare_sql: tuple[str, ...]
+    scratch_tables: tuple[str, ...]
+    tables: Mapping[str, str]
+    sources: Mapping[str, str]
+
+
+def substitute_placeholders(node: Any, variables: Mapping[str, str], where: str) -> Any:
+    """Replace `${NAME}` in every string of a parsed YAML document (after parsing: no quoting issues)."""
+    if isinstance(node, dict):
+        return {k: substitute_placeholders(v, variables, where) for k, v in node.items()}
+    if isinstance(node, list):
+        return [substitute_placeholders(v, variables, where) for v in node]
+    if isinstance(node, str):
+
+        def value(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in variables:
+                raise ConfigError(
+                    f"{where} uses ${{{name}}}, which is not a setting (known: {', '.join(sorted(variables))}); "
+                    "fix the placeholder"
+                )
+            return variables[name]
+
+        return _PLACEHOLDER.sub(value, node)
+    return node
+
+
+class Backend(ABC):
+    """One deployment profile. Build with `backends.backend_for(settings)`, never directly."""
+
+    name: ClassVar[str]
+    feature_store_file: ClassVar[str]
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.settings.repo_path})"
+
+    # --- messages ----------------------------------------------------------------------------
+
+    def command(self, args: str) -> str:
+        """The `healthmate-features` command line for `args` on this profile (for "run ..." hints)."""
+        return f"healthmate-features {args}"
+
+    def describe(self) -> str | None:
+        """One line saying which servers this profile uses, or None when it needs none."""
+        return None
+
+    # --- servers -----------------------------------------------------------------------------
+
+    def check_services(self) -> None:
+        """Fail fast (ServiceUnavailableError) when a server this profile needs does not answer."""
+
+    def prepare_servers(self) -> None:
+        """Create what the servers need before a first run (a database), then check them."""
+        self.check_services()
+
+    @contextmanager
+    def service_errors(self) -> Iterator[None]:
+        """Turn connection failures of this profile's servers, raised inside Feast, into ServiceUnavailableError."""
+        yield
+
+    # --- Feast -------------------------------------------------------------------------------
+
+    @property
+    def feature_store_yaml(self) -> Path:
+        """This profile's Feast configuration file in the repository."""
+        return self.settings.repo_path / self.feature_store_file
+
+    def feast_variables(self) -> dict[str, str]:
+        """The values of the `${...}` placeholders of this profile's Feast configuration."""
+        return {}
+
+    def feast_env(self) -> dict[str, str]:
+        """Environment for a child `feast` process: the HM_* settings and the placeholders' values."""
+        return {**self.settings.to_env(), **self.feast_variables()}
+
+    def env_lines(self) -> list[str]:
+        """`export` lines that let the plain `feast` CLI use this profile like we do."""
+        values = {"HM_PROFILE": self.name, "HM_REPO_PATH": str(self.settings.repo_path), **self.feast_variables()}
+        return [f"export {k}={shlex.quote(v)}" for k, v in values.items()]
+
+    def feast_config(self, *, offline_store: Mapping[str, Any] | None = None) -> RepoConfig:
+        """Feast's RepoConfig for this profile, placeholders filled from the settings.
+
+        `offline_store` overrides keys of that section, e.g. `{"type": "postgres"}` for Feast's own
+        Postgres store (what bench/ and the tests compare ours with).
+        Raises FeatureRepoError if the YAML file is missing, ConfigError if it is invalid.
+        """
+        from feast.repo_config import RepoConfig
+        from pydantic import ValidationError
+
+        path = self.feature_store_yaml
+        if not path.exists():
+            raise FeatureRepoError(f"{path} not found; run from the repository root or set HM_REPO_PATH")
+        raw = substitute_placeholders(yaml.safe_load(path.read_text()), self.feast_variables(), str(path))
+        if offline_store:
+            raw["offline_store"] = {**raw.get("offline_store", {}), **offline_store}
+        try:
+            config = RepoConfig(**raw)
+        except ValidationError as exc:
+            raise ConfigError(f"{path} is not a valid Feast configuration: {exc}") from exc
+        config.repo_path = self.settings.repo_path
+        return config
+
+    def open_feature_store(self) -> FeatureStore:
+        """The Feast FeatureStore of this profile. Raises FeatureRepoError if the configuration is missing."""
+        from feast import FeatureStore
+
+        if not self.feature_store_yaml.exists():
+            raise FeatureRepoError(
+                f"{self.feature_store_yaml} not found; run from the repository root or set HM_REPO_PATH"
+            )
+        return FeatureStore(repo_path=str(self.settings.repo_path), fs_yaml_file=self.feature_store_yaml)
+
+    @abstractmethod
+    def batch_source(self, table: str, *, description: str) -> DataSource:
+        """The Feast batch source of feature table `table`, named `<table>_source`."""
+
+    # --- the SQL store (tracking, API keys, audit) -------------------------------------------
+
+    @abstractmethod
+    def connect_sql_store(self) -> SqlStore:
+        """A connection to this profile's SQL store, not yet migrated."""
+
+    def open_sql_store(self, *, migrate: bool = True) -> SqlStore:
+        """Connect to this profile's SQL store and (by default) apply pending migrations."""
+        store = self.connect_sql_store()
+        if migrate:
+            try:
+                store.migrate()
+            except BaseException:
+                store.close()
+                raise
+        return store
+
+    # --- raw tables --------------------------------------------------------------------------
+
+    def prepare_raw_store(self) -> None:
+        """Make sure the raw tables can be written (before validation runs, so a down server fails first)."""
+
+    def store_raw(
+        self, ingested_dir: Path, tables: Sequence[RawTable], *, batch_rows: int, progress: bool
+    ) -> dict[str, int]:
+        """Load the accepted rows of the ingest in `ingested_dir` into this profile's raw tables.
+
+        Returns rows loaded per table; empty when the ingested files themselves are the raw tables.
+        """
+        return {}
+
+    @abstractmethod
+    def raw_table_label(self, table: str) -> str:
+        """Where raw table `table` lives, for messages."""
+
+    @abstractmethod
+    def loaded_ingest(self, raw_dir: Path) -> tuple[dict[str, Any], str, str]:
+        """The manifest of the ingest the raw tables hold, where they are, and the command that loads them.
+
+        Raises NotIngestedError (naming `raw_dir` and the command) when nothing was ingested.
+        """
+
+    # --- feature tables ----------------------------------------------------------------------
+
+    @abstractmethod
+    def build_feature_tables(
+        self, build: FeatureBuild, *, progress: bool = False, memory_limit: str | None = None
+    ) -> dict[str, int]:
+        """Run `build` over the raw tables and replace every feature table atomically; rows per table."""
+
+    @abstractmethod
+    def feature_table_label(self, table: str) -> str:
+        """Where feature table `table` lives, for messages."""
+
+    @abstractmethod
+    def feature_time_range(self, tables: Sequence[str]) -> tuple[datetime, datetime]:
+        """Earliest and latest event_timestamp over feature tables `tables` (UTC).
+
+        Raises FeatureRepoError, naming the command to run, when they are missing or empty.
+        """
+
+    @abstractmethod
+    def query_feature_tables(self, sql: str, *tables: str) -> list[tuple[Any, ...]]:
+        """Run a read-only query whose `{0}`, `{1}`, ... name feature tables `tables`; return its rows.
+
+        Raises FeatureRepoError, naming the command to run, when a table does not exist.
+        """

@@ -1,0 +1,160 @@
+"""The embedded profile: files under `data/`, DuckDB, SQLite. No server needed.
+
+- raw tables: the ingested Parquet files in `data/ingested/` (ingest writes them; nothing to load);
+- feature tables: `data/features/<table>.parquet`, built by DuckDB, each replaced atomically;
+- Feast: `feature_store.yaml` (our DuckDB ASOF offline store over those files, SQLite online store);
+- SQL store: SQLite at `data/healthmate.db`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from healthmate_features.backends.base import INGEST_MANIFEST, Backend, FeatureBuild
+from healthmate_features.errors import FeatureRepoError, NotIngestedError
+from healthmate_features.util.files import atomic_path
+from healthmate_features.util.sql import quote_literal
+
+if TYPE_CHECKING:
+    import duckdb
+    from feast.data_source import DataSource
+
+    from healthmate_features.backends.sqlstore import SqlStore
+
+
+def source_path(table: str) -> str:
+    """Path of a feature table's Parquet file, relative to the repository root."""
+    return f"data/features/{table}.parquet"
+
+
+def duckdb_connect(*, memory_limit: str | None = None) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection in UTC, for table work over Parquet files."""
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    if memory_limit:
+        con.execute(f"SET memory_limit = {quote_literal(memory_limit)}")
+    return con
+
+
+class EmbeddedBackend(Backend):
+    """Files, DuckDB and SQLite under the repository's `data/` directory."""
+
+    name = "embedded"
+    feature_store_file = "feature_store.yaml"
+
+    # --- Feast -------------------------------------------------------------------------------
+
+    def batch_source(self, table: str, *, description: str) -> DataSource:
+        from feast import FileSource
+
+        return FileSource(
+            name=f"{table}_source", timestamp_field="event_timestamp", description=description, path=source_path(table)
+        )
+
+    # --- the SQL store -----------------------------------------------------------------------
+
+    def connect_sql_store(self) -> SqlStore:
+        from healthmate_features.backends.sqlstore import SqlStore
+
+        self.settings.sql_path.parent.mkdir(parents=True, exist_ok=True)
+        return SqlStore.sqlite(self.settings.sql_path, timeout_s=self.settings.connect_timeout_s)
+
+    # --- raw tables --------------------------------------------------------------------------
+
+    def raw_table_label(self, table: str) -> str:
+        return str(self.settings.ingested_dir / f"{table}.parquet")
+
+    def loaded_ingest(self, raw_dir: Path) -> tuple[dict[str, Any], str, str]:
+        fix = f"run `{self.command(f'ingest --raw {raw_dir}')}` first"
+        path = self.settings.ingested_dir / INGEST_MANIFEST
+        if not path.exists():
+            raise NotIngestedError(f"raw data in {raw_dir} was not ingested (no {path}); {fix}")
+        return json.loads(path.read_text()), str(self.settings.ingested_dir), fix
+
+    # --- feature tables ----------------------------------------------------------------------
+
+    def build_feature_tables(
+        self, build: FeatureBuild, *, progress: bool = False, memory_limit: str | None = None
+    ) -> dict[str, int]:
+        """Run the build in DuckDB over the ingested Parquet files; write `data/features/<table>.parquet`.
+
+        Each file is written under a temporary name and renamed into place when complete.
+        """
+        from tqdm import tqdm
+
+        out_dir = self.settings.features_dir
+        out_dir.mkdir(parents=True, exist_ok=True)
+        con = duckdb_connect(memory_limit=memory_limit)
+        try:
+            con.execute("SET preserve_insertion_order = false")
+            names = {}
+            for placeholder, raw in build.sources.items():
+                path = self.settings.ingested_dir / f"{raw}.parquet"
+                con.execute(f"CREATE VIEW raw_{raw} AS SELECT * FROM read_parquet({quote_literal(str(path))})")
+                names[placeholder] = f"raw_{raw}"
+            steps = tqdm(
+                total=len(build.prepare_sql) + len(build.tables),
+                desc="build-features",
+                unit="step",
+                disable=not progress,
+            )
+            for sql in build.prepare_sql:
+                con.execute(sql.format(**names))
+                steps.update()
+            counts: dict[str, int] = {}
+            for table, sql in build.tables.items():
+                steps.set_postfix_str(table)
+                with atomic_path(out_dir / f"{table}.parquet") as tmp:
+                    con.execute(
+                        f"COPY ({sql.format(**names)}) TO {quote_literal(str(tmp))} (FORMAT parquet, COMPRESSION zstd)"
+                    )
+                    row = con.execute(f"SELECT count(*) FROM read_parquet({quote_literal(str(tmp))})").fetchone()
+                    counts[table] = int(row[0]) if row else 0
+                steps.update()
+            steps.close()
+        finally:
+            con.close()
+        return counts
+
+    def feature_table_label(self, table: str) -> str:
+        return str(self.settings.features_dir / f"{table}.parquet")
+
+    def _table_expression(self, table: str) -> str:
+        return f"read_parquet({quote_literal(str(self.settings.features_dir / f'{table}.parquet'))})"
+
+    def feature_time_range(self, tables: Sequence[str]) -> tuple[datetime, datetime]:
+        files = [t for t in tables if (self.settings.features_dir / f"{t}.parquet").exists()]
+        if not files:
+            raise FeatureRepoError(
+                f"no feature tables in {self.settings.features_dir}; run `{self.command('build-features --raw DIR')}`"
+            )
+        union = " UNION ALL ".join(
+            f"SELECT min(event_timestamp) lo, max(event_timestamp) hi FROM {self._table_expression(t)}" for t in files
+        )
+        con = duckdb_connect()
+        try:
+            row = con.execute(f"SELECT min(lo), max(hi) FROM ({union})").fetchone()
+        finally:
+            con.close()
+        if row is None or row[0] is None:
+            raise FeatureRepoError(f"the feature tables in {self.settings.features_dir} are empty; rebuild them")
+        return row[0].astimezone(timezone.utc), row[1].astimezone(timezone.utc)
+
+    def query_feature_tables(self, sql: str, *tables: str) -> list[tuple[Any, ...]]:
+        missing = [t for t in tables if not (self.settings.features_dir / f"{t}.parquet").exists()]
+        if missing:
+            raise FeatureRepoError(
+                f"feature table(s) {', '.join(missing)} missing in {self.settings.features_dir}; "
+                f"run `{self.command('build-features --raw DIR')}`"
+            )
+        con = duckdb_connect()
+        try:
+            return con.execute(sql.format(*(self._table_expression(t) for t in tables))).fetchall()
+        finally:
+            con.close()

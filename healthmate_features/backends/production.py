@@ -1,0 +1,353 @@
+"""The production profile: raw and feature tables, Feast's registry and the SQL store in Postgres; Redis online.
+
+`feature_store.production.yaml` holds `${HM_...}` placeholders instead of hosts and passwords;
+`feast_variables()` gives their values from the Settings (environment variables with localhost
+defaults), so nothing secret is ever committed and one settings object configures both the
+package and Feast. For the plain `feast` CLI, `healthmate-features env` prints the same values
+as `export` lines (Feast substitutes `${VAR}` from the environment itself, but knows no defaults).
+
+Tables are replaced atomically: everything is written to new tables and swapped in by DROP +
+RENAME inside ONE transaction, so readers see the old tables or the new ones, a re-run never
+duplicates rows, and an interrupted run (error, kill, lost connection) leaves the previous
+tables untouched. A transaction-scoped advisory lock serializes concurrent runs.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from healthmate_features.backends import postgres, redis
+from healthmate_features.backends.base import INGEST_MANIFEST, Backend, FeatureBuild, RawTable
+from healthmate_features.errors import FeatureRepoError, NotIngestedError
+from healthmate_features.util.sql import quote_ident
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+    from feast.data_source import DataSource
+
+    from healthmate_features.backends.sqlstore import SqlStore
+
+BATCH_ROWS = 100_000  # rows per COPY chunk: bounds memory whatever the table size
+MANIFEST_TABLE = "_ingest"
+_PG_TYPES = {"int": "BIGINT", "float": "DOUBLE PRECISION", "string": "TEXT", "timestamp": "TIMESTAMPTZ"}
+_LOCK = "hashtext('healthmate_features.postgres')"
+
+
+def _copy_parquet(cur: Any, dest: str, columns: list[str], path: Path, *, batch_rows: int, progress: Any) -> int:
+    """COPY a Parquet file into `dest` in chunks of `batch_rows` rows (CSV rendered by Arrow)."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    rows = 0
+    cols = ", ".join(quote_ident(c) for c in columns)
+    options = pacsv.WriteOptions(include_header=False, quoting_style="all_valid")  # "" is text, bare empty NULL
+    with cur.copy(f"COPY {dest} ({cols}) FROM STDIN (FORMAT csv)") as copy:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=columns):
+            buf = io.BytesIO()
+            pacsv.write_csv(batch, buf, options)
+            copy.write(buf.getbuffer())
+            rows += batch.num_rows
+            progress.update(batch.num_rows)
+    return rows
+
+
+class ProductionBackend(Backend):
+    """Postgres (HM_PG_*) and Redis (HM_REDIS_URL)."""
+
+    name = "production"
+    feature_store_file = "feature_store.production.yaml"
+
+    # --- messages ----------------------------------------------------------------------------
+
+    def command(self, args: str) -> str:
+        verb, _, rest = args.partition(" ")
+        return f"healthmate-features {verb} --profile production" + (f" {rest}" if rest else "")
+
+    def describe(self) -> str:
+        s = self.settings
+        return (
+            f"profile production: postgres {s.pg_host}:{s.pg_port}/{s.pg_database} (schema {s.pg_schema}), "
+            f"redis {redis.redis_address(s)}"
+        )
+
+    def _where(self) -> str:
+        s = self.settings
+        return f"Postgres ({s.pg_host}:{s.pg_port}/{s.pg_database}, schema {s.pg_schema})"
+
+    # --- servers -----------------------------------------------------------------------------
+
+    def check_services(self) -> None:
+        """Fail fast, within the connect timeouts, when Postgres or Redis does not answer."""
+        with postgres.connect(self.settings):
+            pass
+        redis.check_redis(self.settings)
+
+    def prepare_servers(self) -> None:
+        """Create the database if needed, then check that Postgres and Redis answer."""
+        postgres.ensure_database(self.settings)
+        self.check_services()
+
+    @contextmanager
+    def service_errors(self) -> Iterator[None]:
+        """Turn connection failures raised inside Feast (psycopg, redis, SQLAlchemy) into ServiceUnavailableError."""
+        import psycopg
+        import redis as redis_py
+
+        try:
+            yield
+        except (redis_py.exceptions.ConnectionError, redis_py.exceptions.TimeoutError) as exc:
+            raise redis.redis_unavailable(self.settings, exc) from exc
+        except psycopg.OperationalError as exc:
+            raise postgres.postgres_unavailable(self.settings, exc) from exc
+        except Exception as exc:
+            from sqlalchemy.exc import OperationalError
+
+            if isinstance(exc, OperationalError):
+                raise postgres.postgres_unavailable(self.settings, exc) from exc
+            raise
+
+    # --- Feast -------------------------------------------------------------------------------
+
+    def feast_variables(self) -> dict[str, str]:
+        """The values of every `${...}` placeholder of feature_store.production.yaml, from the settings."""
+        s = self.settings
+        return {
+            "HM_PG_HOST": s.pg_host,
+            "HM_PG_PORT": str(s.pg_port),
+            "HM_PG_USER": s.pg_user,
+            "HM_PG_PASSWORD": s.pg_password,
+            "HM_PG_DATABASE": s.pg_database,
+            "HM_PG_SCHEMA": s.pg_schema,
+            "HM_PG_SSLMODE": s.pg_sslmode,
+            # Derived: the registry's SQLAlchemy URL needs a URL-quoted password and an integer timeout.
+            "HM_FEAST_PG_PASSWORD_URL": quote(s.pg_password, safe=""),
+            "HM_FEAST_PG_CONNECT_TIMEOUT": str(postgres.connect_timeout(s)),
+            "HM_FEAST_REDIS": redis.redis_connection_string(s.redis_url, timeout_s=s.connect_timeout_s),
+        }
+
+    def feast_env(self) -> dict[str, str]:
+        self.feast_config()  # a bad setting fails here, with our message
+        self.check_services()
+        return super().feast_env()
+
+    def open_feature_store(self) -> FeatureStore:
+        """The configuration's placeholders filled from the settings; Postgres and Redis must answer
+        within the connect timeout (else ServiceUnavailableError)."""
+        from feast import FeatureStore
+
+        config = self.feast_config()
+        self.check_services()
+        return FeatureStore(repo_path=str(self.settings.repo_path), config=config)
+
+    def batch_source(self, table: str, *, description: str) -> DataSource:
+        from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import PostgreSQLSource
+
+        return PostgreSQLSource(
+            name=f"{table}_source",
+            timestamp_field="event_timestamp",
+            description=description,
+            table=f"{self.settings.pg_schema}.{table}",
+        )
+
+    # --- the SQL store -----------------------------------------------------------------------
+
+    def connect_sql_store(self) -> SqlStore:
+        from healthmate_features.backends.sqlstore import SqlStore
+
+        return SqlStore.postgres(self.settings)
+
+    # --- raw tables --------------------------------------------------------------------------
+
+    def prepare_raw_store(self) -> None:
+        postgres.ensure_database(self.settings)
+
+    def raw_table_label(self, table: str) -> str:
+        return f"postgres table {self.settings.pg_schema}.{table}"
+
+    def store_raw(
+        self, ingested_dir: Path, tables: Sequence[RawTable], *, batch_rows: int = BATCH_ROWS, progress: bool = False
+    ) -> dict[str, int]:
+        """Replace the raw tables in Postgres with the accepted rows of an ingest; return rows per table.
+
+        Side effects: creates the database and schema if needed; in one transaction, COPYs each
+        `<ingested_dir>/<table>.parquet` into a new table, swaps it in for `<schema>.<table>`, and
+        records the ingest manifest in `<schema>._ingest` (what `loaded_ingest` reads).
+        """
+        from tqdm import tqdm
+
+        settings = self.settings
+        ingested_dir = Path(ingested_dir)
+        manifest_path = ingested_dir / INGEST_MANIFEST
+        if not manifest_path.exists():
+            raise NotIngestedError(
+                f"{ingested_dir} holds no ingest ({manifest_path} is missing); run `{self.command('ingest --raw DIR')}`"
+            )
+        manifest = json.loads(manifest_path.read_text())
+        present = [t for t in tables if t.name in manifest["tables"]]
+        total = sum(manifest["tables"][t.name]["accepted"] for t in present)
+        postgres.ensure_database(settings)
+        counts: dict[str, int] = {}
+        bar = tqdm(total=total, desc="load into postgres", unit="row", unit_scale=True, disable=not progress)
+        with postgres.connect(settings) as conn, conn.transaction(), conn.cursor() as cur:
+            cur.execute(f"SELECT pg_advisory_xact_lock({_LOCK})")
+            cur.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(settings.pg_schema)}")
+            for table in present:
+                final = postgres.table_name(settings, table.name)
+                staging = postgres.table_name(settings, f"{table.name}__load")
+                columns = ", ".join(f"{quote_ident(c)} {_PG_TYPES[t]}" for c, t in table.columns)
+                cur.execute(f"DROP TABLE IF EXISTS {staging}")
+                cur.execute(f"CREATE TABLE {staging} ({columns})")
+                bar.set_postfix_str(table.name)
+                counts[table.name] = _copy_parquet(
+                    cur,
+                    staging,
+                    [c for c, _ in table.columns],
+                    ingested_dir / f"{table.name}.parquet",
+                    batch_rows=batch_rows,
+                    progress=bar,
+                )
+                cur.execute(f"DROP TABLE IF EXISTS {final}")
+                cur.execute(f"ALTER TABLE {staging} RENAME TO {quote_ident(table.name)}")
+                if table.primary_key:
+                    cur.execute(f"ALTER TABLE {final} ADD PRIMARY KEY ({quote_ident(table.primary_key)})")
+                cur.execute(f"ANALYZE {final}")
+            manifest["loaded_at"] = datetime.now(timezone.utc).isoformat()
+            manifest["loaded_rows"] = counts
+            manifest_table = postgres.table_name(settings, MANIFEST_TABLE)
+            cur.execute(
+                f"CREATE TABLE IF NOT EXISTS {manifest_table} (id INT PRIMARY KEY CHECK (id = 1), manifest JSONB NOT NULL)"
+            )
+            cur.execute(
+                f"INSERT INTO {manifest_table} VALUES (1, %s) ON CONFLICT (id) DO UPDATE SET manifest = EXCLUDED.manifest",
+                (json.dumps(manifest),),
+            )
+        bar.close()
+        return counts
+
+    def loaded_manifest(self) -> dict[str, Any] | None:
+        """The manifest of the ingest currently loaded into Postgres, or None if nothing was loaded."""
+        settings = self.settings
+        with postgres.connect(settings) as conn:
+            regclass = f"{quote_ident(settings.pg_schema)}.{MANIFEST_TABLE}"
+            exists = conn.execute("SELECT to_regclass(%s)", (regclass,)).fetchone()
+            if not exists or not exists[0]:
+                return None
+            row = conn.execute(
+                f"SELECT manifest FROM {postgres.table_name(settings, MANIFEST_TABLE)} WHERE id = 1"
+            ).fetchone()
+        return row[0] if row else None
+
+    def loaded_ingest(self, raw_dir: Path) -> tuple[dict[str, Any], str, str]:
+        where, fix = self._where(), f"run `{self.command(f'ingest --raw {raw_dir}')}` first"
+        manifest = self.loaded_manifest()
+        if manifest is None:
+            raise NotIngestedError(f"no raw data was loaded into {where}; {fix}")
+        return manifest, where, fix
+
+    # --- feature tables ----------------------------------------------------------------------
+
+    def build_feature_tables(
+        self,
+        build: FeatureBuild,
+        *,
+        progress: bool = False,
+        memory_limit: str | None = None,
+        work_mem: str = "256MB",
+    ) -> dict[str, int]:
+        """Run the build inside Postgres from the loaded raw tables; return rows per table.
+
+        Side effects: replaces `<schema>.<table>` for every table of the build in one transaction,
+        each indexed on (user_id, event_timestamp) (point-in-time joins) and event_timestamp
+        (incremental materialization windows). `memory_limit` is DuckDB's and unused here;
+        `work_mem` is Postgres's per-sort memory.
+        """
+        from tqdm import tqdm
+
+        settings = self.settings
+        names = {p: postgres.table_name(settings, raw) for p, raw in build.sources.items()}
+        steps = tqdm(
+            total=len(build.prepare_sql) + 2 * len(build.tables),
+            desc="build-features (postgres)",
+            unit="step",
+            disable=not progress,
+        )
+        counts: dict[str, int] = {}
+        with postgres.connect(settings) as conn, conn.transaction(), conn.cursor() as cur:
+            cur.execute(f"SELECT pg_advisory_xact_lock({_LOCK})")
+            cur.execute("SELECT set_config('work_mem', %s, true)", (work_mem,))
+            for sql in build.prepare_sql:
+                cur.execute(sql.format(**names))
+                steps.update()
+            for scratch in build.scratch_tables:
+                cur.execute(f"ANALYZE {quote_ident(scratch)}")
+            for table, sql in build.tables.items():
+                steps.set_postfix_str(table)
+                staging = postgres.table_name(settings, f"{table}__build")
+                cur.execute(f"DROP TABLE IF EXISTS {staging}")
+                cur.execute(f"CREATE TABLE {staging} AS {sql.format(**names)}")
+                counts[table] = cur.rowcount
+                steps.update()
+            for table in build.tables:  # swap all in at the end: still one transaction
+                final = postgres.table_name(settings, table)
+                cur.execute(f"DROP TABLE IF EXISTS {final}")
+                cur.execute(
+                    f"ALTER TABLE {postgres.table_name(settings, table + '__build')} RENAME TO {quote_ident(table)}"
+                )
+                cur.execute(
+                    f"CREATE INDEX {quote_ident(table + '_user_id_event_timestamp_idx')} "
+                    f"ON {final} (user_id, event_timestamp)"
+                )
+                cur.execute(f"CREATE INDEX {quote_ident(table + '_event_timestamp_idx')} ON {final} (event_timestamp)")
+                cur.execute(f"ANALYZE {final}")
+                steps.update()
+            for scratch in reversed(build.scratch_tables):
+                cur.execute(f"DROP TABLE {quote_ident(scratch)}")
+        steps.close()
+        return counts
+
+    def feature_table_label(self, table: str) -> str:
+        return f"postgres table {self.settings.pg_schema}.{table}"
+
+    def feature_time_range(self, tables: Sequence[str]) -> tuple[datetime, datetime]:
+        settings = self.settings
+        union = " UNION ALL ".join(
+            f"SELECT min(event_timestamp) AS lo, max(event_timestamp) AS hi FROM {postgres.table_name(settings, name)}"
+            for name in tables
+        )
+        with postgres.connect(settings) as conn:
+            missing = []
+            for name in tables:
+                regclass = f"{quote_ident(settings.pg_schema)}.{quote_ident(name)}"
+                found = conn.execute("SELECT to_regclass(%s)", (regclass,)).fetchone()
+                if not found or found[0] is None:
+                    missing.append(name)
+            if missing:
+                raise FeatureRepoError(
+                    f"feature table(s) {', '.join(missing)} missing in Postgres schema {settings.pg_schema}; "
+                    f"run `{self.command('build-features --raw DIR')}`"
+                )
+            row = conn.execute(f"SELECT min(lo), max(hi) FROM ({union}) AS t").fetchone()
+        if row is None or row[0] is None:
+            raise FeatureRepoError(
+                f"the feature tables in Postgres schema {settings.pg_schema} are empty; rebuild them"
+            )
+        return row[0].astimezone(timezone.utc), row[1].astimezone(timezone.utc)
+
+    def query_feature_tables(self, sql: str, *tables: str) -> list[tuple[Any, ...]]:
+        import psycopg
+
+        with postgres.connect(self.settings) as conn:
+            try:
+                return conn.execute(sql.format(*(postgres.table_name(self.settings, t) for t in tables))).fetchall()
+            except psycopg.errors.UndefinedTable as exc:
+                raise FeatureRepoError(
+                    f"feature table(s) {', '.join(tables)} missing in Postgres schema {self.settings.pg_schema}; "
+                    f"run `{self.command('build-features --raw DIR')}`"
+                ) from exc

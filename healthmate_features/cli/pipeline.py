@@ -1,0 +1,224 @@
+"""The pipeline commands: generate, ingest, build-features, apply, materialize, online, training-frame, demo."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import click
+
+from healthmate_features.backends import backend_for
+from healthmate_features.cli._common import echo_json, handles_errors, main, profile_option, quiet_option, settings
+from healthmate_features.config import PROFILES
+
+
+@main.command()
+def schemas() -> None:
+    """Print the raw table schemas and the metric catalog as Markdown."""
+    from healthmate_features.raw.schemas import describe_markdown
+
+    click.echo(describe_markdown(), nl=False)
+
+
+@main.command()
+def features() -> None:
+    """Print the feature catalog (every feature with type, unit and description) as Markdown."""
+    from healthmate_features.features.catalog import describe_markdown
+
+    click.echo(describe_markdown(), nl=False)
+
+
+@main.command("ingest")
+@click.option("--raw", "raw_dir", required=True, type=click.Path(path_type=Path), help="Directory with the raw tables.")
+@click.option(
+    "--out", "out_dir", type=click.Path(path_type=Path), default=None, help="Output directory (default: data/ingested)."
+)
+@click.option("--batch-rows", default=100_000, show_default=True, help="Rows per COPY chunk (production profile).")
+@profile_option
+@quiet_option
+@handles_errors
+def ingest_cmd(raw_dir: Path, out_dir: Path | None, batch_rows: int, profile: str | None, quiet: bool) -> None:
+    """Validate raw tables; write accepted rows, a rejects file per table and counts per reason.
+
+    With the production profile the accepted rows are then loaded into Postgres (replacing the
+    previous load atomically)."""
+    from healthmate_features.raw.ingest import ingest_raw
+
+    current = settings(profile)
+    out_dir = out_dir or current.ingested_dir
+    reports, loaded = ingest_raw(raw_dir, current, out_dir=out_dir, batch_rows=batch_rows, progress=not quiet)
+    for r in reports:
+        click.echo(f"{r.table}: read {r.read:,}, accepted {r.accepted:,}, rejected {r.rejected:,}")
+        for reason, n in sorted(r.reasons.items(), key=lambda kv: -kv[1]):
+            click.echo(f"  {n:>8,}  {reason}")
+        if r.rejected:
+            click.echo(f"  rejected rows with reasons: {out_dir / (r.table + '.rejects.csv')}")
+        if r.ignored_columns:
+            click.echo(f"  ignored columns: {', '.join(r.ignored_columns)}")
+    backend = backend_for(current)
+    for table, rows in loaded.items():
+        click.echo(f"loaded {rows:,} rows into {backend.raw_table_label(table)}")
+
+
+@main.command("build-features")
+@click.option(
+    "--raw", "raw_dir", required=True, type=click.Path(path_type=Path), help="Raw directory that was ingested."
+)
+@click.option("--memory-limit", default=None, help="DuckDB memory limit, e.g. 4GB.")
+@profile_option
+@quiet_option
+@handles_errors
+def build_features_cmd(raw_dir: Path, memory_limit: str | None, profile: str | None, quiet: bool) -> None:
+    """Compute the feature tables (health, engagement, profile) from the ingested raw data.
+
+    Embedded: DuckDB writes data/features/*.parquet. Production: the same SQL runs inside
+    Postgres and replaces the tables <HM_PG_SCHEMA>.<table> atomically."""
+    from healthmate_features.features.build import build_features
+
+    current = settings(profile)
+    backend = backend_for(current)
+    for table, rows in build_features(raw_dir, current, progress=not quiet, memory_limit=memory_limit).items():
+        click.echo(f"{table}: {rows:,} rows -> {backend.feature_table_label(table)}")
+
+
+@main.command("apply")
+@profile_option
+@handles_errors
+def apply_cmd(profile: str | None) -> None:
+    """Register the definitions of feature_repo/ with Feast (same as `feast apply`)."""
+
+    from healthmate_features.stores import feature_store
+
+    feature_store.apply(settings(profile))
+
+
+@main.command("materialize")
+@click.option("--start", type=click.DateTime(), default=None, help="Window start (UTC; default: earliest feature row).")
+@click.option("--end", type=click.DateTime(), default=None, help="Window end (UTC; default: latest feature row).")
+@click.option("--incremental", is_flag=True, help="Continue each view from its last materialization.")
+@click.option("--view", "views", multiple=True, help="Only these feature views (repeatable).")
+@profile_option
+@handles_errors
+def materialize_cmd(start, end, incremental: bool, views: tuple[str, ...], profile: str | None) -> None:
+    """Load the latest feature values into the online store."""
+    from healthmate_features.stores import feature_store
+
+    def utc(d: datetime | None) -> datetime | None:
+        return d.replace(tzinfo=timezone.utc) if d is not None else None
+
+    lo, hi = feature_store.materialize(
+        settings(profile), start=utc(start), end=utc(end), incremental=incremental, views=list(views) or None
+    )
+    click.echo(f"materialized {'incrementally ' if incremental else ''}up to {hi}" + (f" from {lo}" if lo else ""))
+
+
+@main.command("online")
+@click.option("--user-id", required=True, type=int, help="The user to look up.")
+@click.option("--feature-service", default=None, help="Only this feature service's features (default: all).")
+@click.option(
+    "--at", type=click.DateTime(), default=None, help="Request time for on-demand features (UTC; default: now)."
+)
+@profile_option
+@handles_errors
+def online_cmd(user_id: int, feature_service: str | None, at, profile: str | None) -> None:
+    """Print one user's online features as JSON."""
+    from healthmate_features.stores import feature_store
+
+    at = at.replace(tzinfo=timezone.utc) if at else None
+    echo_json(feature_store.online_features(settings(profile), user_id, feature_service=feature_service, at=at))
+
+
+@main.command("training-frame")
+@click.option(
+    "--labels",
+    "labels_path",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="Parquet file with user_id, event_timestamp and the label (default: data/ingested/labels.parquet).",
+)
+@click.option("--feature-service", default="health_risk_v1", show_default=True, help="Feature service to join.")
+@click.option("--label", default="adverse_event_30d", show_default=True, help="Label column.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Write the frame to this Parquet file.")
+@profile_option
+@handles_errors
+def training_frame_cmd(labels_path, feature_service: str, label: str, out, profile: str | None) -> None:
+    """Join labels to features point-in-time through Feast and print a summary."""
+    from healthmate_features.demo import summarize_frame, training_frame
+
+    current = settings(profile)
+    frame = training_frame(
+        current, labels_path or current.ingested_dir / "labels.parquet", feature_service=feature_service, label=label
+    )
+    if out:
+        frame.to_parquet(out, index=False)
+    echo_json(summarize_frame(frame, label))
+
+
+@main.command("demo")
+@click.option("--users", default=500, show_default=True, help="Users to generate.")
+@click.option("--days", default=270, show_default=True, help="Days to generate.")
+@click.option("--seed", default=7, show_default=True, help="Random seed.")
+@click.option(
+    "--profile",
+    type=click.Choice(PROFILES),
+    default="embedded",
+    show_default=True,
+    help="embedded: no server needed; production: Postgres and Redis named by HM_PG_* / HM_REDIS_URL.",
+)
+@quiet_option
+@handles_errors
+def demo_cmd(users: int, days: int, seed: int, profile: str, quiet: bool) -> None:
+    """Run the whole pipeline (what `make demo` and `make demo-production` run)."""
+    from healthmate_features.demo import run_demo
+
+    run_demo(settings(profile), users=users, days=days, seed=seed, echo=click.echo, progress=not quiet)
+
+
+@main.command("env")
+@click.option(
+    "--profile", type=click.Choice(PROFILES), default="production", show_default=True, help="Deployment profile."
+)
+@handles_errors
+def env_cmd(profile: str) -> None:
+    """Print `export` lines that let the plain `feast` CLI use a profile (default: production).
+
+    Usage: eval "$(healthmate-features env)"; feast -f feature_store.production.yaml apply
+    """
+    click.echo("\n".join(backend_for(settings(profile)).env_lines()))
+
+
+@main.command()
+@click.option("--users", type=click.IntRange(min=1), required=True, help="Number of users to simulate.")
+@click.option("--days", type=click.IntRange(min=1), required=True, help="Length of the period in days.")
+@click.option(
+    "--seed", type=click.IntRange(min=0), required=True, help="Random seed: the same seed writes the same files."
+)
+@click.option(
+    "--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Directory for the Parquet files."
+)
+@click.option(
+    "--start",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    default="2025-01-01",
+    show_default=True,
+    help="First day of the period (UTC).",
+)
+@click.option(
+    "--invalid-rate",
+    type=click.FloatRange(0, 1),
+    default=5e-5,
+    show_default=True,
+    help="Fraction of readings and app events corrupted on purpose for ingest to reject (0: none).",
+)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@handles_errors
+def generate(users, days, seed, out_dir, start, invalid_rate, quiet) -> None:
+    """Write realistic synthetic raw data (users, health_readings, app_events, labels) as Parquet."""
+    from healthmate_features.raw.generate import generate as run
+
+    counts = run(
+        out_dir, users=users, days=days, seed=seed, start=start.date(), invalid_rate=invalid_rate, progress=not quiet
+    )
+    for table, rows in counts.items():
+        click.echo(f"{table}: {rows:,} rows")
+    click.echo(f"written to {out_dir}")
