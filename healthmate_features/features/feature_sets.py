@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
-import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +29,7 @@ from typing import Any
 from healthmate_features.config import Settings
 from healthmate_features.errors import FeatureSetError, FeatureSetExistsError
 from healthmate_features.stores import feature_store as store
+from healthmate_features.util.files import atomic_write_text
 
 SPEC_FILE = Path("feature_repo") / "feature_sets.json"
 NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}_v[0-9]{1,6}$"
@@ -248,33 +247,14 @@ def create(
 
 def _write_atomic(path: Path, specs: list[FeatureSet]) -> None:
     text = json.dumps({"feature_sets": [s.to_dict() for s in sorted(specs, key=lambda s: s.name)]}, indent=2) + "\n"
-    _replace(path, text)
+    atomic_write_text(path, text)
 
 
 def _restore(path: Path, previous: str | None) -> None:
     if previous is None:
         path.unlink(missing_ok=True)
     else:
-        _replace(path, previous)
-
-
-def _replace(path: Path, text: str) -> None:
-    """Write `text` to a temporary file next to `path`, fsync it, and rename it onto `path`."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "x") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    with contextlib.suppress(OSError):
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        atomic_write_text(path, previous)
 
 
 @contextlib.contextmanager
