@@ -21,7 +21,7 @@ install: $(STAMP)
 
 # Re-resolve the lock after a dependency change in pyproject.toml: a throwaway venv, an
 # unconstrained install of the same extras, and its `pip freeze`. Commit the result.
-.PHONY: lock
+.PHONY: lock check
 lock:
 	@set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
 	$(PYTHON) -m venv "$$tmp/venv"; \
@@ -34,6 +34,15 @@ lock:
 	  "$$tmp/venv/bin/python" -m pip freeze --exclude-editable; } > $(LOCK).tmp; \
 	mv $(LOCK).tmp $(LOCK); \
 	echo "wrote $(LOCK): $$(grep -vc '^#' $(LOCK)) packages"
+
+# The gates: formatting, lint, types and the import contract (pyproject.toml configures each).
+# Every gate runs, and the step fails if any of them found something.
+check: $(STAMP)
+	@status=0; \
+	for gate in "ruff format --check ." "ruff check ." "mypy healthmate_features" "lint-imports"; do \
+	  echo "== $$gate"; $(BIN)/$$gate || status=1; \
+	done; \
+	exit $$status
 
 # The whole main job: embedded profile by default (no server needed); `make demo
 # PROFILE=production` (or `make demo-production`) runs it against the Postgres and Redis named by
