@@ -344,7 +344,7 @@ def _finish_report(frame, config, train, test, labels, report) -> None:
 
 def _balance(values: np.ndarray) -> dict[str, float]:
     classes, counts = np.unique(values, return_counts=True)
-    return {str(c): round(int(n) / len(values), 6) for c, n in zip(classes, counts)}
+    return {str(c): round(int(n) / len(values), 6) for c, n in zip(classes, counts, strict=True)}
 
 
 def _stratify_labels(frame: pd.DataFrame, label_column: str | None) -> np.ndarray:
