@@ -6,14 +6,43 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: install demo demo-production test bench bench-production clean
 
-$(STAMP): pyproject.toml
-	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python 3.10+ is required, found " + sys.version'
+# The environment comes from the lock: every package at the version CI tested. A change to
+# pyproject.toml or to the lock re-runs this step.
+LOCK := requirements.lock
+
+$(STAMP): pyproject.toml $(LOCK)
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required (the versions in $(LOCK) need it), found " + sys.version'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -c $(LOCK) -e '.[test,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Re-resolve the lock after a dependency change in pyproject.toml: a throwaway venv, an
+# unconstrained install of the same extras, and its `pip freeze`. Commit the result.
+.PHONY: lock check
+lock:
+	@set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	$(PYTHON) -m venv "$$tmp/venv"; \
+	"$$tmp/venv/bin/python" -m pip install -q --upgrade pip; \
+	"$$tmp/venv/bin/python" -m pip install -q -e '.[test,dev]'; \
+	{ echo "# The whole resolved environment of pip install -e '.[test,dev]', used as constraints by"; \
+	  echo "# make install (pip install -c $(LOCK) -e '.[test,dev]') and so by CI."; \
+	  echo "# Do not edit by hand; after changing dependencies in pyproject.toml refresh it with make lock."; \
+	  echo "# Resolved with Python $$("$$tmp/venv/bin/python" -c 'import platform; print(platform.python_version(), "on", platform.system(), platform.machine())')."; \
+	  "$$tmp/venv/bin/python" -m pip freeze --exclude-editable; } > $(LOCK).tmp; \
+	mv $(LOCK).tmp $(LOCK); \
+	echo "wrote $(LOCK): $$(grep -vc '^#' $(LOCK)) packages"
+
+# The gates: formatting, lint, types and the import contract (pyproject.toml configures each).
+# Every gate runs, and the step fails if any of them found something.
+check: $(STAMP)
+	@status=0; \
+	for gate in "ruff format --check ." "ruff check ." "mypy healthmate_features" "lint-imports"; do \
+	  echo "== $$gate"; $(BIN)/$$gate || status=1; \
+	done; \
+	exit $$status
 
 # The whole main job: embedded profile by default (no server needed); `make demo
 # PROFILE=production` (or `make demo-production`) runs it against the Postgres and Redis named by

@@ -173,9 +173,8 @@ def online(settings, store_mod, repeats: int) -> None:
             assert all(values), "bench keys missing in Redis"
         raw50 = np.percentile(times["raw HGETALL pipeline"], 50)
         for name, seconds in times.items():
-            print(
-                f"  {batch:>3} user(s)  {name:<26}{quantiles(seconds)}   vs raw at p50: {np.percentile(seconds, 50) / raw50:5.1f}x"
-            )
+            ratio = np.percentile(seconds, 50) / raw50
+            print(f"  {batch:>3} user(s)  {name:<26}{quantiles(seconds)}   vs raw at p50: {ratio:5.1f}x")
     reader.close()
     client.close()
 

@@ -60,7 +60,7 @@ def summary(settings: Settings, *, tracker: Tracker, registry: DatasetRegistry |
         for s in sorted(fs.list_feature_services(), key=lambda s: s.name)
     ]
     registry = registry or DatasetRegistry.from_settings(settings)
-    datasets = []
+    datasets: list[dict[str, Any]] = []
     for name in registry.names():
         versions = registry.versions(name)
         latest = registry.show(name, versions[-1])

@@ -93,7 +93,7 @@ def _cast(column: str, values: list[Any], dtype: Any) -> pd.Series:
     if dtype is None:
         return pd.Series(pd.array(values)) if values else raw
     if pd.api.types.is_datetime64_any_dtype(dtype):
-        out = pd.to_datetime(raw.where(present, None).map(_text_or_none), utc=True, errors="coerce", format="ISO8601")
+        out = pd.to_datetime(raw.map(_text_or_none), utc=True, errors="coerce", format="ISO8601")
         _check(column, present & out.isna(), "is not an ISO 8601 timestamp")
         return out.astype(dtype) if getattr(dtype, "tz", None) is not None else out.dt.tz_localize(None).astype(dtype)
     if pd.api.types.is_bool_dtype(dtype):

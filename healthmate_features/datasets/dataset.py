@@ -236,7 +236,8 @@ def _update_column(digest: Any, label: str, column: pd.Series) -> None:
     elif pd.api.types.is_datetime64_any_dtype(dtype) or pd.api.types.is_timedelta64_dtype(dtype):
         _put(digest, np.asarray(present.array.asi8, dtype="<i8").tobytes())
     elif pd.api.types.is_bool_dtype(dtype) or pd.api.types.is_numeric_dtype(dtype):
-        numpy_dtype = getattr(dtype, "numpy_dtype", dtype)
+        # Masked and Arrow dtypes name their NumPy dtype in `numpy_dtype` (not in pandas-stubs).
+        numpy_dtype: Any = getattr(dtype, "numpy_dtype", dtype)
         values = np.asarray(present.to_numpy(dtype=numpy_dtype))
         _put(digest, np.ascontiguousarray(values.astype(values.dtype.newbyteorder("<"))).tobytes())
     else:

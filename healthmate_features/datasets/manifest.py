@@ -73,7 +73,7 @@ def content_manifest(dataset: ProcessedDataset) -> dict[str, Any]:
             "rows": int(len(value)),
             "index": [
                 {"name": to_jsonable(n, f"{split}.index.names"), "dtype": str(t)}
-                for n, t in zip(value.index.names, _index_dtypes(value.index))
+                for n, t in zip(value.index.names, _index_dtypes(value.index), strict=True)
             ],
         }
         if isinstance(value, pd.Series):

@@ -302,7 +302,8 @@ class DatasetRegistry:
         `bump=None` applies the bump rule against the latest version (see `manifest.bump_rule`);
         an explicit bump may go higher than the rule but not lower. The first version is 1.0.0.
         Side effects: creates `<root>/<name>/<version>/` (read-only), and `<root>/<name>/` for
-        a new name; a failed save leaves no version and no temporary directory behind. Safe under concurrent saves from threads and processes."""
+        a new name; a failed save leaves no version and no temporary directory behind. Safe under
+        concurrent saves from threads and processes."""
         check_name(name)
         if bump is not None and bump not in BUMPS:
             raise DatasetVersionError(f"invalid bump {bump!r}: use one of {', '.join(BUMPS)} or None")

@@ -323,14 +323,16 @@ def _engagement() -> FeatureTable:
     rolled += [
         (
             "notification_open_rate_30d",
-            "CAST(sum(notifications_opened) OVER w30 AS DOUBLE PRECISION) / nullif(sum(notifications_sent) OVER w30, 0)",
+            "CAST(sum(notifications_opened) OVER w30 AS DOUBLE PRECISION)"
+            " / nullif(sum(notifications_sent) OVER w30, 0)",
             "Float64",
             "notifications opened / sent in the 30 days ending that day (null when none sent)",
             "ratio",
         ),
         (
             "days_since_last_activity",
-            "day_number - max(CASE WHEN active = 1 THEN day_number END) OVER (PARTITION BY user_id ORDER BY day ROWS UNBOUNDED PRECEDING)",
+            "day_number - max(CASE WHEN active = 1 THEN day_number END)"
+            " OVER (PARTITION BY user_id ORDER BY day ROWS UNBOUNDED PRECEDING)",
             "Int64",
             "days since the last active day (0: active that day; null: never active)",
             "days",

@@ -544,7 +544,7 @@ class _Block:
         s = at(watch & self.bern(np.where(self.asthma, 0.9, 0.4)[:, None], (n, D)), 3, 1.2, "watch")
         put(s, "spo2", np.minimum(noisy(spo2, s, 0.8), 100))
 
-        u, d, metric, value, tod, dev = (np.concatenate(c) for c in zip(*parts))
+        u, d, metric, value, tod, dev = (np.concatenate(c) for c in zip(*parts, strict=True))
         keep = d * DAY + tod > self.signup_us[u]
         u, metric, value, rec, dev = u[keep], metric[keep], value[keep], (d * DAY + tod)[keep], dev[keep]
         k = len(u)
@@ -635,7 +635,7 @@ class _Block:
             delay = np.maximum(rng.lognormal(np.log(12), 1.0, o.sum()) * MINUTE, 1_000_000).astype(np.int64)
             emit(u[o], d[o], "notification_opened", np.minimum(sent[o] + delay, DAY - 1), anchor=sent[o])
 
-        u, d, ev, tod, dur, anchor = (np.concatenate(c) for c in zip(*parts))
+        u, d, ev, tod, dur, anchor = (np.concatenate(c) for c in zip(*parts, strict=True))
         keep = d * DAY + anchor > self.signup_us[u]
         u, ev, at, dur = u[keep], ev[keep], (d * DAY + tod)[keep], dur[keep]
         order = np.lexsort((ev, at, u))

@@ -28,11 +28,12 @@ from typing import Any
 
 import pandas as pd
 import yaml
+from feast import FeatureService
 
 from healthmate_features.backends import backend_for
 from healthmate_features.config import Settings
 from healthmate_features.datasets.dataset import ProcessedDataset, data_hash, frame_hash
-from healthmate_features.datasets.registry import DatasetRegistry
+from healthmate_features.datasets.registry import Bump, DatasetRegistry
 from healthmate_features.errors import ConfigError, FeatureRepoError
 from healthmate_features.features.catalog import FEATURE_TABLES
 from healthmate_features.raw.ingest import sha256_file
@@ -55,7 +56,7 @@ class TrainingSetConfig:
     task: str = "classification"
     split: dict[str, Any] = field(default_factory=lambda: {"strategy": "time"})
     preprocessing: dict[str, Any] = field(default_factory=dict)
-    bump: str | None = None
+    bump: Bump | None = None
     exclude_late_arrivals: bool = False
 
     @classmethod
@@ -108,6 +109,8 @@ def feature_window_days(feature_refs: list[str]) -> int:
 
 def _feature_refs(fs, feature_service: str) -> list[str]:
     service = store.feature_refs(fs, feature_service)
+    if not isinstance(service, FeatureService):  # a list: every feature, for an empty name
+        raise ConfigError("a training set needs a feature service; set feature_service, e.g. health_risk_v1")
     return [f"{p.name_to_use()}:{f.name}" for p in service.feature_view_projections for f in p.features]
 
 
@@ -248,7 +251,7 @@ def registry(settings: Settings) -> DatasetRegistry:
 
 
 def build_and_save(
-    config: TrainingSetConfig | Mapping[str, Any], settings: Settings, *, bump: str | None = None
+    config: TrainingSetConfig | Mapping[str, Any], settings: Settings, *, bump: Bump | None = None
 ) -> tuple[str, ProcessedDataset]:
     """Build a training set and save it as a new version; return ("name@version", dataset).
 

@@ -47,7 +47,8 @@ def read_entity_frame(source: pd.DataFrame | str | Path) -> pd.DataFrame:
     path = Path(source)
     if not path.exists():
         raise EntityFrameError(
-            f"entity frame file {path} does not exist; pass a Parquet or CSV file with user_id, event_timestamp and the label"
+            f"entity frame file {path} does not exist; "
+            "pass a Parquet or CSV file with user_id, event_timestamp and the label"
         )
     try:
         return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
@@ -112,7 +113,8 @@ def validate_entity_frame(
     if bad_ids.any():
         examples = ", ".join(repr(v) for v in out.loc[bad_ids, "user_id"].astype(str).unique()[:3])
         raise EntityFrameError(
-            f"entity frame column 'user_id' has {int(bad_ids.sum())} non-integer value(s) (e.g. {examples}); user ids are integers"
+            f"entity frame column 'user_id' has {int(bad_ids.sum())} non-integer value(s) (e.g. {examples}); "
+            "user ids are integers"
         )
     out["user_id"] = ids.astype("int64")
     counts: dict = {"naive_timestamps_assumed_utc": 0, "converted_to_utc": 0}

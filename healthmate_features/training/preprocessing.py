@@ -38,7 +38,7 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from healthmate_features.errors import ConfigError, HealthmateError, PreprocessingError
 
 TASKS = ("classification", "regression")
-SECTION_KEYS = {
+SECTION_KEYS: dict[str, tuple[str, ...] | None] = {
     "numeric": ("columns", "impute", "fill_value", "scale"),
     "categorical": ("columns", "impute", "fill_value", "encode"),
     "select": None,  # a list of {"method": ...} mappings
@@ -52,7 +52,7 @@ ALLOWED = {
     ("reduce", "method"): ("pca",),
 }
 SELECT_KEYS = {"variance": ("threshold",), "correlation": ("threshold",), "mutual_info": ("k", "random_state")}
-_DEFAULTS = {
+_DEFAULTS: dict[str, dict[str, str | None]] = {
     "numeric": {"impute": "none", "scale": "none"},
     "categorical": {"impute": "none", "encode": "onehot"},
     "reduce": {"method": None},
@@ -105,15 +105,17 @@ def validate_config(config: Mapping[str, Any] | str | Path | None) -> dict[str, 
     data = load_config(config)
     _unknown("preprocessing config", data, SECTION_KEYS)
     out: dict[str, Any] = {}
-    for name in ("numeric", "categorical", "reduce"):
+    for name, keys in SECTION_KEYS.items():
+        if keys is None:  # "select", a list of steps: checked below
+            continue
         section = data.get(name)
         if section is None:
             out[name] = None
             continue
         if not isinstance(section, Mapping):
             raise ConfigError(f"preprocessing.{name} is {section!r}; it must be a mapping")
-        _unknown(f"preprocessing.{name}", section, SECTION_KEYS[name])
-        out[name] = _section_choices(name, {key: section.get(key) for key in SECTION_KEYS[name]}, **_DEFAULTS[name])
+        _unknown(f"preprocessing.{name}", section, keys)
+        out[name] = _section_choices(name, {key: section.get(key) for key in keys}, **_DEFAULTS[name])
         if name == "reduce":
             out[name]["n_components"] = _check_n_components(out[name]["n_components"])
         else:

@@ -196,17 +196,18 @@ def _time_split(frame, config, time_column, window, report) -> tuple[np.ndarray,
     else:
         cutoff = config.cutoff
         report["cutoff_source"] = "config"
-    if window is None:
-        if config.embargo_days is None:
-            raise ConfigError(
-                "a time split needs an embargo: pass feature_window_days (the longest feature "
-                "window of the feature service) or set split.embargo_days"
-            )
-        required = None
-        report["warnings"].append("longest feature window unknown: the embargo was not checked against it")
+    required = None if window is None else required_embargo_days(window, horizon)
+    if config.embargo_days is not None:
+        embargo = float(config.embargo_days)
+    elif required is not None:
+        embargo = required
     else:
-        required = required_embargo_days(window, horizon)
-    embargo = required if config.embargo_days is None else float(config.embargo_days)
+        raise ConfigError(
+            "a time split needs an embargo: pass feature_window_days (the longest feature "
+            "window of the feature service) or set split.embargo_days"
+        )
+    if required is None:
+        report["warnings"].append("longest feature window unknown: the embargo was not checked against it")
     if required is not None and embargo < required:
         message = (
             f"embargo_days={embargo:g} is shorter than the longest feature window "
@@ -344,7 +345,7 @@ def _finish_report(frame, config, train, test, labels, report) -> None:
 
 def _balance(values: np.ndarray) -> dict[str, float]:
     classes, counts = np.unique(values, return_counts=True)
-    return {str(c): round(int(n) / len(values), 6) for c, n in zip(classes, counts)}
+    return {str(c): round(int(n) / len(values), 6) for c, n in zip(classes, counts, strict=True)}
 
 
 def _stratify_labels(frame: pd.DataFrame, label_column: str | None) -> np.ndarray:
