@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 LOCK := requirements.lock
 
 $(STAMP): pyproject.toml $(LOCK)
-	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required (the versions in $(LOCK) need it), found " + sys.version'
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python 3.10+ is required, found " + sys.version'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c $(LOCK) -e '.[test,dev]'
@@ -22,9 +22,12 @@ install: $(STAMP)
 # Re-resolve the lock after a dependency change in pyproject.toml: a throwaway venv, an
 # unconstrained install of the same extras, and its `pip freeze`. Commit the result.
 .PHONY: lock check
+# Resolved on the oldest Python the package supports, so every pinned version installs there
+# and on newer Pythons (the pins have wheels for 3.10 to 3.13).
+LOCK_PYTHON ?= python3.10
 lock:
 	@set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
-	$(PYTHON) -m venv "$$tmp/venv"; \
+	$(LOCK_PYTHON) -m venv "$$tmp/venv"; \
 	"$$tmp/venv/bin/python" -m pip install -q --upgrade pip; \
 	"$$tmp/venv/bin/python" -m pip install -q -e '.[test,dev]'; \
 	{ echo "# The whole resolved environment of pip install -e '.[test,dev]', used as constraints by"; \

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 PROFILES = ("embedded", "production")
 # Settings field -> the environment variable that sets it (defaults: the field defaults).
@@ -56,10 +57,11 @@ class Settings:
         nearest directory upwards from the current one that holds feature_store.yaml."""
         env = os.environ
         root = Path(repo_path or env.get("HM_REPO_PATH") or _find_repo_root(Path.cwd())).resolve()
-        values: dict = {"repo_path": root}
+        values: dict[str, Any] = {"repo_path": root}
         for f in fields(cls):
             if f.name in _ENV and _ENV[f.name] in env:
-                values[f.name] = type(f.default)(env[_ENV[f.name]])
+                convert: Any = type(f.default)  # str, int or float: every field with a variable has a default
+                values[f.name] = convert(env[_ENV[f.name]])
         values.update(overrides)
         if values.get("profile", "embedded") not in PROFILES:
             from healthmate_features.errors import ConfigError

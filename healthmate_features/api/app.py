@@ -17,7 +17,7 @@ import time
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from importlib.metadata import version as package_version
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import anyio
 import numpy as np
@@ -90,7 +90,7 @@ ERROR_STATUS: tuple[tuple[type[HealthmateError], int, str], ...] = (
     (HealthmateError, 422, "invalid_request"),  # config, entity frame, preprocessing, tracking, dataset, key
 )
 _HTTP_KINDS = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
-_ERRORS = {code: {"model": ErrorBody} for code in (401, 403, 422)}
+_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (401, 403, 422)}
 
 
 @dataclasses.dataclass
@@ -124,20 +124,22 @@ def response_for(exc: HealthmateError) -> JSONResponse:
     return error_response(status, kind, str(exc))
 
 
-async def _healthmate_error(request: Request, exc: HealthmateError) -> JSONResponse:
-    return response_for(exc)
+# Starlette types every handler as (Request, Exception); each is registered for one class only.
+async def _healthmate_error(request: Request, exc: Exception) -> JSONResponse:
+    return response_for(cast(HealthmateError, exc))
 
 
-async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    errors = exc.errors()
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    errors = cast(RequestValidationError, exc).errors()
     if any(e.get("type") == "json_invalid" for e in errors):
         return error_response(400, "bad_request", "the request body is not valid JSON")
     parts = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in errors[:10]]
     return error_response(422, "invalid_request", "; ".join(parts) + (" ..." if len(errors) > 10 else ""))
 
 
-async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    return error_response(exc.status_code, _HTTP_KINDS.get(exc.status_code, "error"), str(exc.detail))
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    http = cast(StarletteHTTPException, exc)
+    return error_response(http.status_code, _HTTP_KINDS.get(http.status_code, "error"), str(http.detail))
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
@@ -367,7 +369,7 @@ def dataset_versions(
     """Every version of every dataset (or of one): created time, parent, bump, rows, hash."""
     if name is not None:
         _target(request, "dataset", name)
-    return DatasetVersions(versions=training.registry(ctx.settings).list(name))
+    return DatasetVersions.model_validate({"versions": training.registry(ctx.settings).list(name)})
 
 
 @router.get(
@@ -451,9 +453,9 @@ def model_performance(
         comparison = dataclasses.asdict(result)
         if metric:
             comparison["metrics"] = [m for m in comparison["metrics"] if m["metric"] == metric.lower()]
-        return Performance(model=model, comparison=comparison)
+        return Performance.model_validate({"model": model, "comparison": comparison})
     records = ctx.tracker.history(model, metric=metric, environment=environment, version=wanted[0] if wanted else None)
-    return Performance(model=model, history=[dataclasses.asdict(r) for r in records])
+    return Performance.model_validate({"model": model, "history": [dataclasses.asdict(r) for r in records]})
 
 
 @router.get("/dashboard/summary", response_model=DashboardSummary, tags=["dashboard"], summary="Counts and freshness")

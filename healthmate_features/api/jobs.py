@@ -16,11 +16,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Literal, get_args
 
 from healthmate_features.errors import HealthmateError, JobNotFoundError
 
-STATUSES = ("queued", "running", "succeeded", "failed")
+JobStatus = Literal["queued", "running", "succeeded", "failed"]
+STATUSES: tuple[JobStatus, ...] = get_args(JobStatus)
 JOB_ID_PATTERN = r"^[0-9a-f]{32}$"
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ class Job:
 
     job_id: str
     kind: str
-    status: str
+    status: JobStatus
     created_at: datetime
     target: str | None = None
     started_at: datetime | None = None

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from healthmate_features.api.jobs import JOB_ID_PATTERN
+from healthmate_features.api.jobs import JOB_ID_PATTERN, JobStatus
 from healthmate_features.api.preprocess import MAX_ROWS
 from healthmate_features.features.feature_sets import MAX_DESCRIPTION, NAME_PATTERN
 
@@ -144,7 +144,7 @@ class JobInfo(BaseModel):
 
     job_id: str
     kind: str
-    status: Literal["queued", "running", "succeeded", "failed"]
+    status: JobStatus
     target: str | None = None
     created_at: datetime
     started_at: datetime | None = None

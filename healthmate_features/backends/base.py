@@ -108,7 +108,7 @@ class Backend(ABC):
 
     # --- servers -----------------------------------------------------------------------------
 
-    def check_services(self) -> None:
+    def check_services(self) -> None:  # noqa: B027  (a hook: by default there is no server to check)
         """Fail fast (ServiceUnavailableError) when a server this profile needs does not answer."""
 
     def prepare_servers(self) -> None:
@@ -196,7 +196,7 @@ class Backend(ABC):
 
     # --- raw tables --------------------------------------------------------------------------
 
-    def prepare_raw_store(self) -> None:
+    def prepare_raw_store(self) -> None:  # noqa: B027  (a hook: by default nothing to prepare)
         """Make sure the raw tables can be written (before validation runs, so a down server fails first)."""
 
     def store_raw(

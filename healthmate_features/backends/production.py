@@ -222,10 +222,12 @@ class ProductionBackend(Backend):
             manifest["loaded_rows"] = counts
             manifest_table = postgres.table_name(settings, MANIFEST_TABLE)
             cur.execute(
-                f"CREATE TABLE IF NOT EXISTS {manifest_table} (id INT PRIMARY KEY CHECK (id = 1), manifest JSONB NOT NULL)"
+                f"CREATE TABLE IF NOT EXISTS {manifest_table} "
+                "(id INT PRIMARY KEY CHECK (id = 1), manifest JSONB NOT NULL)"
             )
             cur.execute(
-                f"INSERT INTO {manifest_table} VALUES (1, %s) ON CONFLICT (id) DO UPDATE SET manifest = EXCLUDED.manifest",
+                f"INSERT INTO {manifest_table} VALUES (1, %s) "
+                "ON CONFLICT (id) DO UPDATE SET manifest = EXCLUDED.manifest",
                 (json.dumps(manifest),),
             )
         bar.close()

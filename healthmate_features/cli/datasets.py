@@ -10,7 +10,7 @@ import click
 from healthmate_features.cli._common import echo_json, handles_errors, main, profile_option, settings
 
 if TYPE_CHECKING:
-    from healthmate_features.datasets.registry import DatasetRegistry
+    from healthmate_features.datasets.registry import Bump, DatasetRegistry
 
 
 @main.group("training-set")
@@ -27,7 +27,7 @@ def training_set_group() -> None:
 )
 @profile_option
 @handles_errors
-def training_set_build_cmd(config_path: Path, bump: str | None, profile: str | None) -> None:
+def training_set_build_cmd(config_path: Path, bump: Bump | None, profile: str | None) -> None:
     """Build a training set from a config and save it as a new dataset version; print name@version."""
     from healthmate_features.training.builder import TrainingSetConfig, build_and_save, summary
 

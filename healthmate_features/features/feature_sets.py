@@ -99,9 +99,11 @@ def resolve(features: Iterable[object], views: Mapping[str, list[str]]) -> dict[
                 f"feature view {view!r} has no feature {feature!r} (its features: {', '.join(views[view])})"
             )
         if feature is None:
-            grouped[view] = None
-        elif grouped.get(view, []) is not None and feature not in grouped.setdefault(view, []):
-            grouped[view].append(feature)
+            grouped[view] = None  # the whole view
+            continue
+        picked = grouped.setdefault(view, [])
+        if picked is not None and feature not in picked:
+            picked.append(feature)
     if not grouped:
         raise FeatureSetError("a feature set needs at least one feature reference, e.g. 'health_rolling:steps_mean_7d'")
     seen: dict[str, str] = {}

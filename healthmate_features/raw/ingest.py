@@ -69,15 +69,22 @@ def find_raw_file(raw_dir: Path, table: str) -> Path | None:
 def _open_source(con: duckdb.DuckDBPyConnection, table: TableSchema, path: Path) -> dict[str, str]:
     """Create view `src_<table>` over the file with a row number; return its column types."""
     if path.suffix == ".parquet":
-        source = f"SELECT * EXCLUDE (file_row_number), file_row_number AS _row FROM read_parquet({quote_literal(str(path))}, file_row_number = true)"
+        source = (
+            "SELECT * EXCLUDE (file_row_number), file_row_number AS _row "
+            f"FROM read_parquet({quote_literal(str(path))}, file_row_number = true)"
+        )
     else:
-        source = f"SELECT *, row_number() OVER () - 1 AS _row FROM read_csv({quote_literal(str(path))}, header = true, all_varchar = true)"
+        source = (
+            "SELECT *, row_number() OVER () - 1 AS _row "
+            f"FROM read_csv({quote_literal(str(path))}, header = true, all_varchar = true)"
+        )
     try:
         con.execute(f"CREATE OR REPLACE VIEW src_{table.name} AS {source}")
         types = {row[0]: str(row[1]) for row in con.execute(f"DESCRIBE src_{table.name}").fetchall()}
     except duckdb.Error as exc:
         raise RawDataError(
-            f"cannot read {path} for table '{table.name}': {str(exc).splitlines()[0]}; expected a Parquet file or a CSV file "
+            f"cannot read {path} for table '{table.name}': {str(exc).splitlines()[0]}; "
+            "expected a Parquet file or a CSV file "
             f"with a header and the columns {', '.join(table.column_names)}"
         ) from exc
     missing = [c for c in table.column_names if c not in types]
@@ -112,6 +119,10 @@ def _typed(col: Column, src_type: str) -> str:
     if col.dtype == "string":
         return f"CAST({name} AS VARCHAR)"
     return f"TRY_CAST({name} AS {_SQL_TYPES[col.dtype]})"
+
+
+def _bound(value: float | None) -> str:
+    return "" if value is None else f"{value:g}"
 
 
 def _checks(table: TableSchema, types: dict[str, str]) -> list[tuple[str, str, str]]:
@@ -185,7 +196,7 @@ def _checks(table: TableSchema, types: dict[str, str]) -> list[tuple[str, str, s
                 (
                     f"{col.name}: out of range",
                     f"({low} OR {high})",
-                    f"'{col.name} ' || {text} || ' is outside {'' if col.low is None else f'{col.low:g}'}..{'' if col.high is None else f'{col.high:g}'}'",
+                    f"'{col.name} ' || {text} || ' is outside {_bound(col.low)}..{_bound(col.high)}'",
                 )
             )
     checks += _table_checks(table.name)
@@ -201,7 +212,8 @@ def _table_checks(name: str) -> list[tuple[str, str, str]]:
                 (
                     f"value: impossible {m.name}",
                     f"t_metric = '{m.name}' AND (t_value < {m.low} OR t_value > {m.high})",
-                    f"'{m.name} value ' || CAST(t_value AS VARCHAR) || ' is physically impossible (possible: {m.low:g}..{m.high:g} {m.unit})'",
+                    f"'{m.name} value ' || CAST(t_value AS VARCHAR) || "
+                    f"' is physically impossible (possible: {m.low:g}..{m.high:g} {m.unit})'",
                 )
             )
             out.append(
@@ -228,7 +240,8 @@ def _table_checks(name: str) -> list[tuple[str, str, str]]:
         return [
             (
                 "conditions: unknown condition",
-                f"t_conditions IS NOT NULL AND t_conditions <> '' AND NOT regexp_full_match(t_conditions, '{one}(;{one})*')",
+                "t_conditions IS NOT NULL AND t_conditions <> '' "
+                f"AND NOT regexp_full_match(t_conditions, '{one}(;{one})*')",
                 f"'conditions ''' || t_conditions || ''' names an unknown condition (known: {', '.join(CONDITIONS)})'",
             ),
             (
@@ -275,7 +288,7 @@ def _ingest_table(con, table: TableSchema, path: Path, out_dir: Path) -> TableRe
     ).fetchone()
     report.read, report.rejected = int(counts[0]), int(counts[1])
     report.accepted = report.read - report.rejected
-    report.reasons = {code: int(n) for (code, _, _), n in zip(checks, counts[2:]) if n}
+    report.reasons = {code: int(n) for (code, _, _), n in zip(checks, counts[2:], strict=True) if n}
     out_cols = ", ".join(f't_{c} AS "{c}"' for c in table.column_names)
     accepted = f"SELECT {out_cols} FROM {checked} WHERE NOT _bad ORDER BY _row"
     if table.name == "users":  # the other tables are checked against the accepted users
@@ -308,7 +321,8 @@ def ingest(raw_dir: str | Path, out_dir: str | Path, *, progress: bool = False) 
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     if not raw_dir.is_dir():
         raise RawDataError(
-            f"raw data directory {raw_dir} does not exist; run `healthmate-features generate --out {raw_dir}` or point --raw at your export"
+            f"raw data directory {raw_dir} does not exist; "
+            f"run `healthmate-features generate --out {raw_dir}` or point --raw at your export"
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {name: find_raw_file(raw_dir, name) for name in RAW_TABLES}
@@ -321,13 +335,12 @@ def ingest(raw_dir: str | Path, out_dir: str | Path, *, progress: bool = False) 
     con.execute("SET TimeZone = 'UTC'")
     reports = []
     # users first: the other tables are checked against the accepted users.
-    tables = [name for name in RAW_TABLES if files[name] is not None]
+    present = {name: path for name, path in files.items() if path is not None}
     try:
         from tqdm import tqdm
 
-        iterator = tqdm(tables, desc="ingest", unit="table", disable=not progress)
-        for name in iterator:
-            reports.append(_ingest_table(con, RAW_TABLES[name], files[name], out_dir))
+        for name in tqdm(present, desc="ingest", unit="table", disable=not progress):
+            reports.append(_ingest_table(con, RAW_TABLES[name], present[name], out_dir))
     finally:
         con.close()
     for r in reports:

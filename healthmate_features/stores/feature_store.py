@@ -24,7 +24,7 @@ from healthmate_features.config import Settings
 from healthmate_features.errors import FeatureRepoError, FeatureServiceNotFoundError, OnlineReadError
 
 if TYPE_CHECKING:
-    from feast import FeatureStore
+    from feast import FeatureService, FeatureStore
 
     from healthmate_features.stores.online import OnlineReader
 
@@ -100,7 +100,7 @@ def materialize(
     return start, end
 
 
-def feature_refs(store, feature_service: str | None) -> list[str] | object:
+def feature_refs(store: FeatureStore, feature_service: str | None) -> list[str] | FeatureService:
     """The features to read: a feature service's, or every feature of every view."""
     if feature_service:
         try:
@@ -216,7 +216,8 @@ def historical_features(
         frame = job.to_df()
     if len(frame) != len(entities):
         raise FeatureRepoError(
-            f"Feast returned {len(frame)} rows for an entity frame of {len(entities)}; duplicate feature rows per user and timestamp?"
+            f"Feast returned {len(frame)} rows for an entity frame of {len(entities)}; "
+            "duplicate feature rows per user and timestamp?"
         )
     frame = frame.sort_values(ROW_COLUMN, kind="stable").reset_index(drop=True)
     frame[list(entities.columns)] = entities
