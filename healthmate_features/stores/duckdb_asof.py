@@ -43,20 +43,22 @@ import pyarrow.parquet as pq
 from feast.data_format import ParquetFormat
 from feast.data_source import DataSource
 from feast.errors import EntityTimestampInferenceException, SavedDatasetLocationAlreadyExists
-from feast.feature_view import DUMMY_ENTITY_ID, DUMMY_ENTITY_VAL, FeatureView
+from feast.feature_view import FeatureView
 from feast.infra.offline_stores.file_source import FileSource, SavedDatasetFileStorage
 from feast.infra.offline_stores.offline_store import OfflineStore, RetrievalJob, RetrievalMetadata
-from feast.infra.offline_stores.offline_utils import (
-    DEFAULT_ENTITY_DF_EVENT_TIMESTAMP_COL,
-    get_pyarrow_schema_from_batch_source,
-    infer_event_timestamp_from_entity_df,
-)
 from feast.infra.registry.base_registry import BaseRegistry
 from feast.on_demand_feature_view import OnDemandFeatureView
 from feast.repo_config import FeastConfigBaseModel, RepoConfig
 from feast.saved_dataset import SavedDatasetStorage
 from pydantic import StrictBool, StrictInt, StrictStr
 
+from healthmate_features._feast import (
+    DEFAULT_ENTITY_DF_EVENT_TIMESTAMP_COL,
+    DUMMY_ENTITY_ID,
+    DUMMY_ENTITY_VAL,
+    get_pyarrow_schema_from_batch_source,
+    infer_event_timestamp_from_entity_df,
+)
 from healthmate_features.errors import OfflineStoreError
 
 STORE_TYPE: Final = "healthmate_features.stores.duckdb_asof.HealthmateDuckDBOfflineStore"
