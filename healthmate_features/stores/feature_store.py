@@ -11,6 +11,7 @@ import sys
 import threading
 import warnings
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import pandas as pd
 
@@ -93,8 +94,10 @@ def feature_time_range(settings: Settings) -> tuple[datetime, datetime]:
     union = " UNION ALL ".join(
         f"SELECT min(event_timestamp) lo, max(event_timestamp) hi FROM read_parquet('{f}')" for f in files
     )
-    lo, hi = con.execute(f"SELECT min(lo), max(hi) FROM ({union})").fetchone()
+    row = con.execute(f"SELECT min(lo), max(hi) FROM ({union})").fetchone()
     con.close()
+    assert row is not None  # an aggregate without GROUP BY returns one row
+    lo, hi = row
     return lo.astimezone(timezone.utc), hi.astimezone(timezone.utc)
 
 
@@ -146,7 +149,7 @@ def feature_refs(store, feature_service: str | None) -> list[str] | object:
     return refs
 
 
-_readers: dict[tuple, object] = {}
+_readers: dict[tuple, Any] = {}  # settings key -> OnlineReader
 _readers_lock = threading.Lock()
 
 

@@ -149,9 +149,9 @@ class OnlineReader:
                         raise
                     selection = registry.get_feature_service(feature_service, self.project, allow_cache=True)
             except Exception as exc:
-                names = ", ".join(s.name for s in registry.list_feature_services(self.project, allow_cache=True))
+                known = ", ".join(s.name for s in registry.list_feature_services(self.project, allow_cache=True))
                 raise FeatureServiceNotFoundError(
-                    f"feature service '{feature_service}' not found (have: {names}); run `feast apply` if it is new"
+                    f"feature service '{feature_service}' not found (have: {known}); run `feast apply` if it is new"
                 ) from exc
         elif features:
             selection = list(features)

@@ -53,10 +53,11 @@ _CSV_TYPES = ("int16", "int32", "int64", "float", "double", "string", "bool")
 class LateralPostgreSQLOfflineStoreConfig(PostgreSQLOfflineStoreConfig):
     """Feast's Postgres offline store settings (host, port, database, db_schema, user, sslmode...)."""
 
+    # Feast selects the store class by this field, so a subclass replaces Feast's Literal["postgres"].
     type: Literal[
         "healthmate_features.stores.postgres_lateral.LateralPostgreSQLOfflineStore",
         "healthmate_features.pg_offline_store.LateralPostgreSQLOfflineStore",  # before 0.2; removed in 0.3
-    ] = "healthmate_features.stores.postgres_lateral.LateralPostgreSQLOfflineStore"
+    ] = "healthmate_features.stores.postgres_lateral.LateralPostgreSQLOfflineStore"  # type: ignore[assignment]
 
 
 def _q(name: str) -> str:
@@ -140,6 +141,7 @@ class LateralRetrievalJob(PostgreSQLRetrievalJob):
         with _feast.pg_connect(self.config.offline_store) as conn, conn.transaction(), conn.cursor() as cur:
             self._upload(cur)
             cur.execute(f"SELECT * FROM ({self._sql}) AS q LIMIT 0")
+            assert cur.description is not None  # a SELECT describes its columns
             types = {c.name: _feast.pg_type_code_to_arrow(c.type_code) for c in cur.description}
             out = io.BytesIO()
             with cur.copy(f"COPY ({self._sql}) TO STDOUT (FORMAT csv, HEADER)") as copy:
