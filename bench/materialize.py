@@ -129,10 +129,8 @@ def online(settings, store_mod, repeats: int) -> None:
     The three run round-robin per lookup (same users, same moment); ours is checked equal to Feast's.
     """
     import redis
-    from feast.infra.online_stores.helpers import _redis_key
-    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-    from feast.protos.feast.types.Value_pb2 import Value
 
+    from healthmate_features._feast import feast_redis_key
     from healthmate_features.stores.online import OnlineReader
 
     fs = store_mod.open_feature_store(settings)
@@ -160,10 +158,7 @@ def online(settings, store_mod, repeats: int) -> None:
             t0 = time.perf_counter()
             reader.get(ids, feature_service=SERVICE, at=at)
             times["ours (OnlineReader)"].append(time.perf_counter() - t0)
-            keys = [
-                _redis_key(PROJECT, EntityKey(join_keys=["user_id"], entity_values=[Value(int64_val=u)]), 3)
-                for u in ids
-            ]
+            keys = [feast_redis_key(PROJECT, "user_id", u) for u in ids]
             t0 = time.perf_counter()
             with client.pipeline(transaction=False) as pipe:
                 for key in keys:

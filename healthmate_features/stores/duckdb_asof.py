@@ -43,20 +43,22 @@ import pyarrow.parquet as pq
 from feast.data_format import ParquetFormat
 from feast.data_source import DataSource
 from feast.errors import EntityTimestampInferenceException, SavedDatasetLocationAlreadyExists
-from feast.feature_view import DUMMY_ENTITY_ID, DUMMY_ENTITY_VAL, FeatureView
+from feast.feature_view import FeatureView
 from feast.infra.offline_stores.file_source import FileSource, SavedDatasetFileStorage
 from feast.infra.offline_stores.offline_store import OfflineStore, RetrievalJob, RetrievalMetadata
-from feast.infra.offline_stores.offline_utils import (
-    DEFAULT_ENTITY_DF_EVENT_TIMESTAMP_COL,
-    get_pyarrow_schema_from_batch_source,
-    infer_event_timestamp_from_entity_df,
-)
 from feast.infra.registry.base_registry import BaseRegistry
 from feast.on_demand_feature_view import OnDemandFeatureView
 from feast.repo_config import FeastConfigBaseModel, RepoConfig
 from feast.saved_dataset import SavedDatasetStorage
 from pydantic import StrictBool, StrictInt, StrictStr
 
+from healthmate_features._feast import (
+    DEFAULT_ENTITY_DF_EVENT_TIMESTAMP_COL,
+    DUMMY_ENTITY_ID,
+    DUMMY_ENTITY_VAL,
+    get_pyarrow_schema_from_batch_source,
+    infer_event_timestamp_from_entity_df,
+)
 from healthmate_features.errors import OfflineStoreError
 
 STORE_TYPE: Final = "healthmate_features.stores.duckdb_asof.HealthmateDuckDBOfflineStore"
@@ -231,7 +233,7 @@ def _entity_input(config: RepoConfig, entity_df: pd.DataFrame | str | None) -> _
     """Describe the entity frame; a DataFrame is copied to Arrow now, SQL runs when the job does."""
     if isinstance(entity_df, pd.DataFrame):
         frame = pa.Table.from_pandas(entity_df, preserve_index=False)
-        timestamp = infer_event_timestamp_from_entity_df(dict(zip(entity_df.columns, entity_df.dtypes)))
+        timestamp = infer_event_timestamp_from_entity_df(dict(zip(entity_df.columns, entity_df.dtypes, strict=True)))
         return _EntityInput(tuple(map(str, entity_df.columns)), timestamp, lambda con: frame)
     if isinstance(entity_df, str):
         con = _connect(config)
@@ -384,7 +386,7 @@ def _point_in_time_join(
             f"DuckDB could not run the point-in-time join for feature views {', '.join(v.name for v in views)}: {exc}"
         ) from exc
     result = entity
-    for name, column in zip(names, features.columns):
+    for name, column in zip(names, features.columns, strict=True):
         result = result.append_column(name, column)
     return result
 
@@ -522,7 +524,10 @@ class HealthmateDuckDBOfflineStore(OfflineStore):
                 bounds = _ns_range(_entity_ns(entity.load(con), entity.timestamp))
             finally:
                 con.close()
-            as_datetime = lambda ns: pd.Timestamp(ns, tz="UTC").to_pydatetime()
+
+            def as_datetime(ns: int) -> datetime:
+                return pd.Timestamp(ns, tz="UTC").to_pydatetime()
+
             return RetrievalMetadata(
                 features=feature_refs,
                 keys=[c for c in entity.columns if c != entity.timestamp],

@@ -6,7 +6,7 @@ keys in the same order, same Python values, missing users and null values as Non
 fraction of the time:
 
 - the features are resolved once per (feature service or refs, full_feature_names) with Feast's
-  own resolution (`feast.utils._get_cached_request_context`), so names, order and projections
+  own resolution (`_feast.online_request_context`), so names, order and projections
   are Feast's; the plan is rebuilt whenever Feast's registry cache refreshes (its
   `cache_ttl_seconds`, 60 s in feature_store.production.yaml) or on `refresh()`;
 - Feast keeps one Redis hash per user (serialized entity key + project) holding every view's
@@ -15,6 +15,7 @@ fraction of the time:
   timestamps it then drops;
 - values are decoded straight from the protobuf wire format for doubles (the bulk of our
   features), with `ValueProto` + Feast's `feast_value_type_to_python_type` for every other kind;
+  Feast's key, field and value layout is known to `healthmate_features._feast` only;
 - on-demand views run their own transformation (`transform_arrow`) on the same inputs Feast
   gives them, and their outputs go through Feast's own type conversion.
 
@@ -26,7 +27,6 @@ OnlineReadError (`store.online_features` then falls back to Feast).
 
 from __future__ import annotations
 
-import struct
 import threading
 import time
 from collections.abc import Sequence
@@ -40,8 +40,6 @@ from healthmate_features.errors import FeatureRepoError, FeatureServiceNotFoundE
 
 JOIN_KEY = "user_id"
 UNKNOWN_REFRESH_S = 5.0  # an unknown feature service refreshes the registry at most this often
-_DOUBLE_TAG = 0x29  # ValueProto field 5 (double_val), wire type 1 (64-bit)
-_unpack_double = struct.Struct("<d").unpack_from
 
 
 @dataclass
@@ -67,15 +65,6 @@ class _Plan:
     generic: set[int] = field(default_factory=set)  # field indexes whose type needs Feast's decoder
 
 
-def _decode(raw: bytes | None, value_proto, to_python) -> Any:
-    """A stored ValueProto (bytes) as Feast's Python value; None when absent or null."""
-    if not raw:
-        return None
-    if raw[0] == _DOUBLE_TAG and len(raw) == 9:
-        return _unpack_double(raw, 1)[0]
-    return to_python(value_proto.FromString(raw))
-
-
 class OnlineReader:
     """Online features from the Redis online store, equal to Feast's get_online_features, faster.
 
@@ -90,6 +79,8 @@ class OnlineReader:
 
     def __init__(self, settings: Settings, *, store: Any = None) -> None:
         """Open the profile's Feast store (or use `store`); raises OnlineReadError unless it is on Redis."""
+        from healthmate_features import _feast
+
         self.settings = settings
         self.backend = backend_for(settings)
         self.store = store if store is not None else self.backend.open_feature_store()
@@ -100,26 +91,18 @@ class OnlineReader:
                 f"{getattr(config.online_store, 'type', '?')!r}; "
                 "the fast reader serves Redis only; use store.online_features (Feast) for it"
             )
-        if config.entity_key_serialization_version != 3:
+        version = _feast.ENTITY_KEY_SERIALIZATION_VERSION
+        if config.entity_key_serialization_version != version:
             raise OnlineReadError(
                 f"entity_key_serialization_version is {config.entity_key_serialization_version}; the fast reader "
-                "reads version 3 keys only; set it to 3 and re-materialize"
+                f"reads version {version} keys only; set it to {version} and re-materialize"
             )
         if getattr(config.registry, "enable_online_feature_view_versioning", False):
             raise OnlineReadError(
                 "online feature view versioning is enabled; the fast reader does not read versioned keys"
             )
         self.project = config.project
-        self._project_bytes = self.project.encode("utf-8")
-        # serialize_entity_key v3 of {user_id: INT64}: key count, key type + length + name, value type + length.
-        from feast.value_type import ValueType
-
-        name = JOIN_KEY.encode("utf8")
-        self._key_head = (
-            struct.pack("<III", 1, ValueType.STRING.value, len(name))
-            + name
-            + struct.pack("<II", ValueType.INT64.value, 8)
-        )
+        self._key_of = _feast.int64_redis_key(JOIN_KEY, self.project)  # user id -> Feast's Redis key
         self._client = None
         self._plans: dict[tuple, _Plan] = {}
         self._plans_registry_ts = None
@@ -144,11 +127,9 @@ class OnlineReader:
         return True
 
     def _plan(self, feature_service: str | None, features: list[str] | None, full_feature_names: bool) -> _Plan:
-        registry = self.store.registry
-        refresh = getattr(registry, "_refresh_cached_registry_if_necessary", None)
-        if callable(refresh):
-            refresh()  # Feast's own TTL: a no-op until cache_ttl_seconds have passed
-        registry_ts = getattr(registry, "cached_registry_proto_created", None)
+        from healthmate_features._feast import registry_cache_stamp
+
+        registry_ts = registry_cache_stamp(self.store.registry)  # Feast's own TTL: changes when its cache reloads
         key = (feature_service, tuple(features) if features is not None else None, full_feature_names)
         with self._lock:
             if registry_ts != self._plans_registry_ts:
@@ -162,8 +143,7 @@ class OnlineReader:
         return plan
 
     def _build_plan(self, feature_service: str | None, features: list[str] | None, full_feature_names: bool) -> _Plan:
-        from feast import utils
-        from feast.infra.online_stores.helpers import _mmh3
+        from healthmate_features import _feast
 
         registry = self.store.registry
         if feature_service is not None:
@@ -175,35 +155,34 @@ class OnlineReader:
                         raise
                     selection = registry.get_feature_service(feature_service, self.project, allow_cache=True)
             except Exception as exc:
-                names = ", ".join(s.name for s in registry.list_feature_services(self.project, allow_cache=True))
+                known = ", ".join(s.name for s in registry.list_feature_services(self.project, allow_cache=True))
                 raise FeatureServiceNotFoundError(
-                    f"feature service '{feature_service}' not found (have: {names}); run `feast apply` if it is new"
+                    f"feature service '{feature_service}' not found (have: {known}); run `feast apply` if it is new"
                 ) from exc
         elif features:
             selection = list(features)
         else:
             raise OnlineReadError("pass a feature service or a non-empty list of feature refs ('view:feature')")
         try:
-            (feature_refs, odfvs, _, _, join_keys, grouped_refs, result_names, request_data, entityless) = (
-                utils._get_cached_request_context(registry, self.project, selection, full_feature_names)
-            )
+            context = _feast.online_request_context(registry, self.project, selection, full_feature_names)
         except Exception as exc:
             raise FeatureRepoError(
                 f"cannot resolve {feature_service or features!r} in project {self.project}: {exc}"
             ) from exc
-        keys = {k if isinstance(k, str) else k.join_key for k in join_keys} - {
-            "__dummy_id"
+        keys = {k if isinstance(k, str) else k.join_key for k in context.join_keys} - {
+            _feast.DUMMY_ENTITY_ID
         }  # ODFV entities: Entity objects
-        if entityless or keys != {JOIN_KEY}:
+        if context.entityless or keys != {JOIN_KEY}:
             raise OnlineReadError(
-                f"{feature_service or features!r} uses join keys {sorted(keys)}; the fast reader serves views keyed by '{JOIN_KEY}' only"
+                f"{feature_service or features!r} uses join keys {sorted(keys)}; "
+                f"the fast reader serves views keyed by '{JOIN_KEY}' only"
             )
 
         fields: list[bytes] = []
         index: dict[bytes, int] = {}
         columns: list[tuple[str, int]] = []
         generic: set[int] = set()
-        for view, names in grouped_refs:
+        for view, names in context.grouped_refs:
             if list(getattr(view, "join_keys", [JOIN_KEY])) != [JOIN_KEY]:
                 raise OnlineReadError(
                     f"feature view '{view.name}' is keyed by {view.join_keys}; the fast reader serves '{JOIN_KEY}' only"
@@ -211,7 +190,7 @@ class OnlineReader:
             prefix = view.projection.name_to_use()
             types = {f.name: f.dtype.to_value_type() for f in view.features}
             for name in names:
-                hashed = _mmh3(f"{view.name}:{name}")
+                hashed = _feast.redis_field(view.name, name)
                 if hashed not in index:
                     index[hashed] = len(fields)
                     fields.append(hashed)
@@ -220,10 +199,12 @@ class OnlineReader:
                     generic.add(index[hashed])
 
         odfv_plans = []
-        by_name = {(v.projection.name_alias if v.projection else None) or v.name: v for v in odfvs}
+        by_name = {
+            (v.projection.name_alias if v.projection else None) or v.name: v for v in context.on_demand_feature_views
+        }
         outputs: dict[str, list[str]] = {name: [] for name in by_name}
-        for ref in feature_refs:
-            view_name, _, feature_name = utils._parse_feature_ref(ref)
+        for ref in context.feature_refs:
+            view_name, _, feature_name = _feast.parse_feature_ref(ref)
             if view_name in by_name:
                 view = by_name[view_name]
                 outputs[view_name].append(
@@ -242,10 +223,10 @@ class OnlineReader:
             types = {f.name: f.dtype.to_value_type() for f in view.schema}
             odfv_plans.append(_Odfv(view=view, outputs=outputs[view_name], types=types, inputs=inputs))
 
-        request = sorted(request_data)
+        request = sorted(context.request_data)
         stored = [name for name, _ in columns]
         order = [JOIN_KEY] + request + stored
-        order = [name for name in order if name in result_names or name == JOIN_KEY]
+        order = [name for name in order if name in context.result_names or name == JOIN_KEY]
         # ODFV outputs follow in the order each transformation returns them: known after its first run.
         return _Plan(
             fields=fields,
@@ -273,7 +254,7 @@ class OnlineReader:
 
     def redis_key(self, user_id: int) -> bytes:
         """The Redis key Feast writes a user's features under (serialize_entity_key v3 + project)."""
-        return self._key_head + struct.pack("<q", user_id) + self._project_bytes
+        return self._key_of(user_id)
 
     def close(self) -> None:
         """Close the Redis connection pool (the Feast store's own connections are Feast's)."""
@@ -311,23 +292,18 @@ class OnlineReader:
         unique = list(dict.fromkeys(ids))
         with self.backend.service_errors():
             pipe = self._redis().pipeline(transaction=False)
-            fields = plan.fields
+            fields, key_of = plan.fields, self._key_of
             for user_id in unique:
-                pipe.hmget(self.redis_key(user_id), fields)
-            replies = dict(zip(unique, pipe.execute()))
+                pipe.hmget(key_of(user_id), fields)
+            replies = dict(zip(unique, pipe.execute(), strict=True))
         rows = [replies[u] for u in ids]
 
-        from feast.protos.feast.types.Value_pb2 import Value as ValueProto
-        from feast.type_map import feast_value_type_to_python_type as to_python
+        from healthmate_features._feast import decode_values
 
         response: dict[str, list] = {JOIN_KEY: ids}
         decoded: dict[int, list] = {}
         for index in range(len(fields)):
-            column = [row[index] for row in rows]
-            if index in plan.generic:
-                decoded[index] = [to_python(ValueProto.FromString(raw)) if raw else None for raw in column]
-            else:
-                decoded[index] = [_decode(raw, ValueProto, to_python) for raw in column]
+            decoded[index] = decode_values([row[index] for row in rows], generic=index in plan.generic)
         for name, index in plan.columns:
             response[name] = decoded[index]
         if plan.odfvs:
@@ -338,9 +314,9 @@ class OnlineReader:
         """Run each requested on-demand view's own transformation; extend plan.order on first use."""
         import pandas as pd
         import pyarrow as pa
-        from feast.type_map import feast_value_type_to_python_type as to_python
-        from feast.type_map import python_values_to_proto_values
         from feast.value_type import ValueType
+
+        from healthmate_features._feast import as_feast_values
 
         if at is None:
             at = datetime.now(timezone.utc)
@@ -349,10 +325,8 @@ class OnlineReader:
             raise OnlineReadError(f"`at` has {len(times)} times for {len(ids)} user ids; pass one time or one per user")
         # The request time goes through the same proto round trip as in Feast (whole seconds, UTC).
         distinct = {t: None for t in times}
-        converted = [
-            to_python(v) for v in python_values_to_proto_values([pd.Timestamp(t) for t in distinct], ValueType.UNKNOWN)
-        ]
-        as_feast = dict(zip(distinct, converted))
+        converted = as_feast_values([pd.Timestamp(t) for t in distinct], ValueType.UNKNOWN)
+        as_feast = dict(zip(distinct, converted, strict=True))
         request = {name: [as_feast[t] for t in times] for name in plan.request_data}
 
         out: dict[str, list] = {}
@@ -365,8 +339,7 @@ class OnlineReader:
                     continue
                 short = name.split("__", 1)[1] if "__" in name else name
                 vtype = odfv.types.get(short, ValueType.UNKNOWN)
-                values = python_values_to_proto_values(result[name].to_numpy(), vtype)
-                out[name] = [to_python(v) for v in values]
+                out[name] = as_feast_values(result[name].to_numpy(), vtype)
                 extra_order.append(name)
         if not set(extra_order) <= set(plan.order):
             plan.order.extend(n for n in extra_order if n not in plan.order)

@@ -35,16 +35,15 @@ from typing import Literal
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
-from feast.infra.offline_stores import offline_utils
 from feast.infra.offline_stores.contrib.postgres_offline_store.postgres import (
     PostgreSQLOfflineStore,
     PostgreSQLOfflineStoreConfig,
     PostgreSQLRetrievalJob,
 )
 from feast.infra.offline_stores.offline_store import RetrievalMetadata
-from feast.infra.utils.postgres.connection_utils import _get_conn
 from feast.on_demand_feature_view import OnDemandFeatureView
-from feast.type_map import arrow_to_pg_type, pg_type_code_to_arrow
+
+from healthmate_features import _feast
 
 ROW = "_hm_entity_row"
 ENTITY_TABLE = "hm_entity_rows"  # a TEMP table: lives in the connection that runs the join
@@ -54,10 +53,11 @@ _CSV_TYPES = ("int16", "int32", "int64", "float", "double", "string", "bool")
 class LateralPostgreSQLOfflineStoreConfig(PostgreSQLOfflineStoreConfig):
     """Feast's Postgres offline store settings (host, port, database, db_schema, user, sslmode...)."""
 
+    # Feast selects the store class by this field, so a subclass replaces Feast's Literal["postgres"].
     type: Literal[
         "healthmate_features.stores.postgres_lateral.LateralPostgreSQLOfflineStore",
         "healthmate_features.pg_offline_store.LateralPostgreSQLOfflineStore",  # before 0.2; removed in 0.3
-    ] = "healthmate_features.stores.postgres_lateral.LateralPostgreSQLOfflineStore"
+    ] = "healthmate_features.stores.postgres_lateral.LateralPostgreSQLOfflineStore"  # type: ignore[assignment]
 
 
 def _q(name: str) -> str:
@@ -75,7 +75,7 @@ def build_query(contexts, *, keys: list[str], timestamp: str, full_feature_names
     for i, ctx in enumerate(contexts):
         alias = f"f{i}"
         selects += [f"{alias}.{_q(f)} AS {_q(_output_name(ctx, f, full_feature_names))}" for f in ctx.features]
-        pairs = [sel.split(" AS ") for sel in ctx.entity_selections]  # "<source column> AS <join key>"
+        pairs = _feast.entity_selections(ctx)  # (source column, join key)
         where = [f"s.{_q(src)} = e.{_q(key)}" for src, key in pairs]
         where.append(f"s.{_q(ctx.timestamp_field)} <= e.{_q(timestamp)}")
         if ctx.ttl:
@@ -129,7 +129,7 @@ class LateralRetrievalJob(PostgreSQLRetrievalJob):
                 self._timestamp: pa.Array.from_pandas(pd.to_datetime(df[self._timestamp], utc=True)),
             }
         )
-        columns = ", ".join(f"{_q(f.name)} {arrow_to_pg_type(str(f.type))}" for f in upload.schema)
+        columns = ", ".join(f"{_q(f.name)} {_feast.arrow_to_pg_type(str(f.type))}" for f in upload.schema)
         cur.execute(f"CREATE TEMP TABLE {ENTITY_TABLE} ({columns}) ON COMMIT DROP")
         buf = io.BytesIO()
         pacsv.write_csv(upload, buf, pacsv.WriteOptions(include_header=False, quoting_style="all_valid"))
@@ -138,10 +138,11 @@ class LateralRetrievalJob(PostgreSQLRetrievalJob):
         cur.execute(f"ANALYZE {ENTITY_TABLE}")
 
     def _to_arrow_internal(self, timeout=None) -> pa.Table:
-        with _get_conn(self.config.offline_store) as conn, conn.transaction(), conn.cursor() as cur:
+        with _feast.pg_connect(self.config.offline_store) as conn, conn.transaction(), conn.cursor() as cur:
             self._upload(cur)
             cur.execute(f"SELECT * FROM ({self._sql}) AS q LIMIT 0")
-            types = {c.name: pg_type_code_to_arrow(c.type_code) for c in cur.description}
+            assert cur.description is not None  # a SELECT describes its columns
+            types = {c.name: _feast.pg_type_code_to_arrow(c.type_code) for c in cur.description}
             out = io.BytesIO()
             with cur.copy(f"COPY ({self._sql}) TO STDOUT (FORMAT csv, HEADER)") as copy:
                 for chunk in copy:
@@ -194,13 +195,13 @@ class LateralPostgreSQLOfflineStore(PostgreSQLOfflineStore):
         )
         if not isinstance(entity_df, pd.DataFrame) or filter_by_created_timestamp or kwargs.get("start_date"):
             return fallback()
-        schema = dict(zip(entity_df.columns, entity_df.dtypes))
-        timestamp = offline_utils.infer_event_timestamp_from_entity_df(schema)
-        keys = sorted(offline_utils.get_expected_join_keys(project, feature_views, registry))
-        offline_utils.assert_expected_columns_in_entity_df(schema, set(keys), timestamp)
+        schema = dict(zip(entity_df.columns, entity_df.dtypes, strict=True))
+        timestamp = _feast.infer_event_timestamp_from_entity_df(schema)
+        keys = sorted(_feast.get_expected_join_keys(project, feature_views, registry))
+        _feast.assert_expected_columns_in_entity_df(schema, set(keys), timestamp)
         times = pd.to_datetime(entity_df[timestamp], utc=True)
         span = (times.min().to_pydatetime(), times.max().to_pydatetime())
-        contexts = offline_utils.get_feature_view_query_context(feature_refs, feature_views, registry, project, span)
+        contexts = _feast.get_feature_view_query_context(feature_refs, feature_views, registry, project, span)
         if not _csv_safe(feature_views, contexts):
             return fallback()
         query = build_query(contexts, keys=keys, timestamp=timestamp, full_feature_names=full_feature_names)
@@ -221,12 +222,10 @@ class LateralPostgreSQLOfflineStore(PostgreSQLOfflineStore):
 def _csv_safe(feature_views, contexts) -> bool:
     """True when every requested feature column has a type Arrow parses from Postgres CSV as Feast would."""
     by_name = {fv.projection.name_to_use(): fv for fv in feature_views}
-    from feast.types import from_feast_to_pyarrow_type
-
     for ctx in contexts:
         fields = {f.name: f for f in by_name[ctx.name].features}
         for feature in ctx.features:
             field = fields.get(ctx.field_mapping.get(feature, feature))
-            if field is None or str(from_feast_to_pyarrow_type(field.dtype)) not in _CSV_TYPES:
+            if field is None or str(_feast.from_feast_to_pyarrow_type(field.dtype)) not in _CSV_TYPES:
                 return False
     return True

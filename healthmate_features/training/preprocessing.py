@@ -339,7 +339,7 @@ class CausalForwardFill(TransformerMixin, BaseEstimator):
         if keys is None:
             return pd.DataFrame(values).ffill().to_numpy(dtype=np.float64)
         # Stable sort by time, then stably by group: rows grouped by user, in time order.
-        order = np.arange(len(values))
+        order: np.ndarray[tuple[int, ...], np.dtype[np.signedinteger[Any]]] = np.arange(len(values))
         group_codes = None
         if self.time_column is not None:
             time_codes = pd.factorize(keys[self.time_column], sort=True)[0]

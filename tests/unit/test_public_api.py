@@ -26,6 +26,9 @@ def test_an_unknown_name_is_an_attribute_error_naming_it():
 
 
 def test_importing_the_package_loads_neither_pandas_nor_feast():
-    code = "import sys, healthmate_features, healthmate_features.cli; print(sorted({'pandas', 'feast'} & set(sys.modules)))"
+    code = (
+        "import sys, healthmate_features, healthmate_features.cli; "
+        "print(sorted({'pandas', 'feast'} & set(sys.modules)))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

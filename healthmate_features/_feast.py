@@ -1,0 +1,229 @@
+"""Compatibility layer: the only place that touches Feast's private names and internal layouts.
+
+Feast is pinned to one minor release (FEAST_VERSION_FAMILY). Everything else in the package uses
+Feast's public API: the names `feast` exports, its definition modules (`feast.types`,
+`feast.value_type`, `feast.data_source`, `feast.repo_config`, ...) and the extension points its
+documentation tells a custom store to import (`OfflineStore`, `RetrievalJob`, `RetrievalMetadata`,
+`FileSource`, `SavedDatasetFileStorage`, `BaseRegistry`, the Postgres store's classes). What we
+need beyond that is reached here and only here:
+
+- underscored Feast functions and attributes (`feast.utils._get_cached_request_context`,
+  `_parse_feature_ref`, `_mmh3`, `_redis_key`, `_get_conn`, the registry's
+  `_refresh_cached_registry_if_necessary`);
+- helpers in Feast's internal modules (`feast.infra.offline_stores.offline_utils`,
+  `feast.type_map`, `feast.types.from_feast_to_pyarrow_type`, the generated protos) and internal
+  constants (`DUMMY_ENTITY_ID`, `DUMMY_ENTITY_VAL`);
+- Feast's Redis layout, which the fast online reader reads without Feast: one hash per entity
+  under `serialize_entity_key(v3) + project`, one field per feature (`murmur3_32("view:feature")`,
+  4 bytes little endian) holding a serialized `ValueProto`, plus `_ts:<view>` timestamps.
+
+tests/unit/test_feast_contract.py pins every name and layout used here against the installed
+Feast, without servers. When a Feast upgrade fails it, adapt this module (and only this module);
+tests/unit/test_feast_contract.py also fails when any other module reaches Feast's private names.
+Layer: the lowest, beside config and errors (imports feast, the standard library, nothing of ours).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from feast import utils as _utils
+from feast.feature_view import DUMMY_ENTITY_ID, DUMMY_ENTITY_VAL
+from feast.infra.offline_stores import offline_utils as _offline_utils
+from feast.infra.online_stores.helpers import _mmh3, _redis_key
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
+from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+from feast.type_map import (
+    arrow_to_pg_type,
+    feast_value_type_to_python_type,
+    pg_type_code_to_arrow,
+    python_values_to_proto_values,
+)
+from feast.types import from_feast_to_pyarrow_type
+from feast.value_type import ValueType
+
+if TYPE_CHECKING:
+    from psycopg import Connection
+
+__all__ = [
+    "DEFAULT_ENTITY_DF_EVENT_TIMESTAMP_COL",
+    "DUMMY_ENTITY_ID",
+    "DUMMY_ENTITY_VAL",
+    "ENTITY_KEY_SERIALIZATION_VERSION",
+    "FEAST_VERSION_FAMILY",
+    "RETRIEVAL_JOB_HOOKS",
+    "RequestContext",
+    "arrow_to_pg_type",
+    "as_feast_values",
+    "assert_expected_columns_in_entity_df",
+    "decode_values",
+    "entity_selections",
+    "feast_redis_key",
+    "from_feast_to_pyarrow_type",
+    "get_expected_join_keys",
+    "get_feature_view_query_context",
+    "get_pyarrow_schema_from_batch_source",
+    "infer_event_timestamp_from_entity_df",
+    "int64_redis_key",
+    "online_request_context",
+    "parse_feature_ref",
+    "pg_connect",
+    "pg_type_code_to_arrow",
+    "redis_field",
+    "registry_cache_stamp",
+]
+
+FEAST_VERSION_FAMILY = "0.67."  # the minor release this module is written against (pyproject pins 0.67.*)
+ENTITY_KEY_SERIALIZATION_VERSION = 3  # the only entity key layout the fast online reader builds
+# The RetrievalJob methods our offline stores override: underscored in Feast, but the hooks its
+# "adding a new offline store" guide tells a store to implement.
+RETRIEVAL_JOB_HOOKS = ("_to_df_internal", "_to_arrow_internal")
+
+# --- offline: Feast's helpers for point-in-time joins (feast.infra.offline_stores.offline_utils) --------
+
+DEFAULT_ENTITY_DF_EVENT_TIMESTAMP_COL: str = _offline_utils.DEFAULT_ENTITY_DF_EVENT_TIMESTAMP_COL
+
+
+def infer_event_timestamp_from_entity_df(entity_schema: dict[str, Any]) -> str:
+    """The entity frame's event timestamp column, chosen as Feast chooses it (offline_utils)."""
+    return _offline_utils.infer_event_timestamp_from_entity_df(entity_schema)
+
+
+def get_expected_join_keys(project: str, feature_views: list[Any], registry: Any) -> set[str]:
+    """The join keys an entity frame must carry for these views, as Feast computes them (offline_utils)."""
+    return _offline_utils.get_expected_join_keys(project, feature_views, registry)
+
+
+def assert_expected_columns_in_entity_df(entity_schema: dict[str, Any], join_keys: set[str], timestamp: str) -> None:
+    """Raise Feast's own error when the entity frame lacks a join key or the timestamp (offline_utils)."""
+    _offline_utils.assert_expected_columns_in_entity_df(entity_schema, join_keys, timestamp)
+
+
+def get_feature_view_query_context(
+    feature_refs: list[str], feature_views: list[Any], registry: Any, project: str, span: tuple[Any, Any]
+) -> list[Any]:
+    """Feast's per-view description of a point-in-time query (offline_utils.FeatureViewQueryContext list)."""
+    return _offline_utils.get_feature_view_query_context(feature_refs, feature_views, registry, project, span)
+
+
+def entity_selections(context: Any) -> list[tuple[str, str]]:
+    """(source column, join key) pairs of a FeatureViewQueryContext ('<column> AS <key>' strings in Feast)."""
+    return [(column, key) for column, key in (selection.split(" AS ") for selection in context.entity_selections)]
+
+
+def get_pyarrow_schema_from_batch_source(config: Any, source: Any) -> tuple[Any, list[str]]:
+    """A batch source's Arrow schema and column names, as Feast derives them (offline_utils)."""
+    return _offline_utils.get_pyarrow_schema_from_batch_source(config, source)
+
+
+def pg_connect(offline_store_config: Any) -> Connection:
+    """A psycopg connection made as Feast's Postgres store makes it (`connection_utils._get_conn`)."""
+    from feast.infra.utils.postgres.connection_utils import _get_conn  # imports psycopg: only when used
+
+    return _get_conn(offline_store_config)
+
+
+# --- online: Feast's own request resolution and registry cache (feast.utils, the registry) -------------
+
+
+class RequestContext(NamedTuple):
+    """What `feast.utils._get_cached_request_context` returns for an online request, by name."""
+
+    feature_refs: list[str]
+    on_demand_feature_views: list[Any]
+    entity_name_to_join_key_map: dict[str, str]
+    entity_type_map: dict[str, Any]
+    join_keys: set[Any]  # join key names, and Entity objects for on-demand views' entities
+    grouped_refs: list[tuple[Any, list[str]]]  # (feature view, requested feature names)
+    result_names: frozenset[str]
+    request_data: set[str]
+    entityless: bool
+
+
+def online_request_context(registry: Any, project: str, features: Any, full_feature_names: bool) -> RequestContext:
+    """Feast's resolution of a feature service or refs for an online read (`utils._get_cached_request_context`)."""
+    return RequestContext(*_utils._get_cached_request_context(registry, project, features, full_feature_names))
+
+
+def parse_feature_ref(ref: str) -> tuple[str, int | None, str]:
+    """'view[@version]:feature' split into (view, version, feature) as Feast splits it (`utils._parse_feature_ref`)."""
+    return _utils._parse_feature_ref(ref)
+
+
+def registry_cache_stamp(registry: Any) -> Any:
+    """Run Feast's registry cache TTL check (`_refresh_cached_registry_if_necessary`); return the cache's time.
+
+    The time is `cached_registry_proto_created`: it changes exactly when Feast reloads its registry
+    cache, so whatever we resolve from the registry may be cached until it changes. None for a
+    registry without that cache.
+    """
+    refresh = getattr(registry, "_refresh_cached_registry_if_necessary", None)
+    if callable(refresh):
+        refresh()  # Feast's own TTL: a no-op until cache_ttl_seconds have passed
+    return getattr(registry, "cached_registry_proto_created", None)
+
+
+# --- online: Feast's Redis layout (feast.infra.online_stores.redis, helpers, key_encoding_utils) -------
+
+
+def redis_field(view: str, feature: str) -> bytes:
+    """The field of a user's Redis hash that holds one feature: murmur3 of 'view:feature' (`helpers._mmh3`)."""
+    return _mmh3(f"{view}:{feature}")
+
+
+def feast_redis_key(project: str, join_key: str, value: int) -> bytes:
+    """The Redis key of one INT64 entity as Feast computes it (`helpers._redis_key` over an EntityKey proto)."""
+    key = EntityKeyProto(join_keys=[join_key], entity_values=[ValueProto(int64_val=value)])
+    return _redis_key(project, key, ENTITY_KEY_SERIALIZATION_VERSION)
+
+
+def int64_redis_key(join_key: str, project: str) -> Callable[[int], bytes]:
+    """A function id -> the Redis key Feast writes an INT64 entity under, equal to `feast_redis_key`, no protobuf.
+
+    serialize_entity_key v3 of {join_key: INT64}: key count, then the key's type, length and name,
+    then the value's type, length and 8 little-endian bytes; then the project name.
+    """
+    name = join_key.encode("utf8")
+    head = (
+        struct.pack("<III", 1, ValueType.STRING.value, len(name)) + name + struct.pack("<II", ValueType.INT64.value, 8)
+    )
+    tail = project.encode("utf-8")
+    pack = struct.Struct("<q").pack
+
+    def key(value: int) -> bytes:
+        return head + pack(value) + tail
+
+    return key
+
+
+_DOUBLE_TAG = 0x29  # ValueProto field 5 (double_val), wire type 1 (64-bit)
+_unpack_double = struct.Struct("<d").unpack_from
+_from_bytes = ValueProto.FromString
+_to_python = feast_value_type_to_python_type
+
+
+def _decode(raw: bytes | None) -> Any:
+    """A stored ValueProto (bytes) as Feast's Python value; None when absent or null."""
+    if not raw:
+        return None
+    if raw[0] == _DOUBLE_TAG and len(raw) == 9:
+        return _unpack_double(raw, 1)[0]
+    return _to_python(_from_bytes(raw))
+
+
+def decode_values(raws: Sequence[bytes | None], *, generic: bool = False) -> list[Any]:
+    """Stored ValueProto bytes (HMGET replies) as Feast's Python values; None when absent or null.
+
+    Doubles are read straight from the protobuf wire format unless `generic`, which sends every
+    value through `ValueProto` and Feast's `feast_value_type_to_python_type`.
+    """
+    if generic:
+        return [_to_python(_from_bytes(raw)) if raw else None for raw in raws]
+    return [_decode(raw) for raw in raws]
+
+
+def as_feast_values(values: Any, value_type: ValueType = ValueType.UNKNOWN) -> list[Any]:
+    """Python values (a list or an array) as Feast serves them: through ValueProto and back (`feast.type_map`)."""
+    return [_to_python(v) for v in python_values_to_proto_values(values, value_type)]
