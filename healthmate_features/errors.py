@@ -54,6 +54,10 @@ class TrackingError(HealthmateError):
     """A model-metrics record or query is invalid, or a comparison would mix datasets (tracking)."""
 
 
+class DatasetRefError(DatasetVersionError, TrackingError):
+    """A dataset reference is not NAME@VERSION (datasets.ref; both the registry and tracking raise it)."""
+
+
 class AuthError(HealthmateError):
     """A bearer token is missing, malformed, unknown or revoked (auth.authenticate)."""
 

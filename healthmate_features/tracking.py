@@ -16,12 +16,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from numbers import Real
-from typing import Any
+from typing import Any, Literal, get_args
 
 from healthmate_features.backends.sqlstore import SqlStore, read_json, read_ts, utcnow
+from healthmate_features.datasets.ref import NAME_PATTERN, VERSION_PATTERN, DatasetRef
 from healthmate_features.errors import MixedDatasetsError, ModelNotFoundError, TrackingError
 
-ENVIRONMENTS = ("development", "staging", "production")
+Environment = Literal["development", "staging", "production"]  # where a model runs, defined once
+ENVIRONMENTS: tuple[Environment, ...] = get_args(Environment)
 HIGHER_IS_BETTER = frozenset(
     {
         "accuracy",
@@ -38,33 +40,9 @@ HIGHER_IS_BETTER = frozenset(
 )
 LOWER_IS_BETTER = frozenset({"rmse", "mae", "mse", "mape", "log_loss", "brier"})
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
+_NAME = re.compile(rf"^{NAME_PATTERN}$")
+_VERSION = re.compile(rf"^{VERSION_PATTERN}$")
 _METRIC = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-
-
-@dataclass(frozen=True)
-class DatasetRef:
-    """A dataset version as `name@version` (the form the CLI, API and tables use)."""
-
-    name: str
-    version: str
-
-    @classmethod
-    def parse(cls, text: str | DatasetRef) -> DatasetRef:
-        """Parse `name@version`; TrackingError when either part is missing or not a plain name."""
-        if isinstance(text, DatasetRef):
-            return text
-        name, sep, version = str(text).partition("@")
-        if not sep or not _NAME.match(name) or not _VERSION.match(version):
-            raise TrackingError(
-                f"dataset {text!r} is not NAME@VERSION; pass the dataset version a model was "
-                "evaluated on, e.g. health_risk@v3 (letters, digits, '_', '.', '-')"
-            )
-        return cls(name, version)
-
-    def __str__(self) -> str:
-        return f"{self.name}@{self.version}"
 
 
 @dataclass(frozen=True)
@@ -307,6 +285,35 @@ class Tracker:
             mixed_datasets=mixed,
             metrics=[_compare_metric(m, versions, latest, higher_is_better) for m in metrics],
         )
+
+    def performance(
+        self,
+        model_name: str,
+        *,
+        versions: Sequence[str] = (),
+        metric: str | None = None,
+        environment: str | None = None,
+        dataset: str | None = None,
+        allow_mixed_datasets: bool = False,
+    ) -> dict[str, Any]:
+        """A model's metric history (oldest first) or, for two or more `versions`, their comparison.
+
+        Returns `{"model", "history"}` or `{"model", "comparison"}` as JSON-ready dicts (what the
+        API's models/performance answers); `metric` keeps only that metric in either.
+        """
+        wanted = [v.strip() for v in versions if v.strip()]
+        if len(wanted) >= 2:
+            result = self.compare(
+                model_name, wanted, allow_mixed_datasets=allow_mixed_datasets, environment=environment, dataset=dataset
+            )
+            comparison = asdict(result)
+            if metric:
+                comparison["metrics"] = [m for m in comparison["metrics"] if m["metric"] == metric.lower()]
+            return {"model": model_name, "comparison": comparison}
+        records = self.history(
+            model_name, metric=metric, environment=environment, version=wanted[0] if wanted else None
+        )
+        return {"model": model_name, "history": [asdict(r) for r in records]}
 
     def latest_per_environment(self, *, model_name: str | None = None) -> list[Run]:
         """The latest run of every model in every environment (for a dashboard).

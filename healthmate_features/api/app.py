@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import time
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
@@ -20,8 +19,6 @@ from importlib.metadata import version as package_version
 from typing import Annotated, Any, cast
 
 import anyio
-import numpy as np
-import pandas as pd
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -49,7 +46,6 @@ from healthmate_features.api.models import (
     PreprocessRequest,
     PreprocessResponse,
     Split,
-    TrainingSetConfigBody,
 )
 from healthmate_features.api.preprocess import DatasetCache, transform_records
 from healthmate_features.backends import open_sql_store
@@ -70,6 +66,7 @@ from healthmate_features.features import feature_sets
 from healthmate_features.stores import feature_store as store
 from healthmate_features.tracking import Tracker
 from healthmate_features.training import builder as training
+from healthmate_features.util.jsonable import to_jsonable
 
 PREFIX = "/api/v1/ml-data-preparation"
 PUBLIC_PATHS = frozenset({"/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
@@ -325,14 +322,16 @@ def extract_features(
     tags=["datasets"],
     summary="Build and version a training set in the background (admin)",
 )
-def prepare_dataset(body: TrainingSetConfigBody, request: Request, response: Response, ctx: Ctx, _: Admin) -> JobInfo:
+def prepare_dataset(
+    body: training.TrainingSetConfig, request: Request, response: Response, ctx: Ctx, _: Admin
+) -> JobInfo:
     """Validate a training-set config and start building it; poll the returned job.
 
     The config is checked now (422 for an invalid config, a missing entity file or an
     unregistered feature service); the build runs on a background worker and saves a new
     dataset version. `GET datasets/jobs/{job_id}` reports its progress and result."""
     _target(request, "dataset", body.name)
-    config = training.TrainingSetConfig.from_dict(body.model_dump(exclude_unset=True))
+    config = training.TrainingSetConfig.from_dict(body.to_dict())  # the checks pydantic cannot express
     training.check_sources(config, ctx.settings, within=ctx.settings.repo_path)
     settings = ctx.settings
 
@@ -445,17 +444,15 @@ def model_performance(
     Comparing versions evaluated on different dataset versions is refused (409) unless
     `allow_mixed_datasets=true`."""
     _target(request, "model", model)
-    wanted = [v.strip() for v in (versions or "").split(",") if v.strip()]
-    if len(wanted) >= 2:
-        result = ctx.tracker.compare(
-            model, wanted, allow_mixed_datasets=allow_mixed_datasets, environment=environment, dataset=dataset
-        )
-        comparison = dataclasses.asdict(result)
-        if metric:
-            comparison["metrics"] = [m for m in comparison["metrics"] if m["metric"] == metric.lower()]
-        return Performance.model_validate({"model": model, "comparison": comparison})
-    records = ctx.tracker.history(model, metric=metric, environment=environment, version=wanted[0] if wanted else None)
-    return Performance.model_validate({"model": model, "history": [dataclasses.asdict(r) for r in records]})
+    result = ctx.tracker.performance(
+        model,
+        versions=(versions or "").split(","),
+        metric=metric,
+        environment=environment,
+        dataset=dataset,
+        allow_mixed_datasets=allow_mixed_datasets,
+    )
+    return Performance.model_validate(result)
 
 
 @router.get("/dashboard/summary", response_model=DashboardSummary, tags=["dashboard"], summary="Counts and freshness")
@@ -483,20 +480,8 @@ def _job_info(job: Job) -> JobInfo:
 
 
 def _json_safe(value: Any) -> Any:
-    """Plain JSON values: numpy scalars unwrapped, NaN and infinities as null, times as ISO 8601."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if value is pd.NaT:
-        return None
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return value
+    """Plain JSON values for a response (numpy unwrapped, NaN and NaT null, times ISO 8601)."""
+    return to_jsonable(value, strict=False)
 
 
 # -- the app ---------------------------------------------------------------------------------

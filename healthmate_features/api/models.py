@@ -12,11 +12,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from healthmate_features.api.jobs import JOB_ID_PATTERN, JobStatus
 from healthmate_features.api.preprocess import MAX_ROWS
+from healthmate_features.datasets.ref import REF_PATTERN
 from healthmate_features.features.feature_sets import MAX_DESCRIPTION, NAME_PATTERN
+from healthmate_features.tracking import Environment
 
-DATASET_REF_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}@[0-9]+\.[0-9]+\.[0-9]+$"
+DATASET_REF_PATTERN = REF_PATTERN
 Split = Literal["X_train", "X_test", "y_train", "y_test"]
-Environment = Literal["development", "staging", "production"]
 
 __all__ = [
     "DATASET_REF_PATTERN",
@@ -28,7 +29,6 @@ __all__ = [
     "FeatureSetCreate",
     "FeatureSetCreated",
     "OnlineFeatures",
-    "TrainingSetConfigBody",
     "JobInfo",
     "DatasetVersionRow",
     "DatasetVersions",
@@ -103,40 +103,6 @@ class OnlineFeatures(BaseModel):
     feature_service: str | None = Field(description="The feature service read, or null for every feature.")
     at: datetime = Field(description="Request time given to the on-demand temporal features (UTC).")
     features: dict[str, Any] = Field(description="Feature name -> value; `view__feature` names without a service.")
-
-
-class TrainingSetConfigBody(_Strict):
-    """A training-set config, as in configs/*.yaml (README 'Training-set configs')."""
-
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {
-                    "name": "health_risk",
-                    "feature_service": "health_risk_v1",
-                    "entities": "data/ingested/labels.parquet",
-                    "label": "adverse_event_30d",
-                    "task": "classification",
-                    "split": {"strategy": "time", "test_size": 0.25, "label_horizon_days": 30},
-                    "preprocessing": {
-                        "numeric": {"impute": "median", "scale": "standard"},
-                        "categorical": {"impute": "most_frequent", "encode": "onehot"},
-                    },
-                }
-            ]
-        },
-    )
-    name: str = Field(max_length=128, description="Dataset name in the registry.")
-    feature_service: str = Field(max_length=200)
-    entities: str = Field(
-        max_length=1000, description="Parquet/CSV entity file inside the repository (relative to its root)."
-    )
-    label: str = Field(max_length=200)
-    task: Literal["classification", "regression"] = "classification"
-    split: dict[str, Any] = Field(default_factory=dict, description="Split config (strategy time|group|random, ...).")
-    preprocessing: dict[str, Any] = Field(default_factory=dict, description="Preprocessing config.")
-    bump: Literal["major", "minor", "patch"] | None = Field(None, description="Version bump; default: the bump rule.")
 
 
 class JobInfo(BaseModel):

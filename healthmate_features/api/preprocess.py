@@ -17,8 +17,9 @@ import numpy as np
 import pandas as pd
 
 from healthmate_features.datasets.dataset import ProcessedDataset
+from healthmate_features.datasets.ref import DatasetRef
 from healthmate_features.datasets.registry import DatasetRegistry
-from healthmate_features.errors import DatasetVersionError, HealthmateError, PreprocessingError
+from healthmate_features.errors import HealthmateError, PreprocessingError
 
 MAX_ROWS = 10_000
 
@@ -133,9 +134,8 @@ class DatasetCache:
 
     def get(self, ref: str) -> ProcessedDataset:
         """The dataset version `name@version`, loaded once and then served from memory."""
-        name, sep, version = str(ref).partition("@")
-        if not sep:
-            raise DatasetVersionError(f"dataset {ref!r} is not NAME@VERSION, e.g. health_risk@1.0.0")
+        parsed = DatasetRef.parse(ref)
+        name, version = parsed.name, parsed.version
         with self._lock:
             if ref in self._items:
                 self._items.move_to_end(ref)

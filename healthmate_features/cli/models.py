@@ -16,7 +16,7 @@ from healthmate_features.cli._common import (
     profile_option,
     settings,
 )
-from healthmate_features.tracking import Tracker
+from healthmate_features.tracking import ENVIRONMENTS, Tracker
 
 
 def _pairs(values: tuple[str, ...], option: str) -> list[tuple[str, str]]:
@@ -64,7 +64,7 @@ def models_group() -> None:
 @click.option("--model", required=True, help="Model name, e.g. health_risk.")
 @click.option("--version", "model_version", required=True, help="Model version, e.g. 1.0.")
 @click.option("--dataset", required=True, help="Dataset version evaluated on, as NAME@VERSION.")
-@click.option("--env", "environment", required=True, help="development, staging or production.")
+@click.option("--env", "environment", required=True, help="One of " + ", ".join(ENVIRONMENTS) + ".")
 @click.option("--metric", "metrics", multiple=True, required=True, help="NAME=VALUE, e.g. auc=0.81 (repeatable).")
 @click.option("--param", "params", multiple=True, help="NAME=VALUE run parameter; JSON values are parsed (repeatable).")
 @profile_option

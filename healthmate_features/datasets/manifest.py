@@ -6,25 +6,21 @@ here works on plain JSON-ready dicts, so `diff` and the bump rule never need to 
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import json
-import math
-import os
 import platform
 import re
 import subprocess
 from collections.abc import Mapping
-from datetime import date, datetime, timedelta
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from healthmate_features.datasets.dataset import HASH_SCHEME, ProcessedDataset, column_stats, data_hash, label_balance
 from healthmate_features.errors import DatasetVersionError
+from healthmate_features.util import jsonable
 
 FORMAT = "healthmate-dataset/1"
 MANIFEST_FILE = "manifest.json"
@@ -370,52 +366,11 @@ def _pipeline_sha(manifest: Mapping[str, Any]) -> Any:
 
 
 def to_jsonable(value: Any, where: str = "value") -> Any:
-    """Convert metadata to plain JSON values, or raise DatasetVersionError naming the key.
-
-    numpy scalars and arrays become numbers and lists, NaN/inf None, datetimes ISO strings,
-    timedeltas ISO-8601 durations, paths strings, sets sorted lists, enums their values."""
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, np.bool_):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        out = {}
-        for key, item in value.items():
-            if not isinstance(key, (str, int, float, bool)) and key is not None:
-                raise DatasetVersionError(f"{where} has a key of type {type(key).__name__} ({key!r}); use string keys")
-            out[str(key)] = to_jsonable(item, f"{where}[{key!r}]")
-        return out
-    if isinstance(value, (list, tuple)):
-        return [to_jsonable(item, f"{where}[{i}]") for i, item in enumerate(value)]
-    if isinstance(value, (set, frozenset)):
-        items = [to_jsonable(item, f"{where} item") for item in value]
-        return sorted(items, key=lambda item: json.dumps(item, sort_keys=True))
-    if isinstance(value, np.ndarray):
-        return to_jsonable(value.tolist(), where)
-    if value is pd.NaT:
-        return None
-    if isinstance(value, (np.datetime64, np.timedelta64)):
-        return (
-            None
-            if np.isnat(value)
-            else to_jsonable(pd.Timestamp(value) if isinstance(value, np.datetime64) else pd.Timedelta(value), where)
-        )
-    if isinstance(value, (datetime, date)):
-        return value.isoformat()
-    if isinstance(value, timedelta):
-        return pd.Timedelta(value).isoformat()
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if isinstance(value, enum.Enum):
-        return to_jsonable(value.value, where)
-    raise DatasetVersionError(
-        f"{where} is a {type(value).__name__} ({value!r:.60}), which cannot be stored in the "
-        "manifest; convert it to a string, number, list or dict"
-    )
+    """Convert metadata to plain JSON values (`util.jsonable`), or raise DatasetVersionError naming the key."""
+    try:
+        return jsonable.to_jsonable(value, where)
+    except jsonable.NotJsonError as exc:
+        raise DatasetVersionError(f"{exc}, which cannot be stored in the manifest; {exc.fix}") from exc
 
 
 def _check_lifted(metadata: Mapping[str, Any]) -> None:

@@ -30,7 +30,6 @@ import hashlib
 import io
 import json
 import os
-import re
 import shutil
 import uuid
 from collections.abc import Mapping
@@ -53,6 +52,7 @@ from healthmate_features.datasets.dataset import (
     restore_resolution,
 )
 from healthmate_features.datasets.manifest import BUMPS, VERSION_RE, check_version, next_version, parse_version
+from healthmate_features.datasets.ref import NAME_RE
 from healthmate_features.errors import DatasetNotFoundError, DatasetVersionError
 
 __all__ = [
@@ -70,7 +70,6 @@ Bump = Literal["major", "minor", "patch"]
 MANIFEST = mf.MANIFEST_FILE
 PIPELINE_FILE = mf.PIPELINE_FILE
 ALLOWED_FILES = frozenset({f"{s}.parquet" for s in SPLITS} | {PIPELINE_FILE})
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _MAX_ATTEMPTS = 1000
 
 
@@ -79,7 +78,7 @@ def check_name(name: object) -> str:
 
     Safe: 1-128 characters of letters, digits, '.', '_', '-', starting with a letter or digit
     (so no separators, no '..', no absolute paths, no hidden or temporary directories)."""
-    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise DatasetVersionError(
             f"invalid dataset name {name!r}: use 1-128 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit (no path separators)"
@@ -145,7 +144,7 @@ class DatasetRegistry:
         return sorted(
             entry
             for entry, is_dir in self._entries(self.root)
-            if is_dir and _NAME_RE.fullmatch(entry) and self.versions(entry)
+            if is_dir and NAME_RE.fullmatch(entry) and self.versions(entry)
         )
 
     def versions(self, name: str) -> builtins.list[str]:

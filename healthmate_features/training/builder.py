@@ -24,11 +24,12 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import pandas as pd
 import yaml
 from feast import FeatureService
+from pydantic import ConfigDict, Field
 
 from healthmate_features.backends import backend_for
 from healthmate_features.config import Settings
@@ -39,25 +40,55 @@ from healthmate_features.features.catalog import FEATURE_TABLES
 from healthmate_features.raw.ingest import sha256_file
 from healthmate_features.stores import feature_store as store
 from healthmate_features.training.entities import EntityReport, read_entity_frame, validate_entity_frame
-from healthmate_features.training.preprocessing import build_pipeline, fit_transform_splits, validate_config
+from healthmate_features.training.preprocessing import (
+    TASKS,
+    Task,
+    build_pipeline,
+    fit_transform_splits,
+    validate_config,
+)
 from healthmate_features.training.splits import SplitConfig, split_frame
 
-TASKS = ("classification", "regression")
+_EXAMPLE: dict[str, Any] = {
+    "name": "health_risk",
+    "feature_service": "health_risk_v1",
+    "entities": "data/ingested/labels.parquet",
+    "label": "adverse_event_30d",
+    "task": "classification",
+    "split": {"strategy": "time", "test_size": 0.25, "label_horizon_days": 30},
+    "preprocessing": {
+        "numeric": {"impute": "median", "scale": "standard"},
+        "categorical": {"impute": "most_frequent", "encode": "onehot"},
+    },
+}
 
 
 @dataclass
 class TrainingSetConfig:
-    """What to build; `from_dict`/`from_file` validate strictly (unknown keys are errors)."""
+    """What to build; `from_dict`/`from_file` validate strictly (unknown keys are errors).
 
-    name: str
-    feature_service: str
-    entities: str
-    label: str
-    task: str = "classification"
-    split: dict[str, Any] = field(default_factory=lambda: {"strategy": "time"})
-    preprocessing: dict[str, Any] = field(default_factory=dict)
-    bump: Bump | None = None
-    exclude_late_arrivals: bool = False
+    The one schema of a training-set config: the HTTP API takes this dataclass as its request
+    body (pydantic reads the field constraints below), so the two cannot drift.
+    """
+
+    __pydantic_config__ = ConfigDict(extra="forbid", json_schema_extra={"examples": [_EXAMPLE]})
+
+    name: Annotated[str, Field(min_length=1, max_length=128, description="Dataset name in the registry.")]
+    feature_service: Annotated[str, Field(min_length=1, max_length=200, description="The model contract.")]
+    entities: Annotated[
+        str,
+        Field(min_length=1, max_length=1000, description="Parquet/CSV entity file, relative to the repository root."),
+    ]
+    label: Annotated[str, Field(min_length=1, max_length=200, description="Label column of the entity file.")]
+    task: Task = "classification"
+    split: Annotated[dict[str, Any], Field(description="Split config (strategy time|group|random, ...).")] = field(
+        default_factory=lambda: {"strategy": "time"}
+    )
+    preprocessing: Annotated[dict[str, Any], Field(description="Preprocessing config.")] = field(default_factory=dict)
+    bump: Annotated[Bump | None, Field(description="Version bump; default: the bump rule.")] = None
+    exclude_late_arrivals: Annotated[
+        bool, Field(description="Skip feature rows created after the prediction time (late arrivals).")
+    ] = False
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainingSetConfig:

@@ -15,7 +15,7 @@ import functools
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -37,7 +37,8 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from healthmate_features.errors import ConfigError, HealthmateError, PreprocessingError
 
-TASKS = ("classification", "regression")
+Task = Literal["classification", "regression"]  # the learning task a training set is for, defined once
+TASKS: tuple[Task, ...] = get_args(Task)
 SECTION_KEYS: dict[str, tuple[str, ...] | None] = {
     "numeric": ("columns", "impute", "fill_value", "scale"),
     "categorical": ("columns", "impute", "fill_value", "encode"),
