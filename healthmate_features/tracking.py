@@ -13,7 +13,7 @@ import json
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from numbers import Real
 from typing import Any, Literal, get_args
@@ -24,6 +24,7 @@ from healthmate_features.errors import MixedDatasetsError, ModelNotFoundError, T
 
 Environment = Literal["development", "staging", "production"]  # where a model runs, defined once
 ENVIRONMENTS: tuple[Environment, ...] = get_args(Environment)
+Direction = Literal["higher", "lower", "unknown"]  # which way a metric improves
 HIGHER_IS_BETTER = frozenset(
     {
         "accuracy",
@@ -53,7 +54,7 @@ class MetricRecord:
     model_name: str
     model_version: str
     dataset: str
-    environment: str
+    environment: Environment
     metric: str
     value: float
     logged_at: datetime
@@ -101,7 +102,7 @@ class MetricComparison:
     `deltas` (value minus the baseline's) are None for a version without this metric."""
 
     metric: str
-    direction: str
+    direction: Direction
     values: dict[str, VersionValue | None]
     deltas: dict[str, float | None]
     best: list[str]
@@ -128,7 +129,7 @@ class Comparison:
         return out
 
 
-def metric_direction(metric: str, higher_is_better: Mapping[str, bool] | None = None) -> str:
+def metric_direction(metric: str, higher_is_better: Mapping[str, bool] | None = None) -> Direction:
     """ "higher" or "lower" (which values are better) for `metric`, or "unknown".
 
     `higher_is_better` overrides the built-in table, e.g. {"ndcg": True}."""
@@ -298,22 +299,21 @@ class Tracker:
     ) -> dict[str, Any]:
         """A model's metric history (oldest first) or, for two or more `versions`, their comparison.
 
-        Returns `{"model", "history"}` or `{"model", "comparison"}` as JSON-ready dicts (what the
-        API's models/performance answers); `metric` keeps only that metric in either.
+        Returns `{"model", "history": [MetricRecord]}` or `{"model", "comparison": Comparison}` (what
+        the API's models/performance answers); `metric` keeps only that metric in either.
         """
         wanted = [v.strip() for v in versions if v.strip()]
         if len(wanted) >= 2:
             result = self.compare(
                 model_name, wanted, allow_mixed_datasets=allow_mixed_datasets, environment=environment, dataset=dataset
             )
-            comparison = asdict(result)
             if metric:
-                comparison["metrics"] = [m for m in comparison["metrics"] if m["metric"] == metric.lower()]
-            return {"model": model_name, "comparison": comparison}
+                result = replace(result, metrics=[m for m in result.metrics if m.metric == metric.lower()])
+            return {"model": model_name, "comparison": result}
         records = self.history(
             model_name, metric=metric, environment=environment, version=wanted[0] if wanted else None
         )
-        return {"model": model_name, "history": [asdict(r) for r in records]}
+        return {"model": model_name, "history": records}
 
     def latest_per_environment(self, *, model_name: str | None = None) -> list[Run]:
         """The latest run of every model in every environment (for a dashboard).

@@ -14,7 +14,7 @@ from healthmate_features.api.jobs import JOB_ID_PATTERN, JobStatus
 from healthmate_features.api.preprocess import MAX_ROWS
 from healthmate_features.datasets.ref import REF_PATTERN
 from healthmate_features.features.feature_sets import MAX_DESCRIPTION, NAME_PATTERN
-from healthmate_features.tracking import Environment
+from healthmate_features.tracking import Comparison, Environment, MetricRecord
 
 DATASET_REF_PATTERN = REF_PATTERN
 Split = Literal["X_train", "X_test", "y_train", "y_test"]
@@ -184,57 +184,12 @@ class PreprocessResponse(BaseModel):
     rows: list[dict[str, Any]]
 
 
-class MetricRecordOut(BaseModel):
-    """One metric value of one run."""
-
-    run_id: int
-    model_name: str
-    model_version: str
-    dataset: str
-    environment: str
-    metric: str
-    value: float
-    logged_at: datetime
-    params: dict[str, Any]
-
-
-class VersionValueOut(BaseModel):
-    """A version's latest value of one metric."""
-
-    value: float
-    dataset: str
-    environment: str
-    logged_at: datetime
-    run_id: int
-
-
-class MetricComparisonOut(BaseModel):
-    """One metric across versions: values, deltas against the baseline, the best version(s)."""
-
-    metric: str
-    direction: Literal["higher", "lower", "unknown"]
-    values: dict[str, VersionValueOut | None]
-    deltas: dict[str, float | None]
-    best: list[str]
-
-
-class ComparisonOut(BaseModel):
-    """Versions compared metric by metric; the first version is the baseline."""
-
-    model_name: str
-    versions: list[str]
-    baseline: str
-    datasets: dict[str, list[str]]
-    mixed_datasets: bool
-    metrics: list[MetricComparisonOut]
-
-
 class Performance(BaseModel):
     """A model's metric history, or a comparison of versions when several were asked for."""
 
     model: str
-    history: list[MetricRecordOut] | None = None
-    comparison: ComparisonOut | None = None
+    history: list[MetricRecord] | None = None  # the library's dataclasses are the response schema
+    comparison: Comparison | None = None
 
 
 class FeatureViewStatus(BaseModel):
