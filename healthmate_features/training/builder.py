@@ -145,14 +145,34 @@ def _feature_refs(fs, feature_service: str) -> list[str]:
     return [f"{p.name_to_use()}:{f.name}" for p in service.feature_view_projections for f in p.features]
 
 
-def definitions_hash(fs, feature_service: str) -> str:
-    """SHA-256 over the specs of a feature service and every view it reads (not their timestamps).
+def _strip_source_meta(message: Any) -> Any:
+    """Clear the registry's bookkeeping (`meta`: created/updated times) of every data source in a proto.
 
-    An on-demand view's spec embeds full copies of its source views, whose registry metadata
-    changes from read to read; those are hashed by name (the views themselves are hashed too).
+    Feast stamps a source's `meta` on every apply, also inside feature-view projections, so
+    hashing it made every no-op `feast apply` look like a definition change.
+    """
+    if message.DESCRIPTOR.full_name == "feast.core.DataSource":
+        message.ClearField("meta")
+    for descriptor, value in message.ListFields():
+        if descriptor.message_type is None:
+            continue
+        if descriptor.is_repeated and not descriptor.message_type.GetOptions().map_entry:
+            for item in value:
+                _strip_source_meta(item)
+        elif not descriptor.is_repeated:
+            _strip_source_meta(value)
+    return message
+
+
+def definitions_hash(fs: Any, feature_service: str) -> str:
+    """SHA-256 over what defines a feature service's features: its spec and the specs of every view it reads.
+
+    Registry bookkeeping is left out (sources' created/updated times), so a `feast apply` that
+    changes nothing keeps the hash. An on-demand view's spec embeds full copies of its source
+    views; those are hashed by name (the views themselves are hashed too).
     """
     service = fs.get_feature_service(feature_service)
-    digest = hashlib.sha256(service.to_proto().spec.SerializeToString(deterministic=True))
+    digest = hashlib.sha256(_strip_source_meta(service.to_proto().spec).SerializeToString(deterministic=True))
     for projection in sorted(service.feature_view_projections, key=lambda p: p.name):
         try:
             spec = fs.get_feature_view(projection.name).to_proto().spec
@@ -160,7 +180,7 @@ def definitions_hash(fs, feature_service: str) -> str:
             spec = fs.get_on_demand_feature_view(projection.name).to_proto().spec
             digest.update(",".join(sorted(spec.sources)).encode())
             spec.ClearField("sources")
-        digest.update(spec.SerializeToString(deterministic=True))
+        digest.update(_strip_source_meta(spec).SerializeToString(deterministic=True))
     return digest.hexdigest()
 
 
