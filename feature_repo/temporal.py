@@ -32,7 +32,9 @@ def temporal(inputs: pd.DataFrame) -> pd.DataFrame:
     import numpy as np
     import pandas as pd
 
-    ts = pd.to_datetime(inputs["event_timestamp"], utc=True)
+    from healthmate_features.features.definitions import request_times
+
+    ts = request_times(inputs["event_timestamp"])
     hour = ts.dt.hour + ts.dt.minute / 60.0 + ts.dt.second / 3600.0
     dow = ts.dt.dayofweek
     month = ts.dt.month - 1

@@ -58,6 +58,10 @@ class DatasetRefError(DatasetVersionError, TrackingError):
     """A dataset reference is not NAME@VERSION (datasets.ref; both the registry and tracking raise it)."""
 
 
+class RequestTimeError(HealthmateError, ValueError):
+    """A request time (`event_timestamp`) the temporal features cannot read (features.definitions)."""
+
+
 class AuthError(HealthmateError):
     """A bearer token is missing, malformed, unknown or revoked (auth.authenticate)."""
 

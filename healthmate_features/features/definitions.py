@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pandas as pd
 from feast import FeatureView, Field
 from feast.data_source import DataSource
 from feast.types import Float64, Int64, String
 
 from healthmate_features.backends import backend_for
 from healthmate_features.config import Settings
+from healthmate_features.errors import RequestTimeError
 from healthmate_features.features.catalog import FEATURE_TABLES, TEMPORAL_FEATURES
 
 OWNER = "ml-platform@healthmate"
@@ -65,6 +67,47 @@ def feature_view(table: str, source, entity) -> FeatureView:
         description=description(table),
         tags={"owner": OWNER, "domain": table.split("_")[0], "pii": str(pii).lower()},
     )
+
+
+# Epoch seconds a request time may have: 1900-01-01 .. 2200-01-01. Outside it, a number is almost
+# surely milliseconds or nanoseconds, which must not be read silently as a date in 1970 or 50000.
+_EPOCH_S_RANGE = (-2_208_988_800, 7_258_118_400)
+
+
+def _shown(value: object) -> str:
+    return repr(value.item() if hasattr(value, "item") else value)
+
+
+def request_times(values: pd.Series) -> pd.Series:
+    """Request times as tz-aware UTC timestamps, read the same way whatever form they come in.
+
+    Datetimes (naive = UTC) and ISO 8601 strings are parsed; numbers are epoch seconds (Feast's
+    UnixTimestamp, what a `feast serve` client sends as `"event_timestamp": [1764600000]`).
+    Raises RequestTimeError naming the first unreadable value and how many there are.
+    """
+    if pd.api.types.is_bool_dtype(values):
+        raise RequestTimeError(f"event_timestamp holds booleans ({_shown(values.iloc[0])}); send a time")
+    if pd.api.types.is_numeric_dtype(values):
+        seconds = values.astype("float64")
+        low, high = _EPOCH_S_RANGE
+        bad = seconds.notna() & ((seconds < low) | (seconds > high))
+        if bad.any():
+            raise RequestTimeError(
+                f"event_timestamp {_shown(values[bad].iloc[0])} ({int(bad.sum())} of {len(values)} values) "
+                "is not epoch seconds between 1900 and 2200; "
+                "send seconds (not milliseconds or nanoseconds) or an ISO 8601 time"
+            )
+        return pd.to_datetime(seconds, unit="s", utc=True)
+    if pd.api.types.is_datetime64_any_dtype(values):
+        return pd.to_datetime(values, utc=True)
+    parsed = pd.to_datetime(values, utc=True, errors="coerce", format="mixed")
+    bad = parsed.isna() & values.notna()
+    if bad.any():
+        raise RequestTimeError(
+            f"event_timestamp {_shown(values[bad].iloc[0])} ({int(bad.sum())} of {len(values)} values) is not a time; "
+            "send an ISO 8601 time such as 2025-09-28T12:00:00Z, a datetime, or epoch seconds"
+        )
+    return parsed
 
 
 def temporal_schema() -> list[Field]:
