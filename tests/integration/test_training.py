@@ -5,14 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-import tiny
 import yaml
 from click.testing import CliRunner
 
 from healthmate_features.cli import main
-from healthmate_features.errors import ConfigError, EntityFrameError
+from healthmate_features.errors import EntityFrameError
 from healthmate_features.training.builder import (
-    TrainingSetConfig,
     build_and_save,
     build_training_set,
     join_features,
@@ -20,23 +18,16 @@ from healthmate_features.training.builder import (
     registry,
 )
 
-CONFIGS = tiny.ROOT / "configs"
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    """A repository copy with 250 generated users x 240 days, ingested, built and applied."""
-    return tiny.generated_repo(tmp_path_factory.mktemp("train"), users=250, days=240, seed=3)
+def repo(generated_repo, clone_repo, tmp_path_factory):
+    """This module's copy of the generated repository (conftest `generated_repo`): its tests save datasets."""
+    return clone_repo(generated_repo, tmp_path_factory.mktemp("train") / "repo")
 
 
-def _config(config_name: str, **changes) -> dict:
-    data = yaml.safe_load((CONFIGS / f"{config_name}.yaml").read_text())
-    data.update(changes)
-    return data
-
-
-def test_time_split_training_set_is_versioned_with_its_leakage_report(repo):
-    ref, dataset = build_and_save(_config("health_risk"), repo)
+def test_time_split_training_set_is_versioned_with_its_leakage_report(repo, training_config):
+    ref, dataset = build_and_save(training_config("health_risk"), repo)
     assert ref == "health_risk@1.0.0"
     report = dataset.metadata["leakage_report"]
     assert report["strategy"] == "time" and report["embargo_days"] >= 30 + 30  # window + label horizon
@@ -53,8 +44,8 @@ def test_time_split_training_set_is_versioned_with_its_leakage_report(repo):
     assert registry(repo).verify("health_risk", "1.0.0").ok
 
 
-def test_preprocessing_is_fitted_on_the_training_split_only(repo):
-    dataset = build_training_set(_config("health_risk"), repo)
+def test_preprocessing_is_fitted_on_the_training_split_only(repo, training_config):
+    dataset = build_training_set(training_config("health_risk"), repo)
     label = "adverse_event_30d"
     X_train = dataset.joined_train.drop(columns=[label])
     pd.testing.assert_frame_equal(dataset.pipeline.transform(X_train), dataset.X_train)
@@ -64,8 +55,8 @@ def test_preprocessing_is_fitted_on_the_training_split_only(repo):
     assert np.allclose(imputer.statistics_, X_train[numeric].median().to_numpy(), equal_nan=True)
 
 
-def test_group_split_keeps_every_user_on_one_side(repo):
-    dataset = build_training_set(_config("engagement_churn"), repo)
+def test_group_split_keeps_every_user_on_one_side(repo, training_config):
+    dataset = build_training_set(training_config("engagement_churn"), repo)
     train_users, test_users = set(dataset.joined_train.user_id), set(dataset.joined_test.user_id)
     assert train_users and test_users and not train_users & test_users
     assert dataset.metadata["leakage_report"]["users_overlapping"] == 0
@@ -73,12 +64,12 @@ def test_group_split_keeps_every_user_on_one_side(repo):
     assert all(isinstance(n, str) for n in dataset.feature_names)
 
 
-def test_rebuild_gives_the_identical_data_hash_and_versions_bump_by_rule(repo):
-    ref, _ = build_and_save(_config("engagement_churn", name="churn_rebuild"), repo)
+def test_rebuild_gives_the_identical_data_hash_and_versions_bump_by_rule(repo, training_config):
+    ref, _ = build_and_save(training_config("engagement_churn", name="churn_rebuild"), repo)
     name, version = ref.split("@")
     report = rebuild(name, version, repo)
     assert report["identical"] and not report["entities_changed"], report
-    again, _ = build_and_save(_config("engagement_churn", name="churn_rebuild"), repo)
+    again, _ = build_and_save(training_config("engagement_churn", name="churn_rebuild"), repo)
     assert again == "churn_rebuild@1.0.1"  # same definitions and data: a patch
 
 
@@ -136,29 +127,10 @@ def test_bad_entity_frames_give_clear_errors(repo, entities, message):
     assert message in str(info.value)
 
 
-@pytest.mark.parametrize(
-    "changes, message",
-    [
-        ({"colour": "blue"}, "unknown training-set config key(s) colour"),
-        ({"label": None}, "training-set config is missing label"),
-        ({"task": "ranking"}, "task 'ranking' is not one of classification, regression"),
-        ({"split": {"strategy": "alphabetical"}}, "alphabetical"),
-        ({"preprocessing": {"numeric": {"scale": "loud"}}}, "loud"),
-        ({"bump": "huge"}, "bump 'huge' is not one of major, minor, patch"),
-        ({"name": 123, "label": ["y"]}, "training-set config name, label must be text"),
-        ({"split": "time"}, "split must be a mapping"),
-    ],
-)
-def test_bad_configs_give_clear_errors(changes, message):
-    with pytest.raises(ConfigError) as info:
-        TrainingSetConfig.from_dict(_config("health_risk", **changes))
-    assert message in str(info.value)
-
-
-def test_cli_builds_lists_verifies_diffs_and_rebuilds(repo, tmp_path, monkeypatch):
+def test_cli_builds_lists_verifies_diffs_and_rebuilds(repo, tmp_path, monkeypatch, training_config):
     monkeypatch.setenv("HM_REPO_PATH", str(repo.repo_path))
     config = tmp_path / "risk.yaml"
-    config.write_text(yaml.safe_dump(_config("health_risk", name="cli_risk")))
+    config.write_text(yaml.safe_dump(training_config("health_risk", name="cli_risk")))
     run = lambda *args: CliRunner().invoke(main, list(args))  # noqa: E731
     first = run("training-set", "build", "--config", str(config))
     assert first.exit_code == 0, first.output

@@ -7,6 +7,7 @@ applied with the real `feast apply` CLI); hypothesis examples rewrite its Parque
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
@@ -17,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from feast import FeatureStore
+from feast.errors import SavedDatasetLocationAlreadyExists
 from feast.infra.offline_stores.file_source import SavedDatasetFileStorage
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -514,7 +516,7 @@ def test_saved_dataset_round_trip(repo, tmp_path):
     )
     saved = pq.read_table(path).to_pandas()
     assert saved["x"].tolist() == [3.0, 1.0, 2.0] and saved["x_doubled"].tolist() == [6.0, 2.0, 4.0]
-    with pytest.raises(Exception, match="already exists"):
+    with pytest.raises(SavedDatasetLocationAlreadyExists, match=rf"^Saved dataset location {re.escape(str(path))} already exists"):
         job.persist(SavedDatasetFileStorage(str(path)))
     again = repo.ours.get_saved_dataset("saved_v1").to_df()
     assert sorted(again["x"].tolist()) == [1.0, 2.0, 3.0]
