@@ -506,6 +506,8 @@ def test_on_demand_feature_view_is_applied(repo):
     assert result["x_doubled"].tolist()[0] == 5.0 and math.isnan(result["x_doubled"].tolist()[1])
 
 
+# Feast marks saved datasets as experimental and says so on every save and retrieval.
+@pytest.mark.filterwarnings("ignore:(Saving|Retrieving) datasets? is an experimental feature:RuntimeWarning:feast")
 def test_saved_dataset_round_trip(repo, tmp_path):
     write_vitals(repo.data, [dict(user_id=u, event_timestamp=T0, created=T0, x=float(u), label="l") for u in range(4)])
     frame = pd.DataFrame({"user_id": [3, 1, 2], "event_timestamp": [T0 + HOUR] * 3})
