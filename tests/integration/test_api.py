@@ -308,10 +308,12 @@ def test_dashboard_summary_counts_and_freshness(env):
     body = response.json()
     assert response.status_code == 200, body
     assert body["counts"]["feature_views"] == 6 and body["counts"]["on_demand_feature_views"] == 1
-    assert body["counts"]["feature_services"] >= 2 and body["counts"]["models"] == 1
+    services = {s.name for s in store.open_store(env.settings).list_feature_services()}  # with this module's sets
+    assert body["counts"]["feature_services"] == len(services) and body["counts"]["models"] == 1
     batch = [v for v in body["feature_views"] if v["kind"] == "batch"]
+    assert len(batch) == body["counts"]["feature_views"]
     assert all(v["last_materialized_end"] and v["materialization_intervals"] >= 1 for v in batch)
-    assert {s["name"] for s in body["feature_services"]} >= {"health_risk_v1", "engagement_churn_v1"}
+    assert {s["name"] for s in body["feature_services"]} == services >= {"health_risk_v1", "engagement_churn_v1"}
     assert [(r["model_name"], r["model_version"], r["environment"]) for r in body["latest_model_results"]] == [
         ("risk", "2.0", "staging")
     ]

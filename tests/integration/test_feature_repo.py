@@ -9,6 +9,7 @@ from datetime import timedelta
 import numpy as np
 import pandas as pd
 import pytest
+from feast import FeatureStore
 
 from healthmate_features.features.catalog import FEATURE_TABLES
 from healthmate_features.stores import feature_store as store
@@ -106,6 +107,12 @@ def test_materialized_online_values_equal_the_latest_offline_values(tiny_applied
     assert online["temporal__days_since_signup"] == pytest.approx(40 + 4 / 24)
 
 
+def _listed(stdout: str) -> dict[str, str]:
+    """The rows of a `feast ... list` table: first column (NAME) -> the rest of the row."""
+    rows = [line.split(None, 1) for line in stdout.strip().splitlines()[1:]]
+    return {row[0]: row[1] if len(row) > 1 else "" for row in rows}
+
+
 def test_feast_cli_lists_the_views_and_services_from_the_repo_root(tiny_applied):
     import subprocess
     import sys
@@ -116,19 +123,26 @@ def test_feast_cli_lists_the_views_and_services_from_the_repo_root(tiny_applied)
         [feast, "feature-views", "list"], cwd=tiny_applied.repo_path, capture_output=True, text=True, timeout=120
     )
     assert views.returncode == 0, views.stderr
-    for name in [*FEATURE_TABLES, "temporal"]:
-        assert name in views.stdout
+    listed = _listed(views.stdout)
+    assert set(listed) == {*FEATURE_TABLES, "temporal"}, views.stdout
+    assert "OnDemandFeatureView" in listed["temporal"]
     services = subprocess.run(
         [feast, "feature-services", "list"], cwd=tiny_applied.repo_path, capture_output=True, text=True, timeout=120
     )
-    assert "health_risk_v1" in services.stdout and "engagement_churn_v1" in services.stdout
+    assert services.returncode == 0, services.stderr
+    listed = _listed(services.stdout)
+    assert set(listed) == {"health_risk_v1", "engagement_churn_v1"}, services.stdout  # feature_sets.json is empty
+    assert "health_rolling:resting_heart_rate_mean_7d" in listed["health_risk_v1"]
 
 
 def test_feature_repo_applies_with_an_empty_or_missing_feature_sets_file(tmp_path, copy_repo, feast_apply):
     root = copy_repo(tmp_path / "repo")
     spec = root / "feature_repo" / "feature_sets.json"
     assert json.loads(spec.read_text()) == {"feature_sets": []}  # as committed
+    code_defined = {"health_risk_v1", "engagement_churn_v1"}
     spec.write_text("")
     feast_apply(root)
+    assert {s.name for s in FeatureStore(repo_path=str(root)).list_feature_services()} == code_defined
     spec.unlink()
     feast_apply(root)
+    assert {s.name for s in FeatureStore(repo_path=str(root)).list_feature_services()} == code_defined

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import psycopg
 import pytest
 
 from healthmate_features.backends import postgres
@@ -215,7 +216,7 @@ def test_build_features_swaps_all_tables_in_one_transaction_with_indexes(prod, m
     last = list(broken)[-1]
     broken[last] = replace(broken[last], sql="SELECT no_such_column FROM hm_user_day")
     monkeypatch.setattr(postgres, "FEATURE_TABLES", broken)
-    with pytest.raises(Exception, match="no_such_column"):
+    with pytest.raises(psycopg.errors.UndefinedColumn, match=r'^column "no_such_column" does not exist'):
         postgres.build_features(raw, prod)
     assert {name: count(prod, name) for name in FEATURE_TABLES} == before  # nothing swapped in
     monkeypatch.setattr(postgres, "FEATURE_TABLES", FEATURE_TABLES)

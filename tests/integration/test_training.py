@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -31,6 +33,7 @@ def test_time_split_training_set_is_versioned_with_its_leakage_report(repo, trai
     assert ref == "health_risk@1.0.0"
     report = dataset.metadata["leakage_report"]
     assert report["strategy"] == "time" and report["embargo_days"] >= 30 + 30  # window + label horizon
+    assert report["embargo_days"] == report["required_embargo_days"]  # the default: exactly what is required
     cutoff = pd.Timestamp(report["cutoff"])
     embargo = pd.Timedelta(days=report["embargo_days"])
     assert dataset.joined_train.event_timestamp.max() < cutoff - embargo
@@ -60,7 +63,8 @@ def test_group_split_keeps_every_user_on_one_side(repo, training_config):
     train_users, test_users = set(dataset.joined_train.user_id), set(dataset.joined_test.user_id)
     assert train_users and test_users and not train_users & test_users
     assert dataset.metadata["leakage_report"]["users_overlapping"] == 0
-    assert len(dataset.feature_names) <= 20 + 5  # mutual-information top-k, column names kept
+    assert len(dataset.feature_names) == 20  # the config's mutual-information top k=20
+    assert dataset.feature_names == list(dataset.X_train.columns) == list(dataset.X_test.columns)
     assert all(isinstance(n, str) for n in dataset.feature_names)
 
 
@@ -80,7 +84,8 @@ def test_join_keeps_rows_duplicates_and_order_and_handles_any_timestamp_precisio
         nanoseconds=7
     )
     joined, report = join_features(entities, repo, feature_service="engagement_churn_v1", label="disengaged_14d")
-    assert len(joined) == len(entities) and report.duplicate_rows >= 5
+    assert labels.duplicated(["user_id", "event_timestamp"]).sum() == 0
+    assert len(joined) == len(entities) and report.duplicate_rows == 5
     assert list(joined.user_id) == list(entities.user_id)
     assert (joined.event_timestamp == entities.event_timestamp.dt.floor("us")).all()
     assert report.sub_microsecond_floored == len(entities)
@@ -94,9 +99,9 @@ def test_naive_timestamps_are_taken_as_utc_and_unknown_users_are_counted(repo):
     joined, report = join_features(entities, repo, feature_service="engagement_churn_v1")
     assert report.naive_timestamps_assumed_utc == 3 and str(joined.event_timestamp.dt.tz) == "UTC"
     assert (report.unknown_users, report.unknown_user_rows) == (1, 1)
-    assert (
-        joined.iloc[2].drop(["user_id", "event_timestamp"]).isna().sum() > 10
-    )  # unknown user: null features, row kept
+    unknown = joined.iloc[2].drop(["user_id", "event_timestamp"])  # unknown user: row kept, stored features null
+    time_of_request = {"hour_sin", "hour_cos", "dow_sin", "dow_cos", "month_sin", "month_cos", "is_weekend", "day_of_year"}
+    assert set(unknown[unknown.notna()].index) == time_of_request
 
 
 @pytest.mark.parametrize(
@@ -138,10 +143,17 @@ def test_cli_builds_lists_verifies_diffs_and_rebuilds(repo, tmp_path, monkeypatc
     second = run("training-set", "build", "--config", str(config), "--bump", "minor")
     assert second.output.startswith("cli_risk@1.1.0\n"), second.output
     listed = run("datasets", "list", "cli_risk")
-    assert listed.exit_code == 0 and "1.1.0" in listed.output
+    assert listed.exit_code == 0 and "1.0.0" in listed.output and "1.1.0" in listed.output
     assert run("datasets", "verify", "cli_risk").exit_code == 0
     diff = run("datasets", "diff", "cli_risk", "1.0.0", "1.1.0")
     assert diff.exit_code == 0, diff.output
+    changes = json.loads(diff.output)  # the same config and data, only --bump minor
+    assert (changes["from"], changes["to"]) == ("1.0.0", "1.1.0")
+    assert changes["schema"]["X_train"] == {"added": [], "removed": [], "dtype_changed": {}}
+    assert changes["features"]["added"] == changes["features"]["removed"] == []
+    assert changes["rows"]["train"]["delta"] == changes["rows"]["test"]["delta"] == 0
+    assert [name for name, changed in changes["changed"].items() if changed] == ["build_spec"]  # the recorded bump
+    assert changes["bump_rule"] == {"kind": "patch", "reasons": ["no change in data or definitions"]}
     rebuilt = run("datasets", "rebuild", "cli_risk", "1.0.0")
     assert rebuilt.exit_code == 0 and '"identical": true' in rebuilt.output, rebuilt.output
     loaded = run("datasets", "load", "cli_risk", "--out", str(tmp_path / "splits"))

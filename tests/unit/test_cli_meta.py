@@ -61,7 +61,9 @@ def test_every_healthmate_command_in_the_readme_exists(readme):
 
 def test_every_make_target_in_the_readme_exists(readme, repo_root):
     targets = set(re.findall(r"^([a-z][\w-]*):", (repo_root / "Makefile").read_text(), re.M))
-    for target in re.findall(r"(?:^|`)make ([a-z][\w-]*)", readme, re.M):
+    shown = re.findall(r"(?:^|`)make ([a-z][\w-]*)", readme, re.M)
+    assert {"demo", "test"} <= set(shown), "README should show `make demo` and `make test`"
+    for target in shown:
         assert target in targets, f"README shows `make {target}`, which the Makefile lacks"
 
 

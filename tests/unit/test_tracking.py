@@ -19,7 +19,7 @@ class TestTrackingOnSqlite(TrackingContract):
 def test_dataset_refs_and_directions():
     assert str(DatasetRef.parse("health_risk@v3")) == "health_risk@v3"
     assert DatasetRef.parse("a.b-c@2024-05-01T10.00") == DatasetRef("a.b-c", "2024-05-01T10.00")
-    with pytest.raises(TrackingError):
+    with pytest.raises(TrackingError, match=r"dataset 'name@' is not NAME@VERSION; .* e\.g\. health_risk@v3"):
         DatasetRef.parse("name@")
     assert metric_direction("R2") == "higher"
     assert metric_direction("log_loss") == "lower"
