@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo demo-production test bench bench-production clean
+.PHONY: install demo demo-production test test-unit test-integration bench bench-production clean
 
 # The environment comes from the lock: every package at the version CI tested. A change to
 # pyproject.toml or to the lock re-runs this step.
@@ -57,8 +57,16 @@ demo: $(STAMP)
 demo-production: $(STAMP)
 	$(BIN)/healthmate-features demo --profile production
 
+# Tests in two tiers: tests/unit (no servers, no `feast apply`; well under a minute) and
+# tests/integration (real Feast, Postgres, Redis, CLI subprocesses). `make test` runs both.
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit
+
+test-integration: $(STAMP)
+	$(BIN)/python -m pytest -q tests/integration
 
 bench: $(STAMP)
 	$(BIN)/python bench/pipeline.py

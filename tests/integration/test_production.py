@@ -1,8 +1,10 @@
 """The production profile against real Postgres and Redis: equivalence with the embedded profile,
 atomic and idempotent loads and builds, full/incremental/interrupted materialization, faults.
 
-Each test gets its own Postgres database (conftest `pg_dsn`) and its own Feast project name, so
-its Redis keys (`<entity key><project>`) are its own and deleted afterwards.
+A test that loads or changes data gets its own Postgres database and Feast project name
+(conftest `prod`), so its Redis keys (`<entity key><project>`) are its own and deleted
+afterwards; a test that only reads uses the small dataset built once per run
+(`small_production`, and `small_embedded` on the embedded profile).
 """
 
 from __future__ import annotations
@@ -18,10 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import psycopg
 import pytest
-import small
-import tiny
-from sqlbackends import settings_env, settings_for_dsn
 
 from healthmate_features.backends import backend_for, postgres, production
 from healthmate_features.config import Settings
@@ -29,7 +29,7 @@ from healthmate_features.errors import NotIngestedError, ServiceUnavailableError
 from healthmate_features.features import build as features_build
 from healthmate_features.features.build import build_features
 from healthmate_features.features.catalog import FEATURE_TABLES
-from healthmate_features.raw.ingest import check_raw_store, ingest, ingest_raw
+from healthmate_features.raw.ingest import check_raw_store, ingest_raw
 from healthmate_features.stores import feature_store as store
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
@@ -37,27 +37,8 @@ BIN = Path(sys.executable).parent
 SERVICES = ("health_risk_v1", "engagement_churn_v1")
 
 
-@pytest.fixture
-def prod(tmp_path, pg_dsn, redis_url, monkeypatch):
-    """Production Settings for a repo copy: a fresh database, a project name of its own in Redis."""
-    import redis
-
-    url, prefix = redis_url
-    project = prefix.rstrip(":")
-    repo = tiny.copy_repo(tmp_path / "repo")
-    yaml_path = repo / "feature_store.production.yaml"
-    yaml_path.write_text(yaml_path.read_text().replace("project: healthmate", f"project: {project}"))
-    monkeypatch.chdir(repo)  # Feast's apply changes directory; this restores it afterwards
-    yield replace(settings_for_dsn(pg_dsn, repo), redis_url=url)
-    client = redis.Redis.from_url(url)
-    keys = list(client.scan_iter(match=f"*{project}", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
-
-
 def env_of(settings: Settings) -> dict[str, str]:
-    return {**os.environ, **settings_env(settings), "HM_REDIS_URL": settings.redis_url}
+    return {**os.environ, **settings.to_env()}
 
 
 def run(args: list[str], settings: Settings, **kwargs) -> subprocess.CompletedProcess:
@@ -66,13 +47,6 @@ def run(args: list[str], settings: Settings, **kwargs) -> subprocess.CompletedPr
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return result
-
-
-def plain_feast_apply(settings: Settings) -> None:
-    """The documented path for Feast's own CLI: export the settings, then `feast -f ... apply`."""
-    exports = run([str(BIN / "healthmate-features"), "env"], settings).stdout
-    script = f'{exports}\n"{BIN / "feast"}" -f feature_store.production.yaml apply'
-    run(["bash", "-c", script], settings)
 
 
 def table(settings: Settings, name: str) -> pd.DataFrame:
@@ -120,23 +94,14 @@ def load_and_build(raw, settings: Settings) -> None:
 
 
 @pytest.mark.slow
-def test_production_profile_equals_embedded(prod):
-    raw = tiny.write_raw(prod.repo_path / "raw", small.raw_tables())
-    embedded = Settings(repo_path=prod.repo_path)
-    ingest(raw, embedded.ingested_dir)
-    build_features(raw, embedded)
-    store.apply(embedded)
-    store.materialize(embedded)
-
-    reports, loaded = ingest_raw(raw, prod)
-    assert loaded == {r.table: r.accepted for r in reports}
-    counts = build_features(raw, prod)
-    plain_feast_apply(prod)
-    store.materialize(prod)
+def test_production_profile_equals_embedded(small_production, small_embedded):
+    prod, embedded = small_production, small_embedded  # the same raw data through both profiles
+    for name in ("users", "health_readings", "app_events", "labels"):  # the same rows accepted
+        assert count(prod, name) == len(pd.read_parquet(embedded.ingested_dir / f"{name}.parquet")) > 0, name
 
     for name in FEATURE_TABLES:  # the same SQL in both engines gives the same tables
         parquet = pd.read_parquet(embedded.features_dir / f"{name}.parquet").sort_values(["user_id", "event_timestamp"])
-        assert counts[name] == len(parquet) > 0, name
+        assert count(prod, name) == len(parquet) > 0, name
         assert_close(parquet, table(prod, name), name)
 
     labels = pd.read_parquet(embedded.ingested_dir / "labels.parquet")
@@ -156,9 +121,10 @@ def test_production_profile_equals_embedded(prod):
             )
 
 
-def test_ingest_replaces_atomically_and_never_duplicates(prod, monkeypatch):
+def test_ingest_replaces_atomically_and_never_duplicates(prod, monkeypatch, tiny):
     raw = tiny.write_raw(prod.repo_path / "raw")
-    _, first = ingest_raw(raw, prod)
+    reports, first = ingest_raw(raw, prod)
+    assert first == {r.table: r.accepted for r in reports}
     _, again = ingest_raw(raw, prod)
     assert first == again and {name: count(prod, name) for name in first} == first
 
@@ -188,7 +154,7 @@ def test_ingest_replaces_atomically_and_never_duplicates(prod, monkeypatch):
 
 
 @pytest.mark.slow
-def test_killed_ingest_keeps_the_previous_load_and_a_rerun_completes(prod):
+def test_killed_ingest_keeps_the_previous_load_and_a_rerun_completes(prod, tiny):
     raw = tiny.write_raw(prod.repo_path / "raw")
     _, first = ingest_raw(raw, prod)
     big = tiny.raw_tables()
@@ -230,7 +196,7 @@ def test_killed_ingest_keeps_the_previous_load_and_a_rerun_completes(prod):
     assert count(prod, "users") == first["users"]
 
 
-def test_build_features_swaps_all_tables_in_one_transaction_with_indexes(prod, monkeypatch):
+def test_build_features_swaps_all_tables_in_one_transaction_with_indexes(prod, monkeypatch, tiny):
     raw = tiny.write_raw(prod.repo_path / "raw")
     with pytest.raises(NotIngestedError, match="no raw data was loaded into Postgres"):
         build_features(raw, prod)
@@ -253,7 +219,7 @@ def test_build_features_swaps_all_tables_in_one_transaction_with_indexes(prod, m
     last = list(broken)[-1]
     broken[last] = replace(broken[last], sql="SELECT no_such_column FROM hm_user_day")
     monkeypatch.setattr(features_build, "FEATURE_TABLES", broken)
-    with pytest.raises(Exception, match="no_such_column"):
+    with pytest.raises(psycopg.errors.UndefinedColumn, match=r'^column "no_such_column" does not exist'):
         build_features(raw, prod)
     assert {name: count(prod, name) for name in FEATURE_TABLES} == before  # nothing swapped in
     monkeypatch.setattr(features_build, "FEATURE_TABLES", FEATURE_TABLES)
@@ -274,7 +240,7 @@ def redis_keys(settings: Settings) -> int:
         client.close()
 
 
-def test_materialization_full_incremental_and_interrupted(prod, monkeypatch):
+def test_materialization_full_incremental_and_interrupted(prod, monkeypatch, tiny):
     from feast.infra.online_stores.redis import RedisOnlineStore
 
     raw = tiny.write_raw(prod.repo_path / "raw")
@@ -322,13 +288,10 @@ def test_materialization_full_incremental_and_interrupted(prod, monkeypatch):
     assert redis_keys(prod) == 2
 
 
-def test_redis_failure_inside_feast_is_a_clear_error(prod, monkeypatch):
+def test_redis_failure_inside_feast_is_a_clear_error(small_production, monkeypatch):
     from healthmate_features.backends import redis as hm_redis
 
-    raw = tiny.write_raw(prod.repo_path / "raw")
-    load_and_build(raw, prod)
-    store.apply(prod)
-    closed = replace(prod, redis_url="redis://127.0.0.1:1/0", connect_timeout_s=2)
+    closed = replace(small_production, redis_url="redis://127.0.0.1:1/0", connect_timeout_s=2)
     start = time.monotonic()
     with pytest.raises(ServiceUnavailableError, match=r"Redis at 127.0.0.1:1/0 \(HM_REDIS_URL\) is unreachable"):
         store.online_features(closed, 1)  # the check before Feast
@@ -340,13 +303,11 @@ def test_redis_failure_inside_feast_is_a_clear_error(prod, monkeypatch):
     assert time.monotonic() - start < 4 * 2 + 7 + 5
 
 
-def test_our_point_in_time_join_equals_feasts_postgres_store(prod):
+def test_our_point_in_time_join_equals_feasts_postgres_store(small_production):
     from feast import FeatureStore
 
 
-    raw = tiny.write_raw(prod.repo_path / "raw", small.raw_tables(users=8, days=60))
-    load_and_build(raw, prod)
-    store.apply(prod)
+    prod = small_production
     ours = store.open_feature_store(prod)
     feasts = FeatureStore(
         repo_path=str(prod.repo_path), config=backend_for(prod).feast_config(offline_store={"type": "postgres"})
@@ -392,7 +353,7 @@ def test_our_point_in_time_join_equals_feasts_postgres_store(prod):
     assert len(frame) == len(pd.read_parquet(prod.ingested_dir / "labels.parquet"))
 
 
-def test_a_missing_database_is_named_and_created_by_ingest(prod):
+def test_a_missing_database_is_named_and_created_by_ingest(prod, tiny):
     fresh = replace(prod, pg_database=prod.pg_database + "_new")
     where = re.escape(f"{fresh.pg_host}:{fresh.pg_port}")
     with pytest.raises(

@@ -8,7 +8,6 @@ import time
 from dataclasses import replace
 
 import pytest
-import tiny
 from click.testing import CliRunner
 
 from healthmate_features.backends import backend_for, postgres
@@ -21,16 +20,23 @@ from healthmate_features.features.build import build_features
 from healthmate_features.raw.ingest import ingest_raw
 from healthmate_features.stores import feature_store as store
 
-CLOSED = 1  # nothing listens on port 1: connection refused at once
-
 
 def feast_config(settings: Settings):
     return backend_for(settings).feast_config()
 
 
-def production(tmp_path, **overrides) -> Settings:
-    """Production settings with the built-in localhost defaults (whatever HM_* says)."""
-    return Settings(repo_path=tiny.copy_repo(tmp_path / "repo"), profile="production", **overrides)
+CLOSED = 1  # nothing listens on port 1: connection refused at once
+
+
+@pytest.fixture
+def production(tmp_path, copy_repo):
+    """production(**overrides): production settings of a repository copy with the built-in
+    localhost defaults (whatever HM_* says)."""
+
+    def make(**overrides) -> Settings:
+        return Settings(repo_path=copy_repo(tmp_path / "repo"), profile="production", **overrides)
+
+    return make
 
 
 @pytest.fixture
@@ -40,8 +46,8 @@ def clean_env(monkeypatch):
     return monkeypatch
 
 
-def test_production_yaml_is_filled_from_settings_with_localhost_defaults(tmp_path, clean_env):
-    config = feast_config(Settings.from_env(repo_path=tiny.copy_repo(tmp_path / "repo"), profile="production"))
+def test_production_yaml_is_filled_from_settings_with_localhost_defaults(tmp_path, clean_env, copy_repo):
+    config = feast_config(Settings.from_env(repo_path=copy_repo(tmp_path / "repo"), profile="production"))
     assert (config.offline_store.host, config.offline_store.port, config.offline_store.sslmode) == (
         "127.0.0.1",
         5432,
@@ -60,22 +66,22 @@ def test_production_yaml_is_filled_from_settings_with_localhost_defaults(tmp_pat
     )
 
 
-def test_secrets_come_from_the_environment_and_are_quoted_where_they_go(tmp_path, clean_env):
+def test_secrets_come_from_the_environment_and_are_quoted_where_they_go(tmp_path, clean_env, copy_repo, repo_root):
     clean_env.setenv("HM_PG_PASSWORD", 'p@ss:w/rd"#')
     clean_env.setenv("HM_REDIS_URL", "rediss://app:s3cret@cache.internal:6380/3")
     clean_env.setenv("HM_CONNECT_TIMEOUT_S", "2.5")
-    config = feast_config(Settings.from_env(repo_path=tiny.copy_repo(tmp_path / "repo"), profile="production"))
+    config = feast_config(Settings.from_env(repo_path=copy_repo(tmp_path / "repo"), profile="production"))
     assert config.offline_store.password == 'p@ss:w/rd"#'
     assert "postgres:p%40ss%3Aw%2Frd%22%23@" in config.registry.path and "connect_timeout=3" in config.registry.path
     assert config.online_store.connection_string == (
         "cache.internal:6380,db=3,username=app,password=s3cret,ssl=true,socket_connect_timeout=2.5,socket_timeout=30"
     )
-    text = (tiny.ROOT / "feature_store.production.yaml").read_text()
+    text = (repo_root / "feature_store.production.yaml").read_text()
     assert "s3cret" not in text and 'password: "${HM_PG_PASSWORD}"' in text
 
 
-def test_bad_redis_url_and_unknown_placeholder_are_config_errors(tmp_path):
-    settings = production(tmp_path, redis_url="http://127.0.0.1:6379")
+def test_bad_redis_url_and_unknown_placeholder_are_config_errors(tmp_path, production):
+    settings = production(redis_url="http://127.0.0.1:6379")
     with pytest.raises(ConfigError, match="HM_REDIS_URL 'http://127.0.0.1:6379' is not a redis://"):
         feast_config(settings)
     yaml_path = settings.repo_path / "feature_store.production.yaml"
@@ -108,8 +114,8 @@ def _fails_fast(fn, match: str, limit_s: float) -> None:
     assert time.monotonic() - start < limit_s
 
 
-def test_unreachable_postgres_is_a_clear_error_within_the_timeout(tmp_path):
-    settings = production(tmp_path, pg_port=CLOSED, connect_timeout_s=2)
+def test_unreachable_postgres_is_a_clear_error_within_the_timeout(tmp_path, tiny, production):
+    settings = production(pg_port=CLOSED, connect_timeout_s=2)
     expected = r"PostgreSQL at 127.0.0.1:1 \(database healthmate, user postgres; HM_PG_\*\) is unreachable.*docker compose up -d postgres"
     _fails_fast(lambda: store.open_feature_store(settings), expected, 5)
     _fails_fast(lambda: store.online_features(settings, 1), expected, 5)
@@ -129,16 +135,14 @@ def silent_port():
     sock.close()
 
 
-def test_a_server_that_never_answers_times_out_instead_of_hanging(tmp_path, silent_port):
-    settings = production(
-        tmp_path, pg_port=silent_port, redis_url=f"redis://127.0.0.1:{silent_port}/0", connect_timeout_s=2
-    )
+def test_a_server_that_never_answers_times_out_instead_of_hanging(tmp_path, silent_port, production):
+    settings = production(pg_port=silent_port, redis_url=f"redis://127.0.0.1:{silent_port}/0", connect_timeout_s=2)
     _fails_fast(lambda: postgres.connect(settings), f"PostgreSQL at 127.0.0.1:{silent_port} .* within 2 s", 6)
     _fails_fast(lambda: hm_redis.check_redis(settings), f"Redis at 127.0.0.1:{silent_port}/0 .* within 2 s", 6)
 
 
-def test_cli_reports_an_unreachable_server_as_an_error_message(tmp_path, clean_env):
-    settings = production(tmp_path)
+def test_cli_reports_an_unreachable_server_as_an_error_message(tmp_path, clean_env, production):
+    settings = production()
     clean_env.setenv("HM_REPO_PATH", str(settings.repo_path))
     clean_env.setenv("HM_PG_PORT", str(CLOSED))
     start = time.monotonic()

@@ -1,22 +1,22 @@
-"""A tiny hand-made raw dataset whose feature values can be computed by hand, and a temporary
-copy of the feature repository to run it through real Feast."""
+"""A tiny hand-made raw dataset whose feature values can be computed by hand (the `tiny` fixture).
+
+Two users over 40 days: user 1 has a resting heart rate of 60 + d at 07:00 on day d (none on
+RHR_GAP days, an extra 80 at 19:00 on day 5), steps of 1000 x (d % 7 + 1) at 21:00, three weights,
+a session, meals and notifications; user 2 signs up on day 9 with one day of data."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[1]
 DAY0 = pd.Timestamp("2025-01-01", tz="UTC")
 LAST_DAY = 39  # 2025-02-09
 RHR_GAP = (10, 11, 12)
 
 
 def day(d: int, hour: float = 0) -> pd.Timestamp:
+    """Midnight UTC of day d (day 0 is 2025-01-01) plus `hour` hours."""
     return DAY0 + pd.Timedelta(days=d) + pd.Timedelta(hours=hour)
 
 
@@ -26,6 +26,7 @@ def rhr(d: int) -> float:
 
 
 def raw_tables() -> dict[str, pd.DataFrame]:
+    """users, health_readings, app_events and labels as fresh DataFrames (safe to modify)."""
     users = pd.DataFrame(
         {
             "user_id": [1, 2],
@@ -69,44 +70,8 @@ def raw_tables() -> dict[str, pd.DataFrame]:
 
 
 def write_raw(raw_dir: Path, tables: dict[str, pd.DataFrame] | None = None) -> Path:
+    """Write the tables (default: the tiny ones) as Parquet files into raw_dir; return raw_dir."""
     raw_dir.mkdir(parents=True, exist_ok=True)
     for name, df in (tables or raw_tables()).items():
         df.to_parquet(raw_dir / f"{name}.parquet", index=False)
     return raw_dir
-
-
-def copy_repo(dest: Path) -> Path:
-    """A temporary copy of the feature repository: both profiles' YAML, .feastignore, feature_repo/."""
-    dest.mkdir(parents=True, exist_ok=True)
-    shutil.copy(ROOT / "feature_store.yaml", dest)
-    shutil.copy(ROOT / "feature_store.production.yaml", dest)
-    shutil.copy(ROOT / ".feastignore", dest)
-    shutil.copytree(ROOT / "feature_repo", dest / "feature_repo", ignore=shutil.ignore_patterns("__pycache__"))
-    return dest
-
-
-def feast_apply(repo: Path) -> str:
-    """Run the real `feast apply` CLI in `repo`; return its output."""
-    feast = Path(sys.executable).parent / "feast"
-    result = subprocess.run([str(feast), "apply"], cwd=repo, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
-
-
-def generated_repo(root: Path, *, users: int, days: int, seed: int):
-    """A repository copy (with configs/) holding a generated population, ingested, built and applied.
-
-    Returns its Settings."""
-    from healthmate_features.config import Settings
-    from healthmate_features.features.build import build_features
-    from healthmate_features.raw.generate import generate
-    from healthmate_features.raw.ingest import ingest
-
-    copy_repo(root)
-    shutil.copytree(ROOT / "configs", root / "configs")
-    settings = Settings(repo_path=root)
-    generate(settings.raw_dir, users=users, days=days, seed=seed, progress=False)
-    ingest(settings.raw_dir, settings.ingested_dir)
-    build_features(settings.raw_dir, settings)
-    feast_apply(root)
-    return settings

@@ -22,25 +22,6 @@ from healthmate_features.datasets.dataset import (
 from healthmate_features.errors import DatasetVersionError
 
 
-def rich_frame() -> pd.DataFrame:
-    """One column of every dtype the builder can produce, with nulls where the dtype allows."""
-    return pd.DataFrame(
-        {
-            "f": [1.5, np.nan, -0.0],
-            "i": np.array([1, 2, 3], dtype="int32"),
-            "nullable_int": pd.array([1, None, 3], dtype="Int64"),
-            "s": ["ab", None, "é"],
-            "string": pd.array(["x", None, "y"], dtype="string"),
-            "cat": pd.Categorical(["x", "y", None], categories=["y", "x"], ordered=True),
-            "b": [True, False, True],
-            "nullable_bool": pd.array([True, None, False], dtype="boolean"),
-            "ts": pd.to_datetime(["2024-01-01 10:00", None, "2024-03-01 00:00"]).tz_localize("UTC"),
-            "td": pd.to_timedelta([1, 2, None], unit="s"),
-        },
-        index=pd.Index([10, 20, 30], name="row"),
-    )
-
-
 def small_dataset(**overrides) -> ProcessedDataset:
     X = pd.DataFrame({"a": [0.1, 0.2, 0.3, 0.4], "b": [1.0, 2.0, 3.0, 4.0]})
     y = pd.Series([0, 1, 0, 1], name="label")
@@ -55,7 +36,7 @@ def small_dataset(**overrides) -> ProcessedDataset:
     return ProcessedDataset(**values)
 
 
-def test_frame_hash_is_deterministic_and_sensitive_to_every_part():
+def test_frame_hash_is_deterministic_and_sensitive_to_every_part(rich_frame):
     base = frame_hash(rich_frame())
     assert base == frame_hash(rich_frame())
     changed_value = rich_frame()
@@ -75,7 +56,7 @@ def test_frame_hash_has_no_concatenation_collisions():
     assert frame_hash(pd.DataFrame({"ab": [1]})) != frame_hash(pd.DataFrame({"a": [1]}).rename(columns={"a": "ab "}))
 
 
-def test_frame_hash_ignores_parquet_writer_and_layout(tmp_path):
+def test_frame_hash_ignores_parquet_writer_and_layout(tmp_path, rich_frame):
     frame = rich_frame()
     table = pa.Table.from_pandas(frame)
     pq.write_table(table, tmp_path / "snappy.parquet", compression="snappy")
@@ -93,15 +74,15 @@ def test_frame_hash_ignores_parquet_writer_and_layout(tmp_path):
     assert frame_hash(back[0]) == frame_hash(back[1]) == frame_hash(frame)
 
 
-def test_frame_hash_is_identical_in_another_process():
+def test_frame_hash_is_identical_in_another_process(rich_frame, repo_root):
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]);"
-        "from test_dataset import rich_frame; from healthmate_features.datasets.dataset import frame_hash;"
+        "from tests.helpers.frames import rich_frame; from healthmate_features.datasets.dataset import frame_hash;"
         "print(frame_hash(rich_frame()))"
     )
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     out = subprocess.run(
-        [sys.executable, "-c", code, os.path.dirname(__file__)], env=env, capture_output=True, text=True, check=True
+        [sys.executable, "-c", code, str(repo_root)], env=env, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == frame_hash(rich_frame())
 
@@ -136,7 +117,7 @@ def test_inconsistent_datasets_are_refused(overrides, message):
         small_dataset(**overrides)
 
 
-def test_label_balance_and_column_stats():
+def test_label_balance_and_column_stats(rich_frame):
     assert label_balance(pd.Series([0, 1, 1, None])) == {
         "kind": "classification",
         "rows": 4,

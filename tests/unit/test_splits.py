@@ -13,7 +13,6 @@ from healthmate_features.errors import ConfigError, EntityFrameError
 from healthmate_features.training.splits import (
     LeakageWarning,
     SplitConfig,
-    SplitResult,
     required_embargo_days,
     split_frame,
 )
@@ -235,12 +234,20 @@ def test_config_round_trips_through_a_plain_dict():
     ],
 )
 def test_leakage_report_is_json_and_indices_are_sorted_positions(frame, config):
+    labelled = frame.set_index(frame.index * 10)  # index labels 0, 10, 20, ...: positions must not be labels
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", LeakageWarning)
-        result = split_frame(frame.set_index(frame.index * 10), config, label_column="label", feature_window_days=30)
-    assert isinstance(result, SplitResult)
-    json.dumps(result.leakage_report)
+        result = split_frame(labelled, config, label_column="label", feature_window_days=30)
+    report = result.leakage_report
+    assert json.loads(json.dumps(report)) == report  # plain JSON types only: it survives the round trip
     for index in (result.train_index, result.test_index):
-        assert np.all(np.diff(index) > 0) and index.max() < len(frame)
+        assert index.dtype.kind == "i" and np.all(np.diff(index) > 0) and index.min() >= 0 and index.max() < len(frame)
+    assert set(result.train_index).isdisjoint(result.test_index)
+    assert (len(result.train_index), len(result.test_index)) == (report["train_rows"], report["test_rows"])
+    assert report["train_rows"] + report["test_rows"] + report["excluded_rows_total"] == len(frame)  # every row counted
+    train, test = result.take(labelled)
+    assert list(train.index) == list(labelled.index[result.train_index])  # take() reads positions
+    assert list(test.index) == list(labelled.index[result.test_index])
     for key in ("strategy", "train_rows", "test_rows", "excluded_rows", "users_overlapping", "guards", "warnings"):
-        assert key in result.leakage_report
+        assert key in report
+    assert report["strategy"] == config["strategy"]

@@ -1,8 +1,8 @@
 """The HTTP API through its ASGI transport, against a real temporary feature repository.
 
-One module fixture generates a small population in a repository copy, ingests it, builds the
-feature tables, runs the real `feast apply`, materializes into SQLite and serves the app with
-Starlette's TestClient (an httpx client over the ASGI transport).
+One module fixture copies the generated repository (conftest `generated_repo`: a population
+ingested, built and applied with the real `feast apply`), materializes it into SQLite and serves
+the app with Starlette's TestClient (an httpx client over the ASGI transport).
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ from urllib.parse import quote
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-import tiny
-import yaml
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
@@ -35,7 +33,6 @@ from healthmate_features.tracking import Tracker
 from healthmate_features.training.builder import registry
 
 OWN, OTHER = 1, 2
-CONFIGS = tiny.ROOT / "configs"
 
 
 @dataclass
@@ -61,9 +58,9 @@ def _url(path: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    """150 generated users x 200 days, ingested, built, applied and materialized; keys and runs."""
-    settings = tiny.generated_repo(tmp_path_factory.mktemp("api"), users=150, days=200, seed=11)
+def env(generated_repo, clone_repo, tmp_path_factory):
+    """A copy of the generated repository, materialized; keys and runs."""
+    settings = clone_repo(generated_repo, tmp_path_factory.mktemp("api") / "repo")
     store.materialize(settings)
     with open_sql_store(settings) as sql:
         keys = ApiKeys(sql)
@@ -97,12 +94,6 @@ def _error(response, status: int) -> dict:
     body = response.json()
     assert set(body) == {"error", "detail"} and isinstance(body["detail"], str) and body["detail"], body
     return body
-
-
-def _health_risk_config(**changes) -> dict:
-    config = yaml.safe_load((CONFIGS / "health_risk.yaml").read_text())
-    config.update(changes)
-    return config
 
 
 def _wait(env: Env, job_id: str, timeout_s: float = 600) -> dict:
@@ -186,7 +177,7 @@ def test_model_performance_history_comparison_and_refusal_to_mix_datasets(env):
     _error(env.get("/models/performance", params={"model": "risk", "environment": "moon"}), 422)
 
 
-def test_feature_set_is_validated_applied_and_survives_the_next_feast_apply(env):
+def test_feature_set_is_validated_applied_and_survives_the_next_feast_apply(env, feast_apply):
     body = {
         "name": "sleep_risk_v1",
         "description": "sleep and age",
@@ -211,7 +202,7 @@ def test_feature_set_is_validated_applied_and_survives_the_next_feast_apply(env)
     assert saved["feature_sets"] == [
         {"name": "sleep_risk_v1", "features": ["profile:age_years"], "description": "sleep and age"}
     ]
-    tiny.feast_apply(env.settings.repo_path)  # from the repository, as a developer would
+    feast_apply(env.settings.repo_path)  # from the repository, as a developer would
     service = store.open_feature_store(env.settings).get_feature_service("sleep_risk_v1")
     assert [(p.name, [f.name for f in p.features]) for p in service.feature_view_projections] == [
         ("profile", ["age_years"])
@@ -233,20 +224,10 @@ def test_feature_set_references_are_checked_against_the_registry(env, features, 
     assert not env.settings.repo_path.joinpath("feature_repo", "feature_sets.json").read_text().count("check_refs_v1")
 
 
-def test_feature_repo_applies_with_an_empty_or_missing_feature_sets_file(tmp_path):
-    root = tiny.copy_repo(tmp_path / "repo")
-    spec = root / "feature_repo" / "feature_sets.json"
-    assert json.loads(spec.read_text()) == {"feature_sets": []}  # as committed
-    spec.write_text("")
-    tiny.feast_apply(root)
-    spec.unlink()
-    tiny.feast_apply(root)
-
-
 @pytest.fixture(scope="module")
-def prepared(env):
+def prepared(env, training_config):
     """The first job's 202 response and its final status: health_risk built as api_health_risk."""
-    response = env.post("/datasets/prepare", _health_risk_config(name="api_health_risk"))
+    response = env.post("/datasets/prepare", training_config("health_risk", name="api_health_risk"))
     assert response.status_code == 202, response.text
     return response, _wait(env, response.json()["job_id"])
 
@@ -315,8 +296,8 @@ def test_dataset_job_builds_a_version_that_loads_downloads_and_preprocesses(env,
     _error(env.post("/data/preprocess", {"dataset": "api_health_risk@9.9.9", "rows": [payload[0]]}), 404)
 
 
-def test_a_failing_dataset_job_reports_its_error(env):
-    response = env.post("/datasets/prepare", _health_risk_config(name="broken", label="no_such_label"))
+def test_a_failing_dataset_job_reports_its_error(env, training_config):
+    response = env.post("/datasets/prepare", training_config("health_risk", name="broken", label="no_such_label"))
     assert response.status_code == 202, response.text
     done = _wait(env, response.json()["job_id"])
     assert done["status"] == "failed" and "no_such_label" in done["error"] and done["dataset"] is None
@@ -327,10 +308,12 @@ def test_dashboard_summary_counts_and_freshness(env):
     body = response.json()
     assert response.status_code == 200, body
     assert body["counts"]["feature_views"] == 6 and body["counts"]["on_demand_feature_views"] == 1
-    assert body["counts"]["feature_services"] >= 2 and body["counts"]["models"] == 1
+    services = {s.name for s in store.open_feature_store(env.settings).list_feature_services()}  # with this module's sets
+    assert body["counts"]["feature_services"] == len(services) and body["counts"]["models"] == 1
     batch = [v for v in body["feature_views"] if v["kind"] == "batch"]
+    assert len(batch) == body["counts"]["feature_views"]
     assert all(v["last_materialized_end"] and v["materialization_intervals"] >= 1 for v in batch)
-    assert {s["name"] for s in body["feature_services"]} >= {"health_risk_v1", "engagement_churn_v1"}
+    assert {s["name"] for s in body["feature_services"]} == services >= {"health_risk_v1", "engagement_churn_v1"}
     assert [(r["model_name"], r["model_version"], r["environment"]) for r in body["latest_model_results"]] == [
         ("risk", "2.0", "staging")
     ]
@@ -558,7 +541,7 @@ _value = st.one_of(
 )
 
 
-def test_fuzz_preprocess_rows_and_prepare_configs_never_answer_5xx(env, prepared):
+def test_fuzz_preprocess_rows_and_prepare_configs_never_answer_5xx(env, prepared, training_config):
     """Structured fuzzing deeper than the schema: real columns with random values, and configs
     with random split/preprocessing sections (their label is missing, so accepted jobs fail fast)."""
     dataset = registry(env.settings).load("api_health_risk", "1.0.0", load_pipeline=False)
@@ -607,7 +590,7 @@ def test_fuzz_preprocess_rows_and_prepare_configs_never_answer_5xx(env, prepared
     @hsettings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     @given(split=sections, preprocessing=sections, task=st.sampled_from(["classification", "regression"]))
     def config_check(split, preprocessing, task):
-        config = _health_risk_config(
+        config = training_config("health_risk", 
             name="fuzz", label="no_such_label", split=split, preprocessing=preprocessing, task=task
         )
         response = env.client.post(

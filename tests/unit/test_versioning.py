@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
 import os
 import stat
 import threading
@@ -16,8 +15,6 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
 
 from healthmate_features.datasets import manifest as mf
 from healthmate_features.datasets.dataset import ProcessedDataset
@@ -25,42 +22,6 @@ from healthmate_features.datasets.registry import DatasetRegistry, data_hash
 from healthmate_features.errors import DatasetNotFoundError, DatasetVersionError
 
 POSIX = os.name == "posix"
-
-
-def make_dataset(seed: int = 0, rows: int = 40, columns=("a", "b", "c"), **metadata) -> ProcessedDataset:
-    """A small classification training set with joined frames and a fitted scaler pipeline."""
-    rng = np.random.default_rng(seed)
-    stamps = pd.date_range("2024-01-01", periods=rows, freq="D", tz="UTC", unit="s")
-    joined = pd.DataFrame(rng.normal(size=(rows, len(columns))), columns=list(columns))
-    joined.insert(0, "user_id", [f"u{i % 7}" for i in range(rows)])
-    joined.insert(1, "event_timestamp", stamps)
-    joined["label"] = rng.integers(0, 2, rows)
-    cut = int(rows * 0.75)
-    train, test = joined.iloc[:cut], joined.iloc[cut:]
-    pipeline = Pipeline([("scale", StandardScaler())]).set_output(transform="pandas")
-    pipeline.fit(train[list(columns)])
-    meta = {
-        "feature_service": "health_risk_v1",
-        "feature_refs": [f"health_daily_fv:{c}" for c in columns],
-        "entity_frame_hash": "entity-1",
-        "feast_definitions_hash": "defs-1",
-        "split_config": {"kind": "time", "cutoff": train["event_timestamp"].max()},
-        "preprocessing_config": {"scaling": "standard"},
-        "build_spec": {"config": {"name": "demo"}, "entity_source": "labels.parquet"},
-        "leakage_report": {"guards": ["time split", "embargo"], "embargo_days": np.int64(30)},
-    }
-    meta.update(metadata)
-    return ProcessedDataset(
-        X_train=pipeline.transform(train[list(columns)]),
-        X_test=pipeline.transform(test[list(columns)]),
-        y_train=train["label"],
-        y_test=test["label"],
-        feature_names=list(columns),
-        pipeline=pipeline,
-        metadata=meta,
-        joined_train=train,
-        joined_test=test,
-    )
 
 
 @pytest.fixture
@@ -83,7 +44,7 @@ def version_dir(registry: DatasetRegistry, name: str, version: str) -> Path:
 # ------------------------------------------------------------------ roundtrip ----------
 
 
-def test_save_load_roundtrip_keeps_values_dtypes_names_and_pipeline(registry):
+def test_save_load_roundtrip_keeps_values_dtypes_names_and_pipeline(registry, make_dataset):
     dataset = make_dataset()
     assert registry.save(dataset, "risk") == "1.0.0"
     loaded = registry.load("risk")
@@ -100,9 +61,7 @@ def test_save_load_roundtrip_keeps_values_dtypes_names_and_pipeline(registry):
     assert isinstance(loaded.metadata["split_config"]["cutoff"], str)
 
 
-def test_roundtrip_of_every_dtype(registry):
-    from test_dataset import rich_frame
-
+def test_roundtrip_of_every_dtype(registry, rich_frame):
     X = rich_frame()
     X.index = pd.DatetimeIndex(["2024-01-01", "2024-01-02", "2024-01-03"], name="day").as_unit("s")
     y = pd.Series(pd.Categorical(["lo", "hi", "lo"]), index=X.index, name=None)
@@ -114,7 +73,7 @@ def test_roundtrip_of_every_dtype(registry):
     assert loaded.pipeline is None and data_hash(loaded) == data_hash(dataset)
 
 
-def test_manifest_records_what_a_rebuild_needs(registry):
+def test_manifest_records_what_a_rebuild_needs(registry, make_dataset):
     registry.save(make_dataset(), "risk")
     m = registry.show("risk", "1.0.0")
     assert m["name"] == "risk" and m["version"] == "1.0.0" and m["parent_version"] is None
@@ -134,7 +93,7 @@ def test_manifest_records_what_a_rebuild_needs(registry):
     assert m["manifest_sha256"] == mf.self_hash(m)
 
 
-def test_listing(registry):
+def test_listing(registry, make_dataset):
     assert registry.versions("risk") == [] and registry.names() == []
     registry.save(make_dataset(), "risk")
     registry.save(make_dataset(), "other")
@@ -147,7 +106,7 @@ def test_listing(registry):
         registry.show("risk", "9.9.9")
 
 
-def test_file_uri_root_and_read_only_filesystems(tmp_path):
+def test_file_uri_root_and_read_only_filesystems(tmp_path, make_dataset):
     by_uri = DatasetRegistry(f"file://{tmp_path}/uri-root")
     assert by_uri.save(make_dataset(), "risk") == "1.0.0"
     assert by_uri.verify("risk", "1.0.0").ok
@@ -160,7 +119,7 @@ def test_file_uri_root_and_read_only_filesystems(tmp_path):
 # ------------------------------------------------------------------ bump rule ----------
 
 
-def test_bump_rule_chooses_major_minor_patch(registry):
+def test_bump_rule_chooses_major_minor_patch(registry, make_dataset):
     assert registry.save(make_dataset(), "risk") == "1.0.0"
     assert registry.save(make_dataset(), "risk") == "1.0.1"  # same definitions, same data
     assert registry.save(make_dataset(preprocessing_config={"scaling": "robust"}), "risk") == "1.0.2"
@@ -195,7 +154,7 @@ def test_bump_rule_chooses_major_minor_patch(registry):
     )
 
 
-def test_explicit_bump_may_exceed_but_not_undercut_the_rule(registry):
+def test_explicit_bump_may_exceed_but_not_undercut_the_rule(registry, make_dataset):
     registry.save(make_dataset(), "risk")
     assert registry.save(make_dataset(), "risk", bump="minor") == "1.1.0"
     assert registry.save(make_dataset(), "risk", bump="major") == "2.0.0"
@@ -207,7 +166,7 @@ def test_explicit_bump_may_exceed_but_not_undercut_the_rule(registry):
     assert not list((Path(registry.root) / "risk").glob(".tmp-*"))
 
 
-def test_versions_sort_semantically(registry):
+def test_versions_sort_semantically(registry, make_dataset):
     registry.save(make_dataset(), "risk")
     for _ in range(10):
         registry.save(make_dataset(), "risk", bump="minor")
@@ -219,7 +178,7 @@ def test_versions_sort_semantically(registry):
 
 
 @pytest.mark.skipif(not POSIX, reason="POSIX permission bits")
-def test_published_versions_are_read_only_and_never_touched_again(registry):
+def test_published_versions_are_read_only_and_never_touched_again(registry, make_dataset):
     registry.save(make_dataset(), "risk")
     folder = version_dir(registry, "risk", "1.0.0")
     assert stat.S_IMODE(folder.stat().st_mode) == 0o555
@@ -242,7 +201,7 @@ class StaleRegistry(DatasetRegistry):
         return found
 
 
-def test_a_colliding_save_takes_the_next_version_and_keeps_the_old_one(registry):
+def test_a_colliding_save_takes_the_next_version_and_keeps_the_old_one(registry, make_dataset):
     registry.save(make_dataset(), "risk")
     registry.save(make_dataset(), "risk")
     folder = version_dir(registry, "risk", "1.0.1")
@@ -253,7 +212,7 @@ def test_a_colliding_save_takes_the_next_version_and_keeps_the_old_one(registry)
     assert stale.show("risk", "1.0.2")["parent_version"] == "1.0.1"
 
 
-def test_unserializable_metadata_writes_nothing(registry):
+def test_unserializable_metadata_writes_nothing(registry, make_dataset):
     with pytest.raises(DatasetVersionError, match=r"metadata\['model'\] is a object"):
         registry.save(make_dataset(model=object()), "risk")
     assert not (Path(registry.root) / "risk").exists()
@@ -262,7 +221,7 @@ def test_unserializable_metadata_writes_nothing(registry):
 # ------------------------------------------------------------------ concurrency --------
 
 
-def test_concurrent_thread_saves_get_distinct_complete_versions(registry):
+def test_concurrent_thread_saves_get_distinct_complete_versions(registry, make_dataset):
     dataset = make_dataset()
     versions, errors, stop = [], [], threading.Event()
 
@@ -295,34 +254,10 @@ def test_concurrent_thread_saves_get_distinct_complete_versions(registry):
     assert not list((Path(registry.root) / "risk").glob(".tmp-*"))
 
 
-def _save_in_process(root: str, barrier, seed: int) -> tuple[str, str]:
-    barrier.wait()
-    dataset = make_dataset(seed=seed)
-    return DatasetRegistry(root).save(dataset, "risk"), data_hash(dataset)
-
-
-@pytest.mark.slow
-def test_concurrent_process_saves_get_distinct_complete_versions(tmp_path):
-    root = str(tmp_path / "datasets")
-    context = multiprocessing.get_context("spawn")
-    with context.Manager() as manager:
-        barrier = manager.Barrier(8)
-        with context.Pool(8) as pool:
-            results = pool.starmap(_save_in_process, [(root, barrier, i % 2) for i in range(8)])
-    registry = DatasetRegistry(root)
-    versions = [v for v, _ in results]
-    assert len(set(versions)) == 8 and set(versions) == set(registry.versions("risk"))
-    assert all(registry.verify("risk", v).ok for v in versions)
-    assert not list((tmp_path / "datasets" / "risk").glob(".tmp-*"))
-    # the hash of the same data is the same in every process
-    for seed in (0, 1):
-        assert {h for i, (_, h) in enumerate(results) if i % 2 == seed} == {data_hash(make_dataset(seed=seed))}
-
-
 # ------------------------------------------------------------------ tampering ----------
 
 
-def test_verify_names_a_modified_parquet_file(registry):
+def test_verify_names_a_modified_parquet_file(registry, make_dataset):
     registry.save(make_dataset(), "risk")
     target = writable(version_dir(registry, "risk", "1.0.0") / "X_train.parquet")
     data = bytearray(target.read_bytes())
@@ -335,7 +270,7 @@ def test_verify_names_a_modified_parquet_file(registry):
         registry.load("risk", "1.0.0")
 
 
-def test_read_split_returns_the_stored_bytes_checked_against_the_manifest(registry):
+def test_read_split_returns_the_stored_bytes_checked_against_the_manifest(registry, make_dataset):
     registry.save(make_dataset(), "risk")
     path = version_dir(registry, "risk", "1.0.0") / "X_test.parquet"
     assert registry.read_split("risk", None, "X_test") == path.read_bytes()
@@ -349,7 +284,7 @@ def test_read_split_returns_the_stored_bytes_checked_against_the_manifest(regist
         registry.read_split("risk", "1.0.0", "X_test")
 
 
-def test_verify_names_a_missing_file_and_an_unexpected_one(registry):
+def test_verify_names_a_missing_file_and_an_unexpected_one(registry, make_dataset):
     registry.save(make_dataset(), "risk")
     folder = version_dir(registry, "risk", "1.0.0")
     writable(folder / "y_test.parquet").unlink()
@@ -361,7 +296,7 @@ def test_verify_names_a_missing_file_and_an_unexpected_one(registry):
         registry.load("risk")
 
 
-def test_verify_catches_an_edited_manifest(registry):
+def test_verify_catches_an_edited_manifest(registry, make_dataset):
     registry.save(make_dataset(), "risk")
     path = writable(version_dir(registry, "risk", "1.0.0") / "manifest.json")
     manifest = json.loads(path.read_text())
@@ -376,7 +311,7 @@ def test_verify_catches_an_edited_manifest(registry):
     assert "no manifest.json" in registry.verify("risk", "1.0.0").problems[0]
 
 
-def test_verify_catches_changed_data_even_with_a_consistent_forged_manifest(registry):
+def test_verify_catches_changed_data_even_with_a_consistent_forged_manifest(registry, make_dataset):
     registry.save(make_dataset(), "risk")
     folder = version_dir(registry, "risk", "1.0.0")
     y = pq.read_table(folder / "y_train.parquet").to_pandas()
@@ -392,7 +327,7 @@ def test_verify_catches_changed_data_even_with_a_consistent_forged_manifest(regi
     assert len(problems) == 1 and problems[0].startswith("data hash mismatch")
 
 
-def test_a_manifest_cannot_point_outside_its_version(registry, tmp_path):
+def test_a_manifest_cannot_point_outside_its_version(registry, tmp_path, make_dataset):
     registry.save(make_dataset(), "risk")
     path = writable(version_dir(registry, "risk", "1.0.0") / "manifest.json")
     manifest = json.loads(path.read_text())
@@ -414,7 +349,7 @@ class Tripwire:
         return (Path.touch, (self.marker,))
 
 
-def test_verify_and_data_only_loads_never_unpickle(registry, tmp_path):
+def test_verify_and_data_only_loads_never_unpickle(registry, tmp_path, make_dataset):
     marker = tmp_path / "unpickled"
     dataset = make_dataset()
     dataset.pipeline = Tripwire(marker)
@@ -429,7 +364,7 @@ def test_verify_and_data_only_loads_never_unpickle(registry, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["../x", "a/b", "/abs", "", ".", "..", ".tmp-1", "a\\b", "x\n", "a" * 129, None])
-def test_path_like_names_are_refused(registry, name):
+def test_path_like_names_are_refused(registry, name, make_dataset):
     for call in (
         lambda: registry.save(make_dataset(), name),
         lambda: registry.versions(name),
@@ -443,7 +378,7 @@ def test_path_like_names_are_refused(registry, name):
 @pytest.mark.parametrize(
     "version", ["../1.0.0", "1.0", "01.0.0", "1.0.0/..", "/1.0.0", "", "v1.0.0", "1.0.0-rc1", "1.0.0\n", "..", 1]
 )
-def test_path_like_versions_are_refused(registry, version):
+def test_path_like_versions_are_refused(registry, version, make_dataset):
     registry.save(make_dataset(), "risk")
     for call in (
         lambda: registry.show("risk", version),
@@ -455,7 +390,7 @@ def test_path_like_versions_are_refused(registry, version):
             call()
 
 
-def test_diff_reports_schema_rows_stats_and_label_changes(registry):
+def test_diff_reports_schema_rows_stats_and_label_changes(registry, make_dataset):
     registry.save(make_dataset(), "risk")
     registry.save(make_dataset(seed=1, rows=80, columns=("a", "b", "d")), "risk")
     d = registry.diff("risk", "1.0.0", "2.0.0")
@@ -474,7 +409,7 @@ def test_diff_reports_schema_rows_stats_and_label_changes(registry):
     assert not any(same["changed"].values())
 
 
-def test_next_version_and_metadata_conversion():
+def test_next_version_and_metadata_conversion(make_dataset):
     from healthmate_features.datasets.registry import next_version
 
     assert next_version(None, "patch") == "1.0.0"

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import re
+import shlex
+
 import click
+import pytest
 from click.testing import CliRunner
 
 from healthmate_features.cli import main
@@ -25,25 +29,22 @@ def test_every_command_has_help():
         assert "Usage:" in result.output
 
 
-import re
-import shlex
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-README = (ROOT / "README.md").read_text()
+@pytest.fixture(scope="module")
+def readme(repo_root) -> str:
+    return (repo_root / "README.md").read_text()
 
 
-def _shown_commands(prefix: str) -> list[list[str]]:
+def _shown_commands(readme: str, prefix: str) -> list[list[str]]:
     """Argument lists of every README line that runs `prefix` (in code blocks or inline)."""
     found = []
-    for match in re.finditer(r"(?:\.venv/bin/)?" + re.escape(prefix) + r"((?: [^`\n|]*)?)", README):
+    for match in re.finditer(r"(?:\.venv/bin/)?" + re.escape(prefix) + r"((?: [^`\n|]*)?)", readme):
         args = shlex.split(match.group(1).split("#")[0].replace("\\", ""))
         found.append(args)
     return found
 
 
-def test_every_healthmate_command_in_the_readme_exists():
-    shown = _shown_commands("healthmate-features")
+def test_every_healthmate_command_in_the_readme_exists(readme):
+    shown = _shown_commands(readme, "healthmate-features")
     assert len(shown) >= 5
     for args in shown:
         group, path = main, []
@@ -58,17 +59,19 @@ def test_every_healthmate_command_in_the_readme_exists():
                 assert word.split("=")[0] in names, f"README shows option {word} that `{' '.join(path)}` lacks"
 
 
-def test_every_make_target_in_the_readme_exists():
-    targets = set(re.findall(r"^([a-z][\w-]*):", (ROOT / "Makefile").read_text(), re.M))
-    for target in re.findall(r"(?:^|`)make ([a-z][\w-]*)", README, re.M):
+def test_every_make_target_in_the_readme_exists(readme, repo_root):
+    targets = set(re.findall(r"^([a-z][\w-]*):", (repo_root / "Makefile").read_text(), re.M))
+    shown = re.findall(r"(?:^|`)make ([a-z][\w-]*)", readme, re.M)
+    assert {"demo", "test"} <= set(shown), "README should show `make demo` and `make test`"
+    for target in shown:
         assert target in targets, f"README shows `make {target}`, which the Makefile lacks"
 
 
-def test_readme_schema_section_and_feature_docs_are_current():
+def test_readme_schema_section_and_feature_docs_are_current(readme, repo_root):
     from healthmate_features.features.catalog import describe_markdown as features_md
     from healthmate_features.raw.schemas import describe_markdown as schemas_md
 
-    assert schemas_md() in README, "README's schema section is stale: paste `healthmate-features schemas`"
-    assert (ROOT / "docs" / "features.md").read_text() == features_md(), (
+    assert schemas_md() in readme, "README's schema section is stale: paste `healthmate-features schemas`"
+    assert (repo_root / "docs" / "features.md").read_text() == features_md(), (
         "docs/features.md is stale: healthmate-features features > docs/features.md"
     )

@@ -1,24 +1,18 @@
 """The fast Redis reader (healthmate_features.stores.online) returns exactly what Feast's get_online_features returns.
 
-One production setup per module (a fresh Postgres database, a Feast project of its own in Redis,
-the small seeded dataset materialized), then value-for-value comparisons with Feast on it.
-Skips locally when Postgres or Redis is down; fails in CI (conftest).
+The small seeded dataset on the production profile (conftest `small_production`: a Postgres
+database and a Feast project of its own in Redis, built once per run and materialized), then
+value-for-value comparisons with Feast on it. Skips locally when Postgres or Redis is down;
+fails in CI (conftest).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import uuid
-from dataclasses import replace
 
 import pandas as pd
 import pytest
-import small
-import tiny
-from conftest import PG_HINT, REDIS_HINT, _require
-from sqlbackends import settings_for_dsn
 
 from healthmate_features.config import Settings
 from healthmate_features.errors import FeatureServiceNotFoundError, OnlineReadError
@@ -42,54 +36,13 @@ REFS = [
 
 
 @pytest.fixture(scope="module")
-def prod(tmp_path_factory):
-    """Production Settings over the small dataset, ingested, built, applied and materialized once."""
-    import psycopg
-    import redis
-
-    host, port = os.environ.get("HM_PG_HOST", "127.0.0.1"), int(os.environ.get("HM_PG_PORT", "5432"))
-    _require(host, port, "PostgreSQL", PG_HINT)
-    url = os.environ.get("HM_REDIS_URL", "redis://127.0.0.1:6379/0")
-    client = redis.Redis.from_url(url, socket_connect_timeout=2)
-    kwargs = client.connection_pool.connection_kwargs
-    _require(kwargs.get("host", "127.0.0.1"), int(kwargs.get("port", 6379)), "Redis", REDIS_HINT)
-    user = os.environ.get("HM_PG_USER", "postgres")
-    admin = f"host={host} port={port} user={user} dbname=postgres connect_timeout=5"
-    name = f"hm_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    repo = tiny.copy_repo(tmp_path_factory.mktemp("online") / "repo")
-    yaml_path = repo / "feature_store.production.yaml"
-    yaml_path.write_text(yaml_path.read_text().replace("project: healthmate", f"project: {name}"))
-    cwd = os.getcwd()
-    os.chdir(repo)
-    try:
-        settings = replace(settings_for_dsn(f"host={host} port={port} user={user} dbname={name}", repo), redis_url=url)
-        raw = tiny.write_raw(repo / "raw", small.raw_tables())
-        ingest_raw(raw, settings)
-        build_features(raw, settings)
-        store.apply(settings)
-        store.materialize(settings)
-        yield settings
-    finally:
-        os.chdir(cwd)
-        store.forget_online_reader(settings)
-        keys = list(client.scan_iter(match=f"*{name}", count=1000))
-        if keys:
-            client.delete(*keys)
-        client.close()
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+def feast(small_production):
+    return store.open_feature_store(small_production)
 
 
 @pytest.fixture(scope="module")
-def feast(prod):
-    return store.open_feature_store(prod)
-
-
-@pytest.fixture(scope="module")
-def reader(prod, feast):
-    reader = OnlineReader(prod)
+def reader(small_production, feast):
+    reader = OnlineReader(small_production)
     yield reader
     reader.close()
 
@@ -160,7 +113,7 @@ def test_reader_takes_one_request_time_per_user(reader, feast):
         reader.get(USERS, feature_service="engagement_churn_v1", at=times[:2])
 
 
-def test_store_online_features_reads_through_the_reader_and_equals_feast(prod, feast):
+def test_store_online_features_reads_through_the_reader_and_equals_feast(small_production, feast):
     for service in (None, "health_risk_v1"):
         refs = store.feature_refs(feast, service)
         want = feasts(
@@ -170,9 +123,9 @@ def test_store_online_features_reads_through_the_reader_and_equals_feast(prod, f
             feature_service=service,
             full_feature_names=service is None,
         )
-        got = store.online_features(prod, 7, feature_service=service, at=AT)
+        got = store.online_features(small_production, 7, feature_service=service, at=AT)
         assert list(got) == list(want) and got == {name: values[0] for name, values in want.items()}
-    assert store.online_reader(prod) is store.online_reader(prod)  # one reader per settings
+    assert store.online_reader(small_production) is store.online_reader(small_production)  # one reader per settings
 
 
 def test_redis_key_is_feasts(reader):
@@ -185,7 +138,7 @@ def test_redis_key_is_feasts(reader):
         assert reader.redis_key(user_id) == _redis_key(reader.project, key, 3)
 
 
-def test_bad_requests_are_named(reader, prod):
+def test_bad_requests_are_named(reader, small_production):
     with pytest.raises(OnlineReadError, match="exactly one"):
         reader.get([1])
     with pytest.raises(OnlineReadError, match="exactly one"):
@@ -197,32 +150,43 @@ def test_bad_requests_are_named(reader, prod):
     with pytest.raises(FeatureServiceNotFoundError, match="'nope_v1' not found.*health_risk_v1"):
         reader.get([1], feature_service="nope_v1")
     with pytest.raises(OnlineReadError, match="Redis only"):
-        OnlineReader(Settings(repo_path=prod.repo_path))  # the embedded profile: SQLite
+        OnlineReader(Settings(repo_path=small_production.repo_path))  # the embedded profile: SQLite
 
 
-def test_a_new_apply_is_seen(prod, feast):
+def test_a_new_apply_is_seen(prod, tiny):
     """A new service is read at once, a changed one after apply (this process) or refresh() (others).
 
     Another process's reader sees a change after Feast's registry cache_ttl_seconds (60 s) or
-    refresh(). Feast orders a view's features by set iteration: sets here, Feast's order last."""
+    refresh(). Feast orders a view's features by set iteration: sets here, Feast's order last.
+    Applies change the registry: a production setup of its own (conftest `prod`), with the tiny data."""
+    raw = tiny.write_raw(prod.repo_path / "raw")
+    ingest_raw(raw, prod)
+    build_features(raw, prod)
+    store.apply(prod)
+    store.materialize(prod)
+    at = tiny.day(tiny.LAST_DAY + 1, 12)
+    feast = store.open_feature_store(prod)
     other = OnlineReader(prod)
-    assert other.get([1], feature_service="health_risk_v1", at=AT)  # plans cached
-    spec = prod.repo_path / "feature_repo" / "feature_sets.json"
-    spec.write_text(json.dumps({"feature_sets": [{"name": "sleep_v1", "features": ["profile:sex"]}]}))
-    store.apply(prod)
-    assert list(store.online_features(prod, 1, feature_service="sleep_v1", at=AT)) == ["user_id", "sex"]
-    assert list(other.get([1], feature_service="sleep_v1", at=AT)) == [
-        "user_id",
-        "sex",
-    ]  # unknown name: one registry refresh
+    try:
+        cached = other.get([1], feature_service="health_risk_v1", at=at)  # plans cached
+        assert_identical(cached, feasts(feast, [1], feature_service="health_risk_v1", at=at))
+        assert sum(values[0] is not None for name, values in cached.items() if name != "user_id") > 10
+        spec = prod.repo_path / "feature_repo" / "feature_sets.json"
+        spec.write_text(json.dumps({"feature_sets": [{"name": "sleep_v1", "features": ["profile:sex"]}]}))
+        store.apply(prod)
+        assert store.online_features(prod, 1, feature_service="sleep_v1", at=at) == {"user_id": 1, "sex": "female"}
+        assert other.get([1], feature_service="sleep_v1", at=at) == {"user_id": [1], "sex": ["female"]}
+        # ... an unknown name: one registry refresh
 
-    spec.write_text(
-        json.dumps({"feature_sets": [{"name": "sleep_v1", "features": ["profile:sex", "profile:age_years"]}]})
-    )
-    store.apply(prod)
-    assert set(store.online_features(prod, 1, feature_service="sleep_v1", at=AT)) == {"user_id", "sex", "age_years"}
-    other.refresh()
-    got = other.get([1, 2], feature_service="sleep_v1", at=AT)
-    feast.refresh_registry()
-    assert_identical(got, feasts(feast, [1, 2], feature_service="sleep_v1"))
-    other.close()
+        spec.write_text(
+            json.dumps({"feature_sets": [{"name": "sleep_v1", "features": ["profile:sex", "profile:age_years"]}]})
+        )
+        store.apply(prod)
+        assert set(store.online_features(prod, 1, feature_service="sleep_v1", at=at)) == {"user_id", "sex", "age_years"}
+        other.refresh()
+        got = other.get([1, 2], feature_service="sleep_v1", at=at)
+        feast.refresh_registry()
+        assert_identical(got, feasts(feast, [1, 2], feature_service="sleep_v1", at=at))
+        assert got["age_years"][0] == 45
+    finally:
+        other.close()

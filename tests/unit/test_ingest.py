@@ -6,7 +6,6 @@ import json
 
 import pandas as pd
 import pytest
-import tiny
 from click.testing import CliRunner
 
 from healthmate_features.cli import main
@@ -14,7 +13,7 @@ from healthmate_features.errors import RawDataError
 from healthmate_features.raw.ingest import ingest
 
 
-def _ingest(tmp_path, tables):
+def _ingest(tiny, tmp_path, tables):
     raw = tiny.write_raw(tmp_path / "raw", tables)
     out = tmp_path / "ingested"
     reports = {r.table: r for r in ingest(raw, out)}
@@ -25,8 +24,8 @@ def _rejects(out, table):
     return pd.read_csv(out / f"{table}.rejects.csv", dtype=str)
 
 
-def test_clean_data_is_accepted_whole(tmp_path):
-    reports, out = _ingest(tmp_path, tiny.raw_tables())
+def test_clean_data_is_accepted_whole(tmp_path, tiny):
+    reports, out = _ingest(tiny, tmp_path, tiny.raw_tables())
     for name, df in tiny.raw_tables().items():
         assert (reports[name].read, reports[name].accepted, reports[name].rejected) == (len(df), len(df), 0)
         assert not (out / f"{name}.rejects.csv").exists()
@@ -53,7 +52,7 @@ def test_clean_data_is_accepted_whole(tmp_path):
         ("labels", "adverse_event_30d", 3, "adverse_event_30d 3 is outside 0..1"),
     ],
 )
-def test_bad_values_go_to_the_rejects_file_with_their_reason(tmp_path, table, column, value, reason):
+def test_bad_values_go_to_the_rejects_file_with_their_reason(tmp_path, table, column, value, reason, tiny):
     tables = tiny.raw_tables()
     df = tables[table].copy()
     row = 0 if table != "app_events" else 3  # app_events row 3: a notification, duration may be null
@@ -62,7 +61,7 @@ def test_bad_values_go_to_the_rejects_file_with_their_reason(tmp_path, table, co
     df[column] = df[column].astype(object)
     df.loc[row, column] = value
     tables[table] = df
-    reports, out = _ingest(tmp_path, tables)
+    reports, out = _ingest(tiny, tmp_path, tables)
     report = reports[table]
     assert (report.read, report.rejected, report.accepted) == (len(df), 1, len(df) - 1)  # nothing lost
     rejects = _rejects(out, table)
@@ -72,17 +71,17 @@ def test_bad_values_go_to_the_rejects_file_with_their_reason(tmp_path, table, co
     assert len(pd.read_parquet(out / f"{table}.parquet")) == len(df) - 1
 
 
-def test_session_without_duration_and_duplicate_user_are_rejected(tmp_path):
+def test_session_without_duration_and_duplicate_user_are_rejected(tmp_path, tiny):
     tables = tiny.raw_tables()
     tables["app_events"].loc[0, "duration_minutes"] = None
     tables["users"] = pd.concat([tables["users"], tables["users"].iloc[[0]]], ignore_index=True)
-    reports, out = _ingest(tmp_path, tables)
+    reports, out = _ingest(tiny, tmp_path, tables)
     assert reports["app_events"].reasons == {"duration_minutes: missing for session": 1}
     assert reports["users"].reasons == {"user_id: duplicate": 1}
     assert "appears more than once" in _rejects(out, "users").loc[0, "_reason"]
 
 
-def test_timestamps_must_be_parseable_and_timezone_aware(tmp_path):
+def test_timestamps_must_be_parseable_and_timezone_aware(tmp_path, tiny):
     tables = tiny.raw_tables()
     events = tables["app_events"].copy()
     events["at"] = events["at"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -90,7 +89,7 @@ def test_timestamps_must_be_parseable_and_timezone_aware(tmp_path):
     events.loc[2, "at"] = "yesterday+01:00"  # not a timestamp
     events.loc[4, "at"] = "2025-01-02T10:00:00+02:00"  # fine: converted to UTC
     tables["app_events"] = events
-    reports, out = _ingest(tmp_path, tables)
+    reports, out = _ingest(tiny, tmp_path, tables)
     assert reports["app_events"].reasons == {"at: no timezone": 1, "at: not a timestamp": 1}
     reasons = list(_rejects(out, "app_events")._reason)
     assert "has no timezone offset; append Z or +00:00" in reasons[0]
@@ -99,7 +98,7 @@ def test_timestamps_must_be_parseable_and_timezone_aware(tmp_path):
     assert pd.Timestamp("2025-01-02T08:00:00Z") in set(typed["at"])
 
 
-def test_timezone_naive_timestamp_column_is_rejected_row_by_row(tmp_path):
+def test_timezone_naive_timestamp_column_is_rejected_row_by_row(tmp_path, tiny):
     tables = tiny.raw_tables()
     tables["labels"]["event_timestamp"] = tables["labels"]["event_timestamp"].dt.tz_localize(None)
     raw = tiny.write_raw(tmp_path / "raw", tables)
@@ -108,7 +107,7 @@ def test_timezone_naive_timestamp_column_is_rejected_row_by_row(tmp_path):
     assert "timezone-naive" in _rejects(tmp_path / "out", "labels").loc[0, "_reason"]
 
 
-def test_csv_input_is_validated_like_parquet(tmp_path):
+def test_csv_input_is_validated_like_parquet(tmp_path, tiny):
     raw = tmp_path / "raw"
     tiny.write_raw(raw)
     users = tiny.raw_tables()["users"]
@@ -122,7 +121,7 @@ def test_csv_input_is_validated_like_parquet(tmp_path):
     assert reports["app_events"].reasons == {"user_id: not in users": 1}
 
 
-def test_unreadable_missing_and_incomplete_inputs_fail_with_the_file_named(tmp_path):
+def test_unreadable_missing_and_incomplete_inputs_fail_with_the_file_named(tmp_path, tiny):
     raw = tiny.write_raw(tmp_path / "raw")
     (raw / "health_readings.parquet").write_bytes(b"not parquet at all")
     with pytest.raises(
@@ -143,7 +142,7 @@ def test_unreadable_missing_and_incomplete_inputs_fail_with_the_file_named(tmp_p
         ingest(tmp_path / "nowhere", tmp_path / "out")
 
 
-def test_cli_reports_counts_per_reason_and_the_rejects_file(tmp_path, monkeypatch):
+def test_cli_reports_counts_per_reason_and_the_rejects_file(tmp_path, monkeypatch, tiny):
     tables = tiny.raw_tables()
     tables["health_readings"].loc[0, "value"] = 900.0
     raw = tiny.write_raw(tmp_path / "raw", tables)

@@ -6,7 +6,10 @@ applied with the real `feast apply` CLI); hypothesis examples rewrite its Parque
 
 from __future__ import annotations
 
+import itertools
 import math
+import os
+import re
 import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
@@ -17,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from feast import FeatureStore
+from feast.errors import SavedDatasetLocationAlreadyExists
 from feast.infra.offline_stores.file_source import SavedDatasetFileStorage
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -164,8 +168,16 @@ MAPPED_SCHEMA = pa.schema(
 )
 
 
+_WRITES = itertools.count(1)
+
+
 def _write(path: Path, rows: list[dict], schema: pa.Schema) -> None:
+    """Replace a source file between examples. Feast's DuckDB store keeps one DuckDB connection,
+    whose external file cache (DuckDB 1.x) revalidates by modification time: two writes within
+    one second would be served the old bytes. A strictly increasing mtime marks each rewrite."""
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
+    stamp = 1_000_000_000 + next(_WRITES)
+    os.utime(path, (stamp, stamp))
 
 
 def write_vitals(data: Path, rows: list[dict], schema: pa.Schema = VITALS_SCHEMA) -> None:
@@ -504,6 +516,8 @@ def test_on_demand_feature_view_is_applied(repo):
     assert result["x_doubled"].tolist()[0] == 5.0 and math.isnan(result["x_doubled"].tolist()[1])
 
 
+# Feast marks saved datasets as experimental and says so on every save and retrieval.
+@pytest.mark.filterwarnings("ignore:(Saving|Retrieving) datasets? is an experimental feature:RuntimeWarning:feast")
 def test_saved_dataset_round_trip(repo, tmp_path):
     write_vitals(repo.data, [dict(user_id=u, event_timestamp=T0, created=T0, x=float(u), label="l") for u in range(4)])
     frame = pd.DataFrame({"user_id": [3, 1, 2], "event_timestamp": [T0 + HOUR] * 3})
@@ -514,7 +528,9 @@ def test_saved_dataset_round_trip(repo, tmp_path):
     )
     saved = pq.read_table(path).to_pandas()
     assert saved["x"].tolist() == [3.0, 1.0, 2.0] and saved["x_doubled"].tolist() == [6.0, 2.0, 4.0]
-    with pytest.raises(Exception, match="already exists"):
+    with pytest.raises(
+        SavedDatasetLocationAlreadyExists, match=rf"^Saved dataset location {re.escape(str(path))} already exists"
+    ):
         job.persist(SavedDatasetFileStorage(str(path)))
     again = repo.ours.get_saved_dataset("saved_v1").to_df()
     assert sorted(again["x"].tolist()) == [1.0, 2.0, 3.0]

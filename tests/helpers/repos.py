@@ -1,0 +1,89 @@
+"""Temporary copies of the feature repository, built with data and applied with the real Feast CLI.
+
+A built repository is expensive (generate or write raw data, ingest, build the feature tables,
+`feast apply`), so the conftest files build each kind once per test run and hand out copies
+(`clone`) to the tests that change it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = ROOT / "configs"
+
+
+def copy_repo(dest: Path) -> Path:
+    """A temporary copy of the feature repository: both profiles' YAML, .feastignore, feature_repo/."""
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "feature_store.yaml", dest)
+    shutil.copy(ROOT / "feature_store.production.yaml", dest)
+    shutil.copy(ROOT / ".feastignore", dest)
+    shutil.copytree(ROOT / "feature_repo", dest / "feature_repo", ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
+
+
+def clone(source: Path, dest: Path) -> Path:
+    """A private copy of a built embedded-profile repository (its data/, registry and online store).
+
+    Every path in the repository is relative to its root, so the copy is a repository of its own."""
+    shutil.copytree(source, dest, ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
+
+
+def feast_apply(repo: Path) -> str:
+    """Run the real `feast apply` CLI in `repo`; return its output."""
+    feast = Path(sys.executable).parent / "feast"
+    result = subprocess.run([str(feast), "apply"], cwd=repo, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def build_tiny(root: Path, tables: dict[str, pd.DataFrame] | None = None):
+    """A repository copy holding the tiny dataset (or `tables`), ingested and built (not applied).
+
+    Returns its Settings."""
+    from healthmate_features.config import Settings
+    from healthmate_features.features.build import build_features
+    from healthmate_features.raw.ingest import ingest
+
+    from . import tiny
+
+    copy_repo(root)
+    settings = Settings(repo_path=root)
+    raw = tiny.write_raw(root / "raw", tables)
+    ingest(raw, settings.ingested_dir)
+    build_features(raw, settings)
+    return settings
+
+
+def build_generated(root: Path, *, users: int, days: int, seed: int):
+    """A repository copy (with configs/) holding a generated population, ingested, built and applied.
+
+    Returns its Settings."""
+    from healthmate_features.config import Settings
+    from healthmate_features.features.build import build_features
+    from healthmate_features.raw.generate import generate
+    from healthmate_features.raw.ingest import ingest
+
+    copy_repo(root)
+    shutil.copytree(CONFIGS, root / "configs")
+    settings = Settings(repo_path=root)
+    generate(settings.raw_dir, users=users, days=days, seed=seed, progress=False)
+    ingest(settings.raw_dir, settings.ingested_dir)
+    build_features(settings.raw_dir, settings)
+    feast_apply(root)
+    return settings
+
+
+def training_config(config_name: str, **changes) -> dict:
+    """The committed training-set config configs/<config_name>.yaml as a dict, with `changes` applied."""
+    data = yaml.safe_load((CONFIGS / f"{config_name}.yaml").read_text())
+    data.update(changes)
+    return data

@@ -1,0 +1,148 @@
+"""Built repositories for the integration tier: each kind is built once per test run.
+
+Session-scoped repositories are shared read-only; a test (or module) that changes one takes its
+own copy (`clone_repo`), or a fresh production setup (`prod`).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from healthmate_features.config import Settings
+from healthmate_features.features.build import build_features
+from healthmate_features.raw.ingest import ingest_raw
+
+from ..conftest import postgres_database, redis_prefix
+from ..helpers import repos
+from ..helpers import tiny as tiny_data
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="session")
+def feast_apply():
+    """feast_apply(repo): run the real `feast apply` CLI in a repository; return its output."""
+    return repos.feast_apply
+
+
+@pytest.fixture(scope="session")
+def clone_repo():
+    """clone_repo(settings, dest): Settings of a private copy of a built embedded repository."""
+
+    def clone(settings: Settings, dest: Path) -> Settings:
+        return replace(settings, repo_path=repos.clone(settings.repo_path, dest))
+
+    return clone
+
+
+@pytest.fixture(scope="session")
+def tiny_applied(tiny_built, tmp_path_factory) -> Settings:
+    """The tiny dataset built and applied with the real `feast apply` (shared: read it, never change it)."""
+    settings = replace(tiny_built, repo_path=repos.clone(tiny_built.repo_path, tmp_path_factory.mktemp("tiny") / "r"))
+    repos.feast_apply(settings.repo_path)
+    return settings
+
+
+@pytest.fixture(scope="session")
+def generated_repo(tmp_path_factory) -> Settings:
+    """250 generated users x 240 days, ingested, built and applied (shared: tests that change it clone it)."""
+    return repos.build_generated(tmp_path_factory.mktemp("generated"), users=250, days=240, seed=3)
+
+
+def _drop_redis_project(url: str, project: str) -> None:
+    """Delete a Feast project's Redis hashes (Feast keys end with the project name)."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=f"*{project}", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+def _production_repo(repo: Path, dsn: str, redis_url: str, project: str) -> Settings:
+    """Production Settings for a repository copy whose Feast project (its Redis key suffix) is `project`."""
+    from ..helpers.settings import settings_for_dsn
+
+    yaml_path = repo / "feature_store.production.yaml"
+    yaml_path.write_text(yaml_path.read_text().replace("project: healthmate", f"project: {project}"))
+    return replace(settings_for_dsn(dsn, repo), redis_url=redis_url)
+
+
+def production_env(settings: Settings) -> dict[str, str]:
+    """The environment a child process needs to use these production settings."""
+    return {**os.environ, **settings.to_env()}
+
+
+def plain_feast_apply(settings: Settings) -> None:
+    """The documented path for Feast's own CLI: export the settings, then `feast -f ... apply`."""
+    env = production_env(settings)
+    exports = subprocess.run(
+        [str(BIN / "healthmate-features"), "env"], env=env, capture_output=True, text=True, timeout=300, check=True
+    ).stdout
+    script = f'{exports}\n"{BIN / "feast"}" -f feature_store.production.yaml apply'
+    done = subprocess.run(
+        ["bash", "-c", script], cwd=settings.repo_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.fixture
+def prod(tmp_path, pg_dsn, redis_url, monkeypatch) -> Settings:
+    """Production Settings for a repo copy: a fresh database, a project name of its own in Redis; nothing loaded."""
+    url, prefix = redis_url
+    project = prefix.rstrip(":")
+    settings = _production_repo(repos.copy_repo(tmp_path / "repo"), pg_dsn, url, project)
+    monkeypatch.chdir(settings.repo_path)
+    yield settings
+    from healthmate_features.stores import feature_store as store
+
+    store.forget_online_reader(settings)
+    _drop_redis_project(url, project)
+
+
+@pytest.fixture(scope="session")
+def small_production(tmp_path_factory, small) -> Settings:
+    """The small dataset on the production profile: ingested into Postgres, built, applied through the
+    documented `healthmate-features env` + `feast -f feature_store.production.yaml apply` path, and
+    materialized into Redis. Shared by the whole run: read it, never change it."""
+    from healthmate_features.stores import feature_store as store
+
+    with postgres_database() as dsn, redis_prefix() as (url, prefix):
+        project = prefix.rstrip(":")
+        repo = repos.copy_repo(tmp_path_factory.mktemp("small_production") / "repo")
+        settings = _production_repo(repo, dsn, url, project)
+        raw = tiny_data.write_raw(repo / "raw", small.raw_tables())
+        try:
+            ingest_raw(raw, settings)
+            build_features(raw, settings)
+            plain_feast_apply(settings)
+            store.materialize(settings)
+            yield settings
+        finally:
+            store.forget_online_reader(settings)
+            _drop_redis_project(url, project)
+
+
+@pytest.fixture(scope="session")
+def small_embedded(tmp_path_factory, small) -> Settings:
+    """The small dataset on the embedded profile: ingested, built, applied and materialized (read-only)."""
+    from healthmate_features.raw.ingest import ingest
+    from healthmate_features.stores import feature_store as store
+
+    repo = repos.copy_repo(tmp_path_factory.mktemp("small_embedded") / "repo")
+    settings = Settings(repo_path=repo)
+    raw = tiny_data.write_raw(repo / "raw", small.raw_tables())
+    ingest(raw, settings.ingested_dir)
+    build_features(raw, settings)
+    store.apply(settings)
+    store.materialize(settings)
+    return settings
