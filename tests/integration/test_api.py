@@ -177,6 +177,7 @@ def test_model_performance_history_comparison_and_refusal_to_mix_datasets(env):
     _error(env.get("/models/performance", params={"model": "risk", "environment": "moon"}), 422)
 
 
+@pytest.mark.slow
 def test_feature_set_is_validated_applied_and_survives_the_next_feast_apply(env, feast_apply):
     body = {
         "name": "sleep_risk_v1",

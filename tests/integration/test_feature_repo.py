@@ -113,6 +113,7 @@ def _listed(stdout: str) -> dict[str, str]:
     return {row[0]: row[1] if len(row) > 1 else "" for row in rows}
 
 
+@pytest.mark.slow
 def test_feast_cli_lists_the_views_and_services_from_the_repo_root(tiny_applied):
     import subprocess
     import sys
@@ -135,6 +136,7 @@ def test_feast_cli_lists_the_views_and_services_from_the_repo_root(tiny_applied)
     assert "health_rolling:resting_heart_rate_mean_7d" in listed["health_risk_v1"]
 
 
+@pytest.mark.slow
 def test_feature_repo_applies_with_an_empty_or_missing_feature_sets_file(tmp_path, copy_repo, feast_apply):
     root = copy_repo(tmp_path / "repo")
     spec = root / "feature_repo" / "feature_sets.json"

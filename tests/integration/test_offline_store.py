@@ -344,6 +344,7 @@ def expected_for(entities: pd.DataFrame, vitals: list[dict], device: list[dict],
     return pd.concat(parts, axis=1)
 
 
+@pytest.mark.slow
 @EXAMPLES
 @given(vitals=vitals_rows(), device=device_rows, entities=entity_rows)
 def test_matches_brute_force_and_feast_duckdb(repo, vitals, device, entities):
@@ -362,6 +363,7 @@ def test_matches_brute_force_and_feast_duckdb(repo, vitals, device, entities):
     assert_columns_equal(ours, by_row_id(feast), expected.columns)
 
 
+@pytest.mark.slow
 @EXAMPLES
 @given(vitals=vitals_rows(), device=device_rows, entities=entity_rows)
 def test_created_timestamp_exclusion_matches(repo, vitals, device, entities):
@@ -380,6 +382,7 @@ def test_created_timestamp_exclusion_matches(repo, vitals, device, entities):
     assert_columns_equal(ours, by_row_id(feast), expected.columns)
 
 
+@pytest.mark.slow
 @EXAMPLES
 @given(vitals=vitals_rows(), entities=entity_rows)
 def test_join_key_map_and_alias_match(repo, vitals, entities):
@@ -524,6 +527,7 @@ def test_saved_dataset_round_trip(repo, tmp_path):
     assert sorted(again["x"].tolist()) == [1.0, 2.0, 3.0]
 
 
+@pytest.mark.slow
 def test_materialize_then_online_read_equals_latest_offline(repo):
     """`feast materialize` through our store into SQLite; online values are the latest offline rows."""
     rows = [

@@ -152,6 +152,7 @@ def test_bad_requests_are_named(reader, small_production):
         OnlineReader(Settings(repo_path=small_production.repo_path))  # the embedded profile: SQLite
 
 
+@pytest.mark.slow
 def test_a_new_apply_is_seen(prod, tiny):
     """A new service is read at once, a changed one after apply (this process) or refresh() (others).
 

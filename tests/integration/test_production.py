@@ -237,6 +237,7 @@ def redis_keys(settings: Settings) -> int:
         client.close()
 
 
+@pytest.mark.slow
 def test_materialization_full_incremental_and_interrupted(prod, monkeypatch, tiny):
     from feast.infra.online_stores.redis import RedisOnlineStore
 
@@ -285,6 +286,7 @@ def test_materialization_full_incremental_and_interrupted(prod, monkeypatch, tin
     assert redis_keys(prod) == 2
 
 
+@pytest.mark.slow
 def test_redis_failure_inside_feast_is_a_clear_error(small_production, monkeypatch):
     from healthmate_features.backends import profiles
 

@@ -127,6 +127,7 @@ def silent_port():
     sock.close()
 
 
+@pytest.mark.slow
 def test_a_server_that_never_answers_times_out_instead_of_hanging(tmp_path, silent_port, production):
     settings = production(
         pg_port=silent_port, redis_url=f"redis://127.0.0.1:{silent_port}/0", connect_timeout_s=2
