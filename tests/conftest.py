@@ -18,7 +18,9 @@ import pytest
 
 from healthmate_features.config import Settings
 
-from .helpers import frames, repos, small as small_data, tiny as tiny_data
+from .helpers import frames, repos
+from .helpers import small as small_data
+from .helpers import tiny as tiny_data
 from .helpers.settings import settings_for_dsn as _settings_for_dsn
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")

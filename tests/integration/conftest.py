@@ -17,7 +17,8 @@ import pytest
 from healthmate_features.config import Settings
 
 from ..conftest import postgres_database, redis_prefix
-from ..helpers import repos, tiny as tiny_data
+from ..helpers import repos
+from ..helpers import tiny as tiny_data
 
 BIN = Path(sys.executable).parent
 

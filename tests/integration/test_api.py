@@ -591,8 +591,8 @@ def test_fuzz_preprocess_rows_and_prepare_configs_never_answer_5xx(env, prepared
     @hsettings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     @given(split=sections, preprocessing=sections, task=st.sampled_from(["classification", "regression"]))
     def config_check(split, preprocessing, task):
-        config = training_config("health_risk", 
-            name="fuzz", label="no_such_label", split=split, preprocessing=preprocessing, task=task
+        config = training_config(
+            "health_risk", name="fuzz", label="no_such_label", split=split, preprocessing=preprocessing, task=task
         )
         response = env.client.post(
             _url("/datasets/prepare"), headers=env.keys["admin"], content=json.dumps(config).encode()

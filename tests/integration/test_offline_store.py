@@ -118,7 +118,10 @@ def repo(tmp_path_factory) -> Repo:
     root = tmp_path_factory.mktemp("pit_repo")
     (root / "data").mkdir()
     (root / "definitions.py").write_text(DEFINITIONS.format(data=root / "data"))
-    yaml = lambda offline: YAML.format(root=root, offline=offline)
+
+    def yaml(offline: str) -> str:
+        return YAML.format(root=root, offline=offline)
+
     (root / "feature_store.yaml").write_text(
         yaml(f"  type: {STORE_TYPE}\n  threads: 2\n  memory_limit: 1GB\n  temp_directory: duckdb_tmp")
     )
@@ -371,7 +374,10 @@ def test_created_timestamp_exclusion_matches(repo, vitals, device, entities):
     write_vitals(repo.data, vitals)
     write_device(repo.data, device)
     frame = entity_frame(entities)
-    job = lambda store, **kw: store.get_historical_features(frame, REFS, full_feature_names=True, **kw)
+
+    def job(store, **kw):
+        return store.get_historical_features(frame, REFS, full_feature_names=True, **kw)
+
     ours = job(repo.ours, filter_by_created_timestamp=True).to_df()
     from_config = job(repo.exclude).to_df()
     feast = job(repo.feast, filter_by_created_timestamp=True).to_df()
@@ -521,7 +527,9 @@ def test_saved_dataset_round_trip(repo, tmp_path):
     )
     saved = pq.read_table(path).to_pandas()
     assert saved["x"].tolist() == [3.0, 1.0, 2.0] and saved["x_doubled"].tolist() == [6.0, 2.0, 4.0]
-    with pytest.raises(SavedDatasetLocationAlreadyExists, match=rf"^Saved dataset location {re.escape(str(path))} already exists"):
+    with pytest.raises(
+        SavedDatasetLocationAlreadyExists, match=rf"^Saved dataset location {re.escape(str(path))} already exists"
+    ):
         job.persist(SavedDatasetFileStorage(str(path)))
     again = repo.ours.get_saved_dataset("saved_v1").to_df()
     assert sorted(again["x"].tolist()) == [1.0, 2.0, 3.0]

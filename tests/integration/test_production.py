@@ -167,7 +167,8 @@ def test_killed_ingest_keeps_the_previous_load_and_a_rerun_completes(prod, tiny)
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline and proc.poll() is None:
                 copying = conn.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND query LIKE 'COPY%%health_readings__load%%'",
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE datname = %s AND query LIKE 'COPY%%health_readings__load%%'",
                     (prod.pg_database,),
                 ).fetchone()[0]
                 if copying:
@@ -348,7 +349,8 @@ def test_our_point_in_time_join_equals_feasts_postgres_store(small_production):
             pd.testing.assert_frame_equal(
                 frames[0], frames[1], check_exact=False, rtol=1e-12, obj=f"{service} full={full}"
             )
-    sql = f"SELECT user_id, event_timestamp FROM {postgres.table_name(prod, 'labels')}"  # not a DataFrame: Feast's own join
+    # an entity query, not a DataFrame: Feast's own join
+    sql = f"SELECT user_id, event_timestamp FROM {postgres.table_name(prod, 'labels')}"
     frame = ours.get_historical_features(entity_df=sql, features=["health_rolling:steps_mean_7d"]).to_df()
     assert len(frame) == len(pd.read_parquet(prod.ingested_dir / "labels.parquet"))
 
