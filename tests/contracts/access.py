@@ -158,7 +158,9 @@ class AccessContract:
                 return pytest.raises(sqlite3.IntegrityError, match=r"^audit_log is append-only$")
             import psycopg  # RAISE EXCEPTION in the trigger function
 
-            return pytest.raises(psycopg.errors.RaiseException, match=rf"^audit_log is append-only \({operation} refused\)")
+            return pytest.raises(
+                psycopg.errors.RaiseException, match=rf"^audit_log is append-only \({operation} refused\)"
+            )
 
         with refused("UPDATE"):
             store.execute("UPDATE audit_log SET status = ?", (500,))

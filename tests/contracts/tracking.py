@@ -134,7 +134,9 @@ class TrackingContract:
     def test_compare_refuses_mixed_datasets_unless_allowed(self, tracker):
         _log(tracker, "1.0", {"auc": 0.80}, dataset="health_risk@v1")
         _log(tracker, "1.1", {"auc": 0.85}, dataset="health_risk@v2", minutes=1)
-        with pytest.raises(TrackingError, match=r"different dataset versions \(1.0: health_risk@v1; 1.1: health_risk@v2\)"):
+        with pytest.raises(
+            TrackingError, match=r"different dataset versions \(1.0: health_risk@v1; 1.1: health_risk@v2\)"
+        ):
             tracker.compare("risk", ["1.0", "1.1"])
         cmp = tracker.compare("risk", ["1.0", "1.1"], allow_mixed_datasets=True)
         assert cmp.mixed_datasets
@@ -239,7 +241,14 @@ class TrackingContract:
         assert [(h["model_version"], h["value"]) for h in history] == [("1.0", 0.81), ("1.1", 0.84), ("2.0", 0.9)]
         assert history[0]["params"] == {"max_depth": 4, "note": "baseline run"}
         table = run("history", "--model", "risk", "--env", "production")
-        assert table.splitlines()[0].split() == ["logged_at", "model_version", "environment", "dataset", "metric", "value"]
+        assert table.splitlines()[0].split() == [
+            "logged_at",
+            "model_version",
+            "environment",
+            "dataset",
+            "metric",
+            "value",
+        ]
         assert len(table.splitlines()) == 3  # header + auc + rmse
 
         table = run("compare", "--model", "risk", "--versions", "1.0,1.1")
@@ -255,7 +264,18 @@ class TrackingContract:
         assert "WARNING" in mixed
 
         assert "environment 'prod' is unknown" in run(
-            "log", "--model", "risk", "--version", "1", "--dataset", "d@1", "--env", "prod", "--metric", "auc=1", ok=False
+            "log",
+            "--model",
+            "risk",
+            "--version",
+            "1",
+            "--dataset",
+            "d@1",
+            "--env",
+            "prod",
+            "--metric",
+            "auc=1",
+            ok=False,
         )
         assert "not a number" in run(
             "log",

@@ -30,7 +30,7 @@ def raw_tables(users: int = 12, days: int = 75, seed: int = 5) -> dict[str, pd.D
         }
     )
     readings, events = [], []
-    for uid, start in zip(ids, signup):
+    for uid, start in zip(ids, signup, strict=True):
         first = (start.normalize() - START).days
         for d in range(first, days):
             day = START + pd.Timedelta(days=d)
@@ -56,7 +56,7 @@ def raw_tables(users: int = 12, days: int = 75, seed: int = 5) -> dict[str, pd.D
                 events.append((uid, kind, at, *session))
     label_times = [
         START + pd.Timedelta(days=int(d), hours=float(h))
-        for d, h in zip(rng.integers(25, days, 60), rng.choice([0.0, 7.5, 12.0, 23.99], 60))
+        for d, h in zip(rng.integers(25, days, 60), rng.choice([0.0, 7.5, 12.0, 23.99], 60), strict=True)
     ]
     labels = pd.DataFrame(
         {

@@ -177,6 +177,7 @@ def test_model_performance_history_comparison_and_refusal_to_mix_datasets(env):
     _error(env.get("/models/performance", params={"model": "risk", "environment": "moon"}), 422)
 
 
+@pytest.mark.slow
 def test_feature_set_is_validated_applied_and_survives_the_next_feast_apply(env, feast_apply):
     body = {
         "name": "sleep_risk_v1",
@@ -308,7 +309,9 @@ def test_dashboard_summary_counts_and_freshness(env):
     body = response.json()
     assert response.status_code == 200, body
     assert body["counts"]["feature_views"] == 6 and body["counts"]["on_demand_feature_views"] == 1
-    services = {s.name for s in store.open_feature_store(env.settings).list_feature_services()}  # with this module's sets
+    services = {
+        s.name for s in store.open_feature_store(env.settings).list_feature_services()
+    }  # with this module's sets
     assert body["counts"]["feature_services"] == len(services) and body["counts"]["models"] == 1
     batch = [v for v in body["feature_views"] if v["kind"] == "batch"]
     assert len(batch) == body["counts"]["feature_views"]
@@ -590,8 +593,8 @@ def test_fuzz_preprocess_rows_and_prepare_configs_never_answer_5xx(env, prepared
     @hsettings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     @given(split=sections, preprocessing=sections, task=st.sampled_from(["classification", "regression"]))
     def config_check(split, preprocessing, task):
-        config = training_config("health_risk", 
-            name="fuzz", label="no_such_label", split=split, preprocessing=preprocessing, task=task
+        config = training_config(
+            "health_risk", name="fuzz", label="no_such_label", split=split, preprocessing=preprocessing, task=task
         )
         response = env.client.post(
             _url("/datasets/prepare"), headers=env.keys["admin"], content=json.dumps(config).encode()

@@ -16,9 +16,13 @@ from healthmate_features.stores import feature_store as store
 
 
 def test_point_in_time_join_through_feast_never_sees_later_rows(tiny_applied, tiny):
-    labels = pd.DataFrame({"user_id": [1, 1, 1], "event_timestamp": [tiny.day(15, 12), tiny.day(15, 0), tiny.day(14, 23.99)]})
+    labels = pd.DataFrame(
+        {"user_id": [1, 1, 1], "event_timestamp": [tiny.day(15, 12), tiny.day(15, 0), tiny.day(14, 23.99)]}
+    )
     frame = store.historical_features(
-        tiny_applied, labels, features=["health_daily:resting_heart_rate_mean", "health_rolling:resting_heart_rate_max_7d"]
+        tiny_applied,
+        labels,
+        features=["health_daily:resting_heart_rate_mean", "health_rolling:resting_heart_rate_max_7d"],
     )  # our offline store keeps the entity rows' order
     # noon of day 15: day 15's own readings (07:00) are not known until midnight -> day 14's row
     assert list(frame.resting_heart_rate_mean) == [tiny.rhr(14), tiny.rhr(14), tiny.rhr(13)]
@@ -47,7 +51,9 @@ def test_a_row_known_one_second_after_the_label_time_never_appears_and_ttl_bound
 def test_every_joined_value_comes_from_a_row_at_or_before_the_label_time(tiny_applied):
     labels = pd.read_parquet(tiny_applied.ingested_dir / "labels.parquet")
     frame = store.historical_features(
-        tiny_applied, labels, features=["health_rolling:resting_heart_rate_mean_7d", "engagement_daily:engagement_score"]
+        tiny_applied,
+        labels,
+        features=["health_rolling:resting_heart_rate_mean_7d", "engagement_daily:engagement_score"],
     )
     for name, feature in (("health_rolling", "resting_heart_rate_mean_7d"), ("engagement_daily", "engagement_score")):
         source = pd.read_parquet(tiny_applied.features_dir / f"{name}.parquet")
@@ -90,7 +96,9 @@ def test_temporal_on_demand_features_at_known_timestamps(tiny_applied):
     assert row.days_since_signup == pytest.approx(3 + 10 / 24)
 
 
-def test_materialized_online_values_equal_the_latest_offline_values(tiny_applied, tiny, feature_table, clone_repo, tmp_path):
+def test_materialized_online_values_equal_the_latest_offline_values(
+    tiny_applied, tiny, feature_table, clone_repo, tmp_path
+):
     repo = clone_repo(tiny_applied, tmp_path / "repo")  # materializing writes its online store
     store.materialize(repo)
     online = store.online_features(repo, 1, at=tiny.day(40, 12))
@@ -113,6 +121,7 @@ def _listed(stdout: str) -> dict[str, str]:
     return {row[0]: row[1] if len(row) > 1 else "" for row in rows}
 
 
+@pytest.mark.slow
 def test_feast_cli_lists_the_views_and_services_from_the_repo_root(tiny_applied):
     import subprocess
     import sys
@@ -135,6 +144,7 @@ def test_feast_cli_lists_the_views_and_services_from_the_repo_root(tiny_applied)
     assert "health_rolling:resting_heart_rate_mean_7d" in listed["health_risk_v1"]
 
 
+@pytest.mark.slow
 def test_feature_repo_applies_with_an_empty_or_missing_feature_sets_file(tmp_path, copy_repo, feast_apply):
     root = copy_repo(tmp_path / "repo")
     spec = root / "feature_repo" / "feature_sets.json"

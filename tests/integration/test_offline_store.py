@@ -120,7 +120,10 @@ def repo(tmp_path_factory) -> Repo:
     root = tmp_path_factory.mktemp("pit_repo")
     (root / "data").mkdir()
     (root / "definitions.py").write_text(DEFINITIONS.format(data=root / "data"))
-    yaml = lambda offline: YAML.format(root=root, offline=offline)
+
+    def yaml(offline: str) -> str:
+        return YAML.format(root=root, offline=offline)
+
     (root / "feature_store.yaml").write_text(
         yaml(f"  type: {STORE_TYPE}\n  threads: 2\n  memory_limit: 1GB\n  temp_directory: duckdb_tmp")
     )
@@ -354,6 +357,7 @@ def expected_for(entities: pd.DataFrame, vitals: list[dict], device: list[dict],
     return pd.concat(parts, axis=1)
 
 
+@pytest.mark.slow
 @EXAMPLES
 @given(vitals=vitals_rows(), device=device_rows, entities=entity_rows)
 def test_matches_brute_force_and_feast_duckdb(repo, vitals, device, entities):
@@ -372,6 +376,7 @@ def test_matches_brute_force_and_feast_duckdb(repo, vitals, device, entities):
     assert_columns_equal(ours, by_row_id(feast), expected.columns)
 
 
+@pytest.mark.slow
 @EXAMPLES
 @given(vitals=vitals_rows(), device=device_rows, entities=entity_rows)
 def test_created_timestamp_exclusion_matches(repo, vitals, device, entities):
@@ -379,7 +384,10 @@ def test_created_timestamp_exclusion_matches(repo, vitals, device, entities):
     write_vitals(repo.data, vitals)
     write_device(repo.data, device)
     frame = entity_frame(entities)
-    job = lambda store, **kw: store.get_historical_features(frame, REFS, full_feature_names=True, **kw)
+
+    def job(store, **kw):
+        return store.get_historical_features(frame, REFS, full_feature_names=True, **kw)
+
     ours = job(repo.ours, filter_by_created_timestamp=True).to_df()
     from_config = job(repo.exclude).to_df()
     feast = job(repo.feast, filter_by_created_timestamp=True).to_df()
@@ -390,6 +398,7 @@ def test_created_timestamp_exclusion_matches(repo, vitals, device, entities):
     assert_columns_equal(ours, by_row_id(feast), expected.columns)
 
 
+@pytest.mark.slow
 @EXAMPLES
 @given(vitals=vitals_rows(), entities=entity_rows)
 def test_join_key_map_and_alias_match(repo, vitals, entities):
@@ -536,6 +545,7 @@ def test_saved_dataset_round_trip(repo, tmp_path):
     assert sorted(again["x"].tolist()) == [1.0, 2.0, 3.0]
 
 
+@pytest.mark.slow
 def test_materialize_then_online_read_equals_latest_offline(repo):
     """`feast materialize` through our store into SQLite; online values are the latest offline rows."""
     rows = [

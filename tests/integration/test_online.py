@@ -51,7 +51,7 @@ def feasts(feast, users, *, feature_service=None, features=None, at=AT, full_fea
     """Feast's answer: get_online_features(...).to_dict()."""
     selection = feast.get_feature_service(feature_service) if feature_service else features
     times = at if isinstance(at, list) else [at] * len(users)
-    rows = [{"user_id": u, "event_timestamp": t} for u, t in zip(users, times)]
+    rows = [{"user_id": u, "event_timestamp": t} for u, t in zip(users, times, strict=True)]
     return feast.get_online_features(
         features=selection, entity_rows=rows, full_feature_names=full_feature_names
     ).to_dict()
@@ -62,7 +62,7 @@ def assert_identical(got: dict[str, list], want: dict[str, list]) -> None:
     assert list(got) == list(want)
     for name, values in want.items():
         assert len(got[name]) == len(values), name
-        for i, (a, b) in enumerate(zip(got[name], values)):
+        for i, (a, b) in enumerate(zip(got[name], values, strict=True)):
             same = (a is None and b is None) or (
                 type(a) is type(b) and (a == b or (isinstance(a, float) and math.isnan(a) and math.isnan(b)))
             )
@@ -153,6 +153,7 @@ def test_bad_requests_are_named(reader, small_production):
         OnlineReader(Settings(repo_path=small_production.repo_path))  # the embedded profile: SQLite
 
 
+@pytest.mark.slow
 def test_a_new_apply_is_seen(prod, tiny):
     """A new service is read at once, a changed one after apply (this process) or refresh() (others).
 

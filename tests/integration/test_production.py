@@ -170,7 +170,8 @@ def test_killed_ingest_keeps_the_previous_load_and_a_rerun_completes(prod, tiny)
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline and proc.poll() is None:
                 copying = conn.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND query LIKE 'COPY%%health_readings__load%%'",
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE datname = %s AND query LIKE 'COPY%%health_readings__load%%'",
                     (prod.pg_database,),
                 ).fetchone()[0]
                 if copying:
@@ -240,6 +241,7 @@ def redis_keys(settings: Settings) -> int:
         client.close()
 
 
+@pytest.mark.slow
 def test_materialization_full_incremental_and_interrupted(prod, monkeypatch, tiny):
     from feast.infra.online_stores.redis import RedisOnlineStore
 
@@ -288,6 +290,7 @@ def test_materialization_full_incremental_and_interrupted(prod, monkeypatch, tin
     assert redis_keys(prod) == 2
 
 
+@pytest.mark.slow
 def test_redis_failure_inside_feast_is_a_clear_error(small_production, monkeypatch):
     from healthmate_features.backends import redis as hm_redis
 
@@ -305,7 +308,6 @@ def test_redis_failure_inside_feast_is_a_clear_error(small_production, monkeypat
 
 def test_our_point_in_time_join_equals_feasts_postgres_store(small_production):
     from feast import FeatureStore
-
 
     prod = small_production
     ours = store.open_feature_store(prod)
@@ -348,7 +350,8 @@ def test_our_point_in_time_join_equals_feasts_postgres_store(small_production):
             pd.testing.assert_frame_equal(
                 frames[0], frames[1], check_exact=False, rtol=1e-12, obj=f"{service} full={full}"
             )
-    sql = f"SELECT user_id, event_timestamp FROM {postgres.table_name(prod, 'labels')}"  # not a DataFrame: Feast's own join
+    # an entity query, not a DataFrame: Feast's own join
+    sql = f"SELECT user_id, event_timestamp FROM {postgres.table_name(prod, 'labels')}"
     frame = ours.get_historical_features(entity_df=sql, features=["health_rolling:steps_mean_7d"]).to_df()
     assert len(frame) == len(pd.read_parquet(prod.ingested_dir / "labels.parquet"))
 

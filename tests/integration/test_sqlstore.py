@@ -1,4 +1,5 @@
-"""The SQL store on Postgres (the contract of tests/contracts/sqlstore.py): the same schema as SQLite, lost connections."""
+"""The SQL store on Postgres (the contract of tests/contracts/sqlstore.py); the same schema as on
+SQLite; a lost connection is reported, then reopened."""
 
 from __future__ import annotations
 

@@ -99,7 +99,16 @@ def test_naive_timestamps_are_taken_as_utc_and_unknown_users_are_counted(repo):
     assert report.naive_timestamps_assumed_utc == 3 and str(joined.event_timestamp.dt.tz) == "UTC"
     assert (report.unknown_users, report.unknown_user_rows) == (1, 1)
     unknown = joined.iloc[2].drop(["user_id", "event_timestamp"])  # unknown user: row kept, stored features null
-    time_of_request = {"hour_sin", "hour_cos", "dow_sin", "dow_cos", "month_sin", "month_cos", "is_weekend", "day_of_year"}
+    time_of_request = {
+        "hour_sin",
+        "hour_cos",
+        "dow_sin",
+        "dow_cos",
+        "month_sin",
+        "month_cos",
+        "is_weekend",
+        "day_of_year",
+    }
     assert set(unknown[unknown.notna()].index) == time_of_request
 
 

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-_WRONG_TIER = "tests/unit uses no servers, no `feast apply` and no CLI subprocesses; move this test to tests/integration"
+_WRONG_TIER = (
+    "tests/unit uses no servers, no `feast apply` and no CLI subprocesses; move this test to tests/integration"
+)
 _CLIS = {"feast", "healthmate-features"}
 
 

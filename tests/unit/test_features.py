@@ -63,7 +63,9 @@ def test_engagement_features_match_hand_computation(tiny_built, tiny, feature_ta
     d10 = eng.loc[tiny.day(11)]
     assert d10.notification_open_rate_30d == pytest.approx(0.3)
     assert d10.days_since_last_activity == 5  # last opened a notification on day 5
-    assert eng.loc[tiny.day(1)].days_since_last_activity is None or pd.isna(eng.loc[tiny.day(1)].days_since_last_activity)
+    assert eng.loc[tiny.day(1)].days_since_last_activity is None or pd.isna(
+        eng.loc[tiny.day(1)].days_since_last_activity
+    )
 
 
 def test_profile_snapshots_at_signup_and_month_ends(tiny_built, tiny, feature_table):
@@ -103,5 +105,3 @@ def test_build_features_refuses_raw_data_that_was_not_ingested(tmp_path, tiny):
     tiny.write_raw(raw, changed)
     with pytest.raises(NotIngestedError, match="'users'.*changed since it was ingested"):
         build_features(raw, settings)
-
-

@@ -80,7 +80,7 @@ def test_secrets_come_from_the_environment_and_are_quoted_where_they_go(tmp_path
     assert "s3cret" not in text and 'password: "${HM_PG_PASSWORD}"' in text
 
 
-def test_bad_redis_url_and_unknown_placeholder_are_config_errors(tmp_path, production):
+def test_bad_redis_url_and_unknown_placeholder_are_config_errors(production):
     settings = production(redis_url="http://127.0.0.1:6379")
     with pytest.raises(ConfigError, match="HM_REDIS_URL 'http://127.0.0.1:6379' is not a redis://"):
         feast_config(settings)
@@ -116,7 +116,10 @@ def _fails_fast(fn, match: str, limit_s: float) -> None:
 
 def test_unreachable_postgres_is_a_clear_error_within_the_timeout(tmp_path, tiny, production):
     settings = production(pg_port=CLOSED, connect_timeout_s=2)
-    expected = r"PostgreSQL at 127.0.0.1:1 \(database healthmate, user postgres; HM_PG_\*\) is unreachable.*docker compose up -d postgres"
+    expected = (
+        r"PostgreSQL at 127.0.0.1:1 \(database healthmate, user postgres; HM_PG_\*\) is unreachable"
+        r".*docker compose up -d postgres"
+    )
     _fails_fast(lambda: store.open_feature_store(settings), expected, 5)
     _fails_fast(lambda: store.online_features(settings, 1), expected, 5)
     _fails_fast(lambda: build_features(tmp_path, settings), expected, 5)
@@ -135,13 +138,14 @@ def silent_port():
     sock.close()
 
 
-def test_a_server_that_never_answers_times_out_instead_of_hanging(tmp_path, silent_port, production):
+@pytest.mark.slow
+def test_a_server_that_never_answers_times_out_instead_of_hanging(silent_port, production):
     settings = production(pg_port=silent_port, redis_url=f"redis://127.0.0.1:{silent_port}/0", connect_timeout_s=2)
     _fails_fast(lambda: postgres.connect(settings), f"PostgreSQL at 127.0.0.1:{silent_port} .* within 2 s", 6)
     _fails_fast(lambda: hm_redis.check_redis(settings), f"Redis at 127.0.0.1:{silent_port}/0 .* within 2 s", 6)
 
 
-def test_cli_reports_an_unreachable_server_as_an_error_message(tmp_path, clean_env, production):
+def test_cli_reports_an_unreachable_server_as_an_error_message(clean_env, production):
     settings = production()
     clean_env.setenv("HM_REPO_PATH", str(settings.repo_path))
     clean_env.setenv("HM_PG_PORT", str(CLOSED))

@@ -25,5 +25,3 @@ def test_dataset_refs_and_directions():
     assert metric_direction("log_loss") == "lower"
     assert metric_direction("ndcg") == "unknown"
     assert metric_direction("ndcg", {"NDCG": True}) == "higher"
-
-

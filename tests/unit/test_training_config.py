@@ -25,5 +25,3 @@ def test_bad_configs_give_clear_errors(changes, message, training_config):
     with pytest.raises(ConfigError) as info:
         TrainingSetConfig.from_dict(training_config("health_risk", **changes))
     assert message in str(info.value)
-
-
