@@ -73,7 +73,7 @@ class Run:
     model_name: str
     model_version: str
     dataset: str
-    environment: str
+    environment: Environment
     logged_at: datetime
     metrics: dict[str, float]
     params: dict[str, Any]
@@ -169,7 +169,7 @@ class Tracker:
         _check_name(model_name, "model name")
         _check_version(version, "model version")
         ref = DatasetRef.parse(dataset)
-        _check_environment(environment)
+        checked = _check_environment(environment)
         values = _check_metrics(metrics)
         params = _check_params(params)
         if at is None:
@@ -187,7 +187,7 @@ class Tracker:
                     "INSERT INTO model_metrics (run_id, metric, value) VALUES (?, ?, ?)",
                     (run_id, metric, value),
                 )
-        return Run(run_id, model_name, version, str(ref), environment, read_ts(at), values, params)
+        return Run(run_id, model_name, version, str(ref), checked, read_ts(at), values, params)
 
     def models(self) -> list[str]:
         """Names of the models with at least one run, sorted."""
@@ -440,9 +440,12 @@ def _check_version(value: str, what: str) -> None:
         )
 
 
-def _check_environment(value: str) -> None:
-    if value not in ENVIRONMENTS:
-        raise TrackingError(f"environment {value!r} is unknown; use one of {', '.join(ENVIRONMENTS)}")
+def _check_environment(value: str) -> Environment:
+    """`value` as an Environment; TrackingError naming the allowed ones otherwise."""
+    for environment in ENVIRONMENTS:
+        if value == environment:
+            return environment
+    raise TrackingError(f"environment {value!r} is unknown; use one of {', '.join(ENVIRONMENTS)}")
 
 
 def _check_metrics(metrics: Mapping[str, float]) -> dict[str, float]:

@@ -14,7 +14,7 @@ from healthmate_features.api.jobs import JOB_ID_PATTERN, JobStatus
 from healthmate_features.api.preprocess import MAX_ROWS
 from healthmate_features.datasets.ref import REF_PATTERN
 from healthmate_features.features.feature_sets import MAX_DESCRIPTION, NAME_PATTERN
-from healthmate_features.tracking import Comparison, Environment, MetricRecord
+from healthmate_features.tracking import Comparison, Environment, MetricRecord, Run
 
 DATASET_REF_PATTERN = REF_PATTERN
 Split = Literal["X_train", "X_test", "y_train", "y_test"]
@@ -220,19 +220,6 @@ class DatasetInfo(BaseModel):
     latest_created_at: str | None = None
 
 
-class ModelResult(BaseModel):
-    """A model's latest run in one environment."""
-
-    run_id: int
-    model_name: str
-    model_version: str
-    dataset: str
-    environment: str
-    logged_at: datetime
-    metrics: dict[str, float]
-    params: dict[str, Any]
-
-
 class DashboardCounts(BaseModel):
     """How many of each thing there are."""
 
@@ -253,4 +240,4 @@ class DashboardSummary(BaseModel):
     feature_views: list[FeatureViewStatus]
     feature_services: list[FeatureServiceInfo]
     datasets: list[DatasetInfo]
-    latest_model_results: list[ModelResult]
+    latest_model_results: list[Run]  # tracking's own dataclass: a model's latest run per environment
