@@ -16,7 +16,6 @@ import pytest
 
 from healthmate_features.config import Settings
 
-from ..conftest import postgres_database, redis_prefix
 from ..helpers import repos
 from ..helpers import tiny as tiny_data
 
@@ -75,14 +74,14 @@ def _production_repo(repo: Path, dsn: str, redis_url: str, project: str) -> Sett
     return replace(settings_for_dsn(dsn, repo), redis_url=redis_url)
 
 
-def production_env(settings: Settings) -> dict[str, str]:
+def _production_env(settings: Settings) -> dict[str, str]:
     """The environment a child process needs to use these production settings."""
     return {**os.environ, **settings.to_env()}
 
 
-def plain_feast_apply(settings: Settings) -> None:
+def _plain_feast_apply(settings: Settings) -> None:
     """The documented path for Feast's own CLI: export the settings, then `feast -f ... apply`."""
-    env = production_env(settings)
+    env = _production_env(settings)
     exports = subprocess.run(
         [str(BIN / "healthmate-features"), "env"], env=env, capture_output=True, text=True, timeout=300, check=True
     ).stdout
@@ -108,14 +107,14 @@ def prod(tmp_path, pg_dsn, redis_url, monkeypatch) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def small_production(tmp_path_factory, small) -> Settings:
+def small_production(tmp_path_factory, small, fresh_postgres_database, fresh_redis_prefix) -> Settings:
     """The small dataset on the production profile: ingested into Postgres, built, applied through the
     documented `healthmate-features env` + `feast -f feature_store.production.yaml apply` path, and
     materialized into Redis. Shared by the whole run: read it, never change it."""
     from healthmate_features.backends import postgres
     from healthmate_features.stores import feature_store as store
 
-    with postgres_database() as dsn, redis_prefix() as (url, prefix):
+    with fresh_postgres_database() as dsn, fresh_redis_prefix() as (url, prefix):
         project = prefix.rstrip(":")
         repo = repos.copy_repo(tmp_path_factory.mktemp("small_production") / "repo")
         settings = _production_repo(repo, dsn, url, project)
@@ -123,7 +122,7 @@ def small_production(tmp_path_factory, small) -> Settings:
         try:
             postgres.ingest(raw, settings)
             postgres.build_features(raw, settings)
-            plain_feast_apply(settings)
+            _plain_feast_apply(settings)
             store.materialize(settings)
             yield settings
         finally:
