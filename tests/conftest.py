@@ -96,6 +96,18 @@ def redis_prefix() -> Iterator[tuple[str, str]]:
         client.close()
 
 
+@pytest.fixture(scope="session")
+def fresh_postgres_database():
+    """The `postgres_database()` context manager, for fixtures that hold a database longer than one test."""
+    return postgres_database
+
+
+@pytest.fixture(scope="session")
+def fresh_redis_prefix():
+    """The `redis_prefix()` context manager, for fixtures that hold Redis keys longer than one test."""
+    return redis_prefix
+
+
 @pytest.fixture
 def pg_dsn():
     """A fresh, empty Postgres database for one test; dropped afterwards. Yields its conninfo."""

@@ -18,7 +18,6 @@ from healthmate_features.config import Settings
 from healthmate_features.features.build import build_features
 from healthmate_features.raw.ingest import ingest_raw
 
-from ..conftest import postgres_database, redis_prefix
 from ..helpers import repos
 from ..helpers import tiny as tiny_data
 
@@ -77,14 +76,14 @@ def _production_repo(repo: Path, dsn: str, redis_url: str, project: str) -> Sett
     return replace(settings_for_dsn(dsn, repo), redis_url=redis_url)
 
 
-def production_env(settings: Settings) -> dict[str, str]:
+def _production_env(settings: Settings) -> dict[str, str]:
     """The environment a child process needs to use these production settings."""
     return {**os.environ, **settings.to_env()}
 
 
-def plain_feast_apply(settings: Settings) -> None:
+def _plain_feast_apply(settings: Settings) -> None:
     """The documented path for Feast's own CLI: export the settings, then `feast -f ... apply`."""
-    env = production_env(settings)
+    env = _production_env(settings)
     exports = subprocess.run(
         [str(BIN / "healthmate-features"), "env"], env=env, capture_output=True, text=True, timeout=300, check=True
     ).stdout
@@ -110,13 +109,13 @@ def prod(tmp_path, pg_dsn, redis_url, monkeypatch) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def small_production(tmp_path_factory, small) -> Settings:
+def small_production(tmp_path_factory, small, fresh_postgres_database, fresh_redis_prefix) -> Settings:
     """The small dataset on the production profile: ingested into Postgres, built, applied through the
     documented `healthmate-features env` + `feast -f feature_store.production.yaml apply` path, and
     materialized into Redis. Shared by the whole run: read it, never change it."""
     from healthmate_features.stores import feature_store as store
 
-    with postgres_database() as dsn, redis_prefix() as (url, prefix):
+    with fresh_postgres_database() as dsn, fresh_redis_prefix() as (url, prefix):
         project = prefix.rstrip(":")
         repo = repos.copy_repo(tmp_path_factory.mktemp("small_production") / "repo")
         settings = _production_repo(repo, dsn, url, project)
@@ -124,7 +123,7 @@ def small_production(tmp_path_factory, small) -> Settings:
         try:
             ingest_raw(raw, settings)
             build_features(raw, settings)
-            plain_feast_apply(settings)
+            _plain_feast_apply(settings)
             store.materialize(settings)
             yield settings
         finally:
