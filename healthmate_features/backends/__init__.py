@@ -16,14 +16,13 @@ from typing import TYPE_CHECKING
 from healthmate_features.backends.base import Backend, FeatureBuild, RawTable
 from healthmate_features.backends.embedded import EmbeddedBackend
 from healthmate_features.backends.production import ProductionBackend
-from healthmate_features.config import PROFILES, Settings
+from healthmate_features.config import Settings
 from healthmate_features.errors import ConfigError
 
 if TYPE_CHECKING:
     from healthmate_features.backends.sqlstore import SqlStore
 
 BACKENDS: dict[str, type[Backend]] = {cls.name: cls for cls in (EmbeddedBackend, ProductionBackend)}
-assert tuple(BACKENDS) == PROFILES, "config.PROFILES and the backends must name the same profiles"
 
 __all__ = [
     "BACKENDS",

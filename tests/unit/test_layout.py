@@ -34,6 +34,13 @@ def test_readme_lists_exactly_the_package_modules():
     assert sorted(listed - actual) == [], "README's layout block lists modules that do not exist"
 
 
+def test_every_profile_has_exactly_one_backend():
+    from healthmate_features.backends import BACKENDS
+    from healthmate_features.config import PROFILES
+
+    assert tuple(BACKENDS) == PROFILES
+
+
 def test_no_module_outside_backends_branches_on_the_profile():
     offenders = []
     for path in PACKAGE.rglob("*.py"):
