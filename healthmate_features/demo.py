@@ -128,8 +128,9 @@ def run_demo(
     frame_summary = summarize_frame(frame, "adverse_event_30d")
     echo("    " + ", ".join(f"{k}: {v}" for k, v in frame_summary.items()))
     config = settings.repo_path / "configs" / "health_risk.yaml"
-    ref, dataset = step("training set", build_and_save, TrainingSetConfig.from_file(config), settings)
-    echo(f"    {ref}: " + ", ".join(f"{k}: {v}" for k, v in summary(dataset).items()))
+    ref, dataset, created = step("training set", build_and_save, TrainingSetConfig.from_file(config), settings)
+    unchanged = "" if created else " (unchanged: the latest version already holds this data)"
+    echo(f"    {ref}{unchanged}: " + ", ".join(f"{k}: {v}" for k, v in summary(dataset).items()))
     metrics = step("baseline model", train_baseline, dataset)
     echo(
         f"    logistic regression on {ref}: test AUC {metrics['auc']} (trivial {metrics['trivial_auc']}), "

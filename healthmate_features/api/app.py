@@ -336,8 +336,8 @@ def prepare_dataset(
     settings = ctx.settings
 
     def build() -> dict[str, Any]:
-        ref, dataset = training.build_and_save(config, settings)
-        return {"dataset": ref, "summary": _json_safe(training.summary(dataset))}
+        ref, dataset, created = training.build_and_save(config, settings)
+        return {"dataset": ref, "created": created, "summary": _json_safe(training.summary(dataset))}
 
     job = ctx.jobs.submit("datasets/prepare", build, target=f"dataset:{config.name}")
     info = _job_info(job)

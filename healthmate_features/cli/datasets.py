@@ -28,11 +28,20 @@ def training_set_group() -> None:
 @profile_option
 @handles_errors
 def training_set_build_cmd(config_path: Path, bump: Bump | None, profile: str | None) -> None:
-    """Build a training set from a config and save it as a new dataset version; print name@version."""
+    """Build a training set from a config and save it as a new dataset version; print name@version.
+
+    When nothing changed since the latest version (same data, definitions, entity frame and
+    config), no version is saved and that version is printed; `--bump` always saves one."""
     from healthmate_features.training.builder import TrainingSetConfig, build_and_save, summary
 
-    ref, dataset = build_and_save(TrainingSetConfig.from_file(config_path), settings(profile), bump=bump)
+    ref, dataset, created = build_and_save(TrainingSetConfig.from_file(config_path), settings(profile), bump=bump)
     click.echo(ref)
+    if not created:
+        click.echo(
+            f"unchanged: {ref} already holds this data, definitions and config (no new version); "
+            "pass --bump patch to save a copy anyway",
+            err=True,
+        )
     echo_json(summary(dataset))
 
 

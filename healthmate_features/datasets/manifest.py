@@ -42,6 +42,7 @@ MINOR_KEYS = (
     ("feast_definitions_hash", "Feast definitions"),
 )
 BUMPS: tuple[str, ...] = ("major", "minor", "patch")
+NO_CHANGE = "no change in data or definitions"  # the bump rule's reason when nothing changed
 _RANK = {"patch": 0, "minor": 1, "major": 2}
 VERSION_RE = re.compile(r"(0|[1-9][0-9]{0,8})\.(0|[1-9][0-9]{0,8})\.(0|[1-9][0-9]{0,8})")
 _DISTRIBUTIONS = (
@@ -217,7 +218,12 @@ def bump_rule(previous: Mapping[str, Any], current: Mapping[str, Any]) -> tuple[
     for key in ("preprocessing_config", "split_config"):
         if previous.get(key) != current.get(key):
             patch.append(f"{key.replace('_', ' ')} changed")
-    return "patch", patch or ["no change in data or definitions"]
+    return "patch", patch or [NO_CHANGE]
+
+
+def unchanged(previous: Mapping[str, Any], current: Mapping[str, Any]) -> bool:
+    """True when the bump rule finds nothing at all changed from `previous` to `current`."""
+    return bump_rule(previous, current) == ("patch", [NO_CHANGE])
 
 
 def decide_bump(

@@ -303,6 +303,20 @@ class DatasetRegistry:
         Side effects: creates `<root>/<name>/<version>/` (read-only), and `<root>/<name>/` for
         a new name; a failed save leaves no version and no temporary directory behind. Safe under
         concurrent saves from threads and processes."""
+        return self._save(dataset, name, bump=bump, reuse_unchanged=False)[0]
+
+    def save_if_changed(self, dataset: ProcessedDataset, name: str) -> tuple[str, bool]:
+        """Save `dataset` as a new version of `name` unless the latest version already holds it.
+
+        "Already holds it": the bump rule finds no change at all (same data hash, Feast
+        definitions, entity frame, time range, split and preprocessing configs; see
+        `manifest.unchanged`). Returns (version, created): the latest version and False then,
+        otherwise what `save(dataset, name)` returns and True. Writes nothing when unchanged."""
+        return self._save(dataset, name, bump=None, reuse_unchanged=True)
+
+    def _save(
+        self, dataset: ProcessedDataset, name: str, *, bump: Bump | None, reuse_unchanged: bool
+    ) -> tuple[str, bool]:
         check_name(name)
         if bump is not None and bump not in BUMPS:
             raise DatasetVersionError(f"invalid bump {bump!r}: use one of {', '.join(BUMPS)} or None")
@@ -315,6 +329,10 @@ class DatasetRegistry:
             )
         dataset.validate()
         content = mf.content_manifest(dataset)  # fails fast on metadata that is not JSON
+        if reuse_unchanged:
+            versions = self.versions(name)
+            if versions and mf.unchanged(self.show(name, versions[-1]), content):
+                return versions[-1], False
         name_dir = os.path.join(self.root, name)
         os.makedirs(name_dir, exist_ok=True)
         tmp = os.path.join(name_dir, f".tmp-{uuid.uuid4().hex}")
@@ -345,7 +363,7 @@ class DatasetRegistry:
                     raise DatasetVersionError(f"cannot publish {name}@{version}: {exc}") from exc
                 _make_read_only(final)
                 _fsync_dir(name_dir)
-                return version
+                return version, True
             raise DatasetVersionError(f"could not allocate a version of {name!r} after {_MAX_ATTEMPTS} attempts")
         finally:
             if os.path.exists(tmp):

@@ -24,7 +24,7 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 import pandas as pd
 import yaml
@@ -301,19 +301,35 @@ def registry(settings: Settings) -> DatasetRegistry:
     return DatasetRegistry.from_settings(settings)
 
 
+class Built(NamedTuple):
+    """What `build_and_save` returns: the version's `name@version`, the dataset, and whether it is new."""
+
+    ref: str
+    dataset: ProcessedDataset
+    created: bool
+
+
 def build_and_save(
     config: TrainingSetConfig | Mapping[str, Any], settings: Settings, *, bump: Bump | None = None
-) -> tuple[str, ProcessedDataset]:
-    """Build a training set and save it as a new version; return ("name@version", dataset).
+) -> Built:
+    """Build a training set and save it as a new version unless nothing changed; return Built.
 
-    `bump` (major, minor or patch), when given, overrides the config's.
+    With no bump requested (`bump` here, or the config's), a build whose data, Feast
+    definitions, entity frame and configs equal the latest version's saves nothing and returns
+    that version with `created=False`: a version number then always means a change, and re-runs
+    of a schedule or of `make demo` do not pile up copies. A requested bump always saves a new
+    version (a deliberate re-save). `bump`, when given, overrides the config's.
     """
     config = config if isinstance(config, TrainingSetConfig) else TrainingSetConfig.from_dict(config)
     if bump is not None:
         config = TrainingSetConfig.from_dict({**config.to_dict(), "bump": bump})
     dataset = build_training_set(config, settings)
-    version = registry(settings).save(dataset, config.name, bump=config.bump)
-    return f"{config.name}@{version}", dataset
+    datasets = registry(settings)
+    if config.bump is None:
+        version, created = datasets.save_if_changed(dataset, config.name)
+    else:
+        version, created = datasets.save(dataset, config.name, bump=config.bump), True
+    return Built(f"{config.name}@{version}", dataset, created)
 
 
 def rebuild(name: str, version: str, settings: Settings) -> dict[str, Any]:

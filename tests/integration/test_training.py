@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from healthmate_features.cli import main
 from healthmate_features.errors import EntityFrameError
+from healthmate_features.stores import feature_store as store
 from healthmate_features.training.builder import (
     build_and_save,
     build_training_set,
@@ -28,7 +29,7 @@ def repo(generated_repo, clone_repo, tmp_path_factory):
 
 
 def test_time_split_training_set_is_versioned_with_its_leakage_report(repo, training_config):
-    ref, dataset = build_and_save(training_config("health_risk"), repo)
+    ref, dataset, _ = build_and_save(training_config("health_risk"), repo)
     assert ref == "health_risk@1.0.0"
     report = dataset.metadata["leakage_report"]
     assert report["strategy"] == "time" and report["embargo_days"] >= 30 + 30  # window + label horizon
@@ -68,12 +69,15 @@ def test_group_split_keeps_every_user_on_one_side(repo, training_config):
 
 
 def test_rebuild_gives_the_identical_data_hash_and_versions_bump_by_rule(repo, training_config):
-    ref, _ = build_and_save(training_config("engagement_churn", name="churn_rebuild"), repo)
+    ref, _, _ = build_and_save(training_config("engagement_churn", name="churn_rebuild"), repo)
     name, version = ref.split("@")
     report = rebuild(name, version, repo)
     assert report["identical"] and not report["entities_changed"], report
-    again, _ = build_and_save(training_config("engagement_churn", name="churn_rebuild"), repo)
-    assert again == "churn_rebuild@1.0.1"  # same definitions and data: a patch
+    store.apply(repo)  # a `feast apply` that changes no definition (Feast re-stamps its sources' times)
+    again = build_and_save(training_config("engagement_churn", name="churn_rebuild"), repo)
+    assert (again.ref, again.created) == ("churn_rebuild@1.0.0", False)  # nothing changed: no new version
+    copy = build_and_save(training_config("engagement_churn", name="churn_rebuild"), repo, bump="patch")
+    assert (copy.ref, copy.created) == ("churn_rebuild@1.0.1", True)  # asked for: a patch
 
 
 def test_join_keeps_rows_duplicates_and_order_and_handles_any_timestamp_precision(repo):

@@ -154,6 +154,20 @@ def test_bump_rule_chooses_major_minor_patch(registry, make_dataset):
     )
 
 
+def test_save_if_changed_reuses_the_latest_version_only_when_nothing_changed(registry, make_dataset):
+    assert registry.save_if_changed(make_dataset(), "risk") == ("1.0.0", True)
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in (Path(registry.root) / "risk").rglob("*"))
+    assert registry.save_if_changed(make_dataset(), "risk") == ("1.0.0", False)  # same data and definitions
+    after = sorted((p.name, p.stat().st_mtime_ns) for p in (Path(registry.root) / "risk").rglob("*"))
+    assert after == before  # nothing written, no temporary directory left
+    assert registry.save_if_changed(make_dataset(seed=1), "risk") == ("1.0.1", True)  # corrected data
+    assert registry.save_if_changed(make_dataset(seed=1, split_config={"test_size": 0.3}), "risk") == ("1.0.2", True)
+    assert registry.save_if_changed(make_dataset(seed=1, feast_definitions_hash="defs-2"), "risk") == ("1.1.0", True)
+    assert registry.save_if_changed(make_dataset(seed=1, feast_definitions_hash="defs-2"), "risk") == ("1.1.0", False)
+    again = make_dataset(seed=1, feast_definitions_hash="defs-2")
+    assert registry.save(again, "risk") == "1.1.1"  # the registry's own save: a deliberate re-save
+
+
 def test_explicit_bump_may_exceed_but_not_undercut_the_rule(registry, make_dataset):
     registry.save(make_dataset(), "risk")
     assert registry.save(make_dataset(), "risk", bump="minor") == "1.1.0"
