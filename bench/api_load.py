@@ -1,0 +1,473 @@
+"""The HTTP API under load: features/extract and dashboard/summary next to /health and `feast serve`.
+
+    .venv/bin/python bench/api_load.py [--profile embedded|production|both] [--concurrency 32]
+        [--requests 2000] [--seconds 20] [--users 500] [--days 270] [--dir /tmp/hm-bench-api]
+        [--database hm_bench_api] [--feature-service health_risk_v1]
+
+Per profile, in one run: a throw-away repository under --dir gets `make demo`'s data
+(`healthmate-features demo --users --days`; production: its own Postgres database --database,
+dropped at the end, and its own Feast project of that name, whose Redis keys are deleted at the
+end), an admin API key, then our server (`healthmate-features serve`, real uvicorn) and Feast's
+(`feast serve`, real CLI) on spare loopback ports. Bounded load (at most --requests requests or
+--seconds seconds per target, --concurrency keep-alive connections) goes to, in turn:
+
+- `GET /health` of our server (the floor: no lookup, but audited like every request);
+- `GET features/extract?user_id=U&feature_service=S`, one user per request, U cycling over the
+  active users (a 7-day resting heart rate on the last day of data);
+- `POST /get-online-features` of `feast serve`: the same feature service and users, the request
+  time as epoch seconds under `entities.event_timestamp`;
+- `GET dashboard/summary`.
+
+It prints req/s, p50, p99 and errors per target, the audit rows the SQL store gained per target
+next to the requests sent (every request, /health included, must have its row), peak RSS
+(VmHWM) of each server's processes, and the ratios issue 11 targets. Read ratios, not seconds:
+the load generator shares the machine with the servers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+PREFIX = "/api/v1/ml-data-preparation"
+
+
+# -- the repository ----------------------------------------------------------------------------
+
+
+def prepare(profile: str, work: Path, *, users: int, days: int, database: str):
+    """Settings of a repository under `work` holding make demo's data on `profile`.
+
+    Production: the database and the Feast project (the suffix of its Redis keys) are `database`."""
+    from healthmate_features.config import Settings
+
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    for name in ("feature_store.yaml", "feature_store.production.yaml", ".feastignore"):
+        shutil.copy(ROOT / name, work)
+    for name in ("feature_repo", "configs"):
+        shutil.copytree(ROOT / name, work / name, ignore=shutil.ignore_patterns("__pycache__"))
+    overrides = {"profile": profile}
+    if profile == "production":
+        yaml_path = work / "feature_store.production.yaml"
+        yaml_path.write_text(yaml_path.read_text().replace("project: healthmate", f"project: {database}"))
+        overrides["pg_database"] = database
+    settings = Settings.from_env(repo_path=work, **overrides)
+    if profile == "production":
+        drop_production(settings, database)
+    cli = str(BIN / "healthmate-features")
+    run([cli, "demo", "--profile", profile, "--users", str(users), "--days", str(days), "--quiet"], settings)
+    return settings
+
+
+def drop_production(settings, project: str) -> None:
+    """Drop the bench's Postgres database and delete its Feast project's Redis keys."""
+    import redis
+
+    from healthmate_features.backends import postgres
+
+    with postgres.connect(replace(settings, pg_database="postgres"), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{settings.pg_database}" WITH (FORCE)')
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"*{project}", count=5000))
+        for i in range(0, len(keys), 5000):
+            client.delete(*keys[i : i + 5000])
+    finally:
+        client.close()
+
+
+def environment(settings) -> dict[str, str]:
+    """The environment of a child process that uses `settings`."""
+    return {**os.environ, **settings.to_env()}
+
+
+def run(cmd: list[str], settings) -> str:
+    """Run a command in the settings' repository; its stdout, or SystemExit with the tail of its output."""
+    done = subprocess.run(cmd, cwd=settings.repo_path, env=environment(settings), capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
+        raise SystemExit(f"command failed ({done.returncode}): {' '.join(cmd)}\n{tail}")
+    return done.stdout
+
+
+def active_users(settings) -> list[int]:
+    """Users with a 7-day resting heart rate on the last day of data (what a client would look up)."""
+    from healthmate_features.backends import backend_for
+
+    rows = backend_for(settings).query_feature_tables(
+        "SELECT user_id FROM {0} WHERE resting_heart_rate_mean_7d IS NOT NULL "
+        "AND event_timestamp = (SELECT max(event_timestamp) FROM {0}) ORDER BY user_id",
+        "health_rolling",
+    )
+    return [int(r[0]) for r in rows]
+
+
+def audit_rows(settings) -> int:
+    """Rows in the SQL store's audit_log now, once the server has stopped adding them."""
+    from healthmate_features.backends import open_sql_store
+
+    with open_sql_store(settings) as sql:
+
+        def count() -> int:
+            return int(sql.query("SELECT count(*) AS n FROM audit_log")[0]["n"])
+
+        last, settled_at = count(), time.monotonic()
+        while time.monotonic() - settled_at < 1.0:  # writes run after their response: let them land
+            time.sleep(0.25)
+            now = count()
+            if now != last:
+                last, settled_at = now, time.monotonic()
+        return last
+
+
+# -- servers -----------------------------------------------------------------------------------
+
+
+def spare_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def peak_mib(pid: int) -> dict[int, float]:
+    """Peak RSS (VmHWM, MiB) of a process and each of its live descendants, by pid."""
+    import psutil
+
+    peaks = {}
+    try:
+        procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return peaks
+    for proc in procs:
+        try:
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                peaks[proc.pid] = int(line.split()[1]) / 1024
+    return peaks
+
+
+@dataclass
+class Server:
+    """A server process in its own session, started by `start` and stopped by `stop`."""
+
+    name: str
+    cmd: list[str]
+    cwd: Path
+    env: dict[str, str]
+    url: str
+    ready_path: str
+    log: Path
+    proc: subprocess.Popen | None = None
+    peaks: dict[int, float] = field(default_factory=dict)
+
+    def start(self, timeout_s: float = 180.0) -> None:
+        out = self.log.open("w")
+        self.proc = subprocess.Popen(
+            self.cmd, cwd=self.cwd, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"{self.name} exited ({self.proc.returncode}); its log:\n{self.tail()}")
+            try:
+                if httpx.get(self.url + self.ready_path, timeout=2).status_code < 500:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        self.stop()
+        raise SystemExit(f"{self.name} did not answer within {timeout_s:.0f} s; its log:\n{self.tail()}")
+
+    def sample_memory(self) -> None:
+        if self.proc is not None:
+            for pid, mib in peak_mib(self.proc.pid).items():
+                self.peaks[pid] = max(mib, self.peaks.get(pid, 0.0))
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.sample_memory()
+        os.killpg(self.proc.pid, signal.SIGTERM)  # its own session: the server and its workers
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def tail(self, lines: int = 20) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+# -- load --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    name: str
+    sent: int = 0
+    seconds: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    errors: dict[str, int] = field(default_factory=dict)
+    audit_rows: int | None = None
+
+    @property
+    def ok(self) -> int:
+        return len(self.latencies) - sum(self.errors.values())
+
+    @property
+    def rate(self) -> float:
+        return len(self.latencies) / self.seconds if self.seconds else 0.0
+
+    def ms(self, q: float) -> float:
+        return float(np.percentile(np.array(self.latencies) * 1000, q)) if self.latencies else float("nan")
+
+
+async def drive(name: str, request, *, concurrency: int, requests: int, seconds: float) -> Result:
+    """Send `request(client, i)` for i = 0, 1, ... from `concurrency` keep-alive connections.
+
+    Stops after `requests` requests or `seconds` seconds, whichever comes first (requests in
+    flight finish). Anything but a 200 counts as an error, by status or exception name."""
+    result = Result(name)
+    counter = itertools.count()
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(120.0)) as client:
+        started = time.perf_counter()
+        deadline = started + seconds
+
+        async def worker() -> None:
+            while time.perf_counter() < deadline:
+                i = next(counter)
+                if i >= requests:
+                    return
+                result.sent += 1
+                t0 = time.perf_counter()
+                try:
+                    response = await request(client, i)
+                    kind = None if response.status_code == 200 else str(response.status_code)
+                except httpx.HTTPError as exc:
+                    kind = type(exc).__name__
+                result.latencies.append(time.perf_counter() - t0)
+                if kind:
+                    result.errors[kind] = result.errors.get(kind, 0) + 1
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        result.seconds = time.perf_counter() - started
+    return result
+
+
+def measure(name: str, request, args, *, settings=None) -> Result:
+    """Warm up (one request per connection, not counted), then drive; count audit rows if `settings`."""
+    asyncio.run(drive(name, request, concurrency=args.concurrency, requests=args.concurrency, seconds=60))
+    before = audit_rows(settings) if settings is not None else 0
+    result = asyncio.run(
+        drive(name, request, concurrency=args.concurrency, requests=args.requests, seconds=args.seconds)
+    )
+    if settings is not None:
+        result.audit_rows = audit_rows(settings) - before
+    return result
+
+
+# -- one profile -------------------------------------------------------------------------------
+
+
+def bench_profile(profile: str, args) -> dict[str, object]:
+    work = args.dir / profile
+    print(f"\n== {profile}: preparing {work} (healthmate-features demo --users {args.users} --days {args.days})")
+    settings = prepare(profile, work, users=args.users, days=args.days, database=args.database)
+    try:
+        return _bench_servers(profile, args, settings)
+    finally:
+        if profile == "production":
+            drop_production(settings, args.database)
+
+
+def _bench_servers(profile: str, args, settings) -> dict[str, object]:
+    from healthmate_features.backends import backend_for
+
+    cli = str(BIN / "healthmate-features")
+    work, env = settings.repo_path, environment(settings)
+    key = json.loads(run([cli, "keys", "create", "--role", "admin", "--name", "bench", "--json"], settings))
+    users = active_users(settings)
+    if not users:
+        raise SystemExit("no active users in the feature tables; is the demo data there?")
+    ours_port, feast_port = spare_port(), spare_port()
+    ours = Server(
+        "healthmate-features serve",
+        [cli, "serve", "--profile", profile, "--host", "127.0.0.1", "--port", str(ours_port)],
+        work,
+        env,
+        f"http://127.0.0.1:{ours_port}",
+        "/health",
+        work / "serve.log",
+    )
+    feast_yaml = backend_for(settings).feature_store_yaml.name
+    feast = Server(
+        "feast serve",
+        # --max-requests 0: no worker recycling mid-run (Feast's default restarts its worker every ~1000 requests)
+        [
+            str(BIN / "feast"),
+            "-f",
+            feast_yaml,
+            "serve",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(feast_port),
+            "--max-requests",
+            "0",
+        ],
+        work,
+        {**env, **backend_for(settings).feast_env()},
+        f"http://127.0.0.1:{feast_port}",
+        "/health",
+        work / "feast_serve.log",
+    )
+    service = args.feature_service
+    auth = {"Authorization": f"Bearer {key['secret']}"}
+
+    def health(client, i):
+        return client.get(ours.url + "/health")
+
+    def extract(client, i):
+        params = {"user_id": users[i % len(users)], "feature_service": service}
+        return client.get(ours.url + PREFIX + "/features/extract", params=params, headers=auth)
+
+    def feast_online(client, i):
+        body = {
+            "feature_service": service,
+            "entities": {"user_id": [users[i % len(users)]], "event_timestamp": [int(time.time())]},
+        }
+        return client.post(feast.url + "/get-online-features", json=body)
+
+    def dashboard(client, i):
+        return client.get(ours.url + PREFIX + "/dashboard/summary", headers=auth)
+
+    results = []
+    try:
+        ours.start()
+        feast.start()
+        check_same_features(ours.url, feast.url, auth, service, users[0])
+        print(
+            f"   {len(users)} active users; concurrency {args.concurrency}, at most {args.requests} requests "
+            f"or {args.seconds:g} s per target"
+        )
+        for name, request, server, audited in (
+            ("GET /health (ours)", health, ours, True),
+            ("GET features/extract (ours)", extract, ours, True),
+            ("POST /get-online-features (feast serve)", feast_online, feast, False),
+            ("GET dashboard/summary (ours)", dashboard, ours, True),
+        ):
+            results.append(measure(name, request, args, settings=settings if audited else None))
+            server.sample_memory()
+    finally:
+        ours.stop()
+        feast.stop()
+    report(profile, results, ours, feast)
+    by_name = {r.name.split(" (")[0]: r for r in results}
+    return {"profile": profile, "results": by_name}
+
+
+def check_same_features(ours: str, feast: str, auth: dict, service: str, user: int) -> None:
+    """Both servers answer the same feature names for one user (a sanity check, not timed)."""
+    mine = httpx.get(
+        ours + PREFIX + "/features/extract", params={"user_id": user, "feature_service": service}, headers=auth
+    )
+    theirs = httpx.post(
+        feast + "/get-online-features",
+        json={"feature_service": service, "entities": {"user_id": [user], "event_timestamp": [int(time.time())]}},
+    )
+    if mine.status_code != 200 or theirs.status_code != 200:
+        raise SystemExit(
+            f"a lookup of user {user} failed: ours {mine.status_code} {mine.text[:300]}; "
+            f"feast serve {theirs.status_code} {theirs.text[:300]}"
+        )
+    names = set(mine.json()["features"]) - {"user_id", "event_timestamp"}
+    feast_names = set(theirs.json()["metadata"]["feature_names"]) - {"user_id", "event_timestamp"}
+    if names != feast_names:
+        raise SystemExit(f"ours and feast serve answer different features: {sorted(names ^ feast_names)[:10]}")
+
+
+def report(profile: str, results: list[Result], ours: Server, feast: Server) -> None:
+    print(f"   {'target':<42}{'sent':>7}{'errors':>8}{'req/s':>9}{'p50 ms':>10}{'p99 ms':>10}{'audit rows':>12}")
+    for r in results:
+        audit = "" if r.audit_rows is None else f"{r.audit_rows}/{r.sent}"
+        errors = sum(r.errors.values())
+        print(f"   {r.name:<42}{r.sent:>7}{errors:>8}{r.rate:>9.1f}{r.ms(50):>10.1f}{r.ms(99):>10.1f}{audit:>12}")
+        if r.errors:
+            print(f"     errors: {r.errors}")
+    for server in (ours, feast):
+        peaks = server.peaks
+        shown = ", ".join(f"{mib:.0f}" for mib in peaks.values())
+        print(f"   peak RSS {server.name}: {sum(peaks.values()):.0f} MiB over {len(peaks)} process(es) ({shown})")
+
+
+def targets(summaries: list[dict]) -> None:
+    """The ratios issue 11 asks for, per profile."""
+    print("\ntargets of issue 11 (ratios within one run)")
+    print(f"   {'profile':<12}{'what':<44}{'measured':>12}  target")
+    for s in summaries:
+        r = s["results"]
+        health, extract, feast, dash = (
+            r["GET /health"],
+            r["GET features/extract"],
+            r["POST /get-online-features"],
+            r["GET dashboard/summary"],
+        )
+        rows = [
+            ("extract req/s / /health req/s", extract.rate / health.rate, ">= 0.5", extract.rate >= 0.5 * health.rate),
+            ("extract req/s / feast serve req/s", extract.rate / feast.rate, ">= 5", extract.rate >= 5 * feast.rate),
+            ("dashboard p50 (ms)", dash.ms(50), "< 20", dash.ms(50) < 20),
+        ]
+        if s["profile"] == "production":
+            rows.append(("extract p99 (ms)", extract.ms(99), "< 50", extract.ms(99) < 50))
+        missing = [x for x in (health, extract, dash) if x.audit_rows != x.sent]
+        rows.append(
+            ("requests without an audit row", sum(x.sent - (x.audit_rows or 0) for x in missing), "0", not missing)
+        )
+        for what, value, target, met in rows:
+            print(f"   {s['profile']:<12}{what:<44}{value:>12.2f}  {target:<7} {'met' if met else 'NOT met'}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", choices=("embedded", "production", "both"), default="both")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--requests", type=int, default=2000, help="at most this many requests per target")
+    parser.add_argument("--seconds", type=float, default=20.0, help="at most this long per target")
+    parser.add_argument("--users", type=int, default=500, help="demo population (make demo: 500)")
+    parser.add_argument("--days", type=int, default=270, help="demo days (make demo: 270)")
+    parser.add_argument("--feature-service", default="health_risk_v1")
+    parser.add_argument("--database", default="hm_bench_api", help="production: database and Feast project")
+    parser.add_argument("--dir", type=Path, default=Path("/tmp/hm-bench-api"))
+    args = parser.parse_args()
+    if min(args.concurrency, args.requests) < 1 or args.seconds <= 0:
+        parser.error("--concurrency, --requests and --seconds must be positive")
+
+    profiles = ["embedded", "production"] if args.profile == "both" else [args.profile]
+    print(f"HTTP API under load, {os.cpu_count()} cores; profiles: {', '.join(profiles)}")
+    summaries = [bench_profile(profile, args) for profile in profiles]
+    targets(summaries)
+
+
+if __name__ == "__main__":
+    main()
