@@ -1,12 +1,18 @@
-"""The temporal view reads a request time the same way in every form it can arrive in."""
+"""The temporal view reads a request time the same way in every form it can arrive in, and
+computes the same bits as the pandas `.dt` formulation it replaced."""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from healthmate_features.errors import RequestTimeError
-from healthmate_features.features.definitions import request_times
+from healthmate_features.features.definitions import request_times, temporal_frame
 
 NOON = pd.Timestamp("2025-12-01T14:40:00Z")
 
@@ -39,3 +45,106 @@ def test_every_form_of_the_same_instant_reads_the_same(values):
 def test_what_cannot_be_read_is_refused_naming_the_value_and_count(values, match):
     with pytest.raises(RequestTimeError, match=match):
         request_times(values)
+
+
+# -- the temporal view's computation --------------------------------------------------------
+
+
+def _dt_reference(inputs: pd.DataFrame) -> pd.DataFrame:
+    """The temporal view as it was written with pandas' `.dt` accessors (before issue 11): the reference."""
+    ts = request_times(inputs["event_timestamp"])
+    hour = ts.dt.hour + ts.dt.minute / 60.0 + ts.dt.second / 3600.0
+    dow = ts.dt.dayofweek
+    month = ts.dt.month - 1
+    out = pd.DataFrame(index=inputs.index)
+    out["hour_sin"] = np.sin(2 * np.pi * hour / 24.0).astype("float64")
+    out["hour_cos"] = np.cos(2 * np.pi * hour / 24.0).astype("float64")
+    out["dow_sin"] = np.sin(2 * np.pi * dow / 7.0).astype("float64")
+    out["dow_cos"] = np.cos(2 * np.pi * dow / 7.0).astype("float64")
+    out["month_sin"] = np.sin(2 * np.pi * month / 12.0).astype("float64")
+    out["month_cos"] = np.cos(2 * np.pi * month / 12.0).astype("float64")
+    out["is_weekend"] = (dow >= 5).astype("int64")
+    out["day_of_year"] = ts.dt.dayofyear.astype("int64")
+    signup = pd.to_numeric(inputs["signup_epoch_s"], errors="coerce").astype("float64")
+    seconds = (ts - pd.Timestamp("1970-01-01", tz="UTC")).dt.total_seconds()
+    out["days_since_signup"] = (seconds - signup) / 86400.0
+    return out
+
+
+def _as_feast_pandas_mode(udf, table: pa.Table) -> pa.Table:
+    """What Feast's pandas-mode transformation does with a view's UDF, online and offline."""
+    return pa.Table.from_pandas(udf(table.to_pandas()))
+
+
+TICKS_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
+
+
+@hsettings(max_examples=60, deadline=None)
+@given(
+    unit=st.sampled_from(sorted(TICKS_PER_SECOND)),
+    zone=st.sampled_from(["UTC", None, "Europe/Berlin", "America/St_Johns"]),
+    rows=st.lists(
+        st.tuples(
+            st.integers(-2_208_988_800, 7_258_118_399),  # 1900..2200, whole seconds
+            st.floats(0, 1, exclude_max=True),  # the fraction of a second
+            st.one_of(st.none(), st.integers(-2_208_988_800, 7_258_118_399)),  # signup, or unknown
+        ),
+        min_size=1,
+        max_size=40,
+    ),
+)
+def test_temporal_frame_equals_the_dt_formulation_bit_for_bit(unit, zone, rows):
+    """Every unit, zone, pre-1970 instant, fraction of a second and missing signup: the same bits."""
+    per_second = TICKS_PER_SECOND[unit]
+    ticks = [s * per_second + int(f * per_second) for s, f, _ in rows]
+    table = pa.table(
+        {
+            "user_id": pa.array(range(len(rows)), pa.int64()),
+            "event_timestamp": pa.array(ticks, pa.timestamp(unit, tz=zone)),
+            "signup_epoch_s": pa.array([signup for _, _, signup in rows], pa.int64()),
+        }
+    )
+    got = _as_feast_pandas_mode(temporal_frame, table)
+    want = _as_feast_pandas_mode(_dt_reference, table)
+    assert got.schema == want.schema
+    assert got.equals(want), {
+        name: [(a, b) for a, b in zip(got[name].to_pylist(), want[name].to_pylist(), strict=True) if a != b][:3]
+        for name in want.column_names
+    }
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        pd.Series([1764600000, -86401]),
+        pd.Series([1764600000.5, -86400.25]),
+        pd.Series(["2025-12-01T14:40:00.25Z", "1969-12-31T23:59:59.5+01:00"]),
+        pd.Series([NOON.to_pydatetime(), NOON.tz_convert("Asia/Kolkata").to_pydatetime()], dtype=object),
+    ],
+)
+def test_temporal_frame_equals_the_dt_formulation_for_numbers_and_strings(values):
+    inputs = pd.DataFrame({"event_timestamp": values, "signup_epoch_s": pd.Series([1_700_000_000, None])})
+    pd.testing.assert_frame_equal(temporal_frame(inputs), _dt_reference(inputs), check_exact=True)
+
+
+def test_temporal_frame_refuses_a_missing_request_time_naming_the_count():
+    inputs = pd.DataFrame({"event_timestamp": [NOON, None, None], "signup_epoch_s": [1, 2, 3]})
+    with pytest.raises(RequestTimeError, match=r"event_timestamp is missing \(2 of 3 values\)"):
+        temporal_frame(inputs)
+
+
+def test_temporal_frame_at_a_known_instant():
+    row = temporal_frame(pd.DataFrame({"event_timestamp": [NOON], "signup_epoch_s": [int(NOON.timestamp()) - 86400]}))
+    assert row.to_dict("records") == [
+        {
+            "hour_sin": pytest.approx(np.sin(2 * np.pi * (14 + 40 / 60) / 24)),
+            "hour_cos": pytest.approx(np.cos(2 * np.pi * (14 + 40 / 60) / 24)),
+            "dow_sin": 0.0,  # a Monday
+            "dow_cos": 1.0,
+            "month_sin": pytest.approx(np.sin(2 * np.pi * 11 / 12)),  # December
+            "month_cos": pytest.approx(np.cos(2 * np.pi * 11 / 12)),
+            "is_weekend": 0,
+            "day_of_year": 335,
+            "days_since_signup": 1.0,
+        }
+    ]
