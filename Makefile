@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo demo-production test test-unit test-integration bench bench-production clean
+.PHONY: install demo demo-production test test-unit test-integration bench bench-production bench-api clean
 
 # The environment comes from the lock: every package at the version CI tested. A change to
 # pyproject.toml or to the lock re-runs this step.
@@ -74,6 +74,11 @@ bench: $(STAMP)
 # Materialization into Redis, online latency, training-set build on Postgres (needs both servers).
 bench-production: $(STAMP)
 	$(BIN)/python bench/materialize.py
+
+# The HTTP API under load on both profiles, next to /health and `feast serve` (needs Postgres and
+# Redis; `.venv/bin/python bench/api_load.py --profile embedded` needs neither).
+bench-api: $(STAMP)
+	$(BIN)/python bench/api_load.py
 
 clean:
 	rm -rf data .pytest_cache

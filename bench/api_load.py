@@ -20,8 +20,12 @@ end), an admin API key, then our server (`healthmate-features serve`, real uvico
 
 It prints req/s, p50, p99 and errors per target, the audit rows the SQL store gained per target
 next to the requests sent (every request, /health included, must have its row), peak RSS
-(VmHWM) of each server's processes, and the ratios issue 11 targets. Read ratios, not seconds:
-the load generator shares the machine with the servers.
+(VmHWM) of each server's processes, and the ratios issue 11 targets. Then, with the servers
+stopped, the pieces of a request one call at a time in this process (p50/p99 of --calls calls):
+what the extract handler calls (`stores.feature_store.online_features`), Feast's
+`get_online_features` on one long-lived store (what `feast serve` does per request), the
+temporal on-demand view's transformation alone, `dashboard.summary`, the key check and one
+audit write. Read ratios, not seconds: the load generator shares the machine with the servers.
 """
 
 from __future__ import annotations
@@ -383,8 +387,61 @@ def _bench_servers(profile: str, args, settings) -> dict[str, object]:
         ours.stop()
         feast.stop()
     report(profile, results, ours, feast)
+    in_process(settings, users, key["secret"], service, args.calls)
     by_name = {r.name.split(" (")[0]: r for r in results}
     return {"profile": profile, "results": by_name}
+
+
+def in_process(settings, users: list[int], secret: str, service: str, calls: int) -> None:
+    """The pieces of a request, called one at a time in this process: p50 and p99 of `calls` calls each."""
+    from datetime import datetime, timezone
+
+    import pyarrow as pa
+
+    from healthmate_features.access.audit import AuditLog
+    from healthmate_features.access.keys import ApiKeys
+    from healthmate_features.api import dashboard
+    from healthmate_features.backends import open_sql_store
+    from healthmate_features.stores import feature_store as store
+    from healthmate_features.tracking import Tracker
+
+    cwd = Path.cwd()
+    os.chdir(settings.repo_path)  # Feast's embedded stores resolve data/ against the working directory
+    try:
+        fs = store.open_feature_store(settings)
+        selection = fs.get_feature_service(service)
+        odfv = fs.get_on_demand_feature_view("temporal")
+        one_row = pa.Table.from_pydict(
+            {"user_id": [users[0]], "event_timestamp": [datetime.now(timezone.utc)], "signup_epoch_s": [1_700_000_000]}
+        )
+        with open_sql_store(settings) as sql:
+            keys, audit, tracker = ApiKeys(sql), AuditLog(sql), Tracker(sql)
+            pieces = {
+                "online_features (the extract handler's call)": lambda i: store.online_features(
+                    settings, users[i % len(users)], feature_service=service, at=datetime.now(timezone.utc)
+                ),
+                "Feast get_online_features, one store": lambda i: fs.get_online_features(
+                    features=selection,
+                    entity_rows=[{"user_id": users[i % len(users)], "event_timestamp": datetime.now(timezone.utc)}],
+                ).to_dict(),
+                "temporal view transformation, 1 row": lambda i: odfv.transform_arrow(one_row),
+                "dashboard.summary": lambda i: dashboard.summary(settings, tracker=tracker),
+                "ApiKeys.authenticate": lambda i: keys.authenticate(f"Bearer {secret}"),
+                "AuditLog.write": lambda i: audit.write(endpoint="GET /bench", status=200, latency_ms=1.0),
+            }
+            print(f"   in process, one call at a time ({calls} calls each)")
+            print(f"   {'call':<48}{'p50 ms':>10}{'p99 ms':>10}")
+            for name, call in pieces.items():
+                call(0)  # warm: imports, connections, caches
+                seconds = []
+                for i in range(calls):
+                    t0 = time.perf_counter()
+                    call(i)
+                    seconds.append(time.perf_counter() - t0)
+                ms = np.array(seconds) * 1000
+                print(f"   {name:<48}{np.percentile(ms, 50):>10.2f}{np.percentile(ms, 99):>10.2f}")
+    finally:
+        os.chdir(cwd)
 
 
 def check_same_features(ours: str, feast: str, auth: dict, service: str, user: int) -> None:
@@ -456,12 +513,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="at most this long per target")
     parser.add_argument("--users", type=int, default=500, help="demo population (make demo: 500)")
     parser.add_argument("--days", type=int, default=270, help="demo days (make demo: 270)")
+    parser.add_argument("--calls", type=int, default=200, help="calls per piece in the in-process section")
     parser.add_argument("--feature-service", default="health_risk_v1")
     parser.add_argument("--database", default="hm_bench_api", help="production: database and Feast project")
     parser.add_argument("--dir", type=Path, default=Path("/tmp/hm-bench-api"))
     args = parser.parse_args()
-    if min(args.concurrency, args.requests) < 1 or args.seconds <= 0:
-        parser.error("--concurrency, --requests and --seconds must be positive")
+    if min(args.concurrency, args.requests, args.calls) < 1 or args.seconds <= 0:
+        parser.error("--concurrency, --requests, --calls and --seconds must be positive")
 
     profiles = ["embedded", "production"] if args.profile == "both" else [args.profile]
     print(f"HTTP API under load, {os.cpu_count()} cores; profiles: {', '.join(profiles)}")
