@@ -18,7 +18,7 @@ import pytest
 
 from healthmate_features.config import Settings
 
-from .helpers import frames, repos
+from .helpers import frames, repos, temporal
 from .helpers import small as small_data
 from .helpers import tiny as tiny_data
 from .helpers.settings import settings_for_dsn as _settings_for_dsn
@@ -164,6 +164,13 @@ def small():
 def rich_frame():
     """rich_frame(): a fresh frame with one column of every dtype the builder can produce."""
     return frames.rich_frame
+
+
+@pytest.fixture(scope="session")
+def dt_temporal_reference():
+    """The temporal view as written with pandas' `.dt` accessors before issue 11 (tests/helpers/temporal.py):
+    `.dt_reference(inputs)` and `.as_feast_pandas_mode(udf, table)`, Feast's pandas-mode call of a UDF."""
+    return temporal
 
 
 @pytest.fixture(scope="session")

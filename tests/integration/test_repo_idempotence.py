@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -41,3 +42,58 @@ def test_epoch_seconds_iso_strings_and_datetimes_give_the_same_temporal_features
     ]
     assert answers[0]["day_of_year"] == [335]
     assert answers[0] == answers[1] == answers[2]
+
+
+@pytest.fixture
+def temporal_inputs(monkeypatch):
+    """Every Arrow table Feast hands a pandas-mode on-demand transformation during the test.
+
+    A spy, not a stand-in: the transformation runs as usual; the list keeps its input and output."""
+    from feast.transformation.pandas_transformation import PandasTransformation
+
+    seen: list[tuple] = []
+    transform = PandasTransformation.transform_arrow
+
+    def spy(self, pa_table, features):
+        out = transform(self, pa_table, features)
+        seen.append((pa_table, out))
+        return out
+
+    monkeypatch.setattr(PandasTransformation, "transform_arrow", spy)
+    return seen
+
+
+@pytest.mark.parametrize(
+    "profile",
+    ["small_embedded", pytest.param("small_production", marks=[pytest.mark.postgres, pytest.mark.redis])],
+)
+def test_temporal_features_equal_the_dt_formulation_offline_and_online(
+    profile, request, temporal_inputs, dt_temporal_reference
+):
+    """Through our offline store (DuckDB ASOF / Postgres LATERAL), Feast's online read and ours, the
+    temporal view computes, on exactly the inputs Feast hands it, the bits the `.dt` formulation gave."""
+    settings = request.getfixturevalue(profile)
+    rng = np.random.default_rng(11)
+    micros = rng.integers(1_735_689_600_000_000, 1_744_000_000_000_000, 40)  # 2025, with microseconds
+    labels = pd.DataFrame(
+        {
+            "user_id": [*range(1, 13), 999] * 3 + [1],
+            "event_timestamp": pd.to_datetime(micros, unit="us", utc=True),
+        }
+    )
+    refs = [f"temporal:{name}" for name in ("hour_sin", "dow_cos", "month_sin", "is_weekend", "day_of_year")]
+    refs.append("temporal:days_since_signup")
+    frame = store.historical_features(settings, labels, features=refs)
+    assert frame["days_since_signup"].notna().sum() >= 30  # known users: signup times were joined
+    at = pd.Timestamp("2025-03-20 09:30:17.250", tz="UTC")
+    online = store.online_features(settings, 3, feature_service="engagement_churn_v1", at=at)
+    feast_online = (
+        store.open_feature_store(settings)
+        .get_online_features(features=refs, entity_rows=[{"user_id": 3, "event_timestamp": at}])
+        .to_dict()
+    )
+    assert online["day_of_year"] == feast_online["day_of_year"][0] == 79
+    assert len(temporal_inputs) >= 3  # offline, our online read, Feast's online read
+    for table, out in temporal_inputs:
+        want = dt_temporal_reference.as_feast_pandas_mode(dt_temporal_reference.dt_reference, table)
+        assert out.select(want.column_names).equals(want)

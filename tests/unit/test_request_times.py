@@ -50,32 +50,6 @@ def test_what_cannot_be_read_is_refused_naming_the_value_and_count(values, match
 # -- the temporal view's computation --------------------------------------------------------
 
 
-def _dt_reference(inputs: pd.DataFrame) -> pd.DataFrame:
-    """The temporal view as it was written with pandas' `.dt` accessors (before issue 11): the reference."""
-    ts = request_times(inputs["event_timestamp"])
-    hour = ts.dt.hour + ts.dt.minute / 60.0 + ts.dt.second / 3600.0
-    dow = ts.dt.dayofweek
-    month = ts.dt.month - 1
-    out = pd.DataFrame(index=inputs.index)
-    out["hour_sin"] = np.sin(2 * np.pi * hour / 24.0).astype("float64")
-    out["hour_cos"] = np.cos(2 * np.pi * hour / 24.0).astype("float64")
-    out["dow_sin"] = np.sin(2 * np.pi * dow / 7.0).astype("float64")
-    out["dow_cos"] = np.cos(2 * np.pi * dow / 7.0).astype("float64")
-    out["month_sin"] = np.sin(2 * np.pi * month / 12.0).astype("float64")
-    out["month_cos"] = np.cos(2 * np.pi * month / 12.0).astype("float64")
-    out["is_weekend"] = (dow >= 5).astype("int64")
-    out["day_of_year"] = ts.dt.dayofyear.astype("int64")
-    signup = pd.to_numeric(inputs["signup_epoch_s"], errors="coerce").astype("float64")
-    seconds = (ts - pd.Timestamp("1970-01-01", tz="UTC")).dt.total_seconds()
-    out["days_since_signup"] = (seconds - signup) / 86400.0
-    return out
-
-
-def _as_feast_pandas_mode(udf, table: pa.Table) -> pa.Table:
-    """What Feast's pandas-mode transformation does with a view's UDF, online and offline."""
-    return pa.Table.from_pandas(udf(table.to_pandas()))
-
-
 TICKS_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 
 
@@ -93,7 +67,7 @@ TICKS_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
         max_size=40,
     ),
 )
-def test_temporal_frame_equals_the_dt_formulation_bit_for_bit(unit, zone, rows):
+def test_temporal_frame_equals_the_dt_formulation_bit_for_bit(dt_temporal_reference, unit, zone, rows):
     """Every unit, zone, pre-1970 instant, fraction of a second and missing signup: the same bits."""
     per_second = TICKS_PER_SECOND[unit]
     ticks = [s * per_second + int(f * per_second) for s, f, _ in rows]
@@ -104,8 +78,8 @@ def test_temporal_frame_equals_the_dt_formulation_bit_for_bit(unit, zone, rows):
             "signup_epoch_s": pa.array([signup for _, _, signup in rows], pa.int64()),
         }
     )
-    got = _as_feast_pandas_mode(temporal_frame, table)
-    want = _as_feast_pandas_mode(_dt_reference, table)
+    got = dt_temporal_reference.as_feast_pandas_mode(temporal_frame, table)
+    want = dt_temporal_reference.as_feast_pandas_mode(dt_temporal_reference.dt_reference, table)
     assert got.schema == want.schema
     assert got.equals(want), {
         name: [(a, b) for a, b in zip(got[name].to_pylist(), want[name].to_pylist(), strict=True) if a != b][:3]
@@ -122,9 +96,10 @@ def test_temporal_frame_equals_the_dt_formulation_bit_for_bit(unit, zone, rows):
         pd.Series([NOON.to_pydatetime(), NOON.tz_convert("Asia/Kolkata").to_pydatetime()], dtype=object),
     ],
 )
-def test_temporal_frame_equals_the_dt_formulation_for_numbers_and_strings(values):
+def test_temporal_frame_equals_the_dt_formulation_for_numbers_and_strings(dt_temporal_reference, values):
     inputs = pd.DataFrame({"event_timestamp": values, "signup_epoch_s": pd.Series([1_700_000_000, None])})
-    pd.testing.assert_frame_equal(temporal_frame(inputs), _dt_reference(inputs), check_exact=True)
+    want = dt_temporal_reference.dt_reference(inputs)
+    pd.testing.assert_frame_equal(temporal_frame(inputs), want, check_exact=True)
 
 
 def test_temporal_frame_refuses_a_missing_request_time_naming_the_count():
