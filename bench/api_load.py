@@ -1,14 +1,15 @@
 """The HTTP API under load: features/extract and dashboard/summary next to /health and `feast serve`.
 
     .venv/bin/python bench/api_load.py [--profile embedded|production|both] [--concurrency 32]
-        [--requests 2000] [--seconds 20] [--users 500] [--days 270] [--dir /tmp/hm-bench-api]
-        [--database hm_bench_api] [--feature-service health_risk_v1]
+        [--requests 2000] [--seconds 20] [--calls 200] [--users 500] [--days 270]
+        [--dir /tmp/hm-bench-api] [--database hm_bench_api] [--feature-service health_risk_v1]
 
 Per profile, in one run: a throw-away repository under --dir gets `make demo`'s data
 (`healthmate-features demo --users --days`; production: its own Postgres database --database,
 dropped at the end, and its own Feast project of that name, whose Redis keys are deleted at the
 end), an admin API key, then our server (`healthmate-features serve`, real uvicorn) and Feast's
-(`feast serve`, real CLI) on spare loopback ports. Bounded load (at most --requests requests or
+(`feast serve`, real CLI, with `--max-requests 0`: Feast's default recycles its one worker every
+~1,000 requests) on spare loopback ports. Bounded load (at most --requests requests or
 --seconds seconds per target, --concurrency keep-alive connections) goes to, in turn:
 
 - `GET /health` of our server (the floor: no lookup, but audited like every request);
