@@ -108,9 +108,10 @@ def run_demo(
         )
     tables = step("build-features", build_features, raw, settings, progress=progress)
     echo("    " + ", ".join(f"{k}: {v:,}" for k, v in tables.items()))
-    step("feast apply", store.apply, settings)
-    start, end = step("materialize", store.materialize, settings)
-    echo(f"    window {start} .. {end}")
+    step("feast apply", store.apply, settings, progress=progress)
+    materialized = step("materialize", store.materialize, settings, progress=progress)
+    end = materialized.end
+    echo(f"    window {materialized.start} .. {end}, {len(materialized.views)} feature views")
     user_id = demo_user(settings)
     online = step("online features", store.online_features, settings, user_id, feature_service="health_risk_v1", at=end)
     echo(f"    user {user_id}, feature service health_risk_v1 ({len(online) - 1} features):")
