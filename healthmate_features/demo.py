@@ -13,6 +13,7 @@ import pandas as pd
 
 from healthmate_features.backends import backend_for, open_sql_store
 from healthmate_features.config import Settings
+from healthmate_features.datasets.registry import DatasetRegistry
 from healthmate_features.features.build import build_features
 from healthmate_features.raw.generate import generate
 from healthmate_features.raw.ingest import ingest_raw
@@ -137,7 +138,7 @@ def run_demo(
         f"average precision {metrics['average_precision']} (trivial {metrics['trivial_average_precision']})"
     )
     with open_sql_store(settings) as sql:
-        Tracker(sql).log_metrics(
+        Tracker(sql, datasets=DatasetRegistry.from_settings(settings)).log_metrics(
             "health_risk_baseline",
             version="logreg-1",
             dataset=ref,
