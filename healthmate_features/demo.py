@@ -13,6 +13,7 @@ import pandas as pd
 
 from healthmate_features.backends import backend_for, open_sql_store
 from healthmate_features.config import Settings
+from healthmate_features.datasets.registry import DatasetRegistry
 from healthmate_features.features.build import build_features
 from healthmate_features.raw.generate import generate
 from healthmate_features.raw.ingest import ingest_raw
@@ -108,9 +109,10 @@ def run_demo(
         )
     tables = step("build-features", build_features, raw, settings, progress=progress)
     echo("    " + ", ".join(f"{k}: {v:,}" for k, v in tables.items()))
-    step("feast apply", store.apply, settings)
-    start, end = step("materialize", store.materialize, settings)
-    echo(f"    window {start} .. {end}")
+    step("feast apply", store.apply, settings, progress=progress)
+    materialized = step("materialize", store.materialize, settings, progress=progress)
+    end = materialized.end
+    echo(f"    window {materialized.start} .. {end}, {len(materialized.views)} feature views")
     user_id = demo_user(settings)
     online = step("online features", store.online_features, settings, user_id, feature_service="health_risk_v1", at=end)
     echo(f"    user {user_id}, feature service health_risk_v1 ({len(online) - 1} features):")
@@ -137,7 +139,7 @@ def run_demo(
         f"average precision {metrics['average_precision']} (trivial {metrics['trivial_average_precision']})"
     )
     with open_sql_store(settings) as sql:
-        Tracker(sql).log_metrics(
+        Tracker(sql, datasets=DatasetRegistry.from_settings(settings)).log_metrics(
             "health_risk_baseline",
             version="logreg-1",
             dataset=ref,

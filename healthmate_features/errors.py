@@ -98,6 +98,14 @@ class FeatureServiceNotFoundError(FeatureRepoError, NotFoundError):
     """A feature service is not in the Feast registry (store helpers)."""
 
 
+class FeatureViewNotFoundError(FeatureRepoError, NotFoundError):
+    """A feature view is not in the Feast registry, or not one that can be materialized (store helpers)."""
+
+
+class MaterializationError(HealthmateError, ValueError):
+    """A materialization window is empty or ends before it starts (store helpers)."""
+
+
 class FeatureSetError(ConfigError):
     """A feature-set definition is invalid: its name, an unknown view or feature (feature_sets)."""
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -48,7 +49,14 @@ def settings(profile: str | None = None) -> Settings:
     return Settings.from_env(**({"profile": profile} if profile else {}))
 
 
-quiet_option = click.option("--quiet", is_flag=True, help="No progress bars.")
+quiet_option = click.option("--quiet", is_flag=True, help="No progress bars (they show only on a terminal anyway).")
+
+
+def show_progress(quiet: bool) -> bool:
+    """Whether a command draws progress: only when stderr is a terminal and --quiet was not given."""
+    return not quiet and sys.stderr.isatty()
+
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 profile_option = click.option(
     "--profile",

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import timezone
 from pathlib import Path
 
 import click
 
 from healthmate_features.backends import backend_for
-from healthmate_features.cli._common import echo_json, handles_errors, main, profile_option, quiet_option, settings
+from healthmate_features.cli._common import (
+    echo_json,
+    handles_errors,
+    main,
+    profile_option,
+    quiet_option,
+    settings,
+    show_progress,
+)
 from healthmate_features.config import PROFILES
 
 
@@ -46,7 +54,9 @@ def ingest_cmd(raw_dir: Path, out_dir: Path | None, batch_rows: int, profile: st
 
     current = settings(profile)
     out_dir = out_dir or current.ingested_dir
-    reports, loaded = ingest_raw(raw_dir, current, out_dir=out_dir, batch_rows=batch_rows, progress=not quiet)
+    reports, loaded = ingest_raw(
+        raw_dir, current, out_dir=out_dir, batch_rows=batch_rows, progress=show_progress(quiet)
+    )
     for r in reports:
         click.echo(f"{r.table}: read {r.read:,}, accepted {r.accepted:,}, rejected {r.rejected:,}")
         for reason, n in sorted(r.reasons.items(), key=lambda kv: -kv[1]):
@@ -77,39 +87,51 @@ def build_features_cmd(raw_dir: Path, memory_limit: str | None, profile: str | N
 
     current = settings(profile)
     backend = backend_for(current)
-    for table, rows in build_features(raw_dir, current, progress=not quiet, memory_limit=memory_limit).items():
+    for table, rows in build_features(
+        raw_dir, current, progress=show_progress(quiet), memory_limit=memory_limit
+    ).items():
         click.echo(f"{table}: {rows:,} rows -> {backend.feature_table_label(table)}")
 
 
 @main.command("apply")
 @profile_option
+@quiet_option
 @handles_errors
-def apply_cmd(profile: str | None) -> None:
+def apply_cmd(profile: str | None, quiet: bool) -> None:
     """Register the definitions of feature_repo/ with Feast (same as `feast apply`)."""
 
     from healthmate_features.stores import feature_store
 
-    feature_store.apply(settings(profile))
+    feature_store.apply(settings(profile), progress=show_progress(quiet))
 
 
 @main.command("materialize")
 @click.option("--start", type=click.DateTime(), default=None, help="Window start (UTC; default: earliest feature row).")
 @click.option("--end", type=click.DateTime(), default=None, help="Window end (UTC; default: latest feature row).")
-@click.option("--incremental", is_flag=True, help="Continue each view from its last materialization.")
+@click.option(
+    "--incremental",
+    is_flag=True,
+    help="Continue each view from where Feast's record says it ended (--start: for views never materialized).",
+)
 @click.option("--view", "views", multiple=True, help="Only these feature views (repeatable).")
 @profile_option
+@quiet_option
 @handles_errors
-def materialize_cmd(start, end, incremental: bool, views: tuple[str, ...], profile: str | None) -> None:
-    """Load the latest feature values into the online store."""
+def materialize_cmd(start, end, incremental: bool, views: tuple[str, ...], profile: str | None, quiet: bool) -> None:
+    """Load the latest feature values into the online store; print the window of each view."""
     from healthmate_features.stores import feature_store
 
-    def utc(d: datetime | None) -> datetime | None:
-        return d.replace(tzinfo=timezone.utc) if d is not None else None
-
-    lo, hi = feature_store.materialize(
-        settings(profile), start=utc(start), end=utc(end), incremental=incremental, views=list(views) or None
+    done = feature_store.materialize(
+        settings(profile),
+        start=start,
+        end=end,
+        incremental=incremental,
+        views=list(views) or None,
+        progress=show_progress(quiet),
     )
-    click.echo(f"materialized {'incrementally ' if incremental else ''}up to {hi}" + (f" from {lo}" if lo else ""))
+    for view in done.views:
+        click.echo(view.describe())
+    click.echo(done.summary())
 
 
 @main.command("online")
@@ -171,7 +193,7 @@ def demo_cmd(users: int, days: int, seed: int, profile: str, quiet: bool) -> Non
     """Run the whole pipeline (what `make demo` and `make demo-production` run)."""
     from healthmate_features.demo import run_demo
 
-    run_demo(settings(profile), users=users, days=days, seed=seed, echo=click.echo, progress=not quiet)
+    run_demo(settings(profile), users=users, days=days, seed=seed, echo=click.echo, progress=show_progress(quiet))
 
 
 @main.command("env")
@@ -217,7 +239,13 @@ def generate(users, days, seed, out_dir, start, invalid_rate, quiet) -> None:
     from healthmate_features.raw.generate import generate as run
 
     counts = run(
-        out_dir, users=users, days=days, seed=seed, start=start.date(), invalid_rate=invalid_rate, progress=not quiet
+        out_dir,
+        users=users,
+        days=days,
+        seed=seed,
+        start=start.date(),
+        invalid_rate=invalid_rate,
+        progress=show_progress(quiet),
     )
     for table, rows in counts.items():
         click.echo(f"{table}: {rows:,} rows")
