@@ -13,6 +13,8 @@ import subprocess
 import sys
 import threading
 import warnings
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -78,16 +80,24 @@ def materialize(
     end: datetime | None = None,
     incremental: bool = False,
     views: list[str] | None = None,
+    written: Callable[[str, int], None] | None = None,
 ) -> tuple[datetime | None, datetime]:
     """Load the latest feature values up to `end` into the online store; return the window used.
 
     Default window: the feature tables' whole time range (the generated data lies in the past,
     so Feast's default "now minus TTL" would find nothing). With `incremental`, Feast starts
-    each view where its previous materialization ended.
+    each view where its previous materialization ended. `written(view, rows)` is called after
+    each batch of rows Feast writes to the online store (e.g. monitoring.metrics.record_materialized_rows).
     """
     backend = backend_for(settings)
     store = open_feature_store(settings)
-    with backend.service_errors():
+    if written is not None:
+        from healthmate_features import _feast  # Feast's internals: only when counting
+
+        counting: AbstractContextManager[None] = _feast.online_writes_counted(store, written)
+    else:
+        counting = nullcontext()
+    with backend.service_errors(), counting:
         _require_registry(store)
         if start is None or end is None:
             lo, hi = backend.feature_time_range([view.name for view in store.list_feature_views()])
