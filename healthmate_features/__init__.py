@@ -13,7 +13,13 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from healthmate_features.monitoring.multiprocess import share_values_with_children as _share_metric_values
+
 __version__ = "0.1.0"
+
+# Before anything imports prometheus_client: metric values go to files that this process shares with
+# its children (a prefork worker's, several `serve` workers), so a metrics endpoint sums them all.
+_share_metric_values()
 
 # public name -> the module that defines it
 _EXPORTS: dict[str, str] = {

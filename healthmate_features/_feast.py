@@ -9,7 +9,7 @@ need beyond that is reached here and only here:
 
 - underscored Feast functions and attributes (`feast.utils._get_cached_request_context`,
   `_parse_feature_ref`, `_mmh3`, `_redis_key`, `_get_conn`, the registry's
-  `_refresh_cached_registry_if_necessary`);
+  `_refresh_cached_registry_if_necessary`, `FeatureStore._get_provider`);
 - helpers in Feast's internal modules (`feast.infra.offline_stores.offline_utils`,
   `feast.type_map`, `feast.types.from_feast_to_pyarrow_type`, the generated protos) and internal
   constants (`DUMMY_ENTITY_ID`, `DUMMY_ENTITY_VAL`);
@@ -26,7 +26,8 @@ Layer: the lowest, beside config and errors (imports feast, the standard library
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from feast import utils as _utils
@@ -66,6 +67,7 @@ __all__ = [
     "get_feature_view_query_context",
     "get_pyarrow_schema_from_batch_source",
     "infer_event_timestamp_from_entity_df",
+    "online_writes_counted",
     "int64_redis_key",
     "online_request_context",
     "parse_feature_ref",
@@ -163,6 +165,32 @@ def registry_cache_stamp(registry: Any) -> Any:
     if callable(refresh):
         refresh()  # Feast's own TTL: a no-op until cache_ttl_seconds have passed
     return getattr(registry, "cached_registry_proto_created", None)
+
+
+# --- materialization: what Feast writes to the online store --------------------------------------------
+
+
+@contextmanager
+def online_writes_counted(store: Any, count: Callable[[str, int], None]) -> Iterator[None]:
+    """While inside, call `count(view name, rows)` after each batch Feast writes to the online store.
+
+    Feast's compute engines write materialized rows with `online_write_batch` (the public method
+    of its OnlineStore interface) of the provider's online store, `FeatureStore._get_provider()`;
+    that one instance's method is wrapped inside the block and restored after it. Only this
+    FeatureStore object is affected: open a fresh one per materialization.
+    """
+    online = store._get_provider().online_store
+    write = online.online_write_batch
+
+    def counted(config: Any, table: Any, data: Sequence[Any], progress: Any) -> None:
+        write(config, table, data, progress)
+        count(table.name, len(data))
+
+    online.online_write_batch = counted
+    try:
+        yield
+    finally:
+        del online.online_write_batch  # the instance attribute: the class's method shows again
 
 
 # --- online: Feast's Redis layout (feast.infra.online_stores.redis, helpers, key_encoding_utils) -------

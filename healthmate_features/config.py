@@ -25,7 +25,9 @@ _ENV = {
     "pg_sslmode": "HM_PG_SSLMODE",
     "redis_url": "HM_REDIS_URL",
     "connect_timeout_s": "HM_CONNECT_TIMEOUT_S",
+    "metrics_public": "HM_METRICS_PUBLIC",
 }
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 
 
 def _find_repo_root(start: Path) -> Path:
@@ -50,6 +52,7 @@ class Settings:
     pg_sslmode: str = "disable"
     redis_url: str = "redis://127.0.0.1:6379/0"
     connect_timeout_s: float = 5.0
+    metrics_public: bool = False  # the API's /metrics answers without a key from any address
 
     @classmethod
     def from_env(cls, repo_path: str | Path | None = None, **overrides) -> Settings:
@@ -60,6 +63,9 @@ class Settings:
         values: dict[str, Any] = {"repo_path": root}
         for f in fields(cls):
             if f.name in _ENV and _ENV[f.name] in env:
+                if isinstance(f.default, bool):
+                    values[f.name] = _flag(_ENV[f.name], env[_ENV[f.name]])
+                    continue
                 convert: Any = type(f.default)  # str, int or float: every field with a variable has a default
                 values[f.name] = convert(env[_ENV[f.name]])
         values.update(overrides)
@@ -99,3 +105,13 @@ class Settings:
     def sql_path(self) -> Path:
         """The SQLite file of the embedded profile's SQL store (tracking, API keys, audit)."""
         return self.data_dir / "healthmate.db"
+
+
+def _flag(variable: str, value: str) -> bool:
+    """An on/off environment variable: 1/true/yes/on or 0/false/no/off (any case; empty is off)."""
+    word = value.strip().lower()
+    if word in _TRUE or word in _FALSE:
+        return word in _TRUE
+    from healthmate_features.errors import ConfigError
+
+    raise ConfigError(f"{variable}={value!r} is not on or off; use 1/true/yes/on or 0/false/no/off")

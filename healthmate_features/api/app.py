@@ -1,8 +1,11 @@
 """The HTTP API: feature sets, online features, training sets, preprocessing, model performance
-and a dashboard under /api/v1/ml-data-preparation/, plus /health. Build it with `create_app`.
+and a dashboard under /api/v1/ml-data-preparation/, plus /health and /metrics. Build it with `create_app`.
 
 A thin edge (STYLE 1): handlers parse, call the library and format. Every request except
-/health and the OpenAPI docs needs `Authorization: Bearer <key>` (auth.ApiKeys); every request,
+/health and the OpenAPI docs needs `Authorization: Bearer <key>` (auth.ApiKeys); /metrics needs
+an admin key unless it is open (`api.metrics.metrics_open`: HM_METRICS_PUBLIC, or a request that
+arrived on a loopback address). Every request is counted and timed in the Prometheus metrics
+(`api.metrics.RequestMetricsMiddleware`), and every request,
 refused ones included, is written to the audit log: time, key id, role, endpoint (method and
 route template), target (`kind:id`), status and latency, never feature values. Library errors
 become JSON `{"error": kind, "detail": message}` with the status code ERROR_STATUS gives.
@@ -16,20 +19,20 @@ import time
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from importlib.metadata import version as package_version
-from typing import Annotated, Any, cast
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import anyio
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import compile_path
 
 from healthmate_features.access.audit import TARGET_PATTERN, AuditLog
 from healthmate_features.access.keys import ApiKeys, Principal
 from healthmate_features.api import dashboard
 from healthmate_features.api.jobs import Job, JobRunner
+from healthmate_features.api.metrics import METRICS_PATH, RequestMetricsMiddleware, RouteTemplates, metrics_open
 from healthmate_features.api.models import (
     JOB_ID_PATTERN,
     DashboardSummary,
@@ -63,10 +66,14 @@ from healthmate_features.errors import (
     StoreError,
 )
 from healthmate_features.features import feature_sets
+from healthmate_features.monitoring import metrics as monitoring
 from healthmate_features.stores import feature_store as store
 from healthmate_features.tracking import Tracker
 from healthmate_features.training import builder as training
 from healthmate_features.util.jsonable import to_jsonable
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 PREFIX = "/api/v1/ml-data-preparation"
 PUBLIC_PATHS = frozenset({"/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
@@ -92,7 +99,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code 
 
 @dataclasses.dataclass
 class ApiContext:
-    """What one app holds: its settings, the SQL store and the services over it, jobs, datasets."""
+    """What one app holds: its settings, the SQL store and the services over it, jobs, datasets,
+    and what its /metrics shows."""
 
     settings: Settings
     sql: SqlStore
@@ -101,6 +109,7 @@ class ApiContext:
     audit: AuditLog
     jobs: JobRunner
     datasets: DatasetCache
+    metrics: CollectorRegistry
 
 
 # -- errors ----------------------------------------------------------------------------------
@@ -153,9 +162,8 @@ class AuthAuditMiddleware:
     A missing or bad key is answered 401 here, before routing; the Principal of a good key is
     put in `request.state.principal`. Handlers name what a request is about with `_target`."""
 
-    def __init__(self, app, *, ctx: ApiContext, api: FastAPI) -> None:
-        self.app, self.ctx, self.api = app, ctx, api
-        self._templates: list[tuple[Any, str]] | None = None
+    def __init__(self, app, *, ctx: ApiContext, templates: RouteTemplates) -> None:
+        self.app, self.ctx, self.templates = app, ctx, templates
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -171,7 +179,7 @@ class AuthAuditMiddleware:
             await send(message)
 
         try:
-            if scope["path"] not in PUBLIC_PATHS:
+            if self._needs_key(scope):
                 try:
                     state["principal"] = await anyio.to_thread.run_sync(self.ctx.keys.authenticate, _bearer(scope))
                 except HealthmateError as exc:  # AuthError; or the key store is unreachable
@@ -182,13 +190,16 @@ class AuthAuditMiddleware:
             latency_ms = (time.perf_counter() - started) * 1000
             await anyio.to_thread.run_sync(self._audit, scope, state, outcome["status"], latency_ms)
 
+    def _needs_key(self, scope) -> bool:
+        if scope["path"] == METRICS_PATH:
+            return not metrics_open(self.ctx.settings, scope)
+        return scope["path"] not in PUBLIC_PATHS
+
     def _audit(self, scope, state: dict, status: int, latency_ms: float) -> None:
         principal = state.get("principal")
         try:
-            if self._templates is None:  # the routes are complete once requests arrive
-                self._templates = route_templates(self.api)
             self.ctx.audit.write(
-                endpoint=_endpoint(self._templates, scope),
+                endpoint=_endpoint(self.templates, scope),
                 status=status,
                 latency_ms=latency_ms,
                 key_id=principal.key_id if principal else None,
@@ -209,17 +220,10 @@ def _bearer(scope) -> str | None:
 _METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 
 
-def route_templates(app: FastAPI) -> list[tuple[Any, str]]:
-    """(compiled pattern, template) of every documented path and of the public docs paths."""
-    paths = [*app.openapi()["paths"], *sorted(PUBLIC_PATHS)]
-    return [(compile_path(path)[0], path) for path in dict.fromkeys(paths)]
-
-
-def _endpoint(templates: list[tuple[Any, str]], scope) -> str:
+def _endpoint(templates: RouteTemplates, scope) -> str:
     """Method and route template (`GET /api/.../jobs/{job_id}`), never the raw URL's values."""
     method = scope.get("method", "")
-    path = scope.get("path", "")
-    template = next((t for pattern, t in templates if pattern.match(path)), "/{unmatched}")
+    template = templates.of(scope)
     return f"{method} {template}" if method in _METHODS else template
 
 
@@ -267,6 +271,29 @@ router = APIRouter(prefix=PREFIX, responses=_ERRORS)
 def health(ctx: Ctx) -> Health:
     """Answers 200 while the process is up."""
     return Health(version=package_version("healthmate-features"), profile=ctx.settings.profile)
+
+
+@public.get(
+    METRICS_PATH,
+    response_class=PlainTextResponse,
+    tags=["monitoring"],
+    summary="Prometheus metrics (admin; no key from loopback or with HM_METRICS_PUBLIC)",
+    dependencies=[Depends(bearer)],
+    responses={
+        200: {"content": {"text/plain": {}}, "description": "Prometheus text format (OpenMetrics if asked)."},
+        **_ERRORS,
+    },
+)
+def metrics_text(request: Request, ctx: Ctx) -> Response:
+    """Request, audit, job and materialization metrics, feature view freshness, dataset versions,
+    process CPU and memory, in Prometheus text format; README "Metrics" says what each means.
+
+    Needs an admin key, unless HM_METRICS_PUBLIC is on or the request arrived on a loopback
+    address (a server bound to 127.0.0.1). Labels never hold user ids or feature values."""
+    if not metrics_open(ctx.settings, request.scope):
+        admin_only(authenticated(request, None))
+    body, content_type = monitoring.render(ctx.metrics, request.headers.get("accept"))
+    return Response(body, media_type=content_type)
 
 
 @router.post(
@@ -493,6 +520,7 @@ _TAGS = [
     {"name": "datasets", "description": "Training sets: build (background job), versions, splits, preprocessing."},
     {"name": "models", "description": "Model performance tracking."},
     {"name": "dashboard", "description": "Counts and freshness."},
+    {"name": "monitoring", "description": "Prometheus metrics."},
 ]
 
 
@@ -510,6 +538,7 @@ def create_app(settings: Settings, *, job_workers: int = 1) -> FastAPI:
         audit=AuditLog(sql),
         jobs=JobRunner(max_workers=job_workers),
         datasets=DatasetCache(training.registry(settings)),
+        metrics=monitoring.scrape_registry(monitoring.StoreCollector(settings)),
     )
 
     @asynccontextmanager
@@ -536,5 +565,7 @@ def create_app(settings: Settings, *, job_workers: int = 1) -> FastAPI:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
-    app.add_middleware(AuthAuditMiddleware, ctx=ctx, api=app)
+    templates = RouteTemplates(app, extra=PUBLIC_PATHS)
+    app.add_middleware(AuthAuditMiddleware, ctx=ctx, templates=templates)
+    app.add_middleware(RequestMetricsMiddleware, templates=templates)  # outermost: refused requests count too
     return app

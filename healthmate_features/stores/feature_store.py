@@ -16,6 +16,8 @@ import subprocess
 import sys
 import threading
 import warnings
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -185,6 +187,7 @@ def materialize(
     incremental: bool = False,
     views: list[str] | None = None,
     progress: bool = False,
+    written: Callable[[str, int], None] | None = None,
 ) -> Materialization:
     """Load the latest feature values of a window into the online store, view by view; say what ran.
 
@@ -199,11 +202,19 @@ def materialize(
     Side effects: the online store, and each view's materialization interval in the registry
     (Feast records it). Feast's own console output is swallowed; with `progress`, a bar on stderr
     counts the views and shows the one loading. Raises MaterializationError for a window that
-    ends before it starts, FeatureViewNotFoundError for an unknown view.
+    ends before it starts, FeatureViewNotFoundError for an unknown view. `written(view, rows)` is
+    called after each batch of rows Feast writes to the online store (e.g.
+    monitoring.metrics.record_materialized_rows).
     """
     backend = backend_for(settings)
     store = open_feature_store(settings)
-    with backend.service_errors():
+    if written is not None:
+        from healthmate_features import _feast  # Feast's internals: only when counting
+
+        counting: AbstractContextManager[None] = _feast.online_writes_counted(store, written)
+    else:
+        counting = nullcontext()
+    with backend.service_errors(), counting:
         _require_registry(store)
         selected = _materializable_views(store, views)
         if start is None or end is None:

@@ -120,6 +120,7 @@ def test_openapi_documents_every_endpoint_with_summaries_and_bearer_auth(env):
     operations = {(m.upper(), p) for p, item in schema["paths"].items() for m in item}
     assert operations == {
         ("GET", "/health"),
+        ("GET", "/metrics"),
         ("POST", f"{PREFIX}/feature-sets/create"),
         ("GET", f"{PREFIX}/features/extract"),
         ("POST", f"{PREFIX}/datasets/prepare"),
@@ -493,13 +494,14 @@ OPERATIONS = [  # every operation of the schema (test_openapi_documents_every_en
     ("get", "/models/performance"),
     ("get", "/dashboard/summary"),
     ("get", "/health"),
+    ("get", "/metrics"),
 ]
 
 
 @pytest.mark.parametrize("method, path", OPERATIONS)
 def test_fuzz_openapi_operations_never_answer_5xx(env, method, path):
     """Random and malformed query/path parameters and JSON bodies, with an admin key: never a 5xx."""
-    full = path if path == "/health" else PREFIX + path
+    full = path if path in ("/health", "/metrics") else PREFIX + path
     operation = env.client.app.openapi()["paths"][full][method]
     names = [p["name"] for p in operation.get("parameters", []) if p["in"] == "query"]
     body_schema = operation.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema")
