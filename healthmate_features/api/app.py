@@ -327,9 +327,11 @@ def prepare_dataset(
 ) -> JobInfo:
     """Validate a training-set config and start building it; poll the returned job.
 
-    The config is checked now (422 for an invalid config, a missing entity file or an
-    unregistered feature service); the build runs on a background worker and saves a new
-    dataset version. `GET datasets/jobs/{job_id}` reports its progress and result."""
+    The config is checked now, with the builder's own checks, and nothing is queued unless it
+    passes: 422 for an invalid config, a missing entity file, an entity file without user_id,
+    event_timestamp or the label column, or an unregistered feature service. The build runs on a
+    background worker and saves a new dataset version; what only the data can tell (e.g. a split
+    with an empty side) fails the job. `GET datasets/jobs/{job_id}` reports its progress and result."""
     _target(request, "dataset", body.name)
     config = training.TrainingSetConfig.from_dict(body.to_dict())  # the checks pydantic cannot express
     training.check_sources(config, ctx.settings, within=ctx.settings.repo_path)
