@@ -306,7 +306,9 @@ def extract_features(
 ) -> OnlineFeatures:
     """The latest feature values of one user from the online store (all features, or a service's).
 
-    A user key may read only its own user id (403 otherwise); admin keys any."""
+    A user key may read only its own user id (403 otherwise); admin keys any. A user the online
+    store holds no row of any feature view for is 404 (never a 200 with every value null); a
+    known user's missing values are nulls."""
     _target(request, "user", user_id)
     if not caller.may_access_user(user_id):
         raise PermissionDeniedError(f"key {caller.key_id} may read only its own user's features")

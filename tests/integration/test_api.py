@@ -158,6 +158,15 @@ def test_extract_with_a_feature_service_returns_its_features_only(env):
     assert "feature service 'nope_v1' not found" in body["detail"]
 
 
+def test_an_unknown_user_is_a_404_not_a_user_with_null_features(env):
+    body = _error(env.get("/features/extract", params={"user_id": 999_999}), 404)
+    assert body["error"] == "not_found" and body["detail"].startswith("user 999999 is not in the online store")
+    body = _error(env.get("/features/extract", params={"user_id": 999_999, "feature_service": "health_risk_v1"}), 404)
+    assert "user 999999" in body["detail"]
+    assert [(e.target, e.status) for e in env.audit(limit=1)] == [("user:999999", 404)]
+    assert env.get("/features/extract", params={"user_id": OTHER}).status_code == 200
+
+
 def test_model_performance_history_comparison_and_refusal_to_mix_datasets(env):
     history = env.get("/models/performance", role="user", params={"model": "risk", "metric": "auc"}).json()
     assert [r["model_version"] for r in history["history"]] == ["1.0", "1.1", "2.0"]
