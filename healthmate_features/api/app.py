@@ -2,10 +2,11 @@
 and a dashboard under /api/v1/ml-data-preparation/, plus /health. Build it with `create_app`.
 
 A thin edge (STYLE 1): handlers parse, call the library and format. Every request except
-/health and the OpenAPI docs needs `Authorization: Bearer <key>` (auth.ApiKeys); every request,
-refused ones included, is written to the audit log: time, key id, role, endpoint (method and
-route template), target (`kind:id`), status and latency, never feature values. Library errors
-become JSON `{"error": kind, "detail": message}` with the status code ERROR_STATUS gives.
+/health, the OpenAPI schema and the docs page with its files (`docs`) needs `Authorization:
+Bearer <key>` (auth.ApiKeys); every request, refused ones included, is written to the audit log:
+time, key id, role, endpoint (method and route template), target (`kind:id`), status and latency,
+never feature values. Library errors become JSON `{"error": kind, "detail": message}` with the
+status code ERROR_STATUS gives.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from starlette.routing import compile_path
 
 from healthmate_features.access.audit import TARGET_PATTERN, AuditLog
 from healthmate_features.access.keys import ApiKeys, Principal
-from healthmate_features.api import dashboard
+from healthmate_features.api import dashboard, docs
 from healthmate_features.api.jobs import Job, JobRunner
 from healthmate_features.api.models import (
     JOB_ID_PATTERN,
@@ -69,7 +70,7 @@ from healthmate_features.training import builder as training
 from healthmate_features.util.jsonable import to_jsonable
 
 PREFIX = "/api/v1/ml-data-preparation"
-PUBLIC_PATHS = frozenset({"/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+PUBLIC_PATHS = frozenset({"/health", "/openapi.json", *docs.PUBLIC_PATHS})
 PARQUET = "application/vnd.apache.parquet"
 MAX_INT64 = 2**63 - 1
 log = logging.getLogger(__name__)
@@ -532,10 +533,13 @@ def create_app(settings: Settings, *, job_workers: int = 1) -> FastAPI:
         'Errors are JSON `{"error": kind, "detail": message}`.',
         openapi_tags=_TAGS,
         lifespan=lifespan,
+        docs_url=None,  # docs.add_docs serves /docs with the package's own Swagger UI files, no CDN
+        redoc_url=None,
     )
     app.state.ctx = ctx
     app.include_router(public)
     app.include_router(router)
+    docs.add_docs(app)
     app.add_exception_handler(HealthmateError, _healthmate_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
