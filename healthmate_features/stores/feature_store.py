@@ -176,7 +176,9 @@ def online_lookup(
     """
     at = at if at is not None else datetime.now(timezone.utc)
     ids = as_user_ids(user_ids)
-    times = list(at) if isinstance(at, Sequence) else [at] * len(ids)
+    times = list(at) if isinstance(at, Sequence) and not isinstance(at, str) else [at] * len(ids)
+    if len(times) != len(ids):
+        raise OnlineReadError(f"`at` has {len(times)} times for {len(ids)} user ids; pass one time or one per user")
     backend = backend_for(settings)
     reader = online_reader(settings)
     if reader is not None:
