@@ -31,8 +31,10 @@ _EXPORTS: dict[str, str] = {
     "open_sql_store": "healthmate_features.backends",
     "open_feature_store": "healthmate_features.stores.feature_store",
     "online_features": "healthmate_features.stores.feature_store",
+    "online_lookup": "healthmate_features.stores.feature_store",
     "historical_features": "healthmate_features.stores.feature_store",
     "OnlineReader": "healthmate_features.stores.online",
+    "OnlineResult": "healthmate_features.stores.online",
     # raw data and features
     "generate": "healthmate_features.raw.generate",
     "ingest_raw": "healthmate_features.raw.ingest",
@@ -70,6 +72,7 @@ _EXPORTS: dict[str, str] = {
     "TrackingError": "healthmate_features.errors",
     "OfflineStoreError": "healthmate_features.errors",
     "OnlineReadError": "healthmate_features.errors",
+    "UserNotFoundError": "healthmate_features.errors",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -113,12 +116,18 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         ServiceUnavailableError,
         StoreError,
         TrackingError,
+        UserNotFoundError,
     )
     from healthmate_features.features.build import build_features
     from healthmate_features.raw.generate import generate
     from healthmate_features.raw.ingest import ingest_raw
-    from healthmate_features.stores.feature_store import historical_features, online_features, open_feature_store
-    from healthmate_features.stores.online import OnlineReader
+    from healthmate_features.stores.feature_store import (
+        historical_features,
+        online_features,
+        online_lookup,
+        open_feature_store,
+    )
+    from healthmate_features.stores.online import OnlineReader, OnlineResult
     from healthmate_features.tracking import Tracker
     from healthmate_features.training.builder import TrainingSetConfig, build_and_save, build_training_set, rebuild
     from healthmate_features.training.preprocessing import build_pipeline, fit_transform_splits

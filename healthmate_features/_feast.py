@@ -15,7 +15,8 @@ need beyond that is reached here and only here:
   constants (`DUMMY_ENTITY_ID`, `DUMMY_ENTITY_VAL`);
 - Feast's Redis layout, which the fast online reader reads without Feast: one hash per entity
   under `serialize_entity_key(v3) + project`, one field per feature (`murmur3_32("view:feature")`,
-  4 bytes little endian) holding a serialized `ValueProto`, plus `_ts:<view>` timestamps.
+  4 bytes little endian) holding a serialized `ValueProto`, plus `_ts:<view>` timestamps;
+- the per-value statuses of an online response (`FieldStatus`, a generated proto enum).
 
 tests/unit/test_feast_contract.py pins every name and layout used here against the installed
 Feast, without servers. When a Feast upgrade fails it, adapt this module (and only this module);
@@ -34,6 +35,7 @@ from feast import utils as _utils
 from feast.feature_view import DUMMY_ENTITY_ID, DUMMY_ENTITY_VAL
 from feast.infra.offline_stores import offline_utils as _offline_utils
 from feast.infra.online_stores.helpers import _mmh3, _redis_key
+from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.type_map import (
@@ -74,7 +76,9 @@ __all__ = [
     "pg_connect",
     "pg_type_code_to_arrow",
     "redis_field",
+    "redis_timestamp_field",
     "registry_cache_stamp",
+    "stored_in_response",
 ]
 
 FEAST_VERSION_FAMILY = "0.67."  # the minor release this module is written against (pyproject pins 0.67.*)
@@ -149,6 +153,21 @@ def online_request_context(registry: Any, project: str, features: Any, full_feat
     return RequestContext(*_utils._get_cached_request_context(registry, project, features, full_feature_names))
 
 
+def stored_in_response(response: Any) -> dict[str, list[bool]]:
+    """Per column of a Feast OnlineResponse, per row: whether the online store held a value for it.
+
+    Reads the response's per-value statuses: anything but NOT_FOUND. Entity columns, request data
+    and on-demand outputs are always PRESENT. Feast 0.67's Redis store marks every field PRESENT,
+    even for a key that does not exist (`RedisOnlineStore._get_features_for_entity` returns the
+    requested names with empty values), so only the SQL online stores (SQLite) say NOT_FOUND."""
+    not_found = FieldStatus.NOT_FOUND
+    names = response.proto.metadata.feature_names.val
+    return {
+        name: [status != not_found for status in vector.statuses]
+        for name, vector in zip(names, response.proto.results, strict=True)
+    }
+
+
 def parse_feature_ref(ref: str) -> tuple[str, int | None, str]:
     """'view[@version]:feature' split into (view, version, feature) as Feast splits it (`utils._parse_feature_ref`)."""
     return _utils._parse_feature_ref(ref)
@@ -199,6 +218,13 @@ def online_writes_counted(store: Any, count: Callable[[str, int], None]) -> Iter
 def redis_field(view: str, feature: str) -> bytes:
     """The field of a user's Redis hash that holds one feature: murmur3 of 'view:feature' (`helpers._mmh3`)."""
     return _mmh3(f"{view}:{feature}")
+
+
+def redis_timestamp_field(view: str) -> bytes:
+    """The field Feast writes into a user's Redis hash with every row of a view: `_ts:<view>`, the row's time.
+
+    It exists exactly when the online store holds a row of that view for the user."""
+    return f"_ts:{view}".encode()
 
 
 def feast_redis_key(project: str, join_key: str, value: int) -> bytes:

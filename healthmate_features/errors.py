@@ -114,6 +114,10 @@ class FeatureSetExistsError(FeatureSetError, ConflictError):
     """A feature set would replace an existing feature service without being allowed to (feature_sets)."""
 
 
+class UserNotFoundError(NotFoundError):
+    """A user id has no row in any feature view of the online store (store.online_features)."""
+
+
 class JobNotFoundError(NotFoundError):
     """No background job has the id asked for (jobs)."""
 

@@ -2,13 +2,13 @@
 and a dashboard under /api/v1/ml-data-preparation/, plus /health and /metrics. Build it with `create_app`.
 
 A thin edge (STYLE 1): handlers parse, call the library and format. Every request except
-/health and the OpenAPI docs needs `Authorization: Bearer <key>` (auth.ApiKeys); /metrics needs
-an admin key unless it is open (`api.metrics.metrics_open`: HM_METRICS_PUBLIC, or a request that
-arrived on a loopback address). Every request is counted and timed in the Prometheus metrics
-(`api.metrics.RequestMetricsMiddleware`), and every request,
-refused ones included, is written to the audit log: time, key id, role, endpoint (method and
-route template), target (`kind:id`), status and latency, never feature values. Library errors
-become JSON `{"error": kind, "detail": message}` with the status code ERROR_STATUS gives.
+/health, the OpenAPI schema and the docs page with its files (`docs`) needs `Authorization:
+Bearer <key>` (auth.ApiKeys); /metrics needs an admin key unless it is open
+(`api.metrics.metrics_open`: HM_METRICS_PUBLIC, or a request that arrived on a loopback address).
+Every request is counted and timed in the Prometheus metrics (`api.metrics.RequestMetricsMiddleware`),
+and every request, refused ones included, is written to the audit log: time, key id, role, endpoint
+(method and route template), target (`kind:id`), status and latency, never feature values. Library
+errors become JSON `{"error": kind, "detail": message}` with the status code ERROR_STATUS gives.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from healthmate_features.access.audit import TARGET_PATTERN, AuditLog
 from healthmate_features.access.keys import ApiKeys, Principal
-from healthmate_features.api import dashboard
+from healthmate_features.api import dashboard, docs
 from healthmate_features.api.jobs import Job, JobRunner
 from healthmate_features.api.metrics import METRICS_PATH, RequestMetricsMiddleware, RouteTemplates, metrics_open
 from healthmate_features.api.models import (
@@ -76,7 +76,7 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
 PREFIX = "/api/v1/ml-data-preparation"
-PUBLIC_PATHS = frozenset({"/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+PUBLIC_PATHS = frozenset({"/health", "/openapi.json", *docs.PUBLIC_PATHS})
 PARQUET = "application/vnd.apache.parquet"
 MAX_INT64 = 2**63 - 1
 log = logging.getLogger(__name__)
@@ -333,7 +333,9 @@ def extract_features(
 ) -> OnlineFeatures:
     """The latest feature values of one user from the online store (all features, or a service's).
 
-    A user key may read only its own user id (403 otherwise); admin keys any."""
+    A user key may read only its own user id (403 otherwise); admin keys any. A user the online
+    store holds no row of any feature view for is 404 (never a 200 with every value null); a
+    known user's missing values are nulls."""
     _target(request, "user", user_id)
     if not caller.may_access_user(user_id):
         raise PermissionDeniedError(f"key {caller.key_id} may read only its own user's features")
@@ -354,9 +356,11 @@ def prepare_dataset(
 ) -> JobInfo:
     """Validate a training-set config and start building it; poll the returned job.
 
-    The config is checked now (422 for an invalid config, a missing entity file or an
-    unregistered feature service); the build runs on a background worker and saves a new
-    dataset version. `GET datasets/jobs/{job_id}` reports its progress and result."""
+    The config is checked now, with the builder's own checks, and nothing is queued unless it
+    passes: 422 for an invalid config, a missing entity file, an entity file without user_id,
+    event_timestamp or the label column, or an unregistered feature service. The build runs on a
+    background worker and saves a new dataset version; what only the data can tell (e.g. a split
+    with an empty side) fails the job. `GET datasets/jobs/{job_id}` reports its progress and result."""
     _target(request, "dataset", body.name)
     config = training.TrainingSetConfig.from_dict(body.to_dict())  # the checks pydantic cannot express
     training.check_sources(config, ctx.settings, within=ctx.settings.repo_path)
@@ -557,10 +561,13 @@ def create_app(settings: Settings, *, job_workers: int = 1) -> FastAPI:
         'Errors are JSON `{"error": kind, "detail": message}`.',
         openapi_tags=_TAGS,
         lifespan=lifespan,
+        docs_url=None,  # docs.add_docs serves /docs with the package's own Swagger UI files, no CDN
+        redoc_url=None,
     )
     app.state.ctx = ctx
     app.include_router(public)
     app.include_router(router)
+    docs.add_docs(app)
     app.add_exception_handler(HealthmateError, _healthmate_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -85,6 +85,11 @@ class JobRunner:
             )
         return job
 
+    def jobs(self) -> list[Job]:
+        """Snapshots of every remembered job, oldest first."""
+        with self._lock:
+            return list(self._jobs.values())
+
     def shutdown(self, *, wait: bool = False) -> None:
         """Stop accepting jobs; queued jobs are cancelled, running ones finish in the background."""
         self._pool.shutdown(wait=wait, cancel_futures=True)

@@ -97,7 +97,7 @@ class FeatureSetCreated(BaseModel):
 
 
 class OnlineFeatures(BaseModel):
-    """One user's latest feature values from the online store (nulls where none is known)."""
+    """One known user's latest feature values from the online store (nulls where a value is missing)."""
 
     user_id: int
     feature_service: str | None = Field(description="The feature service read, or null for every feature.")

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -33,7 +33,9 @@ from healthmate_features.errors import (
     FeatureViewNotFoundError,
     MaterializationError,
     OnlineReadError,
+    UserNotFoundError,
 )
+from healthmate_features.stores.online import OnlineResult, as_user_ids
 from healthmate_features.util.progress import ticking_bar
 
 if TYPE_CHECKING:
@@ -297,6 +299,85 @@ def forget_online_reader(settings: Settings) -> None:
         reader.close()
 
 
+def online_lookup(
+    settings: Settings,
+    user_ids: Sequence[int],
+    *,
+    feature_service: str | None = None,
+    at: datetime | Sequence[datetime] | None = None,
+) -> OnlineResult:
+    """Online features of users, and per user whether the online store knows them (`found`).
+
+    `features` is shaped like Feast's `get_online_features(...).to_dict()` (full `view__feature`
+    names without a service). A user is found when the online store holds a row of any feature
+    view for them; an unknown user's stored features are None like missing values, so read
+    `found`. `at` is the request time fed to the on-demand temporal features: one for all users
+    or one per user (default: now, UTC).
+    On Redis: read by healthmate_features.stores.online.OnlineReader, which returns what Feast
+    returns; otherwise, and for what that reader does not serve, through Feast, whose per-value
+    statuses say which users have a row (a second, small read decides users without one in the
+    views asked for).
+    """
+    at = at if at is not None else datetime.now(timezone.utc)
+    ids = as_user_ids(user_ids)
+    times = list(at) if isinstance(at, Sequence) and not isinstance(at, str) else [at] * len(ids)
+    if len(times) != len(ids):
+        raise OnlineReadError(f"`at` has {len(times)} times for {len(ids)} user ids; pass one time or one per user")
+    backend = backend_for(settings)
+    reader = online_reader(settings)
+    if reader is not None:
+        try:
+            with backend.service_errors():
+                if feature_service:
+                    return reader.read(ids, feature_service=feature_service, at=times)
+                return reader.read(ids, features=reader.feature_refs(), at=times, full_feature_names=True)
+        except OnlineReadError:
+            pass  # a selection the fast reader does not serve: Feast's path below
+    store = open_feature_store(settings)
+    with backend.service_errors():
+        _require_registry(store)
+        features = feature_refs(store, feature_service)
+        full_feature_names = feature_service is None
+        rows = [{"user_id": u, "event_timestamp": pd.Timestamp(t)} for u, t in zip(ids, times, strict=True)]
+        response = store.get_online_features(features=features, entity_rows=rows, full_feature_names=full_feature_names)
+        if reader is not None:  # Feast's Redis read marks absent values PRESENT: ask Redis itself
+            found = reader.known(ids)
+        else:
+            found = _found(store, response, features, full_feature_names, ids)
+    return OnlineResult(features=response.to_dict(), found=found)
+
+
+def _found(store: FeatureStore, response, features, full_feature_names: bool, ids: list[int]) -> list[bool]:
+    """Per user of a Feast online response: whether any feature view holds a row for them.
+
+    A stored feature's status is NOT_FOUND exactly when its view has no row for the user; users
+    with no row in the views asked for are then looked up in every view keyed by user_id."""
+    from healthmate_features import _feast
+
+    context = _feast.online_request_context(store.registry, store.project, features, full_feature_names)
+    stored = {
+        f"{view.projection.name_to_use()}__{name}" if full_feature_names else name
+        for view, names in context.grouped_refs
+        for name in names
+    }
+    present = [values for name, values in _feast.stored_in_response(response).items() if name in stored]
+    found = [any(values[i] for values in present) for i in range(len(ids))]
+    unsure = sorted({u for u, known in zip(ids, found, strict=True) if not known})
+    if unsure:
+        views = [
+            v for v in store.list_feature_views(allow_cache=True) if list(v.join_keys) == ["user_id"] and v.features
+        ]
+        probe = store.get_online_features(
+            features=[f"{v.name}:{v.features[0].name}" for v in views],
+            entity_rows=[{"user_id": u} for u in unsure],
+            full_feature_names=True,
+        )
+        columns = [values for name, values in _feast.stored_in_response(probe).items() if name != "user_id"]
+        known = {u for i, u in enumerate(unsure) if any(values[i] for values in columns)}
+        found = [known_ or u in known for u, known_ in zip(ids, found, strict=True)]
+    return found
+
+
 def online_features(
     settings: Settings,
     user_id: int,
@@ -307,32 +388,17 @@ def online_features(
     """One user's online features as a flat dict (full `view__feature` names without a service).
 
     `at` is the request time fed to the on-demand temporal features (default: now, UTC).
-    On Redis: read by healthmate_features.stores.online.OnlineReader, which returns what Feast
-    returns; otherwise, and for what that reader does not serve, through Feast.
+    Raises UserNotFoundError when the online store holds no row of any feature view for the
+    user (see `online_lookup`), so an unknown user never reads as a user whose values are missing.
     """
-    at = at or datetime.now(timezone.utc)
-    backend = backend_for(settings)
-    reader = online_reader(settings)
-    if reader is not None:
-        try:
-            with backend.service_errors():
-                if feature_service:
-                    response = reader.get([user_id], feature_service=feature_service, at=at)
-                else:
-                    response = reader.get([user_id], features=reader.feature_refs(), at=at, full_feature_names=True)
-            return {name: values[0] for name, values in response.items()}
-        except OnlineReadError:
-            pass  # a selection the fast reader does not serve: Feast's path below
-    store = open_feature_store(settings)
-    with backend.service_errors():
-        _require_registry(store)
-        features = feature_refs(store, feature_service)
-        response = store.get_online_features(
-            features=features,
-            entity_rows=[{"user_id": int(user_id), "event_timestamp": pd.Timestamp(at)}],
-            full_feature_names=feature_service is None,
-        ).to_dict()
-    return {name: values[0] for name, values in response.items()}
+    result = online_lookup(settings, [user_id], feature_service=feature_service, at=at)
+    if not result.found[0]:
+        raise UserNotFoundError(
+            f"user {user_id} is not in the online store: no feature view holds a row for them "
+            "(an id the feature tables do not know, not materialized yet, or expired from Redis); "
+            "check the id, or run `healthmate-features materialize`"
+        )
+    return {name: values[0] for name, values in result.features.items()}
 
 
 def historical_features(

@@ -39,7 +39,14 @@ from healthmate_features.errors import ConfigError, FeatureRepoError
 from healthmate_features.features.catalog import FEATURE_TABLES
 from healthmate_features.raw.ingest import sha256_file
 from healthmate_features.stores import feature_store as store
-from healthmate_features.training.entities import EntityReport, read_entity_frame, validate_entity_frame
+from healthmate_features.training.entities import (
+    REQUIRED,
+    EntityReport,
+    read_entity_columns,
+    read_entity_frame,
+    require_columns,
+    validate_entity_frame,
+)
 from healthmate_features.training.preprocessing import (
     TASKS,
     Task,
@@ -106,6 +113,11 @@ class TrainingSetConfig:
         not_text = [k for k in ("name", "feature_service", "entities", "label") if not isinstance(data[k], str)]
         if not_text:
             raise ConfigError(f"training-set config {', '.join(not_text)} must be text, e.g. label: adverse_event_30d")
+        if data["label"] in REQUIRED:
+            raise ConfigError(
+                f"label {data['label']!r} is a key column of the entity frame; "
+                "set label to the outcome column, e.g. adverse_event_30d"
+            )
         config = cls(**dict(data))
         if config.task not in TASKS:
             raise ConfigError(f"task {config.task!r} is not one of {', '.join(TASKS)}")
@@ -220,9 +232,14 @@ def resolve_entities(config: TrainingSetConfig, settings: Settings) -> Path:
     return path if path.is_absolute() else settings.repo_path / path
 
 
-def check_sources(config: TrainingSetConfig, settings: Settings, *, within: Path | None = None) -> Path:
-    """Fail fast before a long build: the entity file exists (inside `within`, when given) and
-    the feature service is registered. Returns the entity file's path; raises ConfigError."""
+def check_sources(config: TrainingSetConfig, settings: Settings, *, within: Path | None = None, fs: Any = None) -> Path:
+    """Fail fast before a long build: what a config names exists. The HTTP API runs it before
+    accepting a build and `build_training_set` runs it first, so both refuse the same configs.
+
+    The entity file exists (inside `within`, when given), the feature service is registered in
+    `fs` (default: the profile's Feast store), and the entity file has the columns user_id,
+    event_timestamp and the label (read from its schema or header only). Returns the entity file's path;
+    raises ConfigError or EntityFrameError naming the value, what exists and the fix."""
     if "\x00" in config.entities:
         raise ConfigError("entities is a path and cannot contain a NUL character")
     path = resolve_entities(config, settings)
@@ -233,22 +250,23 @@ def check_sources(config: TrainingSetConfig, settings: Settings, *, within: Path
             f"entities file {config.entities!r} not found (looked at {path}); write it first, "
             "e.g. with `healthmate-features ingest`"
         )
-    fs = store.open_feature_store(settings)
+    fs = fs if fs is not None else store.open_feature_store(settings)
     names = sorted(s.name for s in fs.list_feature_services())
     if config.feature_service not in names:
         raise ConfigError(
             f"feature service {config.feature_service!r} is not registered (have: {', '.join(names)}); "
             "run `feast apply` if it is new"
         )
+    require_columns(read_entity_columns(path), label=config.label, source=f"entities file {config.entities!r}")
     return path
 
 
 def build_training_set(config: TrainingSetConfig | Mapping[str, Any], settings: Settings) -> ProcessedDataset:
     """Build (without saving) the ProcessedDataset a config describes."""
     config = config if isinstance(config, TrainingSetConfig) else TrainingSetConfig.from_dict(config)
-    entities_path = resolve_entities(config, settings)
-    raw = read_entity_frame(entities_path)
     fs = store.open_feature_store(settings)
+    entities_path = check_sources(config, settings, fs=fs)
+    raw = read_entity_frame(entities_path)
     refs = _feature_refs(fs, config.feature_service)
     joined, entity_report = join_features(
         raw,
