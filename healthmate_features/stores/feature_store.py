@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import warnings
+from contextlib import ExitStack
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -83,20 +84,27 @@ def materialize(
 
     Default window: the feature tables' whole time range (the generated data lies in the past,
     so Feast's default "now minus TTL" would find nothing). With `incremental`, Feast starts
-    each view where its previous materialization ended.
+    each view where its previous materialization ended. No two materializations of one view
+    overlap, in any process: each view's lock `materialize:<view>` (Backend.lock) is held, in
+    name order, for the whole run.
     """
     backend = backend_for(settings)
     store = open_feature_store(settings)
     with backend.service_errors():
         _require_registry(store)
+        names = sorted(views if views is not None else [view.name for view in store.list_feature_views()])
         if start is None or end is None:
             lo, hi = backend.feature_time_range([view.name for view in store.list_feature_views()])
             start = start or lo - timedelta(seconds=1)
             end = end or hi + timedelta(seconds=1)
-        if incremental:
-            store.materialize_incremental(end_date=end, feature_views=views)
-            return None, end
-        store.materialize(start_date=start, end_date=end, feature_views=views)
+        with ExitStack() as locks:
+            for name in dict.fromkeys(names):
+                locks.enter_context(backend.lock(f"materialize:{name}"))
+            if incremental:
+                store.refresh_registry()  # where the previous run (maybe another process's) ended
+                store.materialize_incremental(end_date=end, feature_views=views)
+                return None, end
+            store.materialize(start_date=start, end_date=end, feature_views=views)
     return start, end
 
 

@@ -1,0 +1,1 @@
+"""Watching the system run: Prometheus metrics."""
