@@ -178,11 +178,11 @@ class WorkerProcess:
                 self.kill()
 
 
-def _launch_worker(settings: Settings, log: Path, timeout_s: float = 180) -> WorkerProcess:
-    """A real `healthmate-features worker` for the settings, in the repository, ready to take jobs."""
+def _launch_worker(settings: Settings, log: Path, *args: str, timeout_s: float = 180) -> WorkerProcess:
+    """A real `healthmate-features worker` for the settings (extra `args`), in the repository, ready to take jobs."""
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [str(BIN / "healthmate-features"), "worker", "--loglevel", "INFO"],
+            [str(BIN / "healthmate-features"), "worker", "--loglevel", "INFO", *args],
             cwd=settings.repo_path,
             env={**os.environ, **settings.to_env()},
             stdout=out,
@@ -207,12 +207,12 @@ def launch_worker():
 
 @pytest.fixture
 def start_worker(tmp_path):
-    """start_worker(settings, name="worker"): a real `healthmate-features worker` for the settings, in
+    """start_worker(settings, *args, name="worker"): a real `healthmate-features worker` for the settings, in
     the repository, ready to take jobs; every worker started is stopped at the end of the test."""
     started: list[WorkerProcess] = []
 
-    def start(settings: Settings, name: str = "worker") -> WorkerProcess:
-        worker = _launch_worker(settings, tmp_path / f"{name}-{len(started)}.log")
+    def start(settings: Settings, *args: str, name: str = "worker") -> WorkerProcess:
+        worker = _launch_worker(settings, tmp_path / f"{name}-{len(started)}.log", *args)
         started.append(worker)
         return worker
 

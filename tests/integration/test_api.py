@@ -58,8 +58,8 @@ def _url(path: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def env(generated_repo, clone_repo, tmp_path_factory):
-    """A copy of the generated repository, materialized; keys and runs."""
+def env(generated_repo, clone_repo, tmp_path_factory, launch_worker):
+    """A copy of the generated repository, materialized; keys and runs; a worker for its jobs."""
     settings = clone_repo(generated_repo, tmp_path_factory.mktemp("api") / "repo")
     store.materialize(settings)
     with open_sql_store(settings) as sql:
@@ -85,8 +85,12 @@ def env(generated_repo, clone_repo, tmp_path_factory):
     headers["unknown"] = {"Authorization": f"Bearer hmk_{'0' * 16}.{'A' * 43}"}
     headers["revoked"] = {"Authorization": f"Bearer {revoked.secret}"}
     app = create_app(settings)
-    with TestClient(app, raise_server_exceptions=False) as client:
-        yield Env(settings, client, headers)
+    worker = launch_worker(settings, settings.repo_path.parent / "worker.log")
+    try:
+        with TestClient(app, raise_server_exceptions=False) as client:
+            yield Env(settings, client, headers)
+    finally:
+        worker.stop(timeout_s=30)
 
 
 def _error(response, status: int) -> dict:
@@ -100,7 +104,7 @@ def _wait(env: Env, job_id: str, timeout_s: float = 600) -> dict:
     deadline = time.monotonic() + timeout_s
     while True:
         body = env.get(f"/datasets/jobs/{job_id}").json()
-        if body["status"] in ("succeeded", "failed") or time.monotonic() > deadline:
+        if body["status"] in ("succeeded", "failed", "cancelled") or time.monotonic() > deadline:
             return body
         time.sleep(0.5)
 
@@ -302,6 +306,7 @@ def test_a_failing_dataset_job_reports_its_error(env, training_config):
     assert response.status_code == 202, response.text
     done = _wait(env, response.json()["job_id"])
     assert done["status"] == "failed" and "no_such_label" in done["error"] and done["dataset"] is None
+    assert done["attempts"] == 1  # a configuration error is not retried
 
 
 def test_dashboard_summary_counts_and_freshness(env):
