@@ -75,7 +75,7 @@ def _production_repo(repo: Path, dsn: str, redis_url: str, project: str) -> Sett
 
     yaml_path = repo / "feature_store.production.yaml"
     yaml_path.write_text(yaml_path.read_text().replace("project: healthmate", f"project: {project}"))
-    return replace(settings_for_dsn(dsn, repo), redis_url=redis_url)
+    return replace(settings_for_dsn(dsn, repo), redis_url=redis_url, redis_prefix=f"{project}:")  # locks, queue
 
 
 def _production_env(settings: Settings) -> dict[str, str]:

@@ -451,3 +451,14 @@ def test_a_production_worker_runs_jobs_from_postgres_over_redis(prod, redis_url,
         done = _wait(queue, job.job_id)
     assert done.status == "succeeded" and done.result == {"checked": 0, "ok": 0, "damaged": {}}, done.error
     assert done.worker and done.attempts == 1
+
+
+def test_a_job_the_broker_refuses_is_answered_503_and_recorded_as_failed(repo, training_config, api_for):
+    api = api_for(replace(repo, broker_url="redis://127.0.0.1:1/0"))  # nothing listens on port 1
+    response = api.call("POST", "/datasets/prepare", _config(training_config, "unqueued_risk"))
+    assert response.status_code == 503, response.text
+    assert "could not queue job" in response.json()["detail"] and "redis://" not in response.json()["detail"]
+    with open_sql_store(repo) as sql:
+        (job,) = JobQueue(repo, sql).list()
+    assert job.status == "failed" and job.error == response.json()["detail"]
+    assert api.job(job.job_id)["status"] == "failed"  # the id in the message answers
