@@ -44,6 +44,7 @@ _EXPORTS: dict[str, str] = {
     "build_training_set": "healthmate_features.training.builder",
     "build_and_save": "healthmate_features.training.builder",
     "rebuild": "healthmate_features.training.builder",
+    "refit_preprocessing": "healthmate_features.training.builder",
     "split_frame": "healthmate_features.training.splits",
     "build_pipeline": "healthmate_features.training.preprocessing",
     "fit_transform_splits": "healthmate_features.training.preprocessing",
@@ -55,6 +56,7 @@ _EXPORTS: dict[str, str] = {
     "ApiKeys": "healthmate_features.access.keys",
     "AuditLog": "healthmate_features.access.audit",
     "create_app": "healthmate_features.api.app",
+    "JobQueue": "healthmate_features.jobs",
     "run_demo": "healthmate_features.demo",
     # errors
     "HealthmateError": "healthmate_features.errors",
@@ -119,6 +121,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         UserNotFoundError,
     )
     from healthmate_features.features.build import build_features
+    from healthmate_features.jobs import JobQueue
     from healthmate_features.raw.generate import generate
     from healthmate_features.raw.ingest import ingest_raw
     from healthmate_features.stores.feature_store import (
@@ -129,6 +132,12 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     )
     from healthmate_features.stores.online import OnlineReader, OnlineResult
     from healthmate_features.tracking import Tracker
-    from healthmate_features.training.builder import TrainingSetConfig, build_and_save, build_training_set, rebuild
+    from healthmate_features.training.builder import (
+        TrainingSetConfig,
+        build_and_save,
+        build_training_set,
+        rebuild,
+        refit_preprocessing,
+    )
     from healthmate_features.training.preprocessing import build_pipeline, fit_transform_splits
     from healthmate_features.training.splits import split_frame

@@ -26,6 +26,12 @@ _ENV = {
     "redis_url": "HM_REDIS_URL",
     "connect_timeout_s": "HM_CONNECT_TIMEOUT_S",
     "metrics_public": "HM_METRICS_PUBLIC",
+    "broker_url": "HM_BROKER_URL",
+    "redis_prefix": "HM_REDIS_PREFIX",
+    "job_lease_s": "HM_JOB_LEASE_S",
+    "job_max_attempts": "HM_JOB_MAX_ATTEMPTS",
+    "job_retry_backoff_s": "HM_JOB_RETRY_BACKOFF_S",
+    "lock_wait_s": "HM_LOCK_WAIT_S",
 }
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 
@@ -53,6 +59,18 @@ class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
     connect_timeout_s: float = 5.0
     metrics_public: bool = False  # the API's /metrics answers without a key from any address
+    # Background jobs (healthmate_features.jobs): the Celery broker (empty: the profile's own, see
+    # Backend.broker_url), the prefix of the Redis keys the package itself writes (job queue,
+    # locks; Feast's online-store keys have none), how long a job's or a lock's lease lasts
+    # without a heartbeat, how many times a job runs before it is marked failed, the first
+    # retry's delay after a transient failure (doubled for each further retry), and how long a
+    # materialization or build waits for another one of the same view or dataset.
+    broker_url: str = ""
+    redis_prefix: str = "healthmate:"
+    job_lease_s: float = 60.0
+    job_max_attempts: int = 3
+    job_retry_backoff_s: float = 10.0
+    lock_wait_s: float = 3600.0
 
     @classmethod
     def from_env(cls, repo_path: str | Path | None = None, **overrides) -> Settings:
@@ -100,6 +118,11 @@ class Settings:
     @property
     def datasets_dir(self) -> Path:
         return self.data_dir / "datasets"
+
+    @property
+    def broker_path(self) -> Path:
+        """The SQLite file of the embedded profile's Celery broker: never the SQL store's file."""
+        return self.data_dir / "broker.db"
 
     @property
     def sql_path(self) -> Path:

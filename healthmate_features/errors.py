@@ -122,6 +122,15 @@ class JobNotFoundError(NotFoundError):
     """No background job has the id asked for (jobs)."""
 
 
+class JobStateError(ConflictError):
+    """A job cannot change as asked: cancelling a running or finished job (jobs)."""
+
+
+class LockTimeoutError(ConflictError):
+    """A lock (one materialization per view, one build per dataset) stayed held by another process
+    longer than the caller would wait (backends.locks); a job retries it with backoff."""
+
+
 class PermissionDeniedError(HealthmateError):
     """A valid API key may not do this: a user key on an admin endpoint or another user's data (api)."""
 

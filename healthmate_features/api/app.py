@@ -31,7 +31,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from healthmate_features.access.audit import TARGET_PATTERN, AuditLog
 from healthmate_features.access.keys import ApiKeys, Principal
 from healthmate_features.api import dashboard, docs
-from healthmate_features.api.jobs import Job, JobRunner
 from healthmate_features.api.metrics import METRICS_PATH, RequestMetricsMiddleware, RouteTemplates, metrics_open
 from healthmate_features.api.models import (
     JOB_ID_PATTERN,
@@ -66,6 +65,7 @@ from healthmate_features.errors import (
     StoreError,
 )
 from healthmate_features.features import feature_sets
+from healthmate_features.jobs import Job, JobQueue
 from healthmate_features.monitoring import metrics as monitoring
 from healthmate_features.stores import feature_store as store
 from healthmate_features.tracking import Tracker
@@ -107,7 +107,7 @@ class ApiContext:
     tracker: Tracker
     keys: ApiKeys
     audit: AuditLog
-    jobs: JobRunner
+    jobs: JobQueue
     datasets: DatasetCache
     metrics: CollectorRegistry
 
@@ -350,27 +350,24 @@ def extract_features(
     response_model=JobInfo,
     tags=["datasets"],
     summary="Build and version a training set in the background (admin)",
+    responses={503: {"model": ErrorBody}},
 )
 def prepare_dataset(
-    body: training.TrainingSetConfig, request: Request, response: Response, ctx: Ctx, _: Admin
+    body: training.TrainingSetConfig, request: Request, response: Response, ctx: Ctx, caller: Admin
 ) -> JobInfo:
-    """Validate a training-set config and start building it; poll the returned job.
+    """Validate a training-set config and queue its build; poll the returned job.
 
     The config is checked now, with the builder's own checks, and nothing is queued unless it
     passes: 422 for an invalid config, a missing entity file, an entity file without user_id,
-    event_timestamp or the label column, or an unregistered feature service. The build runs on a
-    background worker and saves a new dataset version; what only the data can tell (e.g. a split
-    with an empty side) fails the job. `GET datasets/jobs/{job_id}` reports its progress and result."""
+    event_timestamp or the label column, or an unregistered feature service. Then the job is
+    recorded and queued for a worker (`healthmate-features worker`), which builds it and saves a
+    new dataset version unless nothing changed; what only the data can tell (e.g. a split with an
+    empty side) fails the job. `GET datasets/jobs/{job_id}` reports its progress and result,
+    across restarts of the API and of workers. 503 when the job queue (broker) is unreachable."""
     _target(request, "dataset", body.name)
     config = training.TrainingSetConfig.from_dict(body.to_dict())  # the checks pydantic cannot express
     training.check_sources(config, ctx.settings, within=ctx.settings.repo_path)
-    settings = ctx.settings
-
-    def build() -> dict[str, Any]:
-        ref, dataset, created = training.build_and_save(config, settings)
-        return {"dataset": ref, "created": created, "summary": _json_safe(training.summary(dataset))}
-
-    job = ctx.jobs.submit("datasets/prepare", build, target=f"dataset:{config.name}")
+    job = ctx.jobs.submit("prepare_ml_datasets", {"config": config.to_dict()}, submitted_by=caller.key_id, checked=True)
     info = _job_info(job)
     response.headers["Location"] = info.status_url
     return info
@@ -380,11 +377,12 @@ def prepare_dataset(
     "/datasets/jobs/{job_id}",
     response_model=JobInfo,
     tags=["datasets"],
-    summary="Status of a dataset job (admin)",
+    summary="Status of a background job (admin)",
     responses={404: {"model": ErrorBody}},
 )
 def dataset_job(job_id: Annotated[str, Path(pattern=JOB_ID_PATTERN)], request: Request, ctx: Ctx, _: Admin) -> JobInfo:
-    """queued, running, succeeded (with name@version and a summary) or failed (with the error)."""
+    """queued, running, retrying, succeeded (with name@version and a summary), failed (with the
+    error) or cancelled; read from the SQL store, so it survives restarts."""
     _target(request, "job", job_id)
     return _job_info(ctx.jobs.get(job_id))
 
@@ -494,17 +492,23 @@ def dashboard_summary(ctx: Ctx, _: Caller) -> Any:
 
 
 def _job_info(job: Job) -> JobInfo:
-    result = job.result or {}
+    built = (job.result or {}).get("datasets") or []
+    single = built[0] if len(built) == 1 else {}
     return JobInfo(
         job_id=job.job_id,
         kind=job.kind,
         status=job.status,
         target=job.target,
+        submitted_by=job.submitted_by,
+        attempts=job.attempts,
+        max_attempts=job.max_attempts,
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,
-        dataset=result.get("dataset"),
-        summary=result.get("summary"),
+        dataset=single.get("dataset"),
+        created=single.get("created"),
+        summary=single.get("summary"),
+        result=job.result,
         error=job.error,
         status_url=f"{PREFIX}/datasets/jobs/{job.job_id}",
     )
@@ -521,18 +525,21 @@ _TAGS = [
     {"name": "health", "description": "Liveness; no key needed."},
     {"name": "feature sets", "description": "Feast feature services defined over the API (admin)."},
     {"name": "features", "description": "Online feature lookup; user keys read only their own user."},
-    {"name": "datasets", "description": "Training sets: build (background job), versions, splits, preprocessing."},
+    {
+        "name": "datasets",
+        "description": "Training sets: build (a job for the workers), versions, splits, preprocessing.",
+    },
     {"name": "models", "description": "Model performance tracking."},
     {"name": "dashboard", "description": "Counts and freshness."},
     {"name": "monitoring", "description": "Prometheus metrics."},
 ]
 
 
-def create_app(settings: Settings, *, job_workers: int = 1) -> FastAPI:
+def create_app(settings: Settings) -> FastAPI:
     """Build the API for `settings`.
 
-    Side effects: opens (and migrates) the SQL store of the profile now; the app closes it and
-    stops its job workers on shutdown. `job_workers` bounds concurrent training-set builds."""
+    Side effects: opens (and migrates) the SQL store of the profile now; the app closes it on
+    shutdown. Background jobs are queued on the profile's broker for `healthmate-features worker`."""
     sql = open_sql_store(settings)
     ctx = ApiContext(
         settings=settings,
@@ -540,7 +547,7 @@ def create_app(settings: Settings, *, job_workers: int = 1) -> FastAPI:
         tracker=Tracker(sql),
         keys=ApiKeys(sql),
         audit=AuditLog(sql),
-        jobs=JobRunner(max_workers=job_workers),
+        jobs=JobQueue(settings, sql),
         datasets=DatasetCache(training.registry(settings)),
         metrics=monitoring.scrape_registry(monitoring.StoreCollector(settings)),
     )
@@ -550,7 +557,6 @@ def create_app(settings: Settings, *, job_workers: int = 1) -> FastAPI:
         try:
             yield
         finally:
-            ctx.jobs.shutdown()
             sql.close()
 
     app = FastAPI(

@@ -17,7 +17,7 @@ import sys
 import threading
 import warnings
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -199,7 +199,9 @@ def materialize(
     `materialization_intervals`, whose latest end is `most_recent_end_time`), whoever wrote it:
     this function, `feast materialize` or `feast materialize-incremental`. A view materialized up
     to `end` or beyond is reported as current and not run; a view never materialized starts at
-    `start`. No window whose end precedes its start is ever run.
+    `start`. No window whose end precedes its start is ever run. No two materializations of one
+    view overlap, in any process: each view's lock `materialize:<view>` (Backend.lock) is held, in
+    name order, for the whole run, and the plan is made from the registry read under the locks.
 
     Side effects: the online store, and each view's materialization interval in the registry
     (Feast records it). Feast's own console output is swallowed; with `progress`, a bar on stderr
@@ -224,30 +226,35 @@ def materialize(
             start = start or lo - timedelta(seconds=1)
             end = end or hi + timedelta(seconds=1)
         start, end = _utc(start), _utc(end)
-        plan: list[ViewMaterialization] = []
-        for view in selected:
-            recorded = view.most_recent_end_time
-            until = _utc(recorded) if recorded is not None else None
-            if incremental and until is not None:
-                plan.append(ViewMaterialization(view.name, until if until < end else None, end, until))
-            else:
-                plan.append(ViewMaterialization(view.name, start, end, until))
-        backwards = [v.view for v in plan if v.start is not None and v.start >= end]
-        if backwards:
-            raise MaterializationError(
-                f"materialization window is empty or backwards: start {start} is not before end {end} "
-                f"for {len(backwards)} view(s) ({', '.join(backwards)}); pass an end after the start "
-                "(--start and --end are UTC; the default window is the feature tables' whole time range)"
-            )
-        with (
-            ticking_bar(desc="materialize", enabled=progress, total=len(plan), unit="view") as bar,
-            contextlib.redirect_stdout(io.StringIO()),  # Feast prints colored lines per view
-        ):
-            for entry in plan:
-                bar.set_postfix_str(entry.view)
-                if entry.start is not None:
-                    store.materialize(start_date=entry.start, end_date=entry.end, feature_views=[entry.view])
-                bar.update(1)
+        with ExitStack() as locks:
+            for name in sorted(view.name for view in selected):
+                locks.enter_context(backend.lock(f"materialize:{name}"))
+            store.refresh_registry()  # where the previous run (maybe another process's) ended
+            selected = _materializable_views(store, [view.name for view in selected])
+            plan: list[ViewMaterialization] = []
+            for view in selected:
+                recorded = view.most_recent_end_time
+                until = _utc(recorded) if recorded is not None else None
+                if incremental and until is not None:
+                    plan.append(ViewMaterialization(view.name, until if until < end else None, end, until))
+                else:
+                    plan.append(ViewMaterialization(view.name, start, end, until))
+            backwards = [v.view for v in plan if v.start is not None and v.start >= end]
+            if backwards:
+                raise MaterializationError(
+                    f"materialization window is empty or backwards: start {start} is not before end {end} "
+                    f"for {len(backwards)} view(s) ({', '.join(backwards)}); pass an end after the start "
+                    "(--start and --end are UTC; the default window is the feature tables' whole time range)"
+                )
+            with (
+                ticking_bar(desc="materialize", enabled=progress, total=len(plan), unit="view") as bar,
+                contextlib.redirect_stdout(io.StringIO()),  # Feast prints colored lines per view
+            ):
+                for entry in plan:
+                    bar.set_postfix_str(entry.view)
+                    if entry.start is not None:
+                        store.materialize(start_date=entry.start, end_date=entry.end, feature_views=[entry.view])
+                    bar.update(1)
     return Materialization(start, end, incremental, tuple(plan))
 
 

@@ -35,7 +35,7 @@ from healthmate_features.backends import backend_for
 from healthmate_features.config import Settings
 from healthmate_features.datasets.dataset import ProcessedDataset, data_hash, frame_hash
 from healthmate_features.datasets.registry import Bump, DatasetRegistry
-from healthmate_features.errors import ConfigError, FeatureRepoError
+from healthmate_features.errors import ConfigError, DatasetVersionError, FeatureRepoError
 from healthmate_features.features.catalog import FEATURE_TABLES
 from healthmate_features.raw.ingest import sha256_file
 from healthmate_features.stores import feature_store as store
@@ -328,7 +328,11 @@ class Built(NamedTuple):
 
 
 def build_and_save(
-    config: TrainingSetConfig | Mapping[str, Any], settings: Settings, *, bump: Bump | None = None
+    config: TrainingSetConfig | Mapping[str, Any],
+    settings: Settings,
+    *,
+    bump: Bump | None = None,
+    metadata: Mapping[str, Any] | None = None,
 ) -> Built:
     """Build a training set and save it as a new version unless nothing changed; return Built.
 
@@ -337,17 +341,99 @@ def build_and_save(
     that version with `created=False`: a version number then always means a change, and re-runs
     of a schedule or of `make demo` do not pile up copies. A requested bump always saves a new
     version (a deliberate re-save). `bump`, when given, overrides the config's.
+
+    Builds of one dataset name never overlap: the build and the save hold the lock
+    `dataset:<name>` (Backend.lock; across processes, freed if the holder dies). `metadata` is
+    added to the version's metadata; with a `job_id` in it, a version an earlier attempt of the
+    same job already published is returned instead of building again (a redelivered job
+    never publishes a second copy).
     """
     config = config if isinstance(config, TrainingSetConfig) else TrainingSetConfig.from_dict(config)
     if bump is not None:
         config = TrainingSetConfig.from_dict({**config.to_dict(), "bump": bump})
-    dataset = build_training_set(config, settings)
     datasets = registry(settings)
-    if config.bump is None:
-        version, created = datasets.save_if_changed(dataset, config.name)
-    else:
-        version, created = datasets.save(dataset, config.name, bump=config.bump), True
+    with backend_for(settings).lock(f"dataset:{config.name}"):
+        earlier = _published_by_job(datasets, config.name, metadata)
+        if earlier is not None:
+            return earlier
+        dataset = build_training_set(config, settings)
+        dataset.metadata.update(metadata or {})
+        if config.bump is None:
+            version, created = datasets.save_if_changed(dataset, config.name)
+        else:
+            version, created = datasets.save(dataset, config.name, bump=config.bump), True
     return Built(f"{config.name}@{version}", dataset, created)
+
+
+def _published_by_job(datasets: DatasetRegistry, name: str, metadata: Mapping[str, Any] | None) -> Built | None:
+    """The version of `name` an earlier attempt of the job in `metadata` (`job_id`) published, if any."""
+    job_id = (metadata or {}).get("job_id")
+    version = datasets.find_version(name, "job_id", job_id) if job_id else None
+    if version is None:
+        return None
+    return Built(f"{name}@{version}", datasets.load(name, version, load_pipeline=False), True)
+
+
+def refit_preprocessing(
+    dataset: str,
+    settings: Settings,
+    *,
+    preprocessing: Mapping[str, Any] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> Built:
+    """Re-fit a version's preprocessing on its stored joined frames and save the result as a new version.
+
+    `dataset` is `name@version`; its `joined_train`/`joined_test` (the point-in-time-joined rows
+    before preprocessing) are fitted and transformed again with `preprocessing` (default: the
+    version's own preprocessing config), without joining through Feast again: e.g. to refresh a
+    pipeline pickled by an older scikit-learn, or to try another preprocessing. The bump rule
+    decides the new version against the latest one: a patch unless the processed columns change
+    (major). Holds the lock `dataset:<name>`; `metadata` as in `build_and_save`.
+    Raises DatasetVersionError when the version has no joined frames.
+    """
+    from healthmate_features.datasets.ref import DatasetRef
+
+    ref = DatasetRef.parse(dataset)
+    datasets = registry(settings)
+    with backend_for(settings).lock(f"dataset:{ref.name}"):
+        earlier = _published_by_job(datasets, ref.name, metadata)
+        if earlier is not None:
+            return earlier
+        source = datasets.load(ref.name, ref.version, load_pipeline=False)
+        if source.joined_train is None or source.joined_test is None:
+            raise DatasetVersionError(
+                f"{ref} has no joined frames (joined_train/joined_test), so its preprocessing cannot be re-fitted; "
+                "rebuild it with `healthmate-features training-set build`"
+            )
+        label, task = source.metadata.get("label"), source.metadata.get("task", "classification")
+        if not isinstance(label, str) or label not in source.joined_train.columns:
+            raise DatasetVersionError(f"{ref} does not name its label column in its metadata; rebuild it")
+        config = validate_config(
+            preprocessing if preprocessing is not None else source.metadata.get("preprocessing_config")
+        )
+        pipeline = build_pipeline(config, task=task)
+        train, test = source.joined_train, source.joined_test
+        Xt_train, Xt_test = fit_transform_splits(
+            pipeline, train.drop(columns=[label]), test.drop(columns=[label]), y_train=train[label]
+        )
+        refitted = ProcessedDataset(
+            X_train=Xt_train,
+            X_test=Xt_test,
+            y_train=train[label],
+            y_test=test[label],
+            feature_names=list(Xt_train.columns),
+            pipeline=pipeline,
+            metadata={
+                **{k: v for k, v in source.metadata.items() if k != "job_id"},  # the job that made the source
+                "preprocessing_config": config,
+                "refit_from": str(ref),
+                **(metadata or {}),
+            },
+            joined_train=train,
+            joined_test=test,
+        )
+        version = datasets.save(refitted, ref.name)
+    return Built(f"{ref.name}@{version}", refitted, True)
 
 
 def rebuild(name: str, version: str, settings: Settings) -> dict[str, Any]:

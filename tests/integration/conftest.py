@@ -7,9 +7,11 @@ own copy (`clone_repo`), or a fresh production setup (`prod`).
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
-from dataclasses import replace
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -73,7 +75,7 @@ def _production_repo(repo: Path, dsn: str, redis_url: str, project: str) -> Sett
 
     yaml_path = repo / "feature_store.production.yaml"
     yaml_path.write_text(yaml_path.read_text().replace("project: healthmate", f"project: {project}"))
-    return replace(settings_for_dsn(dsn, repo), redis_url=redis_url)
+    return replace(settings_for_dsn(dsn, repo), redis_url=redis_url, redis_prefix=f"{project}:")  # locks, queue
 
 
 def _production_env(settings: Settings) -> dict[str, str]:
@@ -145,3 +147,75 @@ def small_embedded(tmp_path_factory, small) -> Settings:
     store.apply(settings)
     store.materialize(settings)
     return settings
+
+
+# -- worker processes ------------------------------------------------------------------------
+
+
+@dataclass
+class WorkerProcess:
+    """A `healthmate-features worker` child process (its own process group) and its log file."""
+
+    process: subprocess.Popen
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL the worker's whole process group (what an OOM kill or `docker kill` does)."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+    def stop(self, timeout_s: float = 60) -> None:
+        """SIGTERM (a warm shutdown: the running job finishes), then SIGKILL after `timeout_s`."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def _launch_worker(settings: Settings, log: Path, *args: str, timeout_s: float = 180) -> WorkerProcess:
+    """A real `healthmate-features worker` for the settings (extra `args`), in the repository, ready to take jobs."""
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [str(BIN / "healthmate-features"), "worker", "--loglevel", "INFO", *args],
+            cwd=settings.repo_path,
+            env={**os.environ, **settings.to_env()},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    worker = WorkerProcess(process, log)
+    deadline = time.monotonic() + timeout_s
+    while " ready." not in worker.output():
+        if process.poll() is not None or time.monotonic() > deadline:
+            worker.kill()
+            pytest.fail(f"the worker did not start (exit {process.poll()}):\n{worker.output()[-3000:]}")
+        time.sleep(0.2)
+    return worker
+
+
+@pytest.fixture(scope="session")
+def launch_worker():
+    """launch_worker(settings, log_path): a started worker process; the caller stops it (`.stop()`)."""
+    return _launch_worker
+
+
+@pytest.fixture
+def start_worker(tmp_path):
+    """start_worker(settings, *args, name="worker"): a real `healthmate-features worker` for the settings, in
+    the repository, ready to take jobs; every worker started is stopped at the end of the test."""
+    started: list[WorkerProcess] = []
+
+    def start(settings: Settings, *args: str, name: str = "worker") -> WorkerProcess:
+        worker = _launch_worker(settings, tmp_path / f"{name}-{len(started)}.log", *args)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop(timeout_s=30)

@@ -60,8 +60,8 @@ def _url(path: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def env(generated_repo, clone_repo, tmp_path_factory):
-    """A copy of the generated repository, materialized; keys and runs."""
+def env(generated_repo, clone_repo, tmp_path_factory, launch_worker):
+    """A copy of the generated repository, materialized; keys and runs; a worker for its jobs."""
     settings = clone_repo(generated_repo, tmp_path_factory.mktemp("api") / "repo")
     store.materialize(settings)
     with open_sql_store(settings) as sql:
@@ -87,8 +87,12 @@ def env(generated_repo, clone_repo, tmp_path_factory):
     headers["unknown"] = {"Authorization": f"Bearer hmk_{'0' * 16}.{'A' * 43}"}
     headers["revoked"] = {"Authorization": f"Bearer {revoked.secret}"}
     app = create_app(settings)
-    with TestClient(app, raise_server_exceptions=False) as client:
-        yield Env(settings, client, headers)
+    worker = launch_worker(settings, settings.repo_path.parent / "worker.log")
+    try:
+        with TestClient(app, raise_server_exceptions=False) as client:
+            yield Env(settings, client, headers)
+    finally:
+        worker.stop(timeout_s=30)
 
 
 def _error(response, status: int) -> dict:
@@ -102,7 +106,7 @@ def _wait(env: Env, job_id: str, timeout_s: float = 600) -> dict:
     deadline = time.monotonic() + timeout_s
     while True:
         body = env.get(f"/datasets/jobs/{job_id}").json()
-        if body["status"] in ("succeeded", "failed") or time.monotonic() > deadline:
+        if body["status"] in ("succeeded", "failed", "cancelled") or time.monotonic() > deadline:
             return body
         time.sleep(0.5)
 
@@ -345,10 +349,10 @@ def test_prepare_refuses_what_the_build_would_fail_on_before_queueing_a_job(
         labels = pd.read_parquet(env.settings.ingested_dir / "labels.parquet")[entity_columns].head(50)
         path = env.settings.repo_path / changes["entities"]
         labels.to_parquet(path) if path.suffix == ".parquet" else labels.to_csv(path, index=False)
-    jobs = len(env.client.app.state.ctx.jobs.jobs())
+    jobs = len(env.client.app.state.ctx.jobs.list(limit=10_000))
     response = env.post("/datasets/prepare", training_config("health_risk", name="refused", **changes))
     assert message in _error(response, 422)["detail"]
-    assert len(env.client.app.state.ctx.jobs.jobs()) == jobs  # nothing queued
+    assert len(env.client.app.state.ctx.jobs.list(limit=10_000)) == jobs  # nothing queued
     with pytest.raises(HealthmateError, match=re.escape(message)):  # the builder refuses it with the same check
         build_training_set(training_config("health_risk", name="refused", **changes), env.settings)
 
@@ -360,6 +364,7 @@ def test_a_failing_dataset_job_reports_its_error(env, training_config):
     assert response.status_code == 202, response.text
     done = _wait(env, response.json()["job_id"])
     assert done["status"] == "failed" and "cutoff" in done["error"] and done["dataset"] is None
+    assert done["attempts"] == 1  # a configuration error is not retried
 
 
 def test_dashboard_summary_counts_and_freshness(env):
