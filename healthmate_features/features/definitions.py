@@ -55,10 +55,42 @@ def source(table: str) -> DataSource:
     return backend_for(Settings.from_env()).batch_source(table, description=description(table))
 
 
+class DefinedFeatureView(FeatureView):
+    """A FeatureView that equals another when their definitions are equal.
+
+    Feast's `FeatureView.__eq__` also compares `materialization_intervals`, which only the registry
+    holds (every `materialize` appends one). `feast plan` and `feast apply` compare the registry's
+    view with the repository's (`current != new`), so after a materialization every view looked
+    changed, and Feast then printed its batch source as the "update" (a copy differing only in the
+    source's created/updated times). Here the intervals are not part of equality; everything else
+    Feast compares still is, so a real change is still planned and applied. The registry stores
+    what Feast stores for any FeatureView (the class is not in the proto), and Feast's registries
+    carry the intervals over whenever they rewrite a view.
+    """
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, FeatureView):
+            return False
+        if other.materialization_intervals == self.materialization_intervals:
+            return FeatureView.__eq__(self, other)
+        # `other` as it would be with our intervals: a shallow twin, so neither view is changed.
+        twin = object.__new__(type(other))
+        twin.__dict__.update(other.__dict__, materialization_intervals=self.materialization_intervals)
+        return FeatureView.__eq__(self, twin)
+
+    # `registry_view != repo_view` calls the right operand's reflected method first when it is a
+    # subclass instance: define __ne__ as the negation of our __eq__ (and keep Feast's hash).
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    def __hash__(self) -> int:
+        return FeatureView.__hash__(self)
+
+
 def feature_view(table: str, source, entity) -> FeatureView:
     """The feature view of one feature table: schema, TTL, description and tags from the catalog."""
     pii = any(f.pii for f in FEATURE_TABLES[table].features)
-    return FeatureView(
+    return DefinedFeatureView(
         name=table,
         entities=[entity],
         ttl=ttl(table),
