@@ -35,6 +35,7 @@ from healthmate_features.backends import backend_for
 from healthmate_features.config import Settings
 from healthmate_features.datasets.dataset import ProcessedDataset, data_hash, frame_hash
 from healthmate_features.datasets.registry import Bump, DatasetRegistry
+from healthmate_features.datasets.saved import register_versions
 from healthmate_features.errors import ConfigError, FeatureRepoError
 from healthmate_features.features.catalog import FEATURE_TABLES
 from healthmate_features.raw.ingest import sha256_file
@@ -306,13 +307,17 @@ def build_and_save(
 ) -> tuple[str, ProcessedDataset]:
     """Build a training set and save it as a new version; return ("name@version", dataset).
 
-    `bump` (major, minor or patch), when given, overrides the config's.
+    `bump` (major, minor or patch), when given, overrides the config's. Side effect: the new
+    version (and any earlier one Feast does not list yet) is registered as a Feast saved dataset
+    `name@version` (`datasets.saved`).
     """
     config = config if isinstance(config, TrainingSetConfig) else TrainingSetConfig.from_dict(config)
     if bump is not None:
         config = TrainingSetConfig.from_dict({**config.to_dict(), "bump": bump})
     dataset = build_training_set(config, settings)
-    version = registry(settings).save(dataset, config.name, bump=config.bump)
+    versions = registry(settings)
+    version = versions.save(dataset, config.name, bump=config.bump)
+    register_versions(settings, config.name, registry=versions)
     return f"{config.name}@{version}", dataset
 
 

@@ -7,6 +7,7 @@ A built repository is expensive (generate or write raw data, ingest, build the f
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -43,6 +44,14 @@ def feast_apply(repo: Path) -> str:
     result = subprocess.run([str(feast), "apply"], cwd=repo, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
+
+
+def feast_cli(repo: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    """Run the real `feast` CLI with `args` in `repo` (as from its root); return its output without colours."""
+    feast = Path(sys.executable).parent / "feast"
+    result = subprocess.run([str(feast), *args], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return re.sub(r"\x1b\[[0-9;]*m", "", result.stdout)  # colorama's colours, when it decides to colour
 
 
 def build_tiny(root: Path, tables: dict[str, pd.DataFrame] | None = None):

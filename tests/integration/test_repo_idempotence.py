@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -53,18 +50,8 @@ def test_epoch_seconds_iso_strings_and_datetimes_give_the_same_temporal_features
 CHANGE = re.compile(r"^(?:Created|Updated|Deleted) .*$", re.MULTILINE)  # registry and infrastructure lines
 
 
-def feast_plan(repo: Path, *, env: dict[str, str] | None = None, yaml: str = "feature_store.yaml") -> str:
-    """Feast's own `feast plan` CLI, run from the repository root; its output."""
-    feast = Path(sys.executable).parent / "feast"
-    done = subprocess.run(
-        [str(feast), "-f", yaml, "plan"], cwd=repo, env=env, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return re.sub(r"\x1b\[[0-9;]*m", "", done.stdout)  # colorama's colours, when it decides to colour
-
-
 def test_feast_plan_after_apply_and_materialize_shows_no_change_but_shows_a_real_one(
-    tiny_applied, clone_repo, tmp_path, feast_apply
+    tiny_applied, clone_repo, tmp_path, feast_apply, feast_cli
 ):
     settings = clone_repo(tiny_applied, tmp_path / "repo")
     feast_apply(settings.repo_path)  # the copy's infrastructure record still names the original's online store
@@ -73,7 +60,7 @@ def test_feast_plan_after_apply_and_materialize_shows_no_change_but_shows_a_real
     assert all(intervals.values()), intervals
 
     # Feast's registry holds materialization intervals the repository's views do not: not a change
-    out = feast_plan(settings.repo_path)
+    out = feast_cli(settings.repo_path, "plan")
     assert CHANGE.findall(out) == [], out
     assert "No changes to registry" in out
     # `feast apply` agrees, and keeps the registry's record of what was materialized
@@ -84,18 +71,18 @@ def test_feast_plan_after_apply_and_materialize_shows_no_change_but_shows_a_real
     # a real change is still reported, for that view only
     views = settings.repo_path / "feature_repo" / "feature_views.py"
     views.write_text(views.read_text() + '\nhealth_daily_fv.description = "per user per day (edited)"\n')
-    out = feast_plan(settings.repo_path)
+    out = feast_cli(settings.repo_path, "plan")
     assert CHANGE.findall(out) == ["Updated feature view health_daily"], out
     assert "(edited)" in out
 
 
 @pytest.mark.postgres
 @pytest.mark.redis
-def test_feast_plan_on_the_production_profile_shows_no_change_after_materialize(small_production):
+def test_feast_plan_on_the_production_profile_shows_no_change_after_materialize(small_production, feast_cli):
     """The documented plain-CLI path: `eval "$(healthmate-features env)"`, then `feast -f ... plan`."""
     from healthmate_features.backends import backend_for
 
     assert store.open_feature_store(small_production).list_feature_views()[0].materialization_intervals
     env = {**os.environ, **backend_for(small_production).feast_env()}
-    out = feast_plan(small_production.repo_path, env=env, yaml="feature_store.production.yaml")
+    out = feast_cli(small_production.repo_path, "-f", "feature_store.production.yaml", "plan", env=env)
     assert CHANGE.findall(out) == [], out
