@@ -33,8 +33,23 @@ def copy_repo(dest: Path) -> Path:
 def clone(source: Path, dest: Path) -> Path:
     """A private copy of a built embedded-profile repository (its data/, registry and online store).
 
-    Every path in the repository is relative to its root, so the copy is a repository of its own."""
+    Every path in the repository is relative to its root, so the copy is a repository of its own,
+    except for one record: the registry's "infrastructure" names the SQLite online store by its
+    absolute path. It is pointed at the copy's own file: otherwise the copy's next `feast apply`
+    sees the path change as an update, which Feast 0.67 carries out by dropping the tables at the
+    recorded path (the source repository's!) and creating none at the new one.
+    """
     shutil.copytree(source, dest, ignore=shutil.ignore_patterns("__pycache__"))
+    if (dest / "data" / "registry.db").exists():
+        from feast import FeatureStore
+
+        fs = FeatureStore(repo_path=str(dest))
+        infra = fs.registry.get_infra(fs.project)
+        for table in infra.infra_objects:
+            path = getattr(table, "path", None)
+            if path and Path(path).is_relative_to(source):
+                table.path = str(dest / Path(path).relative_to(source))
+        fs.registry.update_infra(infra, fs.project, commit=True)
     return dest
 
 

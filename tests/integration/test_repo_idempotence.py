@@ -54,7 +54,7 @@ def test_feast_plan_after_apply_and_materialize_shows_no_change_but_shows_a_real
     tiny_applied, clone_repo, tmp_path, feast_apply, feast_cli
 ):
     settings = clone_repo(tiny_applied, tmp_path / "repo")
-    feast_apply(settings.repo_path)  # the copy's infrastructure record still names the original's online store
+    assert CHANGE.findall(feast_cli(settings.repo_path, "plan")) == []  # applied, not yet materialized
     store.materialize(settings)
     intervals = {v.name: v.materialization_intervals for v in store.open_feature_store(settings).list_feature_views()}
     assert all(intervals.values()), intervals
