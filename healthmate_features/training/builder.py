@@ -35,6 +35,7 @@ from healthmate_features.backends import backend_for
 from healthmate_features.config import Settings
 from healthmate_features.datasets.dataset import ProcessedDataset, data_hash, frame_hash
 from healthmate_features.datasets.registry import Bump, DatasetRegistry
+from healthmate_features.datasets.saved import register_versions
 from healthmate_features.errors import ConfigError, DatasetVersionError, FeatureRepoError
 from healthmate_features.features.catalog import FEATURE_TABLES
 from healthmate_features.raw.ingest import sha256_file
@@ -346,7 +347,8 @@ def build_and_save(
     `dataset:<name>` (Backend.lock; across processes, freed if the holder dies). `metadata` is
     added to the version's metadata; with a `job_id` in it, a version an earlier attempt of the
     same job already published is returned instead of building again (a redelivered job
-    never publishes a second copy).
+    never publishes a second copy). Side effect: the version (and any earlier one Feast does not
+    list yet) is registered as a Feast saved dataset `name@version` (`datasets.saved`).
     """
     config = config if isinstance(config, TrainingSetConfig) else TrainingSetConfig.from_dict(config)
     if bump is not None:
@@ -362,6 +364,7 @@ def build_and_save(
             version, created = datasets.save_if_changed(dataset, config.name)
         else:
             version, created = datasets.save(dataset, config.name, bump=config.bump), True
+    register_versions(settings, config.name, registry=datasets)
     return Built(f"{config.name}@{version}", dataset, created)
 
 
@@ -433,6 +436,7 @@ def refit_preprocessing(
             joined_test=test,
         )
         version = datasets.save(refitted, ref.name)
+    register_versions(settings, ref.name, registry=datasets)
     return Built(f"{ref.name}@{version}", refitted, True)
 
 

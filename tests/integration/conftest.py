@@ -20,7 +20,7 @@ from healthmate_features.config import Settings
 from healthmate_features.features.build import build_features
 from healthmate_features.raw.ingest import ingest_raw
 
-from ..helpers import repos
+from ..helpers import repos, servers
 from ..helpers import tiny as tiny_data
 
 BIN = Path(sys.executable).parent
@@ -30,6 +30,25 @@ BIN = Path(sys.executable).parent
 def feast_apply():
     """feast_apply(repo): run the real `feast apply` CLI in a repository; return its output."""
     return repos.feast_apply
+
+
+@pytest.fixture(scope="session")
+def feast_cli():
+    """feast_cli(repo, *args, env=None): run the real `feast` CLI in a repository; its output (no colours)."""
+    return repos.feast_cli
+
+
+@pytest.fixture(scope="session")
+def server():
+    """server(args, cwd=, ready=URL, log=PATH, env=None): a context manager that starts a server process,
+    waits until GET URL answers, yields the process and stops it (tests/helpers/servers.py)."""
+    return servers.running
+
+
+@pytest.fixture
+def spare_port() -> int:
+    """A free TCP port on 127.0.0.1 for a server this test starts."""
+    return servers.spare_port()
 
 
 @pytest.fixture(scope="session")

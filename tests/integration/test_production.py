@@ -388,3 +388,26 @@ def test_a_missing_database_is_named_and_created_by_ingest(prod, tiny):
     finally:
         with postgres.connect(replace(prod, pg_database="postgres"), autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{fresh.pg_database}" WITH (FORCE)')
+
+
+@pytest.mark.slow
+def test_dataset_versions_are_saved_datasets_in_the_sql_registry(prod, make_dataset, feast_cli):
+    """Feast's SQL registry (a fresh database): registered once, listed by the plain `feast` CLI."""
+    from healthmate_features.datasets.registry import DatasetRegistry
+    from healthmate_features.datasets.saved import register_versions
+
+    versions = DatasetRegistry.from_settings(prod)
+    versions.save(make_dataset(), "risk")
+    assert register_versions(prod, "risk") == ["risk@1.0.0"]
+    second = versions.save(make_dataset(seed=1), "risk")
+    assert register_versions(prod, "risk") == [f"risk@{second}"]  # only what Feast does not list yet
+    assert register_versions(prod, "risk") == []
+    listed = feast_cli(
+        prod.repo_path,
+        "-f",
+        "feature_store.production.yaml",
+        "saved-datasets",
+        "list",
+        env=env_of(prod) | backend_for(prod).feast_env(),
+    )
+    assert {"risk@1.0.0", f"risk@{second}"} <= set(listed.split()), listed

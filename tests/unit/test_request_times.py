@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from feast.errors import FeastError
 
 from healthmate_features.errors import RequestTimeError
 from healthmate_features.features.definitions import request_times
@@ -34,8 +35,13 @@ def test_every_form_of_the_same_instant_reads_the_same(values):
         (pd.Series([1764600000, 1764600000000000000]), r"\(1 of 2 values\)"),
         (pd.Series(["not-a-date", "2025-12-01T14:40:00Z"]), r"'not-a-date' \(1 of 2 values\) is not a time"),
         (pd.Series([True]), "booleans"),
+        (pd.Series(["2025-12-01T14:40:00Z", None]), r"event_timestamp is null in 1 of 2 rows"),
+        (pd.Series([1764600000, float("nan")]), r"event_timestamp is null in 1 of 2 rows"),
+        (pd.Series([None], dtype=object), r"event_timestamp is null in 1 of 1 rows"),
     ],
 )
 def test_what_cannot_be_read_is_refused_naming_the_value_and_count(values, match):
-    with pytest.raises(RequestTimeError, match=match):
+    with pytest.raises(RequestTimeError, match=match) as info:
         request_times(values)
+    # Feast's feature server answers a FeastError with its status code and JSON detail, anything else with a 500
+    assert isinstance(info.value, FeastError) and info.value.http_status_code() == 422
