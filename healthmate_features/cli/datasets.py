@@ -73,7 +73,9 @@ def datasets_list_cmd(name: str | None, profile: str | None, as_json: bool) -> N
     if as_json:
         return echo_json(versions)
     if not versions:
-        return click.echo(f"no dataset versions in {registry}; build one with `healthmate-features training-set build`")
+        return click.echo(
+            f"no dataset versions in {registry.uri}; build one with `healthmate-features training-set build`"
+        )
     rows = [
         {
             **v,
