@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import timezone
 from pathlib import Path
 
@@ -9,8 +10,11 @@ import click
 
 from healthmate_features.backends import backend_for
 from healthmate_features.cli._common import (
+    echo_fields,
     echo_json,
+    echo_table,
     handles_errors,
+    json_option,
     main,
     profile_option,
     quiet_option,
@@ -44,8 +48,11 @@ def features() -> None:
 @click.option("--batch-rows", default=100_000, show_default=True, help="Rows per COPY chunk (production profile).")
 @profile_option
 @quiet_option
+@json_option
 @handles_errors
-def ingest_cmd(raw_dir: Path, out_dir: Path | None, batch_rows: int, profile: str | None, quiet: bool) -> None:
+def ingest_cmd(
+    raw_dir: Path, out_dir: Path | None, batch_rows: int, profile: str | None, quiet: bool, as_json: bool
+) -> None:
     """Validate raw tables; write accepted rows, a rejects file per table and counts per reason.
 
     With the production profile the accepted rows are then loaded into Postgres (replacing the
@@ -57,6 +64,8 @@ def ingest_cmd(raw_dir: Path, out_dir: Path | None, batch_rows: int, profile: st
     reports, loaded = ingest_raw(
         raw_dir, current, out_dir=out_dir, batch_rows=batch_rows, progress=show_progress(quiet)
     )
+    if as_json:
+        return echo_json({"tables": [asdict(r) for r in reports], "out": out_dir, "loaded": loaded})
     for r in reports:
         click.echo(f"{r.table}: read {r.read:,}, accepted {r.accepted:,}, rejected {r.rejected:,}")
         for reason, n in sorted(r.reasons.items(), key=lambda kv: -kv[1]):
@@ -77,8 +86,11 @@ def ingest_cmd(raw_dir: Path, out_dir: Path | None, batch_rows: int, profile: st
 @click.option("--memory-limit", default=None, help="DuckDB memory limit, e.g. 4GB.")
 @profile_option
 @quiet_option
+@json_option
 @handles_errors
-def build_features_cmd(raw_dir: Path, memory_limit: str | None, profile: str | None, quiet: bool) -> None:
+def build_features_cmd(
+    raw_dir: Path, memory_limit: str | None, profile: str | None, quiet: bool, as_json: bool
+) -> None:
     """Compute the feature tables (health, engagement, profile) from the ingested raw data.
 
     Embedded: DuckDB writes data/features/*.parquet. Production: the same SQL runs inside
@@ -87,9 +99,10 @@ def build_features_cmd(raw_dir: Path, memory_limit: str | None, profile: str | N
 
     current = settings(profile)
     backend = backend_for(current)
-    for table, rows in build_features(
-        raw_dir, current, progress=show_progress(quiet), memory_limit=memory_limit
-    ).items():
+    tables = build_features(raw_dir, current, progress=show_progress(quiet), memory_limit=memory_limit)
+    if as_json:
+        return echo_json({t: {"rows": n, "table": backend.feature_table_label(t)} for t, n in tables.items()})
+    for table, rows in tables.items():
         click.echo(f"{table}: {rows:,} rows -> {backend.feature_table_label(table)}")
 
 
@@ -116,8 +129,11 @@ def apply_cmd(profile: str | None, quiet: bool) -> None:
 @click.option("--view", "views", multiple=True, help="Only these feature views (repeatable).")
 @profile_option
 @quiet_option
+@json_option
 @handles_errors
-def materialize_cmd(start, end, incremental: bool, views: tuple[str, ...], profile: str | None, quiet: bool) -> None:
+def materialize_cmd(
+    start, end, incremental: bool, views: tuple[str, ...], profile: str | None, quiet: bool, as_json: bool
+) -> None:
     """Load the latest feature values into the online store; print the window of each view."""
     from healthmate_features.stores import feature_store
 
@@ -129,6 +145,8 @@ def materialize_cmd(start, end, incremental: bool, views: tuple[str, ...], profi
         views=list(views) or None,
         progress=show_progress(quiet),
     )
+    if as_json:
+        return echo_json(asdict(done))
     for view in done.views:
         click.echo(view.describe())
     click.echo(done.summary())
@@ -141,13 +159,23 @@ def materialize_cmd(start, end, incremental: bool, views: tuple[str, ...], profi
     "--at", type=click.DateTime(), default=None, help="Request time for on-demand features (UTC; default: now)."
 )
 @profile_option
+@json_option
 @handles_errors
-def online_cmd(user_id: int, feature_service: str | None, at, profile: str | None) -> None:
-    """Print one user's online features as JSON."""
+def online_cmd(user_id: int, feature_service: str | None, at, profile: str | None, as_json: bool) -> None:
+    """Print one user's online features: a feature/value table, or `--json` (feature -> value)."""
     from healthmate_features.stores import feature_store
 
     at = at.replace(tzinfo=timezone.utc) if at else None
-    echo_json(feature_store.online_features(settings(profile), user_id, feature_service=feature_service, at=at))
+    values = feature_store.online_features(settings(profile), user_id, feature_service=feature_service, at=at)
+    if as_json:
+        return echo_json(values)
+    features = {name: value for name, value in values.items() if name != "user_id"}
+    missing = sum(value is None for value in features.values())
+    click.echo(
+        f"user {user_id}, {f'feature service {feature_service}' if feature_service else 'all feature views'}: "
+        f"{len(features)} features, {missing} without a value (-)"
+    )
+    echo_table([{"feature": name, "value": value} for name, value in features.items()], ["feature", "value"])
 
 
 @main.command("training-frame")
@@ -162,8 +190,9 @@ def online_cmd(user_id: int, feature_service: str | None, at, profile: str | Non
 @click.option("--label", default="adverse_event_30d", show_default=True, help="Label column.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Write the frame to this Parquet file.")
 @profile_option
+@json_option
 @handles_errors
-def training_frame_cmd(labels_path, feature_service: str, label: str, out, profile: str | None) -> None:
+def training_frame_cmd(labels_path, feature_service: str, label: str, out, profile: str | None, as_json: bool) -> None:
     """Join labels to features point-in-time through Feast and print a summary."""
     from healthmate_features.demo import summarize_frame, training_frame
 
@@ -173,7 +202,11 @@ def training_frame_cmd(labels_path, feature_service: str, label: str, out, profi
     )
     if out:
         frame.to_parquet(out, index=False)
-    echo_json(summarize_frame(frame, label))
+    if as_json:
+        return echo_json({**summarize_frame(frame, label), **({"out": out} if out else {})})
+    echo_fields(summarize_frame(frame, label))
+    if out:
+        click.echo(f"wrote {len(frame):,} rows to {out}")
 
 
 @main.command("demo")
@@ -188,12 +221,19 @@ def training_frame_cmd(labels_path, feature_service: str, label: str, out, profi
     help="embedded: no server needed; production: Postgres and Redis named by HM_PG_* / HM_REDIS_URL.",
 )
 @quiet_option
+@json_option
 @handles_errors
-def demo_cmd(users: int, days: int, seed: int, profile: str, quiet: bool) -> None:
-    """Run the whole pipeline (what `make demo` and `make demo-production` run)."""
+def demo_cmd(users: int, days: int, seed: int, profile: str, quiet: bool, as_json: bool) -> None:
+    """Run the whole pipeline (what `make demo` and `make demo-production` run).
+
+    With `--json` the steps are reported on stderr and the figures printed as JSON."""
     from healthmate_features.demo import run_demo
 
-    run_demo(settings(profile), users=users, days=days, seed=seed, echo=click.echo, progress=show_progress(quiet))
+    figures = run_demo(
+        settings(profile), users=users, days=days, seed=seed, echo=click.echo, progress=show_progress(quiet)
+    )
+    if as_json:
+        echo_json(figures)
 
 
 @main.command("env")
@@ -233,8 +273,9 @@ def env_cmd(profile: str) -> None:
     help="Fraction of readings and app events corrupted on purpose for ingest to reject (0: none).",
 )
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@json_option
 @handles_errors
-def generate(users, days, seed, out_dir, start, invalid_rate, quiet) -> None:
+def generate(users, days, seed, out_dir, start, invalid_rate, quiet, as_json) -> None:
     """Write realistic synthetic raw data (users, health_readings, app_events, labels) as Parquet."""
     from healthmate_features.raw.generate import generate as run
 
@@ -247,6 +288,8 @@ def generate(users, days, seed, out_dir, start, invalid_rate, quiet) -> None:
         invalid_rate=invalid_rate,
         progress=show_progress(quiet),
     )
+    if as_json:
+        return echo_json({"rows": counts, "out": out_dir})
     for table, rows in counts.items():
         click.echo(f"{table}: {rows:,} rows")
     click.echo(f"written to {out_dir}")

@@ -106,6 +106,26 @@ def build_generated(root: Path, *, users: int, days: int, seed: int):
     return settings
 
 
+def build_demo(root: Path):
+    """A repository copy (with configs/) where `healthmate-features demo --quiet --json` ran, as
+    `make demo` runs it (the same users, days and seed): applied, materialized, health_risk@1.0.0
+    saved and a baseline run logged.
+
+    Returns its Settings and the command's stdout (the figures as JSON) and stderr (the report)."""
+    from click.testing import CliRunner
+
+    from healthmate_features.cli import main
+    from healthmate_features.config import Settings
+
+    copy_repo(root)
+    shutil.copytree(CONFIGS, root / "configs")
+    result = CliRunner(env={"HM_REPO_PATH": str(root), "HM_PROFILE": "embedded"}).invoke(
+        main, ["demo", "--quiet", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    return Settings(repo_path=root), result.stdout, result.stderr
+
+
 def training_config(config_name: str, **changes) -> dict:
     """The committed training-set config configs/<config_name>.yaml as a dict, with `changes` applied."""
     data = yaml.safe_load((CONFIGS / f"{config_name}.yaml").read_text())

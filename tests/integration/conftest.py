@@ -75,6 +75,14 @@ def generated_repo(tmp_path_factory) -> Settings:
     return repos.build_generated(tmp_path_factory.mktemp("generated"), users=250, days=240, seed=3)
 
 
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> tuple[Settings, str, str]:
+    """`healthmate-features demo --quiet --json` (as `make demo`: 500 users x 270 days, seed 7) run in
+    a repository copy with configs/: (its Settings, stdout, stderr). Shared: read it, never change
+    it (`clone_repo`)."""
+    return repos.build_demo(tmp_path_factory.mktemp("demo") / "repo")
+
+
 def _drop_redis_project(url: str, project: str) -> None:
     """Delete a Feast project's Redis hashes (Feast keys end with the project name)."""
     import redis

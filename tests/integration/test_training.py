@@ -157,7 +157,7 @@ def test_cli_builds_lists_verifies_diffs_and_rebuilds(repo, tmp_path, monkeypatc
     listed = run("datasets", "list", "cli_risk")
     assert listed.exit_code == 0 and "1.0.0" in listed.output and "1.1.0" in listed.output
     assert run("datasets", "verify", "cli_risk").exit_code == 0
-    diff = run("datasets", "diff", "cli_risk", "1.0.0", "1.1.0")
+    diff = run("datasets", "diff", "cli_risk", "1.0.0", "1.1.0", "--json")
     assert diff.exit_code == 0, diff.output
     changes = json.loads(diff.output)  # the same config and data, only --bump minor
     assert (changes["from"], changes["to"]) == ("1.0.0", "1.1.0")
@@ -166,7 +166,7 @@ def test_cli_builds_lists_verifies_diffs_and_rebuilds(repo, tmp_path, monkeypatc
     assert changes["rows"]["train"]["delta"] == changes["rows"]["test"]["delta"] == 0
     assert [name for name, changed in changes["changed"].items() if changed] == ["build_spec"]  # the recorded bump
     assert changes["bump_rule"] == {"kind": "patch", "reasons": ["no change in data or definitions"]}
-    rebuilt = run("datasets", "rebuild", "cli_risk", "1.0.0")
+    rebuilt = run("datasets", "rebuild", "cli_risk", "1.0.0", "--json")
     assert rebuilt.exit_code == 0 and '"identical": true' in rebuilt.output, rebuilt.output
     loaded = run("datasets", "load", "cli_risk", "--out", str(tmp_path / "splits"))
     assert loaded.exit_code == 0 and (tmp_path / "splits" / "X_train.parquet").exists(), loaded.output
