@@ -58,15 +58,39 @@ demo-production: $(STAMP)
 	$(BIN)/healthmate-features demo --profile production
 
 # Tests in two tiers: tests/unit (no servers, no `feast apply`; well under a minute) and
-# tests/integration (real Feast, Postgres, Redis, CLI subprocesses). `make test` runs both.
-test: $(STAMP)
+# tests/integration (real Feast, Postgres, Redis, CLI subprocesses, a browser). `make test` runs both.
+# Under CI=true the browser the integration tier renders /docs in is installed first.
+BROWSER_PREREQ := $(if $(filter true 1 yes,$(CI)),browser)
+test: $(STAMP) $(BROWSER_PREREQ)
 	$(BIN)/python -m pytest -q
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
 
-test-integration: $(STAMP)
+test-integration: $(STAMP) $(BROWSER_PREREQ)
 	$(BIN)/python -m pytest -q tests/integration
+
+# Headless Chromium from Debian's packages (as root), for tests/integration/test_docs_browser.py,
+# which renders the API's /docs page; without it that test skips (and fails under CI=true).
+.PHONY: browser
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing chromium (Debian package) for the /docs browser test"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+	@chromium --version
+
+# Refresh the Swagger UI files the API's /docs page serves (healthmate_features/api/static/swagger-ui/)
+# from the npm registry's swagger-ui-dist, unchanged; commit the result.
+SWAGGER_UI_VERSION ?= 5.36.0
+SWAGGER_UI_DIR := healthmate_features/api/static/swagger-ui
+.PHONY: swagger-ui
+swagger-ui:
+	@set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	(cd "$$tmp" && npm pack --silent swagger-ui-dist@$(SWAGGER_UI_VERSION) >/dev/null && tar xzf swagger-ui-dist-*.tgz); \
+	for f in swagger-ui-bundle.js swagger-ui-bundle.js.LICENSE.txt swagger-ui.css favicon-32x32.png LICENSE NOTICE; do \
+	  cp "$$tmp/package/$$f" $(SWAGGER_UI_DIR)/; done; \
+	echo $(SWAGGER_UI_VERSION) > $(SWAGGER_UI_DIR)/VERSION; \
+	echo "$(SWAGGER_UI_DIR): swagger-ui-dist $(SWAGGER_UI_VERSION)"
 
 bench: $(STAMP)
 	$(BIN)/python bench/pipeline.py

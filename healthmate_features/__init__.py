@@ -13,7 +13,13 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from healthmate_features.monitoring.multiprocess import share_values_with_children as _share_metric_values
+
 __version__ = "0.1.0"
+
+# Before anything imports prometheus_client: metric values go to files that this process shares with
+# its children (a prefork worker's, several `serve` workers), so a metrics endpoint sums them all.
+_share_metric_values()
 
 # public name -> the module that defines it
 _EXPORTS: dict[str, str] = {
@@ -25,8 +31,10 @@ _EXPORTS: dict[str, str] = {
     "open_sql_store": "healthmate_features.backends",
     "open_feature_store": "healthmate_features.stores.feature_store",
     "online_features": "healthmate_features.stores.feature_store",
+    "online_lookup": "healthmate_features.stores.feature_store",
     "historical_features": "healthmate_features.stores.feature_store",
     "OnlineReader": "healthmate_features.stores.online",
+    "OnlineResult": "healthmate_features.stores.online",
     # raw data and features
     "generate": "healthmate_features.raw.generate",
     "ingest_raw": "healthmate_features.raw.ingest",
@@ -36,6 +44,7 @@ _EXPORTS: dict[str, str] = {
     "build_training_set": "healthmate_features.training.builder",
     "build_and_save": "healthmate_features.training.builder",
     "rebuild": "healthmate_features.training.builder",
+    "refit_preprocessing": "healthmate_features.training.builder",
     "split_frame": "healthmate_features.training.splits",
     "build_pipeline": "healthmate_features.training.preprocessing",
     "fit_transform_splits": "healthmate_features.training.preprocessing",
@@ -47,6 +56,7 @@ _EXPORTS: dict[str, str] = {
     "ApiKeys": "healthmate_features.access.keys",
     "AuditLog": "healthmate_features.access.audit",
     "create_app": "healthmate_features.api.app",
+    "JobQueue": "healthmate_features.jobs",
     "run_demo": "healthmate_features.demo",
     # errors
     "HealthmateError": "healthmate_features.errors",
@@ -64,6 +74,7 @@ _EXPORTS: dict[str, str] = {
     "TrackingError": "healthmate_features.errors",
     "OfflineStoreError": "healthmate_features.errors",
     "OnlineReadError": "healthmate_features.errors",
+    "UserNotFoundError": "healthmate_features.errors",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -107,13 +118,26 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         ServiceUnavailableError,
         StoreError,
         TrackingError,
+        UserNotFoundError,
     )
     from healthmate_features.features.build import build_features
+    from healthmate_features.jobs import JobQueue
     from healthmate_features.raw.generate import generate
     from healthmate_features.raw.ingest import ingest_raw
-    from healthmate_features.stores.feature_store import historical_features, online_features, open_feature_store
-    from healthmate_features.stores.online import OnlineReader
+    from healthmate_features.stores.feature_store import (
+        historical_features,
+        online_features,
+        online_lookup,
+        open_feature_store,
+    )
+    from healthmate_features.stores.online import OnlineReader, OnlineResult
     from healthmate_features.tracking import Tracker
-    from healthmate_features.training.builder import TrainingSetConfig, build_and_save, build_training_set, rebuild
+    from healthmate_features.training.builder import (
+        TrainingSetConfig,
+        build_and_save,
+        build_training_set,
+        rebuild,
+        refit_preprocessing,
+    )
     from healthmate_features.training.preprocessing import build_pipeline, fit_transform_splits
     from healthmate_features.training.splits import split_frame

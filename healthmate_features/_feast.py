@@ -9,13 +9,14 @@ need beyond that is reached here and only here:
 
 - underscored Feast functions and attributes (`feast.utils._get_cached_request_context`,
   `_parse_feature_ref`, `_mmh3`, `_redis_key`, `_get_conn`, the registry's
-  `_refresh_cached_registry_if_necessary`);
+  `_refresh_cached_registry_if_necessary`, `FeatureStore._get_provider`);
 - helpers in Feast's internal modules (`feast.infra.offline_stores.offline_utils`,
   `feast.type_map`, `feast.types.from_feast_to_pyarrow_type`, the generated protos) and internal
   constants (`DUMMY_ENTITY_ID`, `DUMMY_ENTITY_VAL`);
 - Feast's Redis layout, which the fast online reader reads without Feast: one hash per entity
   under `serialize_entity_key(v3) + project`, one field per feature (`murmur3_32("view:feature")`,
-  4 bytes little endian) holding a serialized `ValueProto`, plus `_ts:<view>` timestamps.
+  4 bytes little endian) holding a serialized `ValueProto`, plus `_ts:<view>` timestamps;
+- the per-value statuses of an online response (`FieldStatus`, a generated proto enum).
 
 tests/unit/test_feast_contract.py pins every name and layout used here against the installed
 Feast, without servers. When a Feast upgrade fails it, adapt this module (and only this module);
@@ -26,13 +27,15 @@ Layer: the lowest, beside config and errors (imports feast, the standard library
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from feast import utils as _utils
 from feast.feature_view import DUMMY_ENTITY_ID, DUMMY_ENTITY_VAL
 from feast.infra.offline_stores import offline_utils as _offline_utils
 from feast.infra.online_stores.helpers import _mmh3, _redis_key
+from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.type_map import (
@@ -66,13 +69,16 @@ __all__ = [
     "get_feature_view_query_context",
     "get_pyarrow_schema_from_batch_source",
     "infer_event_timestamp_from_entity_df",
+    "online_writes_counted",
     "int64_redis_key",
     "online_request_context",
     "parse_feature_ref",
     "pg_connect",
     "pg_type_code_to_arrow",
     "redis_field",
+    "redis_timestamp_field",
     "registry_cache_stamp",
+    "stored_in_response",
 ]
 
 FEAST_VERSION_FAMILY = "0.67."  # the minor release this module is written against (pyproject pins 0.67.*)
@@ -147,6 +153,21 @@ def online_request_context(registry: Any, project: str, features: Any, full_feat
     return RequestContext(*_utils._get_cached_request_context(registry, project, features, full_feature_names))
 
 
+def stored_in_response(response: Any) -> dict[str, list[bool]]:
+    """Per column of a Feast OnlineResponse, per row: whether the online store held a value for it.
+
+    Reads the response's per-value statuses: anything but NOT_FOUND. Entity columns, request data
+    and on-demand outputs are always PRESENT. Feast 0.67's Redis store marks every field PRESENT,
+    even for a key that does not exist (`RedisOnlineStore._get_features_for_entity` returns the
+    requested names with empty values), so only the SQL online stores (SQLite) say NOT_FOUND."""
+    not_found = FieldStatus.NOT_FOUND
+    names = response.proto.metadata.feature_names.val
+    return {
+        name: [status != not_found for status in vector.statuses]
+        for name, vector in zip(names, response.proto.results, strict=True)
+    }
+
+
 def parse_feature_ref(ref: str) -> tuple[str, int | None, str]:
     """'view[@version]:feature' split into (view, version, feature) as Feast splits it (`utils._parse_feature_ref`)."""
     return _utils._parse_feature_ref(ref)
@@ -165,12 +186,45 @@ def registry_cache_stamp(registry: Any) -> Any:
     return getattr(registry, "cached_registry_proto_created", None)
 
 
+# --- materialization: what Feast writes to the online store --------------------------------------------
+
+
+@contextmanager
+def online_writes_counted(store: Any, count: Callable[[str, int], None]) -> Iterator[None]:
+    """While inside, call `count(view name, rows)` after each batch Feast writes to the online store.
+
+    Feast's compute engines write materialized rows with `online_write_batch` (the public method
+    of its OnlineStore interface) of the provider's online store, `FeatureStore._get_provider()`;
+    that one instance's method is wrapped inside the block and restored after it. Only this
+    FeatureStore object is affected: open a fresh one per materialization.
+    """
+    online = store._get_provider().online_store
+    write = online.online_write_batch
+
+    def counted(config: Any, table: Any, data: Sequence[Any], progress: Any) -> None:
+        write(config, table, data, progress)
+        count(table.name, len(data))
+
+    online.online_write_batch = counted
+    try:
+        yield
+    finally:
+        del online.online_write_batch  # the instance attribute: the class's method shows again
+
+
 # --- online: Feast's Redis layout (feast.infra.online_stores.redis, helpers, key_encoding_utils) -------
 
 
 def redis_field(view: str, feature: str) -> bytes:
     """The field of a user's Redis hash that holds one feature: murmur3 of 'view:feature' (`helpers._mmh3`)."""
     return _mmh3(f"{view}:{feature}")
+
+
+def redis_timestamp_field(view: str) -> bytes:
+    """The field Feast writes into a user's Redis hash with every row of a view: `_ts:<view>`, the row's time.
+
+    It exists exactly when the online store holds a row of that view for the user."""
+    return f"_ts:{view}".encode()
 
 
 def feast_redis_key(project: str, join_key: str, value: int) -> bytes:

@@ -25,7 +25,15 @@ _ENV = {
     "pg_sslmode": "HM_PG_SSLMODE",
     "redis_url": "HM_REDIS_URL",
     "connect_timeout_s": "HM_CONNECT_TIMEOUT_S",
+    "metrics_public": "HM_METRICS_PUBLIC",
+    "broker_url": "HM_BROKER_URL",
+    "redis_prefix": "HM_REDIS_PREFIX",
+    "job_lease_s": "HM_JOB_LEASE_S",
+    "job_max_attempts": "HM_JOB_MAX_ATTEMPTS",
+    "job_retry_backoff_s": "HM_JOB_RETRY_BACKOFF_S",
+    "lock_wait_s": "HM_LOCK_WAIT_S",
 }
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 
 
 def _find_repo_root(start: Path) -> Path:
@@ -50,6 +58,19 @@ class Settings:
     pg_sslmode: str = "disable"
     redis_url: str = "redis://127.0.0.1:6379/0"
     connect_timeout_s: float = 5.0
+    metrics_public: bool = False  # the API's /metrics answers without a key from any address
+    # Background jobs (healthmate_features.jobs): the Celery broker (empty: the profile's own, see
+    # Backend.broker_url), the prefix of the Redis keys the package itself writes (job queue,
+    # locks; Feast's online-store keys have none), how long a job's or a lock's lease lasts
+    # without a heartbeat, how many times a job runs before it is marked failed, the first
+    # retry's delay after a transient failure (doubled for each further retry), and how long a
+    # materialization or build waits for another one of the same view or dataset.
+    broker_url: str = ""
+    redis_prefix: str = "healthmate:"
+    job_lease_s: float = 60.0
+    job_max_attempts: int = 3
+    job_retry_backoff_s: float = 10.0
+    lock_wait_s: float = 3600.0
 
     @classmethod
     def from_env(cls, repo_path: str | Path | None = None, **overrides) -> Settings:
@@ -60,6 +81,9 @@ class Settings:
         values: dict[str, Any] = {"repo_path": root}
         for f in fields(cls):
             if f.name in _ENV and _ENV[f.name] in env:
+                if isinstance(f.default, bool):
+                    values[f.name] = _flag(_ENV[f.name], env[_ENV[f.name]])
+                    continue
                 convert: Any = type(f.default)  # str, int or float: every field with a variable has a default
                 values[f.name] = convert(env[_ENV[f.name]])
         values.update(overrides)
@@ -96,6 +120,21 @@ class Settings:
         return self.data_dir / "datasets"
 
     @property
+    def broker_path(self) -> Path:
+        """The SQLite file of the embedded profile's Celery broker: never the SQL store's file."""
+        return self.data_dir / "broker.db"
+
+    @property
     def sql_path(self) -> Path:
         """The SQLite file of the embedded profile's SQL store (tracking, API keys, audit)."""
         return self.data_dir / "healthmate.db"
+
+
+def _flag(variable: str, value: str) -> bool:
+    """An on/off environment variable: 1/true/yes/on or 0/false/no/off (any case; empty is off)."""
+    word = value.strip().lower()
+    if word in _TRUE or word in _FALSE:
+        return word in _TRUE
+    from healthmate_features.errors import ConfigError
+
+    raise ConfigError(f"{variable}={value!r} is not on or off; use 1/true/yes/on or 0/false/no/off")

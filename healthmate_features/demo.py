@@ -13,12 +13,14 @@ import pandas as pd
 
 from healthmate_features.backends import backend_for, open_sql_store
 from healthmate_features.config import Settings
+from healthmate_features.datasets.registry import DatasetRegistry
 from healthmate_features.features.build import build_features
 from healthmate_features.raw.generate import generate
 from healthmate_features.raw.ingest import ingest_raw
 from healthmate_features.stores import feature_store as store
 from healthmate_features.tracking import Tracker
 from healthmate_features.training.builder import TrainingSetConfig, build_and_save, summary
+from healthmate_features.util.text import format_counts, format_fields, format_value
 
 
 def demo_user(settings: Settings) -> int:
@@ -44,7 +46,7 @@ def summarize_frame(frame: pd.DataFrame, label: str) -> dict:
         "rows": len(frame),
         "users": int(frame["user_id"].nunique()),
         "features": len(features),
-        "time_range": [str(frame["event_timestamp"].min()), str(frame["event_timestamp"].max())],
+        "time_range": {"start": frame["event_timestamp"].min(), "end": frame["event_timestamp"].max()},
         "label_positive_rate": round(float(frame[label].mean()), 4),
         "missing_share": round(float(frame[features].isna().to_numpy().mean()), 4) if features else 0.0,
     }
@@ -104,18 +106,20 @@ def run_demo(
     reports, _ = step("ingest", ingest_raw, raw, settings, progress=progress)
     for r in reports:
         echo(
-            f"    {r.table}: {r.accepted:,} accepted, {r.rejected:,} rejected" + (f" {r.reasons}" if r.reasons else "")
+            f"    {r.table}: {r.accepted:,} accepted, {r.rejected:,} rejected"
+            + (f" ({format_counts(r.reasons)})" if r.reasons else "")
         )
     tables = step("build-features", build_features, raw, settings, progress=progress)
     echo("    " + ", ".join(f"{k}: {v:,}" for k, v in tables.items()))
-    step("feast apply", store.apply, settings)
-    start, end = step("materialize", store.materialize, settings)
-    echo(f"    window {start} .. {end}")
+    step("feast apply", store.apply, settings, progress=progress)
+    materialized = step("materialize", store.materialize, settings, progress=progress)
+    end = materialized.end
+    echo(f"    window {materialized.start} .. {end}, {len(materialized.views)} feature views")
     user_id = demo_user(settings)
     online = step("online features", store.online_features, settings, user_id, feature_service="health_risk_v1", at=end)
     echo(f"    user {user_id}, feature service health_risk_v1 ({len(online) - 1} features):")
     for name in list(online)[:12]:
-        echo(f"      {name} = {online[name]}")
+        echo(f"      {name} = {format_value(online[name])}")
     echo(f"      ... (healthmate-features online --user-id {user_id} prints them all)")
     frame = step(
         "training frame",
@@ -126,18 +130,18 @@ def run_demo(
         label="adverse_event_30d",
     )
     frame_summary = summarize_frame(frame, "adverse_event_30d")
-    echo("    " + ", ".join(f"{k}: {v}" for k, v in frame_summary.items()))
+    echo("    " + format_fields(frame_summary))
     config = settings.repo_path / "configs" / "health_risk.yaml"
     ref, dataset, created = step("training set", build_and_save, TrainingSetConfig.from_file(config), settings)
     unchanged = "" if created else " (unchanged: the latest version already holds this data)"
-    echo(f"    {ref}{unchanged}: " + ", ".join(f"{k}: {v}" for k, v in summary(dataset).items()))
+    echo(f"    {ref}{unchanged}: " + format_fields(summary(dataset)))
     metrics = step("baseline model", train_baseline, dataset)
     echo(
         f"    logistic regression on {ref}: test AUC {metrics['auc']} (trivial {metrics['trivial_auc']}), "
         f"average precision {metrics['average_precision']} (trivial {metrics['trivial_average_precision']})"
     )
     with open_sql_store(settings) as sql:
-        Tracker(sql).log_metrics(
+        Tracker(sql, datasets=DatasetRegistry.from_settings(settings)).log_metrics(
             "health_risk_baseline",
             version="logreg-1",
             dataset=ref,

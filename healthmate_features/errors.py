@@ -98,6 +98,14 @@ class FeatureServiceNotFoundError(FeatureRepoError, NotFoundError):
     """A feature service is not in the Feast registry (store helpers)."""
 
 
+class FeatureViewNotFoundError(FeatureRepoError, NotFoundError):
+    """A feature view is not in the Feast registry, or not one that can be materialized (store helpers)."""
+
+
+class MaterializationError(HealthmateError, ValueError):
+    """A materialization window is empty or ends before it starts (store helpers)."""
+
+
 class FeatureSetError(ConfigError):
     """A feature-set definition is invalid: its name, an unknown view or feature (feature_sets)."""
 
@@ -106,8 +114,21 @@ class FeatureSetExistsError(FeatureSetError, ConflictError):
     """A feature set would replace an existing feature service without being allowed to (feature_sets)."""
 
 
+class UserNotFoundError(NotFoundError):
+    """A user id has no row in any feature view of the online store (store.online_features)."""
+
+
 class JobNotFoundError(NotFoundError):
     """No background job has the id asked for (jobs)."""
+
+
+class JobStateError(ConflictError):
+    """A job cannot change as asked: cancelling a running or finished job (jobs)."""
+
+
+class LockTimeoutError(ConflictError):
+    """A lock (one materialization per view, one build per dataset) stayed held by another process
+    longer than the caller would wait (backends.locks); a job retries it with backoff."""
 
 
 class PermissionDeniedError(HealthmateError):

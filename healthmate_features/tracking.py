@@ -16,11 +16,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from numbers import Real
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from healthmate_features.backends.sqlstore import SqlStore, read_json, read_ts, utcnow
 from healthmate_features.datasets.ref import NAME_PATTERN, VERSION_PATTERN, DatasetRef
-from healthmate_features.errors import MixedDatasetsError, ModelNotFoundError, TrackingError
+from healthmate_features.errors import DatasetNotFoundError, MixedDatasetsError, ModelNotFoundError, TrackingError
+
+if TYPE_CHECKING:
+    from healthmate_features.datasets.registry import DatasetRegistry
 
 Environment = Literal["development", "staging", "production"]  # where a model runs, defined once
 ENVIRONMENTS: tuple[Environment, ...] = get_args(Environment)
@@ -145,10 +148,15 @@ def metric_direction(metric: str, higher_is_better: Mapping[str, bool] | None = 
 
 
 class Tracker:
-    """Logs and queries model metrics in a SQL store (see `backends.open_sql_store`)."""
+    """Logs and queries model metrics in a SQL store (see `backends.open_sql_store`).
 
-    def __init__(self, store: SqlStore) -> None:
+    With `datasets` (the dataset registry), `log_metrics` refuses a dataset version the registry
+    does not hold, unless the run says the dataset is external (kept in another registry).
+    """
+
+    def __init__(self, store: SqlStore, *, datasets: DatasetRegistry | None = None) -> None:
         self.store = store
+        self.datasets = datasets
 
     def log_metrics(
         self,
@@ -160,18 +168,23 @@ class Tracker:
         metrics: Mapping[str, float],
         params: Mapping[str, Any] | None = None,
         at: datetime | None = None,
+        external_dataset: bool = False,
     ) -> Run:
         """Record one run's metrics (names lowercased) and JSON parameters; return the run.
 
         Side effect: one row in model_runs and one per metric in model_metrics, atomically.
         Raises TrackingError for an unknown environment, a malformed name, version or
-        dataset reference, a non-finite value or parameters that are not JSON."""
+        dataset reference, a non-finite value or parameters that are not JSON; and, when the
+        tracker has a dataset registry, DatasetNotFoundError for a dataset version it does not
+        hold, unless `external_dataset` (the version lives in another registry)."""
         _check_name(model_name, "model name")
         _check_version(version, "model version")
         ref = DatasetRef.parse(dataset)
         checked = _check_environment(environment)
         values = _check_metrics(metrics)
         params = _check_params(params)
+        if self.datasets is not None and not external_dataset:
+            _check_registered(ref, self.datasets)
         if at is None:
             at = utcnow()
         elif at.tzinfo is None:
@@ -426,6 +439,29 @@ def _compare_metric(
         target = max(present.values()) if direction == "higher" else min(present.values())
         best = [v for v, value in present.items() if value == target]
     return MetricComparison(metric, direction, values, deltas, best)
+
+
+def _check_registered(ref: DatasetRef, registry: DatasetRegistry) -> None:
+    """DatasetNotFoundError unless the registry holds dataset version `ref`, naming what it holds and the fix."""
+    from healthmate_features.datasets.manifest import VERSION_RE  # pandas: only when checking
+
+    versions = registry.versions(ref.name)
+    if ref.version in versions:
+        return
+    external = "or pass external_dataset=True (--external-dataset) if the dataset is kept in another registry"
+    if not versions:
+        names = registry.names()
+        listing = ", ".join(names[:20]) + (" ..." if len(names) > 20 else "") if names else "none"
+        raise DatasetNotFoundError(
+            f"dataset {ref} is not in the dataset registry at {registry.uri}: it has no dataset {ref.name!r} "
+            f"(datasets: {listing}); log the run on a saved version (`healthmate-features datasets list`), " + external
+        )
+    form = "" if VERSION_RE.fullmatch(ref.version) else "; registry versions are MAJOR.MINOR.PATCH"
+    raise DatasetNotFoundError(
+        f"dataset {ref} is not in the dataset registry at {registry.uri}: {ref.name!r} has no version "
+        f"{ref.version!r} (its versions: {', '.join(versions)}{form}); pass one of them, "
+        f"e.g. {ref.name}@{versions[-1]}, " + external
+    )
 
 
 def _check_name(value: str, what: str) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 from healthmate_features.access.keys import KEY_ID_PATTERN, ROLES
 from healthmate_features.backends.sqlstore import SqlStore, read_ts, utcnow
 from healthmate_features.errors import AuditError
+from healthmate_features.monitoring import metrics
 
 ENDPOINT_PATTERN = re.compile(r"^(?:(?:GET|POST|PUT|PATCH|DELETE|HEAD|OPTIONS) )?/[A-Za-z0-9_./{}-]{0,200}$")
 TARGET_PATTERN = re.compile(r"^[a-z][a-z_]{0,31}:[A-Za-z0-9_.@-]{1,128}$")
@@ -62,9 +64,30 @@ class AuditLog:
     ) -> int:
         """Append one entry and return its id; key_id and role are None for unauthenticated calls.
 
-        Side effect: one row in audit_log. Raises AuditError (writing nothing) when a field is
-        outside its shape: an endpoint with a query string, a target that is not
-        `kind:identifier`, a status outside 100-599, a negative or non-finite latency."""
+        Side effect: one row in audit_log; the write's time is observed in
+        healthmate_audit_write_duration_seconds, a failure counted in healthmate_audit_write_errors_total.
+        Raises AuditError (writing nothing) when a field is outside its shape: an endpoint with a
+        query string, a target that is not `kind:identifier`, a status outside 100-599, a negative
+        or non-finite latency."""
+        started = time.perf_counter()
+        try:
+            return self._write(endpoint, status, latency_ms, key_id, role, target, at)
+        except Exception:
+            metrics.AUDIT_WRITE_ERRORS.inc()
+            raise
+        finally:
+            metrics.AUDIT_WRITE_SECONDS.observe(time.perf_counter() - started)
+
+    def _write(
+        self,
+        endpoint: str,
+        status: int,
+        latency_ms: float,
+        key_id: str | None,
+        role: str | None,
+        target: str | None,
+        at: datetime | None,
+    ) -> int:
         if not isinstance(endpoint, str) or not ENDPOINT_PATTERN.match(endpoint):
             raise AuditError(
                 "audit endpoint must be an optional HTTP method and a path without query string, "

@@ -1,11 +1,14 @@
 """The HTTP API: feature sets, online features, training sets, preprocessing, model performance
-and a dashboard under /api/v1/ml-data-preparation/, plus /health. Build it with `create_app`.
+and a dashboard under /api/v1/ml-data-preparation/, plus /health and /metrics. Build it with `create_app`.
 
 A thin edge (STYLE 1): handlers parse, call the library and format. Every request except
-/health and the OpenAPI docs needs `Authorization: Bearer <key>` (auth.ApiKeys); every request,
-refused ones included, is written to the audit log: time, key id, role, endpoint (method and
-route template), target (`kind:id`), status and latency, never feature values. Library errors
-become JSON `{"error": kind, "detail": message}` with the status code ERROR_STATUS gives.
+/health, the OpenAPI schema and the docs page with its files (`docs`) needs `Authorization:
+Bearer <key>` (auth.ApiKeys); /metrics needs an admin key unless it is open
+(`api.metrics.metrics_open`: HM_METRICS_PUBLIC, or a request that arrived on a loopback address).
+Every request is counted and timed in the Prometheus metrics (`api.metrics.RequestMetricsMiddleware`),
+and every request, refused ones included, is written to the audit log: time, key id, role, endpoint
+(method and route template), target (`kind:id`), status and latency, never feature values. Library
+errors become JSON `{"error": kind, "detail": message}` with the status code ERROR_STATUS gives.
 """
 
 from __future__ import annotations
@@ -16,20 +19,19 @@ import time
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from importlib.metadata import version as package_version
-from typing import Annotated, Any, cast
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import anyio
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import compile_path
 
 from healthmate_features.access.audit import TARGET_PATTERN, AuditLog
 from healthmate_features.access.keys import ApiKeys, Principal
-from healthmate_features.api import dashboard
-from healthmate_features.api.jobs import Job, JobRunner
+from healthmate_features.api import dashboard, docs
+from healthmate_features.api.metrics import METRICS_PATH, RequestMetricsMiddleware, RouteTemplates, metrics_open
 from healthmate_features.api.models import (
     JOB_ID_PATTERN,
     DashboardSummary,
@@ -63,13 +65,18 @@ from healthmate_features.errors import (
     StoreError,
 )
 from healthmate_features.features import feature_sets
+from healthmate_features.jobs import Job, JobQueue
+from healthmate_features.monitoring import metrics as monitoring
 from healthmate_features.stores import feature_store as store
 from healthmate_features.tracking import Tracker
 from healthmate_features.training import builder as training
 from healthmate_features.util.jsonable import to_jsonable
 
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
 PREFIX = "/api/v1/ml-data-preparation"
-PUBLIC_PATHS = frozenset({"/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+PUBLIC_PATHS = frozenset({"/health", "/openapi.json", *docs.PUBLIC_PATHS})
 PARQUET = "application/vnd.apache.parquet"
 MAX_INT64 = 2**63 - 1
 log = logging.getLogger(__name__)
@@ -92,15 +99,17 @@ _ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code 
 
 @dataclasses.dataclass
 class ApiContext:
-    """What one app holds: its settings, the SQL store and the services over it, jobs, datasets."""
+    """What one app holds: its settings, the SQL store and the services over it, jobs, datasets,
+    and what its /metrics shows."""
 
     settings: Settings
     sql: SqlStore
     tracker: Tracker
     keys: ApiKeys
     audit: AuditLog
-    jobs: JobRunner
+    jobs: JobQueue
     datasets: DatasetCache
+    metrics: CollectorRegistry
 
 
 # -- errors ----------------------------------------------------------------------------------
@@ -153,9 +162,8 @@ class AuthAuditMiddleware:
     A missing or bad key is answered 401 here, before routing; the Principal of a good key is
     put in `request.state.principal`. Handlers name what a request is about with `_target`."""
 
-    def __init__(self, app, *, ctx: ApiContext, api: FastAPI) -> None:
-        self.app, self.ctx, self.api = app, ctx, api
-        self._templates: list[tuple[Any, str]] | None = None
+    def __init__(self, app, *, ctx: ApiContext, templates: RouteTemplates) -> None:
+        self.app, self.ctx, self.templates = app, ctx, templates
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -171,7 +179,7 @@ class AuthAuditMiddleware:
             await send(message)
 
         try:
-            if scope["path"] not in PUBLIC_PATHS:
+            if self._needs_key(scope):
                 try:
                     state["principal"] = await anyio.to_thread.run_sync(self.ctx.keys.authenticate, _bearer(scope))
                 except HealthmateError as exc:  # AuthError; or the key store is unreachable
@@ -182,13 +190,16 @@ class AuthAuditMiddleware:
             latency_ms = (time.perf_counter() - started) * 1000
             await anyio.to_thread.run_sync(self._audit, scope, state, outcome["status"], latency_ms)
 
+    def _needs_key(self, scope) -> bool:
+        if scope["path"] == METRICS_PATH:
+            return not metrics_open(self.ctx.settings, scope)
+        return scope["path"] not in PUBLIC_PATHS
+
     def _audit(self, scope, state: dict, status: int, latency_ms: float) -> None:
         principal = state.get("principal")
         try:
-            if self._templates is None:  # the routes are complete once requests arrive
-                self._templates = route_templates(self.api)
             self.ctx.audit.write(
-                endpoint=_endpoint(self._templates, scope),
+                endpoint=_endpoint(self.templates, scope),
                 status=status,
                 latency_ms=latency_ms,
                 key_id=principal.key_id if principal else None,
@@ -209,17 +220,10 @@ def _bearer(scope) -> str | None:
 _METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 
 
-def route_templates(app: FastAPI) -> list[tuple[Any, str]]:
-    """(compiled pattern, template) of every documented path and of the public docs paths."""
-    paths = [*app.openapi()["paths"], *sorted(PUBLIC_PATHS)]
-    return [(compile_path(path)[0], path) for path in dict.fromkeys(paths)]
-
-
-def _endpoint(templates: list[tuple[Any, str]], scope) -> str:
+def _endpoint(templates: RouteTemplates, scope) -> str:
     """Method and route template (`GET /api/.../jobs/{job_id}`), never the raw URL's values."""
     method = scope.get("method", "")
-    path = scope.get("path", "")
-    template = next((t for pattern, t in templates if pattern.match(path)), "/{unmatched}")
+    template = templates.of(scope)
     return f"{method} {template}" if method in _METHODS else template
 
 
@@ -269,6 +273,29 @@ def health(ctx: Ctx) -> Health:
     return Health(version=package_version("healthmate-features"), profile=ctx.settings.profile)
 
 
+@public.get(
+    METRICS_PATH,
+    response_class=PlainTextResponse,
+    tags=["monitoring"],
+    summary="Prometheus metrics (admin; no key from loopback or with HM_METRICS_PUBLIC)",
+    dependencies=[Depends(bearer)],
+    responses={
+        200: {"content": {"text/plain": {}}, "description": "Prometheus text format (OpenMetrics if asked)."},
+        **_ERRORS,
+    },
+)
+def metrics_text(request: Request, ctx: Ctx) -> Response:
+    """Request, audit, job and materialization metrics, feature view freshness, dataset versions,
+    process CPU and memory, in Prometheus text format; README "Metrics" says what each means.
+
+    Needs an admin key, unless HM_METRICS_PUBLIC is on or the request arrived on a loopback
+    address (a server bound to 127.0.0.1). Labels never hold user ids or feature values."""
+    if not metrics_open(ctx.settings, request.scope):
+        admin_only(authenticated(request, None))
+    body, content_type = monitoring.render(ctx.metrics, request.headers.get("accept"))
+    return Response(body, media_type=content_type)
+
+
 @router.post(
     "/feature-sets/create",
     status_code=201,
@@ -306,7 +333,9 @@ def extract_features(
 ) -> OnlineFeatures:
     """The latest feature values of one user from the online store (all features, or a service's).
 
-    A user key may read only its own user id (403 otherwise); admin keys any."""
+    A user key may read only its own user id (403 otherwise); admin keys any. A user the online
+    store holds no row of any feature view for is 404 (never a 200 with every value null); a
+    known user's missing values are nulls."""
     _target(request, "user", user_id)
     if not caller.may_access_user(user_id):
         raise PermissionDeniedError(f"key {caller.key_id} may read only its own user's features")
@@ -321,25 +350,24 @@ def extract_features(
     response_model=JobInfo,
     tags=["datasets"],
     summary="Build and version a training set in the background (admin)",
+    responses={503: {"model": ErrorBody}},
 )
 def prepare_dataset(
-    body: training.TrainingSetConfig, request: Request, response: Response, ctx: Ctx, _: Admin
+    body: training.TrainingSetConfig, request: Request, response: Response, ctx: Ctx, caller: Admin
 ) -> JobInfo:
-    """Validate a training-set config and start building it; poll the returned job.
+    """Validate a training-set config and queue its build; poll the returned job.
 
-    The config is checked now (422 for an invalid config, a missing entity file or an
-    unregistered feature service); the build runs on a background worker and saves a new
-    dataset version. `GET datasets/jobs/{job_id}` reports its progress and result."""
+    The config is checked now, with the builder's own checks, and nothing is queued unless it
+    passes: 422 for an invalid config, a missing entity file, an entity file without user_id,
+    event_timestamp or the label column, or an unregistered feature service. Then the job is
+    recorded and queued for a worker (`healthmate-features worker`), which builds it and saves a
+    new dataset version unless nothing changed; what only the data can tell (e.g. a split with an
+    empty side) fails the job. `GET datasets/jobs/{job_id}` reports its progress and result,
+    across restarts of the API and of workers. 503 when the job queue (broker) is unreachable."""
     _target(request, "dataset", body.name)
     config = training.TrainingSetConfig.from_dict(body.to_dict())  # the checks pydantic cannot express
     training.check_sources(config, ctx.settings, within=ctx.settings.repo_path)
-    settings = ctx.settings
-
-    def build() -> dict[str, Any]:
-        ref, dataset, created = training.build_and_save(config, settings)
-        return {"dataset": ref, "created": created, "summary": _json_safe(training.summary(dataset))}
-
-    job = ctx.jobs.submit("datasets/prepare", build, target=f"dataset:{config.name}")
+    job = ctx.jobs.submit("prepare_ml_datasets", {"config": config.to_dict()}, submitted_by=caller.key_id, checked=True)
     info = _job_info(job)
     response.headers["Location"] = info.status_url
     return info
@@ -349,11 +377,12 @@ def prepare_dataset(
     "/datasets/jobs/{job_id}",
     response_model=JobInfo,
     tags=["datasets"],
-    summary="Status of a dataset job (admin)",
+    summary="Status of a background job (admin)",
     responses={404: {"model": ErrorBody}},
 )
 def dataset_job(job_id: Annotated[str, Path(pattern=JOB_ID_PATTERN)], request: Request, ctx: Ctx, _: Admin) -> JobInfo:
-    """queued, running, succeeded (with name@version and a summary) or failed (with the error)."""
+    """queued, running, retrying, succeeded (with name@version and a summary), failed (with the
+    error) or cancelled; read from the SQL store, so it survives restarts."""
     _target(request, "job", job_id)
     return _job_info(ctx.jobs.get(job_id))
 
@@ -463,17 +492,23 @@ def dashboard_summary(ctx: Ctx, _: Caller) -> Any:
 
 
 def _job_info(job: Job) -> JobInfo:
-    result = job.result or {}
+    built = (job.result or {}).get("datasets") or []
+    single = built[0] if len(built) == 1 else {}
     return JobInfo(
         job_id=job.job_id,
         kind=job.kind,
         status=job.status,
         target=job.target,
+        submitted_by=job.submitted_by,
+        attempts=job.attempts,
+        max_attempts=job.max_attempts,
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,
-        dataset=result.get("dataset"),
-        summary=result.get("summary"),
+        dataset=single.get("dataset"),
+        created=single.get("created"),
+        summary=single.get("summary"),
+        result=job.result,
         error=job.error,
         status_url=f"{PREFIX}/datasets/jobs/{job.job_id}",
     )
@@ -490,17 +525,21 @@ _TAGS = [
     {"name": "health", "description": "Liveness; no key needed."},
     {"name": "feature sets", "description": "Feast feature services defined over the API (admin)."},
     {"name": "features", "description": "Online feature lookup; user keys read only their own user."},
-    {"name": "datasets", "description": "Training sets: build (background job), versions, splits, preprocessing."},
+    {
+        "name": "datasets",
+        "description": "Training sets: build (a job for the workers), versions, splits, preprocessing.",
+    },
     {"name": "models", "description": "Model performance tracking."},
     {"name": "dashboard", "description": "Counts and freshness."},
+    {"name": "monitoring", "description": "Prometheus metrics."},
 ]
 
 
-def create_app(settings: Settings, *, job_workers: int = 1) -> FastAPI:
+def create_app(settings: Settings) -> FastAPI:
     """Build the API for `settings`.
 
-    Side effects: opens (and migrates) the SQL store of the profile now; the app closes it and
-    stops its job workers on shutdown. `job_workers` bounds concurrent training-set builds."""
+    Side effects: opens (and migrates) the SQL store of the profile now; the app closes it on
+    shutdown. Background jobs are queued on the profile's broker for `healthmate-features worker`."""
     sql = open_sql_store(settings)
     ctx = ApiContext(
         settings=settings,
@@ -508,8 +547,9 @@ def create_app(settings: Settings, *, job_workers: int = 1) -> FastAPI:
         tracker=Tracker(sql),
         keys=ApiKeys(sql),
         audit=AuditLog(sql),
-        jobs=JobRunner(max_workers=job_workers),
+        jobs=JobQueue(settings, sql),
         datasets=DatasetCache(training.registry(settings)),
+        metrics=monitoring.scrape_registry(monitoring.StoreCollector(settings)),
     )
 
     @asynccontextmanager
@@ -517,7 +557,6 @@ def create_app(settings: Settings, *, job_workers: int = 1) -> FastAPI:
         try:
             yield
         finally:
-            ctx.jobs.shutdown()
             sql.close()
 
     app = FastAPI(
@@ -528,13 +567,18 @@ def create_app(settings: Settings, *, job_workers: int = 1) -> FastAPI:
         'Errors are JSON `{"error": kind, "detail": message}`.',
         openapi_tags=_TAGS,
         lifespan=lifespan,
+        docs_url=None,  # docs.add_docs serves /docs with the package's own Swagger UI files, no CDN
+        redoc_url=None,
     )
     app.state.ctx = ctx
     app.include_router(public)
     app.include_router(router)
+    docs.add_docs(app)
     app.add_exception_handler(HealthmateError, _healthmate_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
-    app.add_middleware(AuthAuditMiddleware, ctx=ctx, api=app)
+    templates = RouteTemplates(app, extra=PUBLIC_PATHS)
+    app.add_middleware(AuthAuditMiddleware, ctx=ctx, templates=templates)
+    app.add_middleware(RequestMetricsMiddleware, templates=templates)  # outermost: refused requests count too
     return app

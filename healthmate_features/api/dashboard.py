@@ -1,6 +1,6 @@
 """One overview of the platform's state: counts and freshness for a dashboard.
 
-Feature views with their last materialization (Feast's `materialization_intervals`), feature
+Feature views with their last materialization (`monitoring.freshness`), feature
 services, dataset versions, and the latest model results per environment.
 """
 
@@ -11,38 +11,9 @@ from typing import Any
 
 from healthmate_features.config import Settings
 from healthmate_features.datasets.registry import DatasetRegistry
+from healthmate_features.monitoring.freshness import feature_view_status
 from healthmate_features.stores import feature_store as store
 from healthmate_features.tracking import Tracker
-
-
-def feature_view_status(fs) -> list[dict[str, Any]]:
-    """Each feature view's feature count, TTL and materialization state; on-demand views too."""
-    views = []
-    for fv in sorted(fs.list_feature_views(), key=lambda v: v.name):
-        intervals = list(fv.materialization_intervals or [])
-        ends = [_utc(end) for _, end in intervals]
-        views.append(
-            {
-                "name": fv.name,
-                "kind": "batch",
-                "features": len(fv.features),
-                "ttl_seconds": fv.ttl.total_seconds() if fv.ttl else None,
-                "materialization_intervals": len(intervals),
-                "last_materialized_end": max(ends) if ends else None,
-            }
-        )
-    for odfv in sorted(fs.list_on_demand_feature_views(), key=lambda v: v.name):
-        views.append(
-            {
-                "name": odfv.name,
-                "kind": "on_demand",
-                "features": len(odfv.features),
-                "ttl_seconds": None,
-                "materialization_intervals": 0,
-                "last_materialized_end": None,
-            }
-        )
-    return views
 
 
 def summary(settings: Settings, *, tracker: Tracker, registry: DatasetRegistry | None = None) -> dict[str, Any]:
@@ -85,7 +56,3 @@ def summary(settings: Settings, *, tracker: Tracker, registry: DatasetRegistry |
         "datasets": datasets,
         "latest_model_results": runs,
     }
-
-
-def _utc(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)

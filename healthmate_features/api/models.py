@@ -10,10 +10,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from healthmate_features.api.jobs import JOB_ID_PATTERN, JobStatus
 from healthmate_features.api.preprocess import MAX_ROWS
 from healthmate_features.datasets.ref import REF_PATTERN
 from healthmate_features.features.feature_sets import MAX_DESCRIPTION, NAME_PATTERN
+from healthmate_features.jobs.store import JOB_ID_PATTERN, JobStatus
 from healthmate_features.tracking import Comparison, Environment, MetricRecord, Run
 
 DATASET_REF_PATTERN = REF_PATTERN
@@ -97,7 +97,7 @@ class FeatureSetCreated(BaseModel):
 
 
 class OnlineFeatures(BaseModel):
-    """One user's latest feature values from the online store (nulls where none is known)."""
+    """One known user's latest feature values from the online store (nulls where a value is missing)."""
 
     user_id: int
     feature_service: str | None = Field(description="The feature service read, or null for every feature.")
@@ -106,18 +106,23 @@ class OnlineFeatures(BaseModel):
 
 
 class JobInfo(BaseModel):
-    """A background job: queued, running, succeeded (with the dataset version) or failed."""
+    """A background job: queued, running, retrying, succeeded (with the dataset version), failed or cancelled."""
 
     job_id: str
     kind: str
     status: JobStatus
     target: str | None = None
+    submitted_by: str | None = Field(None, description="The key id that submitted it, or schedule:<entry>, cli.")
+    attempts: int = Field(0, description="Executions started so far (a retry or a worker crash adds one).")
+    max_attempts: int = 1
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
-    dataset: str | None = Field(None, description="name@version of the saved training set (succeeded).")
+    dataset: str | None = Field(None, description="name@version of the training set (succeeded).")
+    created: bool | None = Field(None, description="False when nothing changed and the latest version was kept.")
     summary: dict[str, Any] | None = Field(None, description="Rows, features, label balance (succeeded).")
-    error: str | None = Field(None, description="What went wrong (failed).")
+    result: dict[str, Any] | None = Field(None, description="The job's whole result (succeeded; some failures).")
+    error: str | None = Field(None, description="What went wrong (failed), or the last transient error (retrying).")
     status_url: str
 
 

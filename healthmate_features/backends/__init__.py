@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING
 
-from healthmate_features.backends.base import Backend, FeatureBuild, RawTable
+from healthmate_features.backends.base import Backend, Broker, FeatureBuild, RawTable
 from healthmate_features.backends.embedded import EmbeddedBackend
 from healthmate_features.backends.production import ProductionBackend
 from healthmate_features.config import Settings
@@ -28,6 +28,7 @@ __all__ = [
     "BACKENDS",
     "Backend",
     "EmbeddedBackend",
+    "Broker",
     "FeatureBuild",
     "ProductionBackend",
     "RawTable",

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from feast.data_source import DataSource
     from feast.repo_config import RepoConfig
 
+    from healthmate_features.backends.locks import Lease, Leases
     from healthmate_features.backends.sqlstore import SqlStore
 
 INGEST_MANIFEST = "_ingest.json"  # the ingest manifest's file name in an ingested directory
@@ -45,6 +46,48 @@ class RawTable:
     name: str
     columns: tuple[tuple[str, str], ...]
     primary_key: str | None = None
+
+
+@dataclass(frozen=True)
+class Broker:
+    """Where background jobs are queued: a Celery broker URL, its kombu transport options, and a
+    description for messages (no password)."""
+
+    url: str
+    transport_options: Mapping[str, Any]
+    description: str
+
+
+def redis_broker(url: str, settings: Settings) -> Broker:
+    """A Redis broker: keys under HM_REDIS_PREFIX, our connect timeout."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    where = f"{parts.hostname or '127.0.0.1'}:{parts.port or 6379}/{parts.path.lstrip('/') or '0'}"
+    return Broker(
+        url,
+        {
+            "global_keyprefix": settings.redis_prefix,
+            "socket_connect_timeout": settings.connect_timeout_s,
+            # Redelivery of a message whose worker vanished; our job leases recover far sooner
+            # (HM_JOB_LEASE_S), and a duplicate delivery of a job that already ran is dropped.
+            "visibility_timeout": 3600,
+        },
+        f"Redis broker at {where}",
+    )
+
+
+def broker_from_url(url: str, settings: Settings) -> Broker:
+    """The broker HM_BROKER_URL names (any Celery broker URL; Redis ones get our key prefix)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme in ("redis", "rediss"):
+        return redis_broker(url, settings)
+    if not parts.scheme:
+        raise ConfigError(f"HM_BROKER_URL {url!r} is not a URL; use e.g. redis://127.0.0.1:6379/1 or amqp://host//")
+    where = f"{parts.scheme}://{parts.hostname or ''}{':' + str(parts.port) if parts.port else ''}{parts.path}"
+    return Broker(url, {}, f"broker {where} (HM_BROKER_URL)")
 
 
 @dataclass(frozen=True)
@@ -193,6 +236,46 @@ class Backend(ABC):
                 store.close()
                 raise
         return store
+
+    # --- background jobs: broker and locks ----------------------------------------------------
+
+    @abstractmethod
+    def default_broker(self) -> Broker:
+        """This profile's own Celery broker (used unless HM_BROKER_URL names another)."""
+
+    def broker(self) -> Broker:
+        """Where background jobs are queued: HM_BROKER_URL when set, else the profile's broker."""
+        if self.settings.broker_url:
+            return broker_from_url(self.settings.broker_url, self.settings)
+        return self.default_broker()
+
+    def clean_broker(self) -> int:
+        """Drop what the broker keeps but will never deliver again (at worker start); return how many."""
+        return 0
+
+    def leases(self) -> Leases:
+        """The named leases behind `lock`: rows of the SQL store unless the profile has better."""
+        from healthmate_features.backends.locks import SqlLeases
+
+        return SqlLeases(self.open_sql_store())
+
+    @contextmanager
+    def lock(self, name: str, *, wait_s: float | None = None, on_wait: Any = None) -> Iterator[Lease]:
+        """Hold the lock `name` (e.g. `materialize:health_daily`) for the block, across processes.
+
+        Waits up to `wait_s` (default HM_LOCK_WAIT_S) for another holder (LockTimeoutError after); the lease lasts
+        HM_JOB_LEASE_S and is renewed while the block runs, so a holder that dies frees it within
+        that time. `on_wait(holder)` is called once if the lock is busy at first."""
+        from healthmate_features.backends.locks import hold
+
+        with self.service_errors():
+            leases = self.leases()
+            try:
+                wait = self.settings.lock_wait_s if wait_s is None else wait_s
+                with hold(leases, name, ttl_s=self.settings.job_lease_s, wait_s=wait, on_wait=on_wait) as lease:
+                    yield lease
+            finally:
+                leases.close()
 
     # --- raw tables --------------------------------------------------------------------------
 

@@ -3,7 +3,10 @@
 - raw tables: the ingested Parquet files in `data/ingested/` (ingest writes them; nothing to load);
 - feature tables: `data/features/<table>.parquet`, built by DuckDB, each replaced atomically;
 - Feast: `feature_store.yaml` (our DuckDB ASOF offline store over those files, SQLite online store);
-- SQL store: SQLite at `data/healthmate.db`.
+- SQL store: SQLite at `data/healthmate.db`;
+- Celery broker: kombu's SQLAlchemy transport over SQLite at `data/broker.db` (a file of its own:
+  SQLite drops a process's locks on a file when the process closes any handle to it, so nothing
+  but the SQL store ever opens the store's file).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from healthmate_features.backends.base import INGEST_MANIFEST, Backend, FeatureBuild
+from healthmate_features.backends.base import INGEST_MANIFEST, Backend, Broker, FeatureBuild
 from healthmate_features.errors import FeatureRepoError, NotIngestedError
 from healthmate_features.util.files import atomic_path
 from healthmate_features.util.sql import quote_literal
@@ -64,6 +67,33 @@ class EmbeddedBackend(Backend):
 
         self.settings.sql_path.parent.mkdir(parents=True, exist_ok=True)
         return SqlStore.sqlite(self.settings.sql_path, timeout_s=self.settings.connect_timeout_s)
+
+    # --- background jobs ---------------------------------------------------------------------
+
+    def default_broker(self) -> Broker:
+        """kombu's SQLAlchemy transport over `data/broker.db`: a queue that needs no server."""
+        path = self.settings.broker_path
+        # create_engine() options: wait for SQLite's write lock instead of failing at once
+        return Broker(f"sqla+sqlite:///{path}", {"connect_args": {"timeout": 30}}, f"SQLite broker {path}")
+
+    def clean_broker(self) -> int:
+        """Delete delivered messages: kombu's SQLAlchemy transport keeps them forever (invisible).
+
+        A delivered message is never delivered again by the transport (an unacknowledged one is
+        re-published as a new row when its consumer gives it back), so deleting them is safe
+        while workers run."""
+        import sqlite3
+
+        path = self.settings.broker_path
+        if not path.exists():
+            return 0
+        conn = sqlite3.connect(path, timeout=30, isolation_level=None)
+        try:
+            if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'kombu_message'").fetchone():
+                return 0
+            return conn.execute("DELETE FROM kombu_message WHERE visible = 0").rowcount
+        finally:
+            conn.close()
 
     # --- raw tables --------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from healthmate_features.backends import postgres, redis
-from healthmate_features.backends.base import INGEST_MANIFEST, Backend, FeatureBuild, RawTable
+from healthmate_features.backends.base import INGEST_MANIFEST, Backend, Broker, FeatureBuild, RawTable, redis_broker
 from healthmate_features.errors import FeatureRepoError, NotIngestedError
 from healthmate_features.util.sql import quote_ident
 
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from feast import FeatureStore
     from feast.data_source import DataSource
 
+    from healthmate_features.backends.locks import Leases
     from healthmate_features.backends.sqlstore import SqlStore
 
 BATCH_ROWS = 100_000  # rows per COPY chunk: bounds memory whatever the table size
@@ -162,6 +163,22 @@ class ProductionBackend(Backend):
         from healthmate_features.backends.sqlstore import SqlStore
 
         return SqlStore.postgres(self.settings)
+
+    # --- background jobs ---------------------------------------------------------------------
+
+    def default_broker(self) -> Broker:
+        """The profile's Redis (HM_REDIS_URL), keys under HM_REDIS_PREFIX."""
+        return redis_broker(self.settings.redis_url, self.settings)
+
+    def leases(self) -> Leases:
+        """Locks as Redis keys (SET NX PX) under HM_REDIS_PREFIX."""
+        from healthmate_features.backends.locks import RedisLeases
+
+        return RedisLeases(
+            redis.connect(self.settings),
+            prefix=self.settings.redis_prefix,
+            description=f"Redis {redis.redis_address(self.settings)}",
+        )
 
     # --- raw tables --------------------------------------------------------------------------
 

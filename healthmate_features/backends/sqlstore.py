@@ -132,6 +132,42 @@ MIGRATIONS: tuple[Migration, ...] = (
                 FOR EACH STATEMENT EXECUTE FUNCTION audit_log_append_only()""",
         ),
     ),
+    Migration(
+        4,
+        "background jobs and leases",
+        (
+            # One row per job, written before its message is published (jobs.store.JobStore).
+            # `attempts` counts executions started and fences every write of an execution;
+            # `lease_until` is renewed while a worker holds the job and lapses when it dies.
+            """CREATE TABLE jobs (
+                job_id TEXT PRIMARY KEY,
+                kind TEXT NOT NULL,
+                target TEXT,
+                submitted_by TEXT,
+                params {json} NOT NULL,
+                status TEXT NOT NULL
+                    CHECK (status IN ('queued', 'running', 'retrying', 'succeeded', 'failed', 'cancelled')),
+                attempts INTEGER NOT NULL DEFAULT 0,
+                max_attempts INTEGER NOT NULL,
+                created_at {ts} NOT NULL,
+                started_at {ts},
+                finished_at {ts},
+                lease_until {ts},
+                worker TEXT,
+                result {json},
+                error TEXT
+            )""",
+            "CREATE INDEX jobs_created_idx ON jobs (created_at)",
+            "CREATE INDEX jobs_status_idx ON jobs (status, lease_until)",
+            # Named leases (backends.locks.SqlLeases): a row is a held lock until `expires_at`.
+            """CREATE TABLE leases (
+                name TEXT PRIMARY KEY,
+                holder TEXT NOT NULL,
+                acquired_at {ts} NOT NULL,
+                expires_at {ts} NOT NULL
+            )""",
+        ),
+    ),
 )
 
 _MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS schema_migrations (

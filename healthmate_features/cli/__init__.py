@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from healthmate_features.cli import datasets, keys, models, pipeline, serve  # noqa: F401  (register the commands)
+from healthmate_features.cli import datasets, jobs, keys, models, pipeline, serve, worker  # noqa: F401  (register)
 from healthmate_features.cli._common import main
 
 __all__ = ["main"]

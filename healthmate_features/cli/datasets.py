@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from healthmate_features.cli._common import echo_json, handles_errors, main, profile_option, settings
+from healthmate_features.cli._common import (
+    echo_fields,
+    echo_json,
+    echo_table,
+    handles_errors,
+    json_option,
+    main,
+    profile_option,
+    settings,
+)
+from healthmate_features.util.text import format_value
 
 if TYPE_CHECKING:
     from healthmate_features.datasets.registry import Bump, DatasetRegistry
@@ -26,8 +37,9 @@ def training_set_group() -> None:
     "--bump", type=click.Choice(["major", "minor", "patch"]), default=None, help="Override the version bump rule."
 )
 @profile_option
+@json_option
 @handles_errors
-def training_set_build_cmd(config_path: Path, bump: Bump | None, profile: str | None) -> None:
+def training_set_build_cmd(config_path: Path, bump: Bump | None, profile: str | None, as_json: bool) -> None:
     """Build a training set from a config and save it as a new dataset version; print name@version.
 
     When nothing changed since the latest version (same data, definitions, entity frame and
@@ -35,14 +47,16 @@ def training_set_build_cmd(config_path: Path, bump: Bump | None, profile: str | 
     from healthmate_features.training.builder import TrainingSetConfig, build_and_save, summary
 
     ref, dataset, created = build_and_save(TrainingSetConfig.from_file(config_path), settings(profile), bump=bump)
-    click.echo(ref)
     if not created:
         click.echo(
             f"unchanged: {ref} already holds this data, definitions and config (no new version); "
             "pass --bump patch to save a copy anyway",
             err=True,
         )
-    echo_json(summary(dataset))
+    if as_json:
+        return echo_json({"dataset": ref, "created": created, **summary(dataset)})
+    click.echo(ref)
+    echo_fields(summary(dataset))
 
 
 @main.group("datasets")
@@ -59,20 +73,89 @@ def _registry(profile: str | None) -> DatasetRegistry:
 @datasets_group.command("list")
 @click.argument("name", required=False)
 @profile_option
+@json_option
 @handles_errors
-def datasets_list_cmd(name: str | None, profile: str | None) -> None:
+def datasets_list_cmd(name: str | None, profile: str | None, as_json: bool) -> None:
     """List dataset versions (of one dataset, or all)."""
-    echo_json(_registry(profile).list(name))
+    registry = _registry(profile)
+    versions = registry.list(name)
+    if as_json:
+        return echo_json(versions)
+    if not versions:
+        return click.echo(
+            f"no dataset versions in {registry.uri}; build one with `healthmate-features training-set build`"
+        )
+    rows = [
+        {
+            **v,
+            "created_at": _time(v["created_at"]),
+            "train": (v["rows"] or {}).get("train"),
+            "test": (v["rows"] or {}).get("test"),
+            "data_hash": (v["data_hash"] or "")[:12],
+        }
+        for v in versions
+    ]
+    echo_table(rows, ["name", "version", "created_at", "bump", "train", "test", "feature_service", "data_hash"])
 
 
 @datasets_group.command("show")
 @click.argument("name")
 @click.argument("version", required=False)
 @profile_option
+@json_option
 @handles_errors
-def datasets_show_cmd(name: str, version: str | None, profile: str | None) -> None:
-    """Print a version's manifest (latest by default)."""
-    echo_json(_registry(profile).show(name, version))
+def datasets_show_cmd(name: str, version: str | None, profile: str | None, as_json: bool) -> None:
+    """Summarize a version's manifest (latest by default); `--json` prints the whole manifest."""
+    manifest = _registry(profile).show(name, version)
+    if as_json:
+        return echo_json(manifest)
+    click.echo(f"{manifest.get('name', name)}@{manifest.get('version')}")
+    echo_fields(_manifest_summary(manifest))
+    click.echo(f"(the whole manifest: healthmate-features datasets show {name} {manifest.get('version')} --json)")
+
+
+def _manifest_summary(m: Mapping[str, Any]) -> dict[str, Any]:
+    bump = m.get("bump") or {}
+    label = m.get("label") or {}
+    files = m.get("files") or {}
+    env = m.get("environment") or {}
+    pipeline = m.get("pipeline") or {}
+    commit = env.get("git_commit")
+    return {
+        "created_at": _time(m.get("created_at")),
+        "parent_version": m.get("parent_version"),
+        "bump": f"{bump.get('kind')}: {'; '.join(bump.get('reasons') or [])}",
+        "feature_service": f"{m.get('feature_service')} ({len(m.get('feature_refs') or [])} feature refs)",
+        "features": f"{len(m.get('feature_names') or [])} columns after preprocessing",
+        "label": f"{label.get('name')} ({label.get('dtype')})",
+        "label_balance": _balance(_sides(m.get("label_balance") or {})),
+        "rows": _sides(m.get("row_counts") or {}),
+        "time_range": m.get("time_range"),
+        "split": {k: v for k, v in (m.get("split_config") or {}).items() if v is not None},
+        "data_hash": m.get("data_hash"),
+        "files": f"{len(files)} files, {sum(f.get('bytes', 0) for f in files.values()) / 1e6:.1f} MB",
+        "pipeline": f"{pipeline.get('class')} ({pipeline.get('serializer')})" if pipeline else None,
+        "built_with": f"feast {env.get('feast')}, python {env.get('python')}"
+        + (f", git {commit[:10]}{' (dirty)' if env.get('git_dirty') else ''}" if commit else ""),
+    }
+
+
+def _balance(balance: Mapping[str, Any]) -> str:
+    """Label balance per split: class fractions, or mean and std of a regression label."""
+    parts = []
+    for side, b in balance.items():
+        if b.get("kind") == "classification":
+            parts.append(
+                f"{side} " + ", ".join(f"{c}: {format_value(f)}" for c, f in (b.get("fractions") or {}).items())
+            )
+        else:
+            parts.append(f"{side} mean {format_value(b.get('mean'))}, std {format_value(b.get('std'))}")
+    return "; ".join(parts) or "-"
+
+
+def _time(iso: str | None) -> str | None:
+    """An ISO time from a manifest, to the second: `2026-11-27 13:01:03`."""
+    return iso[:19].replace("T", " ") if iso else None
 
 
 @datasets_group.command("load")
@@ -82,26 +165,41 @@ def datasets_show_cmd(name: str, version: str | None, profile: str | None) -> No
     "--out", type=click.Path(path_type=Path), default=None, help="Also write the splits as Parquet into this directory."
 )
 @profile_option
+@json_option
 @handles_errors
-def datasets_load_cmd(name: str, version: str | None, out: Path | None, profile: str | None) -> None:
+def datasets_load_cmd(name: str, version: str | None, out: Path | None, profile: str | None, as_json: bool) -> None:
     """Load a version (verified first; latest by default) and print its summary."""
     from healthmate_features.training.builder import summary
 
     dataset = _registry(profile).load(name, version)
+    written = [str(p) for p in dataset.write_parquet(out)] if out else []
+    if as_json:
+        return echo_json({"dataset": dataset.ref, **summary(dataset), **({"written": written} if out else {})})
+    click.echo(dataset.ref)
+    echo_fields(summary(dataset))
     if out:
-        dataset.write_parquet(out)
-    echo_json({"dataset": dataset.ref, **summary(dataset)})
+        click.echo(f"wrote {len(written)} splits as Parquet to {out}")
 
 
 @datasets_group.command("verify")
 @click.argument("name")
 @click.argument("version", required=False)
 @profile_option
+@json_option
 @handles_errors
-def datasets_verify_cmd(name: str, version: str | None, profile: str | None) -> None:
+def datasets_verify_cmd(name: str, version: str | None, profile: str | None, as_json: bool) -> None:
     """Recompute a version's hashes; exit 1 on tampering or missing files."""
     report = _registry(profile).verify(name, version)
-    echo_json(report.to_dict())
+    if as_json:
+        echo_json(report.to_dict())
+    elif report.ok:
+        click.echo(
+            f"{name}@{report.version}: intact ({len(report.checked_files)} files and the data hash match the manifest)"
+        )
+    else:
+        click.echo(f"{name}@{report.version}: {len(report.problems)} problem(s)")
+        for problem in report.problems:
+            click.echo(f"  {problem}")
     if not report.ok:
         raise click.ClickException(f"{name}@{report.version} failed verification")
 
@@ -111,25 +209,111 @@ def datasets_verify_cmd(name: str, version: str | None, profile: str | None) -> 
 @click.argument("v1")
 @click.argument("v2")
 @profile_option
+@json_option
 @handles_errors
-def datasets_diff_cmd(name: str, v1: str, v2: str, profile: str | None) -> None:
-    """Schema, feature, row-count and summary-statistic changes between two versions."""
-    echo_json(_registry(profile).diff(name, v1, v2))
+def datasets_diff_cmd(name: str, v1: str, v2: str, profile: str | None, as_json: bool) -> None:
+    """Schema, feature, row-count and summary-statistic changes between two versions.
+
+    Prints a summary; `--json` prints every column's statistics."""
+    diff = _registry(profile).diff(name, v1, v2)
+    if as_json:
+        return echo_json(diff)
+    rule = diff["bump_rule"]
+    click.echo(
+        f"{name} {diff['from']} -> {diff['to']}: the bump rule says {rule['kind']} ({'; '.join(rule['reasons'])})"
+    )
+    echo_fields(_diff_summary(diff))
+    shifts = diff["largest_shifts"]
+    if shifts:
+        click.echo("largest statistic shifts (mean/std in units of the older std; null fraction as is):")
+        echo_table(
+            [{**s, "delta": f"{s['delta']:+.6g}", "shift": f"{s['shift']:.3g}"} for s in shifts],
+            ["split", "column", "stat", "from", "to", "delta", "shift"],
+        )
+    else:
+        click.echo("column statistics: no change")
+    click.echo(f"(every column's statistics: healthmate-features datasets diff {name} {v1} {v2} --json)")
+
+
+def _diff_summary(diff: Mapping[str, Any]) -> dict[str, Any]:
+    features, schema = diff["features"], diff["schema"]
+    service = features["feature_service"]
+    out: dict[str, Any] = {
+        "inputs_changed": [k for k, changed in diff["changed"].items() if changed] or "none",
+        "feature_service": f"{service['from']} -> {service['to']}" if service["changed"] else f"{service['to']} (same)",
+        "feature_refs": _added_removed(features["added"], features["removed"]),
+    }
+    for split in ("X_train", "joined_train"):
+        if split in schema:
+            s = schema[split]
+            dtypes = [f"{c} {d['from']} -> {d['to']}" for c, d in s["dtype_changed"].items()]
+            out[f"columns ({split})"] = _added_removed(s["added"], s["removed"]) + (
+                f"; dtype changed: {', '.join(dtypes)}" if dtypes else ""
+            )
+    label = schema["label"]
+    out["label"] = f"{label['from']} -> {label['to']}" if label["changed"] else "same"
+    out["rows"] = {side: _delta(c) for side, c in diff["rows"].items()}
+    out["label_balance"] = "; ".join(f"{side} {_balance_delta(b)}" for side, b in diff["label_balance"].items())
+    return out
+
+
+def _added_removed(added: list[str], removed: list[str]) -> str:
+    if not added and not removed:
+        return "same"
+    parts = [f"{len(added)} added" + (f" ({', '.join(added)})" if added else "")]
+    parts.append(f"{len(removed)} removed" + (f" ({', '.join(removed)})" if removed else ""))
+    return ", ".join(parts)
+
+
+def _delta(change: Mapping[str, Any], digits: int = 6) -> str:
+    """`from -> to (+delta)`, or `to (same)`."""
+    a, b, delta = change.get("from"), change.get("to"), change.get("delta")
+
+    def num(x: Any) -> str:
+        return f"{x:.{digits}g}" if isinstance(x, float) else format_value(x)
+
+    if delta is None:
+        return f"{num(a)} -> {num(b)}"
+    if not delta:
+        return f"{num(b)} (same)"
+    return f"{num(a)} -> {num(b)} ({delta:+.{digits}g})"
+
+
+def _balance_delta(balance: Mapping[str, Any]) -> str:
+    if "fractions" in balance:
+        return ", ".join(f"{c}: {_delta(change, digits=4)}" for c, change in balance["fractions"].items())
+    if "mean" in balance:
+        return f"mean {_delta(balance['mean'])}, std {_delta(balance['std'])}"
+    return f"{format_value(balance.get('from'))} -> {format_value(balance.get('to'))}"
 
 
 @datasets_group.command("rebuild")
 @click.argument("name")
 @click.argument("version")
 @profile_option
+@json_option
 @handles_errors
-def datasets_rebuild_cmd(name: str, version: str, profile: str | None) -> None:
+def datasets_rebuild_cmd(name: str, version: str, profile: str | None, as_json: bool) -> None:
     """Rebuild a version from its manifest and check the data hash is identical (saves nothing)."""
     from healthmate_features.training.builder import rebuild
 
     report = rebuild(name, version, settings(profile))
-    echo_json(report)
+    if as_json:
+        echo_json(report)
+    elif report["identical"]:
+        click.echo(f"{report['dataset']} rebuilt: identical data hash {report['data_hash']}")
+    else:
+        click.echo(
+            f"{report['dataset']} rebuilt: data hash {report['data_hash']}, "
+            f"the manifest says {report['manifest_data_hash']}"
+        )
     if not report["identical"]:
         raise click.ClickException(
             f"rebuild of {name}@{version} differs"
             + (": its entity file changed since" if report["entities_changed"] else ": the sources changed since")
         )
+
+
+def _sides(per_split: Mapping[str, Any]) -> dict[str, Any]:
+    """train before test (manifests sort their keys)."""
+    return {side: per_split[side] for side in sorted(per_split, key=lambda s: (s != "train", s))}

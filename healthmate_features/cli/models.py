@@ -63,25 +63,39 @@ def models_group() -> None:
 @models_group.command("log")
 @click.option("--model", required=True, help="Model name, e.g. health_risk.")
 @click.option("--version", "model_version", required=True, help="Model version, e.g. 1.0.")
-@click.option("--dataset", required=True, help="Dataset version evaluated on, as NAME@VERSION.")
+@click.option(
+    "--dataset",
+    required=True,
+    help="Dataset version evaluated on, as NAME@VERSION from the dataset registry, e.g. health_risk@1.0.0.",
+)
+@click.option(
+    "--external-dataset",
+    is_flag=True,
+    help="The dataset version is kept in another registry: skip the check that ours holds it.",
+)
 @click.option("--env", "environment", required=True, help="One of " + ", ".join(ENVIRONMENTS) + ".")
 @click.option("--metric", "metrics", multiple=True, required=True, help="NAME=VALUE, e.g. auc=0.81 (repeatable).")
 @click.option("--param", "params", multiple=True, help="NAME=VALUE run parameter; JSON values are parsed (repeatable).")
 @profile_option
 @json_option
 @handles_errors
-def models_log_cmd(model, model_version, dataset, environment, metrics, params, profile, as_json) -> None:
+def models_log_cmd(
+    model, model_version, dataset, external_dataset, environment, metrics, params, profile, as_json
+) -> None:
     """Record one evaluation run's metrics for a model version."""
+    from healthmate_features.datasets.registry import DatasetRegistry
 
     metric_values, param_values = _metric_values(metrics), _param_values(params)
-    with open_sql_store(settings(profile)) as store:
-        run = Tracker(store).log_metrics(
+    current = settings(profile)
+    with open_sql_store(current) as store:
+        run = Tracker(store, datasets=DatasetRegistry.from_settings(current)).log_metrics(
             model,
             version=model_version,
             dataset=dataset,
             environment=environment,
             metrics=metric_values,
             params=param_values,
+            external_dataset=external_dataset,
         )
     if as_json:
         return echo_json(run.to_dict())

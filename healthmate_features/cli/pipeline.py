@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from dataclasses import asdict
+from datetime import timezone
 from pathlib import Path
 
 import click
 
 from healthmate_features.backends import backend_for
-from healthmate_features.cli._common import echo_json, handles_errors, main, profile_option, quiet_option, settings
+from healthmate_features.cli._common import (
+    echo_fields,
+    echo_json,
+    echo_table,
+    handles_errors,
+    json_option,
+    main,
+    profile_option,
+    quiet_option,
+    settings,
+    show_progress,
+)
 from healthmate_features.config import PROFILES
 
 
@@ -36,8 +48,11 @@ def features() -> None:
 @click.option("--batch-rows", default=100_000, show_default=True, help="Rows per COPY chunk (production profile).")
 @profile_option
 @quiet_option
+@json_option
 @handles_errors
-def ingest_cmd(raw_dir: Path, out_dir: Path | None, batch_rows: int, profile: str | None, quiet: bool) -> None:
+def ingest_cmd(
+    raw_dir: Path, out_dir: Path | None, batch_rows: int, profile: str | None, quiet: bool, as_json: bool
+) -> None:
     """Validate raw tables; write accepted rows, a rejects file per table and counts per reason.
 
     With the production profile the accepted rows are then loaded into Postgres (replacing the
@@ -46,7 +61,11 @@ def ingest_cmd(raw_dir: Path, out_dir: Path | None, batch_rows: int, profile: st
 
     current = settings(profile)
     out_dir = out_dir or current.ingested_dir
-    reports, loaded = ingest_raw(raw_dir, current, out_dir=out_dir, batch_rows=batch_rows, progress=not quiet)
+    reports, loaded = ingest_raw(
+        raw_dir, current, out_dir=out_dir, batch_rows=batch_rows, progress=show_progress(quiet)
+    )
+    if as_json:
+        return echo_json({"tables": [asdict(r) for r in reports], "out": out_dir, "loaded": loaded})
     for r in reports:
         click.echo(f"{r.table}: read {r.read:,}, accepted {r.accepted:,}, rejected {r.rejected:,}")
         for reason, n in sorted(r.reasons.items(), key=lambda kv: -kv[1]):
@@ -67,8 +86,11 @@ def ingest_cmd(raw_dir: Path, out_dir: Path | None, batch_rows: int, profile: st
 @click.option("--memory-limit", default=None, help="DuckDB memory limit, e.g. 4GB.")
 @profile_option
 @quiet_option
+@json_option
 @handles_errors
-def build_features_cmd(raw_dir: Path, memory_limit: str | None, profile: str | None, quiet: bool) -> None:
+def build_features_cmd(
+    raw_dir: Path, memory_limit: str | None, profile: str | None, quiet: bool, as_json: bool
+) -> None:
     """Compute the feature tables (health, engagement, profile) from the ingested raw data.
 
     Embedded: DuckDB writes data/features/*.parquet. Production: the same SQL runs inside
@@ -77,39 +99,57 @@ def build_features_cmd(raw_dir: Path, memory_limit: str | None, profile: str | N
 
     current = settings(profile)
     backend = backend_for(current)
-    for table, rows in build_features(raw_dir, current, progress=not quiet, memory_limit=memory_limit).items():
+    tables = build_features(raw_dir, current, progress=show_progress(quiet), memory_limit=memory_limit)
+    if as_json:
+        return echo_json({t: {"rows": n, "table": backend.feature_table_label(t)} for t, n in tables.items()})
+    for table, rows in tables.items():
         click.echo(f"{table}: {rows:,} rows -> {backend.feature_table_label(table)}")
 
 
 @main.command("apply")
 @profile_option
+@quiet_option
 @handles_errors
-def apply_cmd(profile: str | None) -> None:
+def apply_cmd(profile: str | None, quiet: bool) -> None:
     """Register the definitions of feature_repo/ with Feast (same as `feast apply`)."""
 
     from healthmate_features.stores import feature_store
 
-    feature_store.apply(settings(profile))
+    feature_store.apply(settings(profile), progress=show_progress(quiet))
 
 
 @main.command("materialize")
 @click.option("--start", type=click.DateTime(), default=None, help="Window start (UTC; default: earliest feature row).")
 @click.option("--end", type=click.DateTime(), default=None, help="Window end (UTC; default: latest feature row).")
-@click.option("--incremental", is_flag=True, help="Continue each view from its last materialization.")
+@click.option(
+    "--incremental",
+    is_flag=True,
+    help="Continue each view from where Feast's record says it ended (--start: for views never materialized).",
+)
 @click.option("--view", "views", multiple=True, help="Only these feature views (repeatable).")
 @profile_option
+@quiet_option
+@json_option
 @handles_errors
-def materialize_cmd(start, end, incremental: bool, views: tuple[str, ...], profile: str | None) -> None:
-    """Load the latest feature values into the online store."""
+def materialize_cmd(
+    start, end, incremental: bool, views: tuple[str, ...], profile: str | None, quiet: bool, as_json: bool
+) -> None:
+    """Load the latest feature values into the online store; print the window of each view."""
     from healthmate_features.stores import feature_store
 
-    def utc(d: datetime | None) -> datetime | None:
-        return d.replace(tzinfo=timezone.utc) if d is not None else None
-
-    lo, hi = feature_store.materialize(
-        settings(profile), start=utc(start), end=utc(end), incremental=incremental, views=list(views) or None
+    done = feature_store.materialize(
+        settings(profile),
+        start=start,
+        end=end,
+        incremental=incremental,
+        views=list(views) or None,
+        progress=show_progress(quiet),
     )
-    click.echo(f"materialized {'incrementally ' if incremental else ''}up to {hi}" + (f" from {lo}" if lo else ""))
+    if as_json:
+        return echo_json(asdict(done))
+    for view in done.views:
+        click.echo(view.describe())
+    click.echo(done.summary())
 
 
 @main.command("online")
@@ -119,13 +159,23 @@ def materialize_cmd(start, end, incremental: bool, views: tuple[str, ...], profi
     "--at", type=click.DateTime(), default=None, help="Request time for on-demand features (UTC; default: now)."
 )
 @profile_option
+@json_option
 @handles_errors
-def online_cmd(user_id: int, feature_service: str | None, at, profile: str | None) -> None:
-    """Print one user's online features as JSON."""
+def online_cmd(user_id: int, feature_service: str | None, at, profile: str | None, as_json: bool) -> None:
+    """Print one user's online features: a feature/value table, or `--json` (feature -> value)."""
     from healthmate_features.stores import feature_store
 
     at = at.replace(tzinfo=timezone.utc) if at else None
-    echo_json(feature_store.online_features(settings(profile), user_id, feature_service=feature_service, at=at))
+    values = feature_store.online_features(settings(profile), user_id, feature_service=feature_service, at=at)
+    if as_json:
+        return echo_json(values)
+    features = {name: value for name, value in values.items() if name != "user_id"}
+    missing = sum(value is None for value in features.values())
+    click.echo(
+        f"user {user_id}, {f'feature service {feature_service}' if feature_service else 'all feature views'}: "
+        f"{len(features)} features, {missing} without a value (-)"
+    )
+    echo_table([{"feature": name, "value": value} for name, value in features.items()], ["feature", "value"])
 
 
 @main.command("training-frame")
@@ -140,8 +190,9 @@ def online_cmd(user_id: int, feature_service: str | None, at, profile: str | Non
 @click.option("--label", default="adverse_event_30d", show_default=True, help="Label column.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Write the frame to this Parquet file.")
 @profile_option
+@json_option
 @handles_errors
-def training_frame_cmd(labels_path, feature_service: str, label: str, out, profile: str | None) -> None:
+def training_frame_cmd(labels_path, feature_service: str, label: str, out, profile: str | None, as_json: bool) -> None:
     """Join labels to features point-in-time through Feast and print a summary."""
     from healthmate_features.demo import summarize_frame, training_frame
 
@@ -151,7 +202,11 @@ def training_frame_cmd(labels_path, feature_service: str, label: str, out, profi
     )
     if out:
         frame.to_parquet(out, index=False)
-    echo_json(summarize_frame(frame, label))
+    if as_json:
+        return echo_json({**summarize_frame(frame, label), **({"out": out} if out else {})})
+    echo_fields(summarize_frame(frame, label))
+    if out:
+        click.echo(f"wrote {len(frame):,} rows to {out}")
 
 
 @main.command("demo")
@@ -166,12 +221,19 @@ def training_frame_cmd(labels_path, feature_service: str, label: str, out, profi
     help="embedded: no server needed; production: Postgres and Redis named by HM_PG_* / HM_REDIS_URL.",
 )
 @quiet_option
+@json_option
 @handles_errors
-def demo_cmd(users: int, days: int, seed: int, profile: str, quiet: bool) -> None:
-    """Run the whole pipeline (what `make demo` and `make demo-production` run)."""
+def demo_cmd(users: int, days: int, seed: int, profile: str, quiet: bool, as_json: bool) -> None:
+    """Run the whole pipeline (what `make demo` and `make demo-production` run).
+
+    With `--json` the steps are reported on stderr and the figures printed as JSON."""
     from healthmate_features.demo import run_demo
 
-    run_demo(settings(profile), users=users, days=days, seed=seed, echo=click.echo, progress=not quiet)
+    figures = run_demo(
+        settings(profile), users=users, days=days, seed=seed, echo=click.echo, progress=show_progress(quiet)
+    )
+    if as_json:
+        echo_json(figures)
 
 
 @main.command("env")
@@ -211,14 +273,23 @@ def env_cmd(profile: str) -> None:
     help="Fraction of readings and app events corrupted on purpose for ingest to reject (0: none).",
 )
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@json_option
 @handles_errors
-def generate(users, days, seed, out_dir, start, invalid_rate, quiet) -> None:
+def generate(users, days, seed, out_dir, start, invalid_rate, quiet, as_json) -> None:
     """Write realistic synthetic raw data (users, health_readings, app_events, labels) as Parquet."""
     from healthmate_features.raw.generate import generate as run
 
     counts = run(
-        out_dir, users=users, days=days, seed=seed, start=start.date(), invalid_rate=invalid_rate, progress=not quiet
+        out_dir,
+        users=users,
+        days=days,
+        seed=seed,
+        start=start.date(),
+        invalid_rate=invalid_rate,
+        progress=show_progress(quiet),
     )
+    if as_json:
+        return echo_json({"rows": counts, "out": out_dir})
     for table, rows in counts.items():
         click.echo(f"{table}: {rows:,} rows")
     click.echo(f"written to {out_dir}")

@@ -251,7 +251,10 @@ def decide_bump(
 
 
 def diff_manifests(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
-    """Compare two manifests: schema, features, rows, column statistics, label balance."""
+    """Compare two manifests: schema, features, rows, column statistics, label balance.
+
+    `largest_shifts` ranks the statistic changes (see `largest_shifts`), so that a reader can
+    start with the few that matter among thousands."""
     schema: dict[str, Any] = {}
     for split in ("X_train", "joined_train"):
         a, b = _columns(old, split), _columns(new, split)
@@ -322,7 +325,31 @@ def diff_manifests(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, 
         }
         | {"pipeline": _pipeline_sha(old) != _pipeline_sha(new)},
         "bump_rule": {"kind": kind, "reasons": reasons},
+        "largest_shifts": largest_shifts(stats),
     }
+
+
+def largest_shifts(stats: Mapping[str, Any], *, top: int = 5) -> list[dict[str, Any]]:
+    """The `top` largest column-statistic changes of a diff's `stats`, largest first.
+
+    Ranked by `shift`: a mean or std change in units of the older version's std (of its
+    absolute mean when that std is 0, else 1), a null-fraction change as it is. Raw features
+    (the joined splits) are ranked when the diff has them, the processed splits otherwise
+    (after standard scaling every mean is 0). Unchanged statistics are left out."""
+    raw = [split for split in ("joined_train", "joined_test") if split in stats]
+    found = []
+    for split in raw or [s for s in ("X_train", "X_test") if s in stats]:
+        for column, changes in stats[split].items():
+            std = (changes.get("std") or {}).get("from")
+            mean = (changes.get("mean") or {}).get("from")
+            scale = next((abs(x) for x in (std, mean) if isinstance(x, (int, float)) and x), 1.0)
+            for stat, change in changes.items():
+                delta = change.get("delta")
+                if not delta:
+                    continue
+                shift = abs(delta) if stat == "null_fraction" else abs(delta) / scale
+                found.append({"split": split, "column": column, "stat": stat, **change, "shift": shift})
+    return sorted(found, key=lambda s: -s["shift"])[:top]
 
 
 def _change(a: Any, b: Any) -> dict[str, Any]:

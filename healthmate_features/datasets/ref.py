@@ -2,8 +2,9 @@
 
 Names are 1-128 letters, digits, '.', '_', '-' starting with a letter or digit (safe as a
 directory name: no separators, no '..', nothing hidden). A reference's version is a label of up
-to 64 such characters (and '+'): the registry's own versions are MAJOR.MINOR.PATCH, and model
-tracking also accepts the labels other registries use (`health_risk@v3`).
+to 64 such characters (and '+'): the registry's own versions are MAJOR.MINOR.PATCH; model
+tracking accepts the labels other registries use (`health_risk@v3`) only for a run that says its
+dataset is external (`--external-dataset`), and checks every other reference against the registry.
 """
 
 from __future__ import annotations

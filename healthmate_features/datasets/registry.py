@@ -11,8 +11,11 @@ Layout under a storage root (a local directory, or a pyarrow filesystem URI such
 
 A version is written under `<root>/<name>/.tmp-<uuid>` and published by one atomic rename onto
 its final name; a rename onto an existing version fails, and the save then retries with the
-next free version. Published files and directories are made read-only. Saving needs a local
-root (atomic rename); reading works on any pyarrow filesystem.
+next free version. The saving process holds an advisory lock (flock) on its temporary directory
+while it writes: a process killed mid-save leaves the directory unlocked, and
+`clean_temporary()` (run when a worker starts) deletes exactly those. Published files and
+directories are made read-only. Saving needs a local root (atomic rename); reading works on any
+pyarrow filesystem.
 
 Trust model: `pipeline.joblib` is a pickle, and unpickling runs arbitrary code. `load` checks its
 SHA-256 against the manifest before unpickling the very bytes it checked, which catches
@@ -31,6 +34,7 @@ import io
 import json
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -71,6 +75,8 @@ MANIFEST = mf.MANIFEST_FILE
 PIPELINE_FILE = mf.PIPELINE_FILE
 ALLOWED_FILES = frozenset({f"{s}.parquet" for s in SPLITS} | {PIPELINE_FILE})
 _MAX_ATTEMPTS = 1000
+TMP_PREFIX = ".tmp-"
+_TMP_GRACE_S = 5.0  # a directory younger than this may be one a save has just made and not yet locked
 
 
 def check_name(name: object) -> str:
@@ -222,6 +228,23 @@ class DatasetRegistry:
         self._read_version(name, version, manifest, report, check=True)
         return report
 
+    def verify_all(self) -> builtins.list[VerifyReport]:
+        """`verify` every version of every dataset, oldest first per name."""
+        return [self.verify(name, version) for name in self.names() for version in self.versions(name)]
+
+    def find_version(self, name: str, key: str, value: Any) -> str | None:
+        """The newest version of `name` whose manifest metadata has `key` equal to `value`, or None.
+
+        How a job finds the version an earlier attempt of it published (metadata `job_id`)."""
+        for version in reversed(self.versions(name)):
+            try:
+                metadata = self.show(name, version).get("metadata") or {}
+            except DatasetVersionError:
+                continue
+            if isinstance(metadata, dict) and metadata.get(key) == value:
+                return version
+        return None
+
     def load(
         self,
         name: str,
@@ -335,8 +358,9 @@ class DatasetRegistry:
                 return versions[-1], False
         name_dir = os.path.join(self.root, name)
         os.makedirs(name_dir, exist_ok=True)
-        tmp = os.path.join(name_dir, f".tmp-{uuid.uuid4().hex}")
+        tmp = os.path.join(name_dir, f"{TMP_PREFIX}{uuid.uuid4().hex}")
         os.mkdir(tmp)
+        owner = _lock_directory(tmp)  # released by the kernel if this process dies: see clean_temporary
         try:
             content["files"] = _write_payload(tmp, dataset)
             for _ in range(_MAX_ATTEMPTS):
@@ -368,6 +392,29 @@ class DatasetRegistry:
         finally:
             if os.path.exists(tmp):
                 shutil.rmtree(tmp, ignore_errors=True)
+            if owner is not None:
+                os.close(owner)
+
+    def clean_temporary(self) -> builtins.list[str]:
+        """Delete the temporary directories of saves whose process died; return their paths.
+
+        A save holds an advisory lock on its `.tmp-*` directory until it ends, and the kernel
+        drops the lock when the process dies (SIGKILL included); a directory nobody locks is
+        therefore a dead save's. Live saves, and directories younger than a few seconds, are
+        left alone. Local roots only (elsewhere nothing is saved)."""
+        if not self._local:
+            return []
+        removed = []
+        for name, is_dir in self._entries(self.root):
+            if not is_dir or not NAME_RE.fullmatch(name):
+                continue
+            for entry, entry_is_dir in self._entries(self._path(name)):
+                path = self._path(name, entry)
+                if entry_is_dir and entry.startswith(TMP_PREFIX) and _abandoned(path):
+                    _make_writable(path)
+                    shutil.rmtree(path, ignore_errors=True)
+                    removed.append(path)
+        return removed
 
     # ---------------------------------------------------------------- internals -----------
 
@@ -539,6 +586,44 @@ def _write_file(directory: str, fname: str, data: bytes, *, replace: bool = Fals
     if replace:
         os.replace(target, path)
     return {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+
+
+def _lock_directory(path: str) -> int | None:
+    """Hold an exclusive advisory lock on a directory; the open descriptor (None without flock)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover  (Windows: no flock; clean_temporary then keeps everything)
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return fd
+
+
+def _abandoned(path: str) -> bool:
+    """True when no live process holds the lock of a temporary save directory (and it is not brand new)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        return False
+    try:
+        if time.time() - os.stat(path).st_mtime < _TMP_GRACE_S:
+            return False
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # gone meanwhile: published or cleaned by another process
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False  # a live save holds it
+    finally:
+        os.close(fd)
+    return True
+
+
+def _make_writable(directory: str) -> None:
+    """Undo read-only bits inside a temporary directory so it can be deleted (its files are 0o444)."""
+    with contextlib.suppress(OSError):
+        os.chmod(directory, 0o755)
 
 
 def _make_read_only(directory: str) -> None:

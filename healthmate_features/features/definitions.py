@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from feast import FeatureView, Field
 from feast.data_source import DataSource
+from feast.errors import FeastError
 from feast.types import Float64, Int64, String
 
 from healthmate_features.backends import backend_for
@@ -56,10 +57,42 @@ def source(table: str) -> DataSource:
     return backend_for(Settings.from_env()).batch_source(table, description=description(table))
 
 
+class DefinedFeatureView(FeatureView):
+    """A FeatureView that equals another when their definitions are equal.
+
+    Feast's `FeatureView.__eq__` also compares `materialization_intervals`, which only the registry
+    holds (every `materialize` appends one). `feast plan` and `feast apply` compare the registry's
+    view with the repository's (`current != new`), so after a materialization every view looked
+    changed, and Feast then printed its batch source as the "update" (a copy differing only in the
+    source's created/updated times). Here the intervals are not part of equality; everything else
+    Feast compares still is, so a real change is still planned and applied. The registry stores
+    what Feast stores for any FeatureView (the class is not in the proto), and Feast's registries
+    carry the intervals over whenever they rewrite a view.
+    """
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, FeatureView):
+            return False
+        if other.materialization_intervals == self.materialization_intervals:
+            return FeatureView.__eq__(self, other)
+        # `other` as it would be with our intervals: a shallow twin, so neither view is changed.
+        twin = object.__new__(type(other))
+        twin.__dict__.update(other.__dict__, materialization_intervals=self.materialization_intervals)
+        return FeatureView.__eq__(self, twin)
+
+    # `registry_view != repo_view` calls the right operand's reflected method first when it is a
+    # subclass instance: define __ne__ as the negation of our __eq__ (and keep Feast's hash).
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    def __hash__(self) -> int:
+        return FeatureView.__hash__(self)
+
+
 def feature_view(table: str, source, entity) -> FeatureView:
     """The feature view of one feature table: schema, TTL, description and tags from the catalog."""
     pii = any(f.pii for f in FEATURE_TABLES[table].features)
-    return FeatureView(
+    return DefinedFeatureView(
         name=table,
         entities=[entity],
         ttl=ttl(table),
@@ -79,21 +112,40 @@ def _shown(value: object) -> str:
     return repr(value.item() if hasattr(value, "item") else value)
 
 
+class FeastRequestTimeError(RequestTimeError, FeastError):
+    """A RequestTimeError that Feast's feature server answers as a client error.
+
+    `feast serve` turns a FeastError into its `http_status_code()` with Feast's JSON error detail
+    (module, class, message) and any other exception into a 500: an unreadable request time is
+    the caller's to fix, so 422. Still a RequestTimeError for our CLI, API and SDK callers.
+    """
+
+    def http_status_code(self) -> int:
+        return 422
+
+
 def request_times(values: pd.Series) -> pd.Series:
     """Request times as tz-aware UTC timestamps, read the same way whatever form they come in.
 
     Datetimes (naive = UTC) and ISO 8601 strings are parsed; numbers are epoch seconds (Feast's
     UnixTimestamp, what a `feast serve` client sends as `"event_timestamp": [1764600000]`).
-    Raises RequestTimeError naming the first unreadable value and how many there are.
+    Raises RequestTimeError (FeastRequestTimeError) naming the first unreadable value and how
+    many there are; a missing (null) time is unreadable too.
     """
+    missing = values.isna()
+    if missing.any():
+        raise FeastRequestTimeError(
+            f"event_timestamp is null in {int(missing.sum())} of {len(values)} rows; "
+            "send every row's request time (ISO 8601, a datetime, or epoch seconds)"
+        )
     if pd.api.types.is_bool_dtype(values):
-        raise RequestTimeError(f"event_timestamp holds booleans ({_shown(values.iloc[0])}); send a time")
+        raise FeastRequestTimeError(f"event_timestamp holds booleans ({_shown(values.iloc[0])}); send a time")
     if pd.api.types.is_numeric_dtype(values):
         seconds = values.astype("float64")
         low, high = _EPOCH_S_RANGE
         bad = seconds.notna() & ((seconds < low) | (seconds > high))
         if bad.any():
-            raise RequestTimeError(
+            raise FeastRequestTimeError(
                 f"event_timestamp {_shown(values[bad].iloc[0])} ({int(bad.sum())} of {len(values)} values) "
                 "is not epoch seconds between 1900 and 2200; "
                 "send seconds (not milliseconds or nanoseconds) or an ISO 8601 time"
@@ -104,7 +156,7 @@ def request_times(values: pd.Series) -> pd.Series:
     parsed = pd.to_datetime(values, utc=True, errors="coerce", format="mixed")
     bad = parsed.isna() & values.notna()
     if bad.any():
-        raise RequestTimeError(
+        raise FeastRequestTimeError(
             f"event_timestamp {_shown(values[bad].iloc[0])} ({int(bad.sum())} of {len(values)} values) is not a time; "
             "send an ISO 8601 time such as 2025-09-28T12:00:00Z, a datetime, or epoch seconds"
         )
@@ -124,13 +176,9 @@ def temporal_frame(inputs: pd.DataFrame) -> pd.DataFrame:
     computes them: values are bit-for-bit those of the `.dt` formulation it replaced
     (tests/unit/test_request_times.py). Raises RequestTimeError for unreadable or missing times.
     """
+    # request_times refuses unreadable and missing (null) times, so every tick below is a time
     times = request_times(inputs["event_timestamp"]).dt.tz_localize(None).to_numpy()  # UTC, in its unit
     ticks = times.view("int64")
-    missing = np.isnat(times)
-    if missing.any():
-        raise RequestTimeError(
-            f"event_timestamp is missing ({int(missing.sum())} of {len(ticks)} values); send the prediction time"
-        )
     per_second = _TICKS_PER_SECOND[np.datetime_data(times.dtype)[0]]
     whole = ticks // per_second  # floor: 23:59:59.5 on the day before the epoch is second 59
     days = whole // 86_400

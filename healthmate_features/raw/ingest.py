@@ -5,8 +5,10 @@
 ranges, units, timezone-aware timestamps and references to known users, and writes:
 
 - `<out_dir>/<table>.parquet`: the accepted rows, typed as the schema says (timestamps UTC);
-- `<out_dir>/<table>.rejects.csv`: every rejected row, its original values as text, its row
-  number in the input (`_row`, from 0) and the reason(s) (`_reason`);
+- `<out_dir>/<table>.rejects.csv`: every rejected row, its original values as text, where it is
+  in the input and the reason(s) (`_reason`). Where: `_line` for a CSV file, the line the row
+  starts on as an editor shows it (the header is line 1, so the first data row is line 2);
+  `_row` for a Parquet file, the row index (from 0);
 - `<out_dir>/_ingest.json`: counts per table and per reason, and the SHA-256 of each raw file,
   so `build-features` can refuse raw data that was not ingested (or changed since).
 
@@ -15,6 +17,7 @@ Nothing is dropped silently: accepted + rejected = read, per table. All checks r
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -23,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 
 from healthmate_features.backends import RawTable, backend_for
 from healthmate_features.backends.base import INGEST_MANIFEST
@@ -35,6 +39,8 @@ from healthmate_features.util.sql import quote_literal
 REQUIRED_TABLES = ("users", "health_readings", "app_events")
 MANIFEST = INGEST_MANIFEST
 _TZ_SUFFIX = r"(Z|z|[+-][0-9]{2}(:?[0-9]{2})?)$"
+REJECT_LINE = "_line"  # rejects of a CSV file: the line the row starts on (the header is line 1)
+REJECT_ROW = "_row"  # rejects of a Parquet file: the row index, from 0
 _SQL_TYPES = {"int": "BIGINT", "float": "DOUBLE", "string": "VARCHAR", "timestamp": "TIMESTAMPTZ"}
 
 
@@ -142,18 +148,20 @@ def _checks(table: TableSchema, types: dict[str, str]) -> list[tuple[str, str, s
                 )
             )
         elif col.dtype == "timestamp" and src_type == "VARCHAR":
+            parses = f"TRY_CAST(trim({raw}) AS TIMESTAMPTZ) IS NOT NULL"  # with or without an offset
             checks.append(
                 (
-                    f"{col.name}: no timezone",
-                    f"{raw} IS NOT NULL AND NOT regexp_matches(trim({raw}), '{_TZ_SUFFIX}')",
-                    f"'{col.name} ' || {text} || ' has no timezone offset; append Z or +00:00'",
+                    f"{col.name}: not a timestamp",
+                    f"{raw} IS NOT NULL AND NOT {parses}",
+                    f"'{col.name} ' || {text} || "
+                    "' is not a timestamp (unparseable); write ISO 8601 with an offset, e.g. 2025-01-31T08:00:00Z'",
                 )
             )
             checks.append(
                 (
-                    f"{col.name}: not a timestamp",
-                    f"{raw} IS NOT NULL AND regexp_matches(trim({raw}), '{_TZ_SUFFIX}') AND {typed} IS NULL",
-                    f"'{col.name} ' || {text} || ' is not a timestamp'",
+                    f"{col.name}: no timezone",
+                    f"{raw} IS NOT NULL AND {parses} AND NOT regexp_matches(trim({raw}), '{_TZ_SUFFIX}')",
+                    f"'{col.name} ' || {text} || ' has no timezone offset; append Z or +00:00'",
                 )
             )
         elif col.dtype == "timestamp" and not _is_aware(src_type):
@@ -261,6 +269,30 @@ def _unknown_user_check() -> tuple[str, str, str]:
     )
 
 
+def _csv_lines(path: Path, rows: list[int], *, records: int) -> dict[int, int]:
+    """The line of `path` on which each data record in `rows` (0-based, as DuckDB numbers them) starts.
+
+    The header is line 1. Python's csv reader finds the records as DuckDB does: blank lines are
+    no record, and a quoted field may span lines. Should it count a different number of records
+    than DuckDB read (an unusual dialect), each record is taken to fill one line (row + 2).
+    """
+    wanted, starts = set(rows), {}
+    found = 0
+    with open(path, newline="", encoding="utf-8", errors="replace") as fh:
+        reader = csv.reader(fh)
+        next(reader, None)  # the header
+        start = reader.line_num + 1
+        for record in reader:
+            if record:  # [] is a blank line
+                if found in wanted:
+                    starts[found] = start
+                found += 1
+            start = reader.line_num + 1
+    if found != records:
+        return {row: row + 2 for row in rows}
+    return starts
+
+
 def _atomic_copy(con: duckdb.DuckDBPyConnection, query: str, dest: Path, fmt: str) -> None:
     options = "FORMAT parquet, COMPRESSION zstd" if fmt == "parquet" else "FORMAT csv, HEADER true"
     with atomic_path(dest) as tmp:
@@ -303,8 +335,16 @@ def _ingest_table(con, table: TableSchema, path: Path, out_dir: Path) -> TableRe
             + ")"
         )
         originals = ", ".join(f'CAST("{c}" AS VARCHAR) AS "{c}"' for c in table.column_names)
-        query = f"SELECT _row, {reason} AS _reason, {originals} FROM {checked} WHERE _bad ORDER BY _row"
+        position, source = REJECT_ROW, checked
+        if path.suffix == ".csv":
+            bad_rows = [int(r[0]) for r in con.execute(f"SELECT _row FROM {checked} WHERE _bad").fetchall()]
+            lines = _csv_lines(path, bad_rows, records=report.read)
+            con.register("csv_lines", pa.table({"_row": list(lines), REJECT_LINE: list(lines.values())}))
+            position, source = REJECT_LINE, f"{checked} JOIN csv_lines USING (_row)"
+        query = f"SELECT {position}, {reason} AS _reason, {originals} FROM {source} WHERE _bad ORDER BY _row"
         _atomic_copy(con, query, rejects, "csv")
+        if path.suffix == ".csv":
+            con.unregister("csv_lines")
     else:
         rejects.unlink(missing_ok=True)
     con.execute(f"DROP TABLE {checked}")

@@ -7,12 +7,18 @@ tables' time range) and turn Feast's failures into messages that say what to run
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import re
 import shutil
 import subprocess
 import sys
 import threading
 import warnings
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, ExitStack, nullcontext
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,14 +27,24 @@ import pandas as pd
 
 from healthmate_features.backends import backend_for
 from healthmate_features.config import Settings
-from healthmate_features.errors import FeatureRepoError, FeatureServiceNotFoundError, OnlineReadError
+from healthmate_features.errors import (
+    FeatureRepoError,
+    FeatureServiceNotFoundError,
+    FeatureViewNotFoundError,
+    MaterializationError,
+    OnlineReadError,
+    UserNotFoundError,
+)
+from healthmate_features.stores.online import OnlineResult, as_user_ids
+from healthmate_features.util.progress import ticking_bar
 
 if TYPE_CHECKING:
-    from feast import FeatureService, FeatureStore
+    from feast import FeatureService, FeatureStore, FeatureView
 
     from healthmate_features.stores.online import OnlineReader
 
 ROW_COLUMN = "_hm_store_row"  # entity-frame row number carried through a join to restore the order
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # the color codes in Feast's console output
 
 
 def open_feature_store(settings: Settings) -> FeatureStore:
@@ -41,13 +57,15 @@ def open_feature_store(settings: Settings) -> FeatureStore:
     return backend_for(settings).open_feature_store()
 
 
-def apply(settings: Settings) -> str:
+def apply(settings: Settings, *, progress: bool = False) -> str:
     """Run `feast apply` for the repository (registers every definition under feature_repo/).
 
     Runs the real Feast CLI in a child process: Feast changes the working directory and
     imports feature_repo/ as modules, neither of which should leak into this process. The child
     sees the settings as HM_* variables (`features.definitions.source` picks each table's source
     by HM_PROFILE) and the values of the profile's `${...}` placeholders.
+    With `progress`, a line on stderr shows the elapsed time and Feast's latest status line
+    while it runs (an apply on the production profile takes 10 s and more).
     Returns Feast's output; raises FeatureRepoError with it when apply fails, and (production)
     ServiceUnavailableError when Postgres or Redis does not answer.
     """
@@ -55,13 +73,30 @@ def apply(settings: Settings) -> str:
     feast = Path(sys.executable).parent / "feast"
     command = [str(feast) if feast.exists() else (shutil.which("feast") or "feast")]
     command += ["--chdir", str(settings.repo_path), "--feature-store-yaml", str(backend.feature_store_yaml), "apply"]
-    env = {**os.environ, **backend.feast_env()}
-    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    env = {**os.environ, **backend.feast_env(), "PYTHONUNBUFFERED": "1"}  # Feast's status lines as they come
+    with ticking_bar(desc="feast apply", enabled=progress, bar_format="{desc} [{elapsed}{postfix}]") as bar:
+        with subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, errors="replace"
+        ) as child:  # leaving the block closes the pipes and waits for the child
+            assert child.stdout is not None and child.stderr is not None  # both are pipes
+            bar.set_postfix_str("starting Feast, importing feature_repo/")
+            errors: list[str] = []
+            drain = threading.Thread(target=errors.extend, args=(child.stderr,), daemon=True)
+            drain.start()
+            lines = []
+            for line in child.stdout:
+                lines.append(line)
+                status = _ANSI.sub("", line).strip()
+                if status[:1].isupper():  # Feast's status lines ("Deploying infrastructure for ..."), not its diffs
+                    bar.set_postfix_str(status[:80])
+            returncode = child.wait()
+            drain.join()
+    output, stderr = "".join(lines), "".join(errors)
     forget_online_reader(settings)
-    if result.returncode != 0:
-        tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-8:])
+    if returncode != 0:
+        tail = "\n".join((stderr or output).strip().splitlines()[-8:])
         raise FeatureRepoError(f"`feast apply` failed in {settings.repo_path}:\n{tail}")
-    return result.stdout
+    return output
 
 
 def _require_registry(store) -> None:
@@ -71,6 +106,81 @@ def _require_registry(store) -> None:
         )
 
 
+@dataclass(frozen=True)
+class ViewMaterialization:
+    """What `materialize` did for one feature view: the window it loaded, or that it was current.
+
+    `start` is None when nothing ran: Feast's record says the view is materialized up to
+    `materialized_until`, at or past the requested `end`. `materialized_until` is that record
+    (the view's `most_recent_end_time`) before this run; None for a view never materialized.
+    """
+
+    view: str
+    start: datetime | None
+    end: datetime
+    materialized_until: datetime | None
+
+    @property
+    def ran(self) -> bool:
+        """True when a window was loaded for this view."""
+        return self.start is not None
+
+    def describe(self) -> str:
+        """One line for people: the window loaded, or why none was."""
+        if self.start is None:
+            return (
+                f"{self.view}: already materialized up to {self.materialized_until} "
+                f"(at or past the requested end {self.end}); nothing to do"
+            )
+        return f"{self.view}: materialized {self.start} .. {self.end}"
+
+
+@dataclass(frozen=True)
+class Materialization:
+    """The outcome of `materialize`: the requested window and one entry per feature view, in order.
+
+    `start` is the window's start; with `incremental` it applies only to views never
+    materialized (the others continue from Feast's record of where they ended).
+    """
+
+    start: datetime
+    end: datetime
+    incremental: bool
+    views: tuple[ViewMaterialization, ...]
+
+    def summary(self) -> str:
+        """One line for people: how many views were loaded, up to when, and how many were current."""
+        ran, total = sum(v.ran for v in self.views), len(self.views)
+        how = "incrementally " if self.incremental else ""
+        if ran == 0:
+            return (
+                f"nothing to materialize: all {total} view(s) are materialized up to {self.end} or later "
+                "(a run that is not incremental loads the window again)"
+            )
+        current = f"; {total - ran} already current" if ran < total else ""
+        return f"materialized {ran} of {total} view(s) {how}up to {self.end}{current}"
+
+
+def _utc(moment: datetime) -> datetime:
+    """An aware UTC datetime; a naive one is taken to be UTC (Feast's rule)."""
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+
+
+def _materializable_views(store: FeatureStore, views: list[str] | None) -> list[FeatureView]:
+    """The registry's stored feature views to load (all online ones, or `views` in order); unknown names are errors."""
+    stored = {fv.name: fv for fv in store.list_feature_views() if fv.online}
+    if views is None:
+        return list(stored.values())
+    unknown = [name for name in views if name not in stored]
+    if unknown:
+        raise FeatureViewNotFoundError(
+            f"feature view(s) {', '.join(repr(n) for n in unknown)} cannot be materialized: not a stored "
+            f"feature view in the Feast registry of {store.repo_path} (stored views: {', '.join(stored) or 'none'}); "
+            "check the name, or run `feast apply` if the view is new"
+        )
+    return [stored[name] for name in dict.fromkeys(views)]
+
+
 def materialize(
     settings: Settings,
     *,
@@ -78,26 +188,74 @@ def materialize(
     end: datetime | None = None,
     incremental: bool = False,
     views: list[str] | None = None,
-) -> tuple[datetime | None, datetime]:
-    """Load the latest feature values up to `end` into the online store; return the window used.
+    progress: bool = False,
+    written: Callable[[str, int], None] | None = None,
+) -> Materialization:
+    """Load the latest feature values of a window into the online store, view by view; say what ran.
 
     Default window: the feature tables' whole time range (the generated data lies in the past,
-    so Feast's default "now minus TTL" would find nothing). With `incremental`, Feast starts
-    each view where its previous materialization ended.
+    so Feast's default "now minus TTL" would find nothing); naive datetimes are UTC. With
+    `incremental`, each view continues from Feast's own record of what was materialized (its
+    `materialization_intervals`, whose latest end is `most_recent_end_time`), whoever wrote it:
+    this function, `feast materialize` or `feast materialize-incremental`. A view materialized up
+    to `end` or beyond is reported as current and not run; a view never materialized starts at
+    `start`. No window whose end precedes its start is ever run. No two materializations of one
+    view overlap, in any process: each view's lock `materialize:<view>` (Backend.lock) is held, in
+    name order, for the whole run, and the plan is made from the registry read under the locks.
+
+    Side effects: the online store, and each view's materialization interval in the registry
+    (Feast records it). Feast's own console output is swallowed; with `progress`, a bar on stderr
+    counts the views and shows the one loading. Raises MaterializationError for a window that
+    ends before it starts, FeatureViewNotFoundError for an unknown view. `written(view, rows)` is
+    called after each batch of rows Feast writes to the online store (e.g.
+    monitoring.metrics.record_materialized_rows).
     """
     backend = backend_for(settings)
     store = open_feature_store(settings)
-    with backend.service_errors():
+    if written is not None:
+        from healthmate_features import _feast  # Feast's internals: only when counting
+
+        counting: AbstractContextManager[None] = _feast.online_writes_counted(store, written)
+    else:
+        counting = nullcontext()
+    with backend.service_errors(), counting:
         _require_registry(store)
+        selected = _materializable_views(store, views)
         if start is None or end is None:
-            lo, hi = backend.feature_time_range([view.name for view in store.list_feature_views()])
+            lo, hi = backend.feature_time_range([view.name for view in selected])
             start = start or lo - timedelta(seconds=1)
             end = end or hi + timedelta(seconds=1)
-        if incremental:
-            store.materialize_incremental(end_date=end, feature_views=views)
-            return None, end
-        store.materialize(start_date=start, end_date=end, feature_views=views)
-    return start, end
+        start, end = _utc(start), _utc(end)
+        with ExitStack() as locks:
+            for name in sorted(view.name for view in selected):
+                locks.enter_context(backend.lock(f"materialize:{name}"))
+            store.refresh_registry()  # where the previous run (maybe another process's) ended
+            selected = _materializable_views(store, [view.name for view in selected])
+            plan: list[ViewMaterialization] = []
+            for view in selected:
+                recorded = view.most_recent_end_time
+                until = _utc(recorded) if recorded is not None else None
+                if incremental and until is not None:
+                    plan.append(ViewMaterialization(view.name, until if until < end else None, end, until))
+                else:
+                    plan.append(ViewMaterialization(view.name, start, end, until))
+            backwards = [v.view for v in plan if v.start is not None and v.start >= end]
+            if backwards:
+                raise MaterializationError(
+                    f"materialization window is empty or backwards: start {start} is not before end {end} "
+                    f"for {len(backwards)} view(s) ({', '.join(backwards)}); pass an end after the start "
+                    "(--start and --end are UTC; the default window is the feature tables' whole time range)"
+                )
+            with (
+                ticking_bar(desc="materialize", enabled=progress, total=len(plan), unit="view") as bar,
+                contextlib.redirect_stdout(io.StringIO()),  # Feast prints colored lines per view
+            ):
+                for entry in plan:
+                    bar.set_postfix_str(entry.view)
+                    if entry.start is not None:
+                        store.materialize(start_date=entry.start, end_date=entry.end, feature_views=[entry.view])
+                    bar.update(1)
+    return Materialization(start, end, incremental, tuple(plan))
 
 
 def feature_refs(store: FeatureStore, feature_service: str | None) -> list[str] | FeatureService:
@@ -148,6 +306,85 @@ def forget_online_reader(settings: Settings) -> None:
         reader.close()
 
 
+def online_lookup(
+    settings: Settings,
+    user_ids: Sequence[int],
+    *,
+    feature_service: str | None = None,
+    at: datetime | Sequence[datetime] | None = None,
+) -> OnlineResult:
+    """Online features of users, and per user whether the online store knows them (`found`).
+
+    `features` is shaped like Feast's `get_online_features(...).to_dict()` (full `view__feature`
+    names without a service). A user is found when the online store holds a row of any feature
+    view for them; an unknown user's stored features are None like missing values, so read
+    `found`. `at` is the request time fed to the on-demand temporal features: one for all users
+    or one per user (default: now, UTC).
+    On Redis: read by healthmate_features.stores.online.OnlineReader, which returns what Feast
+    returns; otherwise, and for what that reader does not serve, through Feast, whose per-value
+    statuses say which users have a row (a second, small read decides users without one in the
+    views asked for).
+    """
+    at = at if at is not None else datetime.now(timezone.utc)
+    ids = as_user_ids(user_ids)
+    times = list(at) if isinstance(at, Sequence) and not isinstance(at, str) else [at] * len(ids)
+    if len(times) != len(ids):
+        raise OnlineReadError(f"`at` has {len(times)} times for {len(ids)} user ids; pass one time or one per user")
+    backend = backend_for(settings)
+    reader = online_reader(settings)
+    if reader is not None:
+        try:
+            with backend.service_errors():
+                if feature_service:
+                    return reader.read(ids, feature_service=feature_service, at=times)
+                return reader.read(ids, features=reader.feature_refs(), at=times, full_feature_names=True)
+        except OnlineReadError:
+            pass  # a selection the fast reader does not serve: Feast's path below
+    store = open_feature_store(settings)
+    with backend.service_errors():
+        _require_registry(store)
+        features = feature_refs(store, feature_service)
+        full_feature_names = feature_service is None
+        rows = [{"user_id": u, "event_timestamp": pd.Timestamp(t)} for u, t in zip(ids, times, strict=True)]
+        response = store.get_online_features(features=features, entity_rows=rows, full_feature_names=full_feature_names)
+        if reader is not None:  # Feast's Redis read marks absent values PRESENT: ask Redis itself
+            found = reader.known(ids)
+        else:
+            found = _found(store, response, features, full_feature_names, ids)
+    return OnlineResult(features=response.to_dict(), found=found)
+
+
+def _found(store: FeatureStore, response, features, full_feature_names: bool, ids: list[int]) -> list[bool]:
+    """Per user of a Feast online response: whether any feature view holds a row for them.
+
+    A stored feature's status is NOT_FOUND exactly when its view has no row for the user; users
+    with no row in the views asked for are then looked up in every view keyed by user_id."""
+    from healthmate_features import _feast
+
+    context = _feast.online_request_context(store.registry, store.project, features, full_feature_names)
+    stored = {
+        f"{view.projection.name_to_use()}__{name}" if full_feature_names else name
+        for view, names in context.grouped_refs
+        for name in names
+    }
+    present = [values for name, values in _feast.stored_in_response(response).items() if name in stored]
+    found = [any(values[i] for values in present) for i in range(len(ids))]
+    unsure = sorted({u for u, known in zip(ids, found, strict=True) if not known})
+    if unsure:
+        views = [
+            v for v in store.list_feature_views(allow_cache=True) if list(v.join_keys) == ["user_id"] and v.features
+        ]
+        probe = store.get_online_features(
+            features=[f"{v.name}:{v.features[0].name}" for v in views],
+            entity_rows=[{"user_id": u} for u in unsure],
+            full_feature_names=True,
+        )
+        columns = [values for name, values in _feast.stored_in_response(probe).items() if name != "user_id"]
+        known = {u for i, u in enumerate(unsure) if any(values[i] for values in columns)}
+        found = [known_ or u in known for u, known_ in zip(ids, found, strict=True)]
+    return found
+
+
 def online_features(
     settings: Settings,
     user_id: int,
@@ -158,32 +395,17 @@ def online_features(
     """One user's online features as a flat dict (full `view__feature` names without a service).
 
     `at` is the request time fed to the on-demand temporal features (default: now, UTC).
-    On Redis: read by healthmate_features.stores.online.OnlineReader, which returns what Feast
-    returns; otherwise, and for what that reader does not serve, through Feast.
+    Raises UserNotFoundError when the online store holds no row of any feature view for the
+    user (see `online_lookup`), so an unknown user never reads as a user whose values are missing.
     """
-    at = at or datetime.now(timezone.utc)
-    backend = backend_for(settings)
-    reader = online_reader(settings)
-    if reader is not None:
-        try:
-            with backend.service_errors():
-                if feature_service:
-                    response = reader.get([user_id], feature_service=feature_service, at=at)
-                else:
-                    response = reader.get([user_id], features=reader.feature_refs(), at=at, full_feature_names=True)
-            return {name: values[0] for name, values in response.items()}
-        except OnlineReadError:
-            pass  # a selection the fast reader does not serve: Feast's path below
-    store = open_feature_store(settings)
-    with backend.service_errors():
-        _require_registry(store)
-        features = feature_refs(store, feature_service)
-        response = store.get_online_features(
-            features=features,
-            entity_rows=[{"user_id": int(user_id), "event_timestamp": pd.Timestamp(at)}],
-            full_feature_names=feature_service is None,
-        ).to_dict()
-    return {name: values[0] for name, values in response.items()}
+    result = online_lookup(settings, [user_id], feature_service=feature_service, at=at)
+    if not result.found[0]:
+        raise UserNotFoundError(
+            f"user {user_id} is not in the online store: no feature view holds a row for them "
+            "(an id the feature tables do not know, not materialized yet, or expired from Redis); "
+            "check the id, or run `healthmate-features materialize`"
+        )
+    return {name: values[0] for name, values in result.features.items()}
 
 
 def historical_features(

@@ -21,6 +21,12 @@ fraction of the time:
 
 Like Feast's online read, no view TTL is applied: a value stays readable until the next
 materialization replaces it or Redis expires the user's key (`key_ttl_seconds`).
+
+`read` also says per user whether the online store knows them (`OnlineResult.found`): whether
+the user's hash holds a row of any feature view (the `_ts:<view>` field Feast writes with every
+row), read in the same HMGET. An unknown user and a known user whose values are all null give
+the same features; only `found` tells them apart. (Feast's own Redis read cannot: it marks every
+value PRESENT, even for a key that does not exist.)
 Only views keyed by the single INT64 join key `user_id` are served; anything else raises
 OnlineReadError (`store.online_features` then falls back to Feast).
 """
@@ -42,6 +48,29 @@ JOIN_KEY = "user_id"
 UNKNOWN_REFRESH_S = 5.0  # an unknown feature service refreshes the registry at most this often
 
 
+def as_user_ids(user_ids: Sequence[Any]) -> list[int]:
+    """User ids as ints; OnlineReadError for none or for a value that is not an integer."""
+    try:
+        ids = [int(u) for u in user_ids]
+    except (TypeError, ValueError) as exc:
+        raise OnlineReadError(f"user ids must be integers; got {list(user_ids)[:5]!r}") from exc
+    if not ids:
+        raise OnlineReadError("no user ids given; pass at least one")
+    return ids
+
+
+@dataclass(frozen=True)
+class OnlineResult:
+    """An online lookup: Feast's `to_dict()` columns, and per requested user whether the store knows them.
+
+    `found[i]` is False when the online store holds no row of any feature view for the i-th user
+    (an id never materialized, or expired): its stored features are None because there are none,
+    not because its values are missing."""
+
+    features: dict[str, list]
+    found: list[bool]
+
+
 @dataclass
 class _Odfv:
     """One requested on-demand view: the view, its output names, the input columns it needs."""
@@ -61,6 +90,7 @@ class _Plan:
     request_data: list[str]  # request-time inputs of on-demand views (event_timestamp)
     odfvs: list[_Odfv]
     order: list[str]  # the response's keys, in Feast's order
+    known: list[bytes] = field(default_factory=list)  # `_ts:<view>` of every view: does the user have a row?
     full_feature_names: bool = False
     generic: set[int] = field(default_factory=set)  # field indexes whose type needs Feast's decoder
 
@@ -234,9 +264,17 @@ class OnlineReader:
             request_data=request,
             odfvs=odfv_plans,
             order=order,
+            known=self._known_fields(),
             full_feature_names=full_feature_names,
             generic=generic,
         )
+
+    def _known_fields(self) -> list[bytes]:
+        """The `_ts:<view>` field of every feature view keyed by user_id (cached registry)."""
+        from healthmate_features._feast import redis_timestamp_field
+
+        views = self.store.registry.list_feature_views(self.project, allow_cache=True)
+        return [redis_timestamp_field(v.name) for v in views if list(v.join_keys) == [JOIN_KEY]]
 
     def feature_refs(self) -> list[str]:
         """Every feature of every feature view and on-demand view, as 'view:feature' refs (cached registry)."""
@@ -276,27 +314,35 @@ class OnlineReader:
         """Online features of `user_ids`, shaped like Feast's `get_online_features(...).to_dict()`.
 
         `at` is the request time the on-demand views see (`event_timestamp`): one time for all
-        users or one per user; default now (UTC). Unknown users get None for every feature.
+        users or one per user; default now (UTC). Unknown users get None for every stored
+        feature (`read` says which users are unknown).
         Raises FeatureServiceNotFoundError, OnlineReadError, ServiceUnavailableError (Redis).
         """
+        return self.read(
+            user_ids, feature_service=feature_service, features=features, at=at, full_feature_names=full_feature_names
+        ).features
+
+    def read(
+        self,
+        user_ids: Sequence[int],
+        *,
+        feature_service: str | None = None,
+        features: list[str] | None = None,
+        at: datetime | Sequence[datetime] | None = None,
+        full_feature_names: bool = False,
+    ) -> OnlineResult:
+        """`get`'s features and, per user, whether the online store holds a row of any feature view for them.
+
+        One pipelined HMGET per user reads both. Raises as `get` does."""
         if (feature_service is None) == (features is None):
             raise OnlineReadError("pass exactly one of feature_service and features")
-        try:
-            ids = [int(u) for u in user_ids]
-        except (TypeError, ValueError) as exc:
-            raise OnlineReadError(f"user ids must be integers; got {list(user_ids)[:5]!r}") from exc
-        if not ids:
-            raise OnlineReadError("no user ids given; pass at least one")
+        ids = as_user_ids(user_ids)
         plan = self._plan(feature_service, features, full_feature_names)
 
-        unique = list(dict.fromkeys(ids))
-        with self.backend.service_errors():
-            pipe = self._redis().pipeline(transaction=False)
-            fields, key_of = plan.fields, self._key_of
-            for user_id in unique:
-                pipe.hmget(key_of(user_id), fields)
-            replies = dict(zip(unique, pipe.execute(), strict=True))
-        rows = [replies[u] for u in ids]
+        fields = plan.fields
+        replies = self._hmget(ids, [*fields, *plan.known])
+        rows = [replies[u][: len(fields)] for u in ids]
+        found = [any(value is not None for value in replies[u][len(fields) :]) for u in ids]
 
         from healthmate_features._feast import decode_values
 
@@ -308,7 +354,25 @@ class OnlineReader:
             response[name] = decoded[index]
         if plan.odfvs:
             response.update(self._on_demand(plan, response, ids, at))
-        return {name: response[name] for name in plan.order}
+        return OnlineResult(features={name: response[name] for name in plan.order}, found=found)
+
+    def known(self, user_ids: Sequence[int]) -> list[bool]:
+        """Per user: whether the online store holds a row of any feature view for them (one HMGET each)."""
+        ids = as_user_ids(user_ids)
+        replies = self._hmget(ids, self._known_fields())
+        return [any(value is not None for value in replies[u]) for u in ids]
+
+    def _hmget(self, ids: list[int], fields: list[bytes]) -> dict[int, list]:
+        """user id -> the values of `fields` in the user's hash (None where absent): one pipelined HMGET per user."""
+        unique = list(dict.fromkeys(ids))
+        if not fields:
+            return {u: [] for u in unique}
+        with self.backend.service_errors():
+            pipe = self._redis().pipeline(transaction=False)
+            key_of = self._key_of
+            for user_id in unique:
+                pipe.hmget(key_of(user_id), fields)
+            return dict(zip(unique, pipe.execute(), strict=True))
 
     def _on_demand(self, plan: _Plan, response: dict[str, list], ids: list[int], at) -> dict[str, list]:
         """Run each requested on-demand view's own transformation; extend plan.order on first use."""

@@ -35,11 +35,19 @@ from healthmate_features.backends import backend_for
 from healthmate_features.config import Settings
 from healthmate_features.datasets.dataset import ProcessedDataset, data_hash, frame_hash
 from healthmate_features.datasets.registry import Bump, DatasetRegistry
-from healthmate_features.errors import ConfigError, FeatureRepoError
+from healthmate_features.datasets.saved import register_versions
+from healthmate_features.errors import ConfigError, DatasetVersionError, FeatureRepoError
 from healthmate_features.features.catalog import FEATURE_TABLES
 from healthmate_features.raw.ingest import sha256_file
 from healthmate_features.stores import feature_store as store
-from healthmate_features.training.entities import EntityReport, read_entity_frame, validate_entity_frame
+from healthmate_features.training.entities import (
+    REQUIRED,
+    EntityReport,
+    read_entity_columns,
+    read_entity_frame,
+    require_columns,
+    validate_entity_frame,
+)
 from healthmate_features.training.preprocessing import (
     TASKS,
     Task,
@@ -106,6 +114,11 @@ class TrainingSetConfig:
         not_text = [k for k in ("name", "feature_service", "entities", "label") if not isinstance(data[k], str)]
         if not_text:
             raise ConfigError(f"training-set config {', '.join(not_text)} must be text, e.g. label: adverse_event_30d")
+        if data["label"] in REQUIRED:
+            raise ConfigError(
+                f"label {data['label']!r} is a key column of the entity frame; "
+                "set label to the outcome column, e.g. adverse_event_30d"
+            )
         config = cls(**dict(data))
         if config.task not in TASKS:
             raise ConfigError(f"task {config.task!r} is not one of {', '.join(TASKS)}")
@@ -220,9 +233,14 @@ def resolve_entities(config: TrainingSetConfig, settings: Settings) -> Path:
     return path if path.is_absolute() else settings.repo_path / path
 
 
-def check_sources(config: TrainingSetConfig, settings: Settings, *, within: Path | None = None) -> Path:
-    """Fail fast before a long build: the entity file exists (inside `within`, when given) and
-    the feature service is registered. Returns the entity file's path; raises ConfigError."""
+def check_sources(config: TrainingSetConfig, settings: Settings, *, within: Path | None = None, fs: Any = None) -> Path:
+    """Fail fast before a long build: what a config names exists. The HTTP API runs it before
+    accepting a build and `build_training_set` runs it first, so both refuse the same configs.
+
+    The entity file exists (inside `within`, when given), the feature service is registered in
+    `fs` (default: the profile's Feast store), and the entity file has the columns user_id,
+    event_timestamp and the label (read from its schema or header only). Returns the entity file's path;
+    raises ConfigError or EntityFrameError naming the value, what exists and the fix."""
     if "\x00" in config.entities:
         raise ConfigError("entities is a path and cannot contain a NUL character")
     path = resolve_entities(config, settings)
@@ -233,22 +251,23 @@ def check_sources(config: TrainingSetConfig, settings: Settings, *, within: Path
             f"entities file {config.entities!r} not found (looked at {path}); write it first, "
             "e.g. with `healthmate-features ingest`"
         )
-    fs = store.open_feature_store(settings)
+    fs = fs if fs is not None else store.open_feature_store(settings)
     names = sorted(s.name for s in fs.list_feature_services())
     if config.feature_service not in names:
         raise ConfigError(
             f"feature service {config.feature_service!r} is not registered (have: {', '.join(names)}); "
             "run `feast apply` if it is new"
         )
+    require_columns(read_entity_columns(path), label=config.label, source=f"entities file {config.entities!r}")
     return path
 
 
 def build_training_set(config: TrainingSetConfig | Mapping[str, Any], settings: Settings) -> ProcessedDataset:
     """Build (without saving) the ProcessedDataset a config describes."""
     config = config if isinstance(config, TrainingSetConfig) else TrainingSetConfig.from_dict(config)
-    entities_path = resolve_entities(config, settings)
-    raw = read_entity_frame(entities_path)
     fs = store.open_feature_store(settings)
+    entities_path = check_sources(config, settings, fs=fs)
+    raw = read_entity_frame(entities_path)
     refs = _feature_refs(fs, config.feature_service)
     joined, entity_report = join_features(
         raw,
@@ -310,7 +329,11 @@ class Built(NamedTuple):
 
 
 def build_and_save(
-    config: TrainingSetConfig | Mapping[str, Any], settings: Settings, *, bump: Bump | None = None
+    config: TrainingSetConfig | Mapping[str, Any],
+    settings: Settings,
+    *,
+    bump: Bump | None = None,
+    metadata: Mapping[str, Any] | None = None,
 ) -> Built:
     """Build a training set and save it as a new version unless nothing changed; return Built.
 
@@ -319,17 +342,102 @@ def build_and_save(
     that version with `created=False`: a version number then always means a change, and re-runs
     of a schedule or of `make demo` do not pile up copies. A requested bump always saves a new
     version (a deliberate re-save). `bump`, when given, overrides the config's.
+
+    Builds of one dataset name never overlap: the build and the save hold the lock
+    `dataset:<name>` (Backend.lock; across processes, freed if the holder dies). `metadata` is
+    added to the version's metadata; with a `job_id` in it, a version an earlier attempt of the
+    same job already published is returned instead of building again (a redelivered job
+    never publishes a second copy). Side effect: the version (and any earlier one Feast does not
+    list yet) is registered as a Feast saved dataset `name@version` (`datasets.saved`).
     """
     config = config if isinstance(config, TrainingSetConfig) else TrainingSetConfig.from_dict(config)
     if bump is not None:
         config = TrainingSetConfig.from_dict({**config.to_dict(), "bump": bump})
-    dataset = build_training_set(config, settings)
     datasets = registry(settings)
-    if config.bump is None:
-        version, created = datasets.save_if_changed(dataset, config.name)
-    else:
-        version, created = datasets.save(dataset, config.name, bump=config.bump), True
+    with backend_for(settings).lock(f"dataset:{config.name}"):
+        earlier = _published_by_job(datasets, config.name, metadata)
+        if earlier is not None:
+            return earlier
+        dataset = build_training_set(config, settings)
+        dataset.metadata.update(metadata or {})
+        if config.bump is None:
+            version, created = datasets.save_if_changed(dataset, config.name)
+        else:
+            version, created = datasets.save(dataset, config.name, bump=config.bump), True
+    register_versions(settings, config.name, registry=datasets)
     return Built(f"{config.name}@{version}", dataset, created)
+
+
+def _published_by_job(datasets: DatasetRegistry, name: str, metadata: Mapping[str, Any] | None) -> Built | None:
+    """The version of `name` an earlier attempt of the job in `metadata` (`job_id`) published, if any."""
+    job_id = (metadata or {}).get("job_id")
+    version = datasets.find_version(name, "job_id", job_id) if job_id else None
+    if version is None:
+        return None
+    return Built(f"{name}@{version}", datasets.load(name, version, load_pipeline=False), True)
+
+
+def refit_preprocessing(
+    dataset: str,
+    settings: Settings,
+    *,
+    preprocessing: Mapping[str, Any] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> Built:
+    """Re-fit a version's preprocessing on its stored joined frames and save the result as a new version.
+
+    `dataset` is `name@version`; its `joined_train`/`joined_test` (the point-in-time-joined rows
+    before preprocessing) are fitted and transformed again with `preprocessing` (default: the
+    version's own preprocessing config), without joining through Feast again: e.g. to refresh a
+    pipeline pickled by an older scikit-learn, or to try another preprocessing. The bump rule
+    decides the new version against the latest one: a patch unless the processed columns change
+    (major). Holds the lock `dataset:<name>`; `metadata` as in `build_and_save`.
+    Raises DatasetVersionError when the version has no joined frames.
+    """
+    from healthmate_features.datasets.ref import DatasetRef
+
+    ref = DatasetRef.parse(dataset)
+    datasets = registry(settings)
+    with backend_for(settings).lock(f"dataset:{ref.name}"):
+        earlier = _published_by_job(datasets, ref.name, metadata)
+        if earlier is not None:
+            return earlier
+        source = datasets.load(ref.name, ref.version, load_pipeline=False)
+        if source.joined_train is None or source.joined_test is None:
+            raise DatasetVersionError(
+                f"{ref} has no joined frames (joined_train/joined_test), so its preprocessing cannot be re-fitted; "
+                "rebuild it with `healthmate-features training-set build`"
+            )
+        label, task = source.metadata.get("label"), source.metadata.get("task", "classification")
+        if not isinstance(label, str) or label not in source.joined_train.columns:
+            raise DatasetVersionError(f"{ref} does not name its label column in its metadata; rebuild it")
+        config = validate_config(
+            preprocessing if preprocessing is not None else source.metadata.get("preprocessing_config")
+        )
+        pipeline = build_pipeline(config, task=task)
+        train, test = source.joined_train, source.joined_test
+        Xt_train, Xt_test = fit_transform_splits(
+            pipeline, train.drop(columns=[label]), test.drop(columns=[label]), y_train=train[label]
+        )
+        refitted = ProcessedDataset(
+            X_train=Xt_train,
+            X_test=Xt_test,
+            y_train=train[label],
+            y_test=test[label],
+            feature_names=list(Xt_train.columns),
+            pipeline=pipeline,
+            metadata={
+                **{k: v for k, v in source.metadata.items() if k != "job_id"},  # the job that made the source
+                "preprocessing_config": config,
+                "refit_from": str(ref),
+                **(metadata or {}),
+            },
+            joined_train=train,
+            joined_test=test,
+        )
+        version = datasets.save(refitted, ref.name)
+    register_versions(settings, ref.name, registry=datasets)
+    return Built(f"{ref.name}@{version}", refitted, True)
 
 
 def rebuild(name: str, version: str, settings: Settings) -> dict[str, Any]:

@@ -15,10 +15,12 @@ Rules (README "Entity frames"):
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 
 from healthmate_features.errors import EntityFrameError
 
@@ -40,22 +42,62 @@ class EntityReport:
     time_range: list[str] = field(default_factory=list)
 
 
-def read_entity_frame(source: pd.DataFrame | str | Path) -> pd.DataFrame:
-    """A DataFrame as is, or read from a Parquet or CSV path."""
-    if isinstance(source, pd.DataFrame):
-        return source.copy()
-    path = Path(source)
+def _existing(path: Path) -> Path:
     if not path.exists():
         raise EntityFrameError(
             f"entity frame file {path} does not exist; "
             "pass a Parquet or CSV file with user_id, event_timestamp and the label"
         )
+    return path
+
+
+def _unreadable(path: Path, exc: Exception) -> EntityFrameError:
+    return EntityFrameError(f"cannot read entity frame {path}: {exc}; expected Parquet (.parquet) or CSV with a header")
+
+
+def read_entity_frame(source: pd.DataFrame | str | Path) -> pd.DataFrame:
+    """A DataFrame as is, or read from a Parquet or CSV path."""
+    if isinstance(source, pd.DataFrame):
+        return source.copy()
+    path = _existing(Path(source))
     try:
         return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
     except Exception as exc:
-        raise EntityFrameError(
-            f"cannot read entity frame {path}: {exc}; expected Parquet (.parquet) or CSV with a header"
-        ) from exc
+        raise _unreadable(path, exc) from exc
+
+
+def read_entity_columns(source: str | Path) -> list[str]:
+    """The column names `read_entity_frame` would give, read from the file's schema or header only."""
+    path = _existing(Path(source))
+    try:
+        if path.suffix != ".parquet":
+            return [str(c) for c in pd.read_csv(path, nrows=0).columns]
+        schema = pq.read_schema(path)
+        index = {c for c in (schema.pandas_metadata or {}).get("index_columns", []) if isinstance(c, str)}
+        return [name for name in schema.names if name not in index]  # a stored pandas index is not a column
+    except Exception as exc:
+        raise _unreadable(path, exc) from exc
+
+
+def require_columns(columns: Iterable[object], *, label: str | None = None, source: str = "entity frame") -> None:
+    """Raise EntityFrameError naming what is missing of user_id, event_timestamp and the label.
+
+    The one column check of an entity frame: `validate_entity_frame` runs it on a frame, the
+    builder's `check_sources` on a file's header before a build is accepted."""
+    present = [str(c) for c in columns]
+    missing = [c for c in (*REQUIRED, *([label] if label else [])) if c not in present]
+    if not missing:
+        return
+    if "event_timestamp" in missing:
+        hint = "pass the prediction time per row"
+    elif "user_id" in missing:
+        hint = "add the user id per row"
+    else:
+        hint = f"set label to one of the columns, or add a {label!r} column"
+    raise EntityFrameError(
+        f"{source} is missing column(s) {', '.join(repr(c) for c in missing)} "
+        f"(columns: {', '.join(present) or 'none'}); {hint}"
+    )
 
 
 def _utc_timestamps(values: pd.Series, report: dict) -> pd.Series:
@@ -91,13 +133,7 @@ def validate_entity_frame(
 ) -> tuple[pd.DataFrame, EntityReport]:
     """Return the normalized frame (same rows, same order) and a report; raise EntityFrameError if unusable."""
     required = [*REQUIRED, *([label] if label else [])]
-    missing = [c for c in required if c not in frame.columns]
-    if missing:
-        hint = "pass the prediction time per row" if "event_timestamp" in missing else "add it to the frame"
-        raise EntityFrameError(
-            f"entity frame is missing column(s) {', '.join(repr(c) for c in missing)} "
-            f"(columns: {', '.join(map(str, frame.columns))}); {hint}"
-        )
+    require_columns(frame.columns, label=label)
     if frame.empty:
         raise EntityFrameError("entity frame has no rows; pass at least one (user_id, event_timestamp) row")
     for column in required:

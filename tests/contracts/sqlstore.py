@@ -4,6 +4,7 @@ tests/integration/test_sqlstore.py."""
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -12,7 +13,7 @@ from healthmate_features.backends import open_sql_store
 from healthmate_features.backends.sqlstore import MIGRATIONS, SqlStore, read_json, read_ts
 from healthmate_features.errors import StoreError
 
-TABLES = {"schema_migrations", "model_runs", "model_metrics", "api_keys", "audit_log"}
+TABLES = {"schema_migrations", "model_runs", "model_metrics", "api_keys", "audit_log", "jobs", "leases"}
 
 
 def table_columns(store: SqlStore) -> dict[str, list[str]]:
@@ -67,6 +68,39 @@ class SqlStoreContract:
             assert read_ts(row["logged_at"]) == at
             assert read_ts(row["logged_at"]).tzinfo == timezone.utc
             assert read_json(row["params"]) == {"note": "100% sure?", "n": [1, 2]}
+
+    def test_jobs_are_claimed_once_and_fenced_by_their_attempt(self, backend_settings):
+        from healthmate_features.jobs.store import JobStore
+
+        with open_sql_store(backend_settings) as store:
+            jobs = JobStore(store)
+            job = jobs.create("version_ml_data", {"a": [1]}, max_attempts=2, target="dataset:x", submitted_by="cli")
+            assert jobs.claim(job.job_id, worker="w:1", lease_s=0.05).attempts == 1
+            assert jobs.claim(job.job_id, worker="w:2", lease_s=60) is None  # its lease is live
+            time.sleep(0.1)
+            taken = jobs.claim(job.job_id, worker="w:2", lease_s=60)  # lapsed: a redelivery takes it over
+            assert taken.attempts == 2 and taken.worker == "w:2" and taken.params == {"a": [1]}
+            assert not jobs.succeed(job.job_id, 1, {"stale": True})
+            assert jobs.succeed(job.job_id, 2, {"n": 1.5})
+            done = jobs.get(job.job_id)
+            assert (done.status, done.result, done.lease_until) == ("succeeded", {"n": 1.5}, None)
+            assert done.created_at.tzinfo == timezone.utc and done.finished_at >= done.created_at
+
+    def test_leases_are_exclusive_until_they_lapse(self, backend_settings):
+        from healthmate_features.backends.locks import SqlLeases
+
+        with open_sql_store(backend_settings) as store:
+            leases = SqlLeases(store)
+            assert leases.try_acquire("dataset:x", "a", 0.05)
+            assert not leases.try_acquire("dataset:x", "b", 60)
+            assert leases.renew("dataset:x", "a", 0.05) and leases.holder("dataset:x") == "a"
+            time.sleep(0.1)
+            assert leases.holder("dataset:x") is None and not leases.renew("dataset:x", "a", 60)
+            assert leases.try_acquire("dataset:x", "b", 60) and leases.holder("dataset:x") == "b"
+            leases.release("dataset:x", "a")
+            assert leases.holder("dataset:x") == "b"
+            leases.release("dataset:x", "b")
+            assert leases.holder("dataset:x") is None
 
     def test_transaction_rolls_back(self, backend_settings):
         with open_sql_store(backend_settings) as store:

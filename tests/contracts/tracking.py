@@ -35,6 +35,46 @@ class TrackingContract:
         with open_sql_store(backend_settings) as store:
             yield Tracker(store)
 
+    def test_a_run_names_a_version_the_dataset_registry_holds_or_says_it_is_external(
+        self, backend_settings, make_dataset
+    ):
+        from click.testing import CliRunner
+
+        from healthmate_features.cli import main
+        from healthmate_features.datasets.registry import DatasetRegistry
+        from healthmate_features.errors import DatasetNotFoundError
+
+        registry = DatasetRegistry.from_settings(backend_settings)
+        assert registry.save(make_dataset(), "health_risk") == "1.0.0"
+        runner = CliRunner(env=backend_settings.to_env())
+
+        def log(dataset, *extra):
+            args = ["--model", "risk", "--version", "1.0", "--dataset", dataset, *extra, "--env", "staging"]
+            return runner.invoke(main, ["models", "log", *args, "--metric", "auc=0.8"])
+
+        unknown = log("nosuch@9.9.9")
+        assert unknown.exit_code == 1
+        assert f"Error: dataset nosuch@9.9.9 is not in the dataset registry at {registry.uri}: it has no dataset " in (
+            unknown.output
+        )
+        assert "'nosuch' (datasets: health_risk); log the run on a saved version" in unknown.output
+        assert "pass external_dataset=True (--external-dataset) if the dataset is kept in another registry" in (
+            unknown.output
+        )
+        label = log("health_risk@v3")
+        assert label.exit_code == 1
+        assert (
+            "'health_risk' has no version 'v3' (its versions: 1.0.0; registry versions are MAJOR.MINOR.PATCH); "
+            "pass one of them, e.g. health_risk@1.0.0, or pass external_dataset=True (--external-dataset)"
+        ) in label.output
+        assert "'health_risk' has no version '1.0.1' (its versions: 1.0.0); " in log("health_risk@1.0.1").output
+        assert "logged run 1: risk 1.0 on health_risk@1.0.0 in staging" in log("health_risk@1.0.0").output
+        assert "logged run 2: risk 1.0 on nosuch@9.9.9" in log("nosuch@9.9.9", "--external-dataset").output
+        with open_sql_store(backend_settings) as store:
+            assert [r.dataset for r in Tracker(store).history("risk")] == ["health_risk@1.0.0", "nosuch@9.9.9"]
+            with pytest.raises(DatasetNotFoundError, match=r"'health_risk' has no version '2\.0\.0'"):
+                _log(Tracker(store, datasets=registry), "2.0", {"auc": 0.9}, dataset="health_risk@2.0.0")
+
     def test_log_and_history_over_time(self, tracker):
         run = _log(tracker, "1.0", {"AUC": 0.81, "accuracy": 0.9}, params={"max_depth": 4, "lr": 0.1})
         assert run.metrics == {"auc": 0.81, "accuracy": 0.9}
@@ -196,6 +236,7 @@ class TrackingContract:
             "1.0",
             "--dataset",
             "health_risk@v1",
+            "--external-dataset",  # a label of another registry
             "--env",
             "staging",
             "--metric",
@@ -216,6 +257,7 @@ class TrackingContract:
             "1.1",
             "--dataset",
             "health_risk@v1",
+            "--external-dataset",  # a label of another registry
             "--env",
             "production",
             "--metric",
@@ -231,6 +273,7 @@ class TrackingContract:
             "2.0",
             "--dataset",
             "health_risk@v2",
+            "--external-dataset",  # a label of another registry
             "--env",
             "staging",
             "--metric",

@@ -7,6 +7,7 @@ A built repository is expensive (generate or write raw data, ingest, build the f
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -32,8 +33,23 @@ def copy_repo(dest: Path) -> Path:
 def clone(source: Path, dest: Path) -> Path:
     """A private copy of a built embedded-profile repository (its data/, registry and online store).
 
-    Every path in the repository is relative to its root, so the copy is a repository of its own."""
+    Every path in the repository is relative to its root, so the copy is a repository of its own,
+    except for one record: the registry's "infrastructure" names the SQLite online store by its
+    absolute path. It is pointed at the copy's own file: otherwise the copy's next `feast apply`
+    sees the path change as an update, which Feast 0.67 carries out by dropping the tables at the
+    recorded path (the source repository's!) and creating none at the new one.
+    """
     shutil.copytree(source, dest, ignore=shutil.ignore_patterns("__pycache__"))
+    if (dest / "data" / "registry.db").exists():
+        from feast import FeatureStore
+
+        fs = FeatureStore(repo_path=str(dest))
+        infra = fs.registry.get_infra(fs.project)
+        for table in infra.infra_objects:
+            path = getattr(table, "path", None)
+            if path and Path(path).is_relative_to(source):
+                table.path = str(dest / Path(path).relative_to(source))
+        fs.registry.update_infra(infra, fs.project, commit=True)
     return dest
 
 
@@ -43,6 +59,14 @@ def feast_apply(repo: Path) -> str:
     result = subprocess.run([str(feast), "apply"], cwd=repo, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
+
+
+def feast_cli(repo: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    """Run the real `feast` CLI with `args` in `repo` (as from its root); return its output without colours."""
+    feast = Path(sys.executable).parent / "feast"
+    result = subprocess.run([str(feast), *args], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return re.sub(r"\x1b\[[0-9;]*m", "", result.stdout)  # colorama's colours, when it decides to colour
 
 
 def build_tiny(root: Path, tables: dict[str, pd.DataFrame] | None = None):
@@ -80,6 +104,26 @@ def build_generated(root: Path, *, users: int, days: int, seed: int):
     build_features(settings.raw_dir, settings)
     feast_apply(root)
     return settings
+
+
+def build_demo(root: Path):
+    """A repository copy (with configs/) where `healthmate-features demo --quiet --json` ran, as
+    `make demo` runs it (the same users, days and seed): applied, materialized, health_risk@1.0.0
+    saved and a baseline run logged.
+
+    Returns its Settings and the command's stdout (the figures as JSON) and stderr (the report)."""
+    from click.testing import CliRunner
+
+    from healthmate_features.cli import main
+    from healthmate_features.config import Settings
+
+    copy_repo(root)
+    shutil.copytree(CONFIGS, root / "configs")
+    result = CliRunner(env={"HM_REPO_PATH": str(root), "HM_PROFILE": "embedded"}).invoke(
+        main, ["demo", "--quiet", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    return Settings(repo_path=root), result.stdout, result.stderr
 
 
 def training_config(config_name: str, **changes) -> dict:

@@ -7,9 +7,11 @@ own copy (`clone_repo`), or a fresh production setup (`prod`).
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
-from dataclasses import replace
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,7 @@ from healthmate_features.config import Settings
 from healthmate_features.features.build import build_features
 from healthmate_features.raw.ingest import ingest_raw
 
-from ..helpers import repos
+from ..helpers import repos, servers
 from ..helpers import tiny as tiny_data
 
 BIN = Path(sys.executable).parent
@@ -28,6 +30,25 @@ BIN = Path(sys.executable).parent
 def feast_apply():
     """feast_apply(repo): run the real `feast apply` CLI in a repository; return its output."""
     return repos.feast_apply
+
+
+@pytest.fixture(scope="session")
+def feast_cli():
+    """feast_cli(repo, *args, env=None): run the real `feast` CLI in a repository; its output (no colours)."""
+    return repos.feast_cli
+
+
+@pytest.fixture(scope="session")
+def server():
+    """server(args, cwd=, ready=URL, log=PATH, env=None): a context manager that starts a server process,
+    waits until GET URL answers, yields the process and stops it (tests/helpers/servers.py)."""
+    return servers.running
+
+
+@pytest.fixture
+def spare_port() -> int:
+    """A free TCP port on 127.0.0.1 for a server this test starts."""
+    return servers.spare_port()
 
 
 @pytest.fixture(scope="session")
@@ -54,6 +75,14 @@ def generated_repo(tmp_path_factory) -> Settings:
     return repos.build_generated(tmp_path_factory.mktemp("generated"), users=250, days=240, seed=3)
 
 
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> tuple[Settings, str, str]:
+    """`healthmate-features demo --quiet --json` (as `make demo`: 500 users x 270 days, seed 7) run in
+    a repository copy with configs/: (its Settings, stdout, stderr). Shared: read it, never change
+    it (`clone_repo`)."""
+    return repos.build_demo(tmp_path_factory.mktemp("demo") / "repo")
+
+
 def _drop_redis_project(url: str, project: str) -> None:
     """Delete a Feast project's Redis hashes (Feast keys end with the project name)."""
     import redis
@@ -73,7 +102,7 @@ def _production_repo(repo: Path, dsn: str, redis_url: str, project: str) -> Sett
 
     yaml_path = repo / "feature_store.production.yaml"
     yaml_path.write_text(yaml_path.read_text().replace("project: healthmate", f"project: {project}"))
-    return replace(settings_for_dsn(dsn, repo), redis_url=redis_url)
+    return replace(settings_for_dsn(dsn, repo), redis_url=redis_url, redis_prefix=f"{project}:")  # locks, queue
 
 
 def _production_env(settings: Settings) -> dict[str, str]:
@@ -145,3 +174,75 @@ def small_embedded(tmp_path_factory, small) -> Settings:
     store.apply(settings)
     store.materialize(settings)
     return settings
+
+
+# -- worker processes ------------------------------------------------------------------------
+
+
+@dataclass
+class WorkerProcess:
+    """A `healthmate-features worker` child process (its own process group) and its log file."""
+
+    process: subprocess.Popen
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL the worker's whole process group (what an OOM kill or `docker kill` does)."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+    def stop(self, timeout_s: float = 60) -> None:
+        """SIGTERM (a warm shutdown: the running job finishes), then SIGKILL after `timeout_s`."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def _launch_worker(settings: Settings, log: Path, *args: str, timeout_s: float = 180) -> WorkerProcess:
+    """A real `healthmate-features worker` for the settings (extra `args`), in the repository, ready to take jobs."""
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [str(BIN / "healthmate-features"), "worker", "--loglevel", "INFO", *args],
+            cwd=settings.repo_path,
+            env={**os.environ, **settings.to_env()},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    worker = WorkerProcess(process, log)
+    deadline = time.monotonic() + timeout_s
+    while " ready." not in worker.output():
+        if process.poll() is not None or time.monotonic() > deadline:
+            worker.kill()
+            pytest.fail(f"the worker did not start (exit {process.poll()}):\n{worker.output()[-3000:]}")
+        time.sleep(0.2)
+    return worker
+
+
+@pytest.fixture(scope="session")
+def launch_worker():
+    """launch_worker(settings, log_path): a started worker process; the caller stops it (`.stop()`)."""
+    return _launch_worker
+
+
+@pytest.fixture
+def start_worker(tmp_path):
+    """start_worker(settings, *args, name="worker"): a real `healthmate-features worker` for the settings, in
+    the repository, ready to take jobs; every worker started is stopped at the end of the test."""
+    started: list[WorkerProcess] = []
+
+    def start(settings: Settings, *args: str, name: str = "worker") -> WorkerProcess:
+        worker = _launch_worker(settings, tmp_path / f"{name}-{len(started)}.log", *args)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop(timeout_s=30)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -28,9 +29,10 @@ from healthmate_features.access.keys import ApiKeys
 from healthmate_features.api.app import PREFIX, create_app
 from healthmate_features.backends import open_sql_store
 from healthmate_features.config import Settings
+from healthmate_features.errors import HealthmateError
 from healthmate_features.stores import feature_store as store
 from healthmate_features.tracking import Tracker
-from healthmate_features.training.builder import registry
+from healthmate_features.training.builder import build_training_set, registry
 
 OWN, OTHER = 1, 2
 
@@ -58,8 +60,8 @@ def _url(path: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def env(generated_repo, clone_repo, tmp_path_factory):
-    """A copy of the generated repository, materialized; keys and runs."""
+def env(generated_repo, clone_repo, tmp_path_factory, launch_worker):
+    """A copy of the generated repository, materialized; keys and runs; a worker for its jobs."""
     settings = clone_repo(generated_repo, tmp_path_factory.mktemp("api") / "repo")
     store.materialize(settings)
     with open_sql_store(settings) as sql:
@@ -85,8 +87,12 @@ def env(generated_repo, clone_repo, tmp_path_factory):
     headers["unknown"] = {"Authorization": f"Bearer hmk_{'0' * 16}.{'A' * 43}"}
     headers["revoked"] = {"Authorization": f"Bearer {revoked.secret}"}
     app = create_app(settings)
-    with TestClient(app, raise_server_exceptions=False) as client:
-        yield Env(settings, client, headers)
+    worker = launch_worker(settings, settings.repo_path.parent / "worker.log")
+    try:
+        with TestClient(app, raise_server_exceptions=False) as client:
+            yield Env(settings, client, headers)
+    finally:
+        worker.stop(timeout_s=30)
 
 
 def _error(response, status: int) -> dict:
@@ -100,7 +106,7 @@ def _wait(env: Env, job_id: str, timeout_s: float = 600) -> dict:
     deadline = time.monotonic() + timeout_s
     while True:
         body = env.get(f"/datasets/jobs/{job_id}").json()
-        if body["status"] in ("succeeded", "failed") or time.monotonic() > deadline:
+        if body["status"] in ("succeeded", "failed", "cancelled") or time.monotonic() > deadline:
             return body
         time.sleep(0.5)
 
@@ -120,6 +126,7 @@ def test_openapi_documents_every_endpoint_with_summaries_and_bearer_auth(env):
     operations = {(m.upper(), p) for p, item in schema["paths"].items() for m in item}
     assert operations == {
         ("GET", "/health"),
+        ("GET", "/metrics"),
         ("POST", f"{PREFIX}/feature-sets/create"),
         ("GET", f"{PREFIX}/features/extract"),
         ("POST", f"{PREFIX}/datasets/prepare"),
@@ -154,6 +161,15 @@ def test_extract_with_a_feature_service_returns_its_features_only(env):
     assert "resting_heart_rate_mean_7d" not in features
     body = _error(env.get("/features/extract", params={"user_id": OWN, "feature_service": "nope_v1"}), 404)
     assert "feature service 'nope_v1' not found" in body["detail"]
+
+
+def test_an_unknown_user_is_a_404_not_a_user_with_null_features(env):
+    body = _error(env.get("/features/extract", params={"user_id": 999_999}), 404)
+    assert body["error"] == "not_found" and body["detail"].startswith("user 999999 is not in the online store")
+    body = _error(env.get("/features/extract", params={"user_id": 999_999, "feature_service": "health_risk_v1"}), 404)
+    assert "user 999999" in body["detail"]
+    assert [(e.target, e.status) for e in env.audit(limit=1)] == [("user:999999", 404)]
+    assert env.get("/features/extract", params={"user_id": OTHER}).status_code == 200
 
 
 def test_model_performance_history_comparison_and_refusal_to_mix_datasets(env):
@@ -297,11 +313,58 @@ def test_dataset_job_builds_a_version_that_loads_downloads_and_preprocesses(env,
     _error(env.post("/data/preprocess", {"dataset": "api_health_risk@9.9.9", "rows": [payload[0]]}), 404)
 
 
+@pytest.mark.parametrize(
+    "changes, entity_columns, message",
+    [
+        (
+            {"label": "no_such_label"},
+            None,
+            "entities file 'data/ingested/labels.parquet' is missing column(s) 'no_such_label' "
+            "(columns: user_id, event_timestamp, adverse_event_30d, disengaged_14d); set label to one of the columns",
+        ),
+        (
+            {"entities": "data/ingested/no_times.parquet"},
+            ["user_id", "adverse_event_30d"],
+            "entities file 'data/ingested/no_times.parquet' is missing column(s) 'event_timestamp' "
+            "(columns: user_id, adverse_event_30d); pass the prediction time per row",
+        ),
+        (
+            {"entities": "data/ingested/no_users.csv"},
+            ["event_timestamp", "adverse_event_30d"],
+            "entities file 'data/ingested/no_users.csv' is missing column(s) 'user_id' "
+            "(columns: event_timestamp, adverse_event_30d); add the user id per row",
+        ),
+        (
+            {"feature_service": "nope_v1"},
+            None,
+            "feature service 'nope_v1' is not registered (have: ",
+        ),
+    ],
+    ids=["wrong_label", "no_event_timestamp", "no_user_id", "unknown_feature_service"],
+)
+def test_prepare_refuses_what_the_build_would_fail_on_before_queueing_a_job(
+    env, training_config, changes, entity_columns, message
+):
+    if entity_columns:  # an entity file lacking a required column, next to the real one
+        labels = pd.read_parquet(env.settings.ingested_dir / "labels.parquet")[entity_columns].head(50)
+        path = env.settings.repo_path / changes["entities"]
+        labels.to_parquet(path) if path.suffix == ".parquet" else labels.to_csv(path, index=False)
+    jobs = len(env.client.app.state.ctx.jobs.list(limit=10_000))
+    response = env.post("/datasets/prepare", training_config("health_risk", name="refused", **changes))
+    assert message in _error(response, 422)["detail"]
+    assert len(env.client.app.state.ctx.jobs.list(limit=10_000)) == jobs  # nothing queued
+    with pytest.raises(HealthmateError, match=re.escape(message)):  # the builder refuses it with the same check
+        build_training_set(training_config("health_risk", name="refused", **changes), env.settings)
+
+
 def test_a_failing_dataset_job_reports_its_error(env, training_config):
-    response = env.post("/datasets/prepare", training_config("health_risk", name="broken", label="no_such_label"))
+    """What only the data can tell fails the job: here a cutoff before every prediction time."""
+    split = {"strategy": "time", "cutoff": "2000-01-01T00:00:00Z", "label_horizon_days": 30}
+    response = env.post("/datasets/prepare", training_config("health_risk", name="broken", split=split))
     assert response.status_code == 202, response.text
     done = _wait(env, response.json()["job_id"])
-    assert done["status"] == "failed" and "no_such_label" in done["error"] and done["dataset"] is None
+    assert done["status"] == "failed" and "cutoff" in done["error"] and done["dataset"] is None
+    assert done["attempts"] == 1  # a configuration error is not retried
 
 
 def test_dashboard_summary_counts_and_freshness(env):
@@ -493,13 +556,14 @@ OPERATIONS = [  # every operation of the schema (test_openapi_documents_every_en
     ("get", "/models/performance"),
     ("get", "/dashboard/summary"),
     ("get", "/health"),
+    ("get", "/metrics"),
 ]
 
 
 @pytest.mark.parametrize("method, path", OPERATIONS)
 def test_fuzz_openapi_operations_never_answer_5xx(env, method, path):
     """Random and malformed query/path parameters and JSON bodies, with an admin key: never a 5xx."""
-    full = path if path == "/health" else PREFIX + path
+    full = path if path in ("/health", "/metrics") else PREFIX + path
     operation = env.client.app.openapi()["paths"][full][method]
     names = [p["name"] for p in operation.get("parameters", []) if p["in"] == "query"]
     body_schema = operation.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema")
@@ -546,7 +610,7 @@ _value = st.one_of(
 
 def test_fuzz_preprocess_rows_and_prepare_configs_never_answer_5xx(env, prepared, training_config):
     """Structured fuzzing deeper than the schema: real columns with random values, and configs
-    with random split/preprocessing sections (their label is missing, so accepted jobs fail fast)."""
+    with random split/preprocessing sections (their label is missing: always refused before a job)."""
     dataset = registry(env.settings).load("api_health_risk", "1.0.0", load_pipeline=False)
     columns = [c for c in dataset.joined_train.columns if c != "adverse_event_30d"]
 
@@ -599,7 +663,7 @@ def test_fuzz_preprocess_rows_and_prepare_configs_never_answer_5xx(env, prepared
         response = env.client.post(
             _url("/datasets/prepare"), headers=env.keys["admin"], content=json.dumps(config).encode()
         )
-        assert response.status_code in (202, 422), response.text
+        assert response.status_code == 422, response.text
 
     rows_check()
     config_check()

@@ -9,8 +9,11 @@ from datetime import timedelta
 import numpy as np
 import pandas as pd
 import pytest
+from click.testing import CliRunner
 from feast import FeatureStore
 
+from healthmate_features.cli import main
+from healthmate_features.errors import UserNotFoundError
 from healthmate_features.features.catalog import FEATURE_TABLES
 from healthmate_features.stores import feature_store as store
 
@@ -156,3 +159,38 @@ def test_feature_repo_applies_with_an_empty_or_missing_feature_sets_file(tmp_pat
     spec.unlink()
     feast_apply(root)
     assert {s.name for s in FeatureStore(repo_path=str(root)).list_feature_services()} == code_defined
+
+
+def test_an_unknown_user_is_told_apart_from_a_known_user_without_values(tiny_applied, tiny, clone_repo, tmp_path):
+    """SQLite through Feast: `found` comes from Feast's statuses, then from every view for users
+    without a row in the views asked for; the single-user lookup raises for an unknown user."""
+    repo = clone_repo(tiny_applied, tmp_path / "repo")
+    store.materialize(repo, views=["engagement_daily"])  # users 1 and 2 have rows in no view of health_risk_v1
+    at = tiny.day(40, 12)
+    result = store.online_lookup(repo, [1, 999, 2, 1], feature_service="health_risk_v1", at=at)
+    assert result.found == [True, False, True, True]
+    stored = [
+        name for name in result.features if name not in ("user_id", "days_since_signup", "month_sin", "month_cos")
+    ]
+    assert len(stored) > 10 and all(v is None for name in stored for v in result.features[name])  # values alike
+    assert store.online_features(repo, 1, feature_service="health_risk_v1", at=at)["age_years"] is None
+    with pytest.raises(UserNotFoundError, match=r"^user 999 is not in the online store: no feature view holds a row"):
+        store.online_features(repo, 999, feature_service="health_risk_v1", at=at)
+
+    store.materialize(repo)
+    every = store.online_lookup(repo, [2, 0, 1], at=at)  # every feature of every view
+    assert every.found == [True, False, True]
+    assert every.features["profile__age_years"][0] is not None and every.features["profile__age_years"][1] is None
+    with pytest.raises(UserNotFoundError, match="user 0 is not in the online store"):
+        store.online_features(repo, 0)
+
+
+def test_cli_online_exits_non_zero_for_an_unknown_user(tiny_applied, clone_repo, tmp_path, monkeypatch):
+    repo = clone_repo(tiny_applied, tmp_path / "repo")
+    store.materialize(repo)
+    monkeypatch.setenv("HM_REPO_PATH", str(repo.repo_path))
+    known = CliRunner().invoke(main, ["online", "--user-id", "1", "--feature-service", "health_risk_v1"])
+    assert known.exit_code == 0 and "age_years" in known.output, known.output
+    unknown = CliRunner().invoke(main, ["online", "--user-id", "999", "--feature-service", "health_risk_v1"])
+    assert unknown.exit_code == 1, unknown.output
+    assert "Error: user 999 is not in the online store" in unknown.output and "age_years" not in unknown.output

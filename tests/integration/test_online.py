@@ -14,8 +14,9 @@ import math
 import pandas as pd
 import pytest
 
+from healthmate_features import _feast
 from healthmate_features.config import Settings
-from healthmate_features.errors import FeatureServiceNotFoundError, OnlineReadError
+from healthmate_features.errors import FeatureServiceNotFoundError, OnlineReadError, UserNotFoundError
 from healthmate_features.features.build import build_features
 from healthmate_features.raw.ingest import ingest_raw
 from healthmate_features.stores import feature_store as store
@@ -128,6 +129,29 @@ def test_store_online_features_reads_through_the_reader_and_equals_feast(small_p
     assert store.online_reader(small_production) is store.online_reader(small_production)  # one reader per settings
 
 
+def test_found_says_which_users_the_store_knows_and_both_paths_agree(reader, small_production, small_embedded):
+    """Redis (one HMGET per user also reads every view's `_ts:` field) and SQLite (Feast's statuses) agree."""
+    want = [1 <= u <= 12 for u in USERS]
+    assert reader.read(USERS, feature_service="health_risk_v1", at=AT).found == want
+    assert reader.known(USERS) == want
+    for service in (None, "health_risk_v1", "engagement_churn_v1"):
+        on_redis = store.online_lookup(small_production, USERS, feature_service=service, at=AT)
+        on_sqlite = store.online_lookup(small_embedded, USERS, feature_service=service, at=AT)
+        assert on_redis.found == on_sqlite.found == want, service
+        assert set(on_redis.features) == set(on_sqlite.features)
+    with pytest.raises(UserNotFoundError, match="^user 999 is not in the online store"):
+        store.online_features(small_production, 999, at=AT)
+    assert store.online_features(small_production, 3, at=AT)["profile__age_years"] is not None
+
+
+def test_feasts_own_redis_read_cannot_tell_an_unknown_user(feast):
+    """Why the reader decides `found` from Redis itself: Feast 0.67's Redis store marks every value of
+    a key that does not exist PRESENT (a SQL store says NOT_FOUND: tests/unit/test_feast_contract.py)."""
+    response = feast.get_online_features(features=["profile:age_years"], entity_rows=[{"user_id": 1}, {"user_id": 999}])
+    assert _feast.stored_in_response(response)["age_years"] == [True, True]
+    assert response.to_dict()["age_years"][1] is None
+
+
 def test_redis_key_is_feasts(reader):
     from feast.infra.online_stores.helpers import _redis_key
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey
@@ -191,3 +215,24 @@ def test_a_new_apply_is_seen(prod, tiny):
         assert got["age_years"][0] == 45
     finally:
         other.close()
+
+
+@pytest.mark.slow
+def test_found_means_a_row_in_any_view_not_only_in_the_views_asked_for(prod, tiny):
+    """Users with a row in a view outside the service are known, with every value of the service null.
+    The same data and expectations as the SQLite test in test_feature_repo.py."""
+    raw = tiny.write_raw(prod.repo_path / "raw")
+    ingest_raw(raw, prod)
+    build_features(raw, prod)
+    store.apply(prod)
+    store.materialize(prod, views=["engagement_daily"])  # users 1 and 2 have rows in no view of health_risk_v1
+    at = tiny.day(40, 12)
+    result = store.online_lookup(prod, [1, 999, 2, 1], feature_service="health_risk_v1", at=at)
+    assert result.found == [True, False, True, True]
+    stored = [
+        name for name in result.features if name not in ("user_id", "days_since_signup", "month_sin", "month_cos")
+    ]
+    assert len(stored) > 10 and all(v is None for name in stored for v in result.features[name])  # values alike
+    assert store.online_reader(prod).known([1, 999, 2]) == [True, False, True]
+    with pytest.raises(UserNotFoundError, match="^user 999 is not in the online store"):
+        store.online_features(prod, 999, feature_service="health_risk_v1", at=at)

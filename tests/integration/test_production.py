@@ -289,6 +289,24 @@ def test_materialization_full_incremental_and_interrupted(prod, monkeypatch, tin
     store.materialize(prod)  # a full re-run changes nothing
     assert redis_keys(prod) == 2
 
+    # Feast's own CLI takes one view up to now; our next incremental run leaves it alone, per view
+    now = pd.Timestamp.now(tz="UTC").floor("s")
+    feast = [str(BIN / "feast"), "-f", "feature_store.production.yaml", "materialize-incremental"]
+    feast_env = {**os.environ, **backend_for(prod).feast_env()}
+    done = subprocess.run(
+        [*feast, now.tz_localize(None).isoformat(), "-v", "health_daily"],
+        cwd=prod.repo_path,
+        env=feast_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    later = tiny.day(45)  # after the data, before now
+    resumed = {v.view: v for v in store.materialize(prod, incremental=True, end=later).views}
+    assert not resumed["health_daily"].ran and resumed["health_daily"].materialized_until == now
+    assert all(v.ran and v.start < v.end == later for name, v in resumed.items() if name != "health_daily")
+
 
 @pytest.mark.slow
 def test_redis_failure_inside_feast_is_a_clear_error(small_production, monkeypatch):
@@ -370,3 +388,26 @@ def test_a_missing_database_is_named_and_created_by_ingest(prod, tiny):
     finally:
         with postgres.connect(replace(prod, pg_database="postgres"), autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{fresh.pg_database}" WITH (FORCE)')
+
+
+@pytest.mark.slow
+def test_dataset_versions_are_saved_datasets_in_the_sql_registry(prod, make_dataset, feast_cli):
+    """Feast's SQL registry (a fresh database): registered once, listed by the plain `feast` CLI."""
+    from healthmate_features.datasets.registry import DatasetRegistry
+    from healthmate_features.datasets.saved import register_versions
+
+    versions = DatasetRegistry.from_settings(prod)
+    versions.save(make_dataset(), "risk")
+    assert register_versions(prod, "risk") == ["risk@1.0.0"]
+    second = versions.save(make_dataset(seed=1), "risk")
+    assert register_versions(prod, "risk") == [f"risk@{second}"]  # only what Feast does not list yet
+    assert register_versions(prod, "risk") == []
+    listed = feast_cli(
+        prod.repo_path,
+        "-f",
+        "feature_store.production.yaml",
+        "saved-datasets",
+        "list",
+        env=env_of(prod) | backend_for(prod).feast_env(),
+    )
+    assert {"risk@1.0.0", f"risk@{second}"} <= set(listed.split()), listed

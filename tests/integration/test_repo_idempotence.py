@@ -1,6 +1,10 @@
-"""A `feast apply` that changes nothing changes nothing we version; request times read alike in every form."""
+"""A `feast apply` that changes nothing changes nothing we version, and `feast plan` says so; request
+times read alike in every form."""
 
 from __future__ import annotations
+
+import os
+import re
 
 import numpy as np
 import pandas as pd
@@ -97,3 +101,44 @@ def test_temporal_features_equal_the_dt_formulation_offline_and_online(
     for table, out in temporal_inputs:
         want = dt_temporal_reference.as_feast_pandas_mode(dt_temporal_reference.dt_reference, table)
         assert out.select(want.column_names).equals(want)
+
+
+CHANGE = re.compile(r"^(?:Created|Updated|Deleted) .*$", re.MULTILINE)  # registry and infrastructure lines
+
+
+def test_feast_plan_after_apply_and_materialize_shows_no_change_but_shows_a_real_one(
+    tiny_applied, clone_repo, tmp_path, feast_apply, feast_cli
+):
+    settings = clone_repo(tiny_applied, tmp_path / "repo")
+    assert CHANGE.findall(feast_cli(settings.repo_path, "plan")) == []  # applied, not yet materialized
+    store.materialize(settings)
+    intervals = {v.name: v.materialization_intervals for v in store.open_feature_store(settings).list_feature_views()}
+    assert all(intervals.values()), intervals
+
+    # Feast's registry holds materialization intervals the repository's views do not: not a change
+    out = feast_cli(settings.repo_path, "plan")
+    assert CHANGE.findall(out) == [], out
+    assert "No changes to registry" in out
+    # `feast apply` agrees, and keeps the registry's record of what was materialized
+    feast_apply(settings.repo_path)
+    after = {v.name: v.materialization_intervals for v in store.open_feature_store(settings).list_feature_views()}
+    assert after == intervals
+
+    # a real change is still reported, for that view only
+    views = settings.repo_path / "feature_repo" / "feature_views.py"
+    views.write_text(views.read_text() + '\nhealth_daily_fv.description = "per user per day (edited)"\n')
+    out = feast_cli(settings.repo_path, "plan")
+    assert CHANGE.findall(out) == ["Updated feature view health_daily"], out
+    assert "(edited)" in out
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_feast_plan_on_the_production_profile_shows_no_change_after_materialize(small_production, feast_cli):
+    """The documented plain-CLI path: `eval "$(healthmate-features env)"`, then `feast -f ... plan`."""
+    from healthmate_features.backends import backend_for
+
+    assert store.open_feature_store(small_production).list_feature_views()[0].materialization_intervals
+    env = {**os.environ, **backend_for(small_production).feast_env()}
+    out = feast_cli(small_production.repo_path, "-f", "feature_store.production.yaml", "plan", env=env)
+    assert CHANGE.findall(out) == [], out

@@ -157,7 +157,7 @@ def test_cli_builds_lists_verifies_diffs_and_rebuilds(repo, tmp_path, monkeypatc
     listed = run("datasets", "list", "cli_risk")
     assert listed.exit_code == 0 and "1.0.0" in listed.output and "1.1.0" in listed.output
     assert run("datasets", "verify", "cli_risk").exit_code == 0
-    diff = run("datasets", "diff", "cli_risk", "1.0.0", "1.1.0")
+    diff = run("datasets", "diff", "cli_risk", "1.0.0", "1.1.0", "--json")
     assert diff.exit_code == 0, diff.output
     changes = json.loads(diff.output)  # the same config and data, only --bump minor
     assert (changes["from"], changes["to"]) == ("1.0.0", "1.1.0")
@@ -166,9 +166,46 @@ def test_cli_builds_lists_verifies_diffs_and_rebuilds(repo, tmp_path, monkeypatc
     assert changes["rows"]["train"]["delta"] == changes["rows"]["test"]["delta"] == 0
     assert [name for name, changed in changes["changed"].items() if changed] == ["build_spec"]  # the recorded bump
     assert changes["bump_rule"] == {"kind": "patch", "reasons": ["no change in data or definitions"]}
-    rebuilt = run("datasets", "rebuild", "cli_risk", "1.0.0")
+    rebuilt = run("datasets", "rebuild", "cli_risk", "1.0.0", "--json")
     assert rebuilt.exit_code == 0 and '"identical": true' in rebuilt.output, rebuilt.output
     loaded = run("datasets", "load", "cli_risk", "--out", str(tmp_path / "splits"))
     assert loaded.exit_code == 0 and (tmp_path / "splits" / "X_train.parquet").exists(), loaded.output
     bad = run("training-set", "build", "--config", str(tmp_path / "missing.yaml"))
     assert bad.exit_code == 1 and "cannot read training-set config" in bad.output
+
+
+@pytest.mark.slow
+def test_every_saved_version_is_a_feast_saved_dataset_that_feast_plan_leaves_alone(repo, training_config, feast_cli):
+    from healthmate_features.datasets.saved import TAG
+    from healthmate_features.stores import feature_store as store
+
+    ref, dataset, _ = build_and_save(training_config("health_risk", name="in_feast"), repo)
+    assert ref == "in_feast@1.0.0"
+    assert "in_feast@1.0.0" in feast_cli(repo.repo_path, "saved-datasets", "list").split()
+    fs = store.open_feature_store(repo)
+    saved = fs.get_saved_dataset(ref)
+    manifest = registry(repo).show("in_feast", "1.0.0")
+    assert saved.features == manifest["feature_refs"] and saved.feature_service_name == "health_risk_v1"
+    assert saved.tags[TAG] == "in_feast" and saved.tags["data_hash"] == manifest["data_hash"]
+    assert (repo.repo_path / saved.tags["manifest"]).is_file()
+    # read back through Feast (our DuckDB store): the joined train and test rows, keys and features
+    rows = saved.to_df().sort_values(["user_id", "event_timestamp"], ignore_index=True)
+    joined = pd.concat([dataset.joined_train, dataset.joined_test])
+    joined = joined.sort_values(["user_id", "event_timestamp"], ignore_index=True)
+    assert len(rows) == len(joined) == manifest["row_counts"]["train"] + manifest["row_counts"]["test"]
+    assert set(rows.columns) == {"user_id", "event_timestamp", *(r.split(":")[1] for r in saved.features)}
+    pd.testing.assert_frame_equal(rows, joined[rows.columns], check_dtype=False)
+
+    # saved datasets are not repository definitions: `feast plan` proposes no change, `feast apply` keeps them
+    plan = feast_cli(repo.repo_path, "plan")
+    assert "No changes to registry" in plan and "Deleted" not in plan, plan
+    feast_cli(repo.repo_path, "apply")
+    assert ref in {d.name for d in store.open_feature_store(repo).list_saved_datasets()}
+
+    # a version Feast lost (here: deleted from its registry) is registered again by the next build
+    fs = store.open_feature_store(repo)
+    fs.registry.delete_saved_dataset(ref, fs.project)
+    again = build_and_save(training_config("health_risk", name="in_feast"), repo)
+    assert (again.ref, again.created) == (ref, False)  # nothing changed: no new version, but registered again
+    names = {d.name for d in store.open_feature_store(repo).list_saved_datasets(tags={TAG: "in_feast"})}
+    assert names == {ref}

@@ -95,6 +95,9 @@ SIGNATURES = {
     ),
     "feast.infra.utils.postgres.connection_utils._get_conn": "(config)",
     "feast.infra.registry.caching_registry.CachingRegistry._refresh_cached_registry_if_necessary": "(self)",
+    # online_writes_counted: the provider of a FeatureStore, and the write its compute engines call.
+    "feast.feature_store.FeatureStore._get_provider": "(self)",
+    "feast.infra.online_stores.online_store.OnlineStore.online_write_batch": "(self, config, table, data, progress)",
     "feast.type_map.arrow_to_pg_type": "(t_str)",
     "feast.type_map.pg_type_code_to_arrow": "(code)",
     "feast.type_map.feast_value_type_to_python_type": "(field_value_proto, feature_type=None)",
@@ -122,6 +125,7 @@ PINNED_BY_BEHAVIOUR = {
     "feast.protos.feast.types.EntityKey_pb2.EntityKey": "test_redis_key_layout",
     "feast.protos.feast.types.Value_pb2.Value": "test_value_encoding",
     "feast.value_type.ValueType": "test_redis_key_layout",
+    "feast.protos.feast.serving.ServingService_pb2.FieldStatus": "test_online_statuses_tell_stored_from_absent",
     "cached_registry_proto_created": "test_registry_cache_stamp",  # an attribute of Feast's registries
     "_refresh_cached_registry_if_necessary": "test_registry_cache_stamp",
 }
@@ -374,8 +378,10 @@ def test_feasts_redis_writer_writes_what_we_read(daily, repo_config, monkeypatch
     written_key, mapping = writes[0]
     assert written_key == KEY_OF_USER_7, adapt("the key RedisOnlineStore writes under", repr(written_key))
     fields = {_feast.redis_field("health_daily", name): name for name in values}
-    extra = set(mapping) - set(fields)
-    assert extra == {"_ts:health_daily"}, adapt("the fields RedisOnlineStore writes", f"unexpected {extra}")
+    extra = {f.encode() if isinstance(f, str) else f for f in set(mapping) - set(fields)}
+    assert extra == {_feast.redis_timestamp_field("health_daily")}, adapt(
+        "the fields RedisOnlineStore writes", f"unexpected {extra}"
+    )
     for field, name in fields.items():
         assert mapping[field] == values[name].SerializeToString(), adapt("the value encoding Redis holds", name)
     assert _feast.decode_values([mapping[f] for f in fields]) == [1.5, "a"]
@@ -461,6 +467,35 @@ def test_online_request_context(registry):
 
     full = _feast.online_request_context(registry, PROJECT, ["health_daily:steps"], True)
     assert full.result_names == frozenset({"health_daily__steps"}) and full.on_demand_feature_views == []
+
+
+@pytest.mark.filterwarnings("ignore:On demand feature view is an experimental feature:RuntimeWarning")
+def test_online_statuses_tell_stored_from_absent(tmp_path, user, daily, temporal):
+    """A SQLite online store answers NOT_FOUND for a user without a row, PRESENT for a stored null;
+    entity columns and on-demand outputs are always PRESENT (the Python SDK's apply, no `feast apply`)."""
+    store = feast.FeatureStore(
+        config=RepoConfig(
+            project=PROJECT,
+            provider="local",
+            registry=str(tmp_path / "registry.db"),
+            online_store={"type": "sqlite", "path": str(tmp_path / "online.db")},
+            offline_store={"type": "file"},
+            entity_key_serialization_version=3,
+            repo_path=tmp_path,
+        )
+    )
+    store.apply([user, daily, temporal])
+    at = pd.Timestamp("2025-01-02", tz="UTC")
+    row = pd.DataFrame({"user_id": [1], "event_timestamp": [at], "steps": [float("nan")], "label": ["a"]})
+    store.write_to_online_store("health_daily", row)
+    response = store.get_online_features(
+        features=["health_daily:steps", "health_daily:label", "temporal_fv:steps_doubled"],
+        entity_rows=[{"user_id": 1, "event_timestamp": at}, {"user_id": 2, "event_timestamp": at}],
+    )
+    got = _feast.stored_in_response(response)
+    want = {"user_id": [True, True], "steps": [True, False], "label": [True, False], "steps_doubled": [True, True]}
+    assert got == want, adapt("the statuses of an online response (FieldStatus)", repr(got))
+    assert response.to_dict()["steps"] == [None, None]  # a stored null and no row read alike: only statuses differ
 
 
 def test_parse_feature_ref():

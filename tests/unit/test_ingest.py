@@ -87,13 +87,16 @@ def test_timestamps_must_be_parseable_and_timezone_aware(tmp_path, tiny):
     events["at"] = events["at"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
     events.loc[1, "at"] = "2025-01-03 12:00:00"  # no offset
     events.loc[2, "at"] = "yesterday+01:00"  # not a timestamp
+    events.loc[3, "at"] = "not-a-date"  # not a timestamp either, although it has no offset
     events.loc[4, "at"] = "2025-01-02T10:00:00+02:00"  # fine: converted to UTC
     tables["app_events"] = events
     reports, out = _ingest(tiny, tmp_path, tables)
-    assert reports["app_events"].reasons == {"at: no timezone": 1, "at: not a timestamp": 1}
+    assert reports["app_events"].reasons == {"at: no timezone": 1, "at: not a timestamp": 2}
     reasons = list(_rejects(out, "app_events")._reason)
-    assert "has no timezone offset; append Z or +00:00" in reasons[0]
-    assert "is not a timestamp" in reasons[1]
+    assert reasons[0] == "at 2025-01-03 12:00:00 has no timezone offset; append Z or +00:00"
+    unparseable = "is not a timestamp (unparseable); write ISO 8601 with an offset, e.g. 2025-01-31T08:00:00Z"
+    assert reasons[1] == f"at yesterday+01:00 {unparseable}"
+    assert reasons[2] == f"at not-a-date {unparseable}"  # not "has no timezone offset"
     typed = pd.read_parquet(out / "app_events.parquet")
     assert pd.Timestamp("2025-01-02T08:00:00Z") in set(typed["at"])
 
@@ -119,6 +122,30 @@ def test_csv_input_is_validated_like_parquet(tmp_path, tiny):
     assert reports["users"].reasons == {"birth_year: not a number": 1}
     # the readings of the rejected user are rejected too, with their own reason
     assert reports["app_events"].reasons == {"user_id: not in users": 1}
+
+
+def test_csv_rejects_name_the_line_an_editor_shows_and_parquet_rejects_the_row_index(tmp_path, tiny):
+    raw = tiny.write_raw(tmp_path / "raw")
+    events = tiny.raw_tables()["app_events"]
+    events.loc[0, "session_id"] = "s1\nsecond line of a quoted field"  # one record on two lines
+    events.loc[5, "event_type"] = "dance"  # data row 5
+    (raw / "app_events.parquet").unlink()
+    text = events.assign(at=events["at"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")).to_csv(index=False)
+    lines = text.splitlines(keepends=True)
+    (raw / "app_events.csv").write_text("".join(lines[:4] + ["\n"] + lines[4:]))  # and a blank line before it
+    shown = (raw / "app_events.csv").read_text().splitlines()
+    bad_line = next(i for i, line in enumerate(shown, start=1) if ",dance," in line)
+    assert bad_line == 9  # header 1, row 0 on lines 2-3, row 1 on 4, the blank line 5, rows 2-4 on 6-8
+    readings = tiny.raw_tables()["health_readings"]
+    readings.loc[7, "value"] = -5.0
+    readings.to_parquet(raw / "health_readings.parquet", index=False)
+
+    ingest(raw, tmp_path / "out")
+    csv_rejects = _rejects(tmp_path / "out", "app_events")
+    assert list(csv_rejects.columns[:2]) == ["_line", "_reason"]
+    assert csv_rejects.loc[0, "_line"] == str(bad_line) and "event_type 'dance'" in csv_rejects.loc[0, "_reason"]
+    parquet_rejects = _rejects(tmp_path / "out", "health_readings")
+    assert list(parquet_rejects.columns[:2]) == ["_row", "_reason"] and parquet_rejects.loc[0, "_row"] == "7"
 
 
 def test_unreadable_missing_and_incomplete_inputs_fail_with_the_file_named(tmp_path, tiny):

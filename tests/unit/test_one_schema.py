@@ -11,11 +11,11 @@ from fastapi.testclient import TestClient
 from healthmate_features.access.keys import ApiKeys
 from healthmate_features.api import models
 from healthmate_features.api.app import create_app
-from healthmate_features.api.jobs import STATUSES, JobStatus
 from healthmate_features.backends import open_sql_store
 from healthmate_features.config import Settings
 from healthmate_features.datasets.ref import REF_PATTERN, DatasetRef
 from healthmate_features.errors import DatasetRefError, DatasetVersionError, TrackingError
+from healthmate_features.jobs.store import STATUSES, JobStatus
 from healthmate_features.tracking import ENVIRONMENTS, Environment
 from healthmate_features.training.builder import TrainingSetConfig
 from healthmate_features.training.preprocessing import TASKS

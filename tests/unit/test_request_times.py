@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
+from feast.errors import FeastError
 from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
@@ -40,11 +41,16 @@ def test_every_form_of_the_same_instant_reads_the_same(values):
         (pd.Series([1764600000, 1764600000000000000]), r"\(1 of 2 values\)"),
         (pd.Series(["not-a-date", "2025-12-01T14:40:00Z"]), r"'not-a-date' \(1 of 2 values\) is not a time"),
         (pd.Series([True]), "booleans"),
+        (pd.Series(["2025-12-01T14:40:00Z", None]), r"event_timestamp is null in 1 of 2 rows"),
+        (pd.Series([1764600000, float("nan")]), r"event_timestamp is null in 1 of 2 rows"),
+        (pd.Series([None], dtype=object), r"event_timestamp is null in 1 of 1 rows"),
     ],
 )
 def test_what_cannot_be_read_is_refused_naming_the_value_and_count(values, match):
-    with pytest.raises(RequestTimeError, match=match):
+    with pytest.raises(RequestTimeError, match=match) as info:
         request_times(values)
+    # Feast's feature server answers a FeastError with its status code and JSON detail, anything else with a 500
+    assert isinstance(info.value, FeastError) and info.value.http_status_code() == 422
 
 
 # -- the temporal view's computation --------------------------------------------------------
@@ -104,7 +110,7 @@ def test_temporal_frame_equals_the_dt_formulation_for_numbers_and_strings(dt_tem
 
 def test_temporal_frame_refuses_a_missing_request_time_naming_the_count():
     inputs = pd.DataFrame({"event_timestamp": [NOON, None, None], "signup_epoch_s": [1, 2, 3]})
-    with pytest.raises(RequestTimeError, match=r"event_timestamp is missing \(2 of 3 values\)"):
+    with pytest.raises(RequestTimeError, match=r"event_timestamp is null in 2 of 3 rows"):
         temporal_frame(inputs)
 
 

@@ -19,6 +19,7 @@ from healthmate_features.training.builder import TrainingSetConfig
         ({"bump": "huge"}, "bump 'huge' is not one of major, minor, patch"),
         ({"name": 123, "label": ["y"]}, "training-set config name, label must be text"),
         ({"split": "time"}, "split must be a mapping"),
+        ({"label": "event_timestamp"}, "label 'event_timestamp' is a key column of the entity frame; set label to"),
     ],
 )
 def test_bad_configs_give_clear_errors(changes, message, training_config):

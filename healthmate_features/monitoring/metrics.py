@@ -1,0 +1,260 @@
+"""Prometheus metrics of the API and the workers, and their text exposition.
+
+What records what:
+- the API's request middleware (`api/metrics.py`): HTTP_REQUESTS, HTTP_SECONDS, HTTP_IN_FLIGHT;
+- `AuditLog.write`: AUDIT_WRITE_SECONDS, AUDIT_WRITE_ERRORS;
+- the job runner: JOBS, JOB_SECONDS;
+- a materialization given `written=record_materialized_rows` (`stores.feature_store.materialize`):
+  MATERIALIZED_ROWS;
+- at scrape time, `StoreCollector`: each feature view's freshness and TTL, dataset versions per
+  name; and prometheus_client's ProcessCollector: this process's CPU and memory.
+Labels hold methods, route templates, status codes, job kinds and outcomes, feature view and
+dataset names: never a user id, a raw path or query string, or a feature value.
+
+Processes: metric values live in files of a directory that a process shares with its children
+(prometheus_client's multiprocess mode, PROMETHEUS_MULTIPROC_DIR; see `monitoring.multiprocess`,
+which importing the package sets up). So a Celery prefork worker's children, or `serve` workers,
+count into their parent's directory, and an exposition (`scrape_registry`) sums every process
+sharing it. Only when prometheus_client was imported before the package do values stay in this
+process's memory, and an exposition shows this process alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import values as _values
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.process_collector import ProcessCollector
+
+from healthmate_features.errors import ConfigError
+
+if TYPE_CHECKING:
+    from prometheus_client.registry import Collector
+
+    from healthmate_features.config import Settings
+
+PREFIX = "healthmate_"
+log = logging.getLogger(__name__)
+
+#: The package's own metrics (Feast registers its feast_* metrics in prometheus_client's default registry).
+REGISTRY = CollectorRegistry()
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_AUDIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_JOB_BUCKETS = (1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0)
+
+HTTP_REQUESTS = Counter(
+    "healthmate_http_requests_total",
+    "HTTP requests answered, by method, route template and status code",
+    ["method", "route", "status"],
+    registry=REGISTRY,
+)
+HTTP_SECONDS = Histogram(
+    "healthmate_http_request_duration_seconds",
+    "Time from a request's arrival to the end of its response body, by method and route template",
+    ["method", "route"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+HTTP_IN_FLIGHT = Gauge(
+    "healthmate_http_requests_in_flight",
+    "HTTP requests being handled now (summed over the live processes)",
+    multiprocess_mode="livesum",
+    registry=REGISTRY,
+)
+AUDIT_WRITE_SECONDS = Histogram(
+    "healthmate_audit_write_duration_seconds",
+    "Time of one audit-log write (validation and the INSERT into the SQL store)",
+    buckets=_AUDIT_BUCKETS,
+    registry=REGISTRY,
+)
+AUDIT_WRITE_ERRORS = Counter(
+    "healthmate_audit_write_errors_total",
+    "Audit-log writes that failed (the entry is lost; the server log has the reason)",
+    registry=REGISTRY,
+)
+JOBS = Counter(
+    "healthmate_jobs_total",
+    "Jobs finished, by kind and outcome",
+    ["kind", "outcome"],  # outcome: succeeded | failed | retried | cancelled
+    registry=REGISTRY,
+)
+JOB_SECONDS = Histogram(
+    "healthmate_job_duration_seconds",
+    "Job run time",
+    ["kind"],
+    buckets=_JOB_BUCKETS,
+    registry=REGISTRY,
+)
+MATERIALIZED_ROWS = Counter(
+    "healthmate_materialized_rows_total",
+    "Rows Feast wrote to the online store by materialization, by feature view (rows handed to "
+    "the online store's write, one per entity and event timestamp; a rewrite counts again)",
+    ["feature_view"],
+    registry=REGISTRY,
+)
+
+
+def record_materialized_rows(view: str, rows: int) -> None:
+    """Count `rows` written to the online store for feature view `view` (a `materialize(written=...)` hook)."""
+    MATERIALIZED_ROWS.labels(view).inc(rows)
+
+
+# -- scrape-time metrics ---------------------------------------------------------------------
+
+
+class StoreCollector:
+    """Each feature view's freshness and TTL, and dataset versions per name, read at scrape time.
+
+    Freshness is the seconds from the end of a view's last materialization (Feast's registry)
+    to the scrape, +Inf for a view never materialized; on-demand views have none. The Feast and
+    dataset registries are read at most once per `max_age_s`; a scrape in between reuses that
+    read (freshness itself is computed at every scrape). When a registry cannot be read, its
+    last good read is kept and `healthmate_metrics_source_up{source}` is 0 until it can.
+    """
+
+    def __init__(self, settings: Settings, *, max_age_s: float = 10.0) -> None:
+        self.settings = settings
+        self.max_age_s = max_age_s
+        self._lock = threading.Lock()
+        self._read_at: float | None = None
+        self._fs: Any = None
+        self._views: list[tuple[str, float | None, float | None]] = []  # name, last end (epoch s), TTL s
+        self._datasets: dict[str, int] = {}
+        self._up = {"feast_registry": 0.0, "dataset_registry": 0.0}
+
+    def collect(self) -> Iterable[Metric]:
+        self._refresh()
+        now = time.time()
+        freshness = GaugeMetricFamily(
+            "healthmate_feature_view_freshness_seconds",
+            "Seconds since the end of the feature view's last materialization (+Inf: never materialized)",
+            labels=["feature_view"],
+        )
+        ttl = GaugeMetricFamily(
+            "healthmate_feature_view_ttl_seconds",
+            "The feature view's TTL in Feast (views without a TTL are left out)",
+            labels=["feature_view"],
+        )
+        for name, end, ttl_s in self._views:
+            freshness.add_metric([name], math.inf if end is None else max(now - end, 0.0))
+            if ttl_s:
+                ttl.add_metric([name], ttl_s)
+        versions = GaugeMetricFamily(
+            "healthmate_dataset_versions", "Versions saved of each dataset", labels=["dataset"]
+        )
+        for name, count in self._datasets.items():
+            versions.add_metric([name], count)
+        up = GaugeMetricFamily(
+            "healthmate_metrics_source_up",
+            "1 if the last read of this source for the scrape-time metrics worked, else 0",
+            labels=["source"],
+        )
+        for source, value in self._up.items():
+            up.add_metric([source], value)
+        return [freshness, ttl, versions, up]
+
+    def _refresh(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if self._read_at is not None and now - self._read_at < self.max_age_s:
+                return
+            self._read_at = now
+            try:
+                self._views = self._read_views()
+                self._up["feast_registry"] = 1.0
+            except Exception as exc:  # a scrape never fails on a registry: the gauge says so
+                self._fs = None
+                self._up["feast_registry"] = 0.0
+                log.warning("metrics: cannot read the Feast registry of %s: %s", self.settings.repo_path, exc)
+            try:
+                self._datasets = self._read_datasets()
+                self._up["dataset_registry"] = 1.0
+            except Exception as exc:
+                self._up["dataset_registry"] = 0.0
+                log.warning("metrics: cannot read the dataset registry of %s: %s", self.settings.repo_path, exc)
+
+    def _read_views(self) -> list[tuple[str, float | None, float | None]]:
+        from healthmate_features.monitoring.freshness import feature_view_status
+        from healthmate_features.stores import feature_store
+
+        if self._fs is None:
+            self._fs = feature_store.open_feature_store(self.settings)
+        return [
+            (
+                view["name"],
+                view["last_materialized_end"].timestamp() if view["last_materialized_end"] else None,
+                view["ttl_seconds"],
+            )
+            for view in feature_view_status(self._fs)
+            if view["kind"] == "batch"
+        ]
+
+    def _read_datasets(self) -> dict[str, int]:
+        from healthmate_features.datasets.registry import DatasetRegistry
+
+        registry = DatasetRegistry.from_settings(self.settings)
+        return {name: len(registry.versions(name)) for name in registry.names()}
+
+
+# -- exposition ------------------------------------------------------------------------------
+
+
+def multiprocess_dir() -> str | None:
+    """The directory this process's metric values live in (shared with its children); None when in memory."""
+    if _values.ValueClass is _values.MutexValue:
+        return None
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+
+
+class _Ours:
+    """The package's metric families among what a collector yields (a multiprocess directory
+    also holds Feast's feast_* metrics, which are not ours to show)."""
+
+    def __init__(self, inner: Collector) -> None:
+        self.inner = inner
+
+    def collect(self) -> Iterable[Metric]:
+        return [family for family in self.inner.collect() if family.name.startswith(PREFIX)]
+
+
+def scrape_registry(*extra: Collector) -> CollectorRegistry:
+    """What one exposition shows: the package's metrics, this process's CPU and memory, and `extra`.
+
+    The package's metrics are those of every process sharing the multiprocess directory (see the
+    module docstring), or of this process when its values are in memory."""
+    path = multiprocess_dir()
+    registry = CollectorRegistry()
+    registry.register(_Ours(MultiProcessCollector(None, path=path)) if path else REGISTRY)
+    registry.register(ProcessCollector(registry=None))
+    for collector in extra:
+        registry.register(collector)
+    return registry
+
+
+def render(registry: CollectorRegistry, accept: str | None = None) -> tuple[bytes, str]:
+    """The registry's metrics in the format the Accept header asks for (Prometheus text by default)."""
+    encode, content_type = choose_encoder(accept or "")
+    return encode(registry), content_type
+
+
+def start_metrics_server(port: int, addr: str = "127.0.0.1") -> None:
+    """Serve `scrape_registry()` at http://addr:port/metrics from a daemon thread (a worker's metrics port).
+
+    Raises ConfigError when the address cannot be bound (in use, or not an address of this host)."""
+    try:
+        start_http_server(port, addr, registry=scrape_registry())
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot serve metrics on {addr}:{port}: {exc.strerror or exc}; choose another --metrics-port or address"
+        ) from exc
