@@ -205,13 +205,22 @@ class WorkerProcess:
                 self.kill()
 
 
+def _without_metrics_dir(env) -> dict[str, str]:
+    """`env` without prometheus_client's multiprocess directory (monitoring.multiprocess.DIR_VARIABLES)."""
+    from healthmate_features.monitoring.multiprocess import DIR_VARIABLES
+
+    return {k: v for k, v in env.items() if k not in DIR_VARIABLES}
+
+
 def _launch_worker(settings: Settings, log: Path, *args: str, timeout_s: float = 180) -> WorkerProcess:
     """A real `healthmate-features worker` for the settings (extra `args`), in the repository, ready to take jobs."""
     with log.open("wb") as out:
         process = subprocess.Popen(
             [str(BIN / "healthmate-features"), "worker", "--loglevel", "INFO", *args],
             cwd=settings.repo_path,
-            env={**os.environ, **settings.to_env()},
+            # its own metric values, as a worker started from a shell has (this test process's
+            # multiprocess directory would also hold every other worker's counts of the session)
+            env={**_without_metrics_dir(os.environ), **settings.to_env()},
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
