@@ -285,19 +285,21 @@ def _audit_unavailable() -> JSONResponse:
 
 
 class AdminRoutes:
-    """The routes that need an admin key: those whose dependencies include `admin_only`.
+    """The routes that need an admin key: those of `routers` whose dependencies include `admin_only`.
 
-    Found from the app's routes on first use (they are complete once requests arrive), so the
-    middleware refuses a user key (403) before the body of such a request is read."""
+    The middleware asks before routing, so that a user key is refused (403) before the body of
+    such a request is read; a new admin endpoint is found by its `Admin` dependency alone."""
 
-    def __init__(self, app: FastAPI) -> None:
-        self.app = app
-        self._routes: list[APIRoute] | None = None
+    def __init__(self, *routers: APIRouter) -> None:
+        self.routes = [
+            route
+            for each in routers
+            for route in each.routes
+            if isinstance(route, APIRoute) and _calls(route.dependant, admin_only)
+        ]
 
     def matches(self, scope) -> bool:
-        if self._routes is None:
-            self._routes = [r for r in self.app.routes if isinstance(r, APIRoute) and _calls(r.dependant, admin_only)]
-        return any(route.matches(scope)[0] == Match.FULL for route in self._routes)
+        return any(route.matches(scope)[0] == Match.FULL for route in self.routes)
 
 
 def _calls(dependant: Any, function: Any) -> bool:
@@ -695,7 +697,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
     templates = RouteTemplates(app, extra=PUBLIC_PATHS)
-    app.add_middleware(AuthAuditMiddleware, ctx=ctx, templates=templates, admin=AdminRoutes(app))
+    app.add_middleware(AuthAuditMiddleware, ctx=ctx, templates=templates, admin=AdminRoutes(public, router))
     app.add_middleware(RequestMetricsMiddleware, templates=templates)  # outermost: refused requests count too
     return app
 
