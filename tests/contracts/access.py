@@ -194,7 +194,10 @@ class AccessContract:
         assert sorted(e.latency_ms for e in audit.query()) == [float(i) for i in range(50)]
         with pytest.raises(AuditError, match="status"):
             audit.entry(endpoint="/health", status=99, latency_ms=1.0)
-        with pytest.raises(Exception):  # one bad row (a NOT NULL endpoint) and none of the batch is kept
+        import psycopg
+
+        refused = (sqlite3.IntegrityError, psycopg.errors.NotNullViolation)
+        with pytest.raises(refused):  # one bad row (a NULL endpoint) and none of the batch is kept
             audit.write_many([rows[0], (T0, None, None, None, None, 200, 1.0)])
         assert len(audit.query(limit=1000)) == 50
 

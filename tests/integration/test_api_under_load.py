@@ -221,6 +221,19 @@ async def _asgi(app, method: str, path: str, headers: dict[str, str], chunks: li
     return status, json.loads(body), read
 
 
+def test_the_admin_routes_are_found_from_their_dependencies():
+    from healthmate_features.api.app import AdminRoutes, public, router
+
+    found = {(sorted(r.methods)[0], r.path.removeprefix(PREFIX)) for r in AdminRoutes(public, router).routes}
+    assert found == {
+        ("POST", "/feature-sets/create"),
+        ("POST", "/datasets/prepare"),
+        ("GET", "/datasets/jobs/{job_id}"),
+        ("GET", "/datasets/load-version"),
+        ("POST", "/data/preprocess"),
+    }
+
+
 def test_refusals_come_before_the_body_is_read_and_are_audited(sqlite_settings):
     settings = replace(sqlite_settings, max_request_bytes=1000)
     secrets = _keys(settings)
@@ -290,7 +303,12 @@ def test_dashboard_is_cached_until_a_source_changes(tiny_applied, clone_repo, tm
 
         with open_sql_store(settings) as other:  # a model run logged by another connection
             Tracker(other).log_metrics(
-                "risk", version="1", dataset="d@1.0.0", environment="staging", metrics={"auc": 0.7}, external_dataset=True
+                "risk",
+                version="1",
+                dataset="d@1.0.0",
+                environment="staging",
+                metrics={"auc": 0.7},
+                external_dataset=True,
             )
         logged = summary()
         assert logged["counts"]["models"] == 1 and logged["generated_at"] > first["generated_at"]
