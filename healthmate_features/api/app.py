@@ -6,8 +6,10 @@ A thin edge (STYLE 1): handlers parse, call the library and format. Every reques
 Bearer <key>` (auth.ApiKeys); /metrics needs an admin key unless it is open
 (`api.metrics.metrics_open`: HM_METRICS_PUBLIC, or a request that arrived on a loopback address).
 Every request is counted and timed in the Prometheus metrics (`api.metrics.RequestMetricsMiddleware`),
-and every request, refused ones included, is written to the audit log: time, key id, role, endpoint
-(method and route template), target (`kind:id`), status and latency, never feature values. Library
+and every request, refused ones included, is written to the audit log before its response starts
+(`AuthAuditMiddleware`): time, key id, role, endpoint (method and route template), target
+(`kind:id`), status and latency, never feature values. Keys, roles and the body size
+(HM_MAX_REQUEST_BYTES) are checked before a body is read. Library
 errors become JSON `{"error": kind, "detail": message}` with the status code ERROR_STATUS gives.
 """
 

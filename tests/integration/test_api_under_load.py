@@ -324,6 +324,37 @@ def test_dashboard_is_cached_until_a_source_changes(tiny_applied, clone_repo, tm
         assert summary()["generated_at"] == materialized["generated_at"]
 
 
+@pytest.mark.postgres
+def test_dashboard_cache_follows_feasts_sql_registry_on_production(prod, tiny):
+    from healthmate_features.backends import backend_for
+    from healthmate_features.features.build import build_features
+    from healthmate_features.raw.ingest import ingest_raw
+    from healthmate_features.stores import feature_store as store
+
+    assert backend_for(prod).registry_stamp() is None  # no `feast apply` yet: no registry tables
+    raw = tiny.write_raw(prod.repo_path / "raw")
+    ingest_raw(raw, prod)
+    build_features(raw, prod)
+    store.apply(prod)
+    stamp = backend_for(prod).registry_stamp()
+    assert stamp is not None and backend_for(prod).registry_stamp() == stamp
+    secrets = _keys(prod)
+    with TestClient(create_app(prod)) as client:
+
+        def summary() -> dict:
+            response = client.get(f"{PREFIX}/dashboard/summary", headers=_bearer(secrets["admin"]))
+            assert response.status_code == 200, response.text
+            return response.json()
+
+        first = summary()
+        assert summary()["generated_at"] == first["generated_at"]
+        assert not any(v["last_materialized_end"] for v in first["feature_views"])
+        _cli(prod, "materialize", "--profile", "production")  # another process writes Feast's registry
+        assert backend_for(prod).registry_stamp() != stamp
+        materialized = summary()
+        assert all(v["last_materialized_end"] for v in materialized["feature_views"] if v["kind"] == "batch")
+
+
 # -- serve --workers 2 ---------------------------------------------------------------------------
 
 
