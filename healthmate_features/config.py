@@ -32,6 +32,7 @@ _ENV = {
     "job_max_attempts": "HM_JOB_MAX_ATTEMPTS",
     "job_retry_backoff_s": "HM_JOB_RETRY_BACKOFF_S",
     "lock_wait_s": "HM_LOCK_WAIT_S",
+    "max_request_bytes": "HM_MAX_REQUEST_BYTES",
 }
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 
@@ -71,6 +72,9 @@ class Settings:
     job_max_attempts: int = 3
     job_retry_backoff_s: float = 10.0
     lock_wait_s: float = 3600.0
+    # The largest request body the HTTP API reads: a larger Content-Length is answered 413 before
+    # any of the body is read, a chunked body 413 as soon as it passes this many bytes.
+    max_request_bytes: int = 4 * 1024 * 1024
 
     @classmethod
     def from_env(cls, repo_path: str | Path | None = None, **overrides) -> Settings:
@@ -87,6 +91,13 @@ class Settings:
                 convert: Any = type(f.default)  # str, int or float: every field with a variable has a default
                 values[f.name] = convert(env[_ENV[f.name]])
         values.update(overrides)
+        if int(values.get("max_request_bytes", 1)) < 1:
+            from healthmate_features.errors import ConfigError
+
+            raise ConfigError(
+                f"HM_MAX_REQUEST_BYTES={values['max_request_bytes']} must be a positive number of bytes, "
+                "e.g. 4194304 (4 MiB)"
+            )
         if values.get("profile", "embedded") not in PROFILES:
             from healthmate_features.errors import ConfigError
 

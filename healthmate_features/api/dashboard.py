@@ -1,7 +1,8 @@
 """One overview of the platform's state: counts and freshness for a dashboard.
 
 Feature views with their last materialization (`monitoring.freshness`), feature
-services, dataset versions, and the latest model results per environment.
+services, dataset versions, and the latest model results per environment. The API serves it
+from `SummaryCache`, which reads it again only when one of its sources changed.
 """
 
 from __future__ import annotations
@@ -16,11 +17,14 @@ from healthmate_features.stores import feature_store as store
 from healthmate_features.tracking import Tracker
 
 
-def summary(settings: Settings, *, tracker: Tracker, registry: DatasetRegistry | None = None) -> dict[str, Any]:
+def summary(
+    settings: Settings, *, tracker: Tracker, registry: DatasetRegistry | None = None, fs: Any = None
+) -> dict[str, Any]:
     """Counts and freshness of feature views, feature services, datasets and model results.
 
-    Reads the Feast registry, the dataset registry and the tracking tables; changes nothing."""
-    fs = store.open_feature_store(settings)
+    Reads the Feast registry (of `fs`, a FeatureStore, or of one opened now), the dataset
+    registry and the tracking tables; changes nothing."""
+    fs = fs if fs is not None else store.open_feature_store(settings)
     views = feature_view_status(fs)
     services = [
         {
@@ -56,3 +60,59 @@ def summary(settings: Settings, *, tracker: Tracker, registry: DatasetRegistry |
         "datasets": datasets,
         "latest_model_results": runs,
     }
+
+
+class SummaryCache:
+    """`summary` as the API's JSON, read again only when one of its sources changed; one per app.
+
+    The rule: the cached summary is served while three change markers are what they were when it
+    was read: the Feast registry's (`Backend.registry_stamp`: any apply or materialization, from
+    any process), the dataset registry's listing (names and versions; versions are immutable)
+    and the change revision of model_runs (`SqlStore.revisions`, moved by every logged run).
+    So a change shows in the next response; `generated_at` says when the figures were read.
+    A marker that moves while the summary is read only makes the next request read it again.
+    The Feast store is opened once and kept (its registry re-read when the registry changed).
+    """
+
+    def __init__(self, settings: Settings, *, tracker: Tracker) -> None:
+        import threading
+
+        self.settings = settings
+        self.tracker = tracker
+        self.registry = DatasetRegistry.from_settings(settings)
+        self._lock = threading.Lock()
+        self._fs: Any = None
+        self._registry_stamp: Any = None
+        self._cached: tuple[Any, bytes] | None = None
+
+    def markers(self) -> tuple[Any, ...]:
+        """The change markers of the summary's sources, read now (microseconds to a round trip)."""
+        from healthmate_features.backends import backend_for
+
+        datasets = tuple((name, tuple(self.registry.versions(name))) for name in self.registry.names())
+        runs = self.tracker.store.revisions()["model_runs"]
+        return (backend_for(self.settings).registry_stamp(), datasets, runs)
+
+    def json(self) -> bytes:
+        """The summary as the API's JSON (`api.models.DashboardSummary`), from the cache unless a source changed.
+
+        Side effects: on a change, reads the sources (and refreshes the kept Feast store's registry)."""
+        from healthmate_features.api.models import DashboardSummary
+
+        markers = self.markers()
+        cached = self._cached
+        if cached is not None and cached[0] == markers:
+            return cached[1]
+        with self._lock:  # one reader at a time; the others then find it cached
+            cached = self._cached
+            if cached is not None and cached[0] == markers:
+                return cached[1]
+            if self._fs is None:
+                self._fs = store.open_feature_store(self.settings)
+            elif markers[0] != self._registry_stamp:
+                self._fs.refresh_registry()
+            self._registry_stamp = markers[0]
+            data = summary(self.settings, tracker=self.tracker, registry=self.registry, fs=self._fs)
+            body = DashboardSummary.model_validate(data).model_dump_json().encode()
+            self._cached = (markers, body)
+            return body

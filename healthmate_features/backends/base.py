@@ -135,6 +135,7 @@ class Backend(ABC):
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self._registry_file: Path | None = None  # registry_stamp's file, found on first use
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.settings.repo_path})"
@@ -215,6 +216,26 @@ class Backend(ABC):
                 f"{self.feature_store_yaml} not found; run from the repository root or set HM_REPO_PATH"
             )
         return FeatureStore(repo_path=str(self.settings.repo_path), fs_yaml_file=self.feature_store_yaml)
+
+    def registry_stamp(self) -> Any:
+        """A value that changes whenever this profile's Feast registry changes (`feast apply`,
+        a materialization), from any process; cheap enough to ask on every request.
+
+        File registry: the registry file's inode, size and modification time in ns (Feast
+        rewrites the file on every change); None while it does not exist."""
+        import os
+
+        path = self._registry_file
+        if path is None:
+            registry = self.feast_config().registry
+            path = Path(registry if isinstance(registry, str) else registry.path)
+            path = path if path.is_absolute() else self.settings.repo_path / path
+            self._registry_file = path
+        try:
+            stat = os.stat(path)
+        except FileNotFoundError:
+            return None
+        return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
 
     @abstractmethod
     def batch_source(self, table: str, *, description: str) -> DataSource:

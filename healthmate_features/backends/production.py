@@ -25,6 +25,7 @@ from urllib.parse import quote
 
 from healthmate_features.backends import postgres, redis
 from healthmate_features.backends.base import INGEST_MANIFEST, Backend, Broker, FeatureBuild, RawTable, redis_broker
+from healthmate_features.config import Settings
 from healthmate_features.errors import FeatureRepoError, NotIngestedError
 from healthmate_features.util.sql import quote_ident
 
@@ -146,6 +147,42 @@ class ProductionBackend(Backend):
         config = self.feast_config()
         self.check_services()
         return FeatureStore(repo_path=str(self.settings.repo_path), config=config)
+
+    #: Feast's SQL registry tables the dashboard reads (views with their materializations, services).
+    _REGISTRY_TABLES = ("feature_views", "on_demand_feature_views", "feature_services", "entities")
+
+    def __init__(self, settings: Settings) -> None:
+        import threading
+
+        super().__init__(settings)
+        self._stamp_lock = threading.Lock()
+        self._stamp_conn: Any = None
+        self._project: str | None = None
+
+    def registry_stamp(self) -> Any:
+        """Feast's SQL registry: per registry table of the project, its row count and newest row
+        version (`xmin`, the transaction that last wrote a row): every apply and materialization
+        rewrites a row, so the pair changes exactly when the registry does. One query on a
+        connection kept for it (reconnected after a failure)."""
+        with self._stamp_lock:
+            if self._project is None:
+                self._project = self.feast_config().project
+            conn = self._stamp_conn
+            try:
+                if conn is None or conn.closed:
+                    conn = self._stamp_conn = postgres.connect(self.settings, autocommit=True)
+                parts = " UNION ALL ".join(
+                    f"SELECT '{t}', count(*), max(xmin::text::bigint) FROM {t} WHERE project_id = %(p)s"
+                    for t in self._REGISTRY_TABLES
+                )
+                return tuple(conn.execute(parts, {"p": self._project}).fetchall())
+            except Exception as exc:
+                if conn is not None:
+                    conn.close()
+                self._stamp_conn = None
+                if "does not exist" in str(exc):  # no `feast apply` yet: no registry tables
+                    return None
+                raise postgres.postgres_unavailable(self.settings, exc) from exc
 
     def batch_source(self, table: str, *, description: str) -> DataSource:
         from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import PostgreSQLSource

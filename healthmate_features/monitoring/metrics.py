@@ -2,7 +2,7 @@
 
 What records what:
 - the API's request middleware (`api/metrics.py`): HTTP_REQUESTS, HTTP_SECONDS, HTTP_IN_FLIGHT;
-- `AuditLog.write`: AUDIT_WRITE_SECONDS, AUDIT_WRITE_ERRORS;
+- `AuditLog.write` and the API's group commit (`AuditWriter`): AUDIT_WRITE_SECONDS, AUDIT_WRITE_ERRORS;
 - the job runner: JOBS, JOB_SECONDS;
 - a materialization given `written=record_materialized_rows` (`stores.feature_store.materialize`):
   MATERIALIZED_ROWS;
@@ -74,13 +74,13 @@ HTTP_IN_FLIGHT = Gauge(
 )
 AUDIT_WRITE_SECONDS = Histogram(
     "healthmate_audit_write_duration_seconds",
-    "Time of one audit-log write (validation and the INSERT into the SQL store)",
+    "Time of one audit-log write: one entry, or one batch of the API's group commit (one transaction)",
     buckets=_AUDIT_BUCKETS,
     registry=REGISTRY,
 )
 AUDIT_WRITE_ERRORS = Counter(
     "healthmate_audit_write_errors_total",
-    "Audit-log writes that failed (the entry is lost; the server log has the reason)",
+    "Audit entries that could not be written (the server log has the reason; the API answers such a request 503)",
     registry=REGISTRY,
 )
 JOBS = Counter(
