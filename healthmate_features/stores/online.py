@@ -42,12 +42,13 @@ OnlineReadError (`store.online_features` then falls back to Feast).
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from healthmate_features.backends import backend_for, redis
@@ -530,8 +531,24 @@ def pandas_frame(columns: dict[str, list]) -> Any:
         elif kinds <= {str, _NONE}:  # strings with nulls, or only nulls: objects as they are
             arrays[name] = np.array(values, dtype=object) if values else np.array([], dtype=object)
             continue
+        elif kinds == {datetime} and all(v.tzinfo is timezone.utc for v in values):  # request times
+            ticks = np.array([(v - _EPOCH) // _MICROSECOND for v in values], dtype=np.int64)
+            arrays[name] = pd.array(ticks, dtype=_utc_microseconds())
+            continue
         arrays[name] = pa.array(values).to_pandas().array
     return pd.DataFrame(arrays)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+@functools.cache
+def _utc_microseconds() -> Any:
+    """The pandas dtype Arrow gives a column of UTC datetimes (datetime64[us, UTC], Arrow's own tz object)."""
+    import pyarrow as pa
+
+    return pa.array([_EPOCH]).to_pandas().dtype
 
 
 def arrow_values(column: Any) -> Any:
