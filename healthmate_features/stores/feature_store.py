@@ -276,6 +276,7 @@ def feature_refs(store: FeatureStore, feature_service: str | None) -> list[str] 
 _NO_READER = object()  # cached for settings whose online store the fast reader does not serve
 _readers: dict[Settings, object] = {}
 _readers_lock = threading.Lock()
+_creating_lock = threading.Lock()  # held while a reader is made (opening it reads the registry)
 
 
 def online_reader(settings: Settings) -> OnlineReader | None:
@@ -290,10 +291,14 @@ def online_reader(settings: Settings) -> OnlineReader | None:
     with _readers_lock:
         reader = _readers.get(settings)
     if reader is None:
-        store = open_feature_store(settings)
-        reader = OnlineReader(settings, store=store) if OnlineReader.serves(store.config) else _NO_READER
-        with _readers_lock:
-            reader = _readers.setdefault(settings, reader)
+        with _creating_lock:  # one reader per settings, ever: a discarded twin would close a SQLite connection
+            with _readers_lock:
+                reader = _readers.get(settings)
+            if reader is None:
+                store = open_feature_store(settings)
+                reader = OnlineReader(settings, store=store) if OnlineReader.serves(store.config) else _NO_READER
+                with _readers_lock:
+                    _readers[settings] = reader
     return reader if isinstance(reader, OnlineReader) else None
 
 

@@ -175,6 +175,18 @@ def test_sqlite_lookups_use_feasts_own_connection(small_embedded):
     assert _feast.sqlite_connection(reader.store).execute("SELECT 1").fetchone() == (1,)  # Feast's, still open
 
 
+def test_concurrent_first_lookups_make_one_reader(small_embedded):
+    """Requests racing at a server's start share one reader: a second one, thrown away, would close its
+    FeatureStore's SQLite connection (and with it this process's locks on the file)."""
+    from concurrent.futures import ThreadPoolExecutor
+    from dataclasses import replace
+
+    settings = replace(small_embedded, job_lease_s=61.0)  # equal to no other Settings: a reader of its own
+    with ThreadPoolExecutor(8) as pool:
+        readers = list(pool.map(lambda _: store.online_reader(settings), range(8)))
+    assert readers[0] is not None and all(r is readers[0] for r in readers)
+
+
 @pytest.mark.postgres
 @pytest.mark.redis
 def test_found_the_same_on_both_stores(small_production, small_embedded):
