@@ -433,7 +433,7 @@ class OnlineReader:
         return OnlineResult(features={name: response[name] for name in plan.order}, found=found)
 
     def known(self, user_ids: Sequence[int]) -> list[bool]:
-        """Per user: whether the online store holds a row of any feature view for them (one HMGET each)."""
+        """Per user: whether the online store holds a row of any feature view for them (HMGETs; SQLite: a query)."""
         ids = as_user_ids(user_ids)
         if self._sqlite is not None:
             _, known = self._sqlite.read(ids, self._sqlite.query([], self._user_views()))
