@@ -276,32 +276,48 @@ def feature_refs(store: FeatureStore, feature_service: str | None) -> list[str] 
 _NO_READER = object()  # cached for settings whose online store the fast reader does not serve
 _readers: dict[Settings, object] = {}
 _readers_lock = threading.Lock()
+_creating_lock = threading.Lock()  # held while a reader is made (opening it reads the registry)
 
 
 def online_reader(settings: Settings) -> OnlineReader | None:
-    """The process's OnlineReader for the settings (created on first use), or None unless on Redis.
+    """The process's OnlineReader for the settings (created on first use), or None unless on Redis or SQLite.
 
     Opening it checks the servers like open_feature_store; afterwards it follows Feast's registry
-    cache (cache_ttl_seconds), and `apply` in this process drops it.
+    cache (cache_ttl_seconds), and `apply` in this process makes it reload the registry. Its
+    FeatureStore is the long-lived one `online_lookup` uses for whatever the reader does not serve.
     """
     from healthmate_features.stores.online import OnlineReader
 
     with _readers_lock:
         reader = _readers.get(settings)
     if reader is None:
-        store = open_feature_store(settings)
-        reader = OnlineReader(settings, store=store) if OnlineReader.serves(store.config) else _NO_READER
-        with _readers_lock:
-            reader = _readers.setdefault(settings, reader)
+        with _creating_lock:  # one reader per settings, ever: a discarded twin would close a SQLite connection
+            with _readers_lock:
+                reader = _readers.get(settings)
+            if reader is None:
+                store = open_feature_store(settings)
+                reader = OnlineReader(settings, store=store) if OnlineReader.serves(store.config) else _NO_READER
+                with _readers_lock:
+                    _readers[settings] = reader
     return reader if isinstance(reader, OnlineReader) else None
 
 
 def forget_online_reader(settings: Settings) -> None:
-    """Drop the cached OnlineReader of the settings (after an apply: the next lookup re-reads the registry)."""
+    """Make the next lookup of the settings re-read the registry (after an apply); close what the reader holds.
+
+    A Redis reader is dropped and its connection pool closed. A SQLite reader is kept and only
+    told to reload the registry before its next lookup: its FeatureStore holds Feast's connection
+    to the online store file for the process's lifetime (closing a connection to a SQLite file
+    drops every lock the process holds on it, those of a materialization in another thread too).
+    """
     from healthmate_features.stores.online import OnlineReader
 
     with _readers_lock:
-        reader = _readers.pop(settings, None)
+        reader = _readers.get(settings)
+        if isinstance(reader, OnlineReader) and reader.keeps_store:
+            reader.invalidate()
+            return
+        _readers.pop(settings, None)
     if isinstance(reader, OnlineReader):
         reader.close()
 
@@ -320,8 +336,9 @@ def online_lookup(
     view for them; an unknown user's stored features are None like missing values, so read
     `found`. `at` is the request time fed to the on-demand temporal features: one for all users
     or one per user (default: now, UTC).
-    On Redis: read by healthmate_features.stores.online.OnlineReader, which returns what Feast
-    returns; otherwise, and for what that reader does not serve, through Feast, whose per-value
+    On Redis and SQLite: read by healthmate_features.stores.online.OnlineReader, which returns
+    what Feast returns; for what that reader does not serve, through Feast on the reader's
+    long-lived FeatureStore (other online stores: a FeatureStore per call), whose per-value
     statuses say which users have a row (a second, small read decides users without one in the
     views asked for).
     """
@@ -340,7 +357,7 @@ def online_lookup(
                 return reader.read(ids, features=reader.feature_refs(), at=times, full_feature_names=True)
         except OnlineReadError:
             pass  # a selection the fast reader does not serve: Feast's path below
-    store = open_feature_store(settings)
+    store = reader.store if reader is not None else open_feature_store(settings)
     with backend.service_errors():
         _require_registry(store)
         features = feature_refs(store, feature_service)

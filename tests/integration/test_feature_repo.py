@@ -162,8 +162,8 @@ def test_feature_repo_applies_with_an_empty_or_missing_feature_sets_file(tmp_pat
 
 
 def test_an_unknown_user_is_told_apart_from_a_known_user_without_values(tiny_applied, tiny, clone_repo, tmp_path):
-    """SQLite through Feast: `found` comes from Feast's statuses, then from every view for users
-    without a row in the views asked for; the single-user lookup raises for an unknown user."""
+    """SQLite: `found` says whether any view's table holds a row of the user, views outside the service
+    included (the reader's one query); the single-user lookup raises for an unknown user."""
     repo = clone_repo(tiny_applied, tmp_path / "repo")
     store.materialize(repo, views=["engagement_daily"])  # users 1 and 2 have rows in no view of health_risk_v1
     at = tiny.day(40, 12)

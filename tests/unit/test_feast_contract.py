@@ -94,6 +94,9 @@ SIGNATURES = {
         "(config, batch_source, timestamp_unit='us')"
     ),
     "feast.infra.utils.postgres.connection_utils._get_conn": "(config)",
+    # The SQLite online store the fast reader reads: its connection and its table names.
+    "feast.infra.online_stores.sqlite.SqliteOnlineStore._get_conn": "(self, config)",
+    "feast.infra.online_stores.helpers.compute_table_id": "(project, table, enable_versioning=False)",
     "feast.infra.registry.caching_registry.CachingRegistry._refresh_cached_registry_if_necessary": "(self)",
     # online_writes_counted: the provider of a FeatureStore, and the write its compute engines call.
     "feast.feature_store.FeatureStore._get_provider": "(self)",
@@ -307,9 +310,12 @@ def test_redis_key_layout():
             pytrace=False,
         )
     assert ours(7) == KEY_OF_USER_7
+    entity_key = _feast.int64_entity_key("user_id")  # the SQLite store's key: the same without the project
+    assert entity_key(7) == KEY_OF_USER_7.removesuffix(PROJECT.encode())
     for user_id in (0, 1, -1, 255, 256, 2**31, 2**40, 2**63 - 1, -(2**63)):
         feasts = _feast.feast_redis_key(PROJECT, "user_id", user_id)
         assert ours(user_id) == feasts, adapt("the Redis key layout", f"user_id={user_id}: {feasts!r} != ours")
+        assert entity_key(user_id) + PROJECT.encode() == feasts
     assert _feast.ENTITY_KEY_SERIALIZATION_VERSION == 3
 
 
@@ -385,6 +391,43 @@ def test_feasts_redis_writer_writes_what_we_read(daily, repo_config, monkeypatch
     for field, name in fields.items():
         assert mapping[field] == values[name].SerializeToString(), adapt("the value encoding Redis holds", name)
     assert _feast.decode_values([mapping[f] for f in fields]) == [1.5, "a"]
+
+
+def test_feasts_sqlite_writer_writes_what_we_read(tmp_path, user, daily):
+    """SqliteOnlineStore: one table `<project>_<view>`, a row per entity key (serialize_entity_key v3, no
+    project) and feature name holding ValueProto bytes, read over the connection Feast's store keeps."""
+    from healthmate_features._feast import EntityKeyProto, ValueProto
+
+    store = feast.FeatureStore(
+        config=RepoConfig(
+            project=PROJECT,
+            provider="local",
+            registry=str(tmp_path / "registry.db"),
+            online_store={"type": "sqlite", "path": str(tmp_path / "online.db")},
+            offline_store={"type": "file"},
+            entity_key_serialization_version=3,
+            repo_path=tmp_path,
+        )
+    )
+    store.apply([user, daily])
+    at = datetime(2025, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    key = EntityKeyProto(join_keys=["user_id"], entity_values=[ValueProto(int64_val=7)])
+    values = {"steps": ValueProto(double_val=1.5), "label": ValueProto(string_val="a")}
+    online = store._get_provider().online_store
+    online.online_write_batch(store.config, daily, [(key, values, at, None)], None)
+
+    conn = _feast.sqlite_connection(store)
+    assert conn is _feast.sqlite_connection(store) is online._get_conn(store.config), adapt(
+        "SqliteOnlineStore._get_conn", "it opens a new connection per call"
+    )
+    table = _feast.sqlite_table(PROJECT, daily)
+    assert table == f"{PROJECT}_health_daily", adapt("helpers.compute_table_id", repr(table))
+    rows = conn.execute(f'SELECT entity_key, feature_name, value FROM "{table}"').fetchall()
+    assert {(k, name) for k, name, _ in rows} == {(_feast.int64_entity_key("user_id")(7), n) for n in values}, adapt(
+        "the rows SqliteOnlineStore.online_write_batch writes", repr(rows)
+    )
+    stored = {name: value for _, name, value in rows}
+    assert _feast.decode_values([stored["steps"], stored["label"]]) == [1.5, "a"]
 
 
 def test_value_encoding():
