@@ -1,6 +1,7 @@
 """One overview of the platform's state: counts and freshness for a dashboard.
 
-Feature views with their last materialization (`monitoring.freshness`), feature
+Feature views with their last materialization (`monitoring.freshness`; none for a view whose
+online data Redis lost: `online_data` "lost", listed in `online_data_lost`), feature
 services, dataset versions, and the latest model results per environment.
 """
 
@@ -21,7 +22,8 @@ def summary(settings: Settings, *, tracker: Tracker, registry: DatasetRegistry |
 
     Reads the Feast registry, the dataset registry and the tracking tables; changes nothing."""
     fs = store.open_feature_store(settings)
-    views = feature_view_status(fs)
+    lost = store.online_data_lost(settings, fs)
+    views = feature_view_status(fs, lost=lost)
     services = [
         {
             "name": s.name,
@@ -50,7 +52,8 @@ def summary(settings: Settings, *, tracker: Tracker, registry: DatasetRegistry |
             "dataset_versions": sum(len(d["versions"]) for d in datasets),
             "models": len({r["model_name"] for r in runs}),
         },
-        "oldest_materialization_end": min(materialized) if materialized else None,
+        "oldest_materialization_end": min(materialized) if materialized and not lost else None,
+        "online_data_lost": sorted(lost or ()),
         "feature_views": views,
         "feature_services": services,
         "datasets": datasets,

@@ -138,7 +138,7 @@ class StoreCollector:
         now = time.time()
         freshness = GaugeMetricFamily(
             "healthmate_feature_view_freshness_seconds",
-            "Seconds since the end of the feature view's last materialization (+Inf: never materialized)",
+            "Seconds since the end of the feature view's last materialization (+Inf: never, or online data lost)",
             labels=["feature_view"],
         )
         ttl = GaugeMetricFamily(
@@ -196,7 +196,7 @@ class StoreCollector:
                 view["last_materialized_end"].timestamp() if view["last_materialized_end"] else None,
                 view["ttl_seconds"],
             )
-            for view in feature_view_status(self._fs)
+            for view in feature_view_status(self._fs, lost=feature_store.online_data_lost(self.settings, self._fs))
             if view["kind"] == "batch"
         ]
 

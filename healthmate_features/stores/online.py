@@ -27,6 +27,10 @@ the user's hash holds a row of any feature view (the `_ts:<view>` field Feast wr
 row), read in the same HMGET. An unknown user and a known user whose values are all null give
 the same features; only `found` tells them apart. (Feast's own Redis read cannot: it marks every
 value PRESENT, even for a key that does not exist.)
+The same pipeline reads the materialization markers of the views it reads
+(`stores.online_marks`): a view the registry records as materialized whose marker Redis no longer
+holds raises OnlineStoreLostError instead of answering with its values missing. The reader's Redis
+client waits at most the online deadline (HM_ONLINE_DEADLINE_S) per command, without retries.
 Only views keyed by the single INT64 join key `user_id` are served; anything else raises
 OnlineReadError (`store.online_features` then falls back to Feast).
 """
@@ -43,6 +47,7 @@ from typing import Any
 from healthmate_features.backends import backend_for, redis
 from healthmate_features.config import Settings
 from healthmate_features.errors import FeatureRepoError, FeatureServiceNotFoundError, OnlineReadError
+from healthmate_features.stores import online_marks
 
 JOIN_KEY = "user_id"
 UNKNOWN_REFRESH_S = 5.0  # an unknown feature service refreshes the registry at most this often
@@ -93,6 +98,7 @@ class _Plan:
     known: list[bytes] = field(default_factory=list)  # `_ts:<view>` of every view: does the user have a row?
     full_feature_names: bool = False
     generic: set[int] = field(default_factory=set)  # field indexes whose type needs Feast's decoder
+    markers: list[online_marks.Marker] = field(default_factory=list)  # of the views read that were materialized
 
 
 class OnlineReader:
@@ -258,7 +264,10 @@ class OnlineReader:
         order = [JOIN_KEY] + request + stored
         order = [name for name in order if name in context.result_names or name == JOIN_KEY]
         # ODFV outputs follow in the order each transformation returns them: known after its first run.
+        recorded = {v.name: v for v in registry.list_feature_views(self.project, allow_cache=True)}
+        read = [recorded[name] for name in dict.fromkeys(v.name for v, _ in context.grouped_refs) if name in recorded]
         return _Plan(
+            markers=online_marks.recorded_markers(self.settings, self.project, read),
             fields=fields,
             columns=columns,
             request_data=request,
@@ -287,7 +296,7 @@ class OnlineReader:
 
     def _redis(self):
         if self._client is None:
-            self._client = redis.connect(self.settings)
+            self._client = redis.connect(self.settings, timeout_s=self.settings.online_deadline_s)
         return self._client
 
     def redis_key(self, user_id: int) -> bytes:
@@ -340,7 +349,7 @@ class OnlineReader:
         plan = self._plan(feature_service, features, full_feature_names)
 
         fields = plan.fields
-        replies = self._hmget(ids, [*fields, *plan.known])
+        replies = self._hmget(ids, [*fields, *plan.known], markers=plan.markers)
         rows = [replies[u][: len(fields)] for u in ids]
         found = [any(value is not None for value in replies[u][len(fields) :]) for u in ids]
 
@@ -359,20 +368,32 @@ class OnlineReader:
     def known(self, user_ids: Sequence[int]) -> list[bool]:
         """Per user: whether the online store holds a row of any feature view for them (one HMGET each)."""
         ids = as_user_ids(user_ids)
-        replies = self._hmget(ids, self._known_fields())
+        views = self.store.registry.list_feature_views(self.project, allow_cache=True)
+        markers = online_marks.recorded_markers(self.settings, self.project, views)
+        replies = self._hmget(ids, self._known_fields(), markers=markers)
         return [any(value is not None for value in replies[u]) for u in ids]
 
-    def _hmget(self, ids: list[int], fields: list[bytes]) -> dict[int, list]:
-        """user id -> the values of `fields` in the user's hash (None where absent): one pipelined HMGET per user."""
+    def _hmget(self, ids: list[int], fields: list[bytes], *, markers: list[online_marks.Marker]) -> dict[int, list]:
+        """user id -> the values of `fields` in the user's hash (None where absent): one pipelined HMGET per user.
+
+        The same pipeline reads the `markers` (one MGET); OnlineStoreLostError if one is missing."""
         unique = list(dict.fromkeys(ids))
-        if not fields:
+        if not fields and not markers:
             return {u: [] for u in unique}
-        with self.backend.service_errors():
+        deadline = self.settings.online_deadline_s
+        with redis.answered_within(self.settings, timeout_s=deadline, setting="HM_ONLINE_DEADLINE_S"):
             pipe = self._redis().pipeline(transaction=False)
             key_of = self._key_of
-            for user_id in unique:
+            for user_id in unique if fields else ():
                 pipe.hmget(key_of(user_id), fields)
-            return dict(zip(unique, pipe.execute(), strict=True))
+            if markers:
+                pipe.mget([key for _, key, _ in markers])
+            replies = pipe.execute()
+        if markers:
+            online_marks.check(self.settings, markers, replies.pop())
+        if not fields:
+            return {u: [] for u in unique}
+        return dict(zip(unique, replies, strict=True))
 
     def _on_demand(self, plan: _Plan, response: dict[str, list], ids: list[int], at) -> dict[str, list]:
         """Run each requested on-demand view's own transformation; extend plan.order on first use."""
