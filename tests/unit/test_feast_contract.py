@@ -303,7 +303,9 @@ def test_online_store_without_retries_turns_off_the_retries_of_feasts_redis_clie
     assert client.get_retry().get_retries() == 3  # redis-py's default, which the connection string cannot change
     _feast.online_store_without_retries(store)
     assert client.get_retry().get_retries() == 0
-    assert store._get_provider().online_store._get_client(repo_config.online_store) is client  # the one Feast writes with
+    assert (
+        store._get_provider().online_store._get_client(repo_config.online_store) is client
+    )  # the one Feast writes with
 
 
 def test_redis_key_layout():
