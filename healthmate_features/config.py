@@ -66,9 +66,10 @@ class Settings:
     redis_timeout_s: float = 30.0
     # Online lookups (the API's features/extract): the longest one may take, waiting for a slot
     # included, and how many run at once in one process (their own threads, never the API's
-    # shared pool); over either -> ServiceUnavailableError (HTTP 503).
+    # shared pool); over either -> ServiceUnavailableError (HTTP 503). A lookup is mostly Python
+    # (decoding, the temporal view) under one GIL: more threads only make each one slower.
     online_deadline_s: float = 0.5
-    online_max_concurrent: int = 16
+    online_max_concurrent: int = 4
     metrics_public: bool = False  # the API's /metrics answers without a key from any address
     # Background jobs (healthmate_features.jobs): the Celery broker (empty: the profile's own, see
     # Backend.broker_url), the prefix of the Redis keys the package itself writes (job queue,

@@ -13,14 +13,15 @@ stall `/health` and every other endpoint. So `features/extract` runs its lookup 
 - the first lookup of a process also opens the online store (Feast's registry, Postgres and
   Redis checks): that step gets HM_CONNECT_TIMEOUT_S more.
 
-One limiter per settings per process (`limiter_for`); it serves any event loop (its slots are
-threads, waited for without blocking the loop).
+One limiter per settings per process (`limiter_for`); it serves any event loop: a lookup waiting
+for a slot sleeps on a future of its own loop, woken (thread-safely) when a slot frees.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -29,7 +30,12 @@ from healthmate_features.config import Settings
 from healthmate_features.errors import ConfigError, ServiceUnavailableError
 
 T = TypeVar("T")
-_POLL_S = 0.005  # how often a lookup waiting for a free thread looks again
+_Waiter = tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class OnlineLimiter:
@@ -43,7 +49,9 @@ class OnlineLimiter:
                 f"got {capacity} and {deadline_s:g}"
             )
         self.capacity, self.deadline_s, self.open_s = capacity, deadline_s, open_s
-        self._slots = threading.BoundedSemaphore(capacity)
+        self._lock = threading.Lock()
+        self._free = capacity  # slots not held by a running (or abandoned, still running) lookup
+        self._waiters: deque[_Waiter] = deque()
         self._pool = ThreadPoolExecutor(max_workers=capacity, thread_name_prefix="hm-online")
         self._opened = False  # a lookup succeeded: the online store is open
 
@@ -54,18 +62,16 @@ class OnlineLimiter:
         loop = asyncio.get_running_loop()
         budget = self.deadline_s if self._opened else self.deadline_s + self.open_s
         deadline = loop.time() + budget
-        while not self._slots.acquire(blocking=False):
-            if loop.time() >= deadline:
-                raise ServiceUnavailableError(
-                    f"online lookup refused: all {self.capacity} online lookup slots of this process "
-                    f"(HM_ONLINE_MAX_CONCURRENT) stayed busy for {budget:g} s (HM_ONLINE_DEADLINE_S); "
-                    "the online store (Redis) may be slow or hung; retry later"
-                )
-            await asyncio.sleep(_POLL_S)
+        if not await self._acquire(loop, deadline):
+            raise ServiceUnavailableError(
+                f"online lookup refused: all {self.capacity} online lookup slots of this process "
+                f"(HM_ONLINE_MAX_CONCURRENT) stayed busy for {budget:g} s (HM_ONLINE_DEADLINE_S); "
+                "the online store (Redis) may be slow or hung; retry later"
+            )
         try:
             future: Future[T] = self._pool.submit(fn, *args, **kwargs)
         except BaseException:
-            self._slots.release()
+            self._release()
             raise
         future.add_done_callback(self._done)
         try:
@@ -77,10 +83,48 @@ class OnlineLimiter:
                 + "); the online store (Redis) may be slow or hung; retry later"
             ) from exc
 
+    async def _acquire(self, loop: asyncio.AbstractEventLoop, deadline: float) -> bool:
+        """Take a slot, waiting until `deadline` (loop time) at most; False if none freed up."""
+        while True:
+            with self._lock:
+                if self._free > 0:
+                    self._free -= 1
+                    return True
+                waiter: _Waiter = (loop, loop.create_future())
+                self._waiters.append(waiter)
+            try:
+                await asyncio.wait_for(waiter[1], max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                with self._lock:
+                    woken = waiter not in self._waiters
+                    if not woken:
+                        self._waiters.remove(waiter)
+                if woken:  # a slot's wake-up reached this waiter as it gave up: pass it on
+                    self._wake_next()
+                return False
+
+    def _release(self) -> None:
+        with self._lock:
+            self._free += 1
+        self._wake_next()
+
+    def _wake_next(self) -> None:
+        """Wake the longest waiting lookup, if a slot is free (from any thread)."""
+        while True:
+            with self._lock:
+                if self._free == 0 or not self._waiters:
+                    return
+                loop, future = self._waiters.popleft()
+            try:
+                loop.call_soon_threadsafe(_wake, future)
+                return
+            except RuntimeError:  # its event loop is closed: the next one
+                continue
+
     def _done(self, future: Future) -> None:
         if not future.cancelled() and future.exception() is None:
             self._opened = True
-        self._slots.release()
+        self._release()
 
 
 _limiters: dict[Settings, OnlineLimiter] = {}

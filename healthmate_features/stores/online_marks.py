@@ -61,12 +61,17 @@ def write_markers(settings: Settings, project: str, ends: Mapping[str, datetime]
 
 
 def lost_views(settings: Settings, markers: Sequence[Marker]) -> list[str]:
-    """The views of `markers` whose marker Redis no longer holds (one MGET)."""
+    """The views of `markers` whose marker Redis no longer holds (one MGET, waiting at most HM_CONNECT_TIMEOUT_S).
+
+    Raises ServiceUnavailableError when Redis does not answer in time."""
     if not markers:
         return []
-    client = redis.connect(settings)
+    timeout, setting = min(
+        (settings.connect_timeout_s, "HM_CONNECT_TIMEOUT_S"), (settings.redis_timeout_s, "HM_REDIS_TIMEOUT_S")
+    )
+    client = redis.connect(settings, timeout_s=timeout)
     try:
-        with redis.answered_within(settings, timeout_s=settings.redis_timeout_s, setting="HM_REDIS_TIMEOUT_S"):
+        with redis.answered_within(settings, timeout_s=timeout, setting=setting):
             values = client.mget([key for _, key, _ in markers])
     finally:
         client.close()

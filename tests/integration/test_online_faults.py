@@ -249,6 +249,9 @@ def test_a_redis_restarted_empty_is_lost_data_until_materialize_runs_again(api, 
     assert lost["online_data_lost"] == sorted(v["name"] for v in batch)
     assert all(v["online_data"] == "lost" and v["last_materialized_end"] is None for v in batch), batch
     assert lost["oldest_materialization_end"] is None
+    metrics = httpx.get(f"{base}/metrics", timeout=60).text  # loopback: no key needed
+    assert 'healthmate_feature_view_freshness_seconds{feature_view="health_daily"} +Inf' in metrics, metrics
+    assert 'healthmate_metrics_source_up{source="online_markers"} 1.0' in metrics, metrics
 
     result = store.materialize(settings, incremental=True)  # the registry says current; Redis lost it: reloaded
     assert all(v.ran for v in result.views), result.summary()
