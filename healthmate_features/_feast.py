@@ -73,6 +73,7 @@ __all__ = [
     "get_feature_view_query_context",
     "get_pyarrow_schema_from_batch_source",
     "infer_event_timestamp_from_entity_df",
+    "online_store_without_retries",
     "online_writes_counted",
     "int64_entity_key",
     "int64_redis_key",
@@ -217,6 +218,23 @@ def online_writes_counted(store: Any, count: Callable[[str, int], None]) -> Iter
         yield
     finally:
         del online.online_write_batch  # the instance attribute: the class's method shows again
+
+
+def online_store_without_retries(store: Any) -> None:
+    """Make the Redis client Feast's online store writes with fail at the first timeout: no retries.
+
+    Feast builds its redis-py client from the connection string (JSON values only, so no Retry
+    object) and redis-py retries 3 times with backoff by default: 4 socket timeouts and more per
+    failed batch. This replaces the retry policy of the client the provider's online store caches
+    (`RedisOnlineStore._get_client`). Only this FeatureStore object; nothing for other online stores.
+    """
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    if store.config.online_store.type != "redis":
+        return
+    online = store._get_provider().online_store
+    online._get_client(store.config.online_store).set_retry(Retry(NoBackoff(), 0))
 
 
 # --- online: Feast's Redis layout (feast.infra.online_stores.redis, helpers, key_encoding_utils) -------

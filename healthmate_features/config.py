@@ -25,6 +25,9 @@ _ENV = {
     "pg_sslmode": "HM_PG_SSLMODE",
     "redis_url": "HM_REDIS_URL",
     "connect_timeout_s": "HM_CONNECT_TIMEOUT_S",
+    "redis_timeout_s": "HM_REDIS_TIMEOUT_S",
+    "online_deadline_s": "HM_ONLINE_DEADLINE_S",
+    "online_max_concurrent": "HM_ONLINE_MAX_CONCURRENT",
     "metrics_public": "HM_METRICS_PUBLIC",
     "broker_url": "HM_BROKER_URL",
     "redis_prefix": "HM_REDIS_PREFIX",
@@ -59,6 +62,15 @@ class Settings:
     pg_sslmode: str = "disable"
     redis_url: str = "redis://127.0.0.1:6379/0"
     connect_timeout_s: float = 5.0
+    # How long one Redis command of a materialization, a lock or the job queue may go unanswered
+    # (socket timeout, no retries: a hung Redis fails the run after about this long).
+    redis_timeout_s: float = 30.0
+    # Online lookups (the API's features/extract): the longest one may take, waiting for a slot
+    # included, and how many run at once in one process (their own threads, never the API's
+    # shared pool); over either -> ServiceUnavailableError (HTTP 503). A lookup is mostly Python
+    # (decoding, the temporal view) under one GIL: more threads only make each one slower.
+    online_deadline_s: float = 0.5
+    online_max_concurrent: int = 4
     metrics_public: bool = False  # the API's /metrics answers without a key from any address
     # Background jobs (healthmate_features.jobs): the Celery broker (empty: the profile's own, see
     # Backend.broker_url), the prefix of the Redis keys the package itself writes (job queue,

@@ -33,7 +33,7 @@ from starlette.routing import Match
 
 from healthmate_features.access.audit import TARGET_PATTERN, AuditLog, AuditWriter
 from healthmate_features.access.keys import ApiKeys, KeyCache, Principal, bearer_token
-from healthmate_features.api import dashboard, docs
+from healthmate_features.api import dashboard, docs, online_limit
 from healthmate_features.api.metrics import METRICS_PATH, RequestMetricsMiddleware, RouteTemplates, metrics_open
 from healthmate_features.api.models import (
     JOB_ID_PATTERN,
@@ -433,9 +433,9 @@ def create_feature_set(body: FeatureSetCreate, request: Request, ctx: Ctx, _: Ad
     response_model=OnlineFeatures,
     tags=["features"],
     summary="One user's online features",
-    responses={404: {"model": ErrorBody}},
+    responses={404: {"model": ErrorBody}, 503: {"model": ErrorBody}},
 )
-def extract_features(
+async def extract_features(
     request: Request,
     ctx: Ctx,
     caller: Caller,
@@ -446,12 +446,15 @@ def extract_features(
 
     A user key may read only its own user id (403 otherwise); admin keys any. A user the online
     store holds no row of any feature view for is 404 (never a 200 with every value null); a
-    known user's missing values are nulls."""
+    known user's missing values are nulls. 503 past the lookup deadline or when every lookup slot
+    stays busy (api.online_limit: own threads, so other endpoints never wait for lookups), or when
+    the online store lost what was materialized."""
     _target(request, "user", user_id)
     if not caller.may_access_user(user_id):
         raise PermissionDeniedError(f"key {caller.key_id} may read only its own user's features")
     at = datetime.now(timezone.utc)
-    values = store.online_features(ctx.settings, user_id, feature_service=feature_service, at=at)
+    lookups = online_limit.limiter_for(ctx.settings)
+    values = await lookups.run(store.online_features, ctx.settings, user_id, feature_service=feature_service, at=at)
     return OnlineFeatures(user_id=user_id, feature_service=feature_service, at=at, features=_json_safe(values))
 
 

@@ -131,7 +131,9 @@ class ProductionBackend(Backend):
             # Derived: the registry's SQLAlchemy URL needs a URL-quoted password and an integer timeout.
             "HM_FEAST_PG_PASSWORD_URL": quote(s.pg_password, safe=""),
             "HM_FEAST_PG_CONNECT_TIMEOUT": str(postgres.connect_timeout(s)),
-            "HM_FEAST_REDIS": redis.redis_connection_string(s.redis_url, timeout_s=s.connect_timeout_s),
+            "HM_FEAST_REDIS": redis.redis_connection_string(
+                s.redis_url, timeout_s=s.connect_timeout_s, socket_timeout_s=s.redis_timeout_s
+            ),
         }
 
     def feast_env(self) -> dict[str, str]:
@@ -208,13 +210,22 @@ class ProductionBackend(Backend):
         return redis_broker(self.settings.redis_url, self.settings)
 
     def leases(self) -> Leases:
-        """Locks as Redis keys (SET NX PX) under HM_REDIS_PREFIX."""
+        """Locks as Redis keys (SET NX PX) under HM_REDIS_PREFIX.
+
+        A lock command is tiny: it waits at most HM_CONNECT_TIMEOUT_S (or HM_REDIS_TIMEOUT_S if
+        smaller), and a release right after a command timed out gives up at once
+        (`redis.answered_within(fail_fast=True)`): a run on a hung Redis waits one lock timeout, not one per lock."""
         from healthmate_features.backends.locks import RedisLeases
 
+        s = self.settings
+        timeout, setting = min((s.connect_timeout_s, "HM_CONNECT_TIMEOUT_S"), (s.redis_timeout_s, "HM_REDIS_TIMEOUT_S"))
         return RedisLeases(
-            redis.connect(self.settings),
-            prefix=self.settings.redis_prefix,
-            description=f"Redis {redis.redis_address(self.settings)}",
+            redis.connect(s, timeout_s=timeout),
+            prefix=s.redis_prefix,
+            description=f"Redis {redis.redis_address(s)}",
+            errors=lambda fail_fast=False: redis.answered_within(
+                s, timeout_s=timeout, setting=setting, fail_fast=fail_fast
+            ),
         )
 
     # --- raw tables --------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from healthmate_features.errors import ConfigError
+from healthmate_features.errors import ConfigError, HealthmateError
 
 if TYPE_CHECKING:
     from prometheus_client.registry import Collector
@@ -138,7 +138,7 @@ class StoreCollector:
         now = time.time()
         freshness = GaugeMetricFamily(
             "healthmate_feature_view_freshness_seconds",
-            "Seconds since the end of the feature view's last materialization (+Inf: never materialized)",
+            "Seconds since the end of the feature view's last materialization (+Inf: never, or online data lost)",
             labels=["feature_view"],
         )
         ttl = GaugeMetricFamily(
@@ -190,13 +190,21 @@ class StoreCollector:
 
         if self._fs is None:
             self._fs = feature_store.open_feature_store(self.settings)
+        lost = None
+        try:  # Redis's materialization markers: a view whose online data was lost is not fresh
+            lost = feature_store.online_data_lost(self.settings, self._fs)
+            if lost is not None:
+                self._up["online_markers"] = 1.0
+        except HealthmateError as exc:
+            self._up["online_markers"] = 0.0
+            log.warning("metrics: cannot read the online store's materialization markers: %s", exc)
         return [
             (
                 view["name"],
                 view["last_materialized_end"].timestamp() if view["last_materialized_end"] else None,
                 view["ttl_seconds"],
             )
-            for view in feature_view_status(self._fs)
+            for view in feature_view_status(self._fs, lost=lost)
             if view["kind"] == "batch"
         ]
 

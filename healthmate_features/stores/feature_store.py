@@ -203,6 +203,12 @@ def materialize(
     view overlap, in any process: each view's lock `materialize:<view>` (Backend.lock) is held, in
     name order, for the whole run, and the plan is made from the registry read under the locks.
 
+    On Redis, each view loaded gets its materialization marker (`stores.online_marks`), and
+    `incremental` loads a view whose marker Redis lost from `start` again, whatever the registry
+    says. Feast's Redis client does not retry here: a Redis that stops answering fails the run
+    after HM_REDIS_TIMEOUT_S plus one lock command timeout (HM_CONNECT_TIMEOUT_S) with
+    ServiceUnavailableError naming Redis and the limit.
+
     Side effects: the online store, and each view's materialization interval in the registry
     (Feast records it). Feast's own console output is swallowed; with `progress`, a bar on stderr
     counts the views and shows the one loading. Raises MaterializationError for a window that
@@ -210,11 +216,15 @@ def materialize(
     called after each batch of rows Feast writes to the online store (e.g.
     monitoring.metrics.record_materialized_rows).
     """
+    from healthmate_features import _feast
+    from healthmate_features.stores import online_marks
+    from healthmate_features.stores.online import OnlineReader
+
     backend = backend_for(settings)
     store = open_feature_store(settings)
+    _feast.online_store_without_retries(store)
+    marked = OnlineReader.serves(store.config)  # the Redis online store: markers say what it holds
     if written is not None:
-        from healthmate_features import _feast  # Feast's internals: only when counting
-
         counting: AbstractContextManager[None] = _feast.online_writes_counted(store, written)
     else:
         counting = nullcontext()
@@ -231,11 +241,16 @@ def materialize(
                 locks.enter_context(backend.lock(f"materialize:{name}"))
             store.refresh_registry()  # where the previous run (maybe another process's) ended
             selected = _materializable_views(store, [view.name for view in selected])
+            lost = set()
+            if incremental and marked:
+                lost = set(
+                    online_marks.lost_views(settings, online_marks.recorded_markers(settings, store.project, selected))
+                )
             plan: list[ViewMaterialization] = []
             for view in selected:
                 recorded = view.most_recent_end_time
                 until = _utc(recorded) if recorded is not None else None
-                if incremental and until is not None:
+                if incremental and until is not None and view.name not in lost:
                     plan.append(ViewMaterialization(view.name, until if until < end else None, end, until))
                 else:
                     plan.append(ViewMaterialization(view.name, start, end, until))
@@ -254,8 +269,34 @@ def materialize(
                     bar.set_postfix_str(entry.view)
                     if entry.start is not None:
                         store.materialize(start_date=entry.start, end_date=entry.end, feature_views=[entry.view])
+                        if marked:
+                            online_marks.write_markers(settings, store.project, {entry.view: entry.end})
                     bar.update(1)
     return Materialization(start, end, incremental, tuple(plan))
+
+
+def online_data_lost(settings: Settings, store: FeatureStore) -> set[str] | None:
+    """The feature views whose online data Redis lost: materialized per the registry, marker gone.
+
+    None unless the online store is Redis (only it has markers, `stores.online_marks`). Reads
+    the registry and one MGET; ServiceUnavailableError when Redis does not answer."""
+    from healthmate_features.stores import online_marks
+    from healthmate_features.stores.online import OnlineReader
+
+    if not OnlineReader.serves(store.config):
+        return None
+    return set(online_marks.lost_views(settings, recorded_online_markers(settings, store)))
+
+
+def recorded_online_markers(settings: Settings, store: FeatureStore) -> list:
+    """The materialization markers Redis should hold for the registry's online views (none unless on Redis)."""
+    from healthmate_features.stores import online_marks
+    from healthmate_features.stores.online import OnlineReader
+
+    if not OnlineReader.serves(store.config):
+        return []
+    views = [view for view in store.list_feature_views() if view.online]
+    return online_marks.recorded_markers(settings, store.project, views)
 
 
 def feature_refs(store: FeatureStore, feature_service: str | None) -> list[str] | FeatureService:

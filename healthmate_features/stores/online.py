@@ -36,6 +36,10 @@ every row, read in the same HMGET; on SQLite a row in any view's table, in the s
 unknown user and a known user whose values are all null give the same features; only `found`
 tells them apart. (Feast's own Redis read cannot: it marks every value PRESENT, even for a key
 that does not exist.)
+The same pipeline (Redis) reads the materialization markers of the views it reads
+(`stores.online_marks`): a view the registry records as materialized whose marker Redis no longer
+holds raises OnlineStoreLostError instead of answering with its values missing. The reader's Redis
+client waits at most the online deadline (HM_ONLINE_DEADLINE_S) per command, without retries.
 Only views keyed by the single INT64 join key `user_id` are served; anything else raises
 OnlineReadError (`store.online_features` then falls back to Feast).
 """
@@ -54,6 +58,7 @@ from typing import Any
 from healthmate_features.backends import backend_for, redis
 from healthmate_features.config import Settings
 from healthmate_features.errors import FeatureRepoError, FeatureServiceNotFoundError, OnlineReadError
+from healthmate_features.stores import online_marks
 
 JOIN_KEY = "user_id"
 UNKNOWN_REFRESH_S = 5.0  # an unknown feature service refreshes the registry at most this often
@@ -108,6 +113,7 @@ class _Plan:
     full_feature_names: bool = False
     generic: set[int] = field(default_factory=set)  # field indexes whose type needs Feast's decoder
     sqlite: _SqliteQuery | None = None  # SQLite: the query reading `fields` (and `known`) of a set of users
+    markers: list[online_marks.Marker] = field(default_factory=list)  # of the views read that were materialized
 
 
 class OnlineReader:
@@ -314,7 +320,11 @@ class OnlineReader:
         order = [name for name in order if name in context.result_names or name == JOIN_KEY]
         # ODFV outputs follow in the order each transformation returns them: known after its first run.
         user_views = self._user_views()
+        recorded = {v.name: v for v in registry.list_feature_views(self.project, allow_cache=True)}
+        read = [recorded[name] for name in dict.fromkeys(v.name for v, _ in context.grouped_refs) if name in recorded]
+        markers = online_marks.recorded_markers(self.settings, self.project, read) if self._sqlite is None else []
         return _Plan(
+            markers=markers,
             fields=fields,
             columns=columns,
             request_data=request,
@@ -357,7 +367,7 @@ class OnlineReader:
 
     def _redis(self):
         if self._client is None:
-            self._client = redis.connect(self.settings)
+            self._client = redis.connect(self.settings, timeout_s=self.settings.online_deadline_s)
         return self._client
 
     def redis_key(self, user_id: int) -> bytes:
@@ -416,7 +426,7 @@ class OnlineReader:
             rows = [stored[u] for u in ids]
             found = [known[u] for u in ids]
         else:
-            replies = self._hmget(ids, [*fields, *plan.known])
+            replies = self._hmget(ids, [*fields, *plan.known], markers=plan.markers)
             rows = [replies[u][: len(fields)] for u in ids]
             found = [any(value is not None for value in replies[u][len(fields) :]) for u in ids]
 
@@ -438,20 +448,32 @@ class OnlineReader:
         if self._sqlite is not None:
             _, known = self._sqlite.read(ids, self._sqlite.query([], self._user_views()))
             return [known[u] for u in ids]
-        replies = self._hmget(ids, self._known_fields())
+        views = self.store.registry.list_feature_views(self.project, allow_cache=True)
+        markers = online_marks.recorded_markers(self.settings, self.project, views)
+        replies = self._hmget(ids, self._known_fields(), markers=markers)
         return [any(value is not None for value in replies[u]) for u in ids]
 
-    def _hmget(self, ids: list[int], fields: list[bytes]) -> dict[int, list]:
-        """user id -> the values of `fields` in the user's hash (None where absent): one pipelined HMGET per user."""
+    def _hmget(self, ids: list[int], fields: list[bytes], *, markers: list[online_marks.Marker]) -> dict[int, list]:
+        """user id -> the values of `fields` in the user's hash (None where absent): one pipelined HMGET per user.
+
+        The same pipeline reads the `markers` (one MGET); OnlineStoreLostError if one is missing."""
         unique = list(dict.fromkeys(ids))
-        if not fields:
+        if not fields and not markers:
             return {u: [] for u in unique}
-        with self.backend.service_errors():
+        deadline = self.settings.online_deadline_s
+        with redis.answered_within(self.settings, timeout_s=deadline, setting="HM_ONLINE_DEADLINE_S"):
             pipe = self._redis().pipeline(transaction=False)
             key_of = self._key_of
-            for user_id in unique:
+            for user_id in unique if fields else ():
                 pipe.hmget(key_of(user_id), fields)
-            return dict(zip(unique, pipe.execute(), strict=True))
+            if markers:
+                pipe.mget([key for _, key, _ in markers])
+            replies = pipe.execute()
+        if markers:
+            online_marks.check(self.settings, markers, replies.pop())
+        if not fields:
+            return {u: [] for u in unique}
+        return dict(zip(unique, replies, strict=True))
 
     def _on_demand(self, plan: _Plan, response: dict[str, list], ids: list[int], at) -> dict[str, list]:
         """Run each requested on-demand view's own transformation; extend plan.order on first use.

@@ -101,6 +101,8 @@ SIGNATURES = {
     # online_writes_counted: the provider of a FeatureStore, and the write its compute engines call.
     "feast.feature_store.FeatureStore._get_provider": "(self)",
     "feast.infra.online_stores.online_store.OnlineStore.online_write_batch": "(self, config, table, data, progress)",
+    # online_store_without_retries: the redis-py client Feast's Redis store builds and caches.
+    "feast.infra.online_stores.redis.RedisOnlineStore._get_client": "(self, online_store_config)",
     "feast.type_map.arrow_to_pg_type": "(t_str)",
     "feast.type_map.pg_type_code_to_arrow": "(code)",
     "feast.type_map.feast_value_type_to_python_type": "(field_value_proto, feature_type=None)",
@@ -296,6 +298,17 @@ KEY_OF_USER_7 = (
     b"\x07\x00\x00\x00\x00\x00\x00\x00"  # 7, int64 little endian
     b"healthmate"  # the project, utf-8
 )
+
+
+def test_online_store_without_retries_turns_off_the_retries_of_feasts_redis_client(repo_config):
+    store = feast.FeatureStore(config=repo_config)
+    client = store._get_provider().online_store._get_client(repo_config.online_store)  # built lazily: no server
+    assert client.get_retry().get_retries() == 3  # redis-py's default, which the connection string cannot change
+    _feast.online_store_without_retries(store)
+    assert client.get_retry().get_retries() == 0
+    assert (
+        store._get_provider().online_store._get_client(repo_config.online_store) is client
+    )  # the one Feast writes with
 
 
 def test_redis_key_layout():
