@@ -58,6 +58,7 @@ from healthmate_features.training.preprocessing import (
     validate_config,
 )
 from healthmate_features.training.splits import SplitConfig, split_frame
+from healthmate_features.util.text import yaml_problem
 
 RESERVED_PREFIXES = ("_hm_", "__hm_")  # internal columns of a join (e.g. the entity row number)
 _EXAMPLE: dict[str, Any] = {
@@ -143,14 +144,17 @@ class TrainingSetConfig:
         return config
 
     @classmethod
-    def from_file(cls, path: str | Path) -> TrainingSetConfig:
+    def from_file(cls, path: str | Path, *, name: str | None = None) -> TrainingSetConfig:
+        """Read and validate a YAML config file; errors show it as `name` (default: the path) and
+        never quote its lines."""
         path = Path(path)
+        shown = name or str(path)
         try:
             data = yaml.safe_load(path.read_text())
         except OSError as exc:
-            raise ConfigError(f"cannot read training-set config {path}: {exc.strerror}") from exc
+            raise ConfigError(f"cannot read training-set config {shown}: {exc.strerror}") from exc
         except yaml.YAMLError as exc:
-            raise ConfigError(f"training-set config {path} is not valid YAML: {exc}") from exc
+            raise ConfigError(f"training-set config {shown} is not valid YAML: {yaml_problem(exc)}") from exc
         return cls.from_dict(data or {})
 
     def to_dict(self) -> dict[str, Any]:

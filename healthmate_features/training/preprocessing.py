@@ -37,6 +37,7 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from healthmate_features.errors import ConfigError, HealthmateError, PreprocessingError
 from healthmate_features.util.checks import MAX_SEED, Integer, Number, check
+from healthmate_features.util.text import yaml_problem
 
 Task = Literal["classification", "regression"]  # the learning task a training set is for, defined once
 TASKS: tuple[Task, ...] = get_args(Task)
@@ -98,7 +99,7 @@ def load_config(config: Mapping[str, Any] | str | Path | None) -> dict[str, Any]
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source} is not valid YAML: {exc}") from exc
+        raise ConfigError(f"{source} is not valid YAML: {yaml_problem(exc)}") from exc
     if data is None:
         return {}
     if not isinstance(data, Mapping):
