@@ -12,6 +12,7 @@ columns are ``pipeline.get_feature_names_out()``.
 from __future__ import annotations
 
 import functools
+import re
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -544,5 +545,12 @@ def fit_transform_splits(
     except (ValueError, TypeError) as exc:
         raise PreprocessingError(
             f"preprocessing failed on {len(X_train)} training / {len(X_test)} test rows "
-            f"({X_train.shape[1]} columns): {exc}"
+            f"({X_train.shape[1]} columns): {_without_values(exc)}"
         ) from exc
+
+
+def _without_values(exc: Exception) -> str:
+    """scikit-learn's message without the data values it may quote ("could not convert string to
+    float: 'female'"): its first line, every quoted literal replaced by '...'."""
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return re.sub(r"'[^']*'|\"[^\"]*\"", "'...'", first)[:300]

@@ -287,6 +287,17 @@ def test_fit_failures_become_preprocessing_errors():
         fit_transform_splits(pipeline, frame.iloc[:300], frame.iloc[300:])
 
 
+def test_a_failed_fit_quotes_no_data_value():
+    frame, _ = make_frame()
+    frame["plan"] = frame["plan"].astype(object)
+    pipeline = build_pipeline({"numeric": {"columns": ["plan"], "impute": "median"}})
+    with pytest.raises(PreprocessingError) as info:
+        fit_transform_splits(pipeline, frame.iloc[:300], frame.iloc[300:])
+    values = {str(v) for v in frame["plan"].dropna().unique()}
+    assert "preprocessing failed on 300 training" in str(info.value)
+    assert not any(f"'{v}'" in str(info.value) for v in values), str(info.value)
+
+
 # --------------------------------------------------------------------------- bad configs
 
 
