@@ -21,6 +21,7 @@ from healthmate_features.backends.base import INGEST_MANIFEST, Backend, Broker, 
 from healthmate_features.errors import FeatureRepoError, NotIngestedError
 from healthmate_features.util.files import atomic_path
 from healthmate_features.util.sql import quote_literal
+from healthmate_features.util.text import repo_relative
 
 if TYPE_CHECKING:
     import duckdb
@@ -101,11 +102,13 @@ class EmbeddedBackend(Backend):
         return str(self.settings.ingested_dir / f"{table}.parquet")
 
     def loaded_ingest(self, raw_dir: Path) -> tuple[dict[str, Any], str, str]:
-        fix = f"run `{self.command(f'ingest --raw {raw_dir}')}` first"
+        root = self.settings.repo_path
+        raw, where = repo_relative(raw_dir, root), repo_relative(self.settings.ingested_dir, root)
+        fix = f"run `{self.command(f'ingest --raw {raw}')}` first"
         path = self.settings.ingested_dir / INGEST_MANIFEST
         if not path.exists():
-            raise NotIngestedError(f"raw data in {raw_dir} was not ingested (no {path}); {fix}")
-        return json.loads(path.read_text()), str(self.settings.ingested_dir), fix
+            raise NotIngestedError(f"raw data in {raw} was not ingested (no {where}/{INGEST_MANIFEST}); {fix}")
+        return json.loads(path.read_text()), where, fix
 
     # --- feature tables ----------------------------------------------------------------------
 
@@ -173,7 +176,8 @@ class EmbeddedBackend(Backend):
         finally:
             con.close()
         if row is None or row[0] is None:
-            raise FeatureRepoError(f"the feature tables in {self.settings.features_dir} are empty; rebuild them")
+            where = repo_relative(self.settings.features_dir, self.settings.repo_path)
+            raise FeatureRepoError(f"the feature tables in {where} are empty; rebuild them")
         return row[0].astimezone(timezone.utc), row[1].astimezone(timezone.utc)
 
     def query_feature_tables(self, sql: str, *tables: str) -> list[tuple[Any, ...]]:

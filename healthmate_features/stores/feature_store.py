@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import re
 import shutil
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 
     from healthmate_features.stores.online import OnlineReader
 
+log = logging.getLogger(__name__)
 ROW_COLUMN = "_hm_store_row"  # entity-frame row number carried through a join to restore the order
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # the color codes in Feast's console output
 
@@ -94,16 +96,35 @@ def apply(settings: Settings, *, progress: bool = False) -> str:
     output, stderr = "".join(lines), "".join(errors)
     forget_online_reader(settings)
     if returncode != 0:
-        tail = "\n".join((stderr or output).strip().splitlines()[-8:])
-        raise FeatureRepoError(f"`feast apply` failed in {settings.repo_path}:\n{tail}")
+        raise FeatureRepoError(_apply_failure(returncode, stderr or output))
     return output
+
+
+_OUR_ERROR = re.compile(r"^healthmate_features\.errors\.(\w+): (.+)$")
+_ERROR_KIND = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit))\b")
+
+
+def _apply_failure(returncode: int, output: str) -> str:
+    """The message of a failed `feast apply`: Feast's output goes to the log only, as it can quote
+    feature_store.yaml and absolute paths; an error of this package raised while Feast imported
+    feature_repo/ (written to our rules: no paths, no file contents) is passed on as it is."""
+    lines = _ANSI.sub("", output).strip().splitlines()
+    log.warning("`feast apply` failed with exit code %s:\n%s", returncode, "\n".join(lines[-40:]))
+    for line in reversed(lines):
+        ours = _OUR_ERROR.match(line.strip())
+        if ours:
+            return f"`feast apply` failed: {ours.group(2)}"
+    kinds = [m.group(1).rsplit(".", 1)[-1] for line in lines if (m := _ERROR_KIND.match(line.strip()))]
+    kind = f" ({kinds[-1]})" if kinds else ""
+    return (
+        f"`feast apply` failed with exit code {returncode}{kind}; the server log has Feast's output, "
+        "or run `feast apply` in the repository root to see it"
+    )
 
 
 def _require_registry(store) -> None:
     if not store.list_feature_views():
-        raise FeatureRepoError(
-            f"the Feast registry of {store.repo_path} has no feature views; run `feast apply` from the repository root"
-        )
+        raise FeatureRepoError("the Feast registry has no feature views; run `feast apply` from the repository root")
 
 
 @dataclass(frozen=True)
@@ -175,7 +196,7 @@ def _materializable_views(store: FeatureStore, views: list[str] | None) -> list[
     if unknown:
         raise FeatureViewNotFoundError(
             f"feature view(s) {', '.join(repr(n) for n in unknown)} cannot be materialized: not a stored "
-            f"feature view in the Feast registry of {store.repo_path} (stored views: {', '.join(stored) or 'none'}); "
+            f"feature view in the Feast registry (stored views: {', '.join(stored) or 'none'}); "
             "check the name, or run `feast apply` if the view is new"
         )
     return [stored[name] for name in dict.fromkeys(views)]
