@@ -131,6 +131,14 @@ class LockTimeoutError(ConflictError):
     longer than the caller would wait (backends.locks); a job retries it with backoff."""
 
 
+class ErasureError(HealthmateError):
+    """An erasure cannot run or complete: a store refused, a version cannot be redacted (governance)."""
+
+
+class ErasureNotFoundError(ErasureError, NotFoundError):
+    """No erasure in the ledger has the id asked for (backends.ledger)."""
+
+
 class PermissionDeniedError(HealthmateError):
     """A valid API key may not do this: a user key on an admin endpoint or another user's data (api)."""
 
