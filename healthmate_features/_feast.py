@@ -78,6 +78,8 @@ __all__ = [
     "redis_field",
     "redis_timestamp_field",
     "registry_cache_stamp",
+    "sqlite_entity_key",
+    "sqlite_online_connection",
     "stored_in_response",
 ]
 
@@ -281,3 +283,22 @@ def decode_values(raws: Sequence[bytes | None], *, generic: bool = False) -> lis
 def as_feast_values(values: Any, value_type: ValueType = ValueType.UNKNOWN) -> list[Any]:
     """Python values (a list or an array) as Feast serves them: through ValueProto and back (`feast.type_map`)."""
     return [_to_python(v) for v in python_values_to_proto_values(values, value_type)]
+
+
+# --- online: Feast's SQLite online store (feast.infra.online_stores.sqlite, key_encoding_utils) --------
+
+
+def sqlite_online_connection(store: Any) -> Any:
+    """The sqlite3 connection Feast's own SQLite online store holds for a FeatureStore (`_get_conn`).
+
+    Deleting through Feast's connection, never a second handle on the same file: SQLite drops
+    every lock a process holds on a file when the process closes any handle to it."""
+    return store._get_provider().online_store._get_conn(store.config)
+
+
+def sqlite_entity_key(join_key: str, value: int) -> bytes:
+    """The `entity_key` of one INT64 entity in Feast's SQLite online tables (serialize_entity_key v3)."""
+    from feast.infra.key_encoding_utils import serialize_entity_key
+
+    key = EntityKeyProto(join_keys=[join_key], entity_values=[ValueProto(int64_val=value)])
+    return serialize_entity_key(key, entity_key_serialization_version=ENTITY_KEY_SERIALIZATION_VERSION)

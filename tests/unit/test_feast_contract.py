@@ -98,6 +98,8 @@ SIGNATURES = {
     # online_writes_counted: the provider of a FeatureStore, and the write its compute engines call.
     "feast.feature_store.FeatureStore._get_provider": "(self)",
     "feast.infra.online_stores.online_store.OnlineStore.online_write_batch": "(self, config, table, data, progress)",
+    # sqlite_online_connection: erasure deletes a user's rows through the connection Feast holds.
+    "feast.infra.online_stores.sqlite.SqliteOnlineStore._get_conn": "(self, config)",
     "feast.type_map.arrow_to_pg_type": "(t_str)",
     "feast.type_map.pg_type_code_to_arrow": "(code)",
     "feast.type_map.feast_value_type_to_python_type": "(field_value_proto, feature_type=None)",
