@@ -76,6 +76,12 @@ def erase_cmd(user_id, reason, verify, list_all, profile, as_json) -> None:
                     "kept by design (README 'Erasure, retention and exports'): "
                     + ", ".join(f"{k}: {v}" for k, v in kept.items())
                 )
+            if scan.sources:
+                click.echo(
+                    "not the package's to erase: raw files outside the repository that an ingest read still hold "
+                    + ", ".join(f"{k}: {v}" for k, v in scan.sources.items())
+                    + " (erase the person in the source system)"
+                )
         if not scan.clean:
             raise click.ClickException(
                 f"user {user_id} is not fully erased ({scan.total} remaining); run `healthmate-features erase "
@@ -92,6 +98,8 @@ def erase_cmd(user_id, reason, verify, list_all, profile, as_json) -> None:
         click.echo(f"erased user {user_id}: erasure {result.erasure_id}{resumed}")
         for step, places in result.removed.items():
             click.echo(f"  {step}: " + ", ".join(f"{place} {n}" for place, n in places.items()))
+        for place, n in (result.report.get("source_files_not_erased") or {}).items():
+            click.echo(f"  not erased (a source export outside the repository): {place} {n}; erase at the source")
         redacted = [v["dataset"] for v in result.report.get("versions_redacted", [])]
         echo_fields(
             {

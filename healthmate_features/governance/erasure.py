@@ -92,6 +92,7 @@ class ScanResult:
 
     remaining: dict[str, dict[str, int]] = field(default_factory=dict)
     kept: dict[str, int] = field(default_factory=dict)  # records kept by design (audit log, revoked keys)
+    sources: dict[str, int] = field(default_factory=dict)  # source exports outside the repository still holding rows
     erasure: dict[str, Any] | None = None  # the ledger's entry (id, status), when there is one
 
     @property
@@ -111,6 +112,7 @@ class ScanResult:
             "remaining_total": self.total,
             "remaining": self.remaining,
             "kept": self.kept,
+            "source_files": self.sources,
             "erasure": self.erasure,
         }
 
@@ -130,7 +132,11 @@ def _shown(path: Path, settings: Settings) -> str:
 
 
 def _data_files(settings: Settings) -> dict[str, list[Path]]:
-    """Every file of the package's own that may hold a user's rows, per step (files that exist)."""
+    """Every file of the package's own that may hold a user's rows, per step (files that exist).
+
+    Raw files are the package's when they lie in the repository (`generate` writes data/raw);
+    raw files an ingest read from elsewhere ("source_files") are the source system's export:
+    they are counted and reported, never rewritten (erase the person at the source)."""
     raw: list[Path] = []
     manifest_path = settings.ingested_dir / INGEST_MANIFEST
     if manifest_path.exists():
@@ -141,10 +147,12 @@ def _data_files(settings: Settings) -> dict[str, list[Path]]:
         if found is not None:
             raw.append(found)
     unique_raw = list(dict.fromkeys(p.resolve() for p in raw if p.exists()))
+    inside = [p for p in unique_raw if p.is_relative_to(settings.repo_path.resolve())]
     ingested = [settings.ingested_dir / f"{t}.parquet" for t in RAW_TABLES]
     rejects = [settings.ingested_dir / f"{t}.rejects.csv" for t in RAW_TABLES]
     return {
-        "raw_files": unique_raw,
+        "raw_files": inside,
+        "source_files": [p for p in unique_raw if p not in inside],
         "ingested_files": [p for p in ingested if p.exists()],
         "rejects_files": [p for p in rejects if p.exists()],
     }
@@ -258,6 +266,9 @@ def erase_user(
         ]
         run.report["api_keys_revoked"] = run.report.get("api_keys_revoked", 0) + _revoke_keys(sql, user_id)
         run.report["kept"] = _kept(sql, user_id)
+        run.report["source_files_not_erased"] = {
+            k: v for k, v in _source_rows(files["source_files"], user_id, settings).items() if v
+        }
         run.report["runs"][-1]["finished_at"] = utcnow().isoformat()
         already = not created and erasure.status == "complete"
         if already and not sum(sum(v.values()) for v in run.removed.values()):
@@ -351,6 +362,11 @@ def _redact_versions(settings: Settings, user_id: int, erasure_id: str) -> list[
     return done
 
 
+def _source_rows(paths: list[Path], user_id: int, settings: Settings) -> dict[str, int]:
+    """Rows of the user in raw files outside the repository (read, never rewritten)."""
+    return {_shown(p, settings): count_user_rows(p, user_id) for p in paths}
+
+
 def _x_rows(removed: Mapping[str, int]) -> int:
     """Rows of a version removed (X_train + X_test; y and joined frames lose the same rows)."""
     return sum(int(n) for split, n in removed.items() if split.startswith("X_"))
@@ -388,6 +404,7 @@ def scan_user(user_id: int, settings: Settings) -> ScanResult:
     files = _data_files(settings)
     for step in ("raw_files", "ingested_files", "rejects_files"):
         found(step, {_shown(p, settings): count_user_rows(p, user_id) for p in files[step]})
+    result.sources = {k: v for k, v in _source_rows(files["source_files"], user_id, settings).items() if v}
     found("raw_tables", backend.erase_raw_rows(list(RAW_TABLES), user_id, count_only=True))
     found("feature_tables", backend.erase_feature_rows(list(FEATURE_TABLES), user_id, count_only=True))
     found("online_store", _online(settings, user_id, count_only=True))
