@@ -131,8 +131,8 @@ class LockTimeoutError(ConflictError):
     longer than the caller would wait (backends.locks); a job retries it with backoff."""
 
 
-class ErasureError(HealthmateError):
-    """An erasure cannot run or complete: a store refused, a version cannot be redacted (governance)."""
+class ErasureError(ConflictError):
+    """An erasure cannot complete as things stand, e.g. a damaged dataset version; it stays pending (governance)."""
 
 
 class ErasureNotFoundError(ErasureError, NotFoundError):
