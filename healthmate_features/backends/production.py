@@ -315,7 +315,7 @@ class ProductionBackend(Backend):
                     client.delete(key)
         finally:
             client.close()
-        return {f"redis hash of user_id in project {store.project}": found}
+        return {f"redis hash (Feast project {store.project})": found}
 
     def loaded_manifest(self) -> dict[str, Any] | None:
         """The manifest of the ingest currently loaded into Postgres, or None if nothing was loaded."""
