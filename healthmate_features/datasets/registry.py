@@ -325,7 +325,8 @@ class DatasetRegistry:
             raise DatasetVersionError(f"dataset {name}@{version}: {LIFECYCLE} is not a {LIFECYCLE_FORMAT} document")
         if mf.self_hash({k: v for k, v in doc.items() if k != "lifecycle_sha256"}) != doc.get("lifecycle_sha256"):
             raise DatasetVersionError(
-                f"dataset {name}@{version}: {LIFECYCLE} does not match its self-hash: it was edited"
+                f"dataset {name}@{version}: {LIFECYCLE} does not match its self-hash: it was edited; "
+                "restore it from a backup, or rebuild the version"
             )
         return list(doc["records"])
 

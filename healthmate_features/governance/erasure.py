@@ -52,7 +52,7 @@ REPORT_FORMAT = "healthmate-erasure-report/1"
 PIPELINE_NOTE = (
     "pipeline.joblib kept as it was: it was fitted on the training split with the erased rows "
     "(aggregate statistics only, e.g. medians, means, category lists); refit it without them with "
-    "`healthmate-features jobs submit preprocess_ml_data --params '{\"dataset\": \"NAME@VERSION\"}'`"
+    '`healthmate-features jobs submit preprocess_ml_data --params \'{"dataset": "NAME@VERSION"}\'`'
 )
 MAX_REASON = 500
 
