@@ -160,8 +160,8 @@ def test_the_ledger_keeps_keyed_hashes_and_refuses_another_key(tmp_path):
 # -- ingest and files ------------------------------------------------------------------------
 
 
-def test_ingest_rejects_an_erased_persons_rows_counted_without_their_values(tmp_path, small):
-    raw = __import__("tests.helpers.tiny", fromlist=["write_raw"]).write_raw(tmp_path / "raw", small.raw_tables())
+def test_ingest_rejects_an_erased_persons_rows_counted_without_their_values(tmp_path, tiny, small):
+    raw = tiny.write_raw(tmp_path / "raw", small.raw_tables())
     out = tmp_path / "ingested"
     reports = {r.table: r for r in ingest(raw, out, erased=lambda ids: {3} & {int(i) for i in ids})}
     for table in ("users", "health_readings", "app_events"):
