@@ -16,6 +16,10 @@ need beyond that is reached here and only here:
 - Feast's Redis layout, which the fast online reader reads without Feast: one hash per entity
   under `serialize_entity_key(v3) + project`, one field per feature (`murmur3_32("view:feature")`,
   4 bytes little endian) holding a serialized `ValueProto`, plus `_ts:<view>` timestamps;
+- Feast's SQLite online store layout, which the fast reader reads over the store's own connection
+  (`SqliteOnlineStore._get_conn`): one table per feature view, `<project>_<view>`
+  (`helpers.compute_table_id`), one row per (entity_key, feature_name) whose `value` is a
+  serialized `ValueProto`, entity_key being `serialize_entity_key(v3)` (no project);
 - the per-value statuses of an online response (`FieldStatus`, a generated proto enum).
 
 tests/unit/test_feast_contract.py pins every name and layout used here against the installed
@@ -34,7 +38,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from feast import utils as _utils
 from feast.feature_view import DUMMY_ENTITY_ID, DUMMY_ENTITY_VAL
 from feast.infra.offline_stores import offline_utils as _offline_utils
-from feast.infra.online_stores.helpers import _mmh3, _redis_key
+from feast.infra.online_stores.helpers import _mmh3, _redis_key, compute_table_id
 from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
@@ -69,7 +73,9 @@ __all__ = [
     "get_feature_view_query_context",
     "get_pyarrow_schema_from_batch_source",
     "infer_event_timestamp_from_entity_df",
+    "online_store_without_retries",
     "online_writes_counted",
+    "int64_entity_key",
     "int64_redis_key",
     "online_request_context",
     "parse_feature_ref",
@@ -78,8 +84,8 @@ __all__ = [
     "redis_field",
     "redis_timestamp_field",
     "registry_cache_stamp",
-    "sqlite_entity_key",
-    "sqlite_online_connection",
+    "sqlite_connection",
+    "sqlite_table",
     "stored_in_response",
 ]
 
@@ -214,6 +220,23 @@ def online_writes_counted(store: Any, count: Callable[[str, int], None]) -> Iter
         del online.online_write_batch  # the instance attribute: the class's method shows again
 
 
+def online_store_without_retries(store: Any) -> None:
+    """Make the Redis client Feast's online store writes with fail at the first timeout: no retries.
+
+    Feast builds its redis-py client from the connection string (JSON values only, so no Retry
+    object) and redis-py retries 3 times with backoff by default: 4 socket timeouts and more per
+    failed batch. This replaces the retry policy of the client the provider's online store caches
+    (`RedisOnlineStore._get_client`). Only this FeatureStore object; nothing for other online stores.
+    """
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    if store.config.online_store.type != "redis":
+        return
+    online = store._get_provider().online_store
+    online._get_client(store.config.online_store).set_retry(Retry(NoBackoff(), 0))
+
+
 # --- online: Feast's Redis layout (feast.infra.online_stores.redis, helpers, key_encoding_utils) -------
 
 
@@ -235,23 +258,56 @@ def feast_redis_key(project: str, join_key: str, value: int) -> bytes:
     return _redis_key(project, key, ENTITY_KEY_SERIALIZATION_VERSION)
 
 
-def int64_redis_key(join_key: str, project: str) -> Callable[[int], bytes]:
-    """A function id -> the Redis key Feast writes an INT64 entity under, equal to `feast_redis_key`, no protobuf.
+def int64_entity_key(join_key: str) -> Callable[[int], bytes]:
+    """A function id -> `serialize_entity_key` v3 of {join_key: INT64 id}, without protobuf.
 
-    serialize_entity_key v3 of {join_key: INT64}: key count, then the key's type, length and name,
-    then the value's type, length and 8 little-endian bytes; then the project name.
+    The key count, then the key's type, length and name, then the value's type, length and 8
+    little-endian bytes. Feast's SQLite online store keys its rows by it (`entity_key`).
     """
     name = join_key.encode("utf8")
     head = (
         struct.pack("<III", 1, ValueType.STRING.value, len(name)) + name + struct.pack("<II", ValueType.INT64.value, 8)
     )
-    tail = project.encode("utf-8")
     pack = struct.Struct("<q").pack
 
     def key(value: int) -> bytes:
-        return head + pack(value) + tail
+        return head + pack(value)
 
     return key
+
+
+def int64_redis_key(join_key: str, project: str) -> Callable[[int], bytes]:
+    """A function id -> the Redis key Feast writes an INT64 entity under, equal to `feast_redis_key`, no protobuf.
+
+    serialize_entity_key v3 of {join_key: INT64} (`int64_entity_key`), then the project name.
+    """
+    entity_key = int64_entity_key(join_key)
+    tail = project.encode("utf-8")
+
+    def key(value: int) -> bytes:
+        return entity_key(value) + tail
+
+    return key
+
+
+# --- online: Feast's SQLite online store (feast.infra.online_stores.sqlite, helpers) -------------------
+
+
+def sqlite_connection(store: Any) -> Any:
+    """The sqlite3 connection Feast's SQLite online store of a FeatureStore reads and writes with.
+
+    `SqliteOnlineStore._get_conn` of the store's provider: opened once, kept by that FeatureStore.
+    Use it rather than a connection of your own: SQLite drops every POSIX lock a process holds on
+    a file when the process closes any handle to it, so closing an extra connection could release
+    the locks of Feast's (e.g. during a materialization in the same process).
+    """
+    online = store._get_provider().online_store
+    return online._get_conn(store.config)
+
+
+def sqlite_table(project: str, view: Any) -> str:
+    """The name of a feature view's table in Feast's SQLite online store, `<project>_<view>` (unversioned)."""
+    return compute_table_id(project, view, False)
 
 
 _DOUBLE_TAG = 0x29  # ValueProto field 5 (double_val), wire type 1 (64-bit)
@@ -283,22 +339,3 @@ def decode_values(raws: Sequence[bytes | None], *, generic: bool = False) -> lis
 def as_feast_values(values: Any, value_type: ValueType = ValueType.UNKNOWN) -> list[Any]:
     """Python values (a list or an array) as Feast serves them: through ValueProto and back (`feast.type_map`)."""
     return [_to_python(v) for v in python_values_to_proto_values(values, value_type)]
-
-
-# --- online: Feast's SQLite online store (feast.infra.online_stores.sqlite, key_encoding_utils) --------
-
-
-def sqlite_online_connection(store: Any) -> Any:
-    """The sqlite3 connection Feast's own SQLite online store holds for a FeatureStore (`_get_conn`).
-
-    Deleting through Feast's connection, never a second handle on the same file: SQLite drops
-    every lock a process holds on a file when the process closes any handle to it."""
-    return store._get_provider().online_store._get_conn(store.config)
-
-
-def sqlite_entity_key(join_key: str, value: int) -> bytes:
-    """The `entity_key` of one INT64 entity in Feast's SQLite online tables (serialize_entity_key v3)."""
-    from feast.infra.key_encoding_utils import serialize_entity_key
-
-    key = EntityKeyProto(join_keys=[join_key], entity_values=[ValueProto(int64_val=value)])
-    return serialize_entity_key(key, entity_key_serialization_version=ENTITY_KEY_SERIALIZATION_VERSION)

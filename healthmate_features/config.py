@@ -25,6 +25,9 @@ _ENV = {
     "pg_sslmode": "HM_PG_SSLMODE",
     "redis_url": "HM_REDIS_URL",
     "connect_timeout_s": "HM_CONNECT_TIMEOUT_S",
+    "redis_timeout_s": "HM_REDIS_TIMEOUT_S",
+    "online_deadline_s": "HM_ONLINE_DEADLINE_S",
+    "online_max_concurrent": "HM_ONLINE_MAX_CONCURRENT",
     "metrics_public": "HM_METRICS_PUBLIC",
     "broker_url": "HM_BROKER_URL",
     "redis_prefix": "HM_REDIS_PREFIX",
@@ -33,6 +36,7 @@ _ENV = {
     "job_retry_backoff_s": "HM_JOB_RETRY_BACKOFF_S",
     "lock_wait_s": "HM_LOCK_WAIT_S",
     "erasure_key": "HM_ERASURE_KEY",
+    "max_request_bytes": "HM_MAX_REQUEST_BYTES",
 }
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 
@@ -59,6 +63,15 @@ class Settings:
     pg_sslmode: str = "disable"
     redis_url: str = "redis://127.0.0.1:6379/0"
     connect_timeout_s: float = 5.0
+    # How long one Redis command of a materialization, a lock or the job queue may go unanswered
+    # (socket timeout, no retries: a hung Redis fails the run after about this long).
+    redis_timeout_s: float = 30.0
+    # Online lookups (the API's features/extract): the longest one may take, waiting for a slot
+    # included, and how many run at once in one process (their own threads, never the API's
+    # shared pool); over either -> ServiceUnavailableError (HTTP 503). A lookup is mostly Python
+    # (decoding, the temporal view) under one GIL: more threads only make each one slower.
+    online_deadline_s: float = 0.5
+    online_max_concurrent: int = 4
     metrics_public: bool = False  # the API's /metrics answers without a key from any address
     # Background jobs (healthmate_features.jobs): the Celery broker (empty: the profile's own, see
     # Backend.broker_url), the prefix of the Redis keys the package itself writes (job queue,
@@ -77,6 +90,9 @@ class Settings:
     # use (mode 0600). Set it on every machine of a deployment (production): ids hashed under
     # another key do not match, and the ledger refuses a key it was not written with.
     erasure_key: str = field(default="", repr=False)
+    # The largest request body the HTTP API reads: a larger Content-Length is answered 413 before
+    # any of the body is read, a chunked body 413 as soon as it passes this many bytes.
+    max_request_bytes: int = 4 * 1024 * 1024
 
     @classmethod
     def from_env(cls, repo_path: str | Path | None = None, **overrides) -> Settings:
@@ -93,6 +109,13 @@ class Settings:
                 convert: Any = type(f.default)  # str, int or float: every field with a variable has a default
                 values[f.name] = convert(env[_ENV[f.name]])
         values.update(overrides)
+        if int(values.get("max_request_bytes", 1)) < 1:
+            from healthmate_features.errors import ConfigError
+
+            raise ConfigError(
+                f"HM_MAX_REQUEST_BYTES={values['max_request_bytes']} must be a positive number of bytes, "
+                "e.g. 4194304 (4 MiB)"
+            )
         if values.get("profile", "embedded") not in PROFILES:
             from healthmate_features.errors import ConfigError
 

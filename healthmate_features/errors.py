@@ -36,7 +36,13 @@ class DatasetVersionError(HealthmateError):
 
 
 class ServiceUnavailableError(HealthmateError):
-    """Postgres or Redis could not be reached within the configured timeout (production profile)."""
+    """Postgres or Redis could not be reached within the configured timeout (production profile);
+    or an online lookup found no free slot or passed its deadline (api.online_limit)."""
+
+
+class OnlineStoreLostError(ServiceUnavailableError):
+    """The online store no longer holds what the registry says was materialized: Redis restarted
+    empty or was flushed (stores.online_marks); re-run materialize."""
 
 
 class PreprocessingError(HealthmateError, ValueError):

@@ -120,13 +120,11 @@ class ApiKeys:
         return NewKey(key_id, secret)
 
     def authenticate(self, token: str | None) -> Principal:
-        """The Principal a bearer token belongs to ("Bearer " prefix allowed).
+        """The Principal a token (`hmk_<id>.<secret>`, the key itself) belongs to; reads api_keys.
 
         Raises AuthError for a missing, malformed, unknown or revoked token; the message
-        never repeats the token."""
+        never repeats the token. An HTTP Authorization header goes through `bearer_token` first."""
         token = (token or "").strip()
-        if token[:7].lower() == "bearer ":
-            token = token[7:].strip()
         if not token:
             raise AuthError(f"missing API key; {_NO_KEY_HINT}")
         match = _TOKEN.match(token)
@@ -147,6 +145,10 @@ class ApiKeys:
             )
         user_id = int(row["user_id"]) if row["user_id"] is not None else None
         return Principal(row["key_id"], row["role"], user_id)
+
+    def revision(self) -> int:
+        """The change revision of api_keys: it moves in the transaction of any change of a key."""
+        return self.store.revisions()["api_keys"]
 
     def list_keys(self, *, include_revoked: bool = True) -> list[KeyInfo]:
         """All keys, oldest first (never secrets or hashes)."""
@@ -173,6 +175,67 @@ class ApiKeys:
         if not rows:
             raise ApiKeyError(f"no API key with id {key_id!r}; list ids with `healthmate-features keys list`")
         return _info(rows[0])
+
+
+def bearer_token(authorization: str | None) -> str:
+    """The key in an HTTP `Authorization: Bearer <key>` header value; the scheme is required.
+
+    Raises AuthError for a missing header, another scheme, or a bare key without `Bearer `
+    (the message says what to send; it never repeats the value)."""
+    value = (authorization or "").strip()
+    if not value:
+        raise AuthError(f"missing API key; {_NO_KEY_HINT}")
+    scheme, _, token = value.partition(" ")
+    if scheme.lower() != "bearer":
+        what = "a bare API key" if _TOKEN.match(value) else "an Authorization header without the Bearer scheme"
+        raise AuthError(f"{what} was sent; send 'Authorization: Bearer <key>' (the word Bearer, a space, then the key)")
+    return token.strip()
+
+
+class KeyCache:
+    """`ApiKeys.authenticate` with the outcome of each token kept in memory while api_keys is unchanged.
+
+    The rule: an entry is used only while api_keys' change revision (`SqlStore.revisions`, moved by
+    a trigger in the transaction of any insert, update or delete of a key, from any process) is
+    the one read before the entry's row was. Every request reads the revision first
+    (`SqlStore.current_revisions`: on SQLite a `PRAGMA data_version` check, on Postgres one
+    shared query), and a new revision empties the cache; so a key revoked by another process
+    (`healthmate-features keys revoke`) is refused from the next request on, in every process.
+    At most `max_entries` tokens are kept (the cache is emptied when full); their SHA-256 is the
+    key, never the token."""
+
+    def __init__(self, keys: ApiKeys, *, max_entries: int = 10_000) -> None:
+        self.keys = keys
+        self.max_entries = max_entries
+        self._revision: int | None = None
+        self._entries: dict[str, Principal | AuthError] = {}
+
+    async def authenticate(self, token: str) -> Principal:
+        """The Principal of `token` (a key, see `bearer_token`); AuthError as `ApiKeys.authenticate`.
+
+        Side effects: reads api_keys' revision (every call) and, on a miss, the key's row in a
+        worker thread."""
+        from anyio import to_thread
+
+        if not _TOKEN.match(token.strip()):
+            return self.keys.authenticate(token)  # refused without reading anything
+        revision = (await self.keys.store.current_revisions())["api_keys"]
+        if revision != self._revision:
+            self._entries, self._revision = {}, revision
+        digest = _digest(token)
+        found = self._entries.get(digest)
+        if found is None:
+            try:
+                found = await to_thread.run_sync(self.keys.authenticate, token)
+            except AuthError as exc:
+                found = exc
+            if revision == self._revision:  # a newer request may have moved on meanwhile
+                if len(self._entries) >= self.max_entries:
+                    self._entries = {}
+                self._entries[digest] = found
+        if isinstance(found, AuthError):
+            raise AuthError(str(found))
+        return found
 
 
 def _info(row: dict[str, Any]) -> KeyInfo:

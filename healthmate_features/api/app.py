@@ -6,8 +6,10 @@ A thin edge (STYLE 1): handlers parse, call the library and format. Every reques
 Bearer <key>` (auth.ApiKeys); /metrics needs an admin key unless it is open
 (`api.metrics.metrics_open`: HM_METRICS_PUBLIC, or a request that arrived on a loopback address).
 Every request is counted and timed in the Prometheus metrics (`api.metrics.RequestMetricsMiddleware`),
-and every request, refused ones included, is written to the audit log: time, key id, role, endpoint
-(method and route template), target (`kind:id`), status and latency, never feature values. Library
+and every request, refused ones included, is written to the audit log before its response starts
+(`AuthAuditMiddleware`): time, key id, role, endpoint (method and route template), target
+(`kind:id`), status and latency, never feature values. Keys, roles and the body size
+(HM_MAX_REQUEST_BYTES) are checked before a body is read. Library
 errors become JSON `{"error": kind, "detail": message}` with the status code ERROR_STATUS gives.
 """
 
@@ -21,16 +23,17 @@ from datetime import datetime, timezone
 from importlib.metadata import version as package_version
 from typing import TYPE_CHECKING, Annotated, Any, cast
 
-import anyio
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
-from healthmate_features.access.audit import TARGET_PATTERN, AuditLog
-from healthmate_features.access.keys import ApiKeys, Principal
-from healthmate_features.api import dashboard, docs
+from healthmate_features.access.audit import TARGET_PATTERN, AuditLog, AuditWriter
+from healthmate_features.access.keys import ApiKeys, KeyCache, Principal, bearer_token
+from healthmate_features.api import dashboard, docs, online_limit
 from healthmate_features.api.metrics import METRICS_PATH, RequestMetricsMiddleware, RouteTemplates, metrics_open
 from healthmate_features.api.models import (
     JOB_ID_PATTERN,
@@ -113,6 +116,9 @@ class ApiContext:
     jobs: JobQueue
     datasets: DatasetCache
     metrics: CollectorRegistry
+    key_cache: KeyCache
+    audit_writer: AuditWriter
+    dashboard: dashboard.SummaryCache
 
 
 # -- errors ----------------------------------------------------------------------------------
@@ -159,14 +165,25 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
 # -- authentication and audit ----------------------------------------------------------------
 
 
+class RequestTooLarge(StarletteHTTPException):
+    """A request body passed the size limit while it was read (answered 413)."""
+
+
 class AuthAuditMiddleware:
-    """Authenticates every non-public request and audit-logs every request, refused ones too.
+    """Authenticates, authorizes and size-checks every request before its body is read, and
+    audit-logs every request, refused ones too, durably before its response starts.
 
-    A missing or bad key is answered 401 here, before routing; the Principal of a good key is
-    put in `request.state.principal`. Handlers name what a request is about with `_target`."""
+    In order, before routing: a missing or bad key is answered 401 (a bare key without the
+    `Bearer ` scheme too); a user key on an admin route (`AdminRoutes`) 403; a Content-Length
+    over HM_MAX_REQUEST_BYTES 413; none of them reads the body. A body without a Content-Length
+    is counted while the handler reads it and answered 413 once it passes the limit. The
+    Principal of a good key is put in `request.state.principal`; handlers name what a request is
+    about with `_target`. The response's start is held until the request's audit row is committed
+    (`AuditWriter`, a group commit); if it cannot be, the response is replaced by a 503."""
 
-    def __init__(self, app, *, ctx: ApiContext, templates: RouteTemplates) -> None:
-        self.app, self.ctx, self.templates = app, ctx, templates
+    def __init__(self, app, *, ctx: ApiContext, templates: RouteTemplates, admin: AdminRoutes) -> None:
+        self.app, self.ctx, self.templates, self.admin = app, ctx, templates, admin
+        self.limit = ctx.settings.max_request_bytes
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -174,34 +191,83 @@ class AuthAuditMiddleware:
             return
         started = time.perf_counter()
         state = scope.setdefault("state", {})
-        outcome = {"status": 500}
+        progress = {"audited": False, "withheld": False, "started": False}
 
-        async def send_and_record(message) -> None:
+        async def audit(status: int) -> bool:
+            progress["audited"] = True
+            return await self._audit(scope, state, status, (time.perf_counter() - started) * 1000)
+
+        async def send_audited(message) -> None:
+            if progress["withheld"]:
+                return
             if message["type"] == "http.response.start":
-                outcome["status"] = message["status"]
+                if not progress["audited"] and not await audit(message["status"]):
+                    progress["withheld"] = True
+                    await _audit_unavailable()(scope, receive, send)
+                    return
+                progress["started"] = True
             await send(message)
 
         try:
-            if self._needs_key(scope):
-                try:
-                    state["principal"] = await anyio.to_thread.run_sync(self.ctx.keys.authenticate, _bearer(scope))
-                except HealthmateError as exc:  # AuthError; or the key store is unreachable
-                    await response_for(exc)(scope, receive, send_and_record)
-                    return
-            await self.app(scope, receive, send_and_record)
+            refusal = await self._refusal(scope, state)
+            if refusal is not None:
+                await refusal(scope, receive, send_audited)
+                return
+            await self.app(scope, self._limited(receive), send_audited)
+        except RequestTooLarge as exc:  # read outside FastAPI's body parsing
+            if progress["started"] or progress["withheld"]:
+                raise
+            await error_response(413, "too_large", str(exc.detail))(scope, receive, send_audited)
         finally:
-            latency_ms = (time.perf_counter() - started) * 1000
-            await anyio.to_thread.run_sync(self._audit, scope, state, outcome["status"], latency_ms)
+            if not progress["audited"]:  # no response from the app (it raised): the 500 follows
+                await audit(500)
+
+    async def _refusal(self, scope, state: dict) -> Response | None:
+        """The 401, 403 or 413 a request gets before its body is read, or None."""
+        if self._needs_key(scope):
+            try:
+                principal = await self.ctx.key_cache.authenticate(bearer_token(_header(scope, b"authorization")))
+            except HealthmateError as exc:  # AuthError; or the key store is unreachable
+                return response_for(exc)
+            state["principal"] = principal
+            if not principal.is_admin and self.admin.matches(scope):
+                return response_for(_needs_admin(principal))
+        length = _header(scope, b"content-length")
+        if length is not None and length.strip().isdigit() and int(length) > self.limit:
+            return error_response(413, "too_large", self._too_large(f"has Content-Length {int(length)}"))
+        return None
+
+    def _limited(self, receive):
+        """`receive` that counts the body and raises RequestTooLarge when it passes the limit."""
+        received = 0
+
+        async def limited():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise RequestTooLarge(413, self._too_large(f"passed {self.limit} bytes while read"))
+            return message
+
+        return limited
+
+    def _too_large(self, what: str) -> str:
+        return (
+            f"the request body {what}, over the limit of {self.limit} bytes (HM_MAX_REQUEST_BYTES); "
+            "send a smaller body, e.g. fewer rows per request"
+        )
 
     def _needs_key(self, scope) -> bool:
         if scope["path"] == METRICS_PATH:
             return not metrics_open(self.ctx.settings, scope)
         return scope["path"] not in PUBLIC_PATHS
 
-    def _audit(self, scope, state: dict, status: int, latency_ms: float) -> None:
+    async def _audit(self, scope, state: dict, status: int, latency_ms: float) -> bool:
+        """Write the request's audit row and wait until it is committed; False (logged, counted) if it cannot be."""
         principal = state.get("principal")
         try:
-            self.ctx.audit.write(
+            await self.ctx.audit_writer.write(
                 endpoint=_endpoint(self.templates, scope),
                 status=status,
                 latency_ms=latency_ms,
@@ -209,13 +275,45 @@ class AuthAuditMiddleware:
                 role=principal.role if principal else None,
                 target=state.get("audit_target"),
             )
-        except Exception:  # the response is already sent; never lose the failure silently
+            return True
+        except Exception:  # counted in AUDIT_WRITE_ERRORS by the writer
             log.exception("could not write the audit entry for %s", scope.get("path"))
+            return False
 
 
-def _bearer(scope) -> str | None:
-    for name, value in scope.get("headers", ()):
-        if name == b"authorization":
+def _audit_unavailable() -> JSONResponse:
+    return error_response(
+        503,
+        "service_unavailable",
+        "the audit log could not be written, so the response is withheld; try again (the server log has the details)",
+    )
+
+
+class AdminRoutes:
+    """The routes that need an admin key: those of `routers` whose dependencies include `admin_only`.
+
+    The middleware asks before routing, so that a user key is refused (403) before the body of
+    such a request is read; a new admin endpoint is found by its `Admin` dependency alone."""
+
+    def __init__(self, *routers: APIRouter) -> None:
+        self.routes = [
+            route
+            for each in routers
+            for route in each.routes
+            if isinstance(route, APIRoute) and _calls(route.dependant, admin_only)
+        ]
+
+    def matches(self, scope) -> bool:
+        return any(route.matches(scope)[0] == Match.FULL for route in self.routes)
+
+
+def _calls(dependant: Any, function: Any) -> bool:
+    return dependant.call is function or any(_calls(d, function) for d in dependant.dependencies)
+
+
+def _header(scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
             return value.decode("latin-1")
     return None
 
@@ -239,22 +337,33 @@ def _target(request: Request, kind: str, value: object) -> None:
 bearer = HTTPBearer(auto_error=False, description="An API key from `healthmate-features keys create`.")
 
 
-def authenticated(request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Principal:
+async def authenticated(
+    request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> Principal:
     """The caller, authenticated by AuthAuditMiddleware."""
+    return _principal(request)
+
+
+def _principal(request: Request) -> Principal:
     found = getattr(request.state, "principal", None)
     if found is None:
         raise AuthError("missing API key; send 'Authorization: Bearer <key>'")
     return found
 
 
-def admin_only(caller: Annotated[Principal, Depends(authenticated)]) -> Principal:
-    """The caller, if an admin; PermissionDeniedError (403) for a user key."""
+def _needs_admin(caller: Principal) -> PermissionDeniedError:
+    return PermissionDeniedError(f"this endpoint needs an admin key; key {caller.key_id} has role {caller.role!r}")
+
+
+async def admin_only(caller: Annotated[Principal, Depends(authenticated)]) -> Principal:
+    """The caller, if an admin; PermissionDeniedError (403) for a user key (AuthAuditMiddleware
+    refuses it before the body is read; this is the handler's own check)."""
     if not caller.is_admin:
-        raise PermissionDeniedError(f"this endpoint needs an admin key; key {caller.key_id} has role {caller.role!r}")
+        raise _needs_admin(caller)
     return caller
 
 
-def context(request: Request) -> ApiContext:
+async def context(request: Request) -> ApiContext:
     """The app's ApiContext."""
     return request.app.state.ctx
 
@@ -271,7 +380,7 @@ router = APIRouter(prefix=PREFIX, responses=_ERRORS)
 
 
 @public.get("/health", response_model=Health, tags=["health"], summary="Liveness (no key needed)")
-def health(ctx: Ctx) -> Health:
+async def health(ctx: Ctx) -> Health:
     """Answers 200 while the process is up."""
     return Health(version=package_version("healthmate-features"), profile=ctx.settings.profile)
 
@@ -294,7 +403,9 @@ def metrics_text(request: Request, ctx: Ctx) -> Response:
     Needs an admin key, unless HM_METRICS_PUBLIC is on or the request arrived on a loopback
     address (a server bound to 127.0.0.1). Labels never hold user ids or feature values."""
     if not metrics_open(ctx.settings, request.scope):
-        admin_only(authenticated(request, None))
+        caller = _principal(request)
+        if not caller.is_admin:
+            raise _needs_admin(caller)
     body, content_type = monitoring.render(ctx.metrics, request.headers.get("accept"))
     return Response(body, media_type=content_type)
 
@@ -360,9 +471,9 @@ def verify_erasure(
     response_model=OnlineFeatures,
     tags=["features"],
     summary="One user's online features",
-    responses={404: {"model": ErrorBody}},
+    responses={404: {"model": ErrorBody}, 503: {"model": ErrorBody}},
 )
-def extract_features(
+async def extract_features(
     request: Request,
     ctx: Ctx,
     caller: Caller,
@@ -373,12 +484,15 @@ def extract_features(
 
     A user key may read only its own user id (403 otherwise); admin keys any. A user the online
     store holds no row of any feature view for is 404 (never a 200 with every value null); a
-    known user's missing values are nulls."""
+    known user's missing values are nulls. 503 past the lookup deadline or when every lookup slot
+    stays busy (api.online_limit: own threads, so other endpoints never wait for lookups), or when
+    the online store lost what was materialized."""
     _target(request, "user", user_id)
     if not caller.may_access_user(user_id):
         raise PermissionDeniedError(f"key {caller.key_id} may read only its own user's features")
     at = datetime.now(timezone.utc)
-    values = store.online_features(ctx.settings, user_id, feature_service=feature_service, at=at)
+    lookups = online_limit.limiter_for(ctx.settings)
+    values = await lookups.run(store.online_features, ctx.settings, user_id, feature_service=feature_service, at=at)
     return OnlineFeatures(user_id=user_id, feature_service=feature_service, at=at, features=_json_safe(values))
 
 
@@ -523,10 +637,14 @@ def model_performance(
 
 
 @router.get("/dashboard/summary", response_model=DashboardSummary, tags=["dashboard"], summary="Counts and freshness")
-def dashboard_summary(ctx: Ctx, _: Caller) -> Any:
+def dashboard_summary(ctx: Ctx, _: Caller) -> Response:
     """Feature views with their last materialization, feature services, dataset versions, and
-    the latest model results per environment."""
-    return dashboard.summary(ctx.settings, tracker=ctx.tracker)
+    the latest model results per environment.
+
+    Served from a cache that is read again as soon as a source changed (an apply or
+    materialization, a new dataset version, a logged model run); `generated_at` is when the
+    figures were read."""
+    return Response(ctx.dashboard.json(), media_type="application/json")
 
 
 def _job_info(job: Job) -> JobInfo:
@@ -580,15 +698,19 @@ def create_app(settings: Settings) -> FastAPI:
     Side effects: opens (and migrates) the SQL store of the profile now; the app closes it on
     shutdown. Background jobs are queued on the profile's broker for `healthmate-features worker`."""
     sql = open_sql_store(settings)
+    keys, audit, tracker = ApiKeys(sql), AuditLog(sql), Tracker(sql)
     ctx = ApiContext(
         settings=settings,
         sql=sql,
-        tracker=Tracker(sql),
-        keys=ApiKeys(sql),
-        audit=AuditLog(sql),
+        tracker=tracker,
+        keys=keys,
+        audit=audit,
         jobs=JobQueue(settings, sql),
         datasets=DatasetCache(training.registry(settings)),
         metrics=monitoring.scrape_registry(monitoring.StoreCollector(settings)),
+        key_cache=KeyCache(keys),
+        audit_writer=AuditWriter(audit),
+        dashboard=dashboard.SummaryCache(settings, tracker=tracker),
     )
 
     @asynccontextmanager
@@ -596,6 +718,7 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             yield
         finally:
+            ctx.audit_writer.close()
             sql.close()
 
     app = FastAPI(
@@ -618,6 +741,12 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
     templates = RouteTemplates(app, extra=PUBLIC_PATHS)
-    app.add_middleware(AuthAuditMiddleware, ctx=ctx, templates=templates)
+    app.add_middleware(AuthAuditMiddleware, ctx=ctx, templates=templates, admin=AdminRoutes(public, router))
     app.add_middleware(RequestMetricsMiddleware, templates=templates)  # outermost: refused requests count too
     return app
+
+
+def create_app_from_env() -> FastAPI:
+    """`create_app(Settings.from_env())`: the factory `healthmate-features serve` hands uvicorn, so
+    that each worker process builds its own app (its own SQL store connections, caches and writer)."""
+    return create_app(Settings.from_env())

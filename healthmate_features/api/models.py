@@ -208,7 +208,8 @@ class FeatureViewStatus(BaseModel):
     features: int
     ttl_seconds: float | None = None
     materialization_intervals: int
-    last_materialized_end: datetime | None = None
+    last_materialized_end: datetime | None = None  # None too when the online store lost the view's data
+    online_data: Literal["present", "lost"] | None = None  # checked on Redis only; None: not materialized
 
 
 class FeatureServiceInfo(BaseModel):
@@ -244,7 +245,8 @@ class DashboardSummary(BaseModel):
 
     generated_at: datetime
     counts: DashboardCounts
-    oldest_materialization_end: datetime | None = None
+    oldest_materialization_end: datetime | None = None  # None when nothing was materialized or data was lost
+    online_data_lost: list[str] = []  # feature views whose online data Redis lost: re-run materialize
     feature_views: list[FeatureViewStatus]
     feature_services: list[FeatureServiceInfo]
     datasets: list[DatasetInfo]

@@ -12,6 +12,7 @@ backend runs SQL it is given and moves tables; it never imports the catalog or t
 
 from __future__ import annotations
 
+import logging
 import re
 import shlex
 from abc import ABC, abstractmethod
@@ -26,6 +27,7 @@ import yaml
 
 from healthmate_features.config import Settings
 from healthmate_features.errors import ConfigError, FeatureRepoError
+from healthmate_features.util.text import yaml_problem
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
     from healthmate_features.backends.locks import Lease, Leases
     from healthmate_features.backends.sqlstore import SqlStore
 
+log = logging.getLogger(__name__)
 INGEST_MANIFEST = "_ingest.json"  # the ingest manifest's file name in an ingested directory
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -135,6 +138,7 @@ class Backend(ABC):
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self._registry_file: Path | None = None  # registry_stamp's file, found on first use
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.settings.repo_path})"
@@ -193,16 +197,23 @@ class Backend(ABC):
         from feast.repo_config import RepoConfig
         from pydantic import ValidationError
 
-        path = self.feature_store_yaml
+        path, name = self.feature_store_yaml, self.feature_store_file
         if not path.exists():
-            raise FeatureRepoError(f"{path} not found; run from the repository root or set HM_REPO_PATH")
-        raw = substitute_placeholders(yaml.safe_load(path.read_text()), self.feast_variables(), str(path))
+            raise FeatureRepoError(
+                f"{name} not found in the repository; run from the repository root or set HM_REPO_PATH"
+            )
+        try:
+            parsed = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{name} is not valid YAML: {yaml_problem(exc)}") from exc
+        raw = substitute_placeholders(parsed, self.feast_variables(), name)
         if offline_store:
             raw["offline_store"] = {**raw.get("offline_store", {}), **offline_store}
         try:
             config = RepoConfig(**raw)
-        except ValidationError as exc:
-            raise ConfigError(f"{path} is not a valid Feast configuration: {exc}") from exc
+        except ValidationError as exc:  # its text quotes the values: name the fields and the problems only
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'top level'}: {e['msg']}" for e in exc.errors()[:5])
+            raise ConfigError(f"{name} is not a valid Feast configuration: {problems}") from exc
         config.repo_path = self.settings.repo_path
         return config
 
@@ -210,11 +221,39 @@ class Backend(ABC):
         """The Feast FeatureStore of this profile. Raises FeatureRepoError if the configuration is missing."""
         from feast import FeatureStore
 
+        name = self.feature_store_file
         if not self.feature_store_yaml.exists():
             raise FeatureRepoError(
-                f"{self.feature_store_yaml} not found; run from the repository root or set HM_REPO_PATH"
+                f"{name} not found in the repository; run from the repository root or set HM_REPO_PATH"
             )
-        return FeatureStore(repo_path=str(self.settings.repo_path), fs_yaml_file=self.feature_store_yaml)
+        try:
+            return FeatureStore(repo_path=str(self.settings.repo_path), fs_yaml_file=self.feature_store_yaml)
+        except Exception as exc:  # Feast's text quotes the file: the details go to the log only
+            log.warning("Feast cannot load %s: %s", self.feature_store_yaml, exc)
+            raise FeatureRepoError(
+                f"Feast cannot load {name} ({type(exc).__name__}); the server log has the details, "
+                "or run `feast plan` in the repository root"
+            ) from exc
+
+    def registry_stamp(self) -> Any:
+        """A value that changes whenever this profile's Feast registry changes (`feast apply`,
+        a materialization), from any process; cheap enough to ask on every request.
+
+        File registry: the registry file's inode, size and modification time in ns (Feast
+        rewrites the file on every change); None while it does not exist."""
+        import os
+
+        path = self._registry_file
+        if path is None:
+            registry = self.feast_config().registry
+            path = Path(registry if isinstance(registry, str) else registry.path)
+            path = path if path.is_absolute() else self.settings.repo_path / path
+            self._registry_file = path
+        try:
+            stat = os.stat(path)
+        except FileNotFoundError:
+            return None
+        return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
 
     @abstractmethod
     def batch_source(self, table: str, *, description: str) -> DataSource:

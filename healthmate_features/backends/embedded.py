@@ -21,6 +21,7 @@ from healthmate_features.backends.base import INGEST_MANIFEST, Backend, Broker, 
 from healthmate_features.errors import FeatureRepoError, NotIngestedError
 from healthmate_features.util.files import atomic_path
 from healthmate_features.util.sql import quote_literal
+from healthmate_features.util.text import repo_relative
 
 if TYPE_CHECKING:
     import duckdb
@@ -102,11 +103,13 @@ class EmbeddedBackend(Backend):
         return str(self.settings.ingested_dir / f"{table}.parquet")
 
     def loaded_ingest(self, raw_dir: Path) -> tuple[dict[str, Any], str, str]:
-        fix = f"run `{self.command(f'ingest --raw {raw_dir}')}` first"
+        root = self.settings.repo_path
+        raw, where = repo_relative(raw_dir, root), repo_relative(self.settings.ingested_dir, root)
+        fix = f"run `{self.command(f'ingest --raw {raw}')}` first"
         path = self.settings.ingested_dir / INGEST_MANIFEST
         if not path.exists():
-            raise NotIngestedError(f"raw data in {raw_dir} was not ingested (no {path}); {fix}")
-        return json.loads(path.read_text()), str(self.settings.ingested_dir), fix
+            raise NotIngestedError(f"raw data in {raw} was not ingested (no {where}/{INGEST_MANIFEST}); {fix}")
+        return json.loads(path.read_text()), where, fix
 
     # --- feature tables ----------------------------------------------------------------------
 
@@ -174,7 +177,8 @@ class EmbeddedBackend(Backend):
         finally:
             con.close()
         if row is None or row[0] is None:
-            raise FeatureRepoError(f"the feature tables in {self.settings.features_dir} are empty; rebuild them")
+            where = repo_relative(self.settings.features_dir, self.settings.repo_path)
+            raise FeatureRepoError(f"the feature tables in {where} are empty; rebuild them")
         return row[0].astimezone(timezone.utc), row[1].astimezone(timezone.utc)
 
     def erase_feature_rows(self, tables: Sequence[str], user_id: int, *, count_only: bool = False) -> dict[str, int]:
@@ -206,8 +210,8 @@ class EmbeddedBackend(Backend):
         path = Path(store.config.online_store.path)
         if not (path if path.is_absolute() else self.settings.repo_path / path).exists():
             return {}  # never materialized: nothing to delete (and no file to create)
-        conn = _feast.sqlite_online_connection(store)
-        key = _feast.sqlite_entity_key("user_id", int(user_id))
+        conn = _feast.sqlite_connection(store)
+        key = _feast.int64_entity_key("user_id")(int(user_id))
         prefix = f"{store.project}_"
         counts: dict[str, int] = {}
         tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()]

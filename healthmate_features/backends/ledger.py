@@ -2,7 +2,7 @@
 
 A person's user id is never stored: the ledger keeps `HMAC-SHA256(key, "user_id:<id>")` (the
 *subject*) and a fingerprint of the key (`key_id`), one row per erased person in table
-`erasures` (migration 5), with the erasure's id, status (pending until every store is done),
+`erasures` (migration 6), with the erasure's id, status (pending until every store is done),
 reason, actor, times and its report (the certificate: counts per store, no health values).
 
 The key is HM_ERASURE_KEY when set, else the key file `Settings.erasure_key_path`

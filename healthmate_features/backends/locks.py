@@ -24,7 +24,7 @@ import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -116,27 +116,42 @@ _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del
 
 
 class RedisLeases(Leases):
-    """Leases as Redis keys `<prefix>lock:<name>` holding the holder's id, with a PX expiry."""
+    """Leases as Redis keys `<prefix>lock:<name>` holding the holder's id, with a PX expiry.
 
-    def __init__(self, client: Any, *, prefix: str, description: str) -> None:
+    `errors(fail_fast=...)` wraps every command (e.g. to turn a timeout into an error naming its
+    limit); a release passes `fail_fast=True`: it may give up at once on a server that just timed out."""
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        prefix: str,
+        description: str,
+        errors: Callable[..., AbstractContextManager[None]] = lambda fail_fast=False: nullcontext(),
+    ) -> None:
         self.client = client
         self.prefix = prefix
         self.description = description
+        self.errors = errors
 
     def _key(self, name: str) -> str:
         return f"{self.prefix}lock:{name}"
 
     def try_acquire(self, name: str, holder: str, ttl_s: float) -> bool:
-        return bool(self.client.set(self._key(name), holder, nx=True, px=max(1, int(ttl_s * 1000))))
+        with self.errors():
+            return bool(self.client.set(self._key(name), holder, nx=True, px=max(1, int(ttl_s * 1000))))
 
     def renew(self, name: str, holder: str, ttl_s: float) -> bool:
-        return bool(self.client.eval(_RENEW, 1, self._key(name), holder, max(1, int(ttl_s * 1000))))
+        with self.errors():
+            return bool(self.client.eval(_RENEW, 1, self._key(name), holder, max(1, int(ttl_s * 1000))))
 
     def release(self, name: str, holder: str) -> None:
-        self.client.eval(_RELEASE, 1, self._key(name), holder)
+        with self.errors(fail_fast=True):
+            self.client.eval(_RELEASE, 1, self._key(name), holder)
 
     def holder(self, name: str) -> str | None:
-        value = self.client.get(self._key(name))
+        with self.errors():
+            value = self.client.get(self._key(name))
         return value.decode() if isinstance(value, bytes) else value
 
     def close(self) -> None:
@@ -190,7 +205,7 @@ def hold(
     def renew() -> None:
         while not stop.wait(ttl_s / 3):
             try:
-                if not leases.renew(name, me, ttl_s):
+                if not leases.renew(name, me, ttl_s) and not stop.is_set():  # set: released meanwhile
                     lease.lost = True
                     log.warning(
                         "lock %s: the lease lapsed and was taken over (this holder stalled > %g s)", name, ttl_s
@@ -205,8 +220,8 @@ def hold(
         yield lease
     finally:
         stop.set()
-        thread.join()
-        try:
+        try:  # before joining a renewal that may be waiting on a hung server: one wait, not two
             leases.release(name, me)
         except Exception:  # the lease lapses by itself within ttl_s
             log.warning("lock %s: releasing failed; it lapses within %g s", name, ttl_s, exc_info=True)
+        thread.join()

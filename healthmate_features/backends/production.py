@@ -25,6 +25,7 @@ from urllib.parse import quote
 
 from healthmate_features.backends import postgres, redis
 from healthmate_features.backends.base import INGEST_MANIFEST, Backend, Broker, FeatureBuild, RawTable, redis_broker
+from healthmate_features.config import Settings
 from healthmate_features.errors import FeatureRepoError, NotIngestedError
 from healthmate_features.util.sql import quote_ident
 
@@ -130,7 +131,9 @@ class ProductionBackend(Backend):
             # Derived: the registry's SQLAlchemy URL needs a URL-quoted password and an integer timeout.
             "HM_FEAST_PG_PASSWORD_URL": quote(s.pg_password, safe=""),
             "HM_FEAST_PG_CONNECT_TIMEOUT": str(postgres.connect_timeout(s)),
-            "HM_FEAST_REDIS": redis.redis_connection_string(s.redis_url, timeout_s=s.connect_timeout_s),
+            "HM_FEAST_REDIS": redis.redis_connection_string(
+                s.redis_url, timeout_s=s.connect_timeout_s, socket_timeout_s=s.redis_timeout_s
+            ),
         }
 
     def feast_env(self) -> dict[str, str]:
@@ -146,6 +149,42 @@ class ProductionBackend(Backend):
         config = self.feast_config()
         self.check_services()
         return FeatureStore(repo_path=str(self.settings.repo_path), config=config)
+
+    #: Feast's SQL registry tables the dashboard reads (views with their materializations, services).
+    _REGISTRY_TABLES = ("feature_views", "on_demand_feature_views", "feature_services", "entities")
+
+    def __init__(self, settings: Settings) -> None:
+        import threading
+
+        super().__init__(settings)
+        self._stamp_lock = threading.Lock()
+        self._stamp_conn: Any = None
+        self._project: str | None = None
+
+    def registry_stamp(self) -> Any:
+        """Feast's SQL registry: per registry table of the project, its row count and newest row
+        version (`xmin`, the transaction that last wrote a row): every apply and materialization
+        rewrites a row, so the pair changes exactly when the registry does. One query on a
+        connection kept for it (reconnected after a failure)."""
+        with self._stamp_lock:
+            if self._project is None:
+                self._project = self.feast_config().project
+            conn = self._stamp_conn
+            try:
+                if conn is None or conn.closed:
+                    conn = self._stamp_conn = postgres.connect(self.settings, autocommit=True)
+                parts = " UNION ALL ".join(
+                    f"SELECT '{t}', count(*), max(xmin::text::bigint) FROM {t} WHERE project_id = %(p)s"
+                    for t in self._REGISTRY_TABLES
+                )
+                return tuple(conn.execute(parts, {"p": self._project}).fetchall())
+            except Exception as exc:
+                if conn is not None:
+                    conn.close()
+                self._stamp_conn = None
+                if "does not exist" in str(exc):  # no `feast apply` yet: no registry tables
+                    return None
+                raise postgres.postgres_unavailable(self.settings, exc) from exc
 
     def batch_source(self, table: str, *, description: str) -> DataSource:
         from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import PostgreSQLSource
@@ -171,13 +210,22 @@ class ProductionBackend(Backend):
         return redis_broker(self.settings.redis_url, self.settings)
 
     def leases(self) -> Leases:
-        """Locks as Redis keys (SET NX PX) under HM_REDIS_PREFIX."""
+        """Locks as Redis keys (SET NX PX) under HM_REDIS_PREFIX.
+
+        A lock command is tiny: it waits at most HM_CONNECT_TIMEOUT_S (or HM_REDIS_TIMEOUT_S if
+        smaller), and a release right after a command timed out gives up at once
+        (`redis.answered_within(fail_fast=True)`): a run on a hung Redis waits one lock timeout, not one per lock."""
         from healthmate_features.backends.locks import RedisLeases
 
+        s = self.settings
+        timeout, setting = min((s.connect_timeout_s, "HM_CONNECT_TIMEOUT_S"), (s.redis_timeout_s, "HM_REDIS_TIMEOUT_S"))
         return RedisLeases(
-            redis.connect(self.settings),
-            prefix=self.settings.redis_prefix,
-            description=f"Redis {redis.redis_address(self.settings)}",
+            redis.connect(s, timeout_s=timeout),
+            prefix=s.redis_prefix,
+            description=f"Redis {redis.redis_address(s)}",
+            errors=lambda fail_fast=False: redis.answered_within(
+                s, timeout_s=timeout, setting=setting, fail_fast=fail_fast
+            ),
         )
 
     # --- raw tables --------------------------------------------------------------------------

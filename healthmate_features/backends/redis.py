@@ -1,26 +1,35 @@
 """Connections to the production profile's Redis: timeouts, Feast's connection string, failures.
 
 Redis uses the settings' connect timeout (HM_CONNECT_TIMEOUT_S) as `socket_connect_timeout` and
-REDIS_SOCKET_TIMEOUT_S as `socket_timeout`, so an unreachable or silent server fails within a
-bounded time instead of hanging. `check_redis` pings once without retries; Feast's own Redis
-client keeps redis-py's default of 3 retries with exponential backoff (at most 1 + 2 + 4 s), so
-a Redis lost mid-run is reported after at most 4 timeouts plus 7 s.
+their Redis timeout (HM_REDIS_TIMEOUT_S) as `socket_timeout`, so an unreachable or silent server
+fails within a bounded time instead of hanging. Our clients (`connect`) never retry: one
+unanswered command fails after that timeout, and the error names the limit. `check_redis` pings
+once within the connect timeout. The online reader's client (`connect(..., timeout_s=deadline)`)
+waits no longer than the online lookup deadline (HM_ONLINE_DEADLINE_S). Feast's own client gets
+the same timeouts through the connection string; `materialize` turns its retries off
+(`_feast.online_store_without_retries`); the plain `feast` CLI keeps redis-py's default of 3
+retries with backoff, so a Redis lost under it is reported after 4 timeouts and some seconds.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from healthmate_features.config import Settings
 from healthmate_features.errors import ConfigError, ServiceUnavailableError
 
-REDIS_SOCKET_TIMEOUT_S = 30.0  # one pipelined write batch must complete within this
 REDIS_HINT = "start it (`docker compose up -d redis`) or point HM_REDIS_URL at a running server"
 
 
-def redis_connection_string(url: str, *, timeout_s: float) -> str:
+def redis_connection_string(url: str, *, timeout_s: float, socket_timeout_s: float = 30.0) -> str:
     """Feast's Redis `connection_string` (`host:port,db=N,...`) for a `redis://` URL, with timeouts.
+
+    `timeout_s` is the connect timeout, `socket_timeout_s` how long one command (a pipelined write
+    batch) may go unanswered (HM_REDIS_TIMEOUT_S).
 
     Raises ConfigError for anything but a redis:// or rediss:// URL with a numeric database.
     """
@@ -39,7 +48,7 @@ def redis_connection_string(url: str, *, timeout_s: float) -> str:
         params.append(f"password={unquote(parts.password)}")
     if parts.scheme == "rediss":
         params.append("ssl=true")
-    params += [f"socket_connect_timeout={timeout_s:g}", f"socket_timeout={REDIS_SOCKET_TIMEOUT_S:g}"]
+    params += [f"socket_connect_timeout={timeout_s:g}", f"socket_timeout={socket_timeout_s:g}"]
     return ",".join(params)
 
 
@@ -49,21 +58,69 @@ def redis_address(settings: Settings) -> str:
     return f"{parts.hostname or '127.0.0.1'}:{parts.port or 6379}/{parts.path.lstrip('/') or '0'}"
 
 
-def redis_unavailable(settings: Settings, exc: BaseException) -> ServiceUnavailableError:
-    """The error for a Redis that cannot be reached or does not answer in time."""
-    return ServiceUnavailableError(
-        f"Redis at {redis_address(settings)} (HM_REDIS_URL) is unreachable or did not answer as Redis "
-        f"within {settings.connect_timeout_s:g} s: {exc}; {REDIS_HINT}"
-    )
+def redis_unavailable(
+    settings: Settings, exc: BaseException, *, timeout_s: float | None = None, setting: str = "HM_REDIS_TIMEOUT_S"
+) -> ServiceUnavailableError:
+    """The error for a Redis that cannot be reached or does not answer in time.
 
-
-def connect(settings: Settings) -> Any:
-    """A redis-py client of the settings' Redis with our timeouts (connections open on first use)."""
+    A timeout (redis-py's TimeoutError) names the limit that expired: `timeout_s` and its
+    `setting` (default: the settings' HM_REDIS_TIMEOUT_S); anything else names the connect timeout."""
     import redis
 
+    if isinstance(exc, redis.exceptions.TimeoutError):
+        limit = settings.redis_timeout_s if timeout_s is None else timeout_s
+        what = f"did not answer within {limit:g} s ({setting})"
+    else:
+        what = (
+            f"is unreachable or did not answer as Redis within {settings.connect_timeout_s:g} s (HM_CONNECT_TIMEOUT_S)"
+        )
+    return ServiceUnavailableError(f"Redis at {redis_address(settings)} (HM_REDIS_URL) {what}: {exc}; {REDIS_HINT}")
+
+
+def connect(settings: Settings, *, timeout_s: float | None = None) -> Any:
+    """A redis-py client of the settings' Redis with our timeouts and no retries (connections open on first use).
+
+    A command fails after `timeout_s` unanswered (default HM_REDIS_TIMEOUT_S), connecting after
+    the smaller of that and HM_CONNECT_TIMEOUT_S."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    timeout = settings.redis_timeout_s if timeout_s is None else timeout_s
     return redis.Redis.from_url(
-        settings.redis_url, socket_connect_timeout=settings.connect_timeout_s, socket_timeout=REDIS_SOCKET_TIMEOUT_S
+        settings.redis_url,
+        socket_connect_timeout=min(settings.connect_timeout_s, timeout),
+        socket_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
     )
+
+
+_timed_out_at: dict[str, float] = {}  # Redis address -> when a command under `answered_within` last timed out
+
+
+@contextmanager
+def answered_within(settings: Settings, *, timeout_s: float, setting: str, fail_fast: bool = False) -> Iterator[None]:
+    """Turn redis-py's connection errors and timeouts inside into ServiceUnavailableError naming `setting`.
+
+    With `fail_fast` (releasing a lock), a command within `timeout_s` after a command to the same
+    Redis timed out, and none has succeeded since, fails at once instead of waiting again:
+    releasing the several locks of a run on a hung Redis costs one timeout, not one each (the
+    leases lapse by themselves)."""
+    import redis
+
+    address = redis_address(settings)
+    if fail_fast and time.monotonic() - _timed_out_at.get(address, float("-inf")) < timeout_s:
+        raise ServiceUnavailableError(
+            f"Redis at {address} (HM_REDIS_URL) did not answer within {timeout_s:g} s ({setting}) a moment ago; "
+            f"not waiting for it again; {REDIS_HINT}"
+        )
+    try:
+        yield
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        if isinstance(exc, redis.exceptions.TimeoutError):
+            _timed_out_at[address] = time.monotonic()
+        raise redis_unavailable(settings, exc, timeout_s=timeout_s, setting=setting) from exc
+    _timed_out_at.pop(address, None)
 
 
 def check_redis(settings: Settings) -> None:
@@ -85,6 +142,8 @@ def check_redis(settings: Settings) -> None:
     try:
         client.ping()
     except redis.exceptions.RedisError as exc:  # refused, timed out, or not speaking Redis at all
-        raise redis_unavailable(settings, exc) from exc
+        raise redis_unavailable(
+            settings, exc, timeout_s=settings.connect_timeout_s, setting="HM_CONNECT_TIMEOUT_S"
+        ) from exc
     finally:
         client.close()

@@ -59,6 +59,43 @@ class Migration:
         return [s.format(**TYPES[dialect]) for s in self.statements] + list(extra)
 
 
+# Tables whose changes bump a revision (migration 5): a process that caches what it read from
+# one of them (API keys, model runs) re-reads it when the revision moved (`SqlStore.revisions`).
+WATCHED_TABLES = ("api_keys", "model_runs")
+
+_REVISIONS = Migration(
+    5,
+    "change revisions of api_keys and model_runs",
+    (
+        """CREATE TABLE revisions (
+            name TEXT PRIMARY KEY,
+            revision {bigint} NOT NULL
+        )""",
+        *(f"INSERT INTO revisions (name, revision) VALUES ('{t}', 0)" for t in WATCHED_TABLES),
+    ),
+    # The bump is in the changing statement's own transaction: a reader never sees the change
+    # without the new revision, nor the revision without the change.
+    sqlite=tuple(
+        f"""CREATE TRIGGER {table}_revision_{op.lower()} AFTER {op} ON {table}
+            BEGIN UPDATE revisions SET revision = revision + 1 WHERE name = '{table}'; END"""
+        for table in WATCHED_TABLES
+        for op in ("INSERT", "UPDATE", "DELETE")
+    ),
+    postgres=(
+        """CREATE FUNCTION bump_revision() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                EXECUTE format('UPDATE %I.revisions SET revision = revision + 1 WHERE name = $1', TG_TABLE_SCHEMA)
+                    USING TG_TABLE_NAME;
+                RETURN NULL;
+            END $$""",
+        *(
+            f"""CREATE TRIGGER {table}_revision AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON {table}
+                FOR EACH STATEMENT EXECUTE FUNCTION bump_revision()"""
+            for table in WATCHED_TABLES
+        ),
+    ),
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -168,8 +205,9 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    _REVISIONS,
     Migration(
-        5,
+        6,
         "erasure ledger",
         (
             # One row per erased person (backends.ledger): `subject` is HMAC-SHA256 of the user id
@@ -241,6 +279,13 @@ class SqlStore:
     """A DB-API connection and its dialect ("sqlite" or "postgres"). Build with `backends.open_sql_store(settings)`.
 
     Calls are serialized by a lock, so one store may be shared by a web app's threads.
+
+    `revisions()` reads the change revisions of WATCHED_TABLES on a second connection of its own
+    (opened on first use, closed with the store), so that a per-request "did anything change?"
+    never waits behind a write on the main one. On SQLite both connections are SQLite's own
+    handles of the one file: SQLite keeps a process's POSIX locks across them, which a handle
+    opened any other way and closed while the process runs would drop; so nothing else in a
+    process opens the store's file, and the store's handles close only with the store.
     """
 
     def __init__(self, connect, dialect: str, description: str, *, schema: str | None = None) -> None:
@@ -250,6 +295,11 @@ class SqlStore:
         self.schema = schema  # Postgres only: where the tables live
         self._lock = threading.RLock()
         self._conn = connect()
+        self._watch_lock = threading.Lock()
+        self._watch: Any = None
+        self._data_version: int | None = None  # SQLite: PRAGMA data_version at the last revision read
+        self._revisions: dict[str, int] = {}
+        self._flights: Any = None  # Postgres: concurrent async reads share one (`current_revisions`)
 
     # -- construction -----------------------------------------------------------------------
 
@@ -322,6 +372,105 @@ class SqlStore:
                 return int(cur.lastrowid)
         return int(self.query(sql + " RETURNING id", params)[0]["id"])
 
+    def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Run one statement written with `?` placeholders once per row of parameters, in one transaction.
+
+        Side effect: all rows are committed together (one commit, one fsync) or none is."""
+        if not rows:
+            return
+        adapted = [[self._adapt(v) for v in row] for row in rows]
+        with self.transaction():
+            if self.dialect == "sqlite":
+                self._conn.executemany(sql, adapted)
+                return
+            with self._conn.cursor() as cur:
+                cur.executemany(sql.replace("%", "%%").replace("?", "%s"), adapted)
+
+    # -- change revisions -------------------------------------------------------------------
+
+    def revisions(self) -> dict[str, int]:
+        """The change revision of each watched table (WATCHED_TABLES), as of now.
+
+        A revision moves in the same transaction as any change of its table (migration 5's
+        triggers), so a value read from a table is current while the revision read before it is.
+        SQLite: `PRAGMA data_version` on the watch connection tells whether any other connection
+        committed since the last call; only then are the revisions read again (a few microseconds
+        either way). Postgres: one query on the watch connection (a round trip)."""
+        with self._watch_lock:
+            try:
+                if self._watch is None:
+                    self._watch = self._connect()
+                    self._data_version = None
+                if self.dialect == "sqlite":
+                    version = int(self._watch.execute("PRAGMA data_version").fetchone()[0])
+                    if version == self._data_version and self._revisions:
+                        return dict(self._revisions)
+                    rows = self._watch.execute("SELECT name, revision FROM revisions").fetchall()
+                    self._data_version = version
+                else:
+                    rows = self._watch.execute("SELECT name, revision FROM revisions").fetchall()
+                    rows = [(r["name"], r["revision"]) for r in rows]
+            except Exception as exc:
+                self._close_watch()
+                if isinstance(exc, (StoreError, ServiceUnavailableError)):
+                    raise
+                raise ServiceUnavailableError(
+                    f"cannot read the change revisions of {self.description}: {exc}; check that the "
+                    "server is running (the next request reconnects)"
+                ) from exc
+            self._revisions = {str(name): int(revision) for name, revision in rows}
+            return dict(self._revisions)
+
+    async def current_revisions(self) -> dict[str, int]:
+        """`revisions()` from a read that started after this call, without blocking the event loop.
+
+        SQLite reads in place (microseconds, no I/O wait). Postgres reads in a worker thread; calls
+        that arrive while a read runs share the next read, so N concurrent requests cost about
+        one round trip each way, not N."""
+        if self.dialect == "sqlite":
+            return self.revisions()
+        import asyncio
+
+        from anyio import to_thread
+
+        loop = asyncio.get_running_loop()
+        if self._flights is None or self._flights[0] is not loop:
+            self._flights = (loop, {"next": None, "running": False})
+        state = self._flights[1]
+        if state["next"] is None:
+            state["next"] = loop.create_future()
+        mine = state["next"]
+        if not state["running"]:
+            state["running"] = True
+
+            async def run() -> None:
+                try:
+                    while state["next"] is not None:
+                        waiting, state["next"] = state["next"], None  # later callers wait for the next read
+                        try:
+                            result = await to_thread.run_sync(self.revisions)
+                        except BaseException as exc:  # noqa: BLE001 (handed to every waiter)
+                            if not waiting.done():
+                                waiting.set_exception(exc)
+                            if not isinstance(exc, Exception):
+                                raise
+                        else:
+                            if not waiting.done():
+                                waiting.set_result(result)
+                finally:
+                    state["running"] = False
+
+            loop.create_task(run())
+        return dict(await asyncio.shield(mine))
+
+    def _close_watch(self) -> None:
+        watch, self._watch, self._revisions = self._watch, None, {}
+        if watch is not None:
+            try:
+                watch.close()
+            except Exception:  # noqa: BLE001 (a broken connection: nothing left to close)
+                pass
+
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """Run the statements of the block atomically (commit on success, roll back on error)."""
@@ -341,7 +490,9 @@ class SqlStore:
                 raise
 
     def close(self) -> None:
-        """Close the connection (idempotent)."""
+        """Close the connections (idempotent)."""
+        with self._watch_lock:
+            self._close_watch()
         with self._lock:
             self._conn.close()
 

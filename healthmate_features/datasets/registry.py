@@ -280,7 +280,7 @@ class DatasetRegistry:
         except FileNotFoundError as exc:
             raise DatasetVersionError(
                 f"dataset {name}@{version} has no {MANIFEST} (an incomplete or foreign "
-                f"directory at {self._path(name, version)}); remove it or restore the manifest"
+                f"directory {name}/{version} of the dataset root); remove it or restore the manifest"
             ) from exc
         try:
             manifest = json.loads(raw)

@@ -19,11 +19,13 @@ restoring the previous file if apply fails.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from healthmate_features.config import Settings
@@ -132,8 +134,16 @@ def _normalized(grouped: Mapping[str, list[str] | None]) -> tuple[str, ...]:
     )
 
 
+def _shown(path: Path) -> str:
+    """A feature-sets file in messages: `feature_repo/feature_sets.json`, never the server's absolute path."""
+    return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
+
+
 def read_file(path: Path) -> list[FeatureSet]:
-    """The feature sets of a feature_sets.json; a missing or blank file holds none."""
+    """The feature sets of a feature_sets.json; a missing or blank file holds none.
+
+    Raises FeatureSetError for invalid JSON, a bad entry, or a name defined twice in the file."""
+    shown = _shown(path)
     try:
         text = path.read_text()
     except FileNotFoundError:
@@ -143,14 +153,19 @@ def read_file(path: Path) -> list[FeatureSet]:
     try:
         data = json.loads(text)
     except ValueError as exc:
-        raise FeatureSetError(f"{path} is not valid JSON ({exc}); fix or remove it") from exc
+        raise FeatureSetError(f"{shown} is not valid JSON ({exc}); fix or remove it") from exc
     entries = data.get("feature_sets") if isinstance(data, dict) else None
     if not isinstance(entries, list):
-        raise FeatureSetError(f'{path} must be an object {{"feature_sets": [...]}}; fix or remove it')
-    out = []
+        raise FeatureSetError(f'{shown} must be an object {{"feature_sets": [...]}}; fix or remove it')
+    out: list[FeatureSet] = []
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict) or not isinstance(entry.get("features"), list):
-            raise FeatureSetError(f"{path}: entry {i} needs a name and a list of features")
+            raise FeatureSetError(f"{shown}: entry {i} needs a name and a list of features")
+        if entry.get("name") in {s.name for s in out}:
+            raise FeatureSetExistsError(
+                f"{shown}: feature set {entry['name']!r} is defined twice (entry {i} and an earlier one); "
+                "keep one of them"
+            )
         out.append(
             FeatureSet(
                 name=check_name(entry.get("name")),
@@ -162,12 +177,28 @@ def read_file(path: Path) -> list[FeatureSet]:
     return out
 
 
-def services_from_file(path: Path, *, modules: Iterable[object]) -> dict[str, Any]:
+def repo_modules(module_file: str | Path) -> list[ModuleType]:
+    """Every other module of the feature repository that `module_file` is in, imported.
+
+    Feast imports each of them on `feast apply` anyway (as `feature_repo.<name>`); importing
+    them first lets `services_from_file` see every feature service the code defines."""
+    path = Path(module_file)
+    return [
+        importlib.import_module(f"{path.parent.name}.{other.stem}")
+        for other in sorted(path.parent.glob("*.py"))
+        if other.stem not in ("__init__", path.stem)
+    ]
+
+
+def services_from_file(path: Path, *, modules: Iterable[object], code: Iterable[object] = ()) -> dict[str, Any]:
     """Build a Feast FeatureService for each entry of `path`, from the views of `modules`.
 
     What feature_repo/feature_sets.py calls; `modules` are the repository modules whose
-    module-level FeatureView and OnDemandFeatureView objects the entries may reference.
-    Raises FeatureSetError naming the file when an entry is invalid (then `feast apply` fails)."""
+    module-level FeatureView and OnDemandFeatureView objects the entries may reference, `code`
+    the modules whose module-level FeatureService objects the repository's code defines (Feast
+    would keep one of two services of a name and drop the other without a word).
+    Raises FeatureSetError naming the file when an entry is invalid, FeatureSetExistsError when
+    an entry's name is a service of the code (then `feast apply` fails with that message)."""
     from feast import FeatureService, FeatureView
     from feast.on_demand_feature_view import OnDemandFeatureView
 
@@ -180,12 +211,25 @@ def services_from_file(path: Path, *, modules: Iterable[object]) -> dict[str, An
         if isinstance(obj, (FeatureView, OnDemandFeatureView))
     }
     views = {name: [f.name for f in obj.features] for name, obj in objects.items()}
+    defined: dict[str, str] = {
+        obj.name: str(getattr(module, "__file__", None) or getattr(module, "__name__", "the repository's code"))
+        for module in (*modules, *code)
+        for obj in vars(module).values()
+        if isinstance(obj, FeatureService)
+    }
     services = {}
     for spec in read_file(path):
+        if spec.name in defined:
+            origin = defined[spec.name]
+            where = _shown(Path(origin)) if origin.endswith(".py") else origin
+            raise FeatureSetExistsError(
+                f"feature service {spec.name!r} is defined twice: in the repository's code ({where}) and in "
+                f"{_shown(path)}; remove its entry from {path.name} or rename one of them (e.g. the next version)"
+            )
         try:
             grouped = resolve(spec.features, views)
         except FeatureSetError as exc:
-            raise FeatureSetError(f"{path}: feature set {spec.name!r}: {exc}") from exc
+            raise FeatureSetError(f"{_shown(path)}: feature set {spec.name!r}: {exc}") from exc
         services[spec.name] = FeatureService(
             name=spec.name,
             features=[objects[v] if chosen is None else objects[v][chosen] for v, chosen in grouped.items()],

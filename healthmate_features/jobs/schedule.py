@@ -23,6 +23,7 @@ import yaml
 from healthmate_features.config import Settings
 from healthmate_features.errors import ConfigError
 from healthmate_features.jobs import tasks
+from healthmate_features.util.text import repo_relative, yaml_problem
 
 if TYPE_CHECKING:
     from celery.schedules import crontab
@@ -105,10 +106,11 @@ def load_schedule(path: str | Path, settings: Settings) -> list[ScheduleEntry]:
     """The checked entries of a schedule file (relative paths: to the repository root)."""
     path = Path(path)
     path = path if path.is_absolute() else settings.repo_path / path
+    shown = repo_relative(path, settings.repo_path)
     try:
         data = yaml.safe_load(path.read_text())
     except OSError as exc:
-        raise ConfigError(f"cannot read schedule file {path}: {exc.strerror}; see configs/schedule.yaml") from exc
+        raise ConfigError(f"cannot read schedule file {shown}: {exc.strerror}; see configs/schedule.yaml") from exc
     except yaml.YAMLError as exc:
-        raise ConfigError(f"schedule file {path} is not valid YAML: {exc}") from exc
-    return parse_schedule(data, settings, source=str(path))
+        raise ConfigError(f"schedule file {shown} is not valid YAML: {yaml_problem(exc)}") from exc
+    return parse_schedule(data, settings, source=shown)

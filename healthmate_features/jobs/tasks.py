@@ -112,7 +112,7 @@ def _check_prepare(params: Mapping[str, Any], settings: Settings) -> dict[str, A
             "e.g. [configs/health_risk.yaml]"
         )
     for file in files:
-        TrainingSetConfig.from_file(_repo_path(settings, file))  # readable and valid now
+        TrainingSetConfig.from_file(_repo_path(settings, file), name=file)  # readable and valid now
     return {"configs": list(files)}
 
 
@@ -124,7 +124,7 @@ def prepare_ml_datasets(settings: Settings, params: dict[str, Any], job_id: str 
     configs = (
         [TrainingSetConfig.from_dict(params["config"])]
         if "config" in params
-        else [TrainingSetConfig.from_file(_repo_path(settings, f)) for f in params["configs"]]
+        else [TrainingSetConfig.from_file(_repo_path(settings, f), name=f) for f in params["configs"]]
     )
     built = []
     for config in configs:

@@ -129,8 +129,8 @@ def run_job(ctx: WorkerContext, task: Any, kind: str, job_id: str) -> str:
                 ctx.jobs.fail(job_id, job.attempts, str(exc))
             except Exception as exc:
                 log.exception("job %s (%s) failed unexpectedly", job_id, job.kind)
-                ctx.jobs.fail(
-                    job_id, job.attempts, f"unexpected {type(exc).__name__}: {exc}; the worker log has the traceback"
+                ctx.jobs.fail(  # its text may quote a file or a value: the log has it, the job record does not
+                    job_id, job.attempts, f"unexpected {type(exc).__name__}; the worker log has the details"
                 )
             else:
                 outcome = "succeeded" if ctx.jobs.succeed(job_id, job.attempts, result) else "lost"

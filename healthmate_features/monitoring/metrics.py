@@ -2,7 +2,7 @@
 
 What records what:
 - the API's request middleware (`api/metrics.py`): HTTP_REQUESTS, HTTP_SECONDS, HTTP_IN_FLIGHT;
-- `AuditLog.write`: AUDIT_WRITE_SECONDS, AUDIT_WRITE_ERRORS;
+- `AuditLog.write` and the API's group commit (`AuditWriter`): AUDIT_WRITE_SECONDS, AUDIT_WRITE_ERRORS;
 - the job runner: JOBS, JOB_SECONDS;
 - a materialization given `written=record_materialized_rows` (`stores.feature_store.materialize`):
   MATERIALIZED_ROWS;
@@ -36,7 +36,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from healthmate_features.errors import ConfigError
+from healthmate_features.errors import ConfigError, HealthmateError
 
 if TYPE_CHECKING:
     from prometheus_client.registry import Collector
@@ -74,13 +74,13 @@ HTTP_IN_FLIGHT = Gauge(
 )
 AUDIT_WRITE_SECONDS = Histogram(
     "healthmate_audit_write_duration_seconds",
-    "Time of one audit-log write (validation and the INSERT into the SQL store)",
+    "Time of one audit-log write: one entry, or one batch of the API's group commit (one transaction)",
     buckets=_AUDIT_BUCKETS,
     registry=REGISTRY,
 )
 AUDIT_WRITE_ERRORS = Counter(
     "healthmate_audit_write_errors_total",
-    "Audit-log writes that failed (the entry is lost; the server log has the reason)",
+    "Audit entries that could not be written (the server log has the reason; the API answers such a request 503)",
     registry=REGISTRY,
 )
 JOBS = Counter(
@@ -138,7 +138,7 @@ class StoreCollector:
         now = time.time()
         freshness = GaugeMetricFamily(
             "healthmate_feature_view_freshness_seconds",
-            "Seconds since the end of the feature view's last materialization (+Inf: never materialized)",
+            "Seconds since the end of the feature view's last materialization (+Inf: never, or online data lost)",
             labels=["feature_view"],
         )
         ttl = GaugeMetricFamily(
@@ -190,13 +190,21 @@ class StoreCollector:
 
         if self._fs is None:
             self._fs = feature_store.open_feature_store(self.settings)
+        lost = None
+        try:  # Redis's materialization markers: a view whose online data was lost is not fresh
+            lost = feature_store.online_data_lost(self.settings, self._fs)
+            if lost is not None:
+                self._up["online_markers"] = 1.0
+        except HealthmateError as exc:
+            self._up["online_markers"] = 0.0
+            log.warning("metrics: cannot read the online store's materialization markers: %s", exc)
         return [
             (
                 view["name"],
                 view["last_materialized_end"].timestamp() if view["last_materialized_end"] else None,
                 view["ttl_seconds"],
             )
-            for view in feature_view_status(self._fs)
+            for view in feature_view_status(self._fs, lost=lost)
             if view["kind"] == "batch"
         ]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import re
 import shutil
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 
     from healthmate_features.stores.online import OnlineReader
 
+log = logging.getLogger(__name__)
 ROW_COLUMN = "_hm_store_row"  # entity-frame row number carried through a join to restore the order
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # the color codes in Feast's console output
 
@@ -94,16 +96,35 @@ def apply(settings: Settings, *, progress: bool = False) -> str:
     output, stderr = "".join(lines), "".join(errors)
     forget_online_reader(settings)
     if returncode != 0:
-        tail = "\n".join((stderr or output).strip().splitlines()[-8:])
-        raise FeatureRepoError(f"`feast apply` failed in {settings.repo_path}:\n{tail}")
+        raise FeatureRepoError(_apply_failure(returncode, stderr or output))
     return output
+
+
+_OUR_ERROR = re.compile(r"^healthmate_features\.errors\.(\w+): (.+)$")
+_ERROR_KIND = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit))\b")
+
+
+def _apply_failure(returncode: int, output: str) -> str:
+    """The message of a failed `feast apply`: Feast's output goes to the log only, as it can quote
+    feature_store.yaml and absolute paths; an error of this package raised while Feast imported
+    feature_repo/ (written to our rules: no paths, no file contents) is passed on as it is."""
+    lines = _ANSI.sub("", output).strip().splitlines()
+    log.warning("`feast apply` failed with exit code %s:\n%s", returncode, "\n".join(lines[-40:]))
+    for line in reversed(lines):
+        ours = _OUR_ERROR.match(line.strip())
+        if ours:
+            return f"`feast apply` failed: {ours.group(2)}"
+    kinds = [m.group(1).rsplit(".", 1)[-1] for line in lines if (m := _ERROR_KIND.match(line.strip()))]
+    kind = f" ({kinds[-1]})" if kinds else ""
+    return (
+        f"`feast apply` failed with exit code {returncode}{kind}; the server log has Feast's output, "
+        "or run `feast apply` in the repository root to see it"
+    )
 
 
 def _require_registry(store) -> None:
     if not store.list_feature_views():
-        raise FeatureRepoError(
-            f"the Feast registry of {store.repo_path} has no feature views; run `feast apply` from the repository root"
-        )
+        raise FeatureRepoError("the Feast registry has no feature views; run `feast apply` from the repository root")
 
 
 @dataclass(frozen=True)
@@ -175,7 +196,7 @@ def _materializable_views(store: FeatureStore, views: list[str] | None) -> list[
     if unknown:
         raise FeatureViewNotFoundError(
             f"feature view(s) {', '.join(repr(n) for n in unknown)} cannot be materialized: not a stored "
-            f"feature view in the Feast registry of {store.repo_path} (stored views: {', '.join(stored) or 'none'}); "
+            f"feature view in the Feast registry (stored views: {', '.join(stored) or 'none'}); "
             "check the name, or run `feast apply` if the view is new"
         )
     return [stored[name] for name in dict.fromkeys(views)]
@@ -203,6 +224,12 @@ def materialize(
     view overlap, in any process: each view's lock `materialize:<view>` (Backend.lock) is held, in
     name order, for the whole run, and the plan is made from the registry read under the locks.
 
+    On Redis, each view loaded gets its materialization marker (`stores.online_marks`), and
+    `incremental` loads a view whose marker Redis lost from `start` again, whatever the registry
+    says. Feast's Redis client does not retry here: a Redis that stops answering fails the run
+    after HM_REDIS_TIMEOUT_S plus one lock command timeout (HM_CONNECT_TIMEOUT_S) with
+    ServiceUnavailableError naming Redis and the limit.
+
     Side effects: the online store, and each view's materialization interval in the registry
     (Feast records it). Feast's own console output is swallowed; with `progress`, a bar on stderr
     counts the views and shows the one loading. Raises MaterializationError for a window that
@@ -210,11 +237,15 @@ def materialize(
     called after each batch of rows Feast writes to the online store (e.g.
     monitoring.metrics.record_materialized_rows).
     """
+    from healthmate_features import _feast
+    from healthmate_features.stores import online_marks
+    from healthmate_features.stores.online import OnlineReader
+
     backend = backend_for(settings)
     store = open_feature_store(settings)
+    _feast.online_store_without_retries(store)
+    marked = OnlineReader.serves(store.config)  # the Redis online store: markers say what it holds
     if written is not None:
-        from healthmate_features import _feast  # Feast's internals: only when counting
-
         counting: AbstractContextManager[None] = _feast.online_writes_counted(store, written)
     else:
         counting = nullcontext()
@@ -231,11 +262,16 @@ def materialize(
                 locks.enter_context(backend.lock(f"materialize:{name}"))
             store.refresh_registry()  # where the previous run (maybe another process's) ended
             selected = _materializable_views(store, [view.name for view in selected])
+            lost = set()
+            if incremental and marked:
+                lost = set(
+                    online_marks.lost_views(settings, online_marks.recorded_markers(settings, store.project, selected))
+                )
             plan: list[ViewMaterialization] = []
             for view in selected:
                 recorded = view.most_recent_end_time
                 until = _utc(recorded) if recorded is not None else None
-                if incremental and until is not None:
+                if incremental and until is not None and view.name not in lost:
                     plan.append(ViewMaterialization(view.name, until if until < end else None, end, until))
                 else:
                     plan.append(ViewMaterialization(view.name, start, end, until))
@@ -254,8 +290,34 @@ def materialize(
                     bar.set_postfix_str(entry.view)
                     if entry.start is not None:
                         store.materialize(start_date=entry.start, end_date=entry.end, feature_views=[entry.view])
+                        if marked:
+                            online_marks.write_markers(settings, store.project, {entry.view: entry.end})
                     bar.update(1)
     return Materialization(start, end, incremental, tuple(plan))
+
+
+def online_data_lost(settings: Settings, store: FeatureStore) -> set[str] | None:
+    """The feature views whose online data Redis lost: materialized per the registry, marker gone.
+
+    None unless the online store is Redis (only it has markers, `stores.online_marks`). Reads
+    the registry and one MGET; ServiceUnavailableError when Redis does not answer."""
+    from healthmate_features.stores import online_marks
+    from healthmate_features.stores.online import OnlineReader
+
+    if not OnlineReader.serves(store.config):
+        return None
+    return set(online_marks.lost_views(settings, recorded_online_markers(settings, store)))
+
+
+def recorded_online_markers(settings: Settings, store: FeatureStore) -> list:
+    """The materialization markers Redis should hold for the registry's online views (none unless on Redis)."""
+    from healthmate_features.stores import online_marks
+    from healthmate_features.stores.online import OnlineReader
+
+    if not OnlineReader.serves(store.config):
+        return []
+    views = [view for view in store.list_feature_views() if view.online]
+    return online_marks.recorded_markers(settings, store.project, views)
 
 
 def feature_refs(store: FeatureStore, feature_service: str | None) -> list[str] | FeatureService:
@@ -276,32 +338,48 @@ def feature_refs(store: FeatureStore, feature_service: str | None) -> list[str] 
 _NO_READER = object()  # cached for settings whose online store the fast reader does not serve
 _readers: dict[Settings, object] = {}
 _readers_lock = threading.Lock()
+_creating_lock = threading.Lock()  # held while a reader is made (opening it reads the registry)
 
 
 def online_reader(settings: Settings) -> OnlineReader | None:
-    """The process's OnlineReader for the settings (created on first use), or None unless on Redis.
+    """The process's OnlineReader for the settings (created on first use), or None unless on Redis or SQLite.
 
     Opening it checks the servers like open_feature_store; afterwards it follows Feast's registry
-    cache (cache_ttl_seconds), and `apply` in this process drops it.
+    cache (cache_ttl_seconds), and `apply` in this process makes it reload the registry. Its
+    FeatureStore is the long-lived one `online_lookup` uses for whatever the reader does not serve.
     """
     from healthmate_features.stores.online import OnlineReader
 
     with _readers_lock:
         reader = _readers.get(settings)
     if reader is None:
-        store = open_feature_store(settings)
-        reader = OnlineReader(settings, store=store) if OnlineReader.serves(store.config) else _NO_READER
-        with _readers_lock:
-            reader = _readers.setdefault(settings, reader)
+        with _creating_lock:  # one reader per settings, ever: a discarded twin would close a SQLite connection
+            with _readers_lock:
+                reader = _readers.get(settings)
+            if reader is None:
+                store = open_feature_store(settings)
+                reader = OnlineReader(settings, store=store) if OnlineReader.serves(store.config) else _NO_READER
+                with _readers_lock:
+                    _readers[settings] = reader
     return reader if isinstance(reader, OnlineReader) else None
 
 
 def forget_online_reader(settings: Settings) -> None:
-    """Drop the cached OnlineReader of the settings (after an apply: the next lookup re-reads the registry)."""
+    """Make the next lookup of the settings re-read the registry (after an apply); close what the reader holds.
+
+    A Redis reader is dropped and its connection pool closed. A SQLite reader is kept and only
+    told to reload the registry before its next lookup: its FeatureStore holds Feast's connection
+    to the online store file for the process's lifetime (closing a connection to a SQLite file
+    drops every lock the process holds on it, those of a materialization in another thread too).
+    """
     from healthmate_features.stores.online import OnlineReader
 
     with _readers_lock:
-        reader = _readers.pop(settings, None)
+        reader = _readers.get(settings)
+        if isinstance(reader, OnlineReader) and reader.keeps_store:
+            reader.invalidate()
+            return
+        _readers.pop(settings, None)
     if isinstance(reader, OnlineReader):
         reader.close()
 
@@ -320,8 +398,9 @@ def online_lookup(
     view for them; an unknown user's stored features are None like missing values, so read
     `found`. `at` is the request time fed to the on-demand temporal features: one for all users
     or one per user (default: now, UTC).
-    On Redis: read by healthmate_features.stores.online.OnlineReader, which returns what Feast
-    returns; otherwise, and for what that reader does not serve, through Feast, whose per-value
+    On Redis and SQLite: read by healthmate_features.stores.online.OnlineReader, which returns
+    what Feast returns; for what that reader does not serve, through Feast on the reader's
+    long-lived FeatureStore (other online stores: a FeatureStore per call), whose per-value
     statuses say which users have a row (a second, small read decides users without one in the
     views asked for).
     """
@@ -340,7 +419,7 @@ def online_lookup(
                 return reader.read(ids, features=reader.feature_refs(), at=times, full_feature_names=True)
         except OnlineReadError:
             pass  # a selection the fast reader does not serve: Feast's path below
-    store = open_feature_store(settings)
+    store = reader.store if reader is not None else open_feature_store(settings)
     with backend.service_errors():
         _require_registry(store)
         features = feature_refs(store, feature_service)

@@ -1,4 +1,4 @@
-"""A fast online read path for the Redis online store: Feast's answer, without Feast's per-call work.
+"""A fast online read path for the Redis and SQLite online stores: Feast's answer, without Feast's per-call work.
 
 `OnlineReader(settings).get(user_ids, feature_service=...)` returns exactly what
 `FeatureStore.get_online_features(...).to_dict()` returns for the same features and users (same
@@ -13,39 +13,56 @@ fraction of the time:
   fields (murmur3 of `view:feature`); we read all needed fields of all views with ONE pipelined
   HMGET per user, where Feast sends one HMGET per user and view and reads the `_ts:<view>`
   timestamps it then drops;
+- Feast's SQLite online store (embedded profile) keeps one table per view, one row per user and
+  feature; we read every needed row of every view with ONE query (`_SqliteRows`), over the
+  connection of Feast's own online store of the reader's long-lived FeatureStore (never a
+  connection of our own: closing one would drop the process's SQLite locks on the file), where
+  Feast's `get_online_features` first rebuilds its view objects from the registry and then runs
+  one query per view;
 - values are decoded straight from the protobuf wire format for doubles (the bulk of our
   features), with `ValueProto` + Feast's `feast_value_type_to_python_type` for every other kind;
   Feast's key, field and value layout is known to `healthmate_features._feast` only;
-- on-demand views run their own transformation (`transform_arrow`) on the same inputs Feast
-  gives them, and their outputs go through Feast's own type conversion.
+- on-demand views (pandas mode) run their own transformation on the same pandas frame Feast
+  gives them, built straight from the values rather than through an Arrow table (Feast's
+  `transform_arrow` converts to Arrow and back on each side, most of a lookup's time), and their
+  outputs go through Feast's own type conversion.
 
 Like Feast's online read, no view TTL is applied: a value stays readable until the next
 materialization replaces it or Redis expires the user's key (`key_ttl_seconds`).
 
 `read` also says per user whether the online store knows them (`OnlineResult.found`): whether
-the user's hash holds a row of any feature view (the `_ts:<view>` field Feast writes with every
-row), read in the same HMGET. An unknown user and a known user whose values are all null give
-the same features; only `found` tells them apart. (Feast's own Redis read cannot: it marks every
-value PRESENT, even for a key that does not exist.)
+it holds a row of any feature view for the user (on Redis the `_ts:<view>` field Feast writes with
+every row, read in the same HMGET; on SQLite a row in any view's table, in the same query). An
+unknown user and a known user whose values are all null give the same features; only `found`
+tells them apart. (Feast's own Redis read cannot: it marks every value PRESENT, even for a key
+that does not exist.)
+The same pipeline (Redis) reads the materialization markers of the views it reads
+(`stores.online_marks`): a view the registry records as materialized whose marker Redis no longer
+holds raises OnlineStoreLostError instead of answering with its values missing. The reader's Redis
+client waits at most the online deadline (HM_ONLINE_DEADLINE_S) per command, without retries.
 Only views keyed by the single INT64 join key `user_id` are served; anything else raises
 OnlineReadError (`store.online_features` then falls back to Feast).
 """
 
 from __future__ import annotations
 
+import functools
+import sqlite3
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from healthmate_features.backends import backend_for, redis
 from healthmate_features.config import Settings
 from healthmate_features.errors import FeatureRepoError, FeatureServiceNotFoundError, OnlineReadError
+from healthmate_features.stores import online_marks
 
 JOIN_KEY = "user_id"
 UNKNOWN_REFRESH_S = 5.0  # an unknown feature service refreshes the registry at most this often
+SQLITE_USERS_PER_QUERY = 500  # users per SQLite query (bound parameters stay far below SQLite's limit)
 
 
 def as_user_ids(user_ids: Sequence[Any]) -> list[int]:
@@ -79,6 +96,8 @@ class _Odfv:
     outputs: list[str]
     types: dict[str, Any]
     inputs: list[str]  # response names of the source features the transformation reads
+    aliases: list[tuple[str, str]]  # (full `view__feature`, short) name of each source feature (Feast's preprocessing)
+    renames: dict[str, str]  # output column -> response name (Feast's postprocessing of the transformation's columns)
 
 
 @dataclass
@@ -93,22 +112,27 @@ class _Plan:
     known: list[bytes] = field(default_factory=list)  # `_ts:<view>` of every view: does the user have a row?
     full_feature_names: bool = False
     generic: set[int] = field(default_factory=set)  # field indexes whose type needs Feast's decoder
+    sqlite: _SqliteQuery | None = None  # SQLite: the query reading `fields` (and `known`) of a set of users
+    markers: list[online_marks.Marker] = field(default_factory=list)  # of the views read that were materialized
 
 
 class OnlineReader:
-    """Online features from the Redis online store, equal to Feast's get_online_features, faster.
+    """Online features from the Redis or SQLite online store, equal to Feast's get_online_features, faster.
 
-    One reader per process: it keeps a Feast FeatureStore (for the registry), a Redis connection
-    pool and the resolved plans. Thread-safe for concurrent `get` calls.
+    One reader per process: it keeps a Feast FeatureStore (for the registry and, on SQLite, the
+    connection of Feast's online store), a Redis connection pool and the resolved plans.
+    Thread-safe for concurrent `get` calls.
     """
+
+    SERVED = ("redis", "sqlite")
 
     @staticmethod
     def serves(config: Any) -> bool:
-        """Whether a Feast RepoConfig's online store is one this reader reads (Redis)."""
-        return getattr(config.online_store, "type", None) == "redis"
+        """Whether a Feast RepoConfig's online store is one this reader reads (Redis or SQLite)."""
+        return getattr(config.online_store, "type", None) in OnlineReader.SERVED
 
     def __init__(self, settings: Settings, *, store: Any = None) -> None:
-        """Open the profile's Feast store (or use `store`); raises OnlineReadError unless it is on Redis."""
+        """Open the profile's Feast store (or use `store`); raises OnlineReadError unless on Redis or SQLite."""
         from healthmate_features import _feast
 
         self.settings = settings
@@ -119,7 +143,7 @@ class OnlineReader:
             raise OnlineReadError(
                 f"the online store of {self.backend.feature_store_yaml.name} is "
                 f"{getattr(config.online_store, 'type', '?')!r}; "
-                "the fast reader serves Redis only; use store.online_features (Feast) for it"
+                "the fast reader serves Redis and SQLite only; use store.online_features (Feast) for it"
             )
         version = _feast.ENTITY_KEY_SERIALIZATION_VERSION
         if config.entity_key_serialization_version != version:
@@ -138,6 +162,14 @@ class OnlineReader:
         self._plans_registry_ts = None
         self._lock = threading.Lock()
         self._unknown_refresh_at = float("-inf")
+        self._stale = False
+        self._refs: tuple[Any, list[str]] | None = None  # (registry stamp, feature_refs())
+        self._sqlite = _SqliteRows(self.store) if config.online_store.type == "sqlite" else None
+
+    @property
+    def keeps_store(self) -> bool:
+        """True on SQLite: its FeatureStore holds Feast's connection to the store file; keep it for the process."""
+        return self._sqlite is not None
 
     # --- registry -------------------------------------------------------------------------
 
@@ -146,6 +178,15 @@ class OnlineReader:
         self.store.refresh_registry()
         with self._lock:
             self._plans.clear()
+            self._refs = None
+            self._stale = False
+
+    def invalidate(self) -> None:
+        """Drop every plan and reload the registry before the next lookup (after an apply in this process)."""
+        with self._lock:
+            self._plans.clear()
+            self._refs = None
+            self._stale = True
 
     def _refreshed_recently(self) -> bool:
         """Refresh the registry for an unknown name, at most once per UNKNOWN_REFRESH_S; True if it did."""
@@ -157,9 +198,7 @@ class OnlineReader:
         return True
 
     def _plan(self, feature_service: str | None, features: list[str] | None, full_feature_names: bool) -> _Plan:
-        from healthmate_features._feast import registry_cache_stamp
-
-        registry_ts = registry_cache_stamp(self.store.registry)  # Feast's own TTL: changes when its cache reloads
+        registry_ts = self._registry_stamp()
         key = (feature_service, tuple(features) if features is not None else None, full_feature_names)
         with self._lock:
             if registry_ts != self._plans_registry_ts:
@@ -171,6 +210,14 @@ class OnlineReader:
             with self._lock:
                 self._plans[key] = plan
         return plan
+
+    def _registry_stamp(self) -> Any:
+        """Feast's registry cache time after its own TTL check (and a reload after `invalidate`)."""
+        from healthmate_features._feast import registry_cache_stamp
+
+        if self._stale:
+            self.refresh()
+        return registry_cache_stamp(self.store.registry)  # Feast's own TTL: changes when its cache reloads
 
     def _build_plan(self, feature_service: str | None, features: list[str] | None, full_feature_names: bool) -> _Plan:
         from healthmate_features import _feast
@@ -209,6 +256,7 @@ class OnlineReader:
             )
 
         fields: list[bytes] = []
+        slots: list[tuple[Any, str]] = []  # (view, feature) of each field
         index: dict[bytes, int] = {}
         columns: list[tuple[str, int]] = []
         generic: set[int] = set()
@@ -224,6 +272,7 @@ class OnlineReader:
                 if hashed not in index:
                     index[hashed] = len(fields)
                     fields.append(hashed)
+                    slots.append((view, name))
                 columns.append((f"{prefix}__{name}" if full_feature_names else name, index[hashed]))
                 if types.get(name) is None or types[name].name != "DOUBLE":
                     generic.add(index[hashed])
@@ -251,43 +300,74 @@ class OnlineReader:
                 for f in p.features
             ]
             types = {f.name: f.dtype.to_value_type() for f in view.schema}
-            odfv_plans.append(_Odfv(view=view, outputs=outputs[view_name], types=types, inputs=inputs))
+            aliases = [
+                (f"{p.name}__{f.name}", f.name)
+                for p in view.source_feature_view_projections.values()
+                for f in p.features
+            ]
+            prefix = view.projection.name_to_use()
+            full_names = {f.name: f"{prefix}__{f.name}" for f in view.features}  # Feast's projected names
+            renames = full_names if full_feature_names else {full: short for short, full in full_names.items()}
+            odfv_plans.append(
+                _Odfv(
+                    view=view, outputs=outputs[view_name], types=types, inputs=inputs, aliases=aliases, renames=renames
+                )
+            )
 
         request = sorted(context.request_data)
         stored = [name for name, _ in columns]
         order = [JOIN_KEY] + request + stored
         order = [name for name in order if name in context.result_names or name == JOIN_KEY]
         # ODFV outputs follow in the order each transformation returns them: known after its first run.
+        user_views = self._user_views()
+        recorded = {v.name: v for v in registry.list_feature_views(self.project, allow_cache=True)}
+        read = [recorded[name] for name in dict.fromkeys(v.name for v, _ in context.grouped_refs) if name in recorded]
+        markers = online_marks.recorded_markers(self.settings, self.project, read) if self._sqlite is None else []
         return _Plan(
+            markers=markers,
             fields=fields,
             columns=columns,
             request_data=request,
             odfvs=odfv_plans,
             order=order,
-            known=self._known_fields(),
+            known=self._known_fields(user_views),
             full_feature_names=full_feature_names,
             generic=generic,
+            sqlite=self._sqlite.query(slots, user_views) if self._sqlite is not None else None,
         )
 
-    def _known_fields(self) -> list[bytes]:
+    def _user_views(self) -> list[Any]:
+        """Every feature view keyed by user_id (cached registry); on SQLite only online ones (those have a table)."""
+        views = self.store.registry.list_feature_views(self.project, allow_cache=True)
+        return [v for v in views if list(v.join_keys) == [JOIN_KEY] and (self._sqlite is None or v.online)]
+
+    def _known_fields(self, views: list[Any] | None = None) -> list[bytes]:
         """The `_ts:<view>` field of every feature view keyed by user_id (cached registry)."""
         from healthmate_features._feast import redis_timestamp_field
 
-        views = self.store.registry.list_feature_views(self.project, allow_cache=True)
-        return [redis_timestamp_field(v.name) for v in views if list(v.join_keys) == [JOIN_KEY]]
+        views = self._user_views() if views is None else views
+        return [redis_timestamp_field(v.name) for v in views]
 
     def feature_refs(self) -> list[str]:
-        """Every feature of every feature view and on-demand view, as 'view:feature' refs (cached registry)."""
+        """Every feature of every feature view and on-demand view, as 'view:feature' refs (cached registry).
+
+        Resolved once per registry cache (Feast builds the view objects anew on every listing)."""
+        stamp = self._registry_stamp()
+        cached = self._refs
+        if cached is not None and cached[0] == stamp and stamp is not None:
+            return list(cached[1])
         registry = self.store.registry
         views = registry.list_feature_views(self.project, allow_cache=True)
         odfvs = registry.list_on_demand_feature_views(self.project, allow_cache=True)
-        return [f"{v.name}:{f.name}" for v in [*views, *odfvs] for f in v.features]
+        refs = [f"{v.name}:{f.name}" for v in [*views, *odfvs] for f in v.features]
+        self._refs = (stamp, refs)
+        return list(refs)
 
     # --- redis ----------------------------------------------------------------------------
 
     def _redis(self):
         if self._client is None:
-            self._client = redis.connect(self.settings)
+            self._client = redis.connect(self.settings, timeout_s=self.settings.online_deadline_s)
         return self._client
 
     def redis_key(self, user_id: int) -> bytes:
@@ -295,7 +375,7 @@ class OnlineReader:
         return self._key_of(user_id)
 
     def close(self) -> None:
-        """Close the Redis connection pool (the Feast store's own connections are Feast's)."""
+        """Close the Redis connection pool (the Feast store's own connections, SQLite's too, are Feast's)."""
         if self._client is not None:
             self._client.close()
             self._client = None
@@ -340,9 +420,15 @@ class OnlineReader:
         plan = self._plan(feature_service, features, full_feature_names)
 
         fields = plan.fields
-        replies = self._hmget(ids, [*fields, *plan.known])
-        rows = [replies[u][: len(fields)] for u in ids]
-        found = [any(value is not None for value in replies[u][len(fields) :]) for u in ids]
+        if self._sqlite is not None:
+            assert plan.sqlite is not None  # built with the plan on SQLite
+            stored, known = self._sqlite.read(ids, plan.sqlite)
+            rows = [stored[u] for u in ids]
+            found = [known[u] for u in ids]
+        else:
+            replies = self._hmget(ids, [*fields, *plan.known], markers=plan.markers)
+            rows = [replies[u][: len(fields)] for u in ids]
+            found = [any(value is not None for value in replies[u][len(fields) :]) for u in ids]
 
         from healthmate_features._feast import decode_values
 
@@ -357,27 +443,46 @@ class OnlineReader:
         return OnlineResult(features={name: response[name] for name in plan.order}, found=found)
 
     def known(self, user_ids: Sequence[int]) -> list[bool]:
-        """Per user: whether the online store holds a row of any feature view for them (one HMGET each)."""
+        """Per user: whether the online store holds a row of any feature view for them (HMGETs; SQLite: a query)."""
         ids = as_user_ids(user_ids)
-        replies = self._hmget(ids, self._known_fields())
+        if self._sqlite is not None:
+            _, known = self._sqlite.read(ids, self._sqlite.query([], self._user_views()))
+            return [known[u] for u in ids]
+        views = self.store.registry.list_feature_views(self.project, allow_cache=True)
+        markers = online_marks.recorded_markers(self.settings, self.project, views)
+        replies = self._hmget(ids, self._known_fields(), markers=markers)
         return [any(value is not None for value in replies[u]) for u in ids]
 
-    def _hmget(self, ids: list[int], fields: list[bytes]) -> dict[int, list]:
-        """user id -> the values of `fields` in the user's hash (None where absent): one pipelined HMGET per user."""
+    def _hmget(self, ids: list[int], fields: list[bytes], *, markers: list[online_marks.Marker]) -> dict[int, list]:
+        """user id -> the values of `fields` in the user's hash (None where absent): one pipelined HMGET per user.
+
+        The same pipeline reads the `markers` (one MGET); OnlineStoreLostError if one is missing."""
         unique = list(dict.fromkeys(ids))
-        if not fields:
+        if not fields and not markers:
             return {u: [] for u in unique}
-        with self.backend.service_errors():
+        deadline = self.settings.online_deadline_s
+        with redis.answered_within(self.settings, timeout_s=deadline, setting="HM_ONLINE_DEADLINE_S"):
             pipe = self._redis().pipeline(transaction=False)
             key_of = self._key_of
-            for user_id in unique:
+            for user_id in unique if fields else ():
                 pipe.hmget(key_of(user_id), fields)
-            return dict(zip(unique, pipe.execute(), strict=True))
+            if markers:
+                pipe.mget([key for _, key, _ in markers])
+            replies = pipe.execute()
+        if markers:
+            online_marks.check(self.settings, markers, replies.pop())
+        if not fields:
+            return {u: [] for u in unique}
+        return dict(zip(unique, replies, strict=True))
 
     def _on_demand(self, plan: _Plan, response: dict[str, list], ids: list[int], at) -> dict[str, list]:
-        """Run each requested on-demand view's own transformation; extend plan.order on first use."""
+        """Run each requested on-demand view's own transformation; extend plan.order on first use.
+
+        The view's pandas function gets the frame Feast's `transform_arrow` would give it (the
+        columns of `pandas_frame`, with each source feature under its short and full name) and
+        its output columns are converted as Feast converts them (`arrow_values`), without the
+        Arrow tables Feast builds around the call."""
         import pandas as pd
-        import pyarrow as pa
         from feast.value_type import ValueType
 
         from healthmate_features._feast import as_feast_values
@@ -396,15 +501,170 @@ class OnlineReader:
         out: dict[str, list] = {}
         extra_order: list[str] = []
         for odfv in plan.odfvs:
-            table = pa.Table.from_pydict({JOIN_KEY: ids, **request, **{name: response[name] for name in odfv.inputs}})
-            result = odfv.view.transform_arrow(table, plan.full_feature_names)
-            for name in result.column_names:
-                if name not in odfv.outputs:
+            columns = {JOIN_KEY: ids, **request, **{name: response[name] for name in odfv.inputs}}
+            for full, short in odfv.aliases:  # Feast's _preprocess_arrow_table: both names of each source feature
+                if full in columns:
+                    columns.setdefault(short, columns[full])
+                elif short in columns:
+                    columns[full] = columns[short]
+            result = odfv.view.feature_transformation.transform(pandas_frame(columns))
+            for column in result.columns:
+                name = odfv.renames.get(column, column)
+                if name not in odfv.outputs or name in out:
                     continue
                 short = name.split("__", 1)[1] if "__" in name else name
                 vtype = odfv.types.get(short, ValueType.UNKNOWN)
-                out[name] = as_feast_values(result[name].to_numpy(), vtype)
+                out[name] = as_feast_values(arrow_values(result[column]), vtype)
                 extra_order.append(name)
         if not set(extra_order) <= set(plan.order):
             plan.order.extend(n for n in extra_order if n not in plan.order)
         return out
+
+
+# --- on-demand views: the frames Feast's pandas transformations see -------------------------------------
+
+_NONE = type(None)
+
+
+def pandas_frame(columns: dict[str, list]) -> Any:
+    """`pyarrow.Table.from_pydict(columns).to_pandas()`, the frame Feast hands a pandas transformation, built directly.
+
+    Lists of ints, of floats and ints with nulls, of strings with nulls and of nulls only become
+    the numpy arrays Arrow gives pandas (int64; float64 with NaN; object with None); any other
+    list (datetimes, booleans, lists, ...) goes through Arrow, one column at a time. Equal column
+    for column, dtype for dtype, to the Arrow round trip (tests/unit/test_online_frames.py).
+    """
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+
+    arrays: dict[str, Any] = {}
+    for name, values in columns.items():
+        kinds = set(map(type, values))
+        if kinds == {int}:
+            try:
+                arrays[name] = np.array(values, dtype=np.int64)
+                continue
+            except OverflowError:
+                pass  # beyond int64: Arrow says what it does with it
+        elif kinds and kinds <= {float, int, _NONE} and kinds & {float, int}:
+            arrays[name] = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+            continue
+        elif kinds <= {str, _NONE}:  # strings with nulls, or only nulls: objects as they are
+            arrays[name] = np.array(values, dtype=object) if values else np.array([], dtype=object)
+            continue
+        elif kinds == {datetime} and all(v.tzinfo is timezone.utc for v in values):  # request times
+            ticks = np.array([(v - _EPOCH) // _MICROSECOND for v in values], dtype=np.int64)
+            arrays[name] = pd.array(ticks, dtype=_utc_microseconds())
+            continue
+        arrays[name] = pa.array(values).to_pandas().array
+    return pd.DataFrame(arrays)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+@functools.cache
+def _utc_microseconds() -> Any:
+    """The pandas dtype Arrow gives a column of UTC datetimes (datetime64[us, UTC], Arrow's own tz object)."""
+    import pyarrow as pa
+
+    return pa.array([_EPOCH]).to_pandas().dtype
+
+
+def arrow_values(column: Any) -> Any:
+    """A transformation's output column as Feast reads it: `pa.Table.from_pandas(frame)[name].to_numpy()`.
+
+    float64 and int64 columns are their own numpy arrays (Arrow's NaN -> null -> NaN round trip
+    changes nothing); any other dtype goes through Arrow."""
+    import numpy as np
+    import pyarrow as pa
+
+    if isinstance(column.dtype, np.dtype) and column.dtype in (np.float64, np.int64):
+        return column.to_numpy()
+    return pa.array(column, from_pandas=True).to_numpy(zero_copy_only=False)
+
+
+# --- SQLite: Feast's SQLite online store, read in one query -----------------------------------------------
+
+
+@dataclass
+class _SqliteQuery:
+    """The query of one plan: the rows of its fields, and a row per user of any view keyed by user_id."""
+
+    body: str  # SELECTs over the table `k(entity_key)` of the users' keys, UNION ALL
+    params: list[str]  # the feature names the SELECTs bind, after the keys
+    index: dict[tuple[int, str], int]  # (SELECT number, feature name) -> index into the plan's fields
+    width: int  # number of fields
+
+
+def _quote(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+class _SqliteRows:
+    """Rows of Feast's SQLite online store, read with its own connection: one query per lookup.
+
+    The connection is the one Feast's online store of `store` opened (`_feast.sqlite_connection`):
+    the FeatureStore keeps it for its lifetime, and nothing here opens or closes one.
+    """
+
+    def __init__(self, store: Any) -> None:
+        from healthmate_features import _feast
+
+        self.project = store.config.project
+        self._conn = _feast.sqlite_connection(store)
+        self._key_of = _feast.int64_entity_key(JOIN_KEY)
+        self._lock = threading.Lock()
+
+    def query(self, slots: list[tuple[Any, str]], known: list[Any]) -> _SqliteQuery:
+        """The query reading `slots` ((view, feature) per field) and whether users have a row in any `known` view."""
+        from healthmate_features._feast import sqlite_table
+
+        tables: dict[str, list[str]] = {}
+        for view, name in slots:
+            tables.setdefault(sqlite_table(self.project, view), []).append(name)
+        selects: list[str] = []
+        params: list[str] = []
+        index: dict[tuple[int, str], int] = {}
+        for number, (table, names) in enumerate(tables.items()):
+            marks = ", ".join("?" * len(names))
+            selects.append(
+                f"SELECT {number}, entity_key, feature_name, value FROM {_quote(table)} "
+                f"WHERE entity_key IN k AND feature_name IN ({marks})"
+            )
+            params.extend(names)
+        for field_index, (view, name) in enumerate(slots):
+            index[(list(tables).index(sqlite_table(self.project, view)), name)] = field_index
+        for table in dict.fromkeys(sqlite_table(self.project, view) for view in known):
+            selects.append(f"SELECT DISTINCT -1, entity_key, NULL, NULL FROM {_quote(table)} WHERE entity_key IN k")
+        return _SqliteQuery(body=" UNION ALL ".join(selects), params=params, index=index, width=len(slots))
+
+    def read(self, ids: list[int], query: _SqliteQuery) -> tuple[dict[int, list], dict[int, bool]]:
+        """Per distinct user: the stored values of the query's fields (None where absent), and whether it is known.
+
+        Raises OnlineReadError when a table is missing (a view applied without its table)."""
+        unique = list(dict.fromkeys(ids))
+        keys = {self._key_of(u): u for u in unique}
+        values: dict[int, list] = {u: [None] * query.width for u in unique}
+        found: set[int] = set()
+        if not query.body:
+            return values, dict.fromkeys(unique, False)
+        batch = list(keys)
+        for start in range(0, len(batch), SQLITE_USERS_PER_QUERY):
+            chunk = batch[start : start + SQLITE_USERS_PER_QUERY]
+            marks = ", ".join(["(?)"] * len(chunk))
+            sql = f"WITH k(entity_key) AS (VALUES {marks}) {query.body}"
+            try:
+                with self._lock:
+                    rows = self._conn.execute(sql, [*chunk, *query.params]).fetchall()
+            except sqlite3.OperationalError as exc:
+                raise OnlineReadError(f"the SQLite online store cannot be read as Feast laid it out: {exc}") from exc
+            index = query.index
+            for number, key, name, value in rows:
+                user = keys[key]
+                found.add(user)
+                if number >= 0:
+                    values[user][index[(number, name)]] = value
+        return values, {u: u in found for u in unique}

@@ -34,7 +34,7 @@ from pydantic import ConfigDict, Field
 from healthmate_features.backends import backend_for
 from healthmate_features.config import Settings
 from healthmate_features.datasets.dataset import ProcessedDataset, data_hash, frame_hash
-from healthmate_features.datasets.registry import Bump, DatasetRegistry
+from healthmate_features.datasets.registry import Bump, DatasetRegistry, check_name
 from healthmate_features.datasets.saved import register_versions
 from healthmate_features.errors import ConfigError, DatasetVersionError, FeatureRepoError
 from healthmate_features.features.catalog import FEATURE_TABLES
@@ -43,6 +43,8 @@ from healthmate_features.stores import feature_store as store
 from healthmate_features.training.entities import (
     REQUIRED,
     EntityReport,
+    check_entity_file,
+    entity_format,
     read_entity_columns,
     read_entity_frame,
     require_columns,
@@ -56,7 +58,9 @@ from healthmate_features.training.preprocessing import (
     validate_config,
 )
 from healthmate_features.training.splits import SplitConfig, split_frame
+from healthmate_features.util.text import yaml_problem
 
+RESERVED_PREFIXES = ("_hm_", "__hm_")  # internal columns of a join (e.g. the entity row number)
 _EXAMPLE: dict[str, Any] = {
     "name": "health_risk",
     "feature_service": "health_risk_v1",
@@ -119,6 +123,15 @@ class TrainingSetConfig:
                 f"label {data['label']!r} is a key column of the entity frame; "
                 "set label to the outcome column, e.g. adverse_event_30d"
             )
+        if data["label"].startswith(RESERVED_PREFIXES):
+            raise ConfigError(
+                f"label {data['label']!r} starts with {' or '.join(map(repr, RESERVED_PREFIXES))}, which is reserved "
+                "for the package's internal columns; rename the label column"
+            )
+        try:
+            check_name(data["name"])
+        except DatasetVersionError as exc:
+            raise ConfigError(f"training-set config name: {exc}") from exc
         config = cls(**dict(data))
         if config.task not in TASKS:
             raise ConfigError(f"task {config.task!r} is not one of {', '.join(TASKS)}")
@@ -131,14 +144,17 @@ class TrainingSetConfig:
         return config
 
     @classmethod
-    def from_file(cls, path: str | Path) -> TrainingSetConfig:
+    def from_file(cls, path: str | Path, *, name: str | None = None) -> TrainingSetConfig:
+        """Read and validate a YAML config file; errors show it as `name` (default: the path) and
+        never quote its lines."""
         path = Path(path)
+        shown = name or str(path)
         try:
             data = yaml.safe_load(path.read_text())
         except OSError as exc:
-            raise ConfigError(f"cannot read training-set config {path}: {exc.strerror}") from exc
+            raise ConfigError(f"cannot read training-set config {shown}: {exc.strerror}") from exc
         except yaml.YAMLError as exc:
-            raise ConfigError(f"training-set config {path} is not valid YAML: {exc}") from exc
+            raise ConfigError(f"training-set config {shown} is not valid YAML: {yaml_problem(exc)}") from exc
         return cls.from_dict(data or {})
 
     def to_dict(self) -> dict[str, Any]:
@@ -251,32 +267,69 @@ def resolve_entities(config: TrainingSetConfig, settings: Settings) -> Path:
     return path if path.is_absolute() else settings.repo_path / path
 
 
+_SQLITE_COMPANIONS = ("", "-wal", "-shm", "-journal")
+
+
+def package_state(settings: Settings, fs: Any) -> tuple[list[Path], list[Path]]:
+    """The package's own state that is never read as an entity frame: (files, directories).
+
+    Files: everything directly in data/ except Parquet and CSV files (the SQL store, the job
+    broker, the scheduler's state, ...), and the Feast registry and SQLite online store of `fs`
+    wherever they are, each with SQLite's -wal/-shm/-journal companions. Directories: dataset
+    versions and feature tables. Nothing is opened (a directory listing only)."""
+    files: list[Path] = []
+    if settings.data_dir.is_dir():
+        files += [p for p in settings.data_dir.iterdir() if p.suffix.lower() not in (".parquet", ".csv")]
+    named = [settings.sql_path, settings.broker_path]
+    for configured in (getattr(fs.config.registry, "path", None), getattr(fs.config.online_store, "path", None)):
+        if isinstance(configured, str) and configured and "://" not in configured:
+            named.append(Path(configured) if Path(configured).is_absolute() else settings.repo_path / configured)
+    files += [p.with_name(p.name + extra) for p in named for extra in _SQLITE_COMPANIONS]
+    return files, [settings.datasets_dir, settings.features_dir]
+
+
 def check_sources(config: TrainingSetConfig, settings: Settings, *, within: Path | None = None, fs: Any = None) -> Path:
     """Fail fast before a long build: what a config names exists. The HTTP API runs it before
     accepting a build and `build_training_set` runs it first, so both refuse the same configs.
 
-    The entity file exists (inside `within`, when given), the feature service is registered in
-    `fs` (default: the profile's Feast store), and the entity file has the columns user_id,
-    event_timestamp and the label (read from its schema or header only). Returns the entity file's path;
-    raises ConfigError or EntityFrameError naming the value, what exists and the fix."""
+    The entity file exists (inside `within`, when given), is Parquet or CSV and is none of the
+    package's own state (`package_state`; checked without opening it: closing a SQLite file
+    drops the locks of the whole process), the feature service is registered in `fs` (default:
+    the profile's Feast store), and the entity file has the columns user_id, event_timestamp and
+    the label (read from its schema or header only). Returns the entity file's path; raises
+    ConfigError or EntityFrameError naming the value as given (never an absolute server path),
+    what exists and the fix."""
     if "\x00" in config.entities:
         raise ConfigError("entities is a path and cannot contain a NUL character")
+    name = config.entities
     path = resolve_entities(config, settings)
     if within is not None and not path.resolve().is_relative_to(Path(within).resolve()):
-        raise ConfigError(f"entities {config.entities!r} lies outside {within}; use a path inside the repository")
+        raise ConfigError(
+            f"entities {name!r} lies outside the repository; use a path relative to the repository root, "
+            "e.g. data/ingested/labels.parquet"
+        )
+    entity_format(path, name=name)
     if not path.is_file():
         raise ConfigError(
-            f"entities file {config.entities!r} not found (looked at {path}); write it first, "
+            f"entities file {name!r} not found (relative to the repository root); write it first, "
             "e.g. with `healthmate-features ingest`"
         )
     fs = fs if fs is not None else store.open_feature_store(settings)
+    state_files, state_dirs = package_state(settings, fs)
+    check_entity_file(path, name=name, state_files=state_files, state_dirs=state_dirs)
     names = sorted(s.name for s in fs.list_feature_services())
     if config.feature_service not in names:
         raise ConfigError(
             f"feature service {config.feature_service!r} is not registered (have: {', '.join(names)}); "
             "run `feast apply` if it is new"
         )
-    require_columns(read_entity_columns(path), label=config.label, source=f"entities file {config.entities!r}")
+    features = {ref.split(":", 1)[1] for ref in _feature_refs(fs, config.feature_service)}
+    if config.label in features:
+        raise ConfigError(
+            f"label {config.label!r} is also a feature of feature service {config.feature_service!r}, so the "
+            "joined frame would hold two columns of that name; rename the label column in the entity file"
+        )
+    require_columns(read_entity_columns(path, name=name), label=config.label, source=f"entities file {name!r}")
     return path
 
 
@@ -285,7 +338,7 @@ def build_training_set(config: TrainingSetConfig | Mapping[str, Any], settings: 
     config = config if isinstance(config, TrainingSetConfig) else TrainingSetConfig.from_dict(config)
     fs = store.open_feature_store(settings)
     entities_path = check_sources(config, settings, fs=fs)
-    raw, erased = drop_erased(read_entity_frame(entities_path), settings)
+    raw, erased = drop_erased(read_entity_frame(entities_path, name=config.entities), settings)
     refs = _feature_refs(fs, config.feature_service)
     joined, entity_report = join_features(
         raw,

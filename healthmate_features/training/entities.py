@@ -11,10 +11,14 @@ Rules (README "Entity frames"):
   nanosecond timestamps; ours does not need this but the frame stays portable).
 - Duplicate rows are kept; row order and count are the input's. Users the feature tables do
   not know are counted and reported (their features come back null), not dropped.
+- Files: Parquet (`.parquet`) or CSV (`.csv`), by name; `check_entity_file` also refuses the
+  package's own state (store files, dataset versions, feature tables) without opening it.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +29,7 @@ import pyarrow.parquet as pq
 from healthmate_features.errors import EntityFrameError
 
 REQUIRED = ("user_id", "event_timestamp")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -42,41 +47,118 @@ class EntityReport:
     time_range: list[str] = field(default_factory=list)
 
 
-def _existing(path: Path) -> Path:
+FORMATS = {".parquet": "Parquet", ".csv": "CSV"}  # an entity file's suffix (any case) -> its format
+_SNIFF_BYTES = 4096
+
+
+def entity_format(path: Path, *, name: str | None = None) -> str:
+    """The format of an entity file by its name, and by its target's name for a symlink: `.parquet` or `.csv`.
+
+    Raises EntityFrameError naming the file (`name`, default the path) for any other suffix."""
+    shown = name or str(path)
+    suffixes = {path.suffix.lower(), path.resolve().suffix.lower() if path.is_symlink() else path.suffix.lower()}
+    if len(suffixes) != 1 or not suffixes <= set(FORMATS):
+        got = ", ".join(repr(s or "(none)") for s in sorted(suffixes))
+        raise EntityFrameError(
+            f"entities {shown!r} is not a Parquet or CSV file by its name (suffix {got}); "
+            "pass a .parquet or .csv file with user_id, event_timestamp and the label, "
+            "e.g. data/ingested/labels.parquet"
+        )
+    return suffixes.pop()
+
+
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def check_entity_file(path: Path, *, name: str, state_files: Iterable[Path], state_dirs: Iterable[Path]) -> str:
+    """Refuse an entity file that is not Parquet or CSV, or that is part of the package's own state.
+
+    `state_files` are the stores' files (SQLite databases with their -wal/-shm/-journal files,
+    the Feast registry, ...), `state_dirs` directories of package state (dataset versions,
+    feature tables). A state file is never opened here: the file is compared by path (symlinks
+    resolved) and by device and inode (hard links too) with `os.stat`, because closing any file
+    descriptor of a SQLite database drops the locks the whole process holds on it. Only then is
+    the file's start read: a Parquet file starts with `PAR1`, a CSV file has no NUL bytes.
+    Returns the format's suffix; raises EntityFrameError naming `name` and the fix."""
+    suffix = entity_format(path, name=name)
+    target = path.resolve()
+    fix = "pass your own Parquet or CSV file of labels, e.g. data/ingested/labels.parquet"
+    if any(target.is_relative_to(d.resolve()) for d in state_dirs):
+        raise EntityFrameError(
+            f"entities {name!r} lies in the package's own state (dataset versions, feature tables), "
+            f"which is never read as an entity frame; {fix}"
+        )
+    stat = _existing(path, name).stat()
+    for state in state_files:
+        try:
+            known = state.stat()
+        except OSError:
+            continue
+        if target == state.resolve() or _same_file(stat, known):
+            raise EntityFrameError(
+                f"entities {name!r} is one of the package's own store files (SQL store, job broker, "
+                f"Feast registry or online store), which is never read as an entity frame; {fix}"
+            )
+    try:
+        with open(path, "rb") as handle:
+            start = handle.read(_SNIFF_BYTES)
+    except OSError as exc:
+        raise _unreadable(name, suffix, exc) from exc
+    if (suffix == ".parquet" and not start.startswith(b"PAR1")) or (suffix == ".csv" and b"\x00" in start):
+        raise EntityFrameError(
+            f"entities {name!r} is named {suffix} but its content is not {FORMATS[suffix]}; "
+            f"write it as {FORMATS[suffix]} (with user_id, event_timestamp and the label) or rename it"
+        )
+    return suffix
+
+
+def _existing(path: Path, name: str) -> Path:
     if not path.exists():
         raise EntityFrameError(
-            f"entity frame file {path} does not exist; "
+            f"entity frame file {name!r} does not exist; "
             "pass a Parquet or CSV file with user_id, event_timestamp and the label"
         )
     return path
 
 
-def _unreadable(path: Path, exc: Exception) -> EntityFrameError:
-    return EntityFrameError(f"cannot read entity frame {path}: {exc}; expected Parquet (.parquet) or CSV with a header")
+def _unreadable(name: str, suffix: str, exc: Exception) -> EntityFrameError:
+    """The error for an entity file its reader fails on: the reader's error kind only (its text may quote the file)."""
+    log.info("entity file %r is unreadable as %s: %s", name, FORMATS[suffix], type(exc).__name__)
+    return EntityFrameError(
+        f"cannot read entity frame {name!r} as {FORMATS[suffix]} ({type(exc).__name__}); "
+        "expected Parquet (.parquet) or CSV with a header (.csv)"
+    )
 
 
-def read_entity_frame(source: pd.DataFrame | str | Path) -> pd.DataFrame:
-    """A DataFrame as is, or read from a Parquet or CSV path."""
+def read_entity_frame(source: pd.DataFrame | str | Path, *, name: str | None = None) -> pd.DataFrame:
+    """A DataFrame as is, or read from a Parquet or CSV path (by its suffix); `name` shows the path in errors."""
     if isinstance(source, pd.DataFrame):
         return source.copy()
-    path = _existing(Path(source))
+    path = Path(source)
+    shown = name or str(path)
+    suffix = entity_format(path, name=shown)
+    _existing(path, shown)
     try:
-        return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+        return pd.read_parquet(path) if suffix == ".parquet" else pd.read_csv(path)
     except Exception as exc:
-        raise _unreadable(path, exc) from exc
+        raise _unreadable(shown, suffix, exc) from exc
 
 
-def read_entity_columns(source: str | Path) -> list[str]:
+def read_entity_columns(source: str | Path, *, name: str | None = None) -> list[str]:
     """The column names `read_entity_frame` would give, read from the file's schema or header only."""
-    path = _existing(Path(source))
+    path = Path(source)
+    shown = name or str(path)
+    suffix = entity_format(path, name=shown)
+    _existing(path, shown)
     try:
-        if path.suffix != ".parquet":
+        if suffix != ".parquet":
             return [str(c) for c in pd.read_csv(path, nrows=0).columns]
         schema = pq.read_schema(path)
         index = {c for c in (schema.pandas_metadata or {}).get("index_columns", []) if isinstance(c, str)}
         return [name for name in schema.names if name not in index]  # a stored pandas index is not a column
     except Exception as exc:
-        raise _unreadable(path, exc) from exc
+        raise _unreadable(shown, suffix, exc) from exc
 
 
 def require_columns(columns: Iterable[object], *, label: str | None = None, source: str = "entity frame") -> None:

@@ -12,6 +12,7 @@ columns are ``pipeline.get_feature_names_out()``.
 from __future__ import annotations
 
 import functools
+import re
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,6 +37,8 @@ from sklearn.preprocessing import MinMaxScaler, OneHotEncoder, OrdinalEncoder, R
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from healthmate_features.errors import ConfigError, HealthmateError, PreprocessingError
+from healthmate_features.util.checks import MAX_SEED, Integer, Number, check
+from healthmate_features.util.text import yaml_problem
 
 Task = Literal["classification", "regression"]  # the learning task a training set is for, defined once
 TASKS: tuple[Task, ...] = get_args(Task)
@@ -59,6 +62,17 @@ _DEFAULTS: dict[str, dict[str, str | None]] = {
     "reduce": {"method": None},
 }
 _SCALERS = {"standard": StandardScaler, "minmax": MinMaxScaler, "robust": RobustScaler}
+MAX_COUNT = 1_000_000  # feature counts (k, n_components): far above any feature service's width
+#: The numeric options' ranges (util.checks), by (section or select method, key).
+LIMITS: dict[tuple[str, str], Number] = {
+    ("numeric", "fill_value"): Number(),
+    ("mutual_info", "k"): Integer(1, MAX_COUNT),
+    ("mutual_info", "random_state"): Integer(0, MAX_SEED),
+    ("variance", "threshold"): Number(0, None),
+    ("correlation", "threshold"): Number(0, 1),
+    ("reduce", "n_components"): Integer(1, MAX_COUNT),
+    ("reduce", "variance_fraction"): Number(0.0, 1.0, open_low=True, open_high=True),
+}
 
 
 # --------------------------------------------------------------------------- config
@@ -86,7 +100,7 @@ def load_config(config: Mapping[str, Any] | str | Path | None) -> dict[str, Any]
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source} is not valid YAML: {exc}") from exc
+        raise ConfigError(f"{source} is not valid YAML: {yaml_problem(exc)}") from exc
     if data is None:
         return {}
     if not isinstance(data, Mapping):
@@ -175,20 +189,20 @@ def _check_fill_value(name: str, section: dict[str, Any]) -> None:
         return
     if value is None:
         section["fill_value"] = 0 if name == "numeric" else "missing"
-    elif name == "numeric" and (isinstance(value, bool) or not isinstance(value, (int, float))):
-        raise ConfigError(f"preprocessing.numeric.fill_value is {value!r}; it must be a number")
+    elif name == "numeric":
+        check("preprocessing.numeric.fill_value", value, LIMITS[("numeric", "fill_value")])
     elif name == "categorical" and not isinstance(value, (str, int, float)):
         raise ConfigError(f"preprocessing.categorical.fill_value is {value!r}; give a string")
 
 
 def _check_n_components(value: Any) -> int | float:
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+    if LIMITS[("reduce", "n_components")].accepts(value):
         return value
-    if isinstance(value, float) and 0.0 < value < 1.0:
+    if isinstance(value, float) and LIMITS[("reduce", "variance_fraction")].accepts(value):
         return value
     raise ConfigError(
         f"preprocessing.reduce.n_components is {value!r}; give a component count "
-        "(integer >= 1) or a fraction of explained variance in (0, 1)"
+        f"({LIMITS[('reduce', 'n_components')].describe()}) or a fraction of explained variance in (0, 1)"
     )
 
 
@@ -213,23 +227,15 @@ def _check_select(index: int, step: Any) -> dict[str, Any]:
     _unknown(f"{where} ({method})", step, ("method", *SELECT_KEYS[method]))
     if method == "mutual_info":
         k = step.get("k", 10)
-        if k != "all" and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
-            raise ConfigError(f"{where}.k is {k!r}; give an integer >= 1 or 'all'")
-        seed = step.get("random_state", 0)
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ConfigError(f"{where}.random_state is {seed!r}; it must be an integer")
+        if k != "all":
+            check(f"{where}.k", k, LIMITS[(method, "k")], hint=", or 'all'")
+        seed = check(f"{where}.random_state", step.get("random_state", 0), LIMITS[(method, "random_state")])
         return {"method": method, "k": k, "random_state": seed}
-    default, high = (0.0, None) if method == "variance" else (0.95, 1.0)
-    threshold = step.get("threshold", default)
-    ok = (
-        isinstance(threshold, (int, float))
-        and not isinstance(threshold, bool)
-        and threshold >= 0
-        and (high is None or threshold <= high)
+    threshold = check(
+        f"{where}.threshold",
+        step.get("threshold", 0.0 if method == "variance" else 0.95),
+        LIMITS[(method, "threshold")],
     )
-    if not ok:
-        bounds = ">= 0" if high is None else "in [0, 1]"
-        raise ConfigError(f"{where}.threshold is {threshold!r}; it must be a number {bounds}")
     return {"method": method, "threshold": float(threshold)}
 
 
@@ -539,5 +545,12 @@ def fit_transform_splits(
     except (ValueError, TypeError) as exc:
         raise PreprocessingError(
             f"preprocessing failed on {len(X_train)} training / {len(X_test)} test rows "
-            f"({X_train.shape[1]} columns): {exc}"
+            f"({X_train.shape[1]} columns): {_without_values(exc)}"
         ) from exc
+
+
+def _without_values(exc: Exception) -> str:
+    """scikit-learn's message without the data values it may quote ("could not convert string to
+    float: 'female'"): its first line, every quoted literal replaced by '...'."""
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return re.sub(r"'[^']*'|\"[^\"]*\"", "'...'", first)[:300]

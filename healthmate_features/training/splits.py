@@ -14,7 +14,6 @@ Three strategies, chosen declaratively with a `SplitConfig`:
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
@@ -25,9 +24,19 @@ import numpy as np
 import pandas as pd
 
 from healthmate_features.errors import ConfigError, EntityFrameError
+from healthmate_features.util.checks import MAX_DAYS, MAX_SEED, Integer, Number, check
 
 STRATEGIES = ("time", "group", "random")
 _TIME_ONLY = ("cutoff", "embargo_days", "label_horizon_days", "allow_short_embargo")
+#: The numeric fields' ranges (util.checks): day counts up to 100 years, a seed numpy accepts.
+LIMITS: dict[str, Number] = {
+    "test_size": Number(0.0, 1.0, open_low=True, open_high=True),
+    "embargo_days": Number(0, MAX_DAYS),
+    "label_horizon_days": Number(0, MAX_DAYS),
+    "seed": Integer(0, MAX_SEED),
+}
+#: Cutoffs a split can move an embargo back from without leaving pandas' timestamp range.
+CUTOFF_RANGE = (pd.Timestamp("1900-01-01", tz="UTC"), pd.Timestamp("2200-01-01", tz="UTC"))
 
 
 class LeakageWarning(UserWarning):
@@ -57,15 +66,12 @@ class SplitConfig:
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"split.strategy is {self.strategy!r}; allowed values: {', '.join(STRATEGIES)}")
-        _check_number("test_size", self.test_size, low=0.0, high=1.0, open_ends=True)
-        if self.embargo_days is not None:
-            _check_number("embargo_days", self.embargo_days, low=0.0)
-        _check_number("label_horizon_days", self.label_horizon_days, low=0.0)
+        for name, limit in LIMITS.items():
+            if not (name == "embargo_days" and self.embargo_days is None):  # None: the required embargo
+                check(f"split.{name}", getattr(self, name), limit)
         for name in ("allow_short_embargo", "stratify"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"split.{name} is {getattr(self, name)!r}; allowed values: true, false")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)):
-            raise ConfigError(f"split.seed is {self.seed!r}; it must be an integer")
         if not isinstance(self.group_column, str) or not self.group_column:
             raise ConfigError(f"split.group_column is {self.group_column!r}; name a column")
         if self.cutoff is not None:
@@ -149,7 +155,7 @@ def split_frame(
     if not isinstance(config, SplitConfig):
         config = SplitConfig.from_dict(config)
     if feature_window_days is not None:
-        _check_number("feature_window_days", feature_window_days, low=0.0, prefix="")
+        check("feature_window_days", feature_window_days, Number(0, MAX_DAYS))
     _require_columns(frame, [c for c in (label_column,) if c is not None])
     report: dict[str, Any] = {
         "strategy": config.strategy,
@@ -400,20 +406,15 @@ def _parse_cutoff(value: Any) -> pd.Timestamp:
         ) from exc
     if pd.isna(cutoff):
         raise ConfigError(f"split.cutoff is {value!r}; give an ISO timestamp")
-    return cutoff.tz_localize("UTC") if cutoff.tzinfo is None else cutoff.tz_convert("UTC")
+    cutoff = cutoff.tz_localize("UTC") if cutoff.tzinfo is None else cutoff.tz_convert("UTC")
+    low, high = CUTOFF_RANGE
+    if not low <= cutoff < high:
+        raise ConfigError(
+            f"split.cutoff is {value!r}; it must be from {low:%Y-%m-%d} to before {high:%Y-%m-%d}, "
+            "e.g. '2025-10-01T00:00:00Z'"
+        )
+    return cutoff
 
 
 def _show(value: Any) -> str:
     return value.isoformat() if isinstance(value, pd.Timestamp) else repr(value)
-
-
-def _check_number(name, value, *, low, high=None, open_ends=False, prefix="split.") -> None:
-    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-    ok = ok and math.isfinite(value)
-    if ok:
-        ok = (low < value if open_ends else low <= value) and (
-            high is None or (value < high if open_ends else value <= high)
-        )
-    if not ok:
-        bounds = f"in ({low:g}, {high:g})" if open_ends and high is not None else f">= {low:g}"
-        raise ConfigError(f"{prefix}{name} is {value!r}; it must be a number {bounds}")

@@ -46,7 +46,13 @@ def to_jsonable(value: Any, where: str = "value", *, strict: bool = True) -> Any
         for key, item in value.items():
             if strict and not isinstance(key, (str, int, float, bool)) and key is not None:
                 raise NotJsonError(f"{where} has a key of type {type(key).__name__} ({key!r})", "use string keys")
-            out[str(key)] = to_jsonable(item, f"{where}[{key!r}]", strict=strict)
+            kind = type(item)
+            if item is None or kind is str or kind is int or kind is bool:  # the bulk of feature values: as they are
+                out[str(key)] = item
+            elif kind is float:
+                out[str(key)] = item if math.isfinite(item) else None
+            else:
+                out[str(key)] = to_jsonable(item, f"{where}[{key!r}]", strict=strict)
         return out
     if isinstance(value, (list, tuple)):
         return [to_jsonable(item, f"{where}[{i}]", strict=strict) for i, item in enumerate(value)]

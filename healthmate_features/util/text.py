@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 MISSING = "-"
@@ -46,3 +47,22 @@ def format_counts(counts: Mapping[str, int]) -> str:
     """Counts per reason, largest first: `3 value: impossible steps, 1 unit: wrong for spo2`."""
     ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
     return ", ".join(f"{n:,} {reason}" for reason, n in ordered)
+
+
+def repo_relative(path: str | Path, root: str | Path) -> str:
+    """A path for a message: relative to the repository root `root` when inside it, else as given.
+
+    Messages that can reach an API user or a job record never show the server's directory layout."""
+    path = Path(path)
+    try:
+        return path.resolve().relative_to(Path(root).resolve()).as_posix() or "."
+    except ValueError:
+        return str(path)
+
+
+def yaml_problem(exc: Exception) -> str:
+    """What a YAML parser error says, with its line and column but without the file's lines it quotes."""
+    problem = getattr(exc, "problem", None) or getattr(exc, "context", None)
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{problem or type(exc).__name__}{where}"

@@ -5,13 +5,14 @@ by tests/integration/test_auth_audit.py."""
 from __future__ import annotations
 
 import hashlib
+import re
 import sqlite3
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from healthmate_features.access.audit import AuditLog
-from healthmate_features.access.keys import ApiKeys, Principal
+from healthmate_features.access.keys import ApiKeys, Principal, bearer_token
 from healthmate_features.backends import open_sql_store
 from healthmate_features.errors import ApiKeyError, AuditError, AuthError
 
@@ -39,7 +40,7 @@ class AccessContract:
         user = keys.create_key("user", user_id=42, name="ios-app")
         assert admin_secret.startswith(admin_id + ".") and len(admin_secret) > 50
         assert keys.authenticate(admin_secret) == Principal(admin_id, "admin", None)
-        principal = keys.authenticate(f"Bearer {user.secret}")
+        principal = keys.authenticate(bearer_token(f"Bearer {user.secret}"))
         assert principal == Principal(user.key_id, "user", 42)
         assert principal.may_access_user(42) and not principal.may_access_user(43)
         assert keys.authenticate(admin_secret).may_access_user(43)
@@ -79,6 +80,44 @@ class AccessContract:
         forged = secret[:-1] + ("A" if secret[-1] != "A" else "B")
         with pytest.raises(AuthError, match="invalid API key"):
             keys.authenticate(forged)
+
+    @pytest.mark.parametrize(
+        "header, message",
+        [
+            (None, "missing API key"),
+            ("", "missing API key"),
+            ("hmk_0123456789abcdef." + "A" * 43, "a bare API key was sent; send 'Authorization: Bearer <key>'"),
+            ("Basic dXNlcjpwYXNz", "without the Bearer scheme was sent; send 'Authorization: Bearer <key>'"),
+        ],
+    )
+    def test_an_authorization_header_needs_the_bearer_scheme(self, header, message):
+        with pytest.raises(AuthError, match=re.escape(message)) as info:
+            bearer_token(header)
+        assert "A" * 43 not in str(info.value) and "dXNlcjpwYXNz" not in str(info.value)
+        assert bearer_token("Bearer  hmk_x.y ") == "hmk_x.y" == bearer_token("bearer hmk_x.y")
+
+    def test_every_change_of_a_key_moves_the_revision_in_its_transaction(self, store, backend_settings):
+        keys = ApiKeys(store)
+        seen = [keys.revision()]
+        new = keys.create_key("user", user_id=5)
+        seen.append(keys.revision())
+        keys.revoke(new.key_id)
+        seen.append(keys.revision())
+        with open_sql_store(backend_settings) as other:  # another connection's change, seen from here
+            ApiKeys(other).create_key("admin")
+        seen.append(keys.revision())
+        assert seen == sorted(set(seen)), seen  # strictly increasing
+        with pytest.raises(RuntimeError), store.transaction():  # a rolled-back change leaves it
+            store.execute("UPDATE api_keys SET name = ?", ("x",))
+            raise RuntimeError("roll back")
+        assert keys.revision() == seen[-1]
+        before_runs = store.revisions()["model_runs"]
+        from healthmate_features.tracking import Tracker
+
+        Tracker(store).log_metrics(
+            "m", version="1", dataset="d@1.0.0", environment="staging", metrics={"auc": 0.5}, external_dataset=True
+        )
+        assert store.revisions()["model_runs"] > before_runs and keys.revision() == seen[-1]
 
     def test_revoked_keys_are_rejected(self, store):
         keys = ApiKeys(store)
@@ -148,6 +187,20 @@ class AccessContract:
         assert [e.status for e in audit.query(limit=1)] == [401]
         assert entries[0].to_dict()["at"] == (T0 + timedelta(seconds=2)).isoformat()
 
+    def test_write_many_commits_a_batch_together(self, store):
+        audit = AuditLog(store)
+        rows = [audit.entry(endpoint="/health", status=200, latency_ms=float(i)) for i in range(50)]
+        audit.write_many(rows)
+        assert sorted(e.latency_ms for e in audit.query()) == [float(i) for i in range(50)]
+        with pytest.raises(AuditError, match="status"):
+            audit.entry(endpoint="/health", status=99, latency_ms=1.0)
+        import psycopg
+
+        refused = (sqlite3.IntegrityError, psycopg.errors.NotNullViolation)
+        with pytest.raises(refused):  # one bad row (a NULL endpoint) and none of the batch is kept
+            audit.write_many([rows[0], (T0, None, None, None, None, 200, 1.0)])
+        assert len(audit.query(limit=1000)) == 50
+
     def test_update_and_delete_are_refused_by_the_database(self, store):
         audit = AuditLog(store)
         audit.write(endpoint="/health", status=200, latency_ms=1.0)
@@ -171,7 +224,12 @@ class AccessContract:
                 store.execute("TRUNCATE audit_log")
         assert [e.status for e in audit.query()] == [200]
         # nor does the library offer a way to change it: writing and reading are all there is
-        assert {name for name in vars(AuditLog) if not name.startswith("_")} == {"write", "query"}
+        assert {name for name in vars(AuditLog) if not name.startswith("_")} == {
+            "write",
+            "write_many",
+            "entry",
+            "query",
+        }
 
     def test_only_the_listed_fields_can_be_logged(self, store):
         audit = AuditLog(store)

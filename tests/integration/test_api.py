@@ -359,6 +359,37 @@ def test_prepare_refuses_what_the_build_would_fail_on_before_queueing_a_job(
         build_training_set(training_config("health_risk", name="refused", **changes), env.settings)
 
 
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"split": {"strategy": "time", "embargo_days": 1e308}}, "split.embargo_days is 1e+308; it must be a number"),
+        ({"split": {"strategy": "time", "cutoff": "1677-09-22"}}, "split.cutoff is '1677-09-22'; it must be from"),
+        ({"split": {"strategy": "random", "seed": 2**40}}, "split.seed is 1099511627776; it must be an integer in"),
+        ({"label": "user_id"}, "label 'user_id' is a key column of the entity frame"),
+        ({"label": "__hm_row"}, "label '__hm_row' starts with '_hm_' or '__hm_', which is reserved"),
+        ({"label": "steps_mean_7d"}, "label 'steps_mean_7d' is also a feature of feature service 'health_risk_v1'"),
+        ({"entities": "data/healthmate.db"}, "entities 'data/healthmate.db' is not a Parquet or CSV file by its name"),
+    ],
+    ids=[
+        "embargo_overflow",
+        "cutoff_out_of_range",
+        "seed_out_of_range",
+        "label_key",
+        "label_internal",
+        "label_feature",
+        "entities_store_file",
+    ],
+)
+def test_prepare_refuses_out_of_range_and_reserved_values_with_422_and_queues_nothing(
+    env, training_config, changes, message
+):
+    jobs = len(env.client.app.state.ctx.jobs.list(limit=10_000))
+    response = env.post("/datasets/prepare", training_config("health_risk", name="refused", **changes))
+    detail = _error(response, 422)["detail"]
+    assert message in detail and "unexpected" not in detail and str(env.settings.repo_path) not in detail
+    assert len(env.client.app.state.ctx.jobs.list(limit=10_000)) == jobs  # nothing queued
+
+
 def test_a_failing_dataset_job_reports_its_error(env, training_config):
     """What only the data can tell fails the job: here a cutoff before every prediction time."""
     split = {"strategy": "time", "cutoff": "2000-01-01T00:00:00Z", "label_horizon_days": 30}

@@ -15,6 +15,7 @@ TARGETS = (
     "GET features/extract (ours)",
     "POST /get-online-features (feast serve)",
     "GET dashboard/summary (ours)",
+    "GET dashboard/summary, one at a time (ours)",
 )
 
 

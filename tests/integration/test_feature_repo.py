@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from datetime import timedelta
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -162,8 +165,8 @@ def test_feature_repo_applies_with_an_empty_or_missing_feature_sets_file(tmp_pat
 
 
 def test_an_unknown_user_is_told_apart_from_a_known_user_without_values(tiny_applied, tiny, clone_repo, tmp_path):
-    """SQLite through Feast: `found` comes from Feast's statuses, then from every view for users
-    without a row in the views asked for; the single-user lookup raises for an unknown user."""
+    """SQLite: `found` says whether any view's table holds a row of the user, views outside the service
+    included (the reader's one query); the single-user lookup raises for an unknown user."""
     repo = clone_repo(tiny_applied, tmp_path / "repo")
     store.materialize(repo, views=["engagement_daily"])  # users 1 and 2 have rows in no view of health_risk_v1
     at = tiny.day(40, 12)
@@ -194,3 +197,33 @@ def test_cli_online_exits_non_zero_for_an_unknown_user(tiny_applied, clone_repo,
     unknown = CliRunner().invoke(main, ["online", "--user-id", "999", "--feature-service", "health_risk_v1"])
     assert unknown.exit_code == 1, unknown.output
     assert "Error: user 999 is not in the online store" in unknown.output and "age_years" not in unknown.output
+
+
+@pytest.mark.slow
+def test_a_feature_service_defined_in_code_and_in_feature_sets_json_fails_feast_apply(tmp_path, copy_repo, feast_cli):
+    """Feast would keep one of two services of a name and drop the other silently: the apply fails instead,
+    naming the service, both places and the fix (the real `feast apply`, and ours)."""
+    from healthmate_features.config import Settings
+    from healthmate_features.errors import FeatureRepoError
+
+    root = copy_repo(tmp_path / "repo")
+    spec = root / "feature_repo" / "feature_sets.json"
+    spec.write_text(json.dumps({"feature_sets": [{"name": "health_risk_v1", "features": ["profile"]}]}))
+    message = (
+        "feature service 'health_risk_v1' is defined twice: in the repository's code "
+        "(feature_repo/feature_services.py) and in feature_repo/feature_sets.json; "
+        "remove its entry from feature_sets.json or rename one of them"
+    )
+    feast = subprocess.run(
+        [str(Path(sys.executable).parent / "feast"), "apply"], cwd=root, capture_output=True, text=True, timeout=300
+    )
+    assert feast.returncode != 0 and message in feast.stdout + feast.stderr, feast.stdout + feast.stderr
+    with pytest.raises(FeatureRepoError) as failed:
+        store.apply(Settings(repo_path=root))
+    assert str(failed.value).startswith("`feast apply` failed: " + message) and str(root) not in str(failed.value)
+    assert not (root / "data" / "registry.db").exists()  # nothing was applied
+
+    spec.write_text(json.dumps({"feature_sets": [{"name": "profile_only_v1", "features": ["profile"]}]}))
+    feast_cli(root, "apply")  # a name of its own applies
+    names = {s.name for s in FeatureStore(repo_path=str(root)).list_feature_services()}
+    assert names == {"health_risk_v1", "engagement_churn_v1", "profile_only_v1"}

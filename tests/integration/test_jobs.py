@@ -32,8 +32,9 @@ from healthmate_features.backends.locks import SqlLeases
 from healthmate_features.cli import main
 from healthmate_features.config import Settings
 from healthmate_features.datasets.registry import DatasetRegistry
-from healthmate_features.errors import LockTimeoutError
+from healthmate_features.errors import FeatureRepoError, LockTimeoutError
 from healthmate_features.jobs import JobQueue
+from healthmate_features.stores import feature_store as store
 
 pytestmark = pytest.mark.slow
 
@@ -462,3 +463,43 @@ def test_a_job_the_broker_refuses_is_answered_503_and_recorded_as_failed(repo, t
         (job,) = JobQueue(repo, sql).list()
     assert job.status == "failed" and job.error == response.json()["detail"]
     assert api.job(job.job_id)["status"] == "failed"  # the id in the message answers
+
+
+BROKEN_YAML = {  # a line of feature_store.yaml that no error text may quote
+    "syntax": "registry:\n  path: data/registry.db\n  marker: [LINE-MARKER-42\nonline_store: {type: sqlite}\n",
+    "feast": "online_store: {type: sqlite, path: data/online.db, marker: LINE-MARKER-42}\n",
+}
+
+
+def test_errors_of_a_broken_feature_store_yaml_quote_no_line_of_it_and_no_server_path(
+    repo, training_config, start_worker, api_for
+):
+    """A failed job, a failed `feast apply` and an API error name the file relative to the
+    repository and never quote its lines; the details are in the server log only."""
+    api = api_for(repo)
+    job_id = api.call("POST", "/datasets/prepare", _config(training_config, "broken_yaml")).json()["job_id"]
+    yaml_path = repo.repo_path / "feature_store.yaml"
+    original = yaml_path.read_text()
+
+    def clean(text: str) -> None:
+        assert "LINE-MARKER-42" not in text and str(repo.repo_path) not in text and "unexpected" not in text, text
+        assert "feature_store.yaml" in text or "`feast apply` failed" in text, text
+
+    yaml_path.write_text(original.replace("registry:\n", BROKEN_YAML["syntax"].split("online_store")[0], 1))
+    start_worker(repo)
+    done = api.wait(job_id)
+    assert done["status"] == "failed" and done["attempts"] == 1, done
+    clean(done["error"])
+    response = api.call("POST", "/datasets/prepare", _config(training_config, "broken_yaml"))
+    assert response.status_code == 503, response.text
+    clean(response.json()["detail"])
+
+    yaml_path.write_text(
+        original.replace("online_store:\n  type: sqlite\n  path: data/online.db\n", BROKEN_YAML["feast"])
+    )
+    with pytest.raises(FeatureRepoError) as failed:
+        store.apply(repo)
+    clean(str(failed.value))
+    with pytest.raises(FeatureRepoError) as failed:
+        store.open_feature_store(repo)
+    clean(str(failed.value))

@@ -94,12 +94,16 @@ SIGNATURES = {
         "(config, batch_source, timestamp_unit='us')"
     ),
     "feast.infra.utils.postgres.connection_utils._get_conn": "(config)",
+    # The SQLite online store the fast reader reads and erasure deletes from: its connection
+    # (`sqlite_connection`) and its table names.
+    "feast.infra.online_stores.sqlite.SqliteOnlineStore._get_conn": "(self, config)",
+    "feast.infra.online_stores.helpers.compute_table_id": "(project, table, enable_versioning=False)",
     "feast.infra.registry.caching_registry.CachingRegistry._refresh_cached_registry_if_necessary": "(self)",
     # online_writes_counted: the provider of a FeatureStore, and the write its compute engines call.
     "feast.feature_store.FeatureStore._get_provider": "(self)",
     "feast.infra.online_stores.online_store.OnlineStore.online_write_batch": "(self, config, table, data, progress)",
-    # sqlite_online_connection: erasure deletes a user's rows through the connection Feast holds.
-    "feast.infra.online_stores.sqlite.SqliteOnlineStore._get_conn": "(self, config)",
+    # online_store_without_retries: the redis-py client Feast's Redis store builds and caches.
+    "feast.infra.online_stores.redis.RedisOnlineStore._get_client": "(self, online_store_config)",
     "feast.type_map.arrow_to_pg_type": "(t_str)",
     "feast.type_map.pg_type_code_to_arrow": "(code)",
     "feast.type_map.feast_value_type_to_python_type": "(field_value_proto, feature_type=None)",
@@ -297,6 +301,17 @@ KEY_OF_USER_7 = (
 )
 
 
+def test_online_store_without_retries_turns_off_the_retries_of_feasts_redis_client(repo_config):
+    store = feast.FeatureStore(config=repo_config)
+    client = store._get_provider().online_store._get_client(repo_config.online_store)  # built lazily: no server
+    assert client.get_retry().get_retries() == 3  # redis-py's default, which the connection string cannot change
+    _feast.online_store_without_retries(store)
+    assert client.get_retry().get_retries() == 0
+    assert (
+        store._get_provider().online_store._get_client(repo_config.online_store) is client
+    )  # the one Feast writes with
+
+
 def test_redis_key_layout():
     ours = _feast.int64_redis_key("user_id", PROJECT)
     feasts = _feast.feast_redis_key(PROJECT, "user_id", 7)
@@ -309,9 +324,12 @@ def test_redis_key_layout():
             pytrace=False,
         )
     assert ours(7) == KEY_OF_USER_7
+    entity_key = _feast.int64_entity_key("user_id")  # the SQLite store's key: the same without the project
+    assert entity_key(7) == KEY_OF_USER_7.removesuffix(PROJECT.encode())
     for user_id in (0, 1, -1, 255, 256, 2**31, 2**40, 2**63 - 1, -(2**63)):
         feasts = _feast.feast_redis_key(PROJECT, "user_id", user_id)
         assert ours(user_id) == feasts, adapt("the Redis key layout", f"user_id={user_id}: {feasts!r} != ours")
+        assert entity_key(user_id) + PROJECT.encode() == feasts
     assert _feast.ENTITY_KEY_SERIALIZATION_VERSION == 3
 
 
@@ -387,6 +405,43 @@ def test_feasts_redis_writer_writes_what_we_read(daily, repo_config, monkeypatch
     for field, name in fields.items():
         assert mapping[field] == values[name].SerializeToString(), adapt("the value encoding Redis holds", name)
     assert _feast.decode_values([mapping[f] for f in fields]) == [1.5, "a"]
+
+
+def test_feasts_sqlite_writer_writes_what_we_read(tmp_path, user, daily):
+    """SqliteOnlineStore: one table `<project>_<view>`, a row per entity key (serialize_entity_key v3, no
+    project) and feature name holding ValueProto bytes, read over the connection Feast's store keeps."""
+    from healthmate_features._feast import EntityKeyProto, ValueProto
+
+    store = feast.FeatureStore(
+        config=RepoConfig(
+            project=PROJECT,
+            provider="local",
+            registry=str(tmp_path / "registry.db"),
+            online_store={"type": "sqlite", "path": str(tmp_path / "online.db")},
+            offline_store={"type": "file"},
+            entity_key_serialization_version=3,
+            repo_path=tmp_path,
+        )
+    )
+    store.apply([user, daily])
+    at = datetime(2025, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    key = EntityKeyProto(join_keys=["user_id"], entity_values=[ValueProto(int64_val=7)])
+    values = {"steps": ValueProto(double_val=1.5), "label": ValueProto(string_val="a")}
+    online = store._get_provider().online_store
+    online.online_write_batch(store.config, daily, [(key, values, at, None)], None)
+
+    conn = _feast.sqlite_connection(store)
+    assert conn is _feast.sqlite_connection(store) is online._get_conn(store.config), adapt(
+        "SqliteOnlineStore._get_conn", "it opens a new connection per call"
+    )
+    table = _feast.sqlite_table(PROJECT, daily)
+    assert table == f"{PROJECT}_health_daily", adapt("helpers.compute_table_id", repr(table))
+    rows = conn.execute(f'SELECT entity_key, feature_name, value FROM "{table}"').fetchall()
+    assert {(k, name) for k, name, _ in rows} == {(_feast.int64_entity_key("user_id")(7), n) for n in values}, adapt(
+        "the rows SqliteOnlineStore.online_write_batch writes", repr(rows)
+    )
+    stored = {name: value for _, name, value in rows}
+    assert _feast.decode_values([stored["steps"], stored["label"]]) == [1.5, "a"]
 
 
 def test_value_encoding():

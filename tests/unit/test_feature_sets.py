@@ -89,3 +89,34 @@ def test_services_are_built_from_the_file_with_projections(tmp_path):
     path.write_text(json.dumps({"feature_sets": [{"name": "c_v1", "features": ["weekly"]}]}))
     with pytest.raises(FeatureSetError, match="feature set 'c_v1': unknown feature view 'weekly'"):
         services_from_file(path, modules=[SimpleNamespace(daily_fv=daily)])
+
+
+def test_a_name_the_code_defines_or_the_file_repeats_is_refused(tmp_path):
+    import types
+
+    from feast import FeatureService
+
+    from healthmate_features.errors import FeatureSetExistsError
+
+    user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.INT64)
+    source = FileSource(name="s", path="x.parquet", timestamp_field="event_timestamp")
+    daily = FeatureView(name="daily", entities=[user], source=source, schema=[Field(name="steps", dtype=Float64)])
+    code = types.ModuleType("feature_repo.feature_services")
+    code.__file__ = str(tmp_path / "feature_repo" / "feature_services.py")
+    code.risk_v1 = FeatureService(name="risk_v1", features=[daily])
+    path = tmp_path / "feature_repo" / "feature_sets.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"feature_sets": [{"name": "risk_v1", "features": ["daily"]}]}))
+    with pytest.raises(FeatureSetExistsError) as info:
+        services_from_file(path, modules=[SimpleNamespace(daily_fv=daily)], code=[code])
+    assert str(info.value) == (
+        "feature service 'risk_v1' is defined twice: in the repository's code (feature_repo/feature_services.py) "
+        "and in feature_repo/feature_sets.json; remove its entry from feature_sets.json or rename one of them "
+        "(e.g. the next version)"
+    )
+    assert str(tmp_path) not in str(info.value)
+    path.write_text(json.dumps({"feature_sets": [{"name": "a_v1", "features": ["daily"]}] * 2}))
+    with pytest.raises(
+        FeatureSetExistsError, match=r"feature_repo/feature_sets.json: feature set 'a_v1' is defined twice"
+    ):
+        read_file(path)

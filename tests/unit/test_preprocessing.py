@@ -287,6 +287,17 @@ def test_fit_failures_become_preprocessing_errors():
         fit_transform_splits(pipeline, frame.iloc[:300], frame.iloc[300:])
 
 
+def test_a_failed_fit_quotes_no_data_value():
+    frame, _ = make_frame()
+    frame["plan"] = frame["plan"].astype(object)
+    pipeline = build_pipeline({"numeric": {"columns": ["plan"], "impute": "median"}})
+    with pytest.raises(PreprocessingError) as info:
+        fit_transform_splits(pipeline, frame.iloc[:300], frame.iloc[300:])
+    values = {str(v) for v in frame["plan"].dropna().unique()}
+    assert "preprocessing failed on 300 training" in str(info.value)
+    assert not any(f"'{v}'" in str(info.value) for v in values), str(info.value)
+
+
 # --------------------------------------------------------------------------- bad configs
 
 
@@ -329,6 +340,22 @@ def test_fit_failures_become_preprocessing_errors():
         ({"reduce": {"method": "umap"}}, "reduce.method is 'umap'; allowed values: pca"),
         ({"reduce": {"method": "pca", "n_components": 0}}, "reduce.n_components is 0"),
         ({"reduce": {"method": "pca", "n_components": 1.0}}, "n_components is 1.0"),
+        # ranges: nothing that passes overflows or fails inside scikit-learn later
+        (
+            {"numeric": {"impute": "constant", "fill_value": 10**400}},
+            "numeric.fill_value is 1000000000000000000000000000000000000...; it must be a number (finite)",
+        ),
+        ({"numeric": {"impute": "constant", "fill_value": float("inf")}}, "fill_value is inf; it must be"),
+        (
+            {"select": [{"method": "mutual_info", "random_state": 2**40}]},
+            "select[0].random_state is 1099511627776; it must be an integer in [0, 4294967295]",
+        ),
+        (
+            {"select": [{"method": "mutual_info", "k": 10**30}]},
+            "select[0].k is 1000000000000000000000000000000; it must be an integer in [1, 1000000], or 'all'",
+        ),
+        ({"select": [{"method": "variance", "threshold": float("nan")}]}, "threshold is nan; it must be a number >= 0"),
+        ({"reduce": {"method": "pca", "n_components": 10**30}}, "component count (an integer in [1, 1000000])"),
         ("numeric: [", "preprocessing config is not valid YAML"),
         ("no-such-file.yaml", "got str 'no-such-file.yaml'; if that was meant as a file path, it does not exist"),
     ],

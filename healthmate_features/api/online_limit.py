@@ -1,0 +1,144 @@
+"""Online lookups of the API under their own concurrency limit and deadline, off the shared threadpool.
+
+A synchronous endpoint runs on Starlette's threadpool (40 threads shared by every sync endpoint
+and dependency). Online lookups wait on Redis: when it hangs, lookups holding those threads would
+stall `/health` and every other endpoint. So `features/extract` runs its lookup here instead:
+
+- on this module's own threads, at most HM_ONLINE_MAX_CONCURRENT at a time per process; a lookup
+  that finds them all busy waits for one, within its deadline;
+- within HM_ONLINE_DEADLINE_S from its arrival (waiting for a thread included); past it the
+  caller gets ServiceUnavailableError (HTTP 503) naming the limit and its setting. The reader's
+  Redis client times out after the same deadline, so the abandoned thread frees itself then;
+  its slot stays taken until it does, so the threads never exceed the limit.
+- the first lookup of a process also opens the online store (Feast's registry, Postgres and
+  Redis checks): that step gets HM_CONNECT_TIMEOUT_S more.
+
+One limiter per settings per process (`limiter_for`); it serves any event loop: a lookup waiting
+for a slot sleeps on a future of its own loop, woken (thread-safely) when a slot frees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from healthmate_features.config import Settings
+from healthmate_features.errors import ConfigError, ServiceUnavailableError
+
+T = TypeVar("T")
+_Waiter = tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class OnlineLimiter:
+    """At most `capacity` lookups at once on dedicated threads, each answered within `deadline_s`."""
+
+    def __init__(self, *, capacity: int, deadline_s: float, open_s: float) -> None:
+        """Raises ConfigError for a capacity below 1 or a deadline that is not positive."""
+        if capacity < 1 or not deadline_s > 0:
+            raise ConfigError(
+                f"online lookups need HM_ONLINE_MAX_CONCURRENT >= 1 and HM_ONLINE_DEADLINE_S > 0; "
+                f"got {capacity} and {deadline_s:g}"
+            )
+        self.capacity, self.deadline_s, self.open_s = capacity, deadline_s, open_s
+        self._lock = threading.Lock()
+        self._free = capacity  # slots not held by a running (or abandoned, still running) lookup
+        self._waiters: deque[_Waiter] = deque()
+        self._pool = ThreadPoolExecutor(max_workers=capacity, thread_name_prefix="hm-online")
+        self._opened = False  # a lookup succeeded: the online store is open
+
+    async def run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """`fn(*args, **kwargs)` on a limiter thread; its result, or its exception.
+
+        Raises ServiceUnavailableError when no thread frees up or no result arrives within the deadline."""
+        loop = asyncio.get_running_loop()
+        budget = self.deadline_s if self._opened else self.deadline_s + self.open_s
+        deadline = loop.time() + budget
+        if not await self._acquire(loop, deadline):
+            raise ServiceUnavailableError(
+                f"online lookup refused: all {self.capacity} online lookup slots of this process "
+                f"(HM_ONLINE_MAX_CONCURRENT) stayed busy for {budget:g} s (HM_ONLINE_DEADLINE_S); "
+                "the online store (Redis) may be slow or hung; retry later"
+            )
+        try:
+            future: Future[T] = self._pool.submit(fn, *args, **kwargs)
+        except BaseException:
+            self._release()
+            raise
+        future.add_done_callback(self._done)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), max(0.0, deadline - loop.time()))
+        except TimeoutError as exc:
+            raise ServiceUnavailableError(
+                f"online lookup took longer than its deadline of {budget:g} s (HM_ONLINE_DEADLINE_S"
+                + (", plus HM_CONNECT_TIMEOUT_S for opening the online store" if budget > self.deadline_s else "")
+                + "); the online store (Redis) may be slow or hung; retry later"
+            ) from exc
+
+    async def _acquire(self, loop: asyncio.AbstractEventLoop, deadline: float) -> bool:
+        """Take a slot, waiting until `deadline` (loop time) at most; False if none freed up."""
+        while True:
+            with self._lock:
+                if self._free > 0:
+                    self._free -= 1
+                    return True
+                waiter: _Waiter = (loop, loop.create_future())
+                self._waiters.append(waiter)
+            try:
+                await asyncio.wait_for(waiter[1], max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                with self._lock:
+                    woken = waiter not in self._waiters
+                    if not woken:
+                        self._waiters.remove(waiter)
+                if woken:  # a slot's wake-up reached this waiter as it gave up: pass it on
+                    self._wake_next()
+                return False
+
+    def _release(self) -> None:
+        with self._lock:
+            self._free += 1
+        self._wake_next()
+
+    def _wake_next(self) -> None:
+        """Wake the longest waiting lookup, if a slot is free (from any thread)."""
+        while True:
+            with self._lock:
+                if self._free == 0 or not self._waiters:
+                    return
+                loop, future = self._waiters.popleft()
+            try:
+                loop.call_soon_threadsafe(_wake, future)
+                return
+            except RuntimeError:  # its event loop is closed: the next one
+                continue
+
+    def _done(self, future: Future) -> None:
+        if not future.cancelled() and future.exception() is None:
+            self._opened = True
+        self._release()
+
+
+_limiters: dict[Settings, OnlineLimiter] = {}
+_limiters_lock = threading.Lock()
+
+
+def limiter_for(settings: Settings) -> OnlineLimiter:
+    """The process's OnlineLimiter for `settings` (created on first use)."""
+    with _limiters_lock:
+        limiter = _limiters.get(settings)
+        if limiter is None:
+            limiter = _limiters[settings] = OnlineLimiter(
+                capacity=settings.online_max_concurrent,
+                deadline_s=settings.online_deadline_s,
+                open_s=settings.connect_timeout_s,
+            )
+        return limiter
