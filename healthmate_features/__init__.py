@@ -58,6 +58,9 @@ _EXPORTS: dict[str, str] = {
     "create_app": "healthmate_features.api.app",
     "JobQueue": "healthmate_features.jobs",
     "run_demo": "healthmate_features.demo",
+    # governance
+    "erase_user": "healthmate_features.governance.erasure",
+    "scan_user": "healthmate_features.governance.erasure",
     # errors
     "HealthmateError": "healthmate_features.errors",
     "ConfigError": "healthmate_features.errors",
@@ -75,6 +78,7 @@ _EXPORTS: dict[str, str] = {
     "OfflineStoreError": "healthmate_features.errors",
     "OnlineReadError": "healthmate_features.errors",
     "UserNotFoundError": "healthmate_features.errors",
+    "ErasureError": "healthmate_features.errors",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -107,6 +111,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         DatasetNotFoundError,
         DatasetVersionError,
         EntityFrameError,
+        ErasureError,
         FeatureRepoError,
         FeatureServiceNotFoundError,
         HealthmateError,
@@ -121,6 +126,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         UserNotFoundError,
     )
     from healthmate_features.features.build import build_features
+    from healthmate_features.governance.erasure import erase_user, scan_user
     from healthmate_features.jobs import JobQueue
     from healthmate_features.raw.generate import generate
     from healthmate_features.raw.ingest import ingest_raw

@@ -8,7 +8,7 @@ never reads the environment: it receives a Settings.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ _ENV = {
     "job_max_attempts": "HM_JOB_MAX_ATTEMPTS",
     "job_retry_backoff_s": "HM_JOB_RETRY_BACKOFF_S",
     "lock_wait_s": "HM_LOCK_WAIT_S",
+    "erasure_key": "HM_ERASURE_KEY",
     "max_request_bytes": "HM_MAX_REQUEST_BYTES",
 }
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
@@ -84,6 +85,11 @@ class Settings:
     job_max_attempts: int = 3
     job_retry_backoff_s: float = 10.0
     lock_wait_s: float = 3600.0
+    # The key of the erasure ledger's keyed hashes (HMAC-SHA256 of erased user ids; README
+    # "Erasure, retention and exports"). Empty: the key file `erasure_key_path`, created on first
+    # use (mode 0600). Set it on every machine of a deployment (production): ids hashed under
+    # another key do not match, and the ledger refuses a key it was not written with.
+    erasure_key: str = field(default="", repr=False)
     # The largest request body the HTTP API reads: a larger Content-Length is answered 413 before
     # any of the body is read, a chunked body 413 as soon as it passes this many bytes.
     max_request_bytes: int = 4 * 1024 * 1024
@@ -146,6 +152,17 @@ class Settings:
     def broker_path(self) -> Path:
         """The SQLite file of the embedded profile's Celery broker: never the SQL store's file."""
         return self.data_dir / "broker.db"
+
+    @property
+    def erasure_key_path(self) -> Path:
+        """The erasure ledger's key file when HM_ERASURE_KEY is unset: under the repository, outside
+        data/, so a copy or backup of data/ (which holds the ledger) does not carry the key with it."""
+        return self.repo_path / ".healthmate" / "erasure.key"
+
+    @property
+    def erasures_dir(self) -> Path:
+        """Where every erasure's report (certificate) is written as JSON: data/erasures/<erasure id>.json."""
+        return self.data_dir / "erasures"
 
     @property
     def sql_path(self) -> Path:

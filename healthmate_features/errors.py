@@ -137,6 +137,14 @@ class LockTimeoutError(ConflictError):
     longer than the caller would wait (backends.locks); a job retries it with backoff."""
 
 
+class ErasureError(ConflictError):
+    """An erasure cannot complete as things stand, e.g. a damaged dataset version; it stays pending (governance)."""
+
+
+class ErasureNotFoundError(ErasureError, NotFoundError):
+    """No erasure in the ledger has the id asked for (backends.ledger)."""
+
+
 class PermissionDeniedError(HealthmateError):
     """A valid API key may not do this: a user key on an admin endpoint or another user's data (api)."""
 

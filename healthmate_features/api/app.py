@@ -41,6 +41,9 @@ from healthmate_features.api.models import (
     DatasetManifest,
     DatasetVersions,
     Environment,
+    ErasureRequest,
+    ErasureResponse,
+    ErasureScan,
     ErrorBody,
     FeatureSetCreate,
     FeatureSetCreated,
@@ -428,6 +431,41 @@ def create_feature_set(body: FeatureSetCreate, request: Request, ctx: Ctx, _: Ad
     return FeatureSetCreated(name=spec.name, features=refs, description=spec.description, replaced=replaced)
 
 
+@router.post(
+    "/erasures",
+    response_model=ErasureResponse,
+    tags=["governance"],
+    summary="Erase one user from every store (admin)",
+    responses={409: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+)
+def erase(body: ErasureRequest, request: Request, ctx: Ctx, caller: Admin) -> ErasureResponse:
+    """`healthmate-features erase --user-id N`: every store, dataset versions redacted, a certificate.
+
+    Safe to repeat (a second call removes nothing: status "already erased"). The audit entry names
+    the erasure (`erasure:<id>`), not the user id."""
+    from healthmate_features.governance import erase_user
+
+    result = erase_user(body.user_id, ctx.settings, reason=body.reason, actor=f"api:{caller.key_id}")
+    _target(request, "erasure", result.erasure_id)
+    return ErasureResponse(**result.to_dict())
+
+
+@router.get(
+    "/erasures/verify",
+    response_model=ErasureScan,
+    tags=["governance"],
+    summary="Scan every store for one user's rows (admin)",
+    responses={503: {"model": ErrorBody}},
+)
+def verify_erasure(
+    ctx: Ctx, _: Admin, user_id: Annotated[int, Query(ge=0, le=MAX_INT64, description="The user id.")]
+) -> ErasureScan:
+    """`healthmate-features erase --verify --user-id N`: what remains where (clean: nothing)."""
+    from healthmate_features.governance import scan_user
+
+    return ErasureScan(**scan_user(user_id, ctx.settings).to_dict())
+
+
 @router.get(
     "/features/extract",
     response_model=OnlineFeatures,
@@ -642,6 +680,7 @@ def _json_safe(value: Any) -> Any:
 _TAGS = [
     {"name": "health", "description": "Liveness; no key needed."},
     {"name": "feature sets", "description": "Feast feature services defined over the API (admin)."},
+    {"name": "governance", "description": "Erasure of one user everywhere, and its verification (admin)."},
     {"name": "features", "description": "Online feature lookup; user keys read only their own user."},
     {
         "name": "datasets",

@@ -37,6 +37,9 @@ __all__ = [
     "PreprocessResponse",
     "Performance",
     "DashboardSummary",
+    "ErasureRequest",
+    "ErasureResponse",
+    "ErasureScan",
 ]
 
 
@@ -248,3 +251,37 @@ class DashboardSummary(BaseModel):
     feature_services: list[FeatureServiceInfo]
     datasets: list[DatasetInfo]
     latest_model_results: list[Run]  # tracking's own dataclass: a model's latest run per environment
+
+
+class ErasureRequest(_Strict):
+    """Erase one user from every store (README 'Erasure, retention and exports')."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"user_id": 5, "reason": "request 42"}]})
+
+    user_id: int = Field(ge=0, le=2**63 - 1, description="The HealthMate user id.")
+    reason: str | None = Field(
+        default=None, max_length=500, description="Why; kept in the certificate (one line, no health details)."
+    )
+
+
+class ErasureResponse(BaseModel):
+    """What the erasure did: its id, this run's removals per store and place, and the certificate."""
+
+    erasure_id: str
+    status: Literal["erased", "already erased"]
+    resumed: bool
+    removed_total: int
+    removed: dict[str, dict[str, int]]
+    certificate: str = Field(description="The certificate's JSON file, relative to the repository root.")
+    report: dict[str, Any]
+
+
+class ErasureScan(BaseModel):
+    """What `erase --verify` finds: rows or keys of the user left per store and place (none when clean)."""
+
+    clean: bool
+    remaining_total: int
+    remaining: dict[str, dict[str, int]]
+    kept: dict[str, int]
+    source_files: dict[str, int]
+    erasure: dict[str, Any] | None

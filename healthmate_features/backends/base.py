@@ -334,6 +334,19 @@ class Backend(ABC):
     def raw_table_label(self, table: str) -> str:
         """Where raw table `table` lives, for messages."""
 
+    def erase_raw_rows(
+        self,
+        tables: Sequence[str],
+        user_id: int,
+        *,
+        manifest: Mapping[str, Any] | None = None,
+        count_only: bool = False,
+    ) -> dict[str, int]:
+        """Delete one user's rows from this profile's raw tables, recording `manifest` (the ingest
+        manifest after the erasure) with them; rows per table. {} where the ingested files are the
+        raw tables (they are rewritten as files). With `count_only`, count and change nothing."""
+        return {}
+
     @abstractmethod
     def loaded_ingest(self, raw_dir: Path) -> tuple[dict[str, Any], str, str]:
         """The manifest of the ingest the raw tables hold, where they are, and the command that loads them.
@@ -359,6 +372,20 @@ class Backend(ABC):
 
         Raises FeatureRepoError, naming the command to run, when they are missing or empty.
         """
+
+    @abstractmethod
+    def erase_feature_rows(self, tables: Sequence[str], user_id: int, *, count_only: bool = False) -> dict[str, int]:
+        """Delete one user's rows from feature tables `tables` (those that exist); rows per table.
+
+        With `count_only`, count them and change nothing (`erase --verify`). Each table is
+        rewritten atomically (embedded) or in one transaction (production): safe to interrupt."""
+
+    @abstractmethod
+    def erase_online_rows(self, store: FeatureStore, user_id: int, *, count_only: bool = False) -> dict[str, int]:
+        """Delete one user's entity rows or keys from the online store of `store`; per online table or key.
+
+        Goes through the connection Feast holds (SQLite) or the profile's Redis client; never a
+        second handle on a SQLite store file. With `count_only`, count and change nothing."""
 
     @abstractmethod
     def query_feature_tables(self, sql: str, *tables: str) -> list[tuple[Any, ...]]:

@@ -25,6 +25,7 @@ from healthmate_features.util.text import repo_relative
 
 if TYPE_CHECKING:
     import duckdb
+    from feast import FeatureStore
     from feast.data_source import DataSource
 
     from healthmate_features.backends.sqlstore import SqlStore
@@ -179,6 +180,53 @@ class EmbeddedBackend(Backend):
             where = repo_relative(self.settings.features_dir, self.settings.repo_path)
             raise FeatureRepoError(f"the feature tables in {where} are empty; rebuild them")
         return row[0].astimezone(timezone.utc), row[1].astimezone(timezone.utc)
+
+    def erase_feature_rows(self, tables: Sequence[str], user_id: int, *, count_only: bool = False) -> dict[str, int]:
+        """Rewrite each `data/features/<table>.parquet` that holds the user's rows without them (atomically)."""
+        counts: dict[str, int] = {}
+        con = duckdb_connect()
+        try:
+            for table in tables:
+                path = self.settings.features_dir / f"{table}.parquet"
+                if not path.exists():
+                    continue
+                source = f"read_parquet({quote_literal(str(path))})"
+                row = con.execute(f"SELECT count(*) FROM {source} WHERE user_id = ?", [int(user_id)]).fetchone()
+                counts[table] = int(row[0]) if row else 0
+                if counts[table] and not count_only:
+                    with atomic_path(path) as tmp:
+                        con.execute(
+                            f"COPY (SELECT * FROM {source} WHERE user_id IS DISTINCT FROM {int(user_id)}) "
+                            f"TO {quote_literal(str(tmp))} (FORMAT parquet, COMPRESSION zstd)"
+                        )
+        finally:
+            con.close()
+        return counts
+
+    def erase_online_rows(self, store: FeatureStore, user_id: int, *, count_only: bool = False) -> dict[str, int]:
+        """Delete the user's rows from every table of Feast's SQLite online store, through Feast's connection."""
+        from healthmate_features import _feast
+
+        path = Path(store.config.online_store.path)
+        if not (path if path.is_absolute() else self.settings.repo_path / path).exists():
+            return {}  # never materialized: nothing to delete (and no file to create)
+        conn = _feast.sqlite_connection(store)
+        key = _feast.int64_entity_key("user_id")(int(user_id))
+        prefix = f"{store.project}_"
+        counts: dict[str, int] = {}
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()]
+        for table in tables:
+            if not table.startswith(prefix):
+                continue
+            columns = {r[1] for r in conn.execute(f'PRAGMA table_info("{table}")').fetchall()}
+            if "entity_key" not in columns:
+                continue
+            row = conn.execute(f'SELECT count(*) FROM "{table}" WHERE entity_key = ?', (key,)).fetchone()
+            counts[table] = int(row[0]) if row else 0
+            if counts[table] and not count_only:
+                with conn:  # one transaction per table, committed by Feast's connection
+                    conn.execute(f'DELETE FROM "{table}" WHERE entity_key = ?', (key,))
+        return counts
 
     def query_feature_tables(self, sql: str, *tables: str) -> list[tuple[Any, ...]]:
         missing = [t for t in tables if not (self.settings.features_dir / f"{t}.parquet").exists()]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -297,6 +297,73 @@ class ProductionBackend(Backend):
             )
         bar.close()
         return counts
+
+    def erase_raw_rows(
+        self,
+        tables: Sequence[str],
+        user_id: int,
+        *,
+        manifest: Mapping[str, Any] | None = None,
+        count_only: bool = False,
+    ) -> dict[str, int]:
+        """Delete the user's rows from the raw tables in Postgres and record `manifest`, in one transaction."""
+        return self._erase_rows(tables, user_id, manifest=manifest, count_only=count_only)
+
+    def _erase_rows(
+        self,
+        tables: Sequence[str],
+        user_id: int,
+        *,
+        manifest: Mapping[str, Any] | None = None,
+        count_only: bool = False,
+    ) -> dict[str, int]:
+        """DELETE (or count) one user's rows in tables of our schema that exist; one transaction."""
+        settings = self.settings
+        counts: dict[str, int] = {}
+        try:
+            conn = postgres.connect(settings)
+        except NotIngestedError:  # no database yet: nothing was ever loaded
+            return counts
+        with conn, conn.transaction(), conn.cursor() as cur:
+            for table in tables:
+                regclass = f"{quote_ident(settings.pg_schema)}.{quote_ident(table)}"
+                found = cur.execute("SELECT to_regclass(%s)", (regclass,)).fetchone()
+                if not found or found[0] is None:
+                    continue
+                name = postgres.table_name(settings, table)
+                if count_only:
+                    row = cur.execute(f"SELECT count(*) FROM {name} WHERE user_id = %s", (int(user_id),)).fetchone()
+                    counts[table] = int(row[0]) if row else 0
+                else:
+                    counts[table] = cur.execute(f"DELETE FROM {name} WHERE user_id = %s", (int(user_id),)).rowcount
+            if manifest is not None and not count_only:
+                regclass = f"{quote_ident(settings.pg_schema)}.{MANIFEST_TABLE}"
+                found = cur.execute("SELECT to_regclass(%s)", (regclass,)).fetchone()
+                if found and found[0] is not None:
+                    cur.execute(
+                        f"UPDATE {postgres.table_name(settings, MANIFEST_TABLE)} SET manifest = %s WHERE id = 1",
+                        (json.dumps(dict(manifest)),),
+                    )
+        return counts
+
+    def erase_feature_rows(self, tables: Sequence[str], user_id: int, *, count_only: bool = False) -> dict[str, int]:
+        """DELETE the user's rows from the feature tables in Postgres (one transaction)."""
+        return self._erase_rows(tables, user_id, count_only=count_only)
+
+    def erase_online_rows(self, store: FeatureStore, user_id: int, *, count_only: bool = False) -> dict[str, int]:
+        """DEL the user's Redis hash (Feast keeps one per entity and project, holding every view's fields)."""
+        from healthmate_features._feast import feast_redis_key
+
+        key = feast_redis_key(store.project, "user_id", int(user_id))
+        client = redis.connect(self.settings)
+        try:
+            with self.service_errors():
+                found = int(client.exists(key))
+                if found and not count_only:
+                    client.delete(key)
+        finally:
+            client.close()
+        return {f"redis hash (Feast project {store.project})": found}
 
     def loaded_manifest(self) -> dict[str, Any] | None:
         """The manifest of the ingest currently loaded into Postgres, or None if nothing was loaded."""

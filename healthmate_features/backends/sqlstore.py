@@ -206,6 +206,28 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
     _REVISIONS,
+    Migration(
+        6,
+        "erasure ledger",
+        (
+            # One row per erased person (backends.ledger): `subject` is HMAC-SHA256 of the user id
+            # under the key `key_id` names (never the id itself); `status` pending until every
+            # store is done; `report` the certificate (counts per store, versions redacted; no
+            # health values).
+            """CREATE TABLE erasures (
+                erasure_id TEXT PRIMARY KEY,
+                subject TEXT NOT NULL,
+                key_id TEXT NOT NULL,
+                status TEXT NOT NULL CHECK (status IN ('pending', 'complete')),
+                reason TEXT,
+                actor TEXT,
+                requested_at {ts} NOT NULL,
+                completed_at {ts},
+                report {json} NOT NULL
+            )""",
+            "CREATE UNIQUE INDEX erasures_subject_idx ON erasures (key_id, subject)",
+        ),
+    ),
 )
 
 _MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS schema_migrations (

@@ -182,26 +182,36 @@ def datasets_load_cmd(name: str, version: str | None, out: Path | None, profile:
 
 
 @datasets_group.command("verify")
-@click.argument("name")
+@click.argument("name", required=False)
 @click.argument("version", required=False)
 @profile_option
 @json_option
 @handles_errors
-def datasets_verify_cmd(name: str, version: str | None, profile: str | None, as_json: bool) -> None:
-    """Recompute a version's hashes; exit 1 on tampering or missing files."""
-    report = _registry(profile).verify(name, version)
+def datasets_verify_cmd(name: str | None, version: str | None, profile: str | None, as_json: bool) -> None:
+    """Recompute a version's hashes (every version of every dataset without NAME); exit 1 on tampering.
+
+    A version an erasure redacted is checked against its redaction record and says so."""
+    registry = _registry(profile)
+    reports = [registry.verify(name, version)] if name else registry.verify_all()
     if as_json:
-        echo_json(report.to_dict())
-    elif report.ok:
-        click.echo(
-            f"{name}@{report.version}: intact ({len(report.checked_files)} files and the data hash match the manifest)"
-        )
+        echo_json(reports[0].to_dict() if name else [r.to_dict() for r in reports])
     else:
-        click.echo(f"{name}@{report.version}: {len(report.problems)} problem(s)")
-        for problem in report.problems:
-            click.echo(f"  {problem}")
-    if not report.ok:
-        raise click.ClickException(f"{name}@{report.version} failed verification")
+        if not reports:
+            click.echo(f"no dataset versions under {registry.uri}")
+        for report in reports:
+            ref = f"{report.name}@{report.version}"
+            if report.ok:
+                against = "its redaction record" if report.redacted_by else "the manifest"
+                click.echo(f"{ref}: intact ({len(report.checked_files)} files and the data hash match {against})")
+            else:
+                click.echo(f"{ref}: {len(report.problems)} problem(s)")
+                for problem in report.problems:
+                    click.echo(f"  {problem}")
+            for note in report.notes:
+                click.echo(f"  {note}")
+    failed = [f"{r.name}@{r.version}" for r in reports if not r.ok]
+    if failed:
+        raise click.ClickException(f"{', '.join(failed)} failed verification")
 
 
 @datasets_group.command("diff")

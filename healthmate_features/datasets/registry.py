@@ -8,6 +8,15 @@ Layout under a storage root (a local directory, or a pyarrow filesystem URI such
         y_train.parquet  y_test.parquet    labels (one column each)
         joined_train.parquet  joined_test.parquet   joined frames before preprocessing (optional)
         pipeline.joblib                    the fitted preprocessing pipeline (optional; a pickle)
+        lifecycle.json                     what happened to the version after it was published (optional)
+
+`lifecycle.json` is a sidecar the registry reads with the manifest: an append-only list of
+records, each naming the state it starts from (file hashes and data hash) and the one it leaves.
+A record of kind "redaction" says an erasure (its id) rewrote data files without one person's
+rows: the removed row counts, when, the new file hashes and data hash, the old data hash.
+`verify` and `load` check the files against the state the last record leaves ("redacted by
+erasure E"), so a redacted version stays verifiable; the manifest itself is never edited.
+Another kind (e.g. a retention "tombstone": data removed, manifest kept) fits as one more record.
 
 A version is written under `<root>/<name>/.tmp-<uuid>` and published by one atomic rename onto
 its final name; a rename onto an existing version fails, and the save then retries with the
@@ -36,7 +45,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -58,11 +67,13 @@ from healthmate_features.datasets.dataset import (
 from healthmate_features.datasets.manifest import BUMPS, VERSION_RE, check_version, next_version, parse_version
 from healthmate_features.datasets.ref import NAME_RE
 from healthmate_features.errors import DatasetNotFoundError, DatasetVersionError
+from healthmate_features.util.files import atomic_write_bytes
 
 __all__ = [
     "BUMPS",
     "DatasetRegistry",
     "VerifyReport",
+    "VersionState",
     "check_name",
     "check_version",
     "data_hash",
@@ -74,6 +85,8 @@ Bump = Literal["major", "minor", "patch"]
 MANIFEST = mf.MANIFEST_FILE
 PIPELINE_FILE = mf.PIPELINE_FILE
 ALLOWED_FILES = frozenset({f"{s}.parquet" for s in SPLITS} | {PIPELINE_FILE})
+LIFECYCLE = "lifecycle.json"
+LIFECYCLE_FORMAT = "healthmate-lifecycle/1"
 _MAX_ATTEMPTS = 1000
 TMP_PREFIX = ".tmp-"
 _TMP_GRACE_S = 5.0  # a directory younger than this may be one a save has just made and not yet locked
@@ -101,6 +114,8 @@ class VerifyReport:
     problems: list[str] = field(default_factory=list)
     checked_files: list[str] = field(default_factory=list)
     data_hash: str | None = None
+    notes: list[str] = field(default_factory=list)  # e.g. "redacted by erasure E at T: 12 rows removed"
+    redacted_by: list[str] = field(default_factory=list)  # erasure ids, oldest first
 
     @property
     def ok(self) -> bool:
@@ -110,6 +125,64 @@ class VerifyReport:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of the report."""
         return {**asdict(self), "ok": self.ok}
+
+
+@dataclass
+class VersionState:
+    """What a version's data files must be now: the manifest's, or what its last lifecycle record left.
+
+    `files` maps file name to {sha256, bytes}; `rows` split name to row count; `records` are the
+    lifecycle records (oldest first); `pending` is a last record whose rewrite did not finish
+    (its files may be old or new until the erasure that wrote it runs again)."""
+
+    files: dict[str, Any]
+    data_hash: str | None
+    rows: dict[str, Any]
+    records: builtins.list[dict[str, Any]] = field(default_factory=list)
+    pending: dict[str, Any] | None = None
+    problems: builtins.list[str] = field(default_factory=list)
+
+    @property
+    def redacted_by(self) -> builtins.list[str]:
+        """Ids of the erasures whose redaction of this version completed, oldest first."""
+        done = [r for r in self.records if r.get("kind") == "redaction" and r is not self.pending]
+        return [str(r.get("erasure_id")) for r in done]
+
+    def accepts(self, fname: str, sha256: str) -> bool:
+        """Whether `sha256` is what file `fname` may hold now (either side of a pending rewrite)."""
+        expected = {(self.files.get(fname) or {}).get("sha256")}
+        if self.pending is not None:
+            expected.add(((self.pending.get("files") or {}).get(fname) or {}).get("sha256"))
+        return sha256 in expected
+
+
+def version_state(manifest: Mapping[str, Any], records: builtins.list[dict[str, Any]]) -> VersionState:
+    """Follow a version's lifecycle records from its manifest; each must start where the previous ended."""
+    listed = manifest.get("files")
+    splits = manifest.get("splits")
+    state = VersionState(
+        files=dict(listed) if isinstance(listed, dict) else {},
+        data_hash=manifest.get("data_hash"),
+        rows={k: (v or {}).get("rows") for k, v in splits.items()} if isinstance(splits, dict) else {},
+        records=records,
+    )
+    for i, record in enumerate(records):
+        previous = record.get("previous") or {}
+        before = {f: (e or {}).get("sha256") for f, e in state.files.items()}
+        if previous.get("data_hash") != state.data_hash or previous.get("files") != before:
+            state.problems.append(
+                f"{LIFECYCLE}: record {i + 1} ({record.get('kind')} {record.get('erasure_id')}) does not start from "
+                "the state before it (edited or out of order)"
+            )
+        if record.get("status") != "complete":
+            if i == len(records) - 1:
+                state.pending = record
+                break
+            state.problems.append(f"{LIFECYCLE}: record {i + 1} is incomplete but not the last one")
+        state.files = dict(record.get("files") or {})
+        state.data_hash = record.get("data_hash")
+        state.rows = dict(record.get("rows") or {})
+    return state
 
 
 class DatasetRegistry:
@@ -178,6 +251,11 @@ class DatasetRegistry:
         for each in [check_name(name)] if name is not None else self.names():
             for version in self.versions(each):
                 m = self.show(each, version)
+                counts: Any = m.get("row_counts")
+                redacted: builtins.list[str] = []
+                with contextlib.suppress(DatasetVersionError):  # verify reports a damaged lifecycle.json
+                    state = version_state(m, self.lifecycle(each, version))
+                    counts, redacted = _row_counts(state), state.redacted_by
                 rows.append(
                     {
                         "name": each,
@@ -185,9 +263,10 @@ class DatasetRegistry:
                         "created_at": m.get("created_at"),
                         "parent_version": m.get("parent_version"),
                         "bump": m.get("bump", {}).get("kind"),
-                        "rows": m.get("row_counts"),
+                        "rows": counts,
                         "feature_service": m.get("feature_service"),
                         "data_hash": m.get("data_hash"),
+                        "redacted_by": redacted,
                     }
                 )
         return rows
@@ -227,6 +306,34 @@ class DatasetRegistry:
             return report
         self._read_version(name, version, manifest, report, check=True)
         return report
+
+    def lifecycle(self, name: str, version: str | None = None) -> builtins.list[dict[str, Any]]:
+        """The lifecycle records of a version (latest by default), oldest first; [] when it has none.
+
+        Raises DatasetVersionError when `lifecycle.json` is not valid (bad JSON, edited)."""
+        version = self._resolve(name, version)
+        try:
+            raw = self._read_bytes(self._path(name, version, LIFECYCLE))
+        except FileNotFoundError:
+            return []
+        try:
+            doc = json.loads(raw)
+        except ValueError as exc:
+            raise DatasetVersionError(f"dataset {name}@{version}: {LIFECYCLE} is not valid JSON ({exc})") from exc
+        valid = isinstance(doc, dict) and doc.get("format") == LIFECYCLE_FORMAT
+        if not valid or not isinstance(doc.get("records"), list):
+            raise DatasetVersionError(f"dataset {name}@{version}: {LIFECYCLE} is not a {LIFECYCLE_FORMAT} document")
+        if mf.self_hash({k: v for k, v in doc.items() if k != "lifecycle_sha256"}) != doc.get("lifecycle_sha256"):
+            raise DatasetVersionError(
+                f"dataset {name}@{version}: {LIFECYCLE} does not match its self-hash: it was edited; "
+                "restore it from a backup, or rebuild the version"
+            )
+        return list(doc["records"])
+
+    def state(self, name: str, version: str | None = None) -> VersionState:
+        """What a version's files must be now (the manifest followed by its lifecycle records)."""
+        version = self._resolve(name, version)
+        return version_state(self.show(name, version), self.lifecycle(name, version))
 
     def verify_all(self) -> builtins.list[VerifyReport]:
         """`verify` every version of every dataset, oldest first per name."""
@@ -271,6 +378,8 @@ class DatasetRegistry:
                 + ". Do not use it: rebuild the version, or load(verify=False) to inspect it"
             )
         assert dataset is not None
+        if report.redacted_by:
+            dataset.metadata["redacted_by"] = list(report.redacted_by)
         if load_pipeline and PIPELINE_FILE in raw:
             import joblib
 
@@ -294,8 +403,7 @@ class DatasetRegistry:
             raise DatasetVersionError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
         version = self._resolve(name, version)
         fname = f"{split}.parquet"
-        listed = self.show(name, version).get("files")
-        entry = listed.get(fname) if isinstance(listed, dict) else None
+        entry = self.state(name, version).files.get(fname)
         if not isinstance(entry, dict):
             raise DatasetNotFoundError(f"dataset {name}@{version} has no {fname} (saved without it)")
         try:
@@ -471,16 +579,40 @@ class DatasetRegistry:
         *,
         check: bool,
     ) -> tuple[ProcessedDataset | None, dict[str, bytes]]:
-        """Read (and with `check`, verify) a version's files; problems go into `report`."""
+        """Read (and with `check`, verify) a version's files; problems go into `report`.
+
+        Files are checked against the version's current state: the manifest, followed by the
+        records of its lifecycle.json (a redaction's new hashes); redactions become notes."""
         problems = report.problems
         if check and mf.self_hash(manifest) != manifest.get("manifest_sha256"):
             problems.append(f"{MANIFEST}: its self-hash does not match: the manifest was edited")
-        listed = manifest.get("files") or {}
-        if not isinstance(listed, dict):
+        if not isinstance(manifest.get("files") or {}, dict):
             problems.append(f"{MANIFEST}: 'files' is not an object")
-            listed = {}
+        try:
+            records = self.lifecycle(name, version)
+        except DatasetVersionError as exc:
+            problems.append(f"{LIFECYCLE}: {exc}")
+            records = []
+        state = version_state(manifest, records)
+        if check:
+            problems.extend(state.problems)
+        if state.pending is not None:
+            problems.append(
+                f"the redaction by erasure {state.pending.get('erasure_id')} was interrupted; run that erasure "
+                "again (`healthmate-features erase --user-id N`, the same user) to complete it"
+            )
+        for record in state.records:
+            if record is state.pending or record.get("kind") != "redaction":
+                continue
+            report.redacted_by.append(str(record.get("erasure_id")))
+            removed = sum(int(n) for k, n in (record.get("removed_rows") or {}).items() if k.startswith("X_"))
+            report.notes.append(
+                f"redacted by erasure {record.get('erasure_id')} at {record.get('at')}: {removed} row(s) removed "
+                f"(data hash before: {str((record.get('previous') or {}).get('data_hash'))[:12]}...)"
+            )
+        listed = state.files
         present = {entry for entry, is_dir in self._entries(self._path(name, version)) if not is_dir}
-        for extra in sorted(present - set(listed) - {MANIFEST}):
+        for extra in sorted(present - set(listed) - {MANIFEST, LIFECYCLE}):
             problems.append(f"{extra}: not listed in the manifest (unexpected file)")
         raw: dict[str, bytes] = {}
         for fname in sorted(listed):
@@ -492,41 +624,16 @@ class DatasetRegistry:
                 continue
             data = self._read_bytes(self._path(name, version, fname))
             report.checked_files.append(fname)
-            expected = (listed[fname] or {}).get("sha256")
-            if check and hashlib.sha256(data).hexdigest() != expected:
+            got = hashlib.sha256(data).hexdigest()
+            if check and not state.accepts(fname, got):
+                expected = (listed[fname] or {}).get("sha256")
                 problems.append(
-                    f"{fname}: SHA-256 mismatch (manifest {str(expected)[:12]}..., file "
-                    f"{hashlib.sha256(data).hexdigest()[:12]}...): modified after it was written"
+                    f"{fname}: SHA-256 mismatch ({'redaction record' if state.records else 'manifest'} "
+                    f"{str(expected)[:12]}..., file {got[:12]}...): modified after it was written"
                 )
             raw[fname] = data
-        frames: dict[str, Any] = {}
         splits = manifest.get("splits")
-        if not isinstance(splits, dict):
-            splits = {}
-        for split in SPLITS:
-            fname = f"{split}.parquet"
-            if fname not in raw:  # a missing listed file is reported above
-                if split not in OPTIONAL_SPLITS and fname not in listed:
-                    problems.append(f"{MANIFEST}: does not list the required {fname}")
-                continue
-            try:
-                frame = pq.read_table(pa.BufferReader(raw[fname])).to_pandas()
-            except (pa.ArrowException, ValueError, OSError) as exc:
-                problems.append(f"{fname}: not readable as Parquet ({exc})")
-                continue
-            entry = splits.get(split) or {}
-            index = entry.get("index") or []
-            if len(index) == 1 and frame.index.nlevels == 1:
-                frame.index = restore_resolution(frame.index, index[0].get("dtype"))
-            if split.startswith("y_"):
-                series = restore_resolution(frame.iloc[:, 0], entry.get("dtype"))
-                series.name = entry.get("series_name")
-                frames[split] = series
-            else:
-                for column in entry.get("columns") or []:
-                    if column.get("name") in frame.columns:
-                        frame[column["name"]] = restore_resolution(frame[column["name"]], column.get("dtype"))
-                frames[split] = frame
+        frames = _parse_frames(raw, splits if isinstance(splits, dict) else {}, listed, problems)
         if any(s not in frames for s in SPLITS if s not in OPTIONAL_SPLITS):
             return None, raw
         try:
@@ -542,26 +649,189 @@ class DatasetRegistry:
             return None, raw
         if check:
             report.data_hash = data_hash(dataset)
-            if report.data_hash != manifest.get("data_hash"):
+            accepted = {state.data_hash} | ({state.pending.get("data_hash")} if state.pending else set())
+            if report.data_hash not in accepted:
                 problems.append(
-                    f"data hash mismatch (manifest {str(manifest.get('data_hash'))[:12]}..., "
-                    f"recomputed {report.data_hash[:12]}...): the stored data changed"
+                    f"data hash mismatch ({'redaction record' if state.records else 'manifest'} "
+                    f"{str(state.data_hash)[:12]}..., recomputed {report.data_hash[:12]}...): the stored data changed"
                 )
-            for split, value in frames.items():
-                expected_rows = (splits.get(split) or {}).get("rows")
-                if expected_rows != len(value):
-                    problems.append(f"{split}.parquet: {len(value)} rows, the manifest says {expected_rows}")
+            if state.pending is None:
+                for split, value in frames.items():
+                    expected_rows = state.rows.get(split)
+                    if expected_rows != len(value):
+                        problems.append(f"{split}.parquet: {len(value)} rows, the manifest says {expected_rows}")
         return dataset, raw
+
+    def redact(
+        self,
+        name: str,
+        version: str,
+        select: Callable[[Any], Any],
+        *,
+        erasure_id: str,
+        note: str | None = None,
+    ) -> dict[str, Any] | None:
+        """Rewrite a version's data files without the rows `select` marks; record it in lifecycle.json.
+
+        `select(frame)` gets each joined frame (the rows before preprocessing, with user_id) and
+        returns a boolean mask of the rows to remove; the same positions leave X, y and the joined
+        frame of that split. Returns the redaction record, or None when the version holds no such
+        row (then nothing is written: the version stays byte for byte as it was).
+
+        Safe to interrupt: the record is written first (status "pending", with the new hashes),
+        then each file is replaced atomically, then the record is marked "complete"; running the
+        same erasure again completes a pending record. The pipeline file is kept as it was
+        (`note` says so in the record). Raises DatasetVersionError when the version fails
+        verification (other than the pending rewrite) or has no frame that shows whose rows are whose.
+        """
+        version = self._resolve(name, version)
+        if not self._local:
+            raise DatasetVersionError(
+                f"cannot redact {name}@{version} in {self.uri}: only a local root can be rewritten in place"
+            )
+        manifest = self.show(name, version)
+        report = VerifyReport(name, version)
+        dataset, raw = self._read_version(name, version, manifest, report, check=True)
+        state = version_state(manifest, self.lifecycle(name, version))
+        pending = state.pending if state.pending and state.pending.get("erasure_id") == erasure_id else None
+        blocking = [p for p in report.problems if pending is None or "was interrupted" not in p]
+        if blocking or dataset is None:
+            raise DatasetVersionError(
+                f"dataset {name}@{version} fails verification, so it is not rewritten: "
+                + "; ".join(blocking or ["its splits cannot be read"])
+                + "; restore or rebuild the version, then run the erasure again"
+            )
+        masks: dict[str, Any] = {}
+        for side in ("train", "test"):
+            source = getattr(dataset, f"joined_{side}")
+            if source is None and "user_id" in getattr(dataset, f"X_{side}").columns:
+                source = getattr(dataset, f"X_{side}")
+            if source is None:
+                raise DatasetVersionError(
+                    f"dataset {name}@{version} has no joined frames and no user_id column, so the rows of a "
+                    "person cannot be found in it; delete the version or rebuild it with the training-set builder"
+                )
+            masks[side] = select(source).to_numpy(dtype=bool)
+        if not any(m.any() for m in masks.values()) and pending is None:
+            return None
+        kept: dict[str, Any] = {}
+        removed: dict[str, int] = {}
+        for split, value in dataset.frames():
+            mask = masks[split.rsplit("_", 1)[1]]
+            kept[split] = value[~mask]
+            removed[split] = int(mask.sum())
+        new_bytes = {f"{split}.parquet": _parquet_bytes(value) for split, value in kept.items()}
+        problems: list[str] = []
+        found = manifest.get("splits")
+        splits: dict[str, Any] = found if isinstance(found, dict) else {}
+        reread = _parse_frames(new_bytes, splits, new_bytes, problems)
+        redacted = ProcessedDataset(feature_names=list(reread["X_train"].columns), **reread)
+        files = dict(state.files)
+        for fname, data in new_bytes.items():
+            files[fname] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+        record = {
+            "kind": "redaction",
+            "erasure_id": erasure_id,
+            "at": (pending or {}).get("at") or datetime.now(timezone.utc).isoformat(),
+            "status": "pending",
+            "previous": {
+                "files": {f: (e or {}).get("sha256") for f, e in state.files.items()},
+                "data_hash": state.data_hash,
+            },
+            "removed_rows": removed if pending is None else pending.get("removed_rows", removed),
+            "files": files,
+            "data_hash": data_hash(redacted),
+            "rows": {split: len(value) for split, value in reread.items()},
+            "note": note,
+        }
+        records = [r for r in state.records if r is not state.pending] + [record]
+        directory = self._path(name, version)
+        os.chmod(directory, 0o755)
+        try:
+            _remove_temporaries(directory)  # of an interrupted earlier run
+            self._write_lifecycle(name, version, records)
+            for fname, data in new_bytes.items():
+                if hashlib.sha256(raw.get(fname, b"")).hexdigest() != files[fname]["sha256"]:
+                    _replace_file(directory, fname, data)
+            record["status"] = "complete"
+            self._write_lifecycle(name, version, records)
+        finally:
+            _make_read_only(directory)
+            _fsync_dir(directory)
+        return record
+
+    def _write_lifecycle(self, name: str, version: str, records: builtins.list[dict[str, Any]]) -> None:
+        """Replace a version's lifecycle.json atomically (its directory must be writable)."""
+        doc: dict[str, Any] = {"format": LIFECYCLE_FORMAT, "records": records}
+        doc["lifecycle_sha256"] = mf.self_hash(doc)
+        _replace_file(self._path(name, version), LIFECYCLE, mf.dumps(doc).encode())
+
+
+def _replace_file(directory: str, fname: str, data: bytes) -> None:
+    """Replace (or create) a file of a version atomically and durably (util.files), read-only."""
+    path = os.path.join(directory, fname)
+    atomic_write_bytes(path, data, durable=True)
+    os.chmod(path, 0o444)
+
+
+def _remove_temporaries(directory: str) -> None:
+    """Delete what an interrupted rewrite left in a version directory (hidden `.<name>.<hex>.tmp` files)."""
+    for entry in os.scandir(directory):
+        if entry.name.startswith(".") and entry.name.endswith(".tmp") and entry.is_file(follow_symlinks=False):
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+
+
+def _row_counts(state: VersionState) -> dict[str, Any]:
+    """A version's current rows per side, as the manifest's row_counts."""
+    return {"train": state.rows.get("X_train"), "test": state.rows.get("X_test")}
+
+
+def _parse_frames(
+    raw: Mapping[str, bytes], splits: Mapping[str, Any], listed: Mapping[str, Any], problems: builtins.list[str]
+) -> dict[str, Any]:
+    """The splits of a version parsed from their Parquet bytes, dtypes restored as the manifest records them."""
+    frames: dict[str, Any] = {}
+    for split in SPLITS:
+        fname = f"{split}.parquet"
+        if fname not in raw:  # a missing listed file is reported by the caller
+            if split not in OPTIONAL_SPLITS and fname not in listed:
+                problems.append(f"{MANIFEST}: does not list the required {fname}")
+            continue
+        try:
+            frame = pq.read_table(pa.BufferReader(raw[fname])).to_pandas()
+        except (pa.ArrowException, ValueError, OSError) as exc:
+            problems.append(f"{fname}: not readable as Parquet ({exc})")
+            continue
+        entry = splits.get(split) or {}
+        index = entry.get("index") or []
+        if len(index) == 1 and frame.index.nlevels == 1:
+            frame.index = restore_resolution(frame.index, index[0].get("dtype"))
+        if split.startswith("y_"):
+            series = restore_resolution(frame.iloc[:, 0], entry.get("dtype"))
+            series.name = entry.get("series_name")
+            frames[split] = series
+        else:
+            for column in entry.get("columns") or []:
+                if column.get("name") in frame.columns:
+                    frame[column["name"]] = restore_resolution(frame[column["name"]], column.get("dtype"))
+            frames[split] = frame
+    return frames
+
+
+def _parquet_bytes(value: Any) -> bytes:
+    """One split as stored: a frame (a Series as its one-column frame), index kept, as Parquet bytes."""
+    table = pa.Table.from_pandas(as_frame(value), preserve_index=None)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
 
 
 def _write_payload(directory: str, dataset: ProcessedDataset) -> dict[str, dict[str, Any]]:
     """Write the Parquet splits and the pickled pipeline; return {file: {sha256, bytes}}."""
     files: dict[str, dict[str, Any]] = {}
     for split, value in dataset.frames():
-        table = pa.Table.from_pandas(as_frame(value), preserve_index=None)
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink)
-        files[f"{split}.parquet"] = _write_file(directory, f"{split}.parquet", sink.getvalue().to_pybytes())
+        files[f"{split}.parquet"] = _write_file(directory, f"{split}.parquet", _parquet_bytes(value))
     if dataset.pipeline is not None:
         import joblib
 

@@ -13,6 +13,10 @@ ranges, units, timezone-aware timestamps and references to known users, and writ
   so `build-features` can refuse raw data that was not ingested (or changed since).
 
 Nothing is dropped silently: accepted + rejected = read, per table. All checks run in DuckDB.
+
+Rows of a person the erasure ledger holds (`backends.ledger`; `ingest_raw` reads it) are
+rejected with the one reason "user_id: erased": counted like any other reject, but their row in
+the rejects file keeps only its position and the reason, none of the erased person's values.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -42,6 +47,8 @@ _TZ_SUFFIX = r"(Z|z|[+-][0-9]{2}(:?[0-9]{2})?)$"
 REJECT_LINE = "_line"  # rejects of a CSV file: the line the row starts on (the header is line 1)
 REJECT_ROW = "_row"  # rejects of a Parquet file: the row index, from 0
 _SQL_TYPES = {"int": "BIGINT", "float": "DOUBLE", "string": "VARCHAR", "timestamp": "TIMESTAMPTZ"}
+ERASED = "user_id: erased"  # the reason code of a row whose person was erased (the erasure ledger)
+Erased = Callable[[Iterable[Any]], set]  # user ids -> the erased ones among them (backends.ledger.erased_filter)
 
 
 @dataclass
@@ -299,13 +306,33 @@ def _atomic_copy(con: duckdb.DuckDBPyConnection, query: str, dest: Path, fmt: st
         con.execute(f"COPY ({query}) TO {quote_literal(str(tmp))} ({options})")
 
 
-def _ingest_table(con, table: TableSchema, path: Path, out_dir: Path) -> TableReport:
+def _erased_check(con, table: TableSchema, erased: Erased | None) -> tuple[str, str, str] | None:
+    """The check that rejects rows of erased people, or None when no id of this table was erased."""
+    if erased is None or "user_id" not in table.column_names:
+        return None
+    ids = [
+        row[0] for row in con.execute(f"SELECT DISTINCT TRY_CAST(user_id AS BIGINT) FROM src_{table.name}").fetchall()
+    ]
+    found = sorted(erased(i for i in ids if i is not None))
+    if not found:
+        return None
+    return (
+        ERASED,
+        f"coalesce(t_user_id IN ({', '.join(str(int(i)) for i in found)}), false)",
+        quote_literal("user_id was erased (erasure ledger); its rows are not kept"),
+    )
+
+
+def _ingest_table(con, table: TableSchema, path: Path, out_dir: Path, erased: Erased | None = None) -> TableReport:
     types = _open_source(con, table, path)
     report = TableReport(
         table.name, str(path), ignored_columns=[c for c in types if c not in table.column_names and c != "_row"]
     )
     typed_cols = ", ".join(f"{_typed(c, types[c.name])} AS t_{c.name}" for c in table.columns)
     checks = _checks(table, types)
+    erased_check = _erased_check(con, table, erased)
+    if erased_check is not None:  # first, and alone: an erased person's row gets no other reason
+        checks = [erased_check, *((code, f"NOT ({erased_check[1]}) AND ({cond})", msg) for code, cond, msg in checks)]
     flags = ", ".join(f"coalesce({cond}, false) AS c{i}" for i, (_, cond, _) in enumerate(checks))
     bad = " OR ".join(f"c{i}" for i in range(len(checks))) or "false"
     checked = f"checked_{table.name}"
@@ -335,6 +362,10 @@ def _ingest_table(con, table: TableSchema, path: Path, out_dir: Path) -> TableRe
             + ")"
         )
         originals = ", ".join(f'CAST("{c}" AS VARCHAR) AS "{c}"' for c in table.column_names)
+        if erased_check is not None:  # none of an erased person's values in the rejects file
+            originals = ", ".join(
+                f'CASE WHEN c0 THEN NULL ELSE CAST("{c}" AS VARCHAR) END AS "{c}"' for c in table.column_names
+            )
         position, source = REJECT_ROW, checked
         if path.suffix == ".csv":
             bad_rows = [int(r[0]) for r in con.execute(f"SELECT _row FROM {checked} WHERE _bad").fetchall()]
@@ -351,8 +382,13 @@ def _ingest_table(con, table: TableSchema, path: Path, out_dir: Path) -> TableRe
     return report
 
 
-def ingest(raw_dir: str | Path, out_dir: str | Path, *, progress: bool = False) -> list[TableReport]:
+def ingest(
+    raw_dir: str | Path, out_dir: str | Path, *, progress: bool = False, erased: Erased | None = None
+) -> list[TableReport]:
     """Validate the raw tables in `raw_dir` and write accepted rows, rejects and a manifest to `out_dir`.
+
+    `erased` (ids -> the erased ones among them; `ingest_raw` passes the profile's erasure
+    ledger) rejects the rows of erased people with reason "user_id: erased".
 
     Side effects: creates `out_dir`; replaces its Parquet, rejects and manifest files atomically.
     Raises RawDataError when a required table is absent, unreadable or lacks columns, or when a
@@ -380,7 +416,7 @@ def ingest(raw_dir: str | Path, out_dir: str | Path, *, progress: bool = False) 
         from tqdm import tqdm
 
         for name in tqdm(present, desc="ingest", unit="table", disable=not progress):
-            reports.append(_ingest_table(con, RAW_TABLES[name], present[name], out_dir))
+            reports.append(_ingest_table(con, RAW_TABLES[name], present[name], out_dir, erased))
     finally:
         con.close()
     for r in reports:
@@ -417,10 +453,12 @@ def ingest_raw(
     (production: COPY into Postgres in chunks of `batch_rows`, swapped in atomically). The raw
     store is checked first, so a down server fails before the validation runs.
     """
+    from healthmate_features.backends.ledger import erased_filter
+
     backend = backend_for(settings)
     backend.prepare_raw_store()
     out_dir = Path(out_dir or settings.ingested_dir)
-    reports = ingest(raw_dir, out_dir, progress=progress)
+    reports = ingest(raw_dir, out_dir, progress=progress, erased=erased_filter(settings))
     tables = [
         RawTable(
             name, tuple((c.name, c.dtype) for c in schema.columns), primary_key="user_id" if name == "users" else None

@@ -222,6 +222,24 @@ def _known_users(settings: Settings) -> pd.Series | None:
     return pd.Series([row[0] for row in rows], name="user_id", dtype="int64")
 
 
+def drop_erased(entities: pd.DataFrame, settings: Settings) -> tuple[pd.DataFrame, int]:
+    """The entity frame without the rows of people the erasure ledger holds, and how many rows went.
+
+    Which people is not said anywhere (the ledger keeps keyed hashes only); the count goes into
+    the version's metadata (`erased_rows_dropped`). A frame without user_id is returned as is
+    (validation then names the missing column)."""
+    from healthmate_features.backends.ledger import erased_filter
+
+    if "user_id" not in entities.columns:
+        return entities, 0
+    ids = pd.to_numeric(entities["user_id"], errors="coerce")
+    erased = erased_filter(settings)(ids.dropna().unique())
+    if not erased:
+        return entities, 0
+    gone = ids.isin(erased).to_numpy()
+    return entities.loc[~gone].reset_index(drop=True), int(gone.sum())
+
+
 def join_features(
     entities: pd.DataFrame,
     settings: Settings,
@@ -320,7 +338,7 @@ def build_training_set(config: TrainingSetConfig | Mapping[str, Any], settings: 
     config = config if isinstance(config, TrainingSetConfig) else TrainingSetConfig.from_dict(config)
     fs = store.open_feature_store(settings)
     entities_path = check_sources(config, settings, fs=fs)
-    raw = read_entity_frame(entities_path, name=config.entities)
+    raw, erased = drop_erased(read_entity_frame(entities_path, name=config.entities), settings)
     refs = _feature_refs(fs, config.feature_service)
     joined, entity_report = join_features(
         raw,
@@ -343,6 +361,7 @@ def build_training_set(config: TrainingSetConfig | Mapping[str, Any], settings: 
         "task": config.task,
         "entity_frame_hash": frame_hash(raw),
         "entity_report": asdict(entity_report),
+        "erased_rows_dropped": erased,
         "feast_definitions_hash": definitions_hash(fs, config.feature_service),
         "feature_window_days": window,
         "time_range": {"start": entity_report.time_range[0], "end": entity_report.time_range[1]},
@@ -497,9 +516,14 @@ def rebuild(name: str, version: str, settings: Settings) -> dict[str, Any]:
     """Rebuild a version from its manifest; report whether the data hash is identical.
 
     Does not save anything. When the entity file changed since, the report says so (a
-    different hash is then expected).
+    different hash is then expected). A redacted version is compared with its data after the
+    redaction (`manifest_data_hash` is then the redaction record's); the rebuild leaves erased
+    people out (the builder drops them: `erased_rows_dropped`), but other rows may still differ,
+    as the split and the preprocessing were fitted with the erased rows.
     """
-    manifest = registry(settings).show(name, version)
+    datasets = registry(settings)
+    manifest = datasets.show(name, version)
+    state = datasets.state(name, version)
     spec = manifest.get("build_spec") or manifest.get("metadata", {}).get("build_spec")
     if not spec:
         raise ConfigError(
@@ -507,13 +531,15 @@ def rebuild(name: str, version: str, settings: Settings) -> dict[str, Any]:
         )
     dataset = build_training_set(spec["config"], settings)
     entities_path = Path(spec["entities_path"])
-    expected = manifest.get("data_hash") or manifest.get("hashes", {}).get("data")
+    expected = state.data_hash or manifest.get("hashes", {}).get("data")
     got = data_hash(dataset)
     return {
         "dataset": f"{name}@{version}",
         "identical": got == expected,
         "data_hash": got,
         "manifest_data_hash": expected,
+        "redacted_by": state.redacted_by,
+        "erased_rows_dropped": dataset.metadata.get("erased_rows_dropped", 0),
         "entities_changed": (not entities_path.exists()) or sha256_file(entities_path) != spec["entities_sha256"],
     }
 

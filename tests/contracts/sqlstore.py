@@ -13,7 +13,17 @@ from healthmate_features.backends import open_sql_store
 from healthmate_features.backends.sqlstore import MIGRATIONS, SqlStore, read_json, read_ts
 from healthmate_features.errors import StoreError
 
-TABLES = {"schema_migrations", "model_runs", "model_metrics", "api_keys", "audit_log", "jobs", "leases", "revisions"}
+TABLES = {
+    "schema_migrations",
+    "model_runs",
+    "model_metrics",
+    "api_keys",
+    "audit_log",
+    "jobs",
+    "leases",
+    "revisions",
+    "erasures",
+}
 
 
 def table_columns(store: SqlStore) -> dict[str, list[str]]:

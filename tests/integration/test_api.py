@@ -136,6 +136,8 @@ def test_openapi_documents_every_endpoint_with_summaries_and_bearer_auth(env):
         ("POST", f"{PREFIX}/data/preprocess"),
         ("GET", f"{PREFIX}/models/performance"),
         ("GET", f"{PREFIX}/dashboard/summary"),
+        ("POST", f"{PREFIX}/erasures"),
+        ("GET", f"{PREFIX}/erasures/verify"),
     }
     for path, item in schema["paths"].items():
         for op in item.values():

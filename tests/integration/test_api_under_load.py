@@ -231,6 +231,8 @@ def test_the_admin_routes_are_found_from_their_dependencies():
         ("GET", "/datasets/jobs/{job_id}"),
         ("GET", "/datasets/load-version"),
         ("POST", "/data/preprocess"),
+        ("POST", "/erasures"),
+        ("GET", "/erasures/verify"),
     }
 
 

@@ -279,6 +279,7 @@ def test_readme_block_runs_as_shown(block: Block, sandbox, sandbox_files, base_e
 _CHANGED_ON_PURPOSE = {
     "feature_repo/feature_sets.json": "feature-sets/create keeps the new feature set there (README: commit it)",
     "feature_store.production.yaml": "production_env gives the sandbox a Feast project of its own",
+    ".healthmate/erasure.key": "the first `erase` creates the ledger's key outside data/ (git-ignored, mode 0600)",
 }
 
 

@@ -94,7 +94,8 @@ SIGNATURES = {
         "(config, batch_source, timestamp_unit='us')"
     ),
     "feast.infra.utils.postgres.connection_utils._get_conn": "(config)",
-    # The SQLite online store the fast reader reads: its connection and its table names.
+    # The SQLite online store the fast reader reads and erasure deletes from: its connection
+    # (`sqlite_connection`) and its table names.
     "feast.infra.online_stores.sqlite.SqliteOnlineStore._get_conn": "(self, config)",
     "feast.infra.online_stores.helpers.compute_table_id": "(project, table, enable_versioning=False)",
     "feast.infra.registry.caching_registry.CachingRegistry._refresh_cached_registry_if_necessary": "(self)",
