@@ -219,7 +219,8 @@ def datasets_load_cmd(
 def datasets_verify_cmd(name: str | None, version: str | None, profile: str | None, as_json: bool) -> None:
     """Recompute a version's hashes (every version of every dataset without NAME); exit 1 on tampering.
 
-    A version an erasure redacted is checked against its redaction record and says so."""
+    A version an erasure redacted is checked against its redaction record and says so; a version
+    retention tombstoned passes and says when."""
     registry = _registry(profile)
     reports = [registry.verify(name, version)] if name else registry.verify_all()
     if as_json:
@@ -229,7 +230,9 @@ def datasets_verify_cmd(name: str | None, version: str | None, profile: str | No
             click.echo(f"no dataset versions under {registry.uri}")
         for report in reports:
             ref = f"{report.name}@{report.version}"
-            if report.ok:
+            if report.ok and report.tombstoned:
+                click.echo(f"{ref}: tombstoned by retention on {report.tombstoned[:10]} (manifest kept, data removed)")
+            elif report.ok:
                 against = "its redaction record" if report.redacted_by else "the manifest"
                 click.echo(f"{ref}: intact ({len(report.checked_files)} files and the data hash match {against})")
             else:
