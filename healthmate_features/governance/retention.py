@@ -188,13 +188,12 @@ def apply_retention(
                     )
             done("raw_files", counts)
             db_manifest = None
-            if not dry_run:
+            if not dry_run and any(counts.values()):  # a run that rewrote no file leaves the manifests alone
                 entry = {"at": now.isoformat(), "cutoff": raw_cut.isoformat(), "removed": dict(counts)}
 
                 def update(manifest: dict[str, Any]) -> None:
                     refresh_hashes(manifest)
-                    if any(counts.values()):
-                        manifest.setdefault("retention", []).append(entry)
+                    manifest.setdefault("retention", []).append(entry)
 
                 db_manifest = record_in_manifests(settings, update)
             done("raw_tables", backend.expire_raw_rows(events, raw_cut, manifest=db_manifest, count_only=dry_run))
