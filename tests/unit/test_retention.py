@@ -131,6 +131,7 @@ def test_retention_removes_what_is_past_its_age_and_a_second_run_removes_nothing
     assert registry.load("risk", "1.0.0").X_train is not None
     assert registry.list("risk")[1]["tombstoned"] == NOW.isoformat() and registry.list("risk")[1]["rows"] is None
     assert registry.redact("risk", "1.0.1", lambda f: f["user_id"] == "u1", erasure_id="E-x") is None
+
     # a second run: nothing left to remove, nothing changes
     def files() -> dict[str, str]:  # the SQL store's file aside: it holds the run's locks
         return {k: v for k, v in _snapshot(settings.repo_path).items() if not k.startswith("data/healthmate.db")}
@@ -169,3 +170,23 @@ def test_the_cli_prints_what_it_removed_as_text_and_json(kept_repo, tiny, monkey
     assert load.exit_code == 1 and "tombstoned by retention" in load.output and "Traceback" not in load.output
     bad = runner.invoke(main, [*args[:-1], "yesterday"])
     assert bad.exit_code == 2 and "not an ISO time" in bad.output
+
+
+def test_the_job_kind_checks_its_policy_at_submission_and_runs_it(kept_repo, repo_root):
+    from healthmate_features.jobs import tasks
+
+    settings = kept_repo
+    (settings.repo_path / "configs").mkdir(exist_ok=True)
+    (settings.repo_path / "configs" / "retention.yaml").write_text(
+        (repo_root / "configs" / "retention.yaml").read_text()
+    )
+    assert tasks.check_params("apply_retention", {}, settings) == {"policy": "configs/retention.yaml", "dry_run": False}
+    with pytest.raises(ConfigError, match="unknown apply_retention parameter.*when"):
+        tasks.check_params("apply_retention", {"when": 1}, settings)
+    (settings.repo_path / "bad.yaml").write_text("max_age_days: {raw_events: -1}\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: max_age_days.raw_events is -1"):
+        tasks.check_params("apply_retention", {"policy": "bad.yaml"}, settings)
+    with pytest.raises(ConfigError, match="dry_run must be true or false"):
+        tasks.check_params("apply_retention", {"dry_run": "yes"}, settings)
+    result = tasks.KINDS["apply_retention"].run(settings, {"policy": "configs/retention.yaml", "dry_run": True}, None)
+    assert result["dry_run"] is True and json.dumps(result)  # JSON-ready: what the job's record keeps
