@@ -483,7 +483,8 @@ class DatasetRegistry:
         content = mf.content_manifest(dataset)  # fails fast on metadata that is not JSON
         if reuse_unchanged:
             versions = self.versions(name)
-            if versions and mf.unchanged(self.show(name, versions[-1]), content):
+            latest_kept = bool(versions) and self.state(name, versions[-1]).tombstone is None  # not its data gone
+            if latest_kept and mf.unchanged(self.show(name, versions[-1]), content):
                 return versions[-1], False
         name_dir = os.path.join(self.root, name)
         os.makedirs(name_dir, exist_ok=True)

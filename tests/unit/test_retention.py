@@ -190,3 +190,31 @@ def test_the_job_kind_checks_its_policy_at_submission_and_runs_it(kept_repo, rep
         tasks.check_params("apply_retention", {"dry_run": "yes"}, settings)
     result = tasks.KINDS["apply_retention"].run(settings, {"policy": "configs/retention.yaml", "dry_run": True}, None)
     assert result["dry_run"] is True and json.dumps(result)  # JSON-ready: what the job's record keeps
+
+
+def test_an_interrupted_tombstone_fails_verify_until_retention_completes_it(tmp_path, make_dataset, monkeypatch):
+    from healthmate_features.datasets import registry as registry_module
+
+    registry = DatasetRegistry(tmp_path / "datasets")
+    registry.save(make_dataset(), "risk")
+    real_unlink = os.unlink
+    calls = []
+
+    def crash_after_one(path, *args, **kwargs):  # the process dies after deleting one data file
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(path)
+        real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(registry_module.os, "unlink", crash_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        registry.tombstone("risk", "1.0.0", at=NOW, why="a test")
+    monkeypatch.setattr(registry_module.os, "unlink", real_unlink)
+    report = registry.verify("risk", "1.0.0")
+    assert not report.ok and "tombstoning by retention was interrupted" in " ".join(report.problems)
+    record = registry.tombstone("risk", "1.0.0", at=NOW + timedelta(days=1), why="again")
+    assert record is not None and record["at"] == NOW.isoformat() and record["why"] == "a test"  # the first record
+    assert registry.verify("risk", "1.0.0").ok and registry.tombstone("risk", "1.0.0", at=NOW, why="x") is None
+    # a build whose data did not change still saves a new version: the tombstone holds no data to reuse
+    version, created = registry.save_if_changed(make_dataset(), "risk")
+    assert (version, created) == ("1.0.1", True) and registry.load("risk", version).X_train is not None
