@@ -36,6 +36,7 @@ _ENV = {
     "job_retry_backoff_s": "HM_JOB_RETRY_BACKOFF_S",
     "lock_wait_s": "HM_LOCK_WAIT_S",
     "erasure_key": "HM_ERASURE_KEY",
+    "export_key": "HM_EXPORT_KEY",
     "max_request_bytes": "HM_MAX_REQUEST_BYTES",
 }
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
@@ -90,6 +91,10 @@ class Settings:
     # use (mode 0600). Set it on every machine of a deployment (production): ids hashed under
     # another key do not match, and the ledger refuses a key it was not written with.
     erasure_key: str = field(default="", repr=False)
+    # The key of pseudonymized exports (`datasets load --pseudonymize`, the API's download with
+    # pseudonymize=true): user ids become HMAC-SHA256 pseudonyms under it. Empty: exports need
+    # `--key-file`, and the API refuses them. Another key gives unlinkable pseudonyms.
+    export_key: str = field(default="", repr=False)
     # The largest request body the HTTP API reads: a larger Content-Length is answered 413 before
     # any of the body is read, a chunked body 413 as soon as it passes this many bytes.
     max_request_bytes: int = 4 * 1024 * 1024

@@ -328,6 +328,16 @@ class Tracker:
         )
         return {"model": model_name, "history": records}
 
+    def datasets_used_in(self, environment: str) -> list[str]:
+        """The dataset versions (`name@version`) some model run in `environment` was logged on, sorted.
+
+        Retention keeps these (README "Erasure, retention and exports")."""
+        checked = _check_environment(environment)
+        rows = self.store.query(
+            "SELECT DISTINCT dataset_name, dataset_version FROM model_runs WHERE environment = ?", (checked,)
+        )
+        return sorted(f"{r['dataset_name']}@{r['dataset_version']}" for r in rows)
+
     def latest_per_environment(self, *, model_name: str | None = None) -> list[Run]:
         """The latest run of every model in every environment (for a dashboard).
 

@@ -71,6 +71,7 @@ from healthmate_features.errors import (
     StoreError,
 )
 from healthmate_features.features import feature_sets
+from healthmate_features.governance.exports import export_key, pseudonymize_parquet
 from healthmate_features.jobs import Job, JobQueue
 from healthmate_features.monitoring import metrics as monitoring
 from healthmate_features.stores import feature_store as store
@@ -569,16 +570,22 @@ def load_dataset_version(
     name: Annotated[str, Query(max_length=128, description="Dataset name.")],
     version: Annotated[str | None, Query(max_length=40, description="MAJOR.MINOR.PATCH; default latest.")] = None,
     download: Annotated[Split | None, Query(description="Stream this split as Parquet instead.")] = None,
+    pseudonymize: Annotated[
+        bool, Query(description="With `download`: user_id as a keyed hash (HM_EXPORT_KEY), direct identifiers dropped.")
+    ] = False,
 ) -> Any:
     """The manifest of a version (latest by default); with `download`, that split's Parquet file.
 
-    A downloaded split is checked against the manifest's SHA-256 before it is sent."""
+    A downloaded split is checked against the manifest's SHA-256 before it is sent; with
+    `pseudonymize` it is sent pseudonymized (governance.exports; 422 when HM_EXPORT_KEY is unset)."""
     _target(request, "dataset", f"{name}@{version}" if version else name)
     registry = training.registry(ctx.settings)
     version = version or registry.latest(name)
     _target(request, "dataset", f"{name}@{version}")
     if download:
         data = registry.read_split(name, version, download)
+        if pseudonymize:
+            data = pseudonymize_parquet(data, export_key(ctx.settings))
         disposition = f'attachment; filename="{name}-{version}-{download}.parquet"'
         return Response(data, media_type=PARQUET, headers={"Content-Disposition": disposition})
     return DatasetManifest(dataset=f"{name}@{version}", manifest=_json_safe(registry.show(name, version)))

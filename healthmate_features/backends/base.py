@@ -347,6 +347,19 @@ class Backend(ABC):
         raw tables (they are rewritten as files). With `count_only`, count and change nothing."""
         return {}
 
+    def expire_raw_rows(
+        self,
+        time_columns: Mapping[str, str],
+        cutoff: datetime,
+        *,
+        manifest: Mapping[str, Any] | None = None,
+        count_only: bool = False,
+    ) -> dict[str, int]:
+        """Delete the rows of raw tables `time_columns` (table -> event-time column) older than `cutoff`
+        (retention), recording `manifest` with them; rows per table. {} where the ingested files
+        are the raw tables (they are rewritten as files). With `count_only`, count and change nothing."""
+        return {}
+
     @abstractmethod
     def loaded_ingest(self, raw_dir: Path) -> tuple[dict[str, Any], str, str]:
         """The manifest of the ingest the raw tables hold, where they are, and the command that loads them.
@@ -379,6 +392,14 @@ class Backend(ABC):
 
         With `count_only`, count them and change nothing (`erase --verify`). Each table is
         rewritten atomically (embedded) or in one transaction (production): safe to interrupt."""
+
+    @abstractmethod
+    def expire_feature_rows(
+        self, tables: Sequence[str], cutoff: datetime, *, count_only: bool = False
+    ) -> dict[str, int]:
+        """Delete the rows of feature tables `tables` with event_timestamp before `cutoff` (retention); rows per table.
+
+        With `count_only`, count them and change nothing (`retention apply --dry-run`); atomic per table."""
 
     @abstractmethod
     def erase_online_rows(self, store: FeatureStore, user_id: int, *, count_only: bool = False) -> dict[str, int]:

@@ -183,6 +183,17 @@ class EmbeddedBackend(Backend):
 
     def erase_feature_rows(self, tables: Sequence[str], user_id: int, *, count_only: bool = False) -> dict[str, int]:
         """Rewrite each `data/features/<table>.parquet` that holds the user's rows without them (atomically)."""
+        return self._delete_feature_rows(tables, f"user_id = {int(user_id)}", count_only=count_only)
+
+    def expire_feature_rows(
+        self, tables: Sequence[str], cutoff: datetime, *, count_only: bool = False
+    ) -> dict[str, int]:
+        """Rewrite each `data/features/<table>.parquet` holding rows older than `cutoff` without them (atomically)."""
+        at = quote_literal(cutoff.astimezone(timezone.utc).isoformat())
+        return self._delete_feature_rows(tables, f"event_timestamp < CAST({at} AS TIMESTAMPTZ)", count_only=count_only)
+
+    def _delete_feature_rows(self, tables: Sequence[str], where: str, *, count_only: bool) -> dict[str, int]:
+        """Count the rows matching `where` (SQL of our own making) in each feature file; rewrite it without them."""
         counts: dict[str, int] = {}
         con = duckdb_connect()
         try:
@@ -191,12 +202,12 @@ class EmbeddedBackend(Backend):
                 if not path.exists():
                     continue
                 source = f"read_parquet({quote_literal(str(path))})"
-                row = con.execute(f"SELECT count(*) FROM {source} WHERE user_id = ?", [int(user_id)]).fetchone()
+                row = con.execute(f"SELECT count(*) FROM {source} WHERE {where}").fetchone()
                 counts[table] = int(row[0]) if row else 0
                 if counts[table] and not count_only:
                     with atomic_path(path) as tmp:
                         con.execute(
-                            f"COPY (SELECT * FROM {source} WHERE user_id IS DISTINCT FROM {int(user_id)}) "
+                            f"COPY (SELECT * FROM {source} WHERE ({where}) IS NOT TRUE) "
                             f"TO {quote_literal(str(tmp))} (FORMAT parquet, COMPRESSION zstd)"
                         )
         finally:

@@ -307,17 +307,35 @@ class ProductionBackend(Backend):
         count_only: bool = False,
     ) -> dict[str, int]:
         """Delete the user's rows from the raw tables in Postgres and record `manifest`, in one transaction."""
-        return self._erase_rows(tables, user_id, manifest=manifest, count_only=count_only)
+        where = ("user_id = %s", (int(user_id),))
+        return self._delete_rows(dict.fromkeys(tables, where), manifest=manifest, count_only=count_only)
 
-    def _erase_rows(
+    def expire_raw_rows(
         self,
-        tables: Sequence[str],
-        user_id: int,
+        time_columns: Mapping[str, str],
+        cutoff: datetime,
         *,
         manifest: Mapping[str, Any] | None = None,
         count_only: bool = False,
     ) -> dict[str, int]:
-        """DELETE (or count) one user's rows in tables of our schema that exist; one transaction."""
+        """DELETE the raw tables' rows whose event time is before `cutoff` and record `manifest`, in one transaction."""
+        wheres = {t: (f"{quote_ident(c)} < %s", (cutoff,)) for t, c in time_columns.items()}
+        return self._delete_rows(wheres, manifest=manifest, count_only=count_only)
+
+    def expire_feature_rows(
+        self, tables: Sequence[str], cutoff: datetime, *, count_only: bool = False
+    ) -> dict[str, int]:
+        """DELETE the feature tables' rows with event_timestamp before `cutoff` (one transaction)."""
+        return self._delete_rows(dict.fromkeys(tables, ("event_timestamp < %s", (cutoff,))), count_only=count_only)
+
+    def _delete_rows(
+        self,
+        wheres: Mapping[str, tuple[str, tuple[Any, ...]]],
+        *,
+        manifest: Mapping[str, Any] | None = None,
+        count_only: bool = False,
+    ) -> dict[str, int]:
+        """DELETE (or count) the rows matching each table's condition, in our schema's tables; one transaction."""
         settings = self.settings
         counts: dict[str, int] = {}
         try:
@@ -325,17 +343,17 @@ class ProductionBackend(Backend):
         except NotIngestedError:  # no database yet: nothing was ever loaded
             return counts
         with conn, conn.transaction(), conn.cursor() as cur:
-            for table in tables:
+            for table, (where, params) in wheres.items():
                 regclass = f"{quote_ident(settings.pg_schema)}.{quote_ident(table)}"
                 found = cur.execute("SELECT to_regclass(%s)", (regclass,)).fetchone()
                 if not found or found[0] is None:
                     continue
                 name = postgres.table_name(settings, table)
                 if count_only:
-                    row = cur.execute(f"SELECT count(*) FROM {name} WHERE user_id = %s", (int(user_id),)).fetchone()
+                    row = cur.execute(f"SELECT count(*) FROM {name} WHERE {where}", params).fetchone()
                     counts[table] = int(row[0]) if row else 0
                 else:
-                    counts[table] = cur.execute(f"DELETE FROM {name} WHERE user_id = %s", (int(user_id),)).rowcount
+                    counts[table] = cur.execute(f"DELETE FROM {name} WHERE {where}", params).rowcount
             if manifest is not None and not count_only:
                 regclass = f"{quote_ident(settings.pg_schema)}.{MANIFEST_TABLE}"
                 found = cur.execute("SELECT to_regclass(%s)", (regclass,)).fetchone()
@@ -348,7 +366,7 @@ class ProductionBackend(Backend):
 
     def erase_feature_rows(self, tables: Sequence[str], user_id: int, *, count_only: bool = False) -> dict[str, int]:
         """DELETE the user's rows from the feature tables in Postgres (one transaction)."""
-        return self._erase_rows(tables, user_id, count_only=count_only)
+        return self._delete_rows(dict.fromkeys(tables, ("user_id = %s", (int(user_id),))), count_only=count_only)
 
     def erase_online_rows(self, store: FeatureStore, user_id: int, *, count_only: bool = False) -> dict[str, int]:
         """DEL the user's Redis hash (Feast keeps one per entity and project, holding every view's fields)."""

@@ -164,19 +164,48 @@ def _time(iso: str | None) -> str | None:
 @click.option(
     "--out", type=click.Path(path_type=Path), default=None, help="Also write the splits as Parquet into this directory."
 )
+@click.option(
+    "--pseudonymize",
+    is_flag=True,
+    help="Replace user_id with a keyed hash and drop direct identifiers (key: HM_EXPORT_KEY or --key-file).",
+)
+@click.option(
+    "--key-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="A file holding the export key (instead of HM_EXPORT_KEY); only with --pseudonymize.",
+)
 @profile_option
 @json_option
 @handles_errors
-def datasets_load_cmd(name: str, version: str | None, out: Path | None, profile: str | None, as_json: bool) -> None:
-    """Load a version (verified first; latest by default) and print its summary."""
+def datasets_load_cmd(
+    name: str,
+    version: str | None,
+    out: Path | None,
+    pseudonymize: bool,
+    key_file: Path | None,
+    profile: str | None,
+    as_json: bool,
+) -> None:
+    """Load a version (verified first; latest by default) and print its summary.
+
+    With --pseudonymize the splits (and --out files) carry pseudonyms instead of user ids and no
+    direct identifiers; the key is never written into them."""
     from healthmate_features.training.builder import summary
 
+    if key_file is not None and not pseudonymize:
+        raise click.UsageError("--key-file goes with --pseudonymize")
     dataset = _registry(profile).load(name, version)
+    if pseudonymize:
+        from healthmate_features.governance.exports import export_key, pseudonymize_dataset
+
+        dataset = pseudonymize_dataset(dataset, export_key(settings(profile), key_file=key_file))
     written = [str(p) for p in dataset.write_parquet(out)] if out else []
+    shown = {**summary(dataset), **({"pseudonymized": dataset.metadata["pseudonymized"]} if pseudonymize else {})}
     if as_json:
-        return echo_json({"dataset": dataset.ref, **summary(dataset), **({"written": written} if out else {})})
+        return echo_json({"dataset": dataset.ref, **shown, **({"written": written} if out else {})})
     click.echo(dataset.ref)
-    echo_fields(summary(dataset))
+    echo_fields(shown)
     if out:
         click.echo(f"wrote {len(written)} splits as Parquet to {out}")
 
@@ -190,7 +219,8 @@ def datasets_load_cmd(name: str, version: str | None, out: Path | None, profile:
 def datasets_verify_cmd(name: str | None, version: str | None, profile: str | None, as_json: bool) -> None:
     """Recompute a version's hashes (every version of every dataset without NAME); exit 1 on tampering.
 
-    A version an erasure redacted is checked against its redaction record and says so."""
+    A version an erasure redacted is checked against its redaction record and says so; a version
+    retention tombstoned passes and says when."""
     registry = _registry(profile)
     reports = [registry.verify(name, version)] if name else registry.verify_all()
     if as_json:
@@ -200,7 +230,9 @@ def datasets_verify_cmd(name: str | None, version: str | None, profile: str | No
             click.echo(f"no dataset versions under {registry.uri}")
         for report in reports:
             ref = f"{report.name}@{report.version}"
-            if report.ok:
+            if report.ok and report.tombstoned:
+                click.echo(f"{ref}: tombstoned by retention on {report.tombstoned[:10]} (manifest kept, data removed)")
+            elif report.ok:
                 against = "its redaction record" if report.redacted_by else "the manifest"
                 click.echo(f"{ref}: intact ({len(report.checked_files)} files and the data hash match {against})")
             else:

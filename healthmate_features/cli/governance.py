@@ -1,8 +1,10 @@
-"""Governance: `erase` (one person everywhere, `--verify` to scan, `--list` for the ledger)."""
+"""Governance: `erase` (one person everywhere, `--verify` to scan, `--list` for the ledger), `retention apply`."""
 
 from __future__ import annotations
 
 import getpass
+from datetime import datetime
+from pathlib import Path
 
 import click
 
@@ -109,4 +111,60 @@ def erase_cmd(user_id, reason, verify, list_all, profile, as_json) -> None:
                 "certificate": result.certificate,
             }
         )
+    return None
+
+
+@main.group("retention")
+def retention_group() -> None:
+    """Retention: remove what is older than configs/retention.yaml allows."""
+
+
+@retention_group.command("apply")
+@click.option(
+    "--policy",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="The policy file (default: configs/retention.yaml in the repository).",
+)
+@click.option("--dry-run", is_flag=True, help="Only count what would be removed; change nothing.")
+@click.option("--now", "now", default=None, hidden=True, help="The clock, as an ISO time with a zone (tests).")
+@profile_option
+@json_option
+@handles_errors
+def retention_apply_cmd(
+    policy: Path | None, dry_run: bool, now: str | None, profile: str | None, as_json: bool
+) -> None:
+    """Remove raw and feature rows, rejects files and dataset versions (tombstones) older than the policy allows.
+
+    Dataset versions a model run in production was logged on are kept and listed. What a schedule runs
+    (job kind apply_retention, configs/schedule.yaml)."""
+    from healthmate_features.governance.retention import DEFAULT_POLICY, apply_retention, load_policy
+
+    s = settings(profile)
+    clock = None
+    if now is not None:
+        try:
+            clock = datetime.fromisoformat(now)
+        except ValueError as exc:
+            raise click.BadParameter(
+                f"{now!r} is not an ISO time, e.g. 2026-01-01T00:00:00+00:00", param_hint="--now"
+            ) from exc
+    result = apply_retention(s, load_policy(policy or s.repo_path / DEFAULT_POLICY), now=clock, dry_run=dry_run)
+    if as_json:
+        return echo_json(result.to_dict())
+    verb = "would remove" if dry_run else "removed"
+    click.echo(
+        f"retention at {result.now[:19].replace('T', ' ')} UTC{' (dry run: nothing changed)' if dry_run else ''}"
+    )
+    for kind, cutoff in result.cutoffs.items():
+        click.echo(f"  {kind}: " + (f"older than {cutoff[:10]}" if cutoff else "kept forever"))
+    if not result.removed and not result.tombstoned:
+        click.echo("nothing to remove")
+    for step, places in result.removed.items():
+        unit = "file(s)" if step == "rejects_files" else "row(s)"
+        click.echo(f"{verb} {step}: " + ", ".join(f"{place} {n} {unit}" for place, n in places.items()))
+    for entry in result.tombstoned:
+        click.echo(f"{'would tombstone' if dry_run else 'tombstoned'} {entry['dataset']} ({entry['why']})")
+    for entry in result.kept:
+        click.echo(f"kept {entry['dataset']} (created {entry['created_at'][:10]}, {entry['why']})")
     return None

@@ -16,7 +16,9 @@ A record of kind "redaction" says an erasure (its id) rewrote data files without
 rows: the removed row counts, when, the new file hashes and data hash, the old data hash.
 `verify` and `load` check the files against the state the last record leaves ("redacted by
 erasure E"), so a redacted version stays verifiable; the manifest itself is never edited.
-Another kind (e.g. a retention "tombstone": data removed, manifest kept) fits as one more record.
+A record of kind "tombstone" says retention removed the version's data files (`tombstone`):
+the manifest and lifecycle.json stay, `verify` says "tombstoned by retention on <date>" and
+passes, and `load` refuses the version with an error naming it and why.
 
 A version is written under `<root>/<name>/.tmp-<uuid>` and published by one atomic rename onto
 its final name; a rename onto an existing version fails, and the save then retries with the
@@ -116,6 +118,7 @@ class VerifyReport:
     data_hash: str | None = None
     notes: list[str] = field(default_factory=list)  # e.g. "redacted by erasure E at T: 12 rows removed"
     redacted_by: list[str] = field(default_factory=list)  # erasure ids, oldest first
+    tombstoned: str | None = None  # when retention removed the data files (ISO time), if it did
 
     @property
     def ok(self) -> bool:
@@ -141,6 +144,14 @@ class VersionState:
     records: builtins.list[dict[str, Any]] = field(default_factory=list)
     pending: dict[str, Any] | None = None
     problems: builtins.list[str] = field(default_factory=list)
+
+    @property
+    def tombstone(self) -> dict[str, Any] | None:
+        """The completed tombstone record when retention removed the version's data, else None."""
+        last = self.records[-1] if self.records else None
+        if last is None or last is self.pending or last.get("kind") != "tombstone":
+            return None
+        return last
 
     @property
     def redacted_by(self) -> builtins.list[str]:
@@ -171,7 +182,8 @@ def version_state(manifest: Mapping[str, Any], records: builtins.list[dict[str, 
         before = {f: (e or {}).get("sha256") for f, e in state.files.items()}
         if previous.get("data_hash") != state.data_hash or previous.get("files") != before:
             state.problems.append(
-                f"{LIFECYCLE}: record {i + 1} ({record.get('kind')} {record.get('erasure_id')}) does not start from "
+                f"{LIFECYCLE}: record {i + 1} ({record.get('kind')} {record.get('erasure_id') or record.get('at')}) "
+                "does not start from "
                 "the state before it (edited or out of order)"
             )
         if record.get("status") != "complete":
@@ -253,9 +265,12 @@ class DatasetRegistry:
                 m = self.show(each, version)
                 counts: Any = m.get("row_counts")
                 redacted: builtins.list[str] = []
+                tombstoned = None
                 with contextlib.suppress(DatasetVersionError):  # verify reports a damaged lifecycle.json
                     state = version_state(m, self.lifecycle(each, version))
                     counts, redacted = _row_counts(state), state.redacted_by
+                    if state.tombstone is not None:
+                        counts, tombstoned = None, state.tombstone.get("at")
                 rows.append(
                     {
                         "name": each,
@@ -267,6 +282,7 @@ class DatasetRegistry:
                         "feature_service": m.get("feature_service"),
                         "data_hash": m.get("data_hash"),
                         "redacted_by": redacted,
+                        "tombstoned": tombstoned,
                     }
                 )
         return rows
@@ -370,6 +386,8 @@ class DatasetRegistry:
         manifest = self.show(name, version)
         report = VerifyReport(name, version)
         dataset, raw = self._read_version(name, version, manifest, report, check=verify)
+        if report.tombstoned and not report.problems:
+            raise DatasetVersionError(_tombstoned_message(name, version, self.state(name, version).tombstone or {}))
         if report.problems:
             raise DatasetVersionError(
                 f"dataset {name}@{version} is damaged or was modified ({len(report.problems)} "
@@ -403,7 +421,10 @@ class DatasetRegistry:
             raise DatasetVersionError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
         version = self._resolve(name, version)
         fname = f"{split}.parquet"
-        entry = self.state(name, version).files.get(fname)
+        state = self.state(name, version)
+        if state.tombstone is not None:
+            raise DatasetVersionError(_tombstoned_message(name, version, state.tombstone))
+        entry = state.files.get(fname)
         if not isinstance(entry, dict):
             raise DatasetNotFoundError(f"dataset {name}@{version} has no {fname} (saved without it)")
         try:
@@ -462,7 +483,8 @@ class DatasetRegistry:
         content = mf.content_manifest(dataset)  # fails fast on metadata that is not JSON
         if reuse_unchanged:
             versions = self.versions(name)
-            if versions and mf.unchanged(self.show(name, versions[-1]), content):
+            latest_kept = bool(versions) and self.state(name, versions[-1]).tombstone is None  # not its data gone
+            if latest_kept and mf.unchanged(self.show(name, versions[-1]), content):
                 return versions[-1], False
         name_dir = os.path.join(self.root, name)
         os.makedirs(name_dir, exist_ok=True)
@@ -596,7 +618,12 @@ class DatasetRegistry:
         state = version_state(manifest, records)
         if check:
             problems.extend(state.problems)
-        if state.pending is not None:
+        if state.pending is not None and state.pending.get("kind") == "tombstone":
+            problems.append(
+                "the tombstoning by retention was interrupted; run `healthmate-features retention apply` again "
+                "to complete it"
+            )
+        elif state.pending is not None:
             problems.append(
                 f"the redaction by erasure {state.pending.get('erasure_id')} was interrupted; run that erasure "
                 "again (`healthmate-features erase --user-id N`, the same user) to complete it"
@@ -609,6 +636,12 @@ class DatasetRegistry:
             report.notes.append(
                 f"redacted by erasure {record.get('erasure_id')} at {record.get('at')}: {removed} row(s) removed "
                 f"(data hash before: {str((record.get('previous') or {}).get('data_hash'))[:12]}...)"
+            )
+        if state.tombstone is not None:
+            report.tombstoned = str(state.tombstone.get("at"))
+            report.notes.append(
+                f"tombstoned by retention on {report.tombstoned[:10]}: {state.tombstone.get('why')}; "
+                "its data files were removed, the manifest is kept"
             )
         listed = state.files
         present = {entry for entry, is_dir in self._entries(self._path(name, version)) if not is_dir}
@@ -632,6 +665,8 @@ class DatasetRegistry:
                     f"{str(expected)[:12]}..., file {got[:12]}...): modified after it was written"
                 )
             raw[fname] = data
+        if state.tombstone is not None:
+            return None, raw
         splits = manifest.get("splits")
         frames = _parse_frames(raw, splits if isinstance(splits, dict) else {}, listed, problems)
         if any(s not in frames for s in SPLITS if s not in OPTIONAL_SPLITS):
@@ -690,6 +725,8 @@ class DatasetRegistry:
                 f"cannot redact {name}@{version} in {self.uri}: only a local root can be rewritten in place"
             )
         manifest = self.show(name, version)
+        if self.state(name, version).tombstone is not None:
+            return None  # retention removed its data: no row of anyone is left to redact
         report = VerifyReport(name, version)
         dataset, raw = self._read_version(name, version, manifest, report, check=True)
         state = version_state(manifest, self.lifecycle(name, version))
@@ -760,6 +797,59 @@ class DatasetRegistry:
             _fsync_dir(directory)
         return record
 
+    def tombstone(self, name: str, version: str, *, at: datetime, why: str) -> dict[str, Any] | None:
+        """Remove a version's data files, keeping its manifest; record it in lifecycle.json (retention).
+
+        `at` is when (the retention run's clock), `why` the rule, e.g. "created 2024-01-01, older
+        than dataset_versions_days=365". Returns the record, or None when the version already is
+        a tombstone (nothing changes). Safe to interrupt: the record is written first (pending),
+        then the files are deleted, then it is marked complete; running it again completes it.
+        Raises DatasetVersionError for a non-local root or a lifecycle.json that does not verify."""
+        version = self._resolve(name, version)
+        if not self._local:
+            raise DatasetVersionError(f"cannot tombstone {name}@{version} in {self.uri}: only a local root")
+        state = self.state(name, version)
+        if state.problems:
+            raise DatasetVersionError(f"dataset {name}@{version}: " + "; ".join(state.problems))
+        if state.tombstone is not None:
+            return None
+        pending = state.pending if state.pending and state.pending.get("kind") == "tombstone" else None
+        if state.pending is not None and pending is None:
+            raise DatasetVersionError(
+                f"dataset {name}@{version} has an interrupted redaction by erasure {state.pending.get('erasure_id')}; "
+                "complete that erasure first, then apply retention again"
+            )
+        record = pending or {
+            "kind": "tombstone",
+            "reason": "retention",
+            "why": why,
+            "at": at.astimezone(timezone.utc).isoformat(),
+            "status": "pending",
+            "previous": {
+                "files": {f: (e or {}).get("sha256") for f, e in state.files.items()},
+                "data_hash": state.data_hash,
+            },
+            "removed_files": sorted(state.files),
+            "files": {},
+            "data_hash": None,
+            "rows": {},
+        }
+        records = [r for r in state.records if r is not state.pending] + [record]
+        directory = self._path(name, version)
+        os.chmod(directory, 0o755)
+        try:
+            _remove_temporaries(directory)
+            self._write_lifecycle(name, version, records)
+            for fname in record["removed_files"]:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(directory, fname))
+            record["status"] = "complete"
+            self._write_lifecycle(name, version, records)
+        finally:
+            _make_read_only(directory)
+            _fsync_dir(directory)
+        return record
+
     def _write_lifecycle(self, name: str, version: str, records: builtins.list[dict[str, Any]]) -> None:
         """Replace a version's lifecycle.json atomically (its directory must be writable)."""
         doc: dict[str, Any] = {"format": LIFECYCLE_FORMAT, "records": records}
@@ -780,6 +870,14 @@ def _remove_temporaries(directory: str) -> None:
         if entry.name.startswith(".") and entry.name.endswith(".tmp") and entry.is_file(follow_symlinks=False):
             with contextlib.suppress(OSError):
                 os.unlink(entry.path)
+
+
+def _tombstoned_message(name: str, version: str, record: Mapping[str, Any]) -> str:
+    return (
+        f"dataset {name}@{version} was tombstoned by retention on {str(record.get('at'))[:10]} "
+        f"({record.get('why')}): its data files were removed and only its manifest is kept "
+        f"(`healthmate-features datasets show {name} {version}`); build a new version from current data"
+    )
 
 
 def _row_counts(state: VersionState) -> dict[str, Any]:

@@ -28,7 +28,7 @@ fingerprint: never the user id or a health value.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -123,7 +123,7 @@ def _user_id(user_id: Any) -> int:
     return user_id
 
 
-def _shown(path: Path, settings: Settings) -> str:
+def shown_path(path: Path, settings: Settings) -> str:
     """A path for reports and API answers: relative to the repository, else only its name (no server paths)."""
     try:
         return path.resolve().relative_to(settings.repo_path.resolve()).as_posix()
@@ -131,7 +131,7 @@ def _shown(path: Path, settings: Settings) -> str:
         return f"{path.name} (outside the repository)"
 
 
-def _data_files(settings: Settings) -> dict[str, list[Path]]:
+def data_files(settings: Settings) -> dict[str, list[Path]]:
     """Every file of the package's own that may hold a user's rows, per step (files that exist).
 
     Raw files are the package's when they lie in the repository (`generate` writes data/raw);
@@ -158,12 +158,17 @@ def _data_files(settings: Settings) -> dict[str, list[Path]]:
     }
 
 
-def _update_manifest(manifest: dict[str, Any], erasure_id: str, removed: Mapping[str, Mapping[str, int]]) -> None:
-    """Record an erasure in an ingest manifest: the raw files' new hashes and the rows removed (added up on re-runs)."""
+def refresh_hashes(manifest: dict[str, Any]) -> None:
+    """Set an ingest manifest's raw-file hashes to the files' current ones (after rows were removed from them)."""
     for info in (manifest.get("files") or {}).values():
         path = Path(info.get("path", ""))
         if path.exists():
             info["sha256"] = sha256_file(path)
+
+
+def _update_manifest(manifest: dict[str, Any], erasure_id: str, removed: Mapping[str, Mapping[str, int]]) -> None:
+    """Record an erasure in an ingest manifest: the raw files' new hashes and the rows removed (added up on re-runs)."""
+    refresh_hashes(manifest)
     entries = manifest.setdefault("erasures", [])
     entry = next((e for e in entries if e.get("erasure_id") == erasure_id), None)
     if entry is None:
@@ -242,12 +247,16 @@ def erase_user(
         run = _Run(ledger, erasure, settings, actor)
         ledger.save_report(erasure.erasure_id, run.report)
 
-        files = _data_files(settings)
-        raw_removed = {_shown(p, settings): remove_user_rows(p, user_id) for p in files["raw_files"]}
+        files = data_files(settings)
+        raw_removed = {shown_path(p, settings): remove_user_rows(p, user_id) for p in files["raw_files"]}
         run.done("raw_files", raw_removed)
-        run.done("ingested_files", {_shown(p, settings): remove_user_rows(p, user_id) for p in files["ingested_files"]})
-        run.done("rejects_files", {_shown(p, settings): remove_user_rows(p, user_id) for p in files["rejects_files"]})
-        db_manifest = _record_in_manifests(settings, erasure.erasure_id, run.removed)
+        run.done(
+            "ingested_files", {shown_path(p, settings): remove_user_rows(p, user_id) for p in files["ingested_files"]}
+        )
+        run.done(
+            "rejects_files", {shown_path(p, settings): remove_user_rows(p, user_id) for p in files["rejects_files"]}
+        )
+        db_manifest = record_in_manifests(settings, lambda m: _update_manifest(m, erasure.erasure_id, run.removed))
 
         tables = list(FEATURE_TABLES)
         with ExitStack() as locks:
@@ -289,7 +298,7 @@ def _result(settings: Settings, erasure: Erasure, run: _Run, status: str, *, res
         status=status,
         removed={k: v for k, v in run.removed.items() if v},
         report=erasure.report,
-        certificate=_shown(certificate_path(settings, erasure.erasure_id), settings),
+        certificate=shown_path(certificate_path(settings, erasure.erasure_id), settings),
         resumed=resumed,
     )
 
@@ -306,20 +315,18 @@ def _write_certificate(settings: Settings, erasure: Erasure) -> None:
     atomic_write_text(certificate_path(settings, erasure.erasure_id), json.dumps(document, indent=2, sort_keys=True))
 
 
-def _record_in_manifests(
-    settings: Settings, erasure_id: str, removed: Mapping[str, Mapping[str, int]]
-) -> dict[str, Any] | None:
-    """Record the erasure in the ingest manifest file; return the raw store's copy, updated alike (or None)."""
+def record_in_manifests(settings: Settings, update: Callable[[dict[str, Any]], None]) -> dict[str, Any] | None:
+    """Apply `update` to the ingest manifest file (rewritten); return the raw store's copy, updated alike (or None)."""
     path = settings.ingested_dir / INGEST_MANIFEST
     if path.exists():
         manifest = json.loads(path.read_text())
-        _update_manifest(manifest, erasure_id, removed)
+        update(manifest)
         atomic_write_text(path, json.dumps(manifest, indent=2))
     try:
         stored, _, _ = backend_for(settings).loaded_ingest(settings.raw_dir)
     except NotIngestedError:
         return None
-    _update_manifest(stored, erasure_id, removed)
+    update(stored)
     return stored
 
 
@@ -364,7 +371,7 @@ def _redact_versions(settings: Settings, user_id: int, erasure_id: str) -> list[
 
 def _source_rows(paths: list[Path], user_id: int, settings: Settings) -> dict[str, int]:
     """Rows of the user in raw files outside the repository (read, never rewritten)."""
-    return {_shown(p, settings): count_user_rows(p, user_id) for p in paths}
+    return {shown_path(p, settings): count_user_rows(p, user_id) for p in paths}
 
 
 def _x_rows(removed: Mapping[str, int]) -> int:
@@ -401,9 +408,9 @@ def scan_user(user_id: int, settings: Settings) -> ScanResult:
         if hits:
             result.remaining[step] = hits
 
-    files = _data_files(settings)
+    files = data_files(settings)
     for step in ("raw_files", "ingested_files", "rejects_files"):
-        found(step, {_shown(p, settings): count_user_rows(p, user_id) for p in files[step]})
+        found(step, {shown_path(p, settings): count_user_rows(p, user_id) for p in files[step]})
     result.sources = {k: v for k, v in _source_rows(files["source_files"], user_id, settings).items() if v}
     found("raw_tables", backend.erase_raw_rows(list(RAW_TABLES), user_id, count_only=True))
     found("feature_tables", backend.erase_feature_rows(list(FEATURE_TABLES), user_id, count_only=True))
@@ -412,6 +419,8 @@ def scan_user(user_id: int, settings: Settings) -> ScanResult:
     versions: dict[str, int] = {}
     for name in registry.names():
         for version in registry.versions(name):
+            if registry.state(name, version).tombstone is not None:
+                continue  # retention removed its data files: nobody's rows are left in it
             dataset = registry.load(name, version, verify=False, load_pipeline=False)
             rows = 0
             for side in ("train", "test"):
@@ -444,7 +453,7 @@ def list_erasures(settings: Settings) -> list[dict[str, Any]]:
             "reason": e.reason,
             "removed_total": sum(sum(v.values()) for v in (e.report.get("removed") or {}).values()),
             "versions_redacted": len(e.report.get("versions_redacted") or []),
-            "certificate": _shown(certificate_path(settings, e.erasure_id), settings),
+            "certificate": shown_path(certificate_path(settings, e.erasure_id), settings),
         }
         for e in rows
     ]

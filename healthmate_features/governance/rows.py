@@ -2,13 +2,16 @@
 
 A file is rewritten only when it holds the user's rows (so a file without them stays byte for
 byte as it was), under a temporary name renamed into place (util.files): an interrupted rewrite
-leaves the old file. `count_user_rows` is the read-only twin for `erase --verify`.
+leaves the old file. `count_user_rows` is the read-only form for `erase --verify`;
+`remove_rows_before` drops rows by age (retention) the same way.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pyarrow as pa
@@ -30,11 +33,8 @@ def _same_id(text: str | None, user_id: int) -> bool:
         return False
 
 
-def _parquet_mask(table: pa.Table, user_id: int) -> pa.ChunkedArray | None:
-    """True for the user's rows of a Parquet table (None when it has no user_id column)."""
-    if USER_COLUMN not in table.column_names:
-        return None
-    column = table.column(USER_COLUMN)
+def _user_mask(column: pa.ChunkedArray, user_id: int) -> pa.ChunkedArray:
+    """True for the user's rows of a Parquet user_id column."""
     if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
         mask = pc.equal(column, pa.scalar(user_id).cast(column.type))
     else:
@@ -50,42 +50,89 @@ def _csv_rows(path: Path) -> tuple[list[str], list[list[str]]]:
         return header, [row for row in reader if row]
 
 
-def count_user_rows(path: Path, user_id: int) -> int:
-    """How many rows of a Parquet or CSV file belong to the user (0 without a user_id column)."""
-    if path.suffix == ".parquet":
-        table = pq.read_table(path, columns=None)
-        mask = _parquet_mask(table, user_id)
-        return 0 if mask is None else int(pc.sum(mask).as_py() or 0)
-    header, rows = _csv_rows(path)
-    if USER_COLUMN not in header:
-        return 0
-    at = header.index(USER_COLUMN)
-    return sum(1 for row in rows if at < len(row) and _same_id(row[at], user_id))
+def _older(column: pa.ChunkedArray, cutoff: datetime) -> pa.ChunkedArray:
+    """True for the timestamps of a Parquet column before `cutoff` (naive ones read as UTC)."""
+    if not pa.types.is_timestamp(column.type):
+        column = pc.cast(column, pa.timestamp("us", tz="UTC"))
+    unit = column.type.unit
+    bound = pa.scalar(cutoff.astimezone(timezone.utc).replace(tzinfo=None), type=pa.timestamp(unit))
+    return pc.fill_null(pc.less(pc.cast(column, pa.timestamp(unit)), bound), False)
 
 
-def remove_user_rows(path: Path, user_id: int) -> int:
-    """Rewrite a Parquet or CSV file without the user's rows; return how many were removed.
+def _csv_older(text: str | None, cutoff: datetime) -> bool:
+    """Whether a CSV cell holds a time before `cutoff` (naive times read as UTC; unreadable cells are kept)."""
+    if not text or not text.strip():
+        return False
+    try:
+        stamp = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    return (stamp if stamp.tzinfo else stamp.replace(tzinfo=timezone.utc)) < cutoff
 
-    Side effect: the file is replaced atomically when (and only when) it held such rows. Parquet
-    keeps its schema (and metadata) and is written with zstd; CSV keeps its header and row order."""
+
+def _filter_file(
+    path: Path,
+    column_name: str,
+    parquet_mask: Callable[[pa.ChunkedArray], pa.ChunkedArray],
+    csv_match: Callable[[str | None], bool],
+    *,
+    count_only: bool,
+) -> int:
+    """Count the rows a mask marks in a Parquet or CSV file (0 without the column); unless `count_only`,
+    rewrite the file without them (atomically, and only when there are any)."""
     if path.suffix == ".parquet":
         table = pq.read_table(path)
-        mask = _parquet_mask(table, user_id)
-        removed = 0 if mask is None else int(pc.sum(mask).as_py() or 0)
-        if removed:
+        if column_name not in table.column_names:
+            return 0
+        mask = parquet_mask(table.column(column_name))
+        removed = int(pc.sum(mask).as_py() or 0)
+        if removed and not count_only:
             with atomic_path(path) as tmp:
                 pq.write_table(table.filter(pc.invert(mask)), tmp, compression="zstd")
         return removed
     header, rows = _csv_rows(path)
-    if USER_COLUMN not in header:
+    if column_name not in header:
         return 0
-    at = header.index(USER_COLUMN)
-    kept = [row for row in rows if not (at < len(row) and _same_id(row[at], user_id))]
+    at = header.index(column_name)
+    kept = [row for row in rows if not (at < len(row) and csv_match(row[at]))]
     removed = len(rows) - len(kept)
-    if removed:
+    if removed and not count_only:
         buffer = io.StringIO(newline="")
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(header)
         writer.writerows(kept)
         atomic_write_text(path, buffer.getvalue())
     return removed
+
+
+def count_user_rows(path: Path, user_id: int) -> int:
+    """How many rows of a Parquet or CSV file belong to the user (0 without a user_id column)."""
+    return remove_user_rows(path, user_id, count_only=True)
+
+
+def remove_user_rows(path: Path, user_id: int, *, count_only: bool = False) -> int:
+    """Rewrite a Parquet or CSV file without the user's rows; return how many were removed.
+
+    Side effect: the file is replaced atomically when (and only when) it held such rows. Parquet
+    keeps its schema (and metadata) and is written with zstd; CSV keeps its header and row order."""
+    return _filter_file(
+        path,
+        USER_COLUMN,
+        lambda column: _user_mask(column, user_id),
+        lambda cell: _same_id(cell, user_id),
+        count_only=count_only,
+    )
+
+
+def remove_rows_before(path: Path, column: str, cutoff: datetime, *, count_only: bool = False) -> int:
+    """Rewrite a Parquet or CSV file without the rows whose `column` time is before `cutoff` (retention).
+
+    Returns how many (with `count_only`, only counts them); the file is replaced atomically when
+    (and only when) it held such rows."""
+    return _filter_file(
+        path,
+        column,
+        lambda values: _older(values, cutoff),
+        lambda cell: _csv_older(cell, cutoff),
+        count_only=count_only,
+    )

@@ -9,6 +9,9 @@
                              params: {dataset: name@version, preprocessing: {...} (optional)}
     version_ml_data          verify every dataset version (DatasetRegistry.verify_all) and record
                              the result; the job fails when one is damaged       params: {}
+    apply_retention          remove what is older than the retention policy allows
+                             (governance.retention.apply_retention)
+                             params: {policy: configs/retention.yaml (default), dry_run: false}
 
 `check_params(kind, params)` validates at submission (a bad job is refused before it is queued,
 by the API with 422 and by the scheduler when it loads its file); `run(kind, settings, params,
@@ -191,6 +194,31 @@ def version_ml_data(settings: Settings, params: dict[str, Any], job_id: str | No
     return result
 
 
+# -- apply_retention -----------------------------------------------------------------------------
+
+
+def _check_retention(params: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
+    from healthmate_features.governance.retention import DEFAULT_POLICY, load_policy
+
+    _known("apply_retention", params, ("policy", "dry_run"))
+    policy = params.get("policy", DEFAULT_POLICY)
+    dry_run = params.get("dry_run", False)
+    if not isinstance(policy, str) or not policy:
+        raise ConfigError(f"apply_retention policy must be a file path, got {policy!r}")
+    if not isinstance(dry_run, bool):
+        raise ConfigError(f"apply_retention dry_run must be true or false, got {dry_run!r}")
+    load_policy(_repo_path(settings, policy))  # a bad policy is refused when the job is submitted
+    return {"policy": policy, "dry_run": dry_run}
+
+
+def apply_retention(settings: Settings, params: dict[str, Any], job_id: str | None = None) -> dict[str, Any]:
+    """Apply the retention policy now; the result is what was removed (RetentionResult.to_dict)."""
+    from healthmate_features.governance import retention
+
+    policy = retention.load_policy(_repo_path(settings, params["policy"]))
+    return retention.apply_retention(settings, policy, dry_run=params["dry_run"]).to_dict()
+
+
 KINDS: dict[str, Kind] = {
     kind.name: kind
     for kind in (
@@ -203,6 +231,7 @@ KINDS: dict[str, Kind] = {
         ),
         Kind("preprocess_ml_data", _check_preprocess, preprocess_ml_data, lambda p: f"dataset:{p['dataset']}"),
         Kind("version_ml_data", _check_version, version_ml_data, lambda p: None),
+        Kind("apply_retention", _check_retention, apply_retention, lambda p: None),
     )
 }
 

@@ -67,6 +67,9 @@ class TableSchema:
     name: str
     description: str
     columns: tuple[Column, ...]
+    # The column that dates a row for retention (README "Erasure, retention and exports");
+    # None: the table holds no events (users: one profile row per person, removed by erasure).
+    event_time: str | None = None
 
     @property
     def column_names(self) -> list[str]:
@@ -102,6 +105,7 @@ HEALTH_READINGS = TableSchema(
         Column("recorded_at", "timestamp", "measurement time, timezone-aware (UTC)"),
         Column("device", "string", "source device", nullable=True, allowed=DEVICES),
     ),
+    event_time="recorded_at",
 )
 
 APP_EVENTS = TableSchema(
@@ -121,6 +125,7 @@ APP_EVENTS = TableSchema(
             high=720,
         ),
     ),
+    event_time="at",
 )
 
 LABELS = TableSchema(
@@ -132,6 +137,7 @@ LABELS = TableSchema(
         Column("adverse_event_30d", "int", "1 if an adverse health event follows within 30 days", low=0, high=1),
         Column("disengaged_14d", "int", "1 if the user stops using the app within 14 days", low=0, high=1),
     ),
+    event_time="event_timestamp",
 )
 
 RAW_TABLES: dict[str, TableSchema] = {t.name: t for t in (USERS, HEALTH_READINGS, APP_EVENTS, LABELS)}

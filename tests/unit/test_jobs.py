@@ -141,7 +141,12 @@ def test_the_backend_lock_serializes_holders_in_one_process(sqlite_settings):
 
 def test_the_committed_schedule_file_is_valid(repo_root):
     entries = load_schedule(repo_root / "configs" / "schedule.yaml", Settings.from_env(repo_path=repo_root))
-    assert {e.kind for e in entries} == {"extract_features_for_ml", "prepare_ml_datasets", "version_ml_data"}
+    assert {e.kind for e in entries} == {
+        "extract_features_for_ml",
+        "prepare_ml_datasets",
+        "version_ml_data",
+        "apply_retention",
+    }
     assert all(e.crontab() for e in entries)
 
 
