@@ -265,7 +265,8 @@ class AccessContract:
                     "SELECT column_name FROM information_schema.columns WHERE table_name = ?", ("audit_log",)
                 )
             }
-        assert columns == {"id", "at", "key_id", "role", "endpoint", "target", "status", "latency_ms"}
+        chain = {"prev_hash", "row_hash"}  # the hash chain (access.audit_chain), never free text
+        assert columns == {"id", "at", "key_id", "role", "endpoint", "target", "status", "latency_ms", *chain}
 
     def test_query_limit_is_bounded(self, store):
         with pytest.raises(AuditError, match="limit"):
