@@ -74,7 +74,7 @@ class AuditLog:
         self.checkpoints = checkpoints
         self.checkpoint_every = max(1, checkpoint_every)
 
-    def _append(self, rows: Sequence[tuple[Any, ...]]) -> int:
+    def append_chained(self, rows: Sequence[tuple[Any, ...]]) -> int:
         """Insert rows made by `entry`, chained, in one transaction; return the last one's id.
 
         The chain's lock is taken and its head read inside the transaction, so writers in other
@@ -123,7 +123,7 @@ class AuditLog:
             row = self.entry(
                 endpoint=endpoint, status=status, latency_ms=latency_ms, key_id=key_id, role=role, target=target, at=at
             )
-            return self._append([row])
+            return self.append_chained([row])
         except Exception:
             metrics.AUDIT_WRITE_ERRORS.inc()
             raise
@@ -139,7 +139,7 @@ class AuditLog:
             return
         started = time.perf_counter()
         try:
-            self._append(rows)
+            self.append_chained(rows)
         except Exception:
             metrics.AUDIT_WRITE_ERRORS.inc(len(rows))
             raise
@@ -299,7 +299,7 @@ class AuditWriter:
     def _write_retrying(self, rows: list[tuple[Any, ...]]) -> None:
         started = time.perf_counter()
         try:
-            self.audit._append(rows)
+            self.audit.append_chained(rows)
             metrics.AUDIT_WRITE_SECONDS.observe(time.perf_counter() - started)
             return
         except Exception as exc:  # a lost Postgres connection: the store reconnects on the next call

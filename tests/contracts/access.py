@@ -229,6 +229,7 @@ class AccessContract:
             "write_many",
             "entry",
             "query",
+            "append_chained",  # what write and write_many call: appends, chained
         }
 
     def test_only_the_listed_fields_can_be_logged(self, store):

@@ -43,7 +43,9 @@ def tamper(store: SqlStore, *statements: str, params: tuple = ()) -> None:
             store.execute(statement, params if "?" in statement else ())
         if store.dialect == "sqlite":
             for name, when in _SQLITE_TRIGGERS.items():
-                store.execute(f"CREATE TRIGGER {name} {when} ON audit_log BEGIN SELECT RAISE(ABORT, 'append-only'); END")
+                store.execute(
+                    f"CREATE TRIGGER {name} {when} ON audit_log BEGIN SELECT RAISE(ABORT, 'append-only'); END"
+                )
         else:
             store.execute("ALTER TABLE audit_log ENABLE TRIGGER USER")
 
@@ -131,7 +133,11 @@ class AuditChainContract:
         fields = (audit_chain.utcnow(), None, None, "GET /forged", None, 200, 1.0)
         forged = (*fields, row10, audit_chain.chain_hash(row10, fields))
         override = "" if store.dialect == "sqlite" else " OVERRIDING SYSTEM VALUE"
-        tamper(store, f"INSERT INTO audit_log (id, {_COLUMNS}){override} VALUES (15, ?, ?, ?, ?, ?, ?, ?, ?, ?)", params=forged)
+        tamper(
+            store,
+            f"INSERT INTO audit_log (id, {_COLUMNS}){override} VALUES (15, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            params=forged,
+        )
         result = audit_chain.verify(store)
         assert (result.problem_kind, result.problem_id) == ("inserted", 15)
         assert "both follow row 10" in (result.problem or "")
@@ -171,9 +177,8 @@ class AuditChainContract:
                 fields[5] = 200 if fields[5] != 200 else 500
             row_hash = audit_chain.chain_hash(previous, fields)
             status = fields[5]
-            statements.append(
-                f"UPDATE audit_log SET status = {status}, prev_hash = '{previous}', row_hash = '{row_hash}' WHERE id = {row['id']}"
-            )
+            sets = f"status = {status}, prev_hash = '{previous}', row_hash = '{row_hash}'"
+            statements.append(f"UPDATE audit_log SET {sets} WHERE id = {row['id']}")
             previous = row_hash
         tamper(store, *statements)
         assert audit_chain.verify(store).ok  # a consistent rewrite: only the checkpoint shows it
@@ -199,7 +204,8 @@ class AuditChainContract:
             "        if i % 3:\n"
             "            audit.write(endpoint='GET /p' + sys.argv[1], status=200, latency_ms=i)\n"
             "        else:\n"
-            "            audit.write_many([audit.entry(endpoint='POST /p' + sys.argv[1], status=201, latency_ms=i)] * 3)\n"
+            "            row = audit.entry(endpoint='POST /p' + sys.argv[1], status=201, latency_ms=i)\n"
+            "            audit.write_many([row] * 3)\n"
         )
         env = {**os.environ, **backend_settings.to_env()}
         procs = [subprocess.Popen([sys.executable, "-c", script, str(n)], env=env) for n in range(2)]
