@@ -75,7 +75,8 @@ class AuditLog:
         self.checkpoint_every = max(1, checkpoint_every)
 
     def append_chained(self, rows: Sequence[tuple[Any, ...]]) -> int:
-        """Insert rows made by `entry`, chained, in one transaction; return the last one's id.
+        """Insert rows made by `entry`, chained, in one transaction; return the last one's id (0 for
+        several rows without checkpoints: not looked up).
 
         The chain's lock is taken and its head read inside the transaction, so writers in other
         processes extend the same chain. Side effect: a checkpoint when the ids pass a multiple
@@ -92,7 +93,9 @@ class AuditLog:
                 last_id = self.store.insert(_INSERT, chained[0])
             else:
                 self.store.execute_many(_INSERT, chained)
-                last_id = int(self.store.query("SELECT MAX(id) AS id FROM audit_log")[0]["id"])
+                last_id = 0
+                if self.checkpoints is not None:  # only a checkpoint needs the id (the lock keeps it ours)
+                    last_id = int(self.store.query("SELECT MAX(id) AS id FROM audit_log")[0]["id"])
         if self.checkpoints is not None and last_id // self.checkpoint_every != head_id // self.checkpoint_every:
             try:
                 self.checkpoints.append(self.store, (last_id, head))

@@ -262,6 +262,13 @@ def verify(store: SqlStore, checkpoints: Checkpoints | None = None, *, record: b
                     prev_id,
                     f"audit row {prev_id} was inserted: it and row {row_id} both follow row {earlier[0]['id']}",
                 )
+            if prev_id == start:
+                return broken(
+                    "deleted",
+                    row_id,
+                    f"audit row {row_id} is not the start of the chain (after id {start}): "
+                    "the rows before it were deleted",
+                )
             return broken(
                 "deleted",
                 row_id,

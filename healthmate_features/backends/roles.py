@@ -119,6 +119,11 @@ def init_roles(settings: Settings) -> RolesReport:
         conn.execute(sql.SQL("GRANT CONNECT, CREATE ON DATABASE {} TO {}").format(database, owner))
         conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(database, app))
         conn.execute(sql.SQL("REVOKE CREATE ON DATABASE {} FROM {}").format(database, app))
+        # Feast's registry tables go to `public` (created by the owner's `apply`; PostgreSQL 15
+        # lets no one else create there); the application role only uses them.
+        conn.execute(sql.SQL("GRANT USAGE, CREATE ON SCHEMA public TO {}").format(owner))
+        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(app))
+        conn.execute(sql.SQL("REVOKE CREATE ON SCHEMA public FROM {}").format(app))
         conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {} AUTHORIZATION {}").format(schema, owner))
         conn.execute(sql.SQL("ALTER SCHEMA {} OWNER TO {}").format(schema, owner))
         tables = conn.execute(
@@ -144,7 +149,8 @@ def init_roles(settings: Settings) -> RolesReport:
 
 
 def grant_application(settings: Settings) -> None:
-    """Set the application role's privileges on the schema (module docstring), as the owner.
+    """Set the application role's privileges on the schema (module docstring), as the owner; rows of
+    the owner's tables in `public` (Feast's registry) too.
 
     Side effect: GRANT/REVOKE statements; tables the owner creates later get the same rights
     (ALTER DEFAULT PRIVILEGES), except that a new append-only table needs its own REVOKE here."""
@@ -166,7 +172,16 @@ def grant_application(settings: Settings) -> None:
         sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA {} GRANT USAGE, SELECT ON SEQUENCES TO {}").format(
             owner, schema, app
         ),
+        # Feast's registry tables live in `public` (README "Settings"), created by the owner's `apply`.
+        sql.SQL(
+            "ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA public GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {}"
+        ).format(owner, app),
     ]
+    public_tables = "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tableowner = current_user"
     with postgres.connect(owner_settings(settings), autocommit=True) as conn:
+        for (table,) in conn.execute(public_tables).fetchall():
+            statements.append(
+                sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON public.{} TO {}").format(sql.Identifier(table), app)
+            )
         for statement in statements:
             conn.execute(statement)

@@ -186,6 +186,33 @@ class AuditChainContract:
         assert (result.ok, result.problem_kind, result.problem_id) == (False, "edited", 10)
         assert "differs from the checkpoint" in (result.problem or "")
 
+    def test_a_deleted_first_row_is_named(self, audit, store):
+        tamper(store, "DELETE FROM audit_log WHERE id = 1")
+        result = audit_chain.verify(store)
+        assert (result.problem_kind, result.problem_id) == ("deleted", 2)
+        assert "not the start of the chain" in (result.problem or "")
+
+    def test_rows_from_before_the_migration_stay_unchained(self, backend_settings):
+        with open_sql_store(backend_settings) as store:  # back to the schema before migration 7
+            store.execute("DROP INDEX audit_log_prev_hash_idx")
+            store.execute("DROP TABLE audit_chain")
+            store.execute("ALTER TABLE audit_log DROP COLUMN prev_hash")
+            store.execute("ALTER TABLE audit_log DROP COLUMN row_hash")
+            store.execute("DELETE FROM schema_migrations WHERE version = 7")
+            for status in (200, 404, 201):
+                store.execute(
+                    "INSERT INTO audit_log (at, endpoint, status, latency_ms) VALUES (?, 'GET /old', ?, 1.0)",
+                    (audit_chain.utcnow(), status),
+                )
+        with open_sql_store(backend_settings) as store:  # migration 7 applied now
+            write_rows(AuditLog(store), 2)
+            result = audit_chain.verify(store)
+            assert (result.ok, result.unchained_through, result.chained_rows, result.head_id) == (True, 3, 2, 5)
+            tamper(store, "UPDATE audit_log SET status = 500 WHERE id = 2")
+            assert audit_chain.verify(store).ok  # unchained: nothing proves them unchanged
+            tamper(store, "UPDATE audit_log SET status = 500 WHERE id = 4")
+            assert audit_chain.verify(store).problem_id == 4
+
     def test_the_writer_records_a_checkpoint_every_n_rows(self, store, checkpoints):
         audit = AuditLog(store, checkpoints=checkpoints, checkpoint_every=4)
         write_rows(audit, 9)
