@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from datetime import datetime, timezone
+from pathlib import Path
 
 import click
 
@@ -94,6 +95,8 @@ def audit_export_cmd(since, until, output, profile) -> None:
     assert start is not None
     with open_sql_store(config) as store:
         rows = audit_chain.export_rows(store, since=start, until=end)
+        if output:
+            Path(output).parent.mkdir(parents=True, exist_ok=True)
         with click.open_file(output or "-", "w") as out:
             for row in rows:
                 out.write(json.dumps(row, separators=(",", ":")) + "\n")
