@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from healthmate_features.access import audit_chain
 from healthmate_features.access.audit import AuditLog
+from healthmate_features.access.keys import ApiKeys
 from healthmate_features.backends import open_sql_store, postgres
 from healthmate_features.backends.roles import init_roles
 from healthmate_features.cli import main
@@ -105,6 +106,9 @@ def test_the_application_role_cannot_rewrite_the_audit_log(roles: Settings):
         audit = AuditLog(store)
         write_rows(audit, 3)  # it can append
         assert audit_chain.verify(store).ok
+        keys = ApiKeys(store)  # and do its other work: keys (whose revision trigger updates a row)
+        created = keys.create_key("admin")
+        keys.revoke(created.key_id)
     refused = []
     with postgres.connect(roles, autocommit=True) as conn:
         for statement in REWRITES:
