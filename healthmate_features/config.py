@@ -23,6 +23,10 @@ _ENV = {
     "pg_database": "HM_PG_DATABASE",
     "pg_schema": "HM_PG_SCHEMA",
     "pg_sslmode": "HM_PG_SSLMODE",
+    "pg_owner_user": "HM_PG_OWNER_USER",
+    "pg_owner_password": "HM_PG_OWNER_PASSWORD",
+    "pg_superuser": "HM_PG_SUPERUSER",
+    "pg_superuser_password": "HM_PG_SUPERUSER_PASSWORD",
     "redis_url": "HM_REDIS_URL",
     "connect_timeout_s": "HM_CONNECT_TIMEOUT_S",
     "redis_timeout_s": "HM_REDIS_TIMEOUT_S",
@@ -38,6 +42,9 @@ _ENV = {
     "erasure_key": "HM_ERASURE_KEY",
     "export_key": "HM_EXPORT_KEY",
     "max_request_bytes": "HM_MAX_REQUEST_BYTES",
+    "audit_checkpoints": "HM_AUDIT_CHECKPOINTS",
+    "audit_checkpoint_every": "HM_AUDIT_CHECKPOINT_EVERY",
+    "audit_retention_days": "HM_AUDIT_RETENTION_DAYS",
 }
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 
@@ -62,6 +69,13 @@ class Settings:
     pg_database: str = "healthmate"
     pg_schema: str = "healthmate"
     pg_sslmode: str = "disable"
+    # Least privilege (README "Least privilege"): HM_PG_USER is the application role the API,
+    # CLI and workers connect as; the owner role owns the tables and runs the migrations (empty:
+    # HM_PG_USER does both, as without `db init-roles`); the superuser only runs `db init-roles`.
+    pg_owner_user: str = ""
+    pg_owner_password: str = field(default="", repr=False)
+    pg_superuser: str = "postgres"
+    pg_superuser_password: str = field(default="", repr=False)
     redis_url: str = "redis://127.0.0.1:6379/0"
     connect_timeout_s: float = 5.0
     # How long one Redis command of a materialization, a lock or the job queue may go unanswered
@@ -98,6 +112,14 @@ class Settings:
     # The largest request body the HTTP API reads: a larger Content-Length is answered 413 before
     # any of the body is read, a chunked body 413 as soon as it passes this many bytes.
     max_request_bytes: int = 4 * 1024 * 1024
+    # The audit chain's head checkpoints (access.audit_chain): an append-only JSON-lines file
+    # outside the database (empty: data/audit-checkpoints.jsonl; in production a path the
+    # database role cannot write), appended every `audit_checkpoint_every` audit rows.
+    audit_checkpoints: str = ""
+    audit_checkpoint_every: int = 1000
+    # How long audit rows are kept: at least six years (HIPAA); nothing in the package deletes
+    # a younger row (nor, today, an older one: README "Audit trail").
+    audit_retention_days: int = 6 * 365 + 2
 
     @classmethod
     def from_env(cls, repo_path: str | Path | None = None, **overrides) -> Settings:
@@ -121,6 +143,14 @@ class Settings:
                 f"HM_MAX_REQUEST_BYTES={values['max_request_bytes']} must be a positive number of bytes, "
                 "e.g. 4194304 (4 MiB)"
             )
+        for name, variable, minimum in (
+            ("audit_checkpoint_every", "HM_AUDIT_CHECKPOINT_EVERY", 1),
+            ("audit_retention_days", "HM_AUDIT_RETENTION_DAYS", 1),
+        ):
+            if name in values and int(values[name]) < minimum:
+                from healthmate_features.errors import ConfigError
+
+                raise ConfigError(f"{variable}={values[name]} must be a whole number >= {minimum}")
         if values.get("profile", "embedded") not in PROFILES:
             from healthmate_features.errors import ConfigError
 
@@ -168,6 +198,11 @@ class Settings:
     def erasures_dir(self) -> Path:
         """Where every erasure's report (certificate) is written as JSON: data/erasures/<erasure id>.json."""
         return self.data_dir / "erasures"
+
+    @property
+    def audit_checkpoints_path(self) -> Path:
+        """The audit chain's checkpoint file: HM_AUDIT_CHECKPOINTS, or data/audit-checkpoints.jsonl."""
+        return Path(self.audit_checkpoints) if self.audit_checkpoints else self.data_dir / "audit-checkpoints.jsonl"
 
     @property
     def sql_path(self) -> Path:

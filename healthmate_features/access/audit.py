@@ -5,7 +5,9 @@ latency in ms. Nothing else can be written, so no health values or other PHI end
 `write` takes only those fields, the endpoint is a path without a query string, and the target
 is a `kind:identifier` reference (`user:42`, `dataset:health_risk@v3`), never free text.
 The store refuses UPDATE, DELETE (and on Postgres TRUNCATE) of audit_log with a trigger, and
-this module offers no way to change or remove an entry.
+this module offers no way to change or remove an entry. Every entry is chained to the one before
+by a SHA-256 hash (`access.audit_chain`: encoding, checkpoints, `verify`), so an edit made past
+the triggers shows.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
+from healthmate_features.access import audit_chain
 from healthmate_features.access.keys import KEY_ID_PATTERN, ROLES
 from healthmate_features.backends.sqlstore import SqlStore, read_ts, utcnow
 from healthmate_features.errors import AuditError
@@ -30,7 +33,10 @@ ENDPOINT_PATTERN = re.compile(r"^(?:(?:GET|POST|PUT|PATCH|DELETE|HEAD|OPTIONS) )
 TARGET_PATTERN = re.compile(r"^[a-z][a-z_]{0,31}:[A-Za-z0-9_.@-]{1,128}$")
 MAX_QUERY_LIMIT = 10_000
 log = logging.getLogger(__name__)
-_INSERT = "INSERT INTO audit_log (at, key_id, role, endpoint, target, status, latency_ms) VALUES (?, ?, ?, ?, ?, ?, ?)"
+_INSERT = (
+    "INSERT INTO audit_log (at, key_id, role, endpoint, target, status, latency_ms, prev_hash, row_hash) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 
 
 @dataclass(frozen=True)
@@ -52,10 +58,50 @@ class AuditEntry:
 
 
 class AuditLog:
-    """Writes and queries the audit_log table of a SQL store (see `backends.open_sql_store`)."""
+    """Writes and queries the audit_log table of a SQL store (see `backends.open_sql_store`).
 
-    def __init__(self, store: SqlStore) -> None:
+    With `checkpoints`, the chain's head is appended to that file whenever a write passes a
+    multiple of `checkpoint_every` ids (`audit_chain.Checkpoints`)."""
+
+    def __init__(
+        self,
+        store: SqlStore,
+        *,
+        checkpoints: audit_chain.Checkpoints | None = None,
+        checkpoint_every: int = 1000,
+    ) -> None:
         self.store = store
+        self.checkpoints = checkpoints
+        self.checkpoint_every = max(1, checkpoint_every)
+
+    def append_chained(self, rows: Sequence[tuple[Any, ...]]) -> int:
+        """Insert rows made by `entry`, chained, in one transaction; return the last one's id (0 for
+        several rows without checkpoints: not looked up).
+
+        The chain's lock is taken and its head read inside the transaction, so writers in other
+        processes extend the same chain. Side effect: a checkpoint when the ids pass a multiple
+        of checkpoint_every (a failure to write it is logged, the rows stay committed)."""
+        with self.store.transaction():
+            audit_chain.lock_chain(self.store)
+            head_id, head = audit_chain.chain_head(self.store)
+            chained = []
+            for row in rows:
+                row_hash = audit_chain.chain_hash(head, row)
+                chained.append((*row, head, row_hash))
+                head = row_hash
+            if len(chained) == 1:
+                last_id = self.store.insert(_INSERT, chained[0])
+            else:
+                self.store.execute_many(_INSERT, chained)
+                last_id = 0
+                if self.checkpoints is not None:  # only a checkpoint needs the id (the lock keeps it ours)
+                    last_id = int(self.store.query("SELECT MAX(id) AS id FROM audit_log")[0]["id"])
+        if self.checkpoints is not None and last_id // self.checkpoint_every != head_id // self.checkpoint_every:
+            try:
+                self.checkpoints.append(self.store, (last_id, head))
+            except OSError as exc:
+                log.error("could not append the audit chain's head to %s: %s", self.checkpoints.path, exc)
+        return last_id
 
     def write(
         self,
@@ -80,7 +126,7 @@ class AuditLog:
             row = self.entry(
                 endpoint=endpoint, status=status, latency_ms=latency_ms, key_id=key_id, role=role, target=target, at=at
             )
-            return self.store.insert(_INSERT, row)
+            return self.append_chained([row])
         except Exception:
             metrics.AUDIT_WRITE_ERRORS.inc()
             raise
@@ -92,9 +138,11 @@ class AuditLog:
 
         Side effects: the rows in audit_log, or none of them (AUDIT_WRITE_ERRORS counts each row
         lost); the transaction's time observed in healthmate_audit_write_duration_seconds."""
+        if not rows:
+            return
         started = time.perf_counter()
         try:
-            self.store.execute_many(_INSERT, rows)
+            self.append_chained(rows)
         except Exception:
             metrics.AUDIT_WRITE_ERRORS.inc(len(rows))
             raise
@@ -254,7 +302,7 @@ class AuditWriter:
     def _write_retrying(self, rows: list[tuple[Any, ...]]) -> None:
         started = time.perf_counter()
         try:
-            self.audit.store.execute_many(_INSERT, rows)
+            self.audit.append_chained(rows)
             metrics.AUDIT_WRITE_SECONDS.observe(time.perf_counter() - started)
             return
         except Exception as exc:  # a lost Postgres connection: the store reconnects on the next call

@@ -32,6 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from healthmate_features.access.audit import TARGET_PATTERN, AuditLog, AuditWriter
+from healthmate_features.access.audit_chain import Checkpoints
 from healthmate_features.access.keys import ApiKeys, KeyCache, Principal, bearer_token
 from healthmate_features.api import dashboard, docs, online_limit
 from healthmate_features.api.metrics import METRICS_PATH, RequestMetricsMiddleware, RouteTemplates, metrics_open
@@ -705,7 +706,12 @@ def create_app(settings: Settings) -> FastAPI:
     Side effects: opens (and migrates) the SQL store of the profile now; the app closes it on
     shutdown. Background jobs are queued on the profile's broker for `healthmate-features worker`."""
     sql = open_sql_store(settings)
-    keys, audit, tracker = ApiKeys(sql), AuditLog(sql), Tracker(sql)
+    audit = AuditLog(
+        sql,
+        checkpoints=Checkpoints(settings.audit_checkpoints_path),
+        checkpoint_every=settings.audit_checkpoint_every,
+    )
+    keys, tracker = ApiKeys(sql), Tracker(sql)
     ctx = ApiContext(
         settings=settings,
         sql=sql,

@@ -270,11 +270,15 @@ class Backend(ABC):
         store = self.connect_sql_store()
         if migrate:
             try:
-                store.migrate()
+                self.migrate_sql_store(store)
             except BaseException:
                 store.close()
                 raise
         return store
+
+    def migrate_sql_store(self, store: SqlStore) -> None:
+        """Apply the SQL store's pending migrations (over `store`'s own connection here)."""
+        store.migrate()
 
     # --- background jobs: broker and locks ----------------------------------------------------
 

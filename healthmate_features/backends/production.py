@@ -203,6 +203,26 @@ class ProductionBackend(Backend):
 
         return SqlStore.postgres(self.settings)
 
+    def migrate_sql_store(self, store: SqlStore) -> None:
+        """Apply pending migrations; with an owner role (HM_PG_OWNER_USER), as the owner on a connection of its own.
+
+        The application role cannot create tables (backends.roles): when every migration is
+        applied already, nothing connects as the owner."""
+        from healthmate_features.backends import roles
+        from healthmate_features.backends.sqlstore import MIGRATIONS, SqlStore
+
+        if not roles.separate_owner(self.settings):
+            store.migrate()
+            return
+        try:
+            if set(store.applied_migrations()) >= {m.number for m in MIGRATIONS}:
+                return
+        except Exception:  # no schema_migrations yet (or not readable): the owner finds out
+            pass
+        with SqlStore.postgres(roles.owner_settings(self.settings)) as owner:
+            owner.migrate()
+        roles.grant_application(self.settings)
+
     # --- background jobs ---------------------------------------------------------------------
 
     def default_broker(self) -> Broker:

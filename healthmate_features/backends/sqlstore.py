@@ -228,6 +228,41 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE UNIQUE INDEX erasures_subject_idx ON erasures (key_id, subject)",
         ),
     ),
+    Migration(
+        7,
+        "audit hash chain",
+        (
+            # Every audit row written from now on carries `prev_hash` (the row_hash of the row
+            # before it, or 64 zeros for the first) and `row_hash` (access.audit.chain_hash).
+            # Rows up to `unchained_through` were written before this migration: "unchained".
+            # The unique index refuses a fork (two rows after the same one) at write time.
+            "ALTER TABLE audit_log ADD COLUMN prev_hash TEXT",
+            "ALTER TABLE audit_log ADD COLUMN row_hash TEXT",
+            "CREATE UNIQUE INDEX audit_log_prev_hash_idx ON audit_log (prev_hash)",
+            """CREATE TABLE audit_chain (
+                name TEXT PRIMARY KEY,
+                unchained_through {bigint} NOT NULL,
+                started_at {ts} NOT NULL
+            )""",
+        ),
+        sqlite=(
+            """INSERT INTO audit_chain (name, unchained_through, started_at)
+                SELECT 'audit_log', COALESCE(MAX(id), 0), strftime('%Y-%m-%dT%H:%M:%f000+00:00', 'now')
+                FROM audit_log""",
+            f"""CREATE TRIGGER audit_chain_no_update BEFORE UPDATE ON audit_chain
+                BEGIN SELECT RAISE(ABORT, '{_APPEND_ONLY}'); END""",
+            f"""CREATE TRIGGER audit_chain_no_delete BEFORE DELETE ON audit_chain
+                BEGIN SELECT RAISE(ABORT, '{_APPEND_ONLY}'); END""",
+        ),
+        postgres=(
+            """INSERT INTO audit_chain (name, unchained_through, started_at)
+                SELECT 'audit_log', COALESCE(MAX(id), 0), now() FROM audit_log""",
+            """CREATE TRIGGER audit_chain_no_update_delete BEFORE UPDATE OR DELETE ON audit_chain
+                FOR EACH ROW EXECUTE FUNCTION audit_log_append_only()""",
+            """CREATE TRIGGER audit_chain_no_truncate BEFORE TRUNCATE ON audit_chain
+                FOR EACH STATEMENT EXECUTE FUNCTION audit_log_append_only()""",
+        ),
+    ),
 )
 
 _MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -294,6 +329,7 @@ class SqlStore:
         self.description = description
         self.schema = schema  # Postgres only: where the tables live
         self._lock = threading.RLock()
+        self._depth = 0  # transactions open on the main connection (an inner one joins the outer)
         self._conn = connect()
         self._watch_lock = threading.Lock()
         self._watch: Any = None
@@ -473,7 +509,26 @@ class SqlStore:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """Run the statements of the block atomically (commit on success, roll back on error)."""
+        """Run the statements of the block atomically (commit on success, roll back on error).
+
+        A transaction opened inside another one (same thread) joins it: it commits with the outer one."""
+        with self._lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield
+                finally:
+                    self._depth -= 1
+                return
+            self._depth = 1
+            try:
+                with self._transaction():
+                    yield
+            finally:
+                self._depth = 0
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
         with self._lock:
             if self.dialect == "postgres":
                 self._reconnect_if_broken()

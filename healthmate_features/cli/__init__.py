@@ -8,7 +8,18 @@ from __future__ import annotations
 
 import sys
 
-from healthmate_features.cli import datasets, governance, jobs, keys, models, pipeline, serve, worker  # noqa: F401  (register)
+from healthmate_features.cli import (  # noqa: F401  (register)
+    audit,
+    datasets,
+    db,
+    governance,
+    jobs,
+    keys,
+    models,
+    pipeline,
+    serve,
+    worker,
+)
 from healthmate_features.cli._common import main
 
 __all__ = ["main"]

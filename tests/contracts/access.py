@@ -229,6 +229,7 @@ class AccessContract:
             "write_many",
             "entry",
             "query",
+            "append_chained",  # what write and write_many call: appends, chained
         }
 
     def test_only_the_listed_fields_can_be_logged(self, store):
@@ -265,7 +266,8 @@ class AccessContract:
                     "SELECT column_name FROM information_schema.columns WHERE table_name = ?", ("audit_log",)
                 )
             }
-        assert columns == {"id", "at", "key_id", "role", "endpoint", "target", "status", "latency_ms"}
+        chain = {"prev_hash", "row_hash"}  # the hash chain (access.audit_chain), never free text
+        assert columns == {"id", "at", "key_id", "role", "endpoint", "target", "status", "latency_ms", *chain}
 
     def test_query_limit_is_bounded(self, store):
         with pytest.raises(AuditError, match="limit"):

@@ -23,6 +23,7 @@ TABLES = {
     "leases",
     "revisions",
     "erasures",
+    "audit_chain",
 }
 
 

@@ -183,6 +183,29 @@ def test_a_request_whose_audit_row_cannot_be_written_gets_a_503_not_its_answer(s
         assert client.get(VERSIONS, headers=_bearer(secrets["admin"])).status_code == 200  # and recovers
 
 
+def test_a_mutating_request_whose_audit_row_cannot_be_written_fails_and_the_chain_stays_whole(sqlite_settings):
+    from healthmate_features.access import audit_chain
+
+    secrets = _keys(sqlite_settings)
+    with TestClient(create_app(sqlite_settings)) as client:
+        ctx = client.app.state.ctx
+        assert client.get(VERSIONS, headers=_bearer(secrets["admin"])).status_code == 200
+        errors = metrics.REGISTRY.get_sample_value("healthmate_audit_write_errors_total") or 0.0
+        with open_sql_store(sqlite_settings) as other:  # another process's write lock, held
+            other.execute("BEGIN IMMEDIATE")
+            ctx.sql._conn.execute("PRAGMA busy_timeout = 50")
+            try:
+                response = client.post(PREPROCESS, headers=_bearer(secrets["admin"]), json={"rows": []})
+            finally:
+                other.execute("ROLLBACK")
+        assert response.status_code == 503, response.text
+        assert "audit log could not be written" in response.json()["detail"]
+        assert metrics.REGISTRY.get_sample_value("healthmate_audit_write_errors_total") == errors + 1
+        assert client.get(VERSIONS, headers=_bearer(secrets["admin"])).status_code == 200
+        result = audit_chain.verify(ctx.sql)
+    assert result.ok and result.chained_rows == 2, result.problem  # the lost row left no hole
+
+
 # -- hostile input: refusals before the body is read -------------------------------------------
 
 

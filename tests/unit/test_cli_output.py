@@ -23,6 +23,7 @@ WITHOUT_JSON = {
     ("serve",): "runs a server",
     ("worker",): "runs a Celery worker (its log on stderr)",
     ("scheduler",): "runs Celery beat; `--check` prints the schedule file's entries for a person",
+    ("audit", "export"): "prints JSON lines (one audit row each) for a compliance system",
 }
 
 
