@@ -47,6 +47,7 @@ OnlineReadError (`store.online_features` then falls back to Feast).
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import sqlite3
 import threading
@@ -492,15 +493,20 @@ class OnlineReader:
         """`read`'s answer from what `fetch` read: decode the values, run the on-demand views (CPU only, no I/O).
 
         `at` as for `read`. Raises OnlineReadError for a number of times that fits neither one nor every user."""
-        from healthmate_features._feast import decode_values
+        from healthmate_features._feast import decode_row, decode_values
 
         ids, plan, rows = fetched.ids, fetched.plan, fetched.rows
         response: dict[str, list] = {JOIN_KEY: ids}
-        decoded: dict[int, list] = {}
-        for index in range(len(plan.fields)):
-            decoded[index] = decode_values([row[index] for row in rows], generic=index in plan.generic)
-        for name, index in plan.columns:
-            response[name] = decoded[index]
+        if len(rows) == 1:  # one user (the API's lookups): one pass over its row
+            row = decode_row(rows[0], plan.generic)
+            for name, index in plan.columns:
+                response[name] = [row[index]]
+        else:
+            decoded: dict[int, list] = {}
+            for index in range(len(plan.fields)):
+                decoded[index] = decode_values([row[index] for row in rows], generic=index in plan.generic)
+            for name, index in plan.columns:
+                response[name] = decoded[index]
         if plan.odfvs:
             response.update(self._on_demand(plan, response, ids, at))
         return OnlineResult(features={name: response[name] for name in plan.order}, found=fetched.found)
@@ -777,16 +783,25 @@ class _SqliteRows:
         for start in range(0, len(batch), SQLITE_USERS_PER_QUERY):
             chunk = batch[start : start + SQLITE_USERS_PER_QUERY]
             marks = ", ".join(["(?)"] * len(chunk))
-            sql = f"WITH k(entity_key) AS (VALUES {marks}) {query.body}"
+            # One result row: the rows as a JSON array, blobs in hex. Python's sqlite3 releases and
+            # retakes the GIL around every step of a statement, and each retake may wait for the
+            # event loop's thread: one step per lookup instead of one per feature.
+            sql = (
+                f"WITH k(entity_key) AS (VALUES {marks}), r(n, e, f, v) AS ({query.body}) "
+                "SELECT json_group_array(json_array(n, hex(e), f, CASE WHEN v IS NULL THEN NULL ELSE hex(v) END)) "
+                "FROM r"
+            )
             try:
                 with self._lock:
-                    rows = self._conn.execute(sql, [*chunk, *query.params]).fetchall()
+                    (packed,) = self._conn.execute(sql, [*chunk, *query.params]).fetchone()
             except sqlite3.OperationalError as exc:
                 raise OnlineReadError(f"the SQLite online store cannot be read as Feast laid it out: {exc}") from exc
             index = query.index
-            for number, key, name, value in rows:
-                user = keys[key]
+            users = {key.hex().upper(): user for key, user in keys.items()}
+            fromhex = bytes.fromhex
+            for number, key, name, value in json.loads(packed):
+                user = users[key]
                 found.add(user)
                 if number >= 0:
-                    values[user][index[(number, name)]] = value
+                    values[user][index[(number, name)]] = None if value is None else fromhex(value)
         return values, {u: u in found for u in unique}
