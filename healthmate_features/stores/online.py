@@ -722,7 +722,7 @@ class _SqliteQuery:
     """The query of one plan: the rows of its fields, and a row per user of any view keyed by user_id."""
 
     body: str  # SELECTs over the table `k(entity_key)` of the users' keys, UNION ALL
-    params: list[str]  # the feature names the SELECTs bind, after the keys
+    params: list[str]  # parameters the SELECTs bind after the keys (none: every row of the users is read)
     index: dict[tuple[int, str], int]  # (SELECT number, feature name) -> index into the plan's fields
     width: int  # number of fields
 
@@ -756,17 +756,20 @@ class _SqliteRows:
         selects: list[str] = []
         params: list[str] = []
         index: dict[tuple[int, str], int] = {}
-        for number, (table, names) in enumerate(tables.items()):
-            marks = ", ".join("?" * len(names))
+        for number, table in enumerate(tables):
+            # Every row of the users in the table (an index range per user), the features not
+            # asked for skipped in Python: cheaper for SQLite than a list of names to probe.
             selects.append(
-                f"SELECT {number}, entity_key, feature_name, value FROM {_quote(table)} "
-                f"WHERE entity_key IN k AND feature_name IN ({marks})"
+                f"SELECT {number}, entity_key, feature_name, value FROM {_quote(table)} WHERE entity_key IN k"
             )
-            params.extend(names)
         for field_index, (view, name) in enumerate(slots):
             index[(list(tables).index(sqlite_table(self.project, view)), name)] = field_index
         for table in dict.fromkeys(sqlite_table(self.project, view) for view in known):
-            selects.append(f"SELECT DISTINCT -1, entity_key, NULL, NULL FROM {_quote(table)} WHERE entity_key IN k")
+            if table not in tables:  # a row of the tables above says as much
+                selects.append(
+                    f"SELECT -1, entity_key, NULL, NULL FROM k WHERE EXISTS "
+                    f"(SELECT 1 FROM {_quote(table)} AS t WHERE t.entity_key = k.entity_key)"
+                )
         return _SqliteQuery(body=" UNION ALL ".join(selects), params=params, index=index, width=len(slots))
 
     def read(self, ids: list[int], query: _SqliteQuery) -> tuple[dict[int, list], dict[int, bool]]:
@@ -803,5 +806,7 @@ class _SqliteRows:
                 user = users[key]
                 found.add(user)
                 if number >= 0:
-                    values[user][index[(number, name)]] = None if value is None else fromhex(value)
+                    slot = index.get((number, name))
+                    if slot is not None:
+                        values[user][slot] = None if value is None else fromhex(value)
         return values, {u: u in found for u in unique}
