@@ -14,7 +14,7 @@ from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import UnixTimestamp
 
 from feature_repo.feature_views import profile_fv
-from healthmate_features.features.definitions import OWNER, temporal_description, temporal_schema
+from healthmate_features.features.definitions import OWNER, TEMPORAL_ROWS, temporal_description, temporal_schema
 
 prediction_request_source = RequestSource(
     name="prediction_request",
@@ -29,7 +29,8 @@ prediction_request_source = RequestSource(
     schema=temporal_schema(),
     mode="pandas",
     description=temporal_description(),
-    tags={"owner": OWNER, "domain": "temporal", "pii": "false"},
+    # online_rows: online lookups compute its rows with features.definitions.temporal_rows (same values, no pandas)
+    tags={"owner": OWNER, "domain": "temporal", "pii": "false", "online_rows": TEMPORAL_ROWS},
 )
 def temporal(inputs: pd.DataFrame) -> pd.DataFrame:
     from healthmate_features.features.definitions import temporal_frame

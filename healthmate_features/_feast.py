@@ -30,11 +30,13 @@ Layer: the lowest, beside config and errors (imports feast, the standard library
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+import numpy as np
 from feast import utils as _utils
 from feast.feature_view import DUMMY_ENTITY_ID, DUMMY_ENTITY_VAL
 from feast.infra.offline_stores import offline_utils as _offline_utils
@@ -336,6 +338,27 @@ def decode_values(raws: Sequence[bytes | None], *, generic: bool = False) -> lis
     return [_decode(raw) for raw in raws]
 
 
+def decode_row(raws: Sequence[bytes | None], generic: set[int] | frozenset[int]) -> list[Any]:
+    """One user's stored ValueProto bytes as Feast's Python values (`decode_values`; the `generic` indexes generic)."""
+    return [
+        (_to_python(_from_bytes(raw)) if raw else None) if index in generic else _decode(raw)
+        for index, raw in enumerate(raws)
+    ]
+
+
+_FLOATS = frozenset({float, np.float64})
+_INTS = frozenset({int, np.int64})
+
+
 def as_feast_values(values: Any, value_type: ValueType = ValueType.UNKNOWN) -> list[Any]:
-    """Python values (a list or an array) as Feast serves them: through ValueProto and back (`feast.type_map`)."""
+    """Python values (a list or an array) as Feast serves them: through ValueProto and back (`feast.type_map`).
+
+    Finite floats of a DOUBLE and ints of an INT64 feature come back as `float(v)` and `int(v)`
+    from that round trip: those are converted directly (tests/unit/test_feast_contract.py)."""
+    if value_type is ValueType.DOUBLE or value_type is ValueType.INT64:
+        kinds = set(map(type, values))
+        if value_type is ValueType.DOUBLE and kinds <= _FLOATS and all(map(math.isfinite, values)):
+            return [float(v) for v in values]
+        if value_type is ValueType.INT64 and kinds <= _INTS and all(-(2**63) <= v < 2**63 for v in values):
+            return [int(v) for v in values]
     return [_to_python(v) for v in python_values_to_proto_values(values, value_type)]

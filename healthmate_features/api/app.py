@@ -16,6 +16,7 @@ errors become JSON `{"error": kind, "detail": message}` with the status code ERR
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from contextlib import asynccontextmanager
@@ -28,6 +29,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import TypeAdapter
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -481,7 +483,7 @@ async def extract_features(
     caller: Caller,
     user_id: Annotated[int, Query(ge=1, le=MAX_INT64, description="The user to look up.")],
     feature_service: Annotated[str | None, Query(max_length=200, description="Only this feature service.")] = None,
-) -> OnlineFeatures:
+) -> Response:
     """The latest feature values of one user from the online store (all features, or a service's).
 
     A user key may read only its own user id (403 otherwise); admin keys any. A user the online
@@ -494,8 +496,14 @@ async def extract_features(
         raise PermissionDeniedError(f"key {caller.key_id} may read only its own user's features")
     at = datetime.now(timezone.utc)
     lookups = online_limit.limiter_for(ctx.settings)
-    values = await lookups.run(store.online_features, ctx.settings, user_id, feature_service=feature_service, at=at)
-    return OnlineFeatures(user_id=user_id, feature_service=feature_service, at=at, features=_json_safe(values))
+    # Only the blocking part (registry, online store reads) on the limiter's threads; decoding and the
+    # on-demand views here, on the event loop: CPU work on other threads would hold the GIL the loop waits for.
+    pending = await lookups.run(store.online_fetch, ctx.settings, [user_id], feature_service=feature_service, at=at)
+    values = store.one_user(store.online_finish(pending), user_id)
+    # Encoded here as FastAPI encodes an OnlineFeatures (response_model: the schema), without validating it again.
+    body = {"user_id": user_id, "feature_service": feature_service, "at": _JSON_TIME.dump_python(at, mode="json")}
+    body["features"] = _json_safe(values)
+    return Response(_json_bytes(body), media_type="application/json")
 
 
 @router.post(
@@ -676,6 +684,14 @@ def _job_info(job: Job) -> JobInfo:
         error=job.error,
         status_url=f"{PREFIX}/datasets/jobs/{job.job_id}",
     )
+
+
+_JSON_TIME: TypeAdapter[datetime] = TypeAdapter(datetime)
+
+
+def _json_bytes(body: Any) -> bytes:
+    """`body` (plain JSON values) as the bytes of FastAPI's JSONResponse."""
+    return json.dumps(body, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")).encode("utf-8")
 
 
 def _json_safe(value: Any) -> Any:

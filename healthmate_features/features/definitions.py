@@ -8,7 +8,8 @@ PostgreSQLSource over `<HM_PG_SCHEMA>.<table>` in production) under the same sou
 
 from __future__ import annotations
 
-from datetime import timedelta
+import functools
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pandas as pd
@@ -21,6 +22,7 @@ from healthmate_features.backends import backend_for
 from healthmate_features.config import Settings
 from healthmate_features.errors import RequestTimeError
 from healthmate_features.features.catalog import FEATURE_TABLES, TEMPORAL_FEATURES
+from healthmate_features.stores import online
 
 OWNER = "ml-platform@healthmate"
 _TYPES = {"Float64": Float64, "Int64": Int64, "String": String}
@@ -206,6 +208,60 @@ def temporal_frame(inputs: pd.DataFrame) -> pd.DataFrame:
         "days_since_signup": (seconds - signup_s) / 86400.0,
     }
     return pd.DataFrame(columns, index=inputs.index)
+
+
+TEMPORAL_ROWS = "temporal_frame"  # the temporal view's `online_rows` tag: its rows come from `temporal_rows` online
+
+
+@functools.lru_cache(maxsize=256)
+def _calendar(time: datetime) -> dict[str, object]:
+    """temporal_frame's outputs that depend on the request time only, for one request time (one row)."""
+    frame = temporal_frame(online.pandas_frame({"event_timestamp": [time], "signup_epoch_s": [None]}))
+    return {name: frame[name].to_numpy()[0] for name in frame.columns}
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def temporal_rows(columns: dict[str, list]) -> dict[str, list] | None:
+    """temporal_frame's output columns for the online lookup's input columns, without pandas per call.
+
+    `columns` are the lists `stores.online.pandas_frame` would turn into the transformation's
+    frame. The calendar values depend on the request time only: computed by temporal_frame itself
+    once per distinct time (an LRU: online times are whole seconds, so one per second) and reused
+    for every user; `days_since_signup` is the same IEEE arithmetic temporal_frame does with numpy
+    (`(seconds - signup_s) / 86400.0`, seconds = microsecond ticks / 1e6), per user in Python.
+    Bit-identical to temporal_frame (tests/unit/test_request_times.py); None (run temporal_frame)
+    for inputs outside that: request times that are not UTC datetimes, or signups that are not
+    ints, floats or nulls. No side effects besides the LRU.
+    """
+    times, signups = columns.get("event_timestamp"), columns.get("signup_epoch_s")
+    if times is None or signups is None or len(times) != len(signups):
+        return None
+    out: dict[str, list] = {}
+    days: list[float] = []
+    calendars = []
+    for time, signup in zip(times, signups, strict=True):
+        if type(time) is not datetime or time.tzinfo is not timezone.utc:
+            return None
+        if signup is None:
+            signup_s = float("nan")
+        elif type(signup) is int or type(signup) is float:
+            if type(signup) is int and abs(signup) >= 2**53:  # numpy's int -> float rounding: leave it to numpy
+                return None
+            signup_s = float(signup)
+        else:
+            return None
+        seconds = ((time - _EPOCH) // _MICROSECOND) / 1_000_000  # exact int -> float64, one rounded division
+        calendars.append(_calendar(time))
+        days.append((seconds - signup_s) / 86400.0)
+    for name in calendars[0] if calendars else _calendar(_EPOCH):
+        out[name] = days if name == "days_since_signup" else [calendar[name] for calendar in calendars]
+    return out
+
+
+online.register_rows(TEMPORAL_ROWS, temporal_rows)
 
 
 def temporal_schema() -> list[Field]:

@@ -22,7 +22,7 @@ from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -404,21 +404,15 @@ def online_lookup(
     statuses say which users have a row (a second, small read decides users without one in the
     views asked for).
     """
-    at = at if at is not None else datetime.now(timezone.utc)
-    ids = as_user_ids(user_ids)
-    times = list(at) if isinstance(at, Sequence) and not isinstance(at, str) else [at] * len(ids)
-    if len(times) != len(ids):
-        raise OnlineReadError(f"`at` has {len(times)} times for {len(ids)} user ids; pass one time or one per user")
+    return online_finish(online_fetch(settings, user_ids, feature_service=feature_service, at=at))
+
+
+def _feast_lookup(
+    settings: Settings, ids: list[int], feature_service: str | None, times: list[datetime]
+) -> OnlineResult:
+    """`online_lookup` through Feast's get_online_features, for what the fast reader does not serve."""
     backend = backend_for(settings)
     reader = online_reader(settings)
-    if reader is not None:
-        try:
-            with backend.service_errors():
-                if feature_service:
-                    return reader.read(ids, feature_service=feature_service, at=times)
-                return reader.read(ids, features=reader.feature_refs(), at=times, full_feature_names=True)
-        except OnlineReadError:
-            pass  # a selection the fast reader does not serve: Feast's path below
     store = reader.store if reader is not None else open_feature_store(settings)
     with backend.service_errors():
         _require_registry(store)
@@ -478,6 +472,11 @@ def online_features(
     user (see `online_lookup`), so an unknown user never reads as a user whose values are missing.
     """
     result = online_lookup(settings, [user_id], feature_service=feature_service, at=at)
+    return one_user(result, user_id)
+
+
+def one_user(result: OnlineResult, user_id: int) -> dict[str, object]:
+    """The only user of a lookup as a flat dict; UserNotFoundError when the online store does not know them."""
     if not result.found[0]:
         raise UserNotFoundError(
             f"user {user_id} is not in the online store: no feature view holds a row for them "
@@ -485,6 +484,55 @@ def online_features(
             "check the id, or run `healthmate-features materialize`"
         )
     return {name: values[0] for name, values in result.features.items()}
+
+
+@dataclass(frozen=True)
+class PendingLookup:
+    """An online lookup's blocking part done (`online_fetch`): finish it with `online_finish` (no I/O)."""
+
+    settings: Settings
+    at: list[datetime]
+    fetched: Any = None  # the reader's Fetched, or None when `result` is already complete
+    result: OnlineResult | None = None
+
+
+def online_fetch(
+    settings: Settings,
+    user_ids: Sequence[int],
+    *,
+    feature_service: str | None = None,
+    at: datetime | Sequence[datetime] | None = None,
+) -> PendingLookup:
+    """`online_lookup`'s blocking part: the registry and the online store's reads (run it off the event loop).
+
+    On Redis and SQLite the fast reader's `fetch`; otherwise (or for a selection it does not
+    serve) the whole lookup through Feast. Raises as `online_lookup` does."""
+    at = at if at is not None else datetime.now(timezone.utc)
+    ids = as_user_ids(user_ids)
+    times = list(at) if isinstance(at, Sequence) and not isinstance(at, str) else [at] * len(ids)
+    if len(times) != len(ids):
+        raise OnlineReadError(f"`at` has {len(times)} times for {len(ids)} user ids; pass one time or one per user")
+    reader = online_reader(settings)
+    if reader is not None:
+        try:
+            with backend_for(settings).service_errors():
+                if feature_service:
+                    fetched = reader.fetch(ids, feature_service=feature_service)
+                else:
+                    fetched = reader.fetch(ids, features=reader.feature_refs(), full_feature_names=True)
+            return PendingLookup(settings=settings, at=times, fetched=fetched)
+        except OnlineReadError:
+            pass  # a selection the fast reader does not serve: Feast's path
+    return PendingLookup(settings=settings, at=times, result=_feast_lookup(settings, ids, feature_service, times))
+
+
+def online_finish(pending: PendingLookup) -> OnlineResult:
+    """`online_lookup`'s answer from its fetched part: decoding, on-demand views; CPU only (fine on an event loop)."""
+    if pending.result is not None:
+        return pending.result
+    reader = online_reader(pending.settings)  # created by online_fetch: no I/O here
+    assert reader is not None
+    return reader.assemble(pending.fetched, at=pending.at)
 
 
 def historical_features(

@@ -47,6 +47,8 @@ OnlineReadError (`store.online_features` then falls back to Feast).
 from __future__ import annotations
 
 import functools
+import json
+import logging
 import sqlite3
 import threading
 import time
@@ -59,6 +61,8 @@ from healthmate_features.backends import backend_for, redis
 from healthmate_features.config import Settings
 from healthmate_features.errors import FeatureRepoError, FeatureServiceNotFoundError, OnlineReadError
 from healthmate_features.stores import online_marks
+
+_log = logging.getLogger(__name__)
 
 JOIN_KEY = "user_id"
 UNKNOWN_REFRESH_S = 5.0  # an unknown feature service refreshes the registry at most this often
@@ -88,6 +92,33 @@ class OnlineResult:
     found: list[bool]
 
 
+# Row functions of on-demand views (`register_rows`): a view tagged `online_rows: <name>` gets its
+# online outputs from the function registered under <name> instead of its pandas transformation.
+_ROWS: dict[str, Any] = {}
+
+
+def register_rows(name: str, rows: Any) -> None:
+    """Register `rows(columns) -> {output column: values} | None`, a pandas-free twin of a view's transformation.
+
+    `columns` are the lists `pandas_frame` would turn into the transformation's frame; the twin
+    returns the transformation's output columns in its column order, each value equal to what
+    the transformation returns (converted by Feast's type conversion afterwards), or None to have
+    the transformation run instead. A view opts in with the tag `online_rows: <name>`; the reader
+    checks the twin once against the transformation itself (first lookup of each plan) and uses
+    the transformation for good if they differ. Side effect: the process-wide registry."""
+    _ROWS[name] = rows
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """What `OnlineReader.fetch` read for a lookup: the users, the plan, their undecoded values and `found`."""
+
+    ids: list[int]
+    plan: _Plan
+    rows: list[list]  # per user: the plan's fields, as stored (None where absent)
+    found: list[bool]
+
+
 @dataclass
 class _Odfv:
     """One requested on-demand view: the view, its output names, the input columns it needs."""
@@ -98,6 +129,8 @@ class _Odfv:
     inputs: list[str]  # response names of the source features the transformation reads
     aliases: list[tuple[str, str]]  # (full `view__feature`, short) name of each source feature (Feast's preprocessing)
     renames: dict[str, str]  # output column -> response name (Feast's postprocessing of the transformation's columns)
+    rows: str | None = None  # the view's `online_rows` tag: the name of its registered pandas-free twin
+    checked: bool = False  # the twin was compared with the transformation once
 
 
 @dataclass
@@ -310,7 +343,13 @@ class OnlineReader:
             renames = full_names if full_feature_names else {full: short for short, full in full_names.items()}
             odfv_plans.append(
                 _Odfv(
-                    view=view, outputs=outputs[view_name], types=types, inputs=inputs, aliases=aliases, renames=renames
+                    view=view,
+                    outputs=outputs[view_name],
+                    types=types,
+                    inputs=inputs,
+                    aliases=aliases,
+                    renames=renames,
+                    rows=(view.tags or {}).get("online_rows"),
                 )
             )
 
@@ -414,6 +453,25 @@ class OnlineReader:
         """`get`'s features and, per user, whether the online store holds a row of any feature view for them.
 
         One pipelined HMGET per user reads both. Raises as `get` does."""
+        return self.assemble(
+            self.fetch(
+                user_ids, feature_service=feature_service, features=features, full_feature_names=full_feature_names
+            ),
+            at=at,
+        )
+
+    def fetch(
+        self,
+        user_ids: Sequence[int],
+        *,
+        feature_service: str | None = None,
+        features: list[str] | None = None,
+        full_feature_names: bool = False,
+    ) -> Fetched:
+        """`read`'s blocking part: resolve the plan (may reload the registry) and read the stored values.
+
+        One pipelined HMGET per user (Redis) or one query (SQLite); the values stay undecoded
+        until `assemble`, which does no I/O. Raises as `get` does."""
         if (feature_service is None) == (features is None):
             raise OnlineReadError("pass exactly one of feature_service and features")
         ids = as_user_ids(user_ids)
@@ -429,18 +487,29 @@ class OnlineReader:
             replies = self._hmget(ids, [*fields, *plan.known], markers=plan.markers)
             rows = [replies[u][: len(fields)] for u in ids]
             found = [any(value is not None for value in replies[u][len(fields) :]) for u in ids]
+        return Fetched(ids=ids, plan=plan, rows=rows, found=found)
 
-        from healthmate_features._feast import decode_values
+    def assemble(self, fetched: Fetched, *, at: datetime | Sequence[datetime] | None = None) -> OnlineResult:
+        """`read`'s answer from what `fetch` read: decode the values, run the on-demand views (CPU only, no I/O).
 
+        `at` as for `read`. Raises OnlineReadError for a number of times that fits neither one nor every user."""
+        from healthmate_features._feast import decode_row, decode_values
+
+        ids, plan, rows = fetched.ids, fetched.plan, fetched.rows
         response: dict[str, list] = {JOIN_KEY: ids}
-        decoded: dict[int, list] = {}
-        for index in range(len(fields)):
-            decoded[index] = decode_values([row[index] for row in rows], generic=index in plan.generic)
-        for name, index in plan.columns:
-            response[name] = decoded[index]
+        if len(rows) == 1:  # one user (the API's lookups): one pass over its row
+            row = decode_row(rows[0], plan.generic)
+            for name, index in plan.columns:
+                response[name] = [row[index]]
+        else:
+            decoded: dict[int, list] = {}
+            for index in range(len(plan.fields)):
+                decoded[index] = decode_values([row[index] for row in rows], generic=index in plan.generic)
+            for name, index in plan.columns:
+                response[name] = decoded[index]
         if plan.odfvs:
             response.update(self._on_demand(plan, response, ids, at))
-        return OnlineResult(features={name: response[name] for name in plan.order}, found=found)
+        return OnlineResult(features={name: response[name] for name in plan.order}, found=fetched.found)
 
     def known(self, user_ids: Sequence[int]) -> list[bool]:
         """Per user: whether the online store holds a row of any feature view for them (HMGETs; SQLite: a query)."""
@@ -507,18 +576,77 @@ class OnlineReader:
                     columns.setdefault(short, columns[full])
                 elif short in columns:
                     columns[full] = columns[short]
-            result = odfv.view.feature_transformation.transform(pandas_frame(columns))
-            for column in result.columns:
-                name = odfv.renames.get(column, column)
-                if name not in odfv.outputs or name in out:
+            for name, values in self._transform(odfv, columns).items():
+                if name in out:
                     continue
-                short = name.split("__", 1)[1] if "__" in name else name
-                vtype = odfv.types.get(short, ValueType.UNKNOWN)
-                out[name] = as_feast_values(arrow_values(result[column]), vtype)
+                out[name] = values
                 extra_order.append(name)
         if not set(extra_order) <= set(plan.order):
             plan.order.extend(n for n in extra_order if n not in plan.order)
         return out
+
+    def _transform(self, odfv: _Odfv, columns: dict[str, list]) -> dict[str, list]:
+        """One on-demand view's requested outputs (response name -> Feast's values) for the input `columns`.
+
+        Through the view's registered twin (`register_rows`) when it has one and it answers,
+        else through its pandas transformation. The first answer of a twin is checked against the
+        transformation; a twin that differs is dropped for this plan (a warning)."""
+        twin = _ROWS.get(odfv.rows) if odfv.rows is not None else None
+        if twin is not None:
+            computed = twin(columns)
+            if computed is not None:
+                fast = self._outputs(odfv, computed)
+                if odfv.checked:
+                    return fast
+                slow = self._outputs(
+                    odfv, _columns_of(odfv.view.feature_transformation.transform(pandas_frame(columns)))
+                )
+                odfv.checked = True
+                if _same(fast, slow):
+                    return fast
+                odfv.rows = None
+                _log.warning(
+                    "on-demand view '%s': its online_rows twin %r differs from its transformation; using that",
+                    odfv.view.name,
+                    twin.__name__ if hasattr(twin, "__name__") else twin,
+                )
+                return slow
+        return self._outputs(odfv, _columns_of(odfv.view.feature_transformation.transform(pandas_frame(columns))))
+
+    @staticmethod
+    def _outputs(odfv: _Odfv, result: dict[str, Any]) -> dict[str, list]:
+        """The requested ones of a transformation's output columns, renamed and converted as Feast does."""
+        from feast.value_type import ValueType
+
+        from healthmate_features._feast import as_feast_values
+
+        out: dict[str, list] = {}
+        for column, values in result.items():
+            name = odfv.renames.get(column, column)
+            if name not in odfv.outputs or name in out:
+                continue
+            short = name.split("__", 1)[1] if "__" in name else name
+            out[name] = as_feast_values(values, odfv.types.get(short, ValueType.UNKNOWN))
+        return out
+
+
+def _columns_of(frame: Any) -> dict[str, Any]:
+    """A transformation's output frame as column -> values the way Feast reads them (`arrow_values`)."""
+    return {column: arrow_values(frame[column]) for column in frame.columns}
+
+
+def _same(a: dict[str, list], b: dict[str, list]) -> bool:
+    """Equal outputs: same names in the same order, same types and values (NaN equal to NaN)."""
+    if list(a) != list(b):
+        return False
+    for name, values in a.items():
+        other = b[name]
+        if len(values) != len(other):
+            return False
+        for x, y in zip(values, other, strict=True):
+            if type(x) is not type(y) or not (x == y or (x != x and y != y)):
+                return False
+    return True
 
 
 # --- on-demand views: the frames Feast's pandas transformations see -------------------------------------
@@ -594,7 +722,7 @@ class _SqliteQuery:
     """The query of one plan: the rows of its fields, and a row per user of any view keyed by user_id."""
 
     body: str  # SELECTs over the table `k(entity_key)` of the users' keys, UNION ALL
-    params: list[str]  # the feature names the SELECTs bind, after the keys
+    params: list[str]  # parameters the SELECTs bind after the keys (none: every row of the users is read)
     index: dict[tuple[int, str], int]  # (SELECT number, feature name) -> index into the plan's fields
     width: int  # number of fields
 
@@ -628,17 +756,20 @@ class _SqliteRows:
         selects: list[str] = []
         params: list[str] = []
         index: dict[tuple[int, str], int] = {}
-        for number, (table, names) in enumerate(tables.items()):
-            marks = ", ".join("?" * len(names))
+        for number, table in enumerate(tables):
+            # Every row of the users in the table (an index range per user), the features not
+            # asked for skipped in Python: cheaper for SQLite than a list of names to probe.
             selects.append(
-                f"SELECT {number}, entity_key, feature_name, value FROM {_quote(table)} "
-                f"WHERE entity_key IN k AND feature_name IN ({marks})"
+                f"SELECT {number}, entity_key, feature_name, value FROM {_quote(table)} WHERE entity_key IN k"
             )
-            params.extend(names)
         for field_index, (view, name) in enumerate(slots):
             index[(list(tables).index(sqlite_table(self.project, view)), name)] = field_index
         for table in dict.fromkeys(sqlite_table(self.project, view) for view in known):
-            selects.append(f"SELECT DISTINCT -1, entity_key, NULL, NULL FROM {_quote(table)} WHERE entity_key IN k")
+            if table not in tables:  # a row of the tables above says as much
+                selects.append(
+                    f"SELECT -1, entity_key, NULL, NULL FROM k WHERE EXISTS "
+                    f"(SELECT 1 FROM {_quote(table)} AS t WHERE t.entity_key = k.entity_key)"
+                )
         return _SqliteQuery(body=" UNION ALL ".join(selects), params=params, index=index, width=len(slots))
 
     def read(self, ids: list[int], query: _SqliteQuery) -> tuple[dict[int, list], dict[int, bool]]:
@@ -655,16 +786,27 @@ class _SqliteRows:
         for start in range(0, len(batch), SQLITE_USERS_PER_QUERY):
             chunk = batch[start : start + SQLITE_USERS_PER_QUERY]
             marks = ", ".join(["(?)"] * len(chunk))
-            sql = f"WITH k(entity_key) AS (VALUES {marks}) {query.body}"
+            # One result row: the rows as a JSON array, blobs in hex. Python's sqlite3 releases and
+            # retakes the GIL around every step of a statement, and each retake may wait for the
+            # event loop's thread: one step per lookup instead of one per feature.
+            sql = (
+                f"WITH k(entity_key) AS (VALUES {marks}), r(n, e, f, v) AS ({query.body}) "
+                "SELECT json_group_array(json_array(n, hex(e), f, CASE WHEN v IS NULL THEN NULL ELSE hex(v) END)) "
+                "FROM r"
+            )
             try:
                 with self._lock:
-                    rows = self._conn.execute(sql, [*chunk, *query.params]).fetchall()
+                    (packed,) = self._conn.execute(sql, [*chunk, *query.params]).fetchone()
             except sqlite3.OperationalError as exc:
                 raise OnlineReadError(f"the SQLite online store cannot be read as Feast laid it out: {exc}") from exc
             index = query.index
-            for number, key, name, value in rows:
-                user = keys[key]
+            users = {key.hex().upper(): user for key, user in keys.items()}
+            fromhex = bytes.fromhex
+            for number, key, name, value in json.loads(packed):
+                user = users[key]
                 found.add(user)
                 if number >= 0:
-                    values[user][index[(number, name)]] = value
+                    slot = index.get((number, name))
+                    if slot is not None:
+                        values[user][slot] = None if value is None else fromhex(value)
         return values, {u: u in found for u in unique}

@@ -478,6 +478,11 @@ def test_value_encoding():
     for generic in (False, True):
         got = _feast.decode_values(raws, generic=generic)
         assert got == want, adapt("feast_value_type_to_python_type or ValueProto", f"generic={generic}: {got}")
+    for generic_indexes in (set(), set(range(len(raws))), {0, len(raws) - 1}):
+        got = _feast.decode_row(raws, generic_indexes)
+        assert got == want, adapt(
+            "feast_value_type_to_python_type or ValueProto", f"decode_row {generic_indexes}: {got}"
+        )
 
 
 def test_as_feast_values():
@@ -489,6 +494,38 @@ def test_as_feast_values():
     assert _feast.as_feast_values(np.array([1.5, np.nan]), ValueType.DOUBLE) == [1.5, None]
     assert _feast.as_feast_values(np.array([1, 2]), ValueType.INT64) == [1, 2]
     assert _feast.as_feast_values(np.array(["a", None], dtype=object), ValueType.STRING) == ["a", None]
+
+
+@pytest.mark.parametrize(
+    ("values", "value_type"),
+    [
+        ([0.0, -0.0, 1.5, -1e-300, 5e-324, 1.7976931348623157e308, 0.1 + 0.2], ValueType.DOUBLE),
+        (np.array([0.0, -0.0, 2.5, np.pi, -np.e, 1e22]), ValueType.DOUBLE),
+        ([np.float64(0.5), 3.25], ValueType.DOUBLE),
+        ([0, -1, 2**63 - 1, -(2**63), 17], ValueType.INT64),
+        (np.array([0, -5, 2**62], dtype=np.int64), ValueType.INT64),
+        ([1.5, float("nan")], ValueType.DOUBLE),  # non-finite: Feast's own path
+        ([float("inf")], ValueType.DOUBLE),
+        ([1, 2.5], ValueType.DOUBLE),
+        ([True, 1], ValueType.INT64),
+        ([2**63], ValueType.INT64),
+    ],
+)
+def test_as_feast_values_shortcut_is_feasts_round_trip(values, value_type):
+    """The direct float()/int() conversion gives what Feast's ValueProto round trip gives, type and bits."""
+    from feast.type_map import feast_value_type_to_python_type, python_values_to_proto_values
+
+    try:
+        want = [feast_value_type_to_python_type(v) for v in python_values_to_proto_values(values, value_type)]
+    except Exception as exc:  # noqa: BLE001 (Feast refuses it: so must we)
+        with pytest.raises(type(exc)):
+            _feast.as_feast_values(values, value_type)
+        return
+    got = _feast.as_feast_values(values, value_type)
+    assert [type(v) for v in got] == [type(v) for v in want], adapt("python_values_to_proto_values", repr(want))
+    assert [struct.pack("<d", v) if isinstance(v, float) else v for v in got] == [
+        struct.pack("<d", v) if isinstance(v, float) else v for v in want
+    ]
 
 
 # --- Feast's online request resolution and registry cache ------------------------------------------------

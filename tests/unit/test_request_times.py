@@ -3,6 +3,8 @@ computes the same bits as the pandas `.dt` formulation it replaced."""
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -13,7 +15,8 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from healthmate_features.errors import RequestTimeError
-from healthmate_features.features.definitions import request_times, temporal_frame
+from healthmate_features.features.definitions import request_times, temporal_frame, temporal_rows
+from healthmate_features.stores.online import arrow_values, pandas_frame
 
 NOON = pd.Timestamp("2025-12-01T14:40:00Z")
 
@@ -129,3 +132,51 @@ def test_temporal_frame_at_a_known_instant():
             "days_since_signup": 1.0,
         }
     ]
+
+
+# --- temporal_rows: the online twin of temporal_frame ------------------------------------------------
+
+
+def _bits(values) -> list:
+    """Values as comparable bits: floats by their IEEE representation (NaN included), ints as they are."""
+    out = []
+    for v in values:
+        if isinstance(v, (float, np.floating)):
+            out.append(("f", np.float64(v).view(np.int64).item()))
+        else:
+            out.append((type(v).__name__, int(v)))
+    return out
+
+
+_UTC_TIMES = st.datetimes(
+    min_value=datetime(1900, 1, 2), max_value=datetime(2199, 12, 30), timezones=st.just(timezone.utc)
+)
+_SIGNUPS = st.one_of(
+    st.none(),
+    st.integers(min_value=-(2**53) + 1, max_value=2**53 - 1),
+    st.integers(min_value=-4_000_000_000, max_value=7_000_000_000),
+    st.floats(allow_nan=True, allow_infinity=True),
+)
+
+
+@given(st.lists(st.tuples(_UTC_TIMES, _SIGNUPS), min_size=1, max_size=6), st.booleans())
+@hsettings(max_examples=300, deadline=None)
+def test_temporal_rows_are_temporal_frame_bit_for_bit(rows, whole_seconds):
+    times = [t.replace(microsecond=0) if whole_seconds else t for t, _ in rows]
+    signups = [s for _, s in rows]
+    columns = {"user_id": list(range(len(rows))), "event_timestamp": times, "signup_epoch_s": signups}
+    twin = temporal_rows(columns)
+    frame = temporal_frame(pandas_frame(columns))
+    assert twin is not None
+    assert list(twin) == list(frame.columns)
+    for name in frame.columns:
+        assert _bits(twin[name]) == _bits(arrow_values(frame[name])), name
+
+
+def test_temporal_rows_leave_other_inputs_to_temporal_frame():
+    noon = NOON.to_pydatetime()
+    assert temporal_rows({"event_timestamp": ["2025-12-01T14:40:00Z"], "signup_epoch_s": [1]}) is None
+    assert temporal_rows({"event_timestamp": [noon], "signup_epoch_s": ["1"]}) is None
+    assert temporal_rows({"event_timestamp": [noon], "signup_epoch_s": [2**60]}) is None
+    assert temporal_rows({"event_timestamp": [noon.replace(tzinfo=None)], "signup_epoch_s": [1]}) is None
+    assert temporal_rows({"signup_epoch_s": [1]}) is None
