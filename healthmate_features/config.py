@@ -23,7 +23,11 @@ _ENV = {
     "pg_database": "HM_PG_DATABASE",
     "pg_schema": "HM_PG_SCHEMA",
     "pg_sslmode": "HM_PG_SSLMODE",
+    "pg_sslrootcert": "HM_PG_SSLROOTCERT",
+    "pg_sslcert": "HM_PG_SSLCERT",
+    "pg_sslkey": "HM_PG_SSLKEY",
     "redis_url": "HM_REDIS_URL",
+    "redis_ca_cert": "HM_REDIS_CA_CERT",
     "connect_timeout_s": "HM_CONNECT_TIMEOUT_S",
     "redis_timeout_s": "HM_REDIS_TIMEOUT_S",
     "online_deadline_s": "HM_ONLINE_DEADLINE_S",
@@ -39,6 +43,8 @@ _ENV = {
     "export_key": "HM_EXPORT_KEY",
     "max_request_bytes": "HM_MAX_REQUEST_BYTES",
 }
+# libpq's sslmode values, weakest first (README "Transport security").
+PG_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 
 
@@ -61,8 +67,18 @@ class Settings:
     pg_password: str = ""
     pg_database: str = "healthmate"
     pg_schema: str = "healthmate"
-    pg_sslmode: str = "disable"
+    # Transport security (README "Transport security"). `prefer` uses TLS whenever the server
+    # offers it and falls back to plain TCP otherwise (the local development server has no TLS);
+    # production should use `verify-full` with HM_PG_SSLROOTCERT, the CA that signed the server's
+    # certificate. HM_PG_SSLCERT/HM_PG_SSLKEY: a client certificate, when the server asks for one.
+    pg_sslmode: str = "prefer"
+    pg_sslrootcert: str = ""
+    pg_sslcert: str = ""
+    pg_sslkey: str = ""
+    # rediss:// URLs are TLS (the server's certificate and host name are always verified);
+    # HM_REDIS_CA_CERT is the CA file to verify it with (empty: the system's trusted CAs).
     redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_ca_cert: str = ""
     connect_timeout_s: float = 5.0
     # How long one Redis command of a materialization, a lock or the job queue may go unanswered
     # (socket timeout, no retries: a hung Redis fails the run after about this long).
@@ -120,6 +136,13 @@ class Settings:
             raise ConfigError(
                 f"HM_MAX_REQUEST_BYTES={values['max_request_bytes']} must be a positive number of bytes, "
                 "e.g. 4194304 (4 MiB)"
+            )
+        if values.get("pg_sslmode", "prefer") not in PG_SSLMODES:
+            from healthmate_features.errors import ConfigError
+
+            raise ConfigError(
+                f"HM_PG_SSLMODE={values['pg_sslmode']!r} is not a libpq sslmode; use one of {', '.join(PG_SSLMODES)} "
+                "(verify-full with HM_PG_SSLROOTCERT in production)"
             )
         if values.get("profile", "embedded") not in PROFILES:
             from healthmate_features.errors import ConfigError
