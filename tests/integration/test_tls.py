@@ -4,6 +4,8 @@ Each test module starts its OWN servers on spare loopback ports, with a certific
 creates: a Postgres cluster (initdb) that accepts TLS connections only, and a redis-server that
 listens on a TLS port only and knows one ACL user (the default user is off). They need only the
 server binaries: without them the tests skip, naming what is missing (and fail under CI=true).
+They carry the postgres/redis markers (`-m "not postgres"` deselects them) but never touch the
+shared servers.
 """
 
 from __future__ import annotations
@@ -106,8 +108,14 @@ def _as_postgres_user() -> list[str]:
     (initdb and postgres refuse to run as root)."""
     if os.getuid() != 0:
         return []
+    import pwd
+
     if not shutil.which("runuser"):
         _missing("running as root needs `runuser` to start Postgres as the postgres user, and it is missing")
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError:
+        _missing("running as root needs a `postgres` system user to start Postgres as, and there is none")
     return ["runuser", "-u", "postgres", "--"]
 
 
@@ -171,6 +179,7 @@ def _pg_settings(repo: Path, server: TlsPostgres, **changes) -> Settings:
     return Settings.from_env(repo_path=repo, **{**values, **changes})
 
 
+@pytest.mark.postgres
 def test_postgres_verify_full_migrates_the_sql_store(tls_postgres, tmp_path):
     settings = _pg_settings(tmp_path, tls_postgres)
     postgres.ensure_database(settings)
@@ -180,6 +189,7 @@ def test_postgres_verify_full_migrates_the_sql_store(tls_postgres, tmp_path):
         assert store.migrate() == []  # opening migrated it already: nothing left to do
 
 
+@pytest.mark.postgres
 @pytest.mark.parametrize(
     "change, names",
     [
@@ -240,6 +250,7 @@ def tls_redis(server_dir, pki) -> Iterator[str]:
         servers._stop(proc)
 
 
+@pytest.mark.redis
 def test_redis_over_tls_with_an_acl_user(tls_redis, pki, tmp_path):
     settings = Settings.from_env(repo_path=tmp_path, redis_url=tls_redis, redis_ca_cert=str(pki.ca))
     client = redis.connect(settings)
@@ -252,6 +263,7 @@ def test_redis_over_tls_with_an_acl_user(tls_redis, pki, tmp_path):
         client.close()
 
 
+@pytest.mark.redis
 def test_redis_wrong_password_or_ca_is_a_clear_error(tls_redis, pki, tmp_path):
     wrong = tls_redis.replace(REDIS_PASSWORD, "not-the-password")
     settings = Settings.from_env(repo_path=tmp_path, redis_url=wrong, redis_ca_cert=str(pki.ca))
@@ -268,6 +280,7 @@ def test_redis_wrong_password_or_ca_is_a_clear_error(tls_redis, pki, tmp_path):
     assert "HM_REDIS_CA_CERT" in message and REDIS_PASSWORD not in message, message
 
 
+@pytest.mark.redis
 def test_celery_broker_connects_over_tls(tls_redis, pki, tmp_path):
     from healthmate_features.jobs.queue import celery_app
 
@@ -284,6 +297,8 @@ def test_celery_broker_connects_over_tls(tls_redis, pki, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.redis
 def test_production_profile_end_to_end_over_tls(tls_postgres, tls_redis, pki, tmp_path, monkeypatch):
     """Ingest, build, Feast's registry in Postgres (`apply`), materialize into Redis, read online: all over TLS."""
     from healthmate_features.stores import feature_store as store
