@@ -27,7 +27,11 @@ _ENV = {
     "pg_owner_password": "HM_PG_OWNER_PASSWORD",
     "pg_superuser": "HM_PG_SUPERUSER",
     "pg_superuser_password": "HM_PG_SUPERUSER_PASSWORD",
+    "pg_sslrootcert": "HM_PG_SSLROOTCERT",
+    "pg_sslcert": "HM_PG_SSLCERT",
+    "pg_sslkey": "HM_PG_SSLKEY",
     "redis_url": "HM_REDIS_URL",
+    "redis_ca_cert": "HM_REDIS_CA_CERT",
     "connect_timeout_s": "HM_CONNECT_TIMEOUT_S",
     "redis_timeout_s": "HM_REDIS_TIMEOUT_S",
     "online_deadline_s": "HM_ONLINE_DEADLINE_S",
@@ -46,6 +50,8 @@ _ENV = {
     "audit_checkpoint_every": "HM_AUDIT_CHECKPOINT_EVERY",
     "audit_retention_days": "HM_AUDIT_RETENTION_DAYS",
 }
+# libpq's sslmode values, weakest first (README "Transport security").
+PG_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 
 
@@ -68,7 +74,6 @@ class Settings:
     pg_password: str = ""
     pg_database: str = "healthmate"
     pg_schema: str = "healthmate"
-    pg_sslmode: str = "disable"
     # Least privilege (README "Least privilege"): HM_PG_USER is the application role the API,
     # CLI and workers connect as; the owner role owns the tables and runs the migrations (empty:
     # HM_PG_USER does both, as without `db init-roles`); the superuser only runs `db init-roles`.
@@ -76,7 +81,18 @@ class Settings:
     pg_owner_password: str = field(default="", repr=False)
     pg_superuser: str = "postgres"
     pg_superuser_password: str = field(default="", repr=False)
+    # Transport security (README "Transport security"). `prefer` uses TLS whenever the server
+    # offers it and falls back to plain TCP otherwise (the local development server has no TLS);
+    # production should use `verify-full` with HM_PG_SSLROOTCERT, the CA that signed the server's
+    # certificate. HM_PG_SSLCERT/HM_PG_SSLKEY: a client certificate, when the server asks for one.
+    pg_sslmode: str = "prefer"
+    pg_sslrootcert: str = ""
+    pg_sslcert: str = ""
+    pg_sslkey: str = ""
+    # rediss:// URLs are TLS (the server's certificate and host name are always verified);
+    # HM_REDIS_CA_CERT is the CA file to verify it with (empty: the system's trusted CAs).
     redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_ca_cert: str = ""
     connect_timeout_s: float = 5.0
     # How long one Redis command of a materialization, a lock or the job queue may go unanswered
     # (socket timeout, no retries: a hung Redis fails the run after about this long).
@@ -136,9 +152,9 @@ class Settings:
                 convert: Any = type(f.default)  # str, int or float: every field with a variable has a default
                 values[f.name] = convert(env[_ENV[f.name]])
         values.update(overrides)
-        if int(values.get("max_request_bytes", 1)) < 1:
-            from healthmate_features.errors import ConfigError
+        from healthmate_features.errors import ConfigError
 
+        if int(values.get("max_request_bytes", 1)) < 1:
             raise ConfigError(
                 f"HM_MAX_REQUEST_BYTES={values['max_request_bytes']} must be a positive number of bytes, "
                 "e.g. 4194304 (4 MiB)"
@@ -148,12 +164,13 @@ class Settings:
             ("audit_retention_days", "HM_AUDIT_RETENTION_DAYS", 1),
         ):
             if name in values and int(values[name]) < minimum:
-                from healthmate_features.errors import ConfigError
-
                 raise ConfigError(f"{variable}={values[name]} must be a whole number >= {minimum}")
+        if values.get("pg_sslmode", "prefer") not in PG_SSLMODES:
+            raise ConfigError(
+                f"HM_PG_SSLMODE={values['pg_sslmode']!r} is not a libpq sslmode; use one of {', '.join(PG_SSLMODES)} "
+                "(verify-full with HM_PG_SSLROOTCERT in production)"
+            )
         if values.get("profile", "embedded") not in PROFILES:
-            from healthmate_features.errors import ConfigError
-
             raise ConfigError(f"unknown profile {values['profile']!r} (HM_PROFILE); use one of {', '.join(PROFILES)}")
         return cls(**values)
 

@@ -54,16 +54,20 @@ class RawTable:
 @dataclass(frozen=True)
 class Broker:
     """Where background jobs are queued: a Celery broker URL, its kombu transport options, and a
-    description for messages (no password)."""
+    description for messages (no password), and Celery's `broker_use_ssl` (None: no TLS)."""
 
     url: str
     transport_options: Mapping[str, Any]
     description: str
+    use_ssl: Mapping[str, Any] | None = None
 
 
 def redis_broker(url: str, settings: Settings) -> Broker:
-    """A Redis broker: keys under HM_REDIS_PREFIX, our connect timeout."""
+    """A Redis broker: keys under HM_REDIS_PREFIX, our connect timeout; a rediss:// URL verifies the
+    server's certificate and host name against HM_REDIS_CA_CERT, like every other Redis client."""
     from urllib.parse import urlsplit
+
+    from healthmate_features.backends.redis import tls_options
 
     parts = urlsplit(url)
     where = f"{parts.hostname or '127.0.0.1'}:{parts.port or 6379}/{parts.path.lstrip('/') or '0'}"
@@ -77,6 +81,7 @@ def redis_broker(url: str, settings: Settings) -> Broker:
             "visibility_timeout": 3600,
         },
         f"Redis broker at {where}",
+        tls_options(url, settings.redis_ca_cert) or None,
     )
 
 

@@ -2,13 +2,15 @@
 
 `connect(settings)` is used by the raw and feature table I/O of the production backend and by
 the SQL store; every connection has the session time zone UTC, the connect timeout of the
-settings and their sslmode, and a failure to connect is a ServiceUnavailableError that names
+settings and their TLS settings (HM_PG_SSLMODE, HM_PG_SSLROOTCERT, HM_PG_SSLCERT, HM_PG_SSLKEY),
+and a failure to connect is a ServiceUnavailableError that names
 the server and the fix (or NotIngestedError when the database does not exist yet).
 """
 
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 from healthmate_features.config import Settings
@@ -23,12 +25,57 @@ def connect_timeout(settings: Settings) -> int:
     return max(2, math.ceil(settings.connect_timeout_s))
 
 
+_TLS_WORDS = ("ssl", "certificate", "no encryption", "tls")
+
+
+def ssl_options(settings: Settings) -> dict[str, str]:
+    """libpq's TLS connection parameters from the settings (only those set): sslmode, sslrootcert, sslcert, sslkey."""
+    options = {
+        "sslmode": settings.pg_sslmode,
+        "sslrootcert": settings.pg_sslrootcert,
+        "sslcert": settings.pg_sslcert,
+        "sslkey": settings.pg_sslkey,
+    }
+    return {name: value for name, value in options.items() if value}
+
+
+def _tls_hint(settings: Settings, message: str) -> str:
+    """The fix for a TLS failure (`message` is libpq's), naming the settings; "" when it is no TLS failure."""
+    text = message.lower()
+    if not any(word in text for word in _TLS_WORDS):
+        return ""
+    if "no encryption" in text:
+        return (
+            f"the server accepts TLS connections only and HM_PG_SSLMODE is {settings.pg_sslmode}: "
+            "set HM_PG_SSLMODE=verify-full and HM_PG_SSLROOTCERT to the CA file that signed its certificate"
+        )
+    if "does not match host name" in text:
+        return (
+            f"the server's certificate does not name HM_PG_HOST={settings.pg_host} (HM_PG_SSLMODE="
+            f"{settings.pg_sslmode}): connect with a host name the certificate names"
+        )
+    return (
+        f"check HM_PG_SSLMODE (now {settings.pg_sslmode}) and HM_PG_SSLROOTCERT (now "
+        f"{'set' if settings.pg_sslrootcert else 'unset'}): it must be the CA file that signed the server's certificate"
+        + (", and HM_PG_SSLCERT/HM_PG_SSLKEY the client certificate and key" if settings.pg_sslcert else "")
+    )
+
+
 def postgres_unavailable(settings: Settings, exc: BaseException) -> ServiceUnavailableError:
-    """The error for a Postgres that cannot be reached or refuses the connection."""
-    reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    """The error for a Postgres that cannot be reached or refuses the connection.
+
+    A TLS failure (wrong CA, a certificate for another host name, a server that requires TLS)
+    names the HM_PG_SSL* settings to fix; file paths in libpq's message are left out."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    reason = lines[-1] if lines else type(exc).__name__
+    hint = _tls_hint(settings, str(exc))
+    if hint:
+        reason = next((line for line in lines if any(word in line.lower() for word in _TLS_WORDS)), reason)
+        reason = re.sub(r'"/[^"]*"', "(a file)", reason)
+    what = "failed to set up TLS" if hint else f"is unreachable within {connect_timeout(settings)} s"
     return ServiceUnavailableError(
         f"PostgreSQL at {settings.pg_host}:{settings.pg_port} (database {settings.pg_database}, user "
-        f"{settings.pg_user}; HM_PG_*) is unreachable within {connect_timeout(settings)} s: {reason}; {PG_HINT}"
+        f"{settings.pg_user}; HM_PG_*) {what}: {reason}; {hint or PG_HINT}"
     )
 
 
@@ -49,7 +96,8 @@ def connect(
     import psycopg
 
     options = "-c TimeZone=UTC" + (f" -c search_path={search_path}" if search_path else "")
-    extra = {"row_factory": row_factory} if row_factory is not None else {}
+    extra: dict[str, Any] = {"row_factory": row_factory} if row_factory is not None else {}
+    extra.update(ssl_options(settings))
     try:
         return psycopg.connect(
             host=settings.pg_host,
@@ -57,7 +105,6 @@ def connect(
             user=settings.pg_user,
             password=settings.pg_password or None,
             dbname=database or settings.pg_database,
-            sslmode=settings.pg_sslmode,
             connect_timeout=connect_timeout(settings),
             application_name="healthmate-features",
             options=options,

@@ -128,11 +128,20 @@ class ProductionBackend(Backend):
             "HM_PG_DATABASE": s.pg_database,
             "HM_PG_SCHEMA": s.pg_schema,
             "HM_PG_SSLMODE": s.pg_sslmode,
+            "HM_PG_SSLROOTCERT": s.pg_sslrootcert,
+            "HM_PG_SSLCERT": s.pg_sslcert,
+            "HM_PG_SSLKEY": s.pg_sslkey,
             # Derived: the registry's SQLAlchemy URL needs a URL-quoted password and an integer timeout.
             "HM_FEAST_PG_PASSWORD_URL": quote(s.pg_password, safe=""),
             "HM_FEAST_PG_CONNECT_TIMEOUT": str(postgres.connect_timeout(s)),
+            # The registry URL's TLS files (only those set), URL-quoted: "&sslrootcert=...".
+            "HM_FEAST_PG_SSL_FILES": "".join(
+                f"&{name}={quote(value, safe='')}"
+                for name, value in postgres.ssl_options(s).items()
+                if name != "sslmode"
+            ),
             "HM_FEAST_REDIS": redis.redis_connection_string(
-                s.redis_url, timeout_s=s.connect_timeout_s, socket_timeout_s=s.redis_timeout_s
+                s.redis_url, timeout_s=s.connect_timeout_s, socket_timeout_s=s.redis_timeout_s, ca_cert=s.redis_ca_cert
             ),
         }
 

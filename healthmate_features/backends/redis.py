@@ -9,6 +9,11 @@ waits no longer than the online lookup deadline (HM_ONLINE_DEADLINE_S). Feast's 
 the same timeouts through the connection string; `materialize` turns its retries off
 (`_feast.online_store_without_retries`); the plain `feast` CLI keeps redis-py's default of 3
 retries with backoff, so a Redis lost under it is reported after 4 timeouts and some seconds.
+
+TLS: a `rediss://` URL connects over TLS, always verifying the server's certificate and host name
+against HM_REDIS_CA_CERT (or the system's CAs when unset); an ACL user and password go in the
+URL (`rediss://user:password@host:port/0`). Every client (ours, Feast's, the Celery broker's)
+gets the same options (`tls_options`, `redis_connection_string`).
 """
 
 from __future__ import annotations
@@ -25,11 +30,26 @@ from healthmate_features.errors import ConfigError, ServiceUnavailableError
 REDIS_HINT = "start it (`docker compose up -d redis`) or point HM_REDIS_URL at a running server"
 
 
-def redis_connection_string(url: str, *, timeout_s: float, socket_timeout_s: float = 30.0) -> str:
+def tls_options(url: str, ca_cert: str = "") -> dict[str, Any]:
+    """redis-py's TLS options for `url` (empty for redis://): verify the certificate and host name, with `ca_cert`.
+
+    Raises ConfigError when HM_REDIS_CA_CERT is set for a redis:// (plain TCP) URL."""
+    if urlsplit(url).scheme != "rediss":
+        if ca_cert:
+            raise ConfigError(
+                "HM_REDIS_CA_CERT is set but HM_REDIS_URL is not a rediss:// (TLS) URL; "
+                "use rediss://user:password@host:port/0 or unset HM_REDIS_CA_CERT"
+            )
+        return {}
+    return {"ssl_cert_reqs": "required", "ssl_check_hostname": True, **({"ssl_ca_certs": ca_cert} if ca_cert else {})}
+
+
+def redis_connection_string(url: str, *, timeout_s: float, socket_timeout_s: float = 30.0, ca_cert: str = "") -> str:
     """Feast's Redis `connection_string` (`host:port,db=N,...`) for a `redis://` URL, with timeouts.
 
     `timeout_s` is the connect timeout, `socket_timeout_s` how long one command (a pipelined write
-    batch) may go unanswered (HM_REDIS_TIMEOUT_S).
+    batch) may go unanswered (HM_REDIS_TIMEOUT_S); a rediss:// URL adds TLS with certificate and
+    host name verification against `ca_cert` (HM_REDIS_CA_CERT).
 
     Raises ConfigError for anything but a redis:// or rediss:// URL with a numeric database.
     """
@@ -48,6 +68,10 @@ def redis_connection_string(url: str, *, timeout_s: float, socket_timeout_s: flo
         params.append(f"password={unquote(parts.password)}")
     if parts.scheme == "rediss":
         params.append("ssl=true")
+    for name, value in tls_options(url, ca_cert).items():
+        if "," in str(value):
+            raise ConfigError(f"HM_REDIS_CA_CERT {value!r} contains a comma, which Feast cannot read; move the file")
+        params.append(f"{name}={str(value).lower() if isinstance(value, bool) else value}")
     params += [f"socket_connect_timeout={timeout_s:g}", f"socket_timeout={socket_timeout_s:g}"]
     return ",".join(params)
 
@@ -70,6 +94,17 @@ def redis_unavailable(
     if isinstance(exc, redis.exceptions.TimeoutError):
         limit = settings.redis_timeout_s if timeout_s is None else timeout_s
         what = f"did not answer within {limit:g} s ({setting})"
+    elif isinstance(exc, redis.exceptions.AuthenticationError):
+        return ServiceUnavailableError(
+            f"Redis at {redis_address(settings)} (HM_REDIS_URL) refused the credentials: {exc}; "
+            "check the ACL user and password in HM_REDIS_URL (rediss://user:password@host:port/0)"
+        )
+    elif "certificate" in str(exc).lower() or "ssl" in str(exc).lower():
+        return ServiceUnavailableError(
+            f"Redis at {redis_address(settings)} (HM_REDIS_URL) failed to set up TLS: {exc}; check HM_REDIS_CA_CERT "
+            f"(now {'set' if settings.redis_ca_cert else 'unset'}): it must be the CA file that signed the server's "
+            "certificate, and the URL's host a name the certificate names"
+        )
     else:
         what = (
             f"is unreachable or did not answer as Redis within {settings.connect_timeout_s:g} s (HM_CONNECT_TIMEOUT_S)"
@@ -92,6 +127,7 @@ def connect(settings: Settings, *, timeout_s: float | None = None) -> Any:
         socket_connect_timeout=min(settings.connect_timeout_s, timeout),
         socket_timeout=timeout,
         retry=Retry(NoBackoff(), 0),
+        **tls_options(settings.redis_url, settings.redis_ca_cert),
     )
 
 
@@ -138,6 +174,7 @@ def check_redis(settings: Settings) -> None:
         socket_connect_timeout=settings.connect_timeout_s,
         socket_timeout=settings.connect_timeout_s,
         retry=Retry(NoBackoff(), 0),
+        **tls_options(settings.redis_url, settings.redis_ca_cert),
     )
     try:
         client.ping()

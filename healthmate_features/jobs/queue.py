@@ -51,6 +51,7 @@ def celery_app(settings: Settings) -> Celery:
     app = Celery("healthmate_features", broker=broker.url, set_as_current=False)
     app.conf.update(
         broker_transport_options=dict(broker.transport_options),
+        broker_use_ssl=dict(broker.use_ssl) if broker.use_ssl else False,
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=settings.connect_timeout_s,
         task_default_queue=QUEUE,

@@ -51,14 +51,14 @@ def test_production_yaml_is_filled_from_settings_with_localhost_defaults(tmp_pat
     assert (config.offline_store.host, config.offline_store.port, config.offline_store.sslmode) == (
         "127.0.0.1",
         5432,
-        "disable",
+        "prefer",
     )
     assert config.offline_store.db_schema == "healthmate" and config.offline_store.password == ""
     assert config.online_store.connection_string == "127.0.0.1:6379,db=0,socket_connect_timeout=5,socket_timeout=30"
     assert config.online_store.key_ttl_seconds == 14 * 24 * 3600
     assert (
         config.registry.path
-        == "postgresql+psycopg://postgres:@127.0.0.1:5432/healthmate?sslmode=disable&connect_timeout=5"
+        == "postgresql+psycopg://postgres:@127.0.0.1:5432/healthmate?sslmode=prefer&connect_timeout=5"
     )
     assert (
         config.materialization_config.pull_latest_features
@@ -74,10 +74,60 @@ def test_secrets_come_from_the_environment_and_are_quoted_where_they_go(tmp_path
     assert config.offline_store.password == 'p@ss:w/rd"#'
     assert "postgres:p%40ss%3Aw%2Frd%22%23@" in config.registry.path and "connect_timeout=3" in config.registry.path
     assert config.online_store.connection_string == (
-        "cache.internal:6380,db=3,username=app,password=s3cret,ssl=true,socket_connect_timeout=2.5,socket_timeout=30"
+        "cache.internal:6380,db=3,username=app,password=s3cret,ssl=true,ssl_cert_reqs=required,ssl_check_hostname=true,"
+        "socket_connect_timeout=2.5,socket_timeout=30"
     )
     text = (repo_root / "feature_store.production.yaml").read_text()
     assert "s3cret" not in text and 'password: "${HM_PG_PASSWORD}"' in text
+
+
+def test_tls_settings_reach_every_client(tmp_path, clean_env, copy_repo):
+    """HM_PG_SSL* reach psycopg, Feast's offline store and its registry URL (quoted); HM_REDIS_CA_CERT
+    reaches Feast's Redis connection string and the Celery broker."""
+    clean_env.setenv("HM_PG_SSLMODE", "verify-full")
+    clean_env.setenv("HM_PG_SSLROOTCERT", "/etc/hm/ca dir/root.pem")
+    clean_env.setenv("HM_PG_SSLCERT", "/etc/hm/client.pem")
+    clean_env.setenv("HM_PG_SSLKEY", "/etc/hm/client.key")
+    clean_env.setenv("HM_REDIS_URL", "rediss://app:pw@cache.internal:6380/0")
+    clean_env.setenv("HM_REDIS_CA_CERT", "/etc/hm/redis-ca.pem")
+    settings = Settings.from_env(repo_path=copy_repo(tmp_path / "repo"), profile="production")
+    assert postgres.ssl_options(settings) == {
+        "sslmode": "verify-full",
+        "sslrootcert": "/etc/hm/ca dir/root.pem",
+        "sslcert": "/etc/hm/client.pem",
+        "sslkey": "/etc/hm/client.key",
+    }
+    config = feast_config(settings)
+    offline = config.offline_store
+    assert (offline.sslmode, offline.sslrootcert_path, offline.sslcert_path, offline.sslkey_path) == (
+        "verify-full",
+        "/etc/hm/ca dir/root.pem",
+        "/etc/hm/client.pem",
+        "/etc/hm/client.key",
+    )
+    assert config.registry.path.endswith(
+        "?sslmode=verify-full&sslrootcert=%2Fetc%2Fhm%2Fca%20dir%2Froot.pem&sslcert=%2Fetc%2Fhm%2Fclient.pem"
+        "&sslkey=%2Fetc%2Fhm%2Fclient.key&connect_timeout=5"
+    )
+    assert ",ssl=true,ssl_cert_reqs=required,ssl_check_hostname=true,ssl_ca_certs=/etc/hm/redis-ca.pem," in (
+        config.online_store.connection_string
+    )
+    broker = backend_for(settings).broker()
+    assert broker.use_ssl == {
+        "ssl_cert_reqs": "required",
+        "ssl_check_hostname": True,
+        "ssl_ca_certs": "/etc/hm/redis-ca.pem",
+    }
+
+
+def test_bad_tls_settings_are_config_errors(tmp_path, clean_env):
+    clean_env.setenv("HM_PG_SSLMODE", "verify_full")
+    with pytest.raises(ConfigError, match="HM_PG_SSLMODE='verify_full' is not a libpq sslmode; use one of disable"):
+        Settings.from_env(repo_path=tmp_path)
+    clean_env.delenv("HM_PG_SSLMODE")
+    settings = Settings.from_env(repo_path=tmp_path, redis_ca_cert="/etc/hm/ca.pem")
+    with pytest.raises(ConfigError, match=r"HM_REDIS_CA_CERT is set but HM_REDIS_URL is not a rediss://"):
+        hm_redis.connect(settings)
 
 
 def test_bad_redis_url_and_unknown_placeholder_are_config_errors(production):
