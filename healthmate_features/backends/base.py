@@ -18,7 +18,7 @@ import shlex
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -54,9 +54,10 @@ class RawTable:
 @dataclass(frozen=True)
 class Broker:
     """Where background jobs are queued: a Celery broker URL, its kombu transport options, and a
-    description for messages (no password), and Celery's `broker_use_ssl` (None: no TLS)."""
+    description for messages (no password), and Celery's `broker_use_ssl` (None: no TLS). The URL
+    can hold a password: it stays out of the repr."""
 
-    url: str
+    url: str = field(repr=False)
     transport_options: Mapping[str, Any]
     description: str
     use_ssl: Mapping[str, Any] | None = None

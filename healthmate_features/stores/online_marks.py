@@ -23,6 +23,7 @@ markers (the embedded profile's SQLite online store is a file next to its regist
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -60,6 +61,12 @@ def write_markers(settings: Settings, project: str, ends: Mapping[str, datetime]
         client.close()
 
 
+@functools.lru_cache(maxsize=8)
+def _checking_client(settings: Settings, timeout_s: float) -> Any:
+    """The process's client for marker checks (the dashboard asks on every request): its pool stays open."""
+    return redis.connect(settings, timeout_s=timeout_s)
+
+
 def lost_views(settings: Settings, markers: Sequence[Marker]) -> list[str]:
     """The views of `markers` whose marker Redis no longer holds (one MGET, waiting at most HM_CONNECT_TIMEOUT_S).
 
@@ -69,12 +76,8 @@ def lost_views(settings: Settings, markers: Sequence[Marker]) -> list[str]:
     timeout, setting = min(
         (settings.connect_timeout_s, "HM_CONNECT_TIMEOUT_S"), (settings.redis_timeout_s, "HM_REDIS_TIMEOUT_S")
     )
-    client = redis.connect(settings, timeout_s=timeout)
-    try:
-        with redis.answered_within(settings, timeout_s=timeout, setting=setting):
-            values = client.mget([key for _, key, _ in markers])
-    finally:
-        client.close()
+    with redis.answered_within(settings, timeout_s=timeout, setting=setting):
+        values = _checking_client(settings, timeout).mget([key for _, key, _ in markers])
     return [view for (view, _, _), value in zip(markers, values, strict=True) if value is None]
 
 

@@ -407,12 +407,9 @@ def test_feasts_redis_writer_writes_what_we_read(daily, repo_config, monkeypatch
     assert _feast.decode_values([mapping[f] for f in fields]) == [1.5, "a"]
 
 
-def test_feasts_sqlite_writer_writes_what_we_read(tmp_path, user, daily):
-    """SqliteOnlineStore: one table `<project>_<view>`, a row per entity key (serialize_entity_key v3, no
-    project) and feature name holding ValueProto bytes, read over the connection Feast's store keeps."""
-    from healthmate_features._feast import EntityKeyProto, ValueProto
-
-    store = feast.FeatureStore(
+def _sqlite_feature_store(tmp_path):
+    """A Feast store on a SQLite online store under tmp_path (Python SDK, no `feast apply`)."""
+    return feast.FeatureStore(
         config=RepoConfig(
             project=PROJECT,
             provider="local",
@@ -423,6 +420,14 @@ def test_feasts_sqlite_writer_writes_what_we_read(tmp_path, user, daily):
             repo_path=tmp_path,
         )
     )
+
+
+def test_feasts_sqlite_writer_writes_what_we_read(tmp_path, user, daily):
+    """SqliteOnlineStore: one table `<project>_<view>`, a row per entity key (serialize_entity_key v3, no
+    project) and feature name holding ValueProto bytes, read over the connection Feast's store keeps."""
+    from healthmate_features._feast import EntityKeyProto, ValueProto
+
+    store = _sqlite_feature_store(tmp_path)
     store.apply([user, daily])
     at = datetime(2025, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
     key = EntityKeyProto(join_keys=["user_id"], entity_values=[ValueProto(int64_val=7)])
@@ -567,17 +572,7 @@ def test_online_request_context(registry):
 def test_online_statuses_tell_stored_from_absent(tmp_path, user, daily, temporal):
     """A SQLite online store answers NOT_FOUND for a user without a row, PRESENT for a stored null;
     entity columns and on-demand outputs are always PRESENT (the Python SDK's apply, no `feast apply`)."""
-    store = feast.FeatureStore(
-        config=RepoConfig(
-            project=PROJECT,
-            provider="local",
-            registry=str(tmp_path / "registry.db"),
-            online_store={"type": "sqlite", "path": str(tmp_path / "online.db")},
-            offline_store={"type": "file"},
-            entity_key_serialization_version=3,
-            repo_path=tmp_path,
-        )
-    )
+    store = _sqlite_feature_store(tmp_path)
     store.apply([user, daily, temporal])
     at = pd.Timestamp("2025-01-02", tz="UTC")
     row = pd.DataFrame({"user_id": [1], "event_timestamp": [at], "steps": [float("nan")], "label": ["a"]})
