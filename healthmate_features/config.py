@@ -45,6 +45,8 @@ _ENV = {
     "lock_wait_s": "HM_LOCK_WAIT_S",
     "erasure_key": "HM_ERASURE_KEY",
     "export_key": "HM_EXPORT_KEY",
+    "master_key": "HM_MASTER_KEY",
+    "master_key_file": "HM_MASTER_KEY_FILE",
     "max_request_bytes": "HM_MAX_REQUEST_BYTES",
     "audit_checkpoints": "HM_AUDIT_CHECKPOINTS",
     "audit_checkpoint_every": "HM_AUDIT_CHECKPOINT_EVERY",
@@ -125,6 +127,13 @@ class Settings:
     # pseudonymize=true): user ids become HMAC-SHA256 pseudonyms under it. Empty: exports need
     # `--key-file`, and the API refuses them. Another key gives unlinkable pseudonyms.
     export_key: str = field(default="", repr=False)
+    # Encryption at rest (healthmate_features.crypto; README "Security and compliance"): the
+    # master key that wraps the data keys. HM_MASTER_KEY: 32 random bytes in base64 (production:
+    # from a secret store). Empty: the file HM_MASTER_KEY_FILE (empty: `.healthmate/master.key`
+    # in the repository, outside data/), created on first use (mode 0600) while no data key
+    # exists yet; production mounts it as a secret file.
+    master_key: str = field(default="", repr=False)
+    master_key_file: str = ""
     # The largest request body the HTTP API reads: a larger Content-Length is answered 413 before
     # any of the body is read, a chunked body 413 as soon as it passes this many bytes.
     max_request_bytes: int = 4 * 1024 * 1024
@@ -210,6 +219,12 @@ class Settings:
         """The erasure ledger's key file when HM_ERASURE_KEY is unset: under the repository, outside
         data/, so a copy or backup of data/ (which holds the ledger) does not carry the key with it."""
         return self.repo_path / ".healthmate" / "erasure.key"
+
+    @property
+    def master_key_path(self) -> Path:
+        """The master key file when HM_MASTER_KEY is unset: HM_MASTER_KEY_FILE, or
+        `.healthmate/master.key` under the repository (outside data/, like the erasure key)."""
+        return Path(self.master_key_file) if self.master_key_file else self.repo_path / ".healthmate" / "master.key"
 
     @property
     def erasures_dir(self) -> Path:

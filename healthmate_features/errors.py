@@ -155,3 +155,9 @@ class OfflineStoreError(HealthmateError):
 
 class OnlineReadError(HealthmateError):
     """An online lookup the fast Redis reader cannot serve, or a bad request to it (online)."""
+
+
+class EncryptionKeyError(HealthmateError):
+    """A master or data key is missing or wrong, or encrypted data does not open with it (crypto).
+
+    The message names the file or value and the key id it needs, never any of its content."""

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import yaml
 
 from healthmate_features.config import Settings
+from healthmate_features.crypto import Keyring, master_key
 from healthmate_features.errors import ConfigError, FeatureRepoError
 from healthmate_features.util.text import yaml_problem
 
@@ -145,6 +146,7 @@ class Backend(ABC):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._registry_file: Path | None = None  # registry_stamp's file, found on first use
+        self._keyring: Keyring | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.settings.repo_path})"
@@ -285,6 +287,20 @@ class Backend(ABC):
     def migrate_sql_store(self, store: SqlStore) -> None:
         """Apply the SQL store's pending migrations (over `store`'s own connection here)."""
         store.migrate()
+
+    # --- encryption at rest -------------------------------------------------------------------
+
+    def keyring(self) -> Keyring:
+        """The deployment's data keys (crypto.Keyring over the SQL store's `data_keys`), one per
+        Backend: unwrapped keys are cached for the life of the process."""
+        if self._keyring is None:
+            from healthmate_features.backends.keystore import SqlKeyStore
+
+            settings = self.settings
+            self._keyring = Keyring(
+                SqlKeyStore(self.open_sql_store), lambda *, create: master_key(settings, create=create)
+            )
+        return self._keyring
 
     # --- background jobs: broker and locks ----------------------------------------------------
 

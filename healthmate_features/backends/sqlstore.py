@@ -263,6 +263,24 @@ MIGRATIONS: tuple[Migration, ...] = (
                 FOR EACH STATEMENT EXECUTE FUNCTION audit_log_append_only()""",
         ),
     ),
+    Migration(
+        8,
+        "data keys",
+        (
+            # The keyring of encryption at rest (crypto.keyring, backends.keystore): data keys,
+            # only ever wrapped under the master key `master_key_id` (base64 in `wrapped`). At most
+            # one is active (the partial unique index), the one everything new is encrypted under.
+            """CREATE TABLE data_keys (
+                key_id TEXT PRIMARY KEY,
+                wrapped TEXT NOT NULL,
+                master_key_id TEXT NOT NULL,
+                state TEXT NOT NULL CHECK (state IN ('active', 'rotating', 'retired')),
+                created_at {ts} NOT NULL,
+                retired_at {ts}
+            )""",
+            "CREATE UNIQUE INDEX data_keys_one_active_idx ON data_keys (state) WHERE state = 'active'",
+        ),
+    ),
 )
 
 _MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS schema_migrations (

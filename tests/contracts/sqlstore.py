@@ -22,6 +22,7 @@ TABLES = {
     "jobs",
     "leases",
     "revisions",
+    "data_keys",
     "erasures",
     "audit_chain",
 }

@@ -1,0 +1,220 @@
+"""Encrypting bytes and Parquet files under a data key, and finding which key a ciphertext needs.
+
+Bytes (online values, pickled pipelines, JSON): AES-256-GCM in a small envelope,
+
+    b"HME1" | len(key id) (1 byte) | key id (ASCII) | nonce (12 bytes) | ciphertext | tag (16 bytes)
+
+with the header and the caller's `aad` (e.g. which entity and field a value belongs to, so a
+value cannot be moved to another user's key) as associated data. Any change fails the tag.
+
+Parquet: Parquet modular encryption (AES_GCM_V1, footer and every column under the data key,
+footer encrypted) written and read by pyarrow (`create_encryption_properties`). The file's AAD
+prefix, stored in plain in its crypto metadata, is `healthmate-data-key:<id>;`: it names the key
+without opening the file (`parquet_key_id`). DuckDB refuses such a file without the key; the
+package scans it through pyarrow (`parquet_dataset`), not DuckDB's own decryption (DuckDB 1.5's
+reader fails the tag check on pyarrow-written string and unstatisticked columns, and writing
+needs its httpfs extension, which cannot be installed offline: README "Security and compliance").
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from healthmate_features.crypto.keyring import DataKey, Keyring
+from healthmate_features.crypto.master import NONCE_BYTES
+from healthmate_features.errors import EncryptionKeyError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+
+MAGIC = b"HME1"
+TAG_BYTES = 16
+_AAD_PREFIX = b"healthmate-data-key:"
+_AAD_PATTERN = re.compile(rb"healthmate-data-key:(dk-[0-9a-f]{1,32});")
+_PARQUET_TAIL_SCAN = 4096  # the crypto metadata (with the AAD prefix) opens the footer region
+
+
+# -- bytes ------------------------------------------------------------------------------------
+
+
+def seal(key: DataKey, plaintext: bytes, *, aad: bytes = b"") -> bytes:
+    """`plaintext` encrypted under `key`, in the envelope above."""
+    key_id = key.key_id.encode("ascii")
+    header = MAGIC + bytes((len(key_id),)) + key_id
+    nonce = os.urandom(NONCE_BYTES)
+    return header + nonce + _aead(key).encrypt(nonce, plaintext, header + aad)
+
+
+def sealed_key_id(blob: bytes) -> str | None:
+    """The data key id an envelope names, or None if `blob` is not one (e.g. a plaintext value)."""
+    if len(blob) < len(MAGIC) + 1 or not blob.startswith(MAGIC):
+        return None
+    size = blob[len(MAGIC)]
+    end = len(MAGIC) + 1 + size
+    if len(blob) < end + NONCE_BYTES + TAG_BYTES:
+        return None
+    return blob[len(MAGIC) + 1 : end].decode("ascii", errors="replace")
+
+
+def unseal(keyring: Keyring, blob: bytes, *, what: str, aad: bytes = b"") -> bytes:
+    """The plaintext of an envelope; EncryptionKeyError naming `what` and the key when it does not open."""
+    key_id = sealed_key_id(blob)
+    if key_id is None:
+        raise EncryptionKeyError(
+            f"{what} is not encrypted by this package (no HME1 envelope); it was written without "
+            "encryption or is damaged"
+        )
+    key = keyring.get(key_id, what=what)
+    header_end = len(MAGIC) + 1 + len(key_id)
+    nonce = blob[header_end : header_end + NONCE_BYTES]
+    try:
+        return _aead(key).decrypt(nonce, blob[header_end + NONCE_BYTES :], blob[:header_end] + aad)
+    except InvalidTag:
+        raise EncryptionKeyError(
+            f"{what} does not decrypt under data key {key_id}: it was altered, or moved from another place"
+        ) from None
+
+
+_AEADS: dict[str, AESGCM] = {}
+
+
+def _aead(key: DataKey) -> AESGCM:
+    aead = _AEADS.get(key.key_id)
+    if aead is None:
+        aead = _AEADS[key.key_id] = AESGCM(key.secret)
+    return aead
+
+
+# -- Parquet ----------------------------------------------------------------------------------
+
+
+def parquet_encryption(key: DataKey):
+    """pyarrow FileEncryptionProperties for a file under `key` (pass to ParquetWriter/write_table)."""
+    import pyarrow.parquet.encryption as pe
+
+    return pe.create_encryption_properties(key.secret, aad_prefix=_AAD_PREFIX + key.key_id.encode("ascii") + b";")
+
+
+def parquet_decryption(key: DataKey):
+    """pyarrow FileDecryptionProperties for files under `key` (ParquetFile, read_table, datasets)."""
+    import pyarrow.parquet.encryption as pe
+
+    return pe.create_decryption_properties(key.secret)
+
+
+def parquet_key_id(path: str | Path) -> str | None:
+    """The data key id an encrypted Parquet file was written under; None for a plaintext file.
+
+    Reads only the file's tail (the crypto metadata is stored in plain). Raises EncryptionKeyError
+    for an encrypted file this package did not write (no key id in it)."""
+    with open(path, "rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        size = handle.tell()
+        if size < 12:
+            return None
+        handle.seek(size - 8)
+        tail = handle.read(8)
+        if tail[4:] == b"PAR1":
+            return None
+        if tail[4:] != b"PARE":
+            raise EncryptionKeyError(f"{path} is not a Parquet file (no PAR1/PARE magic at its end)")
+        footer_len = int.from_bytes(tail[:4], "little")
+        handle.seek(max(0, size - 8 - footer_len))
+        head = handle.read(min(footer_len, _PARQUET_TAIL_SCAN))
+    found = _AAD_PATTERN.search(head)
+    if not found:
+        raise EncryptionKeyError(f"{path} is an encrypted Parquet file that names no healthmate data key")
+    return found.group(1).decode("ascii")
+
+
+def parquet_key(keyring: Keyring, path: str | Path) -> DataKey:
+    """The data key that opens the encrypted Parquet file `path` (EncryptionKeyError if plaintext)."""
+    key_id = parquet_key_id(path)
+    if key_id is None:
+        raise EncryptionKeyError(
+            f"{path} is a plaintext Parquet file where an encrypted one was expected; re-run the step "
+            "that wrote it, or `healthmate-features keys rotate-data-key` to encrypt existing files"
+        )
+    return keyring.get(key_id, what=str(path))
+
+
+def read_parquet(keyring: Keyring, path: str | Path, *, columns: Iterable[str] | None = None) -> pa.Table:
+    """The whole encrypted Parquet file `path` as an Arrow table (the columns asked for)."""
+    import pyarrow.parquet as pq
+
+    key = parquet_key(keyring, path)
+    try:
+        return pq.read_table(
+            path, columns=list(columns) if columns is not None else None, decryption_properties=parquet_decryption(key)
+        )
+    except OSError as exc:
+        if "decrypt" in str(exc).lower():
+            raise EncryptionKeyError(f"{path} does not decrypt under data key {key.key_id}: it was altered") from None
+        raise
+
+
+def parquet_dataset(keyring: Keyring, paths: str | Path | list[str | Path]) -> ds.Dataset:
+    """A pyarrow dataset over encrypted Parquet files, all under one data key, for DuckDB to scan
+    lazily (register it on a connection: projections and filters are pushed into the scan)."""
+    import pyarrow.dataset as ds
+
+    files = [str(p) for p in (paths if isinstance(paths, list) else [paths])]
+    if not files:
+        raise EncryptionKeyError("no Parquet files to scan")
+    key_ids = {parquet_key(keyring, f).key_id for f in files}
+    if len(key_ids) > 1:
+        # Files under different keys (a rotation under way): one dataset per key, unioned.
+        return ds.dataset(
+            [parquet_dataset(keyring, [f for f in files if parquet_key_id(f) == k]) for k in sorted(key_ids)]
+        )
+    key = keyring.get(key_ids.pop(), what=files[0])
+    options = ds.ParquetFragmentScanOptions(decryption_properties=parquet_decryption(key))
+    return ds.dataset(files, format=ds.ParquetFileFormat(default_fragment_scan_options=options))
+
+
+def write_parquet(
+    keyring: Keyring, data: pa.Table | pa.RecordBatchReader, path: str | Path, *, compression: str = "zstd"
+) -> int:
+    """Write `data` to `path` as Parquet encrypted under the active data key, atomically; the row count.
+
+    A RecordBatchReader (e.g. DuckDB's `fetch_record_batch()`) is streamed batch by batch."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from healthmate_features.util.files import atomic_path
+
+    key = keyring.active()
+    rows = 0
+    with atomic_path(path) as tmp:
+        writer = pq.ParquetWriter(
+            tmp, data.schema, encryption_properties=parquet_encryption(key), compression=compression
+        )
+        with writer:
+            if isinstance(data, pa.Table):
+                writer.write_table(data)
+                rows = data.num_rows
+            else:
+                for batch in data:
+                    writer.write_batch(batch)
+                    rows += batch.num_rows
+    return rows
+
+
+def write_sealed(keyring: Keyring, path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` encrypted under the active data key (an HME1 envelope), atomically."""
+    from healthmate_features.util.files import atomic_write_bytes
+
+    atomic_write_bytes(path, seal(keyring.active(), data))
+
+
+def read_sealed(keyring: Keyring, path: str | Path) -> bytes:
+    """The plaintext of a file written by `write_sealed`."""
+    return unseal(keyring, Path(path).read_bytes(), what=str(path))
