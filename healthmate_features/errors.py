@@ -155,3 +155,8 @@ class OfflineStoreError(HealthmateError):
 
 class OnlineReadError(HealthmateError):
     """An online lookup the fast Redis reader cannot serve, or a bad request to it (online)."""
+
+
+class DriftError(HealthmateError):
+    """A drift comparison cannot run: a bad window or source, no recent values, no served-feature
+    log (monitoring.drift)."""
