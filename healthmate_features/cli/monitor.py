@@ -1,4 +1,5 @@
-"""Monitoring: `monitor drift` and `monitor freshness`; both exit non-zero past their thresholds (for schedules)."""
+"""Monitoring: `monitor drift` and `monitor freshness` (both exit non-zero past their thresholds, for
+schedules), and `report`, the dashboard page as a static file."""
 
 from __future__ import annotations
 
@@ -152,3 +153,32 @@ def _num(value: float | None) -> str:
 
 def _nulls(fractions: tuple[float | None, float | None]) -> str:
     return " -> ".join("-" if f is None else f"{f:.0%}" for f in fractions)
+
+
+@main.command("report")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Directory to write index.html to.")
+@click.option("--dataset", default=None, help="Dataset version to show drift for, NAME@VERSION (default: the newest).")
+@click.option("--compare", default=None, help="Two versions of it to diff, as A,B (default: its parent and itself).")
+@click.option("--since", default="7d", show_default=True, help="Drift window: 30m, 12h, 7d or 2w.")
+@profile_option
+@handles_errors
+def report_command(out: str, dataset: str | None, compare: str | None, since: str, profile: str | None) -> None:
+    """Write the dashboard page (freshness, dataset versions and diff, drift, model metrics) as one offline file."""
+    from healthmate_features.backends import open_sql_store
+    from healthmate_features.pictures.page import write_report
+    from healthmate_features.tracking import Tracker
+
+    pair = _pair(compare)
+    current = settings(profile)
+    with open_sql_store(current) as sql:
+        path = write_report(current, out, tracker=Tracker(sql), dataset=dataset, compare=pair, since=since)
+    click.echo(f"wrote {path}")
+
+
+def _pair(text: str | None) -> tuple[str, str] | None:
+    if not text:
+        return None
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != 2 or not all(parts):
+        raise click.BadParameter(f"{text!r} is not two versions A,B, e.g. 1.0.0,1.1.0", param_hint="--compare")
+    return parts[0], parts[1]
