@@ -145,3 +145,45 @@ def test_the_cli_mirrors_the_library_constants():
     from healthmate_features.cli import monitor
 
     assert monitor.SOURCES == drift.SOURCES and monitor.ALPHA == drift.ALPHA
+
+
+def test_an_old_version_without_sketches_is_sketched_from_its_stored_split(tmp_path, monkeypatch):
+    """Versions are immutable: one saved before manifests held sketches gets them from joined_train."""
+    from healthmate_features.datasets import manifest
+    from healthmate_features.datasets.ref import DatasetRef
+    from healthmate_features.datasets.registry import DatasetRegistry
+
+    from ..helpers.datasets import make_dataset
+
+    registry = DatasetRegistry(tmp_path)
+    new = registry.save(make_dataset(seed=1, rows=400), "risk")
+    with monkeypatch.context() as patched:
+        patched.setattr(manifest, "sketch_frame", lambda frame, columns=None: {})
+        old = registry.save(make_dataset(seed=1, rows=400), "risk_old")
+    assert registry.show("risk_old", old)["splits"]["joined_train"]["sketches"] == {}
+    stored, origin = drift.reference_sketches(registry, DatasetRef("risk", new))
+    computed, old_origin = drift.reference_sketches(registry, DatasetRef("risk_old", old))
+    assert (origin, old_origin) == ("manifest sketches", "stored joined_train split")
+    assert computed == stored and set(stored) == {"a", "b", "c"}  # the feature refs' features, not user_id
+
+
+def test_a_version_without_joined_frames_cannot_be_compared_and_says_why(tmp_path):
+    from healthmate_features.datasets.ref import DatasetRef
+    from healthmate_features.datasets.registry import DatasetRegistry
+    from healthmate_features.errors import DatasetVersionError
+
+    from ..helpers.datasets import make_dataset
+
+    full = make_dataset(seed=2, rows=60)
+    bare = type(full)(
+        X_train=full.X_train,
+        X_test=full.X_test,
+        y_train=full.y_train,
+        y_test=full.y_test,
+        feature_names=full.feature_names,
+        metadata=full.metadata,
+    )
+    registry = DatasetRegistry(tmp_path)
+    version = registry.save(bare, "bare")
+    with pytest.raises(DatasetVersionError, match="no distribution sketches and no joined_train split"):
+        drift.reference_sketches(registry, DatasetRef("bare", version))
