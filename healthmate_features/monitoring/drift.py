@@ -344,13 +344,21 @@ def recent_offline(
     from healthmate_features.features.catalog import FEATURE_TABLES
 
     views = feature_views(refs)
-    tables = [v for v in views if v in FEATURE_TABLES]
     skipped = [
         {"feature": f, "view": v, "reason": "on-demand or unknown view: no offline feature table to read"}
         for v, features in views.items()
         if v not in FEATURE_TABLES
         for f in features
     ]
+    known = {v: {f.name for f in FEATURE_TABLES[v].features} for v in views if v in FEATURE_TABLES}
+    skipped += [
+        {"feature": f, "view": v, "reason": "not a column of the view's feature table"}
+        for v in known
+        for f in views[v]
+        if f not in known[v]
+    ]
+    views = {v: [f for f in views[v] if f in known[v]] for v in known}  # catalog names only: safe in SQL
+    tables = [v for v in views if views[v]]
     if not tables:
         return {}, {"start": None, "end": until}, skipped
     end = until if until is not None else backend.feature_time_range(tables)[1]
