@@ -33,6 +33,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -50,6 +51,7 @@ ALPHA = 0.01
 RESAMPLES = 400
 NULL_SHIFT_MIN = 0.05
 SOURCES = ("offline", "served")
+LOG_TIMESTAMP = "__log_timestamp"  # feast.feature_logging.LOG_TIMESTAMP_FIELD
 STATUSES = ("drift", "warn", "ok", "no_data")
 _DURATION_RE = re.compile(r"([1-9][0-9]{0,5})([mhdw])")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -393,11 +395,21 @@ def _timestamp(moment: datetime) -> str:
     return f"TIMESTAMPTZ '{moment.astimezone(timezone.utc).isoformat()}'"
 
 
-def recent_served(fs: Any, feature_service: str | None) -> dict[str, pd.Series]:
-    """What the online server logged for `feature_service` (Feast feature logging).
+def recent_served(
+    fs: Any,
+    feature_service: str | None,
+    refs: Sequence[str],
+    *,
+    since: timedelta,
+    until: datetime | None = None,
+    repo_path: Path | None = None,
+) -> tuple[dict[str, pd.Series], dict[str, datetime | None], list[dict[str, str]]]:
+    """What the feature server logged for `feature_service` over (end - since, end] (Feast feature logging).
 
-    Raises DriftError naming the feature service when it has no logging configured (the
-    default here: none of ours logs served features yet)."""
+    Reads a FileLoggingDestination's Parquet files (a relative path is under `repo_path`): one
+    row per served request, a column `<view>__<feature>` per feature; `end` is `until`, else the
+    newest `__log_timestamp`. Raises DriftError naming the feature service when it logs nothing
+    (no logging_config: the default here), logs elsewhere, or has no log files yet."""
     from healthmate_features.errors import FeatureServiceNotFoundError
 
     if not feature_service:
@@ -415,10 +427,47 @@ def recent_served(fs: Any, feature_service: str | None) -> dict[str, pd.Series]:
             "--source served reads Feast's feature log, which needs logging_config=LoggingConfig(...) "
             "on the feature service; use --source offline meanwhile"
         )
-    raise DriftError(
-        f"feature service {feature_service!r} logs served features to "
-        f"{type(config.destination).__name__}, which drift cannot read yet; use --source offline"
+    path = getattr(config.destination, "path", None)
+    if type(config.destination).__name__ != "FileLoggingDestination" or not path:
+        raise DriftError(
+            f"feature service {feature_service!r} logs served features to "
+            f"{type(config.destination).__name__}, which drift cannot read yet (only Parquet files: "
+            "FileLoggingDestination); use --source offline"
+        )
+    return served_log_values(
+        Path(path) if Path(path).is_absolute() else (repo_path or Path.cwd()) / path, refs, since=since, until=until
     )
+
+
+def served_log_values(
+    path: Path, refs: Sequence[str], *, since: timedelta, until: datetime | None = None
+) -> tuple[dict[str, pd.Series], dict[str, datetime | None], list[dict[str, str]]]:
+    """The logged values of feature refs `refs` in a Feast feature-log directory (Parquet, possibly
+    partitioned) over (end - since, end]; see `recent_served`."""
+    import pyarrow.dataset as pads
+
+    if not path.exists():
+        raise DriftError(f"no served-feature log at {path} yet: nothing was logged; use --source offline")
+    # Feast partitions by `__log_date=...`: pyarrow skips "_"-prefixed names unless told otherwise
+    table = pads.dataset(str(path), format="parquet", partitioning="hive", ignore_prefixes=["."]).to_table()
+    frame = table.to_pandas()
+    if LOG_TIMESTAMP not in frame.columns or frame.empty:
+        raise DriftError(f"the served-feature log at {path} has no rows with {LOG_TIMESTAMP}; use --source offline")
+    stamps = pd.to_datetime(frame[LOG_TIMESTAMP], utc=True)
+    end = until if until is not None else stamps.max().to_pydatetime()
+    end = end.astimezone(timezone.utc) if end.tzinfo else end.replace(tzinfo=timezone.utc)
+    start = end - since
+    rows = frame[(stamps > start) & (stamps <= end)]
+    columns: dict[str, pd.Series] = {}
+    skipped: list[dict[str, str]] = []
+    for view, features in feature_views(refs).items():
+        for feature in features:
+            logged = f"{view}__{feature}"
+            if logged in rows.columns:
+                columns[feature] = rows[logged].reset_index(drop=True)
+            else:
+                skipped.append({"feature": feature, "view": view, "reason": "not in the served-feature log"})
+    return columns, {"start": start, "end": end}, skipped
 
 
 def drift(
@@ -454,9 +503,14 @@ def drift(
     if source == "served":
         from healthmate_features.stores import feature_store
 
-        recent = recent_served(feature_store.open_feature_store(settings), manifest.get("feature_service"))
-        span: dict[str, datetime | None] = {"start": None, "end": None}
-        skipped: list[dict[str, str]] = []
+        recent, span, skipped = recent_served(
+            feature_store.open_feature_store(settings),
+            manifest.get("feature_service"),
+            refs,
+            since=window,
+            until=until,
+            repo_path=settings.repo_path,
+        )
     else:
         recent, span, skipped = recent_offline(backend_for(settings), refs, since=window, until=until)
     if not any(len(values) for values in recent.values()):

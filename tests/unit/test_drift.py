@@ -187,3 +187,32 @@ def test_a_version_without_joined_frames_cannot_be_compared_and_says_why(tmp_pat
     version = registry.save(bare, "bare")
     with pytest.raises(DatasetVersionError, match="no distribution sketches and no joined_train split"):
         drift.reference_sketches(registry, DatasetRef("bare", version))
+
+
+def test_a_feast_feature_log_is_read_over_the_window(tmp_path):
+    """Feast's logged schema: `<view>__<feature>` columns and `__log_timestamp`, Parquet partitioned by date."""
+    from datetime import datetime, timedelta, timezone
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from feast.feature_logging import LOG_DATE_FIELD, LOG_TIMESTAMP_FIELD
+
+    assert drift.LOG_TIMESTAMP == LOG_TIMESTAMP_FIELD
+    end = datetime(2026, 3, 10, tzinfo=timezone.utc)
+    stamps = [end - timedelta(hours=h) for h in range(0, 24 * 10, 6)]  # 10 days, every 6 hours
+    table = pa.table(
+        {
+            "health_rolling__steps_mean_7d": [float(i) for i in range(len(stamps))],
+            "health_rolling__steps_mean_7d__status": ["PRESENT"] * len(stamps),
+            LOG_TIMESTAMP_FIELD: pa.array(stamps, pa.timestamp("us", tz="UTC")),
+            LOG_DATE_FIELD: pa.array([s.date() for s in stamps], pa.date32()),
+        }
+    )
+    pq.write_to_dataset(table, tmp_path / "log", partition_cols=[LOG_DATE_FIELD])
+    refs = ["health_rolling:steps_mean_7d", "profile:age_years"]
+    values, window, skipped = drift.served_log_values(tmp_path / "log", refs, since=timedelta(days=2))
+    assert window == {"start": end - timedelta(days=2), "end": end}
+    assert sorted(values["steps_mean_7d"]) == [float(i) for i in range(8)]  # (end - 2d, end]: 8 logs
+    assert skipped == [{"feature": "age_years", "view": "profile", "reason": "not in the served-feature log"}]
+    with pytest.raises(DriftError, match="no served-feature log at"):
+        drift.served_log_values(tmp_path / "none", refs, since=timedelta(days=2))
