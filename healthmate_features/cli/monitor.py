@@ -161,8 +161,11 @@ def _nulls(fractions: tuple[float | None, float | None]) -> str:
 @click.option("--compare", default=None, help="Two versions of it to diff, as A,B (default: its parent and itself).")
 @click.option("--since", default="7d", show_default=True, help="Drift window: 30m, 12h, 7d or 2w.")
 @profile_option
+@json_option
 @handles_errors
-def report_command(out: str, dataset: str | None, compare: str | None, since: str, profile: str | None) -> None:
+def report_command(
+    out: str, dataset: str | None, compare: str | None, since: str, profile: str | None, as_json: bool
+) -> None:
     """Write the dashboard page (freshness, dataset versions and diff, drift, model metrics) as one offline file."""
     from healthmate_features.backends import open_sql_store
     from healthmate_features.pictures.page import write_report
@@ -172,7 +175,10 @@ def report_command(out: str, dataset: str | None, compare: str | None, since: st
     current = settings(profile)
     with open_sql_store(current) as sql:
         path = write_report(current, out, tracker=Tracker(sql), dataset=dataset, compare=pair, since=since)
-    click.echo(f"wrote {path}")
+    if as_json:
+        echo_json({"report": str(path)})
+    else:
+        click.echo(f"wrote {path}")
 
 
 def _pair(text: str | None) -> tuple[str, str] | None:
