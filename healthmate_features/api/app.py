@@ -456,6 +456,7 @@ def dashboard_page(
         ctx.settings,
         tracker=ctx.tracker,
         registry=ctx.datasets.registry,
+        fs=ctx.dashboard.feature_store(),
         dataset=dataset,
         compare=pair,
         since=since,
@@ -748,7 +749,7 @@ def feature_freshness(ctx: Ctx, _: Caller) -> FreshnessResult:
     objective (HM_FRESHNESS_OBJECTIVE_S); `late` names the late views."""
     from healthmate_features.monitoring.freshness import view_freshness
 
-    views = view_freshness(ctx.settings)
+    views = view_freshness(ctx.settings, ctx.dashboard.feature_store())
     return FreshnessResult.model_validate({"late": [v["name"] for v in views if v["late"]], "feature_views": views})
 
 
