@@ -164,10 +164,8 @@ def compare_feature(
     rng = rng if rng is not None else np.random.default_rng(0)
     placed = sketches.place(reference, recent)
     if reference["kind"] == "categorical" and len(placed["counts"]) > len(reference["counts"]):
-        reference = {
-            **reference,
-            "counts": {**reference["counts"], sketches.OTHER: 0},
-        }  # a category never seen in training
+        # a category never seen in training: the reference gets an empty OTHER to compare it with
+        reference = {**reference, "counts": {**reference["counts"], sketches.OTHER: 0}}
     ref_all = np.asarray(sketches.bin_counts(reference), dtype="float64")
     new_all = np.asarray(sketches.bin_counts(placed), dtype="float64")
     ref_counts, new_counts = ref_all[:-1], new_all[:-1]  # present values; nulls are the last entry
@@ -179,18 +177,18 @@ def compare_feature(
     null_shift = bool(moved and null_p is not None and null_p < p_threshold)
     if n == 0 or m == 0:
         return FeatureDrift(
-            name,
-            reference["kind"],
-            n,
-            m,
-            None,
-            None,
-            test,
-            None,
-            None,
-            p_threshold,
-            "no_data",
-            0.0,
+            feature=name,
+            kind=reference["kind"],
+            reference_rows=n,
+            recent_rows=m,
+            psi=None,
+            psi_threshold=None,
+            test=test,
+            statistic=None,
+            p_value=None,
+            p_threshold=p_threshold,
+            status="no_data",
+            severity=0.0,
             null_fraction=nulls,
             null_shift=null_shift,
         )
