@@ -70,8 +70,8 @@ test-unit: $(STAMP)
 test-integration: $(STAMP) $(BROWSER_PREREQ)
 	$(BIN)/python -m pytest -q tests/integration
 
-# Headless Chromium from Debian's packages (as root), for tests/integration/test_docs_browser.py,
-# which renders the API's /docs page; without it that test skips (and fails under CI=true).
+# Headless Chromium from Debian's packages (as root), for tests/integration/test_docs_browser.py and test_see_it.py,
+# which render the API's /docs and /dashboard pages and the report; without it they skip (and fail under CI=true).
 .PHONY: browser
 browser:
 	@command -v chromium >/dev/null 2>&1 || { \

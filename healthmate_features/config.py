@@ -51,6 +51,7 @@ _ENV = {
     "audit_checkpoints": "HM_AUDIT_CHECKPOINTS",
     "audit_checkpoint_every": "HM_AUDIT_CHECKPOINT_EVERY",
     "audit_retention_days": "HM_AUDIT_RETENTION_DAYS",
+    "freshness_objective_s": "HM_FRESHNESS_OBJECTIVE_S",
 }
 # libpq's sslmode values, weakest first (README "Transport security").
 PG_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
@@ -142,6 +143,9 @@ class Settings:
     # database role cannot write), appended every `audit_checkpoint_every` audit rows.
     audit_checkpoints: str = ""
     audit_checkpoint_every: int = 1000
+    # Freshness objective (monitoring.freshness): a batch view whose last materialization ended longer
+    # ago than this is late. The default allows a daily schedule an hour and a half of slack.
+    freshness_objective_s: float = 91800.0
     # How long audit rows are kept: at least six years (HIPAA); nothing in the package deletes
     # a younger row (nor, today, an older one: README "Audit trail").
     audit_retention_days: int = 6 * 365 + 2

@@ -161,3 +161,8 @@ class EncryptionKeyError(HealthmateError):
     """A master or data key is missing or wrong, or encrypted data does not open with it (crypto).
 
     The message names the file or value and the key id it needs, never any of its content."""
+
+
+class DriftError(HealthmateError):
+    """A drift comparison cannot run: a bad window or source, no recent values, no served-feature
+    log (monitoring.drift)."""

@@ -10,6 +10,7 @@ pointing at a known key.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import re
@@ -190,6 +191,22 @@ def bearer_token(authorization: str | None) -> str:
         what = "a bare API key" if _TOKEN.match(value) else "an Authorization header without the Bearer scheme"
         raise AuthError(f"{what} was sent; send 'Authorization: Bearer <key>' (the word Bearer, a space, then the key)")
     return token.strip()
+
+
+def page_token(authorization: str | None) -> str:
+    """The key in an `Authorization` header of a page a browser opens: Bearer as everywhere, or
+    Basic with the key as the password (any user name), which a browser asks for by itself.
+
+    Raises AuthError as `bearer_token` does; the message never repeats the value."""
+    value = (authorization or "").strip()
+    scheme, _, encoded = value.partition(" ")
+    if scheme.lower() != "basic":
+        return bearer_token(authorization)
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        raise AuthError("malformed Basic credentials; give any user name and the API key as the password") from None
+    return decoded.partition(":")[2].strip()
 
 
 class KeyCache:

@@ -22,11 +22,11 @@ import time
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from importlib.metadata import version as package_version
-from typing import TYPE_CHECKING, Annotated, Any, cast
+from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import TypeAdapter
@@ -35,14 +35,16 @@ from starlette.routing import Match
 
 from healthmate_features.access.audit import TARGET_PATTERN, AuditLog, AuditWriter
 from healthmate_features.access.audit_chain import Checkpoints
-from healthmate_features.access.keys import ApiKeys, KeyCache, Principal, bearer_token
+from healthmate_features.access.keys import ApiKeys, KeyCache, Principal, bearer_token, page_token
 from healthmate_features.api import dashboard, docs, online_limit
 from healthmate_features.api.metrics import METRICS_PATH, RequestMetricsMiddleware, RouteTemplates, metrics_open
 from healthmate_features.api.models import (
+    DATASET_REF_PATTERN,
     JOB_ID_PATTERN,
     DashboardSummary,
     DatasetManifest,
     DatasetVersions,
+    DriftResult,
     Environment,
     ErasureRequest,
     ErasureResponse,
@@ -50,6 +52,7 @@ from healthmate_features.api.models import (
     ErrorBody,
     FeatureSetCreate,
     FeatureSetCreated,
+    FreshnessResult,
     Health,
     JobInfo,
     OnlineFeatures,
@@ -62,6 +65,7 @@ from healthmate_features.api.preprocess import DatasetCache, transform_records
 from healthmate_features.backends import open_sql_store
 from healthmate_features.backends.sqlstore import SqlStore
 from healthmate_features.config import Settings
+from healthmate_features.datasets.ref import DatasetRef
 from healthmate_features.errors import (
     AuditError,
     AuthError,
@@ -86,6 +90,7 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
 PREFIX = "/api/v1/ml-data-preparation"
+DASHBOARD_PATH = "/dashboard"  # the HTML page; a browser may send the key as a Basic password
 PUBLIC_PATHS = frozenset({"/health", "/openapi.json", *docs.PUBLIC_PATHS})
 PARQUET = "application/vnd.apache.parquet"
 MAX_INT64 = 2**63 - 1
@@ -229,10 +234,15 @@ class AuthAuditMiddleware:
     async def _refusal(self, scope, state: dict) -> Response | None:
         """The 401, 403 or 413 a request gets before its body is read, or None."""
         if self._needs_key(scope):
+            page = scope["path"] == DASHBOARD_PATH
             try:
-                principal = await self.ctx.key_cache.authenticate(bearer_token(_header(scope, b"authorization")))
+                token = (page_token if page else bearer_token)(_header(scope, b"authorization"))
+                principal = await self.ctx.key_cache.authenticate(token)
             except HealthmateError as exc:  # AuthError; or the key store is unreachable
-                return response_for(exc)
+                refused = response_for(exc)
+                if page and refused.status_code == 401:  # a browser then asks for the key itself
+                    refused.headers["WWW-Authenticate"] = 'Basic realm="HealthMate dashboard", charset="UTF-8"'
+                return refused
             state["principal"] = principal
             if not principal.is_admin and self.admin.matches(scope):
                 return response_for(_needs_admin(principal))
@@ -412,6 +422,47 @@ def metrics_text(request: Request, ctx: Ctx) -> Response:
             raise _needs_admin(caller)
     body, content_type = monitoring.render(ctx.metrics, request.headers.get("accept"))
     return Response(body, media_type=content_type)
+
+
+@public.get(
+    DASHBOARD_PATH,
+    response_class=HTMLResponse,
+    tags=["dashboard"],
+    summary="The dashboard page (HTML; the key as Bearer, or as the password of Basic in a browser)",
+    dependencies=[Depends(bearer)],
+    responses={200: {"content": {"text/html": {}}, "description": "One self-contained HTML page."}, **_ERRORS},
+)
+def dashboard_page(
+    request: Request,
+    ctx: Ctx,
+    caller: Caller,
+    dataset: Annotated[
+        str | None, Query(max_length=200, pattern=DATASET_REF_PATTERN, description="Show drift for NAME@VERSION.")
+    ] = None,
+    compare: Annotated[str | None, Query(max_length=200, description="Diff this version of it with it.")] = None,
+    since: Annotated[str, Query(max_length=16, description="Drift window: 30m, 12h, 7d or 2w.")] = "7d",
+) -> HTMLResponse:
+    """Feature views and freshness, dataset versions with their lineage and a diff of two, drift
+    of recent features for a version, model metrics over time: charts inline, no script, no
+    other host. A user key sees aggregates without the per-feature distributions."""
+    from healthmate_features.pictures import page
+
+    if dataset:
+        _target(request, "dataset", dataset)
+    pair = None
+    if dataset and compare:
+        pair = (compare.strip(), DatasetRef.parse(dataset).version)
+    data = page.collect(
+        ctx.settings,
+        tracker=ctx.tracker,
+        registry=ctx.datasets.registry,
+        fs=ctx.dashboard.feature_store(),
+        dataset=dataset,
+        compare=pair,
+        since=since,
+        distributions=caller.is_admin,
+    )
+    return HTMLResponse(page.render(data, form_action=DASHBOARD_PATH))
 
 
 @router.post(
@@ -663,6 +714,45 @@ def dashboard_summary(ctx: Ctx, _: Caller) -> Response:
     return Response(ctx.dashboard.json(), media_type="application/json")
 
 
+@router.get(
+    "/monitoring/drift",
+    response_model=DriftResult,
+    tags=["monitoring"],
+    summary="Drift of recent features against a dataset version's training split",
+    responses={404: {"model": ErrorBody}},
+)
+def feature_drift(
+    request: Request,
+    ctx: Ctx,
+    _: Caller,
+    dataset: Annotated[str, Query(max_length=200, pattern=DATASET_REF_PATTERN, description="NAME@VERSION trained on.")],
+    since: Annotated[str, Query(max_length=16, description="Window of recent values: 30m, 12h, 7d or 2w.")] = "7d",
+    source: Annotated[Literal["offline", "served"], Query(description="Feature tables or the served log.")] = "offline",
+) -> Response:
+    """Per feature: PSI against its calibrated threshold and a two-sample test, most severe first
+    (README "Drift and freshness"). Aggregates only: no row, user id or value. Sets the drift gauges
+    of /metrics."""
+    from healthmate_features.monitoring import drift
+
+    _target(request, "dataset", dataset)
+    report = drift.drift(ctx.settings, dataset, since=since, source=source, registry=ctx.datasets.registry)
+    monitoring.record_drift(report)
+    body = DriftResult.model_validate(report.to_dict()).model_dump_json()
+    return Response(body, media_type="application/json")
+
+
+@router.get(
+    "/monitoring/freshness", response_model=FreshnessResult, tags=["monitoring"], summary="Feature view freshness"
+)
+def feature_freshness(ctx: Ctx, _: Caller) -> FreshnessResult:
+    """Each batch view's last materialization and newest feature row against its TTL and the
+    objective (HM_FRESHNESS_OBJECTIVE_S); `late` names the late views."""
+    from healthmate_features.monitoring.freshness import view_freshness
+
+    views = view_freshness(ctx.settings, ctx.dashboard.feature_store())
+    return FreshnessResult.model_validate({"late": [v["name"] for v in views if v["late"]], "feature_views": views})
+
+
 def _job_info(job: Job) -> JobInfo:
     built = (job.result or {}).get("datasets") or []
     single = built[0] if len(built) == 1 else {}
@@ -712,7 +802,7 @@ _TAGS = [
     },
     {"name": "models", "description": "Model performance tracking."},
     {"name": "dashboard", "description": "Counts and freshness."},
-    {"name": "monitoring", "description": "Prometheus metrics."},
+    {"name": "monitoring", "description": "Prometheus metrics, drift against a training set, freshness."},
 ]
 
 

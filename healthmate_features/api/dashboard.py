@@ -101,6 +101,20 @@ class SummaryCache:
         lost = tuple(online_marks.lost_views(self.settings, self._watched))
         return (backend_for(self.settings).registry_stamp(), datasets, runs, lost)
 
+    def feature_store(self) -> Any:
+        """The kept Feast store (opened on first use), its registry re-read when the registry changed:
+        what the dashboard page and the freshness endpoint read, without opening a store per request."""
+        from healthmate_features.backends import backend_for
+
+        stamp = backend_for(self.settings).registry_stamp()
+        with self._lock:
+            if self._fs is None:
+                self._fs = store.open_feature_store(self.settings)
+            elif stamp != self._registry_stamp:
+                self._fs.refresh_registry()
+            self._registry_stamp = stamp
+            return self._fs
+
     def json(self) -> bytes:
         """The summary as the API's JSON (`api.models.DashboardSummary`), from the cache unless a source changed.
 

@@ -14,6 +14,7 @@ from healthmate_features.api.preprocess import MAX_ROWS
 from healthmate_features.datasets.ref import REF_PATTERN
 from healthmate_features.features.feature_sets import MAX_DESCRIPTION, NAME_PATTERN
 from healthmate_features.jobs.store import JOB_ID_PATTERN, JobStatus
+from healthmate_features.monitoring.drift import FeatureDrift
 from healthmate_features.tracking import Comparison, Environment, MetricRecord, Run
 
 DATASET_REF_PATTERN = REF_PATTERN
@@ -37,6 +38,8 @@ __all__ = [
     "PreprocessResponse",
     "Performance",
     "DashboardSummary",
+    "DriftResult",
+    "FreshnessResult",
     "ErasureRequest",
     "ErasureResponse",
     "ErasureScan",
@@ -251,6 +254,41 @@ class DashboardSummary(BaseModel):
     feature_services: list[FeatureServiceInfo]
     datasets: list[DatasetInfo]
     latest_model_results: list[Run]  # tracking's own dataclass: a model's latest run per environment
+
+
+class DriftResult(BaseModel):
+    """Drift of recent feature values against a dataset version's training split (`monitoring.drift.DriftReport`)."""
+
+    dataset: str
+    source: Literal["offline", "served"]
+    reference: str  # "manifest sketches" | "stored joined_train split"
+    window: dict[str, datetime | None]
+    alpha: float
+    psi_floor: float
+    counts: dict[str, int]  # features per status
+    features: list[FeatureDrift]  # the library's own dataclass, most severe first
+    not_compared: list[dict[str, str]]
+
+
+class ViewFreshness(BaseModel):
+    """One batch view's freshness (`monitoring.freshness.freshness`)."""
+
+    name: str
+    ttl_seconds: float | None = None
+    objective_seconds: float
+    last_materialized_end: datetime | None = None
+    materialized_age_seconds: float | None = None
+    newest_row: datetime | None = None
+    row_age_seconds: float | None = None
+    late: bool
+    reasons: list[str]
+
+
+class FreshnessResult(BaseModel):
+    """Every batch view's freshness; `late` lists the late ones."""
+
+    late: list[str]
+    feature_views: list[ViewFreshness]
 
 
 class ErasureRequest(_Strict):

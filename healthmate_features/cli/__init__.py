@@ -16,6 +16,7 @@ from healthmate_features.cli import (  # noqa: F401  (register)
     jobs,
     keys,
     models,
+    monitor,
     pipeline,
     serve,
     worker,

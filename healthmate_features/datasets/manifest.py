@@ -19,6 +19,7 @@ from typing import Any
 import pandas as pd
 
 from healthmate_features.datasets.dataset import HASH_SCHEME, ProcessedDataset, column_stats, data_hash, label_balance
+from healthmate_features.datasets.sketches import sketch_frame
 from healthmate_features.errors import DatasetVersionError
 from healthmate_features.util import jsonable
 
@@ -80,6 +81,8 @@ def content_manifest(dataset: ProcessedDataset) -> dict[str, Any]:
                 columns=[{"name": c, "dtype": str(t)} for c, t in value.dtypes.items()],
                 stats=column_stats(value),
             )
+            if split.startswith("joined_"):
+                entry["sketches"] = sketch_frame(value, sketched_columns(dataset, metadata))
         splits[split] = entry
     pipeline = dataset.pipeline
     return {
@@ -106,6 +109,17 @@ def content_manifest(dataset: ProcessedDataset) -> dict[str, Any]:
         "environment": environment(),
         "metadata": metadata,
     }
+
+
+def sketched_columns(dataset: ProcessedDataset, metadata: Mapping[str, Any]) -> list[str]:
+    """The joined frames' raw features a manifest sketches: the feature refs' feature names when
+    the metadata has them, else every joined column but the label."""
+    refs = metadata.get("feature_refs")
+    if isinstance(refs, list) and refs:
+        return [str(ref).split(":", 1)[-1] for ref in refs]
+    frame = dataset.joined_train
+    label = dataset.y_train.name
+    return [] if frame is None else [c for c in frame.columns if c != label]
 
 
 def finalize(

@@ -1,14 +1,17 @@
-"""Feature view freshness from Feast's registry: each view's last materialization.
+"""Feature view freshness: each view's last materialization and newest feature row, against its TTL and an objective.
 
 A view's last materialization is the end of its latest materialization interval (Feast records
 one interval per `materialize` run in the registry). The dashboard and the metrics both read it here.
 A view whose online data was lost (`stores.online_marks`: Redis restarted empty or was flushed)
 has no last materialization, whatever the registry says: its `online_data` is "lost".
+`freshness` adds each batch view's newest feature row (`newest_rows`, from the offline feature
+tables) and flags late views: see its docstring for the rule; the objective is
+Settings.freshness_objective_s (HM_FRESHNESS_OBJECTIVE_S).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
@@ -55,3 +58,94 @@ def feature_view_status(fs, *, lost: Collection[str] | None = None) -> list[dict
 
 def _utc(moment: datetime) -> datetime:
     return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+
+
+def newest_rows(backend: Any, tables: Collection[str]) -> dict[str, datetime | None]:
+    """The newest event_timestamp of each feature table in `tables` (None where it is missing or empty).
+
+    `backend`: the profile's Backend; one query per table."""
+    from healthmate_features.errors import FeatureRepoError
+
+    found: dict[str, datetime | None] = {}
+    for table in tables:
+        try:
+            found[table] = _utc(backend.feature_time_range([table])[1])
+        except FeatureRepoError:
+            found[table] = None
+    return found
+
+
+def freshness(
+    views: list[dict[str, Any]],
+    newest: Mapping[str, datetime | None],
+    *,
+    objective_s: float,
+    now: datetime | None = None,
+) -> list[dict[str, Any]]:
+    """Each batch view's freshness against its TTL and the objective; `late` with the reasons.
+
+    `views` is `feature_view_status`'s list, `newest` each view's newest feature row
+    (`newest_rows`). A view is late when it was never materialized (or its online data was
+    lost), when its last materialization ended more than `objective_s` before `now`, or when its
+    newest feature row is older than its TTL (online lookups then find nothing fresh enough)."""
+    now = _utc(now or datetime.now(timezone.utc))
+    found = []
+    for view in views:
+        if view["kind"] != "batch":
+            continue
+        end, row, ttl = view["last_materialized_end"], newest.get(view["name"]), view["ttl_seconds"]
+        materialized_age = None if end is None else max((now - end).total_seconds(), 0.0)
+        row_age = None if row is None else max((now - row).total_seconds(), 0.0)
+        reasons = []
+        if view.get("online_data") == "lost":
+            reasons.append("online data lost: re-run materialize")
+        elif end is None:
+            reasons.append("never materialized")
+        elif materialized_age is not None and materialized_age > objective_s:
+            reasons.append(
+                f"last materialization ended {format_span(materialized_age)} ago, objective {format_span(objective_s)}"
+            )
+        if row is None:
+            reasons.append("no feature rows")
+        elif ttl and row_age is not None and row_age > ttl:
+            reasons.append(f"newest feature row is {format_span(row_age)} old, past the TTL of {format_span(ttl)}")
+        found.append(
+            {
+                "name": view["name"],
+                "ttl_seconds": ttl,
+                "objective_seconds": objective_s,
+                "last_materialized_end": end,
+                "materialized_age_seconds": materialized_age,
+                "newest_row": row,
+                "row_age_seconds": row_age,
+                "late": bool(reasons),
+                "reasons": reasons,
+            }
+        )
+    return found
+
+
+def view_freshness(settings: Any, fs: Any = None, *, objective_s: float | None = None) -> list[dict[str, Any]]:
+    """`freshness` of every batch view of the settings' repository, read now.
+
+    Reads the Feast registry (of `fs`, or of a store opened now), the online store's
+    materialization markers and each feature table's newest row; changes nothing."""
+    from healthmate_features.backends import backend_for
+    from healthmate_features.stores import feature_store
+
+    fs = fs if fs is not None else feature_store.open_feature_store(settings)
+    views = feature_view_status(fs, lost=feature_store.online_data_lost(settings, fs))
+    newest = newest_rows(backend_for(settings), [v["name"] for v in views if v["kind"] == "batch"])
+    objective = settings.freshness_objective_s if objective_s is None else objective_s
+    return freshness(views, newest, objective_s=objective)
+
+
+def format_span(seconds: float) -> str:
+    """A duration for people: 90 s, 45 min, 5.2 h, 3.1 d."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"

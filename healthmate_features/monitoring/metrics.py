@@ -6,8 +6,9 @@ What records what:
 - the job runner: JOBS, JOB_SECONDS;
 - a materialization given `written=record_materialized_rows` (`stores.feature_store.materialize`):
   MATERIALIZED_ROWS;
-- at scrape time, `StoreCollector`: each feature view's freshness and TTL, dataset versions per
-  name; and prometheus_client's ProcessCollector: this process's CPU and memory.
+- at scrape time, `StoreCollector`: each feature view's freshness, newest-row age, lateness and TTL,
+  dataset versions per name; and prometheus_client's ProcessCollector: this process's CPU and memory;
+- a drift run through the API (`record_drift`): DRIFT_* per dataset version and feature.
 Labels hold methods, route templates, status codes, job kinds and outcomes, feature view and
 dataset names: never a user id, a raw path or query string, or a feature value.
 
@@ -105,6 +106,60 @@ MATERIALIZED_ROWS = Counter(
 )
 
 
+DRIFT_PSI = Gauge(
+    "healthmate_feature_drift_psi",
+    "PSI of a feature's recent values against the training split of a dataset version (the last drift run)",
+    ["dataset", "feature", "source"],
+    multiprocess_mode="mostrecent",
+    registry=REGISTRY,
+)
+DRIFT_PSI_THRESHOLD = Gauge(
+    "healthmate_feature_drift_psi_threshold",
+    "The PSI threshold calibrated for that feature and sample size (the last drift run)",
+    ["dataset", "feature", "source"],
+    multiprocess_mode="mostrecent",
+    registry=REGISTRY,
+)
+DRIFT_P_VALUE = Gauge(
+    "healthmate_feature_drift_p_value",
+    "p-value of the two-sample test (KS or chi-square) of a feature (the last drift run)",
+    ["dataset", "feature", "source"],
+    multiprocess_mode="mostrecent",
+    registry=REGISTRY,
+)
+DRIFT_STATUS = Gauge(
+    "healthmate_feature_drift_status",
+    "A feature's drift verdict in the last drift run: 0 ok, 1 warn, 2 drift (no data: left out)",
+    ["dataset", "feature", "source"],
+    multiprocess_mode="mostrecent",
+    registry=REGISTRY,
+)
+DRIFT_RUN_TIME = Gauge(
+    "healthmate_drift_last_run_timestamp_seconds",
+    "When drift was last computed for a dataset version (Unix time)",
+    ["dataset", "source"],
+    multiprocess_mode="mostrecent",
+    registry=REGISTRY,
+)
+_DRIFT_LEVEL = {"ok": 0.0, "warn": 1.0, "drift": 2.0}
+
+
+def record_drift(report: Any) -> None:
+    """Set the drift gauges from a `monitoring.drift.DriftReport` (labels: dataset version, feature name, source)."""
+    for feature in report.features:
+        labels = (report.dataset, feature.feature, report.source)
+        if feature.status not in _DRIFT_LEVEL:
+            continue
+        DRIFT_STATUS.labels(*labels).set(_DRIFT_LEVEL[feature.status])
+        if feature.psi is not None:
+            DRIFT_PSI.labels(*labels).set(feature.psi)
+        if feature.psi_threshold is not None:
+            DRIFT_PSI_THRESHOLD.labels(*labels).set(feature.psi_threshold)
+        if feature.p_value is not None:
+            DRIFT_P_VALUE.labels(*labels).set(feature.p_value)
+    DRIFT_RUN_TIME.labels(report.dataset, report.source).set(time.time())
+
+
 def record_materialized_rows(view: str, rows: int) -> None:
     """Count `rows` written to the online store for feature view `view` (a `materialize(written=...)` hook)."""
     MATERIALIZED_ROWS.labels(view).inc(rows)
@@ -130,6 +185,8 @@ class StoreCollector:
         self._read_at: float | None = None
         self._fs: Any = None
         self._views: list[tuple[str, float | None, float | None]] = []  # name, last end (epoch s), TTL s
+        self._status: list[dict[str, Any]] = []  # monitoring.freshness.feature_view_status
+        self._newest: dict[str, Any] = {}  # each batch view's newest feature row (monitoring.freshness.newest_rows)
         self._datasets: dict[str, int] = {}
         self._up = {"feast_registry": 0.0, "dataset_registry": 0.0}
 
@@ -155,6 +212,28 @@ class StoreCollector:
         )
         for name, count in self._datasets.items():
             versions.add_metric([name], count)
+        row_age = GaugeMetricFamily(
+            "healthmate_feature_view_newest_row_age_seconds",
+            "Seconds since the feature view's newest feature row (offline feature table; +Inf: no rows)",
+            labels=["feature_view"],
+        )
+        late = GaugeMetricFamily(
+            "healthmate_feature_view_late",
+            "1 if the feature view is late: never materialized or online data lost, last materialization "
+            "older than the objective, or newest row older than the TTL (monitoring.freshness)",
+            labels=["feature_view"],
+        )
+        objective = GaugeMetricFamily(
+            "healthmate_feature_view_freshness_objective_seconds",
+            "The freshness objective (HM_FRESHNESS_OBJECTIVE_S)",
+        )
+        objective.add_metric([], self.settings.freshness_objective_s)
+        from healthmate_features.monitoring.freshness import freshness as view_freshness
+
+        for view in view_freshness(self._status, self._newest, objective_s=self.settings.freshness_objective_s):
+            newest = view["newest_row"]
+            row_age.add_metric([view["name"]], math.inf if newest is None else max(now - newest.timestamp(), 0.0))
+            late.add_metric([view["name"]], 1.0 if view["late"] else 0.0)
         up = GaugeMetricFamily(
             "healthmate_metrics_source_up",
             "1 if the last read of this source for the scrape-time metrics worked, else 0",
@@ -162,7 +241,7 @@ class StoreCollector:
         )
         for source, value in self._up.items():
             up.add_metric([source], value)
-        return [freshness, ttl, versions, up]
+        return [freshness, ttl, row_age, late, objective, versions, up]
 
     def _refresh(self) -> None:
         with self._lock:
@@ -185,7 +264,8 @@ class StoreCollector:
                 log.warning("metrics: cannot read the dataset registry of %s: %s", self.settings.repo_path, exc)
 
     def _read_views(self) -> list[tuple[str, float | None, float | None]]:
-        from healthmate_features.monitoring.freshness import feature_view_status
+        from healthmate_features.backends import backend_for
+        from healthmate_features.monitoring.freshness import feature_view_status, newest_rows
         from healthmate_features.stores import feature_store
 
         if self._fs is None:
@@ -198,13 +278,16 @@ class StoreCollector:
         except HealthmateError as exc:
             self._up["online_markers"] = 0.0
             log.warning("metrics: cannot read the online store's materialization markers: %s", exc)
+        views = feature_view_status(self._fs, lost=lost)
+        batch = [view["name"] for view in views if view["kind"] == "batch"]
+        self._status, self._newest = views, newest_rows(backend_for(self.settings), batch)
         return [
             (
                 view["name"],
                 view["last_materialized_end"].timestamp() if view["last_materialized_end"] else None,
                 view["ttl_seconds"],
             )
-            for view in feature_view_status(self._fs, lost=lost)
+            for view in views
             if view["kind"] == "batch"
         ]
 

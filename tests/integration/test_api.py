@@ -136,6 +136,9 @@ def test_openapi_documents_every_endpoint_with_summaries_and_bearer_auth(env):
         ("POST", f"{PREFIX}/data/preprocess"),
         ("GET", f"{PREFIX}/models/performance"),
         ("GET", f"{PREFIX}/dashboard/summary"),
+        ("GET", "/dashboard"),
+        ("GET", f"{PREFIX}/monitoring/drift"),
+        ("GET", f"{PREFIX}/monitoring/freshness"),
         ("POST", f"{PREFIX}/erasures"),
         ("GET", f"{PREFIX}/erasures/verify"),
     }
@@ -437,6 +440,8 @@ PROBES = {  # endpoint: (method, path, params or body); admin reaches the endpoi
     "data_preprocess": ("POST", "/data/preprocess", {"dataset": "no_such_dataset@1.0.0", "rows": [{}]}),
     "models_performance": ("GET", "/models/performance", {"model": "risk"}),
     "dashboard_summary": ("GET", "/dashboard/summary", None),
+    "monitoring_drift": ("GET", "/monitoring/drift", {"dataset": "no_such_dataset@1.0.0"}),
+    "monitoring_freshness": ("GET", "/monitoring/freshness", None),
 }
 ADMIN_OUTCOME = {
     "health": 200,
@@ -450,8 +455,18 @@ ADMIN_OUTCOME = {
     "data_preprocess": 404,
     "models_performance": 200,
     "dashboard_summary": 200,
+    "monitoring_drift": 404,
+    "monitoring_freshness": 200,
 }
-USER_ALLOWED = {"health", "extract_own", "datasets_versions", "models_performance", "dashboard_summary"}
+USER_ALLOWED = {
+    "health",
+    "extract_own",
+    "datasets_versions",
+    "models_performance",
+    "dashboard_summary",
+    "monitoring_drift",
+    "monitoring_freshness",
+}
 ROLES = ("admin", "user", "none", "malformed", "unknown", "revoked")
 
 
