@@ -66,8 +66,14 @@ def redis_aad(redis_key: bytes, field: bytes) -> bytes:
 
 def sqlite_aad(table: str, entity_key: bytes, feature: str) -> bytes:
     """The associated data of a value in Feast's SQLite online store: table, entity key, feature (length-prefixed)."""
-    parts = (table.encode(), entity_key, feature.encode())
-    return b"".join(struct.pack("<I", len(part)) + part for part in parts)
+    return _part(table.encode()) + _part(entity_key) + _part(feature.encode())
+
+
+_LENGTH = struct.Struct("<I").pack
+
+
+def _part(data: bytes) -> bytes:
+    return _LENGTH(len(data)) + data
 
 
 class _Sealing:
@@ -137,13 +143,19 @@ class EncryptedSqliteOnlineStore(_Sealing, _feast.SqliteOnlineStore):
         rows: list[list[Any]] = []
         plaintexts: list[bytes] = []
         aads: list[bytes] = []
+        table_part = _part(name.encode())
+        feature_parts: dict[str, bytes] = {}
         for entity_key, values, timestamp, created in data:
             key = _feast.entity_key_bytes(entity_key, version)
+            head = table_part + _part(key)  # sqlite_aad's bytes, built once per row and feature name
             event_ts = _naive_utc(timestamp)
             created_ts = _naive_utc(created) if created is not None else None
             for feature, value in values.items():
+                part = feature_parts.get(feature)
+                if part is None:
+                    part = feature_parts[feature] = _part(feature.encode())
                 plaintexts.append(value.SerializeToString())
-                aads.append(sqlite_aad(name, key, feature))
+                aads.append(head + part)
                 rows.append([key, feature, None, event_ts, created_ts])
         for row, sealed in zip(rows, seal_many(self.keyring(config).active(), plaintexts, aads), strict=True):
             row[2] = sealed
