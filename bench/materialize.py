@@ -130,7 +130,7 @@ def materialization(settings, store_mod, postgres) -> tuple[int, int]:
     return whole
 
 
-def online(settings, store_mod, repeats: int, stock=None) -> None:
+def online(settings, store_mod, repeats: int, users_n: int, stock=None) -> None:
     """Online lookups of a whole feature service: Feast, our OnlineReader, raw pipelined HGETALLs of the same keys.
 
     The three run round-robin per lookup (same users, same moment); ours is checked equal to Feast's.
@@ -149,7 +149,7 @@ def online(settings, store_mod, repeats: int, stock=None) -> None:
     at = pd.Timestamp("2025-12-31 12:00", tz="UTC")
     print(f"\nonline lookup, feature service {SERVICE} ({n_features} features), {repeats} lookups each, round-robin")
     for batch in (1, 100):
-        users = [rng.integers(1, 10_001, batch).tolist() for _ in range(repeats)]
+        users = [rng.integers(1, users_n + 1, batch).tolist() for _ in range(repeats)]
         times: dict[str, list[float]] = {
             "Feast, stock store": [],
             "Feast, ours (encrypting)": [],
@@ -217,7 +217,7 @@ def feast_store(settings, online: dict):
     return fs
 
 
-def online_stores(settings, work: Path, rows: int, values: int) -> dict:
+def online_stores(settings, work: Path, rows: int, values: int, users_n: int) -> dict:
     """The whole history into Feast's stock Redis and SQLite stores and into ours (encrypting), rows/s each."""
     from healthmate_features.backends import backend_for
     from healthmate_features.features.catalog import FEATURE_TABLES
@@ -255,7 +255,7 @@ def online_stores(settings, work: Path, rows: int, values: int) -> dict:
         rate = f"{rows / seconds[name]:>9,.0f} rows/s {values / seconds[name]:>11,.0f} values/s"
         print(f"  {name:<28}{seconds[name]:7.1f} s {rate}")
     rng = np.random.default_rng(4)
-    users = [{"user_id": int(u)} for u in rng.integers(1, 10_001, 200)]
+    users = [{"user_id": int(u)} for u in rng.integers(1, users_n + 1, 200)]
     for kind in ("Redis", "SQLite"):
         stock, mine = opened[f"{kind}, Feast stock"], opened[f"{kind}, ours (encrypting)"]
         refs = [f"{v.name}:{f.name}" for v in stock.list_feature_views() for f in v.features]
@@ -354,8 +354,8 @@ def main() -> None:
         prepare(args, work, env)
     try:
         rows, values = materialization(settings, store, postgres)
-        opened = online_stores(settings, work, rows, values)
-        online(settings, store, args.repeats, stock=opened["Redis, Feast stock"])
+        opened = online_stores(settings, work, rows, values, args.users)
+        online(settings, store, args.repeats, args.users, stock=opened["Redis, Feast stock"])
         rng = np.random.default_rng(2)
         _, hi = backend_for(settings).feature_time_range(list(FEATURE_TABLES))
         span = args.days * 86_400  # label times spread over the simulated period
