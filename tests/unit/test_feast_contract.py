@@ -795,7 +795,8 @@ def test_encrypting_stores_are_feasts_with_sealed_values(tmp_path, user, daily):
         stored = (
             _feast.sqlite_connection(store)
             .execute(
-                f"SELECT value, value_text FROM {_feast.sqlite_view_table(config, daily)} ORDER BY entity_key, feature_name"
+                f"SELECT value, value_text FROM {_feast.sqlite_view_table(config, daily)} "
+                "ORDER BY entity_key, feature_name"
             )
             .fetchall()
         )
