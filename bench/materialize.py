@@ -13,6 +13,11 @@ deleted at the end. In one run it measures, next to a reference each:
 - online lookups of every feature of a feature service, for 1 and for 100 users, p50/p99: Feast's
   get_online_features, our OnlineReader (healthmate_features.stores.online; checked equal to Feast's) and
   a raw pipelined HGETALL of the same Redis keys (the floor: no decoding), round-robin;
+- materialization of the whole history through Feast's own `FeatureStore.materialize` into four
+  online stores, one after the other: Feast's stock Redis and SQLite stores and ours (the same
+  stores, every value encrypted: stores/encrypted_online.py), rows/s each, with a check that
+  Feast reads the same values back from ours as from the stock store; and what sealing alone
+  costs per value (AES-256-GCM, `crypto.seal_many`);
 - a point-in-time training frame of `--labels` rows with health_risk_v1 through Feast: our
   offline store (LATERAL join) next to Feast's own Postgres store, checking both are equal.
 """
@@ -81,7 +86,7 @@ def prepare(args, work: Path, env: dict) -> None:
         print(f"{name:<28}{wall:>10.1f}{peak:>12.0f}")
 
 
-def materialization(settings, store_mod, postgres) -> None:
+def materialization(settings, store_mod, postgres) -> tuple[int, int]:
     """Full materialization up to the last day, then incremental over the last day."""
     from healthmate_features.backends import backend_for
     from healthmate_features.features.catalog import FEATURE_TABLES
@@ -103,9 +108,10 @@ def materialization(settings, store_mod, postgres) -> None:
             return sum(counts.values()), sum(n * len(FEATURE_TABLES[name].features) for name, n in counts.items())
 
         cut = hi - timedelta(days=1)
-        (full_rows, full_values), (inc_rows, inc_values) = (
+        (full_rows, full_values), (inc_rows, inc_values), whole = (
             rows(lo - timedelta(seconds=1), cut),
             rows(cut, hi + timedelta(seconds=1)),
+            rows(lo - timedelta(seconds=1), hi + timedelta(seconds=1)),
         )
     t0 = time.perf_counter()
     store_mod.materialize(settings, start=lo - timedelta(seconds=1), end=cut)
@@ -113,7 +119,7 @@ def materialization(settings, store_mod, postgres) -> None:
     t0 = time.perf_counter()  # the window `materialize --incremental` takes next (explicit: --reuse safe)
     store_mod.materialize(settings, start=cut, end=hi + timedelta(seconds=1))
     inc = time.perf_counter() - t0
-    print("\nmaterialize into Redis (online_write_batch_size from feature_store.production.yaml)")
+    print("\nmaterialize into Redis through our store (encrypting; online_write_batch_size from the YAML)")
     for name, n, values, seconds in (
         ("full, whole history", full_rows, full_values, full),
         ("incremental, last day", inc_rows, inc_values, inc),
@@ -121,9 +127,10 @@ def materialization(settings, store_mod, postgres) -> None:
         print(
             f"  {name:<22}{n:>8,} rows {seconds:7.1f} s {n / seconds:>8,.0f} rows/s {values / seconds:>10,.0f} values/s"
         )
+    return whole
 
 
-def online(settings, store_mod, repeats: int) -> None:
+def online(settings, store_mod, repeats: int, users_n: int, stock=None) -> None:
     """Online lookups of a whole feature service: Feast, our OnlineReader, raw pipelined HGETALLs of the same keys.
 
     The three run round-robin per lookup (same users, same moment); ours is checked equal to Feast's.
@@ -142,8 +149,13 @@ def online(settings, store_mod, repeats: int) -> None:
     at = pd.Timestamp("2025-12-31 12:00", tz="UTC")
     print(f"\nonline lookup, feature service {SERVICE} ({n_features} features), {repeats} lookups each, round-robin")
     for batch in (1, 100):
-        users = [rng.integers(1, 10_001, batch).tolist() for _ in range(repeats)]
-        times = {"Feast get_online_features": [], "ours (OnlineReader)": [], "raw HGETALL pipeline": []}
+        users = [rng.integers(1, users_n + 1, batch).tolist() for _ in range(repeats)]
+        times: dict[str, list[float]] = {
+            "Feast, stock store": [],
+            "Feast, ours (encrypting)": [],
+            "ours (OnlineReader)": [],
+            "raw HGETALL pipeline": [],
+        }
         warm = [int(u) for u in users[0]]
         want = fs.get_online_features(
             features=service, entity_rows=[{"user_id": u, "event_timestamp": at} for u in warm]
@@ -152,9 +164,13 @@ def online(settings, store_mod, repeats: int) -> None:
         for ids in users:
             ids = [int(u) for u in ids]
             rows = [{"user_id": u, "event_timestamp": at} for u in ids]
+            if stock is not None:  # Feast's own Redis store, values in plain: the read cost of encryption
+                t0 = time.perf_counter()
+                stock.get_online_features(features=service, entity_rows=rows).to_dict()
+                times["Feast, stock store"].append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             fs.get_online_features(features=service, entity_rows=rows).to_dict()
-            times["Feast get_online_features"].append(time.perf_counter() - t0)
+            times["Feast, ours (encrypting)"].append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             reader.get(ids, feature_service=SERVICE, at=at)
             times["ours (OnlineReader)"].append(time.perf_counter() - t0)
@@ -168,10 +184,104 @@ def online(settings, store_mod, repeats: int) -> None:
             assert all(values), "bench keys missing in Redis"
         raw50 = np.percentile(times["raw HGETALL pipeline"], 50)
         for name, seconds in times.items():
+            if not seconds:
+                continue
             ratio = np.percentile(seconds, 50) / raw50
             print(f"  {batch:>3} user(s)  {name:<26}{quantiles(seconds)}   vs raw at p50: {ratio:5.1f}x")
     reader.close()
     client.close()
+
+
+STOCK_REDIS_DB = 15  # Feast's stock Redis store writes the bench project's keys into this database
+
+
+def feast_store(settings, online: dict):
+    """A FeatureStore of the bench repository whose online store section is replaced by `online`
+    (tables created on SQLite; our encrypting stores get the backend's keyring)."""
+    import yaml
+    from feast import FeatureStore
+    from feast.repo_config import RepoConfig
+
+    from healthmate_features import _feast
+    from healthmate_features.backends import backend_for
+    from healthmate_features.backends.base import substitute_placeholders
+
+    backend = backend_for(settings)
+    raw = substitute_placeholders(yaml.safe_load(backend.feature_store_yaml.read_text()), backend.feast_variables(), "")
+    raw["online_store"] = online
+    config = RepoConfig(**raw)
+    config.repo_path = settings.repo_path
+    fs = backend.bind_keyring(FeatureStore(repo_path=str(settings.repo_path), config=config))
+    views = [v for v in fs.list_feature_views() if v.online]
+    _feast.online_store_of(fs).update(config, [], views, [], fs.list_entities(), partial=False)
+    return fs
+
+
+def online_stores(settings, work: Path, rows: int, values: int, users_n: int) -> dict:
+    """The whole history into Feast's stock Redis and SQLite stores and into ours (encrypting), rows/s each."""
+    from healthmate_features.backends import backend_for
+    from healthmate_features.features.catalog import FEATURE_TABLES
+
+    lo, hi = backend_for(settings).feature_time_range(list(FEATURE_TABLES))
+    connection = backend_for(settings).feast_variables()["HM_FEAST_REDIS"]
+    stock_redis = ",".join(f"db={STOCK_REDIS_DB}" if p.startswith("db=") else p for p in connection.split(","))
+    ttl = 1_209_600
+    ours = "healthmate_features.stores.encrypted_online."
+    for name in ("online-stock.db", "online-ours.db"):
+        (work / "data" / name).unlink(missing_ok=True)
+    (work / "data").mkdir(exist_ok=True)
+    stores: dict[str, dict] = {
+        "Redis, Feast stock": {"type": "redis", "connection_string": stock_redis, "key_ttl_seconds": ttl},
+        "Redis, ours (encrypting)": {
+            "type": ours + "EncryptedRedisOnlineStore",
+            "connection_string": connection,
+            "key_ttl_seconds": ttl,
+            "profile": "production",
+        },
+        "SQLite, Feast stock": {"type": "sqlite", "path": str(work / "data" / "online-stock.db")},
+        "SQLite, ours (encrypting)": {
+            "type": ours + "EncryptedSqliteOnlineStore",
+            "path": str(work / "data" / "online-ours.db"),
+            "profile": "production",
+        },
+    }
+    print(f"\nmaterialize the whole history through FeatureStore.materialize: {rows:,} rows, {values:,} values")
+    opened, seconds = {}, {}
+    for name, online in stores.items():
+        fs = opened[name] = feast_store(settings, online)
+        t0 = time.perf_counter()
+        fs.materialize(start_date=lo - timedelta(seconds=1), end_date=hi + timedelta(seconds=1))
+        seconds[name] = time.perf_counter() - t0
+        rate = f"{rows / seconds[name]:>9,.0f} rows/s {values / seconds[name]:>11,.0f} values/s"
+        print(f"  {name:<28}{seconds[name]:7.1f} s {rate}")
+    rng = np.random.default_rng(4)
+    users = [{"user_id": int(u)} for u in rng.integers(1, users_n + 1, 200)]
+    for kind in ("Redis", "SQLite"):
+        stock, mine = opened[f"{kind}, Feast stock"], opened[f"{kind}, ours (encrypting)"]
+        refs = [f"{v.name}:{f.name}" for v in stock.list_feature_views() for f in v.features]
+        want = stock.get_online_features(features=refs, entity_rows=users).to_dict()
+        assert mine.get_online_features(features=refs, entity_rows=users).to_dict() == want, f"{kind}: ours differs"
+        print(
+            f"  {kind}: Feast reads the same {len(refs)} features of {len(users)} users from ours as from stock; "
+            f"ours / stock time: {seconds[f'{kind}, ours (encrypting)'] / seconds[f'{kind}, Feast stock']:.2f}x"
+        )
+    sealing()
+    return opened
+
+
+def sealing(n: int = 200_000) -> None:
+    """What sealing alone costs: AES-256-GCM per 9-byte double value (crypto.seal_many) vs serializing it."""
+    from healthmate_features.backends import backend_for
+    from healthmate_features.config import Settings
+    from healthmate_features.crypto import seal_many
+
+    key = backend_for(Settings.from_env()).keyring().active()
+    plain = [b"\x29" + np.float64(i).tobytes() for i in range(n)]
+    aads = [b"k" * 40 + i.to_bytes(4, "little") for i in range(n)]
+    t0 = time.perf_counter()
+    seal_many(key, plain, aads)
+    spent = time.perf_counter() - t0
+    print(f"  sealing alone: {spent / n * 1e6:.2f} us per value ({n / spent:,.0f} values/s on one core)")
 
 
 def training(settings, store_mod, labels: pd.DataFrame) -> None:
@@ -243,8 +353,9 @@ def main() -> None:
             conn.execute(f'DROP DATABASE IF EXISTS "{args.database}" WITH (FORCE)')
         prepare(args, work, env)
     try:
-        materialization(settings, store, postgres)
-        online(settings, store, args.repeats)
+        rows, values = materialization(settings, store, postgres)
+        opened = online_stores(settings, work, rows, values, args.users)
+        online(settings, store, args.repeats, args.users, stock=opened["Redis, Feast stock"])
         rng = np.random.default_rng(2)
         _, hi = backend_for(settings).feature_time_range(list(FEATURE_TABLES))
         span = args.days * 86_400  # label times spread over the simulated period
@@ -260,11 +371,12 @@ def main() -> None:
     finally:
         import redis
 
-        client = redis.Redis.from_url(settings.redis_url)
-        keys = list(client.scan_iter(match=f"*{PROJECT}", count=5000))
-        for i in range(0, len(keys), 5000):
-            client.delete(*keys[i : i + 5000])
-        client.close()
+        base = settings.redis_url.rsplit("/", 1)[0]
+        for client in (redis.Redis.from_url(settings.redis_url), redis.Redis.from_url(f"{base}/{STOCK_REDIS_DB}")):
+            keys = list(client.scan_iter(match=f"*{PROJECT}", count=5000))
+            for i in range(0, len(keys), 5000):
+                client.delete(*keys[i : i + 5000])
+            client.close()
     print(f"\npeak memory of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 

@@ -39,8 +39,11 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 from feast import utils as _utils
 from feast.feature_view import DUMMY_ENTITY_ID, DUMMY_ENTITY_VAL
+from feast.infra.key_encoding_utils import serialize_entity_key
 from feast.infra.offline_stores import offline_utils as _offline_utils
-from feast.infra.online_stores.helpers import _mmh3, _redis_key, compute_table_id
+from feast.infra.online_stores.helpers import _mmh3, _redis_key, compute_table_id, compute_versioned_name
+from feast.infra.online_stores.redis import RedisOnlineStore, RedisOnlineStoreConfig
+from feast.infra.online_stores.sqlite import SqliteOnlineStore, SqliteOnlineStoreConfig
 from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
@@ -63,7 +66,11 @@ __all__ = [
     "ENTITY_KEY_SERIALIZATION_VERSION",
     "FEAST_VERSION_FAMILY",
     "RETRIEVAL_JOB_HOOKS",
+    "RedisOnlineStore",
+    "RedisOnlineStoreConfig",
     "RequestContext",
+    "SqliteOnlineStore",
+    "SqliteOnlineStoreConfig",
     "arrow_to_pg_type",
     "as_feast_values",
     "assert_expected_columns_in_entity_df",
@@ -75,7 +82,15 @@ __all__ = [
     "get_feature_view_query_context",
     "get_pyarrow_schema_from_batch_source",
     "infer_event_timestamp_from_entity_df",
+    "entity_key_bytes",
+    "no_async_methods",
+    "online_store_kind",
+    "online_store_of",
     "online_store_without_retries",
+    "redis_hmget_replies",
+    "redis_view_name",
+    "sqlite_view_table",
+    "value_proto",
     "online_writes_counted",
     "int64_entity_key",
     "int64_redis_key",
@@ -233,10 +248,62 @@ def online_store_without_retries(store: Any) -> None:
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    if store.config.online_store.type != "redis":
+    if online_store_kind(store.config) != "redis":
         return
     online = store._get_provider().online_store
     online._get_client(store.config.online_store).set_retry(Retry(NoBackoff(), 0))
+
+
+# --- online stores: the classes ours extend (stores.encrypted_online) and what they need of Feast ------
+
+
+def online_store_kind(config: Any) -> str | None:
+    """'redis' or 'sqlite' when a RepoConfig's online store is Feast's Redis or SQLite store or a
+    subclass of one (ours encrypt), else None. By config class, not by the `type` string."""
+    online = config.online_store
+    if isinstance(online, RedisOnlineStoreConfig):
+        return "redis"
+    if isinstance(online, SqliteOnlineStoreConfig):
+        return "sqlite"
+    return None
+
+
+def online_store_of(store: Any) -> Any:
+    """The online store instance a FeatureStore's provider reads and writes with (`_get_provider()`)."""
+    return store._get_provider().online_store
+
+
+def redis_hmget_replies(online: Any, config: Any, commands: list[tuple[bytes, list[Any]]]) -> list[list[Any]]:
+    """Feast's Redis store's own HMGETs for `commands` ((key, fields) pairs), one pipeline
+    (`RedisOnlineStore._read_hash_fields`, the method every read path of that store goes through)."""
+    return RedisOnlineStore._read_hash_fields(online, config, commands)
+
+
+def value_proto(raw: bytes) -> Any:
+    """A stored (serialized) ValueProto as the message Feast's online reads return."""
+    return _from_bytes(raw)
+
+
+def no_async_methods() -> Any:
+    """An online store's `async_supported` saying it reads and writes synchronously only (Feast then uses those)."""
+    from feast.infra.supported_async_methods import SupportedAsyncMethods
+
+    return SupportedAsyncMethods(read=False, write=False)
+
+
+def entity_key_bytes(entity_key: Any, version: int) -> bytes:
+    """An EntityKey proto serialized as Feast's online stores key it (`serialize_entity_key`)."""
+    return serialize_entity_key(entity_key, entity_key_serialization_version=version)
+
+
+def redis_view_name(config: Any, view: Any) -> str:
+    """The name Feast's Redis store uses for a view's fields (`view:feature`, `_ts:view`): versioned when enabled."""
+    return compute_versioned_name(view, config.registry.enable_online_feature_view_versioning)
+
+
+def sqlite_view_table(config: Any, view: Any) -> str:
+    """A view's table in Feast's SQLite online store for this config (`compute_table_id`; versioned if enabled)."""
+    return compute_table_id(config.project, view, config.registry.enable_online_feature_view_versioning)
 
 
 # --- online: Feast's Redis layout (feast.infra.online_stores.redis, helpers, key_encoding_utils) -------

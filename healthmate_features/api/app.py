@@ -70,6 +70,7 @@ from healthmate_features.errors import (
     AuditError,
     AuthError,
     ConflictError,
+    EncryptionKeyError,
     FeatureRepoError,
     HealthmateError,
     NotFoundError,
@@ -105,6 +106,7 @@ ERROR_STATUS: tuple[tuple[type[HealthmateError], int, str], ...] = (
     (ServiceUnavailableError, 503, "service_unavailable"),
     (StoreError, 503, "service_unavailable"),
     (FeatureRepoError, 503, "service_unavailable"),  # registry missing or `feast apply` failing
+    (EncryptionKeyError, 503, "service_unavailable"),  # a key missing or wrong: the detail goes to the log only
     (AuditError, 500, "internal_error"),
     (HealthmateError, 422, "invalid_request"),  # config, entity frame, preprocessing, tracking, dataset, key
 )
@@ -145,6 +147,9 @@ def response_for(exc: HealthmateError) -> JSONResponse:
     if status >= 500 and status != 503:
         log.error("internal error: %s", exc)
         return error_response(status, kind, "internal error; the server log has the details")
+    if isinstance(exc, EncryptionKeyError):  # names key ids and places: for operators, not for callers
+        log.error("encryption key error: %s", exc)
+        return error_response(status, kind, "stored data cannot be decrypted; the server log has the details")
     return error_response(status, kind, str(exc))
 
 

@@ -235,13 +235,25 @@ class Backend(ABC):
                 f"{name} not found in the repository; run from the repository root or set HM_REPO_PATH"
             )
         try:
-            return FeatureStore(repo_path=str(self.settings.repo_path), fs_yaml_file=self.feature_store_yaml)
+            store = FeatureStore(repo_path=str(self.settings.repo_path), fs_yaml_file=self.feature_store_yaml)
         except Exception as exc:  # Feast's text quotes the file: the details go to the log only
             log.warning("Feast cannot load %s: %s", self.feature_store_yaml, exc)
             raise FeatureRepoError(
                 f"Feast cannot load {name} ({type(exc).__name__}); the server log has the details, "
                 "or run `feast plan` in the repository root"
             ) from exc
+        return self.bind_keyring(store)
+
+    def bind_keyring(self, store: FeatureStore) -> FeatureStore:
+        """Hand an encrypting online store of `store` (stores.encrypted_online) this backend's keyring, so
+        it seals and opens values with these settings' keys rather than ones it would find from the
+        environment; return `store`. Nothing for other online stores."""
+        from healthmate_features import _feast
+
+        bind = getattr(_feast.online_store_of(store), "bind_keyring", None)
+        if bind is not None:
+            bind(self.keyring())
+        return store
 
     def registry_stamp(self) -> Any:
         """A value that changes whenever this profile's Feast registry changes (`feast apply`,

@@ -157,7 +157,7 @@ class ProductionBackend(Backend):
 
         config = self.feast_config()
         self.check_services()
-        return FeatureStore(repo_path=str(self.settings.repo_path), config=config)
+        return self.bind_keyring(FeatureStore(repo_path=str(self.settings.repo_path), config=config))
 
     #: Feast's SQL registry tables the dashboard reads (views with their materializations, services).
     _REGISTRY_TABLES = ("feature_views", "on_demand_feature_views", "feature_services", "entities")

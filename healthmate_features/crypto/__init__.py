@@ -16,8 +16,10 @@ from healthmate_features.crypto.ciphers import (
     read_parquet,
     read_sealed,
     seal,
+    seal_many,
     sealed_key_id,
     unseal,
+    unseal_many,
     write_parquet,
     write_sealed,
 )
@@ -40,8 +42,10 @@ __all__ = [
     "read_parquet",
     "read_sealed",
     "seal",
+    "seal_many",
     "sealed_key_id",
     "unseal",
+    "unseal_many",
     "write_parquet",
     "write_sealed",
 ]

@@ -59,8 +59,9 @@ from typing import Any
 
 from healthmate_features.backends import backend_for, redis
 from healthmate_features.config import Settings
+from healthmate_features.crypto import unseal_many
 from healthmate_features.errors import FeatureRepoError, FeatureServiceNotFoundError, OnlineReadError
-from healthmate_features.stores import online_marks
+from healthmate_features.stores import encrypted_online, online_marks
 
 _log = logging.getLogger(__name__)
 
@@ -157,12 +158,12 @@ class OnlineReader:
     Thread-safe for concurrent `get` calls.
     """
 
-    SERVED = ("redis", "sqlite")
-
     @staticmethod
     def serves(config: Any) -> bool:
-        """Whether a Feast RepoConfig's online store is one this reader reads (Redis or SQLite)."""
-        return getattr(config.online_store, "type", None) in OnlineReader.SERVED
+        """Whether a Feast RepoConfig's online store is one this reader reads (Redis or SQLite, ours or Feast's)."""
+        from healthmate_features._feast import online_store_kind
+
+        return online_store_kind(config) is not None
 
     def __init__(self, settings: Settings, *, store: Any = None) -> None:
         """Open the profile's Feast store (or use `store`); raises OnlineReadError unless on Redis or SQLite."""
@@ -197,7 +198,10 @@ class OnlineReader:
         self._unknown_refresh_at = float("-inf")
         self._stale = False
         self._refs: tuple[Any, list[str]] | None = None  # (registry stamp, feature_refs())
-        self._sqlite = _SqliteRows(self.store) if config.online_store.type == "sqlite" else None
+        # Values sealed by our encrypting store (stores.encrypted_online) open with the backend's keyring.
+        self._keyring = self.backend.keyring() if encrypted_online.encrypts(self.store) else None
+        sqlite = _feast.online_store_kind(config) == "sqlite"
+        self._sqlite = _SqliteRows(self.store, self._keyring) if sqlite else None
 
     @property
     def keeps_store(self) -> bool:
@@ -485,9 +489,30 @@ class OnlineReader:
             found = [known[u] for u in ids]
         else:
             replies = self._hmget(ids, [*fields, *plan.known], markers=plan.markers)
+            if self._keyring is not None:
+                self._open_values(replies, fields)
             rows = [replies[u][: len(fields)] for u in ids]
             found = [any(value is not None for value in replies[u][len(fields) :]) for u in ids]
         return Fetched(ids=ids, plan=plan, rows=rows, found=found)
+
+    def _open_values(self, replies: dict[int, list], fields: list[bytes]) -> None:
+        """Replace each sealed value among the first len(fields) of every user's HMGET reply by its plaintext.
+
+        Raises EncryptionKeyError (naming the key id) when one does not open."""
+        assert self._keyring is not None
+        blobs, aads, where = [], [], []
+        for user, values in replies.items():
+            key = self._key_of(user)
+            for index, field_name in enumerate(fields):
+                value = values[index]
+                if value is not None:
+                    blobs.append(value)
+                    aads.append(encrypted_online.redis_aad(key, field_name))
+                    where.append((user, index))
+        if blobs:
+            opened = unseal_many(self._keyring, blobs, aads, what="a feature value in the Redis online store")
+            for (user, index), plain in zip(where, opened, strict=True):
+                replies[user][index] = plain
 
     def assemble(self, fetched: Fetched, *, at: datetime | Sequence[datetime] | None = None) -> OnlineResult:
         """`read`'s answer from what `fetch` read: decode the values, run the on-demand views (CPU only, no I/O).
@@ -724,6 +749,7 @@ class _SqliteQuery:
     body: str  # SELECTs over the table `k(entity_key)` of the users' keys, UNION ALL
     params: list[str]  # parameters the SELECTs bind after the keys (none: every row of the users is read)
     index: dict[tuple[int, str], int]  # (SELECT number, feature name) -> index into the plan's fields
+    tables: list[str]  # the table each SELECT number reads (values are sealed for their table)
     width: int  # number of fields
 
 
@@ -738,10 +764,11 @@ class _SqliteRows:
     the FeatureStore keeps it for its lifetime, and nothing here opens or closes one.
     """
 
-    def __init__(self, store: Any) -> None:
+    def __init__(self, store: Any, keyring: Any = None) -> None:
         from healthmate_features import _feast
 
         self.project = store.config.project
+        self._keyring = keyring  # values sealed by stores.encrypted_online: opened with it
         self._conn = _feast.sqlite_connection(store)
         self._key_of = _feast.int64_entity_key(JOIN_KEY)
         self._lock = threading.Lock()
@@ -770,7 +797,9 @@ class _SqliteRows:
                     f"SELECT -1, entity_key, NULL, NULL FROM k WHERE EXISTS "
                     f"(SELECT 1 FROM {_quote(table)} AS t WHERE t.entity_key = k.entity_key)"
                 )
-        return _SqliteQuery(body=" UNION ALL ".join(selects), params=params, index=index, width=len(slots))
+        return _SqliteQuery(
+            body=" UNION ALL ".join(selects), params=params, index=index, width=len(slots), tables=list(tables)
+        )
 
     def read(self, ids: list[int], query: _SqliteQuery) -> tuple[dict[int, list], dict[int, bool]]:
         """Per distinct user: the stored values of the query's fields (None where absent), and whether it is known.
@@ -802,11 +831,26 @@ class _SqliteRows:
             index = query.index
             users = {key.hex().upper(): user for key, user in keys.items()}
             fromhex = bytes.fromhex
+            sealed: list[tuple[int, int, bytes, bytes]] = []  # (user, slot, envelope, associated data)
             for number, key, name, value in json.loads(packed):
                 user = users[key]
                 found.add(user)
                 if number >= 0:
                     slot = index.get((number, name))
                     if slot is not None:
-                        values[user][slot] = None if value is None else fromhex(value)
+                        raw = None if value is None else fromhex(value)
+                        if raw is not None and self._keyring is not None:
+                            aad = encrypted_online.sqlite_aad(query.tables[number], fromhex(key), name)
+                            sealed.append((user, slot, raw, aad))
+                        else:
+                            values[user][slot] = raw
+            if sealed:
+                opened = unseal_many(
+                    self._keyring,
+                    [blob for _, _, blob, _ in sealed],
+                    [aad for _, _, _, aad in sealed],
+                    what="a feature value in the SQLite online store",
+                )
+                for (user, slot, _, _), plain in zip(sealed, opened, strict=True):
+                    values[user][slot] = plain
         return values, {u: u in found for u in unique}

@@ -98,6 +98,14 @@ SIGNATURES = {
     # (`sqlite_connection`) and its table names.
     "feast.infra.online_stores.sqlite.SqliteOnlineStore._get_conn": "(self, config)",
     "feast.infra.online_stores.helpers.compute_table_id": "(project, table, enable_versioning=False)",
+    "feast.infra.online_stores.helpers.compute_versioned_name": "(table, enable_versioning=False)",
+    # What stores/encrypted_online.py's subclasses override of Feast's SQLite and Redis stores.
+    "feast.infra.online_stores.sqlite.SqliteOnlineStore.online_read": (
+        "(self, config, table, entity_keys, requested_features=None)"
+    ),
+    "feast.infra.online_stores.sqlite.SqliteOnlineStore.online_write_batch": "(self, config, table, data, progress)",
+    "feast.infra.online_stores.redis.RedisOnlineStore.online_write_batch": "(self, config, table, data, progress)",
+    "feast.infra.online_stores.redis.RedisOnlineStore._read_hash_fields": "(self, config, commands)",
     "feast.infra.registry.caching_registry.CachingRegistry._refresh_cached_registry_if_necessary": "(self)",
     # online_writes_counted: the provider of a FeatureStore, and the write its compute engines call.
     "feast.feature_store.FeatureStore._get_provider": "(self)",
@@ -134,6 +142,11 @@ PINNED_BY_BEHAVIOUR = {
     "feast.protos.feast.serving.ServingService_pb2.FieldStatus": "test_online_statuses_tell_stored_from_absent",
     "cached_registry_proto_created": "test_registry_cache_stamp",  # an attribute of Feast's registries
     "_refresh_cached_registry_if_necessary": "test_registry_cache_stamp",
+    "feast.infra.online_stores.redis.RedisOnlineStore": "test_encrypting_stores_are_feasts_with_sealed_values",
+    "feast.infra.online_stores.redis.RedisOnlineStoreConfig": "test_encrypting_stores_are_feasts_with_sealed_values",
+    "feast.infra.online_stores.sqlite.SqliteOnlineStore": "test_encrypting_stores_are_feasts_with_sealed_values",
+    "feast.infra.online_stores.sqlite.SqliteOnlineStoreConfig": "test_encrypting_stores_are_feasts_with_sealed_values",
+    "feast.infra.supported_async_methods.SupportedAsyncMethods": "test_encrypting_stores_are_feasts_with_sealed_values",
 }
 
 
@@ -733,6 +746,74 @@ def test_postgres_retrieval_job_keeps_its_config(tmp_path):
     assert job.config is config and job.config.offline_store.type == "postgres", adapt(
         "PostgreSQLRetrievalJob.config", "postgres_lateral connects with self.config.offline_store"
     )
+
+
+def test_encrypting_stores_are_feasts_with_sealed_values(tmp_path, user, daily):
+    """Our online stores are Feast's, found by Feast from their type, with only the values changed:
+    Feast's SQLite store reads back what it wrote; ours writes the same rows with sealed values,
+    reads them back equal, and says it has no async path (so Feast uses the sealing ones)."""
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    from healthmate_features.backends import backend_for
+    from healthmate_features.config import Settings
+    from healthmate_features.stores import encrypted_online as enc
+
+    rows = [
+        (
+            EntityKey(join_keys=["user_id"], entity_values=[Value(int64_val=u)]),
+            {"steps": Value(double_val=1.5 * u), "label": Value(string_val=f"l{u}")},
+            datetime(2025, 1, u, tzinfo=timezone.utc),
+            None,
+        )
+        for u in (1, 2)
+    ]
+    read = {}
+    for kind, type_ in (
+        ("stock", "sqlite"),
+        ("ours", enc.EncryptedSqliteOnlineStore.__module__ + ".EncryptedSqliteOnlineStore"),
+    ):
+        config = RepoConfig(
+            project=PROJECT,
+            provider="local",
+            registry=str(tmp_path / f"{kind}.db"),
+            online_store={"type": type_, "path": str(tmp_path / f"{kind}-online.db")},
+            offline_store={"type": "file"},
+            entity_key_serialization_version=3,
+            repo_path=tmp_path,
+        )
+        assert _feast.online_store_kind(config) == "sqlite"
+        store = feast.FeatureStore(config=config)
+        online = _feast.online_store_of(store)
+        if kind == "ours":
+            assert isinstance(online, enc.EncryptedSqliteOnlineStore) and enc.encrypts(store)
+            online.bind_keyring(backend_for(Settings(repo_path=tmp_path)).keyring())
+            assert not online.async_supported.read and not online.async_supported.write
+        online.update(config, [], [daily], [], [user], partial=False)
+        online.online_write_batch(config, daily, rows, None)
+        read[kind] = online.online_read(config, daily, [r[0] for r in rows])
+        stored = (
+            _feast.sqlite_connection(store)
+            .execute(
+                f"SELECT value, value_text FROM {_feast.sqlite_view_table(config, daily)} "
+                "ORDER BY entity_key, feature_name"
+            )
+            .fetchall()
+        )
+        if kind == "ours":
+            plain = {v.SerializeToString() for r in rows for v in r[1].values()}
+            assert all(v.startswith(b"HME1") and v not in plain and t is None for v, t in stored)
+    assert read["ours"] == read["stock"]
+    redis_config = RepoConfig(
+        project=PROJECT,
+        provider="local",
+        registry=str(tmp_path / "r.db"),
+        online_store={"type": enc.EncryptedRedisOnlineStore.__module__ + ".EncryptedRedisOnlineStore"},
+        offline_store={"type": "file"},
+        entity_key_serialization_version=3,
+    )
+    assert _feast.online_store_kind(redis_config) == "redis"
+    assert redis_config.online_store.profile == "production"
 
 
 # --- the rule: no module but _feast.py reaches Feast's private names ----------------------------------------
