@@ -535,6 +535,64 @@ def online_finish(pending: PendingLookup) -> OnlineResult:
     return reader.assemble(pending.fetched, at=pending.at)
 
 
+def push(settings: Settings, push_source: str, frame: pd.DataFrame) -> None:
+    """Push rows through Feast's `store.push(..., to=PushMode.ONLINE_AND_OFFLINE)`.
+
+    Side effects: every view over the push source gets the rows in the online store, and its
+    offline table gains them (created first when missing, by our offline stores). Runs on the
+    process's long-lived FeatureStore when the fast reader has one (never a second handle on a
+    SQLite store file). Raises FeatureRepoError when the registry lacks the source (run apply),
+    ServiceUnavailableError when a server does not answer."""
+    from feast.data_source import PushMode
+    from feast.errors import PushSourceNotFoundException
+
+    from healthmate_features import _feast
+
+    backend = backend_for(settings)
+    reader = online_reader(settings)
+    store = reader.store if reader is not None else open_feature_store(settings)
+    with backend.service_errors():
+        _require_registry(store)
+        try:
+            views = [v for v in store.list_feature_views() if _pushed_by(v, push_source)]
+        except PushSourceNotFoundException as exc:
+            raise FeatureRepoError(
+                f"push source {push_source!r} is not in the registry; run `healthmate-features apply`"
+            ) from exc
+        if not views:
+            raise FeatureRepoError(
+                f"no feature view reads push source {push_source!r} in the registry; run `healthmate-features apply`"
+            )
+        offline = _feast.offline_store_of(store)
+        for view in views:  # our offline stores create a missing table from an empty batch
+            offline.offline_write_batch(store.config, view, _empty_batch(view), None)
+        store.push(push_source, frame, to=PushMode.ONLINE_AND_OFFLINE)
+
+
+def _pushed_by(view: FeatureView, push_source: str) -> bool:
+    stream = getattr(view, "stream_source", None)
+    return stream is not None and stream.name == push_source
+
+
+def _empty_batch(view: FeatureView) -> Any:
+    """A zero-row Arrow table with a view's batch-source columns: join keys, timestamps, features."""
+    import pyarrow as pa
+
+    from healthmate_features import _feast
+
+    source = view.batch_source
+    if source is None:
+        raise FeatureRepoError(f"feature view {view.name!r} has no batch source to push to")
+    reverse = {new: old for old, new in (source.field_mapping or {}).items()}
+    fields = [(c.name, _feast.from_feast_to_pyarrow_type(c.dtype)) for c in view.entity_columns]
+    fields += [(source.timestamp_field, pa.timestamp("us", tz="UTC"))]
+    if source.created_timestamp_column:
+        fields += [(source.created_timestamp_column, pa.timestamp("us", tz="UTC"))]
+    fields += [(f.name, _feast.from_feast_to_pyarrow_type(f.dtype)) for f in view.features]
+    schema = pa.schema([(reverse.get(n, n), t) for n, t in dict(fields).items()])
+    return schema.empty_table()
+
+
 def historical_features(
     settings: Settings,
     entity_df: pd.DataFrame,
