@@ -661,6 +661,7 @@ class HealthmateDuckDBOfflineStore(FeastDuckDBMonitoring, OfflineStore):
         if source is None:
             raise OfflineStoreError(f"feature view {feature_view.name!r} has no batch_source to write to")
         path = _source_path(config, source)
+        table = _source_names(table, source)
         if "://" not in path and not os.path.exists(path):
             _create_source(path, feature_view, table)
         elif table.num_rows:
@@ -703,6 +704,15 @@ class HealthmateDuckDBOfflineStore(FeastDuckDBMonitoring, OfflineStore):
         root = Path(FileSource.get_uri_for_file_path(config.repo_path, destination.path))
         root.mkdir(parents=True, exist_ok=True)
         _write_new_file(root / f"{uuid.uuid4().hex}.parquet", table)
+
+
+def _source_names(table: pa.Table, source: DataSource) -> pa.Table:
+    """`table` with the source's own column names: Feast's write_to_offline_store hands over the
+    field-mapped names (its provider renames before the write); the file holds the source's."""
+    reverse = {new: old for old, new in (source.field_mapping or {}).items()}
+    if not reverse:
+        return table
+    return table.rename_columns([reverse.get(c, c) for c in table.column_names])
 
 
 def _view_columns(feature_view: FeatureView) -> list[str]:

@@ -261,6 +261,9 @@ def _write_batch(config, feature_view, table: pa.Table) -> None:
             "LateralPostgreSQLOfflineStore writes to PostgreSQLSource tables only"
         )
     name = source.get_table_query_string()
+    reverse = {new: old for old, new in (source.field_mapping or {}).items()}
+    if reverse:  # Feast's write_to_offline_store hands over field-mapped names; the table has the source's
+        table = table.rename_columns([reverse.get(c, c) for c in table.column_names])
     with _feast.pg_connect(config.offline_store) as conn, conn.transaction(), conn.cursor() as cur:
         _ensure_table(cur, feature_view, table)
         if table.num_rows == 0:
