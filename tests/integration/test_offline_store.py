@@ -686,9 +686,7 @@ def test_entityless_retrieval_keeps_pushed_duplicates_once_and_defaults_to_feast
     assert pq.read_table(repo.data / "vitals.parquet").num_rows == 4
     ours = repo.ours.get_historical_features(features=ENTITYLESS_REFS, end_date=T0 + 4 * HOUR).to_df()
     assert ours[["user_id", "x", "label"]].values.tolist() == [[2, 5.0, "b"]]  # T0 is outside 4h - 3h ttl
-    both = repo.ours.get_historical_features(
-        features=ENTITYLESS_REFS, start_date=T0, end_date=T0 + 4 * HOUR
-    ).to_df()
+    both = repo.ours.get_historical_features(features=ENTITYLESS_REFS, start_date=T0, end_date=T0 + 4 * HOUR).to_df()
     assert both[["user_id", "x"]].values.tolist() == [[1, 1.0], [2, 5.0]]
 
 
