@@ -60,7 +60,8 @@ def open_feature_store(settings: Settings) -> FeatureStore:
 
 
 def apply(settings: Settings, *, progress: bool = False) -> str:
-    """Run `feast apply` for the repository (registers every definition under feature_repo/).
+    """Run `feast apply` for the repository (registers every definition under feature_repo/), then
+    create the offline tables of push sources that have none (`ensure_push_tables`).
 
     Runs the real Feast CLI in a child process: Feast changes the working directory and
     imports feature_repo/ as modules, neither of which should leak into this process. The child
@@ -97,6 +98,9 @@ def apply(settings: Settings, *, progress: bool = False) -> str:
     forget_online_reader(settings)
     if returncode != 0:
         raise FeatureRepoError(_apply_failure(returncode, stderr or output))
+    store = open_feature_store(settings)
+    with backend.service_errors():
+        ensure_push_tables(store)  # so that Feast's own store.push works from the start
     return output
 
 
@@ -188,10 +192,12 @@ def _utc(moment: datetime) -> datetime:
 
 
 def _materializable_views(store: FeatureStore, views: list[str] | None) -> list[FeatureView]:
-    """The registry's stored feature views to load (all online ones, or `views` in order); unknown names are errors."""
+    """The registry's stored feature views to load (all online ones, or `views` in order); unknown names are errors.
+
+    By default a view fed by a push source is left out: each push writes it online itself."""
     stored = {fv.name: fv for fv in store.list_feature_views() if fv.online}
     if views is None:
-        return list(stored.values())
+        return [fv for fv in stored.values() if not _pushed_by(fv, None)]
     unknown = [name for name in views if name not in stored]
     if unknown:
         raise FeatureViewNotFoundError(
@@ -546,32 +552,43 @@ def push(settings: Settings, push_source: str, frame: pd.DataFrame) -> None:
     from feast.data_source import PushMode
     from feast.errors import PushSourceNotFoundException
 
-    from healthmate_features import _feast
-
     backend = backend_for(settings)
     reader = online_reader(settings)
     store = reader.store if reader is not None else open_feature_store(settings)
     with backend.service_errors():
         _require_registry(store)
+        if not ensure_push_tables(store, push_source):
+            raise FeatureRepoError(
+                f"no feature view reads push source {push_source!r} in the registry; run `healthmate-features apply`"
+            )
         try:
-            views = [v for v in store.list_feature_views() if _pushed_by(v, push_source)]
+            store.push(push_source, frame, to=PushMode.ONLINE_AND_OFFLINE)
         except PushSourceNotFoundException as exc:
             raise FeatureRepoError(
                 f"push source {push_source!r} is not in the registry; run `healthmate-features apply`"
             ) from exc
-        if not views:
-            raise FeatureRepoError(
-                f"no feature view reads push source {push_source!r} in the registry; run `healthmate-features apply`"
-            )
-        offline = _feast.offline_store_of(store)
-        for view in views:  # our offline stores create a missing table from an empty batch
-            offline.offline_write_batch(store.config, view, _empty_batch(view), None)
-        store.push(push_source, frame, to=PushMode.ONLINE_AND_OFFLINE)
 
 
-def _pushed_by(view: FeatureView, push_source: str) -> bool:
+def ensure_push_tables(store: FeatureStore, push_source: str | None = None) -> list[str]:
+    """Create the offline table of every view fed by a push source (or by `push_source`) that lacks one.
+
+    Feast's push and write_to_offline_store read the table's columns first, so a table must exist
+    before the first push; our offline stores create a missing one from an empty batch and leave an
+    existing one alone. Returns the names of the views concerned."""
+    from healthmate_features import _feast
+
+    views = [v for v in store.list_feature_views() if _pushed_by(v, push_source)]
+    offline = _feast.offline_store_of(store)
+    for view in views:
+        offline.offline_write_batch(store.config, view, _empty_batch(view), None)
+    return [v.name for v in views]
+
+
+def _pushed_by(view: FeatureView, push_source: str | None) -> bool:
+    from feast.data_source import PushSource
+
     stream = getattr(view, "stream_source", None)
-    return stream is not None and stream.name == push_source
+    return isinstance(stream, PushSource) and push_source in (None, stream.name)
 
 
 def _empty_batch(view: FeatureView) -> Any:
