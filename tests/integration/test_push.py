@@ -13,8 +13,8 @@ from datetime import datetime, timedelta, timezone
 
 import pandas as pd
 import pytest
-from feast.data_source import PushMode
 from fastapi.testclient import TestClient
+from feast.data_source import PushMode
 
 from healthmate_features.access.audit import AuditLog
 from healthmate_features.access.keys import ApiKeys
