@@ -707,12 +707,20 @@ class HealthmateDuckDBOfflineStore(FeastDuckDBMonitoring, OfflineStore):
 
 
 def _source_names(table: pa.Table, source: DataSource) -> pa.Table:
-    """`table` with the source's own column names: Feast's write_to_offline_store hands over the
-    field-mapped names (its provider renames before the write); the file holds the source's."""
+    """`table` as the source holds it: without the pandas index Feast's write_to_offline_store keeps
+    (`pa.Table.from_pandas(df)` of a filtered frame adds `__index_level_0__`), and with the source's
+    own column names (Feast's provider renames to the field-mapped ones before the write)."""
+    table = drop_pandas_index(table)
     reverse = {new: old for old, new in (source.field_mapping or {}).items()}
     if not reverse:
         return table
     return table.rename_columns([reverse.get(c, c) for c in table.column_names])
+
+
+def drop_pandas_index(table: pa.Table) -> pa.Table:
+    """`table` without the index columns pandas adds when converted to Arrow (`__index_level_N__`)."""
+    index = [c for c in table.column_names if c.startswith("__index_level_") and c.endswith("__")]
+    return table.drop_columns(index) if index else table
 
 
 def _view_columns(feature_view: FeatureView) -> list[str]:

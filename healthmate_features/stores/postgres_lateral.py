@@ -47,6 +47,7 @@ from feast.on_demand_feature_view import OnDemandFeatureView
 
 from healthmate_features import _feast
 from healthmate_features.errors import OfflineStoreError, OfflineStoreUnsupportedError
+from healthmate_features.stores.duckdb_asof import drop_pandas_index
 
 ROW = "_hm_entity_row"
 ENTITY_TABLE = "hm_entity_rows"  # a TEMP table: lives in the connection that runs the join
@@ -261,6 +262,7 @@ def _write_batch(config, feature_view, table: pa.Table) -> None:
             "LateralPostgreSQLOfflineStore writes to PostgreSQLSource tables only"
         )
     name = source.get_table_query_string()
+    table = drop_pandas_index(table)  # Feast's write_to_offline_store keeps a filtered frame's index
     reverse = {new: old for old, new in (source.field_mapping or {}).items()}
     if reverse:  # Feast's write_to_offline_store hands over field-mapped names; the table has the source's
         table = table.rename_columns([reverse.get(c, c) for c in table.column_names])
