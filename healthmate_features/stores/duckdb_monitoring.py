@@ -35,6 +35,18 @@ def _feast_config(config: RepoConfig) -> RepoConfig:
     return copy
 
 
+def _holds_files(config: RepoConfig, source: DataSource) -> bool:
+    """False for a local source path with no Parquet file yet (a log directory before the first flush)."""
+    if not isinstance(source, FileSource):
+        return True  # _parquet_source refuses it with a clear error
+    path = str(FileSource.get_uri_for_file_path(config.repo_path, source.path))
+    if "://" in path:
+        return True
+    if os.path.isdir(path):
+        return any(Path(path).rglob("*.parquet"))
+    return os.path.exists(path)
+
+
 def _parquet_source(config: RepoConfig, source: DataSource) -> FileSource:
     """`source` as a Parquet FileSource with an absolute path (files of a directory by glob)."""
     if not isinstance(source, FileSource):
@@ -62,7 +74,11 @@ class FeastDuckDBMonitoring:
         histogram_bins: int = 20,
         top_n: int = 10,
     ) -> list[dict[str, Any]]:
-        """Per feature: count, null rate, mean, stddev, percentiles and histogram (numeric) or top values."""
+        """Per feature: count, null rate, mean, stddev, percentiles and histogram (numeric) or top values.
+
+        A source without files yet (a feature service that has logged nothing) has no metrics."""
+        if not _holds_files(config, data_source):
+            return []
         return DuckDBOfflineStore.compute_monitoring_metrics(
             _feast_config(config),
             _parquet_source(config, data_source),
@@ -78,7 +94,9 @@ class FeastDuckDBMonitoring:
     def get_monitoring_max_timestamp(
         config: RepoConfig, data_source: DataSource, timestamp_field: str
     ) -> datetime | None:
-        """The latest event time of a source (None when it is empty)."""
+        """The latest event time of a source (None when it is empty or has no files yet)."""
+        if not _holds_files(config, data_source):
+            return None
         return DuckDBOfflineStore.get_monitoring_max_timestamp(
             _feast_config(config), _parquet_source(config, data_source), timestamp_field
         )
