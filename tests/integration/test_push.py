@@ -12,6 +12,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 from fastapi.testclient import TestClient
 from feast.data_source import PushMode
@@ -208,3 +209,39 @@ def test_production_push_reaches_redis_and_postgres(prod, tiny):
     every = fs.get_historical_features(features=REFS, start_date=now - timedelta(hours=1), end_date=now).to_df()
     assert list(every.columns) == ["user_id", "event_timestamp", "heart_rate_bpm", "steps_today"]
     assert every[["user_id", "steps_today"]].values.tolist() == [[OWN, 10], [OWN, 20], [OTHER, 30]]
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_production_monitoring_and_what_stays_unsupported(prod, tiny, feast_cli):
+    """`feast monitor run` through our Postgres store (Feast's monitoring, inherited); feature logging
+    is refused with OfflineStoreUnsupportedError naming the method, the store and the alternative."""
+    import os
+
+    from feast.feature_logging import LoggingConfig
+    from feast.infra.offline_stores.file_source import FileLoggingDestination
+
+    from healthmate_features.backends import backend_for
+    from healthmate_features.errors import OfflineStoreUnsupportedError
+    from healthmate_features.features.build import build_features
+    from healthmate_features.raw.ingest import ingest_raw
+    from healthmate_features.stores.postgres_lateral import LateralPostgreSQLOfflineStore
+
+    raw = tiny.write_raw(prod.repo_path / "raw")
+    ingest_raw(raw, prod)
+    build_features(raw, prod)
+    store.apply(prod)
+    env = {**os.environ, **backend_for(prod).feast_env()}
+    out = feast_cli(prod.repo_path, "-f", "feature_store.production.yaml", "monitor", "run", "--set-baseline", env=env)
+    assert "Status: completed" in out and "Baseline: SET" in out, out
+    fs = store.open_feature_store(prod)
+    rows = LateralPostgreSQLOfflineStore.query_monitoring_metrics(
+        fs.config, fs.project, "feature", filters={"feature_view_name": "health_daily", "is_baseline": True}
+    )
+    assert rows and all(r["row_count"] > 0 for r in rows)
+
+    logging = LoggingConfig(destination=FileLoggingDestination(path="data/feature_logs/x"))
+    with pytest.raises(OfflineStoreUnsupportedError) as raised:
+        LateralPostgreSQLOfflineStore.write_logged_features(fs.config, pa.table({"x": [1]}), None, logging, fs.registry)
+    assert (raised.value.method, raised.value.store) == ("write_logged_features", "LateralPostgreSQLOfflineStore")
+    assert "FileLoggingDestination" in str(raised.value)
