@@ -33,6 +33,7 @@ TODAY_VIEW: Final = "health_today"
 MAX_CLOCK_SKEW: Final = timedelta(minutes=5)  # a reading this far in the future is still accepted
 MAX_AGE: Final = timedelta(days=1)  # older readings belong in the raw data (ingest), not in a push
 MAX_READINGS: Final = 1_000  # per push
+PUSH_LOCK_WAIT_S: Final = 10.0  # how long a push waits for another push, an erasure or retention
 
 
 @dataclass(frozen=True)
@@ -151,10 +152,14 @@ def push_readings(settings: Settings, readings: Sequence[Mapping[str, Any]]) -> 
     """Validate readings and push them to the online and offline stores; returns how many.
 
     Side effects: the online store holds each user's latest reading (`health_today`); the
-    offline table `health_pushed` gains the rows. Raises RawDataError for invalid readings
-    (nothing is written then)."""
+    offline table `health_pushed` gains the rows. Pushes hold the table's lock
+    (`materialize:health_pushed`, as erasure and retention do while they rewrite it), so two
+    pushes never rewrite the embedded Parquet file at once and an erased user's rows never come
+    back; LockTimeoutError (HTTP 409) after PUSH_LOCK_WAIT_S. Raises RawDataError for invalid
+    readings (nothing is written then)."""
     from healthmate_features.stores import feature_store
 
     frame = reading_frame(readings)
-    feature_store.push(settings, PUSH_SOURCE, frame)
+    with backend_for(settings).lock(f"materialize:{PUSHED_TABLE}", wait_s=PUSH_LOCK_WAIT_S):
+        feature_store.push(settings, PUSH_SOURCE, frame)
     return len(frame)
