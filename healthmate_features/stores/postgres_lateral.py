@@ -1,7 +1,11 @@
 """The production offline store: Feast's Postgres store with a faster point-in-time join.
 
-Everything but `get_historical_features` is Feast's own PostgreSQLOfflineStore (sources,
-materialization pulls, saved datasets, monitoring). For a training frame given as a DataFrame,
+Sources, materialization pulls, saved datasets and monitoring (`feast monitor run`) are Feast's
+own PostgreSQLOfflineStore. Added here: `offline_write_batch` (Feast's store has none: pushes and
+`write_to_offline_store` COPY rows in, creating a missing table), retrieval without an entity frame
+(the distinct (join keys, event time) rows of the views in [start_date, end_date], then the join
+below, as our DuckDB store answers it), and a clear OfflineStoreUnsupportedError for
+`write_logged_features`. For a training frame given as a DataFrame,
 the join is one query over the (user_id, event_timestamp) index of each feature table instead
 of Feast's generic query, which joins every entity row to every feature row of its user in the
 TTL window and then ranks them:
