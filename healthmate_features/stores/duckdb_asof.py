@@ -23,6 +23,11 @@ timestamps are UTC). When a view has a created timestamp the ASOF key is the 128
 (event ns, created ns), which breaks ties inside the join. The ttl is a post-filter on the matched
 row. Only the entity frame passes through pandas/Arrow; sources are scanned with ``read_parquet``
 and the join runs inside DuckDB, out of core beyond ``memory_limit``.
+
+Beyond the join: retrieval without an entity frame (``start_date``/``end_date``: the distinct
+(join keys, event time) rows of the sources in that window, joined as above), ``offline_write_batch``
+(pushes; a missing source is created), ``write_logged_features`` to a FileLoggingDestination, and
+Feast's monitoring methods (stores.duckdb_monitoring).
 """
 
 from __future__ import annotations
