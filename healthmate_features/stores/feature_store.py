@@ -192,12 +192,10 @@ def _utc(moment: datetime) -> datetime:
 
 
 def _materializable_views(store: FeatureStore, views: list[str] | None) -> list[FeatureView]:
-    """The registry's stored feature views to load (all online ones, or `views` in order); unknown names are errors.
-
-    By default a view fed by a push source is left out: each push writes it online itself."""
+    """The registry's stored feature views to load (all online ones, or `views` in order); unknown names are errors."""
     stored = {fv.name: fv for fv in store.list_feature_views() if fv.online}
     if views is None:
-        return [fv for fv in stored.values() if not _pushed_by(fv, None)]
+        return list(stored.values())
     unknown = [name for name in views if name not in stored]
     if unknown:
         raise FeatureViewNotFoundError(
@@ -221,7 +219,8 @@ def materialize(
     """Load the latest feature values of a window into the online store, view by view; say what ran.
 
     Default window: the feature tables' whole time range (the generated data lies in the past,
-    so Feast's default "now minus TTL" would find nothing); naive datetimes are UTC. With
+    so Feast's default "now minus TTL" would find nothing; a view fed by a push source is loaded
+    over the same window, its pushes having written it online already); naive datetimes are UTC. With
     `incremental`, each view continues from Feast's own record of what was materialized (its
     `materialization_intervals`, whose latest end is `most_recent_end_time`), whoever wrote it:
     this function, `feast materialize` or `feast materialize-incremental`. A view materialized up
@@ -258,8 +257,9 @@ def materialize(
     with backend.service_errors(), counting:
         _require_registry(store)
         selected = _materializable_views(store, views)
-        if start is None or end is None:
-            lo, hi = backend.feature_time_range([view.name for view in selected])
+        if start is None or end is None:  # the built tables' range; a push-fed view's table has no build
+            built = [view.name for view in selected if not _pushed_by(view, None)]
+            lo, hi = backend.feature_time_range(built or [view.name for view in selected])
             start = start or lo - timedelta(seconds=1)
             end = end or hi + timedelta(seconds=1)
         start, end = _utc(start), _utc(end)
