@@ -256,6 +256,7 @@ def materialize(
         counting = nullcontext()
     with backend.service_errors(), counting:
         _require_registry(store)
+        ensure_push_tables(store)  # a repository applied with Feast's own CLI has no push table yet
         selected = _materializable_views(store, views)
         if start is None or end is None:  # the built tables' range; a push-fed view's table has no build
             built = [view.name for view in selected if not _pushed_by(view, None)]
