@@ -1,6 +1,8 @@
 """Feature services: the contracts between models and their features. Versioned by name."""
 
 from feast import FeatureService
+from feast.feature_logging import LoggingConfig
+from feast.infra.offline_stores.file_source import FileLoggingDestination
 
 from feature_repo.feature_views import engagement_daily_fv, health_rolling_fv, health_weekly_fv, profile_fv
 from feature_repo.temporal import temporal
@@ -20,6 +22,10 @@ health_risk_v1 = FeatureService(
     ],
     description="Adverse health event within 30 days: rolling vitals, weekly means, profile.",
     tags={"owner": OWNER, "model": "health_risk", "label": "adverse_event_30d"},
+    # `feast serve` logs what it served (features, statuses, times) under data/feature_logs/
+    logging_config=LoggingConfig(
+        destination=FileLoggingDestination(path="data/feature_logs/health_risk_v1"), sample_rate=1.0
+    ),
 )
 
 engagement_churn_v1 = FeatureService(
@@ -48,4 +54,7 @@ engagement_churn_v1 = FeatureService(
     ],
     description="Disengagement within 14 days: app activity, logging habits, notifications.",
     tags={"owner": OWNER, "model": "engagement_churn", "label": "disengaged_14d"},
+    logging_config=LoggingConfig(
+        destination=FileLoggingDestination(path="data/feature_logs/engagement_churn_v1"), sample_rate=1.0
+    ),
 )

@@ -5,6 +5,7 @@ when embedded, tables `<HM_PG_SCHEMA>.<table>` in Postgres in production. Names 
 """
 
 from healthmate_features.features.definitions import source
+from healthmate_features.features.pushed import push_source
 
 health_daily_source = source("health_daily")
 health_rolling_source = source("health_rolling")
@@ -12,3 +13,7 @@ health_weekly_source = source("health_weekly")
 health_monthly_source = source("health_monthly")
 engagement_daily_source = source("engagement_daily")
 profile_source = source("profile")
+
+# Pushed by services one reading at a time (Feast's store.push, our API's POST .../events); its
+# batch source is the `health_pushed` table, which the first push creates.
+health_readings_push = push_source()

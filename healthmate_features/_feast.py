@@ -74,6 +74,7 @@ __all__ = [
     "arrow_to_pg_type",
     "as_feast_values",
     "assert_expected_columns_in_entity_df",
+    "compute_non_entity_date_range",
     "decode_values",
     "entity_selections",
     "feast_redis_key",
@@ -101,6 +102,8 @@ __all__ = [
     "redis_field",
     "redis_timestamp_field",
     "registry_cache_stamp",
+    "offline_store_of",
+    "set_offline_store_config",
     "sqlite_connection",
     "sqlite_table",
     "stored_in_response",
@@ -120,6 +123,15 @@ DEFAULT_ENTITY_DF_EVENT_TIMESTAMP_COL: str = _offline_utils.DEFAULT_ENTITY_DF_EV
 def infer_event_timestamp_from_entity_df(entity_schema: dict[str, Any]) -> str:
     """The entity frame's event timestamp column, chosen as Feast chooses it (offline_utils)."""
     return _offline_utils.infer_event_timestamp_from_entity_df(entity_schema)
+
+
+def compute_non_entity_date_range(
+    feature_views: list[Any], *, start_date: Any = None, end_date: Any = None
+) -> tuple[Any, Any]:
+    """The (start, end) of a retrieval without an entity frame, as Feast fills in missing bounds
+    (`utils.compute_non_entity_date_range`: end defaults to now, start to end minus the largest ttl
+    or 30 days); both tz-aware."""
+    return _utils.compute_non_entity_date_range(feature_views, start_date=start_date, end_date=end_date)
 
 
 def get_expected_join_keys(project: str, feature_views: list[Any], registry: Any) -> set[str]:
@@ -147,6 +159,18 @@ def entity_selections(context: Any) -> list[tuple[str, str]]:
 def get_pyarrow_schema_from_batch_source(config: Any, source: Any) -> tuple[Any, list[str]]:
     """A batch source's Arrow schema and column names, as Feast derives them (offline_utils)."""
     return _offline_utils.get_pyarrow_schema_from_batch_source(config, source)
+
+
+def offline_store_of(store: Any) -> Any:
+    """The OfflineStore object a FeatureStore's provider uses (`FeatureStore._get_provider().offline_store`)."""
+    return store._get_provider().offline_store
+
+
+def set_offline_store_config(config: Any, store_config: Any) -> None:
+    """Make `config` (a RepoConfig copy) answer `config.offline_store` with `store_config`.
+
+    Sets the property's cache, `RepoConfig._offline_store`."""
+    config._offline_store = store_config
 
 
 def pg_connect(offline_store_config: Any) -> Connection:

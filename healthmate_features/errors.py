@@ -150,7 +150,16 @@ class PermissionDeniedError(HealthmateError):
 
 
 class OfflineStoreError(HealthmateError):
-    """A historical retrieval or materialization request cannot be served (the DuckDB offline store)."""
+    """A historical retrieval, materialization, push or log write cannot be served (our offline stores)."""
+
+
+class OfflineStoreUnsupportedError(OfflineStoreError):
+    """A Feast offline-store method, or one of its options, that one of our offline stores does not
+    offer; the message names the method, the store and the alternative."""
+
+    def __init__(self, method: str, store: str, alternative: str) -> None:
+        super().__init__(f"{store}.{method} is not supported: {alternative}")
+        self.method, self.store, self.alternative = method, store, alternative
 
 
 class OnlineReadError(HealthmateError):

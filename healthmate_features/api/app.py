@@ -50,6 +50,8 @@ from healthmate_features.api.models import (
     ErasureResponse,
     ErasureScan,
     ErrorBody,
+    EventsPush,
+    EventsPushed,
     FeatureSetCreate,
     FeatureSetCreated,
     FreshnessResult,
@@ -78,7 +80,7 @@ from healthmate_features.errors import (
     ServiceUnavailableError,
     StoreError,
 )
-from healthmate_features.features import feature_sets
+from healthmate_features.features import feature_sets, pushed
 from healthmate_features.governance.exports import export_key, pseudonymize_parquet
 from healthmate_features.jobs import Job, JobQueue
 from healthmate_features.monitoring import metrics as monitoring
@@ -560,6 +562,35 @@ async def extract_features(
     body = {"user_id": user_id, "feature_service": feature_service, "at": _JSON_TIME.dump_python(at, mode="json")}
     body["features"] = _json_safe(values)
     return Response(_json_bytes(body), media_type="application/json")
+
+
+@router.post(
+    "/events",
+    response_model=EventsPushed,
+    tags=["features"],
+    summary="Push readings to the online and offline stores",
+    responses={503: {"model": ErrorBody}},
+)
+def push_events(body: EventsPush, request: Request, ctx: Ctx, caller: Caller) -> EventsPushed:
+    """Push readings (heart rate now, steps so far today) through Feast's push source
+    `health_readings_push`: a user's latest reading is in its online features (view
+    `health_today`, `GET features/extract`) at once, and every reading is appended to the offline
+    store, so the next training frame sees it.
+
+    A user key may push only its own user id (403 otherwise, nothing written); admin keys any.
+    Invalid readings are 422 naming the first bad one and how many there are (a value outside
+    ingest's range, a time without a zone, more than a day old or 5 minutes ahead); nothing is
+    written then. The audit entry names the user (`user:<id>`) or, for several, the push source."""
+    users = sorted({r.user_id for r in body.readings})
+    _target(request, *(("user", users[0]) if len(users) == 1 else ("push_source", pushed.PUSH_SOURCE)))
+    denied = [u for u in users if not caller.may_access_user(u)]
+    if denied:
+        raise PermissionDeniedError(
+            f"key {caller.key_id} may push only its own user's readings; {len(denied)} of "
+            f"{len(body.readings)} readings are for other users"
+        )
+    count = pushed.push_readings(ctx.settings, [r.model_dump() for r in body.readings])
+    return EventsPushed(pushed=count, push_source=pushed.PUSH_SOURCE, feature_view=pushed.TODAY_VIEW)
 
 
 @router.post(

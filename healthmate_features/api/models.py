@@ -8,10 +8,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, create_model
 
 from healthmate_features.api.preprocess import MAX_ROWS
 from healthmate_features.datasets.ref import REF_PATTERN
+from healthmate_features.features import pushed
 from healthmate_features.features.feature_sets import MAX_DESCRIPTION, NAME_PATTERN
 from healthmate_features.jobs.store import JOB_ID_PATTERN, JobStatus
 from healthmate_features.monitoring.drift import FeatureDrift
@@ -43,6 +44,9 @@ __all__ = [
     "ErasureRequest",
     "ErasureResponse",
     "ErasureScan",
+    "Reading",
+    "EventsPush",
+    "EventsPushed",
 ]
 
 
@@ -323,3 +327,54 @@ class ErasureScan(BaseModel):
     kept: dict[str, int]
     source_files: dict[str, int]
     erasure: dict[str, Any] | None
+
+
+class _ReadingBase(_Strict):
+    user_id: int = Field(ge=1, le=2**63 - 1, description="The HealthMate user id (a user key: its own only).")
+    event_timestamp: AwareDatetime = Field(
+        description="When it was measured, with a time zone; at most a day old and 5 minutes ahead."
+    )
+
+
+# One reading's values come from features.pushed.READING_FIELDS (names, types, units, ingest's ranges).
+_READING_VALUES: dict[str, Any] = {
+    f.name: (f.python, Field(ge=f.low, le=f.high, description=f"{f.description} [{f.unit}]"))
+    for f in pushed.READING_FIELDS
+}
+Reading: Any = create_model(
+    "Reading",
+    __base__=_ReadingBase,
+    __doc__="One pushed reading: a user, a time, and every value of features.pushed.READING_FIELDS.",
+    **_READING_VALUES,
+)
+
+
+class EventsPush(_Strict):
+    """Readings to push to the online and offline stores (Feast push source health_readings_push)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "readings": [
+                        {
+                            "user_id": 7,
+                            "event_timestamp": "2026-12-07T08:30:00Z",
+                            "heart_rate_bpm": 72.0,
+                            "steps_today": 3150,
+                        }
+                    ]
+                }
+            ]
+        },
+    )
+    readings: list[Reading] = Field(min_length=1, max_length=pushed.MAX_READINGS)
+
+
+class EventsPushed(BaseModel):
+    """What a push did."""
+
+    pushed: int = Field(description="Readings written (online: the latest per user; offline: every one).")
+    push_source: str = Field(description="The Feast push source they went through.")
+    feature_view: str = Field(description="The view that serves them online (health_today).")

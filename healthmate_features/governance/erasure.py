@@ -43,6 +43,7 @@ from healthmate_features.config import Settings
 from healthmate_features.datasets.registry import DatasetRegistry
 from healthmate_features.errors import ConfigError, DatasetVersionError, ErasureError, NotIngestedError
 from healthmate_features.features.catalog import FEATURE_TABLES
+from healthmate_features.features.pushed import PUSHED_TABLE
 from healthmate_features.governance.rows import count_user_rows, remove_user_rows
 from healthmate_features.raw.ingest import find_raw_file, sha256_file
 from healthmate_features.raw.schemas import RAW_TABLES
@@ -258,7 +259,7 @@ def erase_user(
         )
         db_manifest = record_in_manifests(settings, lambda m: _update_manifest(m, erasure.erasure_id, run.removed))
 
-        tables = list(FEATURE_TABLES)
+        tables = [*FEATURE_TABLES, PUSHED_TABLE]  # pushed readings are health data too
         with ExitStack() as locks:
             for view in tables:  # no materialization reads a feature table from before the erasure
                 locks.enter_context(backend.lock(f"materialize:{view}"))
@@ -413,7 +414,7 @@ def scan_user(user_id: int, settings: Settings) -> ScanResult:
         found(step, {shown_path(p, settings): count_user_rows(p, user_id) for p in files[step]})
     result.sources = {k: v for k, v in _source_rows(files["source_files"], user_id, settings).items() if v}
     found("raw_tables", backend.erase_raw_rows(list(RAW_TABLES), user_id, count_only=True))
-    found("feature_tables", backend.erase_feature_rows(list(FEATURE_TABLES), user_id, count_only=True))
+    found("feature_tables", backend.erase_feature_rows([*FEATURE_TABLES, PUSHED_TABLE], user_id, count_only=True))
     found("online_store", _online(settings, user_id, count_only=True))
     registry = DatasetRegistry.from_settings(settings)
     versions: dict[str, int] = {}

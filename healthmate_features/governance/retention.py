@@ -39,6 +39,7 @@ from healthmate_features.config import Settings
 from healthmate_features.datasets.registry import DatasetRegistry
 from healthmate_features.errors import ConfigError, DatasetVersionError
 from healthmate_features.features.catalog import FEATURE_TABLES
+from healthmate_features.features.pushed import PUSHED_TABLE
 from healthmate_features.governance.erasure import data_files, record_in_manifests, refresh_hashes, shown_path
 from healthmate_features.governance.rows import remove_rows_before
 from healthmate_features.raw.ingest import find_raw_file
@@ -198,7 +199,8 @@ def apply_retention(
                 db_manifest = record_in_manifests(settings, update)
             done("raw_tables", backend.expire_raw_rows(events, raw_cut, manifest=db_manifest, count_only=dry_run))
         if feature_cut is not None:
-            done("feature_tables", backend.expire_feature_rows(list(FEATURE_TABLES), feature_cut, count_only=dry_run))
+            tables = [*FEATURE_TABLES, PUSHED_TABLE]  # pushed readings expire as feature rows do
+            done("feature_tables", backend.expire_feature_rows(tables, feature_cut, count_only=dry_run))
     if cutoffs["rejects_files"] is not None:
         oldest = cutoffs["rejects_files"].timestamp()
         gone: dict[str, int] = {}

@@ -23,6 +23,11 @@ timestamps are UTC). When a view has a created timestamp the ASOF key is the 128
 (event ns, created ns), which breaks ties inside the join. The ttl is a post-filter on the matched
 row. Only the entity frame passes through pandas/Arrow; sources are scanned with ``read_parquet``
 and the join runs inside DuckDB, out of core beyond ``memory_limit``.
+
+Beyond the join: retrieval without an entity frame (``start_date``/``end_date``: the distinct
+(join keys, event time) rows of the sources in that window, joined as above), ``offline_write_batch``
+(pushes; a missing source is created), ``write_logged_features`` to a FileLoggingDestination, and
+Feast's monitoring methods (stores.duckdb_monitoring).
 """
 
 from __future__ import annotations
@@ -43,8 +48,9 @@ import pyarrow.parquet as pq
 from feast.data_format import ParquetFormat
 from feast.data_source import DataSource
 from feast.errors import EntityTimestampInferenceException, SavedDatasetLocationAlreadyExists
+from feast.feature_logging import LoggingConfig, LoggingSource
 from feast.feature_view import FeatureView
-from feast.infra.offline_stores.file_source import FileSource, SavedDatasetFileStorage
+from feast.infra.offline_stores.file_source import FileLoggingDestination, FileSource, SavedDatasetFileStorage
 from feast.infra.offline_stores.offline_store import OfflineStore, RetrievalJob, RetrievalMetadata
 from feast.infra.registry.base_registry import BaseRegistry
 from feast.on_demand_feature_view import OnDemandFeatureView
@@ -56,10 +62,12 @@ from healthmate_features._feast import (
     DEFAULT_ENTITY_DF_EVENT_TIMESTAMP_COL,
     DUMMY_ENTITY_ID,
     DUMMY_ENTITY_VAL,
+    compute_non_entity_date_range,
     get_pyarrow_schema_from_batch_source,
     infer_event_timestamp_from_entity_df,
 )
-from healthmate_features.errors import OfflineStoreError
+from healthmate_features.errors import OfflineStoreError, OfflineStoreUnsupportedError
+from healthmate_features.stores.duckdb_monitoring import FeastDuckDBMonitoring
 
 STORE_TYPE: Final = "healthmate_features.stores.duckdb_asof.HealthmateDuckDBOfflineStore"
 LEGACY_STORE_TYPE: Final = (
@@ -244,12 +252,49 @@ def _entity_input(config: RepoConfig, entity_df: pd.DataFrame | str | None) -> _
         return _EntityInput(
             tuple(columns), _event_timestamp_column(columns), lambda con: _entity_from_sql(con, entity_df)
         )
-    if entity_df is None:
-        raise OfflineStoreError(
-            "HealthmateDuckDBOfflineStore needs an entity frame (a DataFrame or SQL query); "
-            "retrieval by start_date/end_date alone is not supported"
-        )
     raise OfflineStoreError(f"entity_df is a {type(entity_df).__name__}; pass a pandas DataFrame or a SQL string")
+
+
+def _entityless_input(config: RepoConfig, views: list[_ViewJoin], start: datetime, end: datetime) -> _EntityInput:
+    """The entity rows of a retrieval without an entity frame: every distinct (join keys, event
+    time) that the views' sources hold with start <= event time <= end, ordered by time and keys."""
+    key_sets = {tuple(sorted(ent for _, ent in view.keys)) for view in views}
+    if len(key_sets) != 1:
+        raise OfflineStoreError(
+            f"retrieval without an entity frame needs feature views with the same join keys; "
+            f"{', '.join(v.name for v in views)} have {len(key_sets)} different sets "
+            f"({'; '.join(', '.join(keys) or 'none' for keys in sorted(key_sets))}); "
+            "request them in separate calls, or pass an entity frame"
+        )
+    (entity_cols,) = key_sets
+    timestamp = DEFAULT_ENTITY_DF_EVENT_TIMESTAMP_COL
+    low, high = _to_ns(start), _to_ns(end)
+
+    def load(con: duckdb.DuckDBPyConnection) -> pa.Table:
+        selects = []
+        for view in views:
+            scan = _scan(config, view.source)
+            columns = _columns(con, scan, f"source of feature view {view.name!r}")
+            _require(columns, [k for k, _ in view.keys] + [view.timestamp], scan)
+            ts = _ns(view.timestamp, columns[view.timestamp])
+            by_entity = dict((ent, src) for src, ent in view.keys)
+            keys = [f"{_quote(by_entity[ent])} AS {_quote(ent)}" for ent in entity_cols]
+            selects.append(
+                f"SELECT {', '.join([*keys, f'{ts} AS {_quote(timestamp)}'])} "
+                f"FROM {scan} WHERE {ts} BETWEEN {low} AND {high}"
+            )
+        order = ", ".join(map(_quote, [timestamp, *entity_cols]))
+        sql = f"SELECT DISTINCT * FROM ({' UNION ALL '.join(selects)}) ORDER BY {order}"
+        try:
+            rows = con.sql(sql).to_arrow_table()
+        except duckdb.Error as exc:
+            raise OfflineStoreError(
+                f"DuckDB could not list the entity rows of {', '.join(v.name for v in views)}: {exc}"
+            ) from exc
+        stamps = pc.cast(rows.column(timestamp), pa.timestamp("ns", tz="UTC"))  # int64 ns: exact at any precision
+        return rows.set_column(rows.column_names.index(timestamp), timestamp, stamps)
+
+    return _EntityInput((*entity_cols, timestamp), timestamp, load)
 
 
 def _entity_from_sql(con: duckdb.DuckDBPyConnection, query: str) -> pa.Table:
@@ -479,7 +524,7 @@ def _query_job(config: RepoConfig, sql_for: Callable[[duckdb.DuckDBPyConnection]
     return HealthmateDuckDBRetrievalJob(run, config=config)
 
 
-class HealthmateDuckDBOfflineStore(OfflineStore):
+class HealthmateDuckDBOfflineStore(FeastDuckDBMonitoring, OfflineStore):
     """Feast offline store over Parquet FileSources whose point-in-time joins are DuckDB ASOF joins."""
 
     supports_filter_by_created_timestamp = True
@@ -504,7 +549,13 @@ class HealthmateDuckDBOfflineStore(OfflineStore):
         """
         exclude = filter_by_created_timestamp or config.offline_store.filter_by_created_timestamp
         views = [_plan_view(fv, feature_refs, full_feature_names) for fv in feature_views]
-        entity = _entity_input(config, entity_df)
+        if entity_df is None:
+            start, end = compute_non_entity_date_range(
+                feature_views, start_date=kwargs.get("start_date"), end_date=kwargs.get("end_date")
+            )
+            entity = _entityless_input(config, views, start, end)
+        else:
+            entity = _entity_input(config, entity_df)
         for view in views:
             missing = [ent for _, ent in view.keys if ent not in entity.columns]
             if missing:
@@ -601,8 +652,13 @@ class HealthmateDuckDBOfflineStore(OfflineStore):
         table: pa.Table,
         progress: Callable[[int], Any] | None,
     ) -> None:
-        """Append an Arrow table to a feature view's Parquet source.
+        """Append an Arrow table to a feature view's Parquet source (Feast's push and write_to_offline_store).
 
+        The columns must be the source's, in its order (Feast's contract); rows are appended as
+        they come, duplicates included (a point-in-time join picks one of equal rows). A source
+        that does not exist yet is created with the table's columns when they are the view's own
+        (join keys, timestamp fields, features), so a push source needs no prior build; an empty
+        table creates a missing source and changes nothing else.
         Side effect: a directory source gains a new file; a single file is rewritten through a
         temporary file in the same directory and renamed into place (DuckDB streams the copy).
         """
@@ -610,29 +666,130 @@ class HealthmateDuckDBOfflineStore(OfflineStore):
         if source is None:
             raise OfflineStoreError(f"feature view {feature_view.name!r} has no batch_source to write to")
         path = _source_path(config, source)
-        schema, expected = get_pyarrow_schema_from_batch_source(config, source)
-        if table.column_names != expected:
-            raise OfflineStoreError(
-                f"cannot append to {path}: columns {table.column_names} differ from the source's "
-                f"{expected}; reorder or rename the input to match"
-            )
-        if os.path.isdir(path):
-            pq.write_table(table, os.path.join(path, f"part-{uuid.uuid4().hex}.parquet"))
-        else:
-            table = table.cast(pq.read_schema(path))
-            tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-            con = _connect(config)
-            try:
-                con.register("__hm_new", table)
-                con.execute(
-                    f"COPY (SELECT * FROM read_parquet({_literal(path)}) UNION ALL BY NAME "
-                    f"SELECT * FROM __hm_new) TO {_literal(tmp)} (FORMAT parquet)"
-                )
-            finally:
-                con.close()
-            os.replace(tmp, path)
+        table = _source_names(table, source)
+        if "://" not in path and not os.path.exists(path):
+            _create_source(path, feature_view, table)
+        elif table.num_rows:
+            _append_source(config, path, source, table)
         if progress:
             progress(table.num_rows)
+
+    @staticmethod
+    def write_logged_features(
+        config: RepoConfig,
+        data: pa.Table | Path,
+        source: LoggingSource,
+        logging_config: LoggingConfig,
+        registry: BaseRegistry,
+    ) -> None:
+        """Write feature-server logs (Arrow, or a directory of Parquet files) to a FileLoggingDestination.
+
+        Side effect: one new Parquet file per call under the destination directory, written to a
+        temporary name and renamed, so `feast validate` and `feast monitor run --source-type log`
+        never read half a file. Any other destination raises OfflineStoreUnsupportedError.
+        """
+        destination = logging_config.destination
+        if not isinstance(destination, FileLoggingDestination):
+            raise OfflineStoreUnsupportedError(
+                "write_logged_features",
+                "HealthmateDuckDBOfflineStore",
+                f"logging destination {type(destination).__name__} is not a file; "
+                "use LoggingConfig(destination=FileLoggingDestination(path=...))",
+            )
+        if destination.partition_by:
+            raise OfflineStoreUnsupportedError(
+                "write_logged_features",
+                "HealthmateDuckDBOfflineStore",
+                f"FileLoggingDestination partition_by={destination.partition_by!r} is not supported; "
+                "leave partition_by unset (the log files carry the partition columns)",
+            )
+        table = pq.read_table(data) if isinstance(data, Path) else data
+        if table.num_rows == 0:
+            return
+        root = Path(FileSource.get_uri_for_file_path(config.repo_path, destination.path))
+        root.mkdir(parents=True, exist_ok=True)
+        _write_new_file(root / f"{uuid.uuid4().hex}.parquet", table)
+
+
+def _source_names(table: pa.Table, source: DataSource) -> pa.Table:
+    """`table` as the source holds it: without the pandas index Feast's write_to_offline_store keeps
+    (`pa.Table.from_pandas(df)` of a filtered frame adds `__index_level_0__`), and with the source's
+    own column names (Feast's provider renames to the field-mapped ones before the write)."""
+    table = drop_pandas_index(table)
+    reverse = {new: old for old, new in (source.field_mapping or {}).items()}
+    if not reverse:
+        return table
+    return table.rename_columns([reverse.get(c, c) for c in table.column_names])
+
+
+def drop_pandas_index(table: pa.Table) -> pa.Table:
+    """`table` without the index columns pandas adds when converted to Arrow (`__index_level_N__`)."""
+    index = [c for c in table.column_names if c.startswith("__index_level_") and c.endswith("__")]
+    return table.drop_columns(index) if index else table
+
+
+def _view_columns(feature_view: FeatureView) -> list[str]:
+    """The columns a feature view's batch source has, by Feast's definitions: join keys, timestamps, features."""
+    source = feature_view.batch_source
+    reverse = {new: old for old, new in (source.field_mapping or {}).items()} if source else {}
+    names = [c.name for c in feature_view.entity_columns]
+    names += [source.timestamp_field] if source else []
+    names += [source.created_timestamp_column] if source and source.created_timestamp_column else []
+    names += [f.name for f in feature_view.features]
+    return [reverse.get(n, n) for n in dict.fromkeys(names)]
+
+
+def _create_source(path: str, feature_view: FeatureView, table: pa.Table) -> None:
+    """Create a missing Parquet source from the first batch written to it (a file, or a directory's first part)."""
+    expected = _view_columns(feature_view)
+    if sorted(table.column_names) != sorted(expected):
+        raise OfflineStoreError(
+            f"cannot create the source of feature view {feature_view.name!r} at {path}: columns "
+            f"{table.column_names} are not the view's {expected}; write the view's columns"
+        )
+    target = Path(path)
+    if not path.endswith(".parquet"):
+        target = target / f"part-{uuid.uuid4().hex}.parquet"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _write_new_file(target, table)
+
+
+def _append_source(config: RepoConfig, path: str, source: DataSource, table: pa.Table) -> None:
+    """Append `table` to an existing Parquet source: a new part file, or the file rewritten atomically."""
+    schema, expected = get_pyarrow_schema_from_batch_source(config, source)
+    if table.column_names != expected:
+        raise OfflineStoreError(
+            f"cannot append to {path}: columns {table.column_names} differ from the source's "
+            f"{expected}; reorder or rename the input to match"
+        )
+    if os.path.isdir(path):
+        _write_new_file(Path(path) / f"part-{uuid.uuid4().hex}.parquet", table)
+        return
+    table = table.cast(pq.read_schema(path))
+    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+    con = _connect(config)
+    try:
+        con.register("__hm_new", table)
+        con.execute(
+            f"COPY (SELECT * FROM read_parquet({_literal(path)}) UNION ALL BY NAME "
+            f"SELECT * FROM __hm_new) TO {_literal(tmp)} (FORMAT parquet)"
+        )
+    except duckdb.Error as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise OfflineStoreError(f"DuckDB could not append {table.num_rows} rows to {path}: {exc}") from exc
+    finally:
+        con.close()
+    os.replace(tmp, path)
+
+
+def _write_new_file(target: Path, table: pa.Table) -> None:
+    """Write a Parquet file under a temporary name beside `target` and rename it into place."""
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _pull(

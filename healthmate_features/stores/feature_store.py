@@ -60,7 +60,8 @@ def open_feature_store(settings: Settings) -> FeatureStore:
 
 
 def apply(settings: Settings, *, progress: bool = False) -> str:
-    """Run `feast apply` for the repository (registers every definition under feature_repo/).
+    """Run `feast apply` for the repository (registers every definition under feature_repo/), then
+    create the offline tables of push sources that have none (`ensure_push_tables`).
 
     Runs the real Feast CLI in a child process: Feast changes the working directory and
     imports feature_repo/ as modules, neither of which should leak into this process. The child
@@ -97,6 +98,9 @@ def apply(settings: Settings, *, progress: bool = False) -> str:
     forget_online_reader(settings)
     if returncode != 0:
         raise FeatureRepoError(_apply_failure(returncode, stderr or output))
+    store = open_feature_store(settings)
+    with backend.service_errors():
+        ensure_push_tables(store)  # so that Feast's own store.push works from the start
     return output
 
 
@@ -215,7 +219,8 @@ def materialize(
     """Load the latest feature values of a window into the online store, view by view; say what ran.
 
     Default window: the feature tables' whole time range (the generated data lies in the past,
-    so Feast's default "now minus TTL" would find nothing); naive datetimes are UTC. With
+    so Feast's default "now minus TTL" would find nothing; a view fed by a push source is loaded
+    over the same window, its pushes having written it online already); naive datetimes are UTC. With
     `incremental`, each view continues from Feast's own record of what was materialized (its
     `materialization_intervals`, whose latest end is `most_recent_end_time`), whoever wrote it:
     this function, `feast materialize` or `feast materialize-incremental`. A view materialized up
@@ -251,9 +256,11 @@ def materialize(
         counting = nullcontext()
     with backend.service_errors(), counting:
         _require_registry(store)
+        ensure_push_tables(store)  # a repository applied with Feast's own CLI has no push table yet
         selected = _materializable_views(store, views)
-        if start is None or end is None:
-            lo, hi = backend.feature_time_range([view.name for view in selected])
+        if start is None or end is None:  # the built tables' range; a push-fed view's table has no build
+            built = [view.name for view in selected if not _pushed_by(view, None)]
+            lo, hi = backend.feature_time_range(built or [view.name for view in selected])
             start = start or lo - timedelta(seconds=1)
             end = end or hi + timedelta(seconds=1)
         start, end = _utc(start), _utc(end)
@@ -533,6 +540,75 @@ def online_finish(pending: PendingLookup) -> OnlineResult:
     reader = online_reader(pending.settings)  # created by online_fetch: no I/O here
     assert reader is not None
     return reader.assemble(pending.fetched, at=pending.at)
+
+
+def push(settings: Settings, push_source: str, frame: pd.DataFrame) -> None:
+    """Push rows through Feast's `store.push(..., to=PushMode.ONLINE_AND_OFFLINE)`.
+
+    Side effects: every view over the push source gets the rows in the online store, and its
+    offline table gains them (created first when missing, by our offline stores). Runs on the
+    process's long-lived FeatureStore when the fast reader has one (never a second handle on a
+    SQLite store file). Raises FeatureRepoError when the registry lacks the source (run apply),
+    ServiceUnavailableError when a server does not answer."""
+    from feast.data_source import PushMode
+    from feast.errors import PushSourceNotFoundException
+
+    backend = backend_for(settings)
+    reader = online_reader(settings)
+    store = reader.store if reader is not None else open_feature_store(settings)
+    with backend.service_errors():
+        _require_registry(store)
+        if not ensure_push_tables(store, push_source):
+            raise FeatureRepoError(
+                f"no feature view reads push source {push_source!r} in the registry; run `healthmate-features apply`"
+            )
+        try:
+            store.push(push_source, frame, to=PushMode.ONLINE_AND_OFFLINE)
+        except PushSourceNotFoundException as exc:
+            raise FeatureRepoError(
+                f"push source {push_source!r} is not in the registry; run `healthmate-features apply`"
+            ) from exc
+
+
+def ensure_push_tables(store: FeatureStore, push_source: str | None = None) -> list[str]:
+    """Create the offline table of every view fed by a push source (or by `push_source`) that lacks one.
+
+    Feast's push and write_to_offline_store read the table's columns first, so a table must exist
+    before the first push; our offline stores create a missing one from an empty batch and leave an
+    existing one alone. Returns the names of the views concerned."""
+    from healthmate_features import _feast
+
+    views = [v for v in store.list_feature_views() if _pushed_by(v, push_source)]
+    offline = _feast.offline_store_of(store)
+    for view in views:
+        offline.offline_write_batch(store.config, view, _empty_batch(view), None)
+    return [v.name for v in views]
+
+
+def _pushed_by(view: FeatureView, push_source: str | None) -> bool:
+    from feast.data_source import PushSource
+
+    stream = getattr(view, "stream_source", None)
+    return isinstance(stream, PushSource) and push_source in (None, stream.name)
+
+
+def _empty_batch(view: FeatureView) -> Any:
+    """A zero-row Arrow table with a view's batch-source columns: join keys, timestamps, features."""
+    import pyarrow as pa
+
+    from healthmate_features import _feast
+
+    source = view.batch_source
+    if source is None:
+        raise FeatureRepoError(f"feature view {view.name!r} has no batch source to push to")
+    reverse = {new: old for old, new in (source.field_mapping or {}).items()}
+    fields = [(c.name, _feast.from_feast_to_pyarrow_type(c.dtype)) for c in view.entity_columns]
+    fields += [(source.timestamp_field, pa.timestamp("us", tz="UTC"))]
+    if source.created_timestamp_column:
+        fields += [(source.created_timestamp_column, pa.timestamp("us", tz="UTC"))]
+    fields += [(f.name, _feast.from_feast_to_pyarrow_type(f.dtype)) for f in view.features]
+    schema = pa.schema([(reverse.get(n, n), t) for n, t in dict(fields).items()])
+    return schema.empty_table()
 
 
 def historical_features(

@@ -1,7 +1,11 @@
 """The production offline store: Feast's Postgres store with a faster point-in-time join.
 
-Everything but `get_historical_features` is Feast's own PostgreSQLOfflineStore (sources,
-materialization pulls, saved datasets, monitoring). For a training frame given as a DataFrame,
+Sources, materialization pulls, saved datasets and monitoring (`feast monitor run`) are Feast's
+own PostgreSQLOfflineStore. Added here: `offline_write_batch` (Feast's store has none: pushes and
+`write_to_offline_store` COPY rows in, creating a missing table), retrieval without an entity frame
+(the distinct (join keys, event time) rows of the views in [start_date, end_date], then the join
+below, as our DuckDB store answers it), and a clear OfflineStoreUnsupportedError for
+`write_logged_features`. For a training frame given as a DataFrame,
 the join is one query over the (user_id, event_timestamp) index of each feature table instead
 of Feast's generic query, which joins every entity row to every feature row of its user in the
 TTL window and then ranks them:
@@ -30,6 +34,7 @@ Select it in feature_store.production.yaml with
 from __future__ import annotations
 
 import io
+from datetime import datetime
 from typing import Literal
 
 import pandas as pd
@@ -40,10 +45,13 @@ from feast.infra.offline_stores.contrib.postgres_offline_store.postgres import (
     PostgreSQLOfflineStoreConfig,
     PostgreSQLRetrievalJob,
 )
+from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import PostgreSQLSource
 from feast.infra.offline_stores.offline_store import RetrievalMetadata
 from feast.on_demand_feature_view import OnDemandFeatureView
 
 from healthmate_features import _feast
+from healthmate_features.errors import OfflineStoreError, OfflineStoreUnsupportedError
+from healthmate_features.stores.duckdb_asof import drop_pandas_index
 
 ROW = "_hm_entity_row"
 ENTITY_TABLE = "hm_entity_rows"  # a TEMP table: lives in the connection that runs the join
@@ -182,7 +190,7 @@ class LateralPostgreSQLOfflineStore(PostgreSQLOfflineStore):
         filter_by_created_timestamp: bool = False,
         **kwargs,
     ):
-        fallback = lambda: PostgreSQLOfflineStore.get_historical_features(  # noqa: E731
+        fallback = lambda: PostgreSQLOfflineStore.get_historical_features(  # noqa: E731  (entity_df as it is then)
             config,
             feature_views,
             feature_refs,
@@ -193,6 +201,11 @@ class LateralPostgreSQLOfflineStore(PostgreSQLOfflineStore):
             filter_by_created_timestamp=filter_by_created_timestamp,
             **kwargs,
         )
+        if entity_df is None:  # Feast's non-entity retrieval: the rows the views hold in [start, end]
+            start, end = _feast.compute_non_entity_date_range(
+                feature_views, start_date=kwargs.pop("start_date", None), end_date=kwargs.pop("end_date", None)
+            )
+            entity_df = _entityless_frame(config, feature_views, start, end)
         if not isinstance(entity_df, pd.DataFrame) or filter_by_created_timestamp or kwargs.get("start_date"):
             return fallback()
         schema = dict(zip(entity_df.columns, entity_df.dtypes, strict=True))
@@ -218,6 +231,63 @@ class LateralPostgreSQLOfflineStore(PostgreSQLOfflineStore):
             ),
         )
 
+    @staticmethod
+    def offline_write_batch(config, feature_view, table: pa.Table, progress) -> None:
+        """Append an Arrow table to a feature view's Postgres table (Feast's push and write_to_offline_store).
+
+        Feast's Postgres store has no offline writes. Columns must be the table's, in its order (as
+        Feast's other stores demand); rows go in with one COPY in one transaction, duplicates kept
+        (a point-in-time join picks one of equal rows). A table that does not exist yet is created
+        from the view's columns, with an index on (join keys, event time); an empty table creates a
+        missing table and changes nothing else."""
+        _write_batch(config, feature_view, table)
+        if progress:
+            progress(table.num_rows)
+
+    @staticmethod
+    def write_logged_features(config, data, source, logging_config, registry) -> None:
+        """Not offered: Feast 0.67 has no Postgres logging destination (its proto knows files and
+        warehouses only); raises OfflineStoreUnsupportedError naming the alternative."""
+        raise OfflineStoreUnsupportedError(
+            "write_logged_features",
+            "LateralPostgreSQLOfflineStore",
+            "Feast 0.67 has no Postgres logging destination; log to files with "
+            "LoggingConfig(destination=FileLoggingDestination(path=...)) on the embedded profile, "
+            "or use our HTTP API's audit log for who read what",
+        )
+
+
+def _write_batch(config, feature_view, table: pa.Table) -> None:
+    """Append `table` to the view's Postgres table in one transaction (COPY), creating a missing table."""
+    source = feature_view.batch_source
+    if not isinstance(source, PostgreSQLSource):
+        raise OfflineStoreError(
+            f"feature view {feature_view.name!r} has a {type(source).__name__} batch source; "
+            "LateralPostgreSQLOfflineStore writes to PostgreSQLSource tables only"
+        )
+    name = source.get_table_query_string()
+    table = drop_pandas_index(table)  # Feast's write_to_offline_store keeps a filtered frame's index
+    reverse = {new: old for old, new in (source.field_mapping or {}).items()}
+    if reverse:  # Feast's write_to_offline_store hands over field-mapped names; the table has the source's
+        table = table.rename_columns([reverse.get(c, c) for c in table.column_names])
+    with _feast.pg_connect(config.offline_store) as conn, conn.transaction(), conn.cursor() as cur:
+        _ensure_table(cur, feature_view, table)
+        if table.num_rows == 0:
+            return
+        cur.execute(f"SELECT * FROM {name} LIMIT 0")
+        assert cur.description is not None  # a SELECT describes its columns
+        expected = [c.name for c in cur.description]
+        if table.column_names != expected:
+            raise OfflineStoreError(
+                f"cannot append to {name}: columns {table.column_names} differ from the table's "
+                f"{expected}; reorder or rename the input to match"
+            )
+        buf = io.BytesIO()
+        pacsv.write_csv(table, buf, pacsv.WriteOptions(include_header=False, quoting_style="all_valid"))
+        columns = ", ".join(_q(c) for c in table.column_names)
+        with cur.copy(f"COPY {name} ({columns}) FROM STDIN (FORMAT csv)") as copy:
+            copy.write(buf.getbuffer())
+
 
 def _csv_safe(feature_views, contexts) -> bool:
     """True when every requested feature column has a type Arrow parses from Postgres CSV as Feast would."""
@@ -229,3 +299,71 @@ def _csv_safe(feature_views, contexts) -> bool:
             if field is None or str(_feast.from_feast_to_pyarrow_type(field.dtype)) not in _CSV_TYPES:
                 return False
     return True
+
+
+def _entityless_frame(config, feature_views, start: datetime, end: datetime) -> pd.DataFrame:
+    """The entity rows of a retrieval without an entity frame: every distinct (join keys, event time)
+    the views' tables hold with start <= event time <= end, ordered by time and keys (as our DuckDB store)."""
+    plans = []
+    for view in feature_views:
+        source = view.batch_source
+        reverse = {new: old for old, new in (source.field_mapping or {}).items()}
+        join_key_map = view.projection.join_key_map or {}
+        keys = {join_key_map.get(c.name, c.name): reverse.get(c.name, c.name) for c in view.entity_columns}
+        plans.append((view.name, source, keys, reverse.get(source.timestamp_field, source.timestamp_field)))
+    key_sets = {tuple(sorted(keys)) for _, _, keys, _ in plans}
+    if len(key_sets) != 1:
+        raise OfflineStoreError(
+            f"retrieval without an entity frame needs feature views with the same join keys; "
+            f"{', '.join(name for name, *_ in plans)} have {len(key_sets)} different sets; "
+            "request them in separate calls, or pass an entity frame"
+        )
+    (entity_cols,) = key_sets
+    timestamp = _feast.DEFAULT_ENTITY_DF_EVENT_TIMESTAMP_COL
+    selects = [
+        f"SELECT {', '.join([*(f'{_q(keys[k])} AS {_q(k)}' for k in entity_cols), f'{_q(ts)} AS {_q(timestamp)}'])} "
+        f"FROM {source.get_table_query_string()} AS s WHERE {_q(ts)} BETWEEN %(start)s AND %(end)s"
+        for _, source, keys, ts in plans
+    ]
+    order = ", ".join(_q(c) for c in [timestamp, *entity_cols])
+    sql = f"SELECT DISTINCT * FROM ({' UNION ALL '.join(selects)}) AS u ORDER BY {order}"
+    with _feast.pg_connect(config.offline_store) as conn, conn.cursor() as cur:
+        cur.execute(sql, {"start": start, "end": end})
+        rows = cur.fetchall()
+    frame = pd.DataFrame(rows, columns=[*entity_cols, timestamp])
+    frame[timestamp] = pd.to_datetime(frame[timestamp], utc=True)
+    for key in entity_cols:
+        if frame[key].dtype == object and len(frame):
+            frame[key] = frame[key].infer_objects()
+    return frame
+
+
+def _ensure_table(cur, feature_view, table: pa.Table) -> None:
+    """Create a push destination that does not exist yet, from the view's columns, with the index
+    the point-in-time join probes ((join keys, event time))."""
+    source = feature_view.batch_source
+    name = source.get_table_query_string()
+    cur.execute("SELECT to_regclass(%s)", (name,))
+    row = cur.fetchone()
+    if row is not None and row[0] is not None:
+        return
+    reverse = {new: old for old, new in (source.field_mapping or {}).items()}
+    expected = [reverse.get(n, n) for n in _view_column_names(feature_view)]
+    if sorted(table.column_names) != sorted(expected):
+        raise OfflineStoreError(
+            f"cannot create table {name} for feature view {feature_view.name!r}: columns "
+            f"{table.column_names} are not the view's {expected}; write the view's columns"
+        )
+    columns = ", ".join(f"{_q(f.name)} {_feast.arrow_to_pg_type(str(f.type))}" for f in table.schema)
+    keys = [reverse.get(c.name, c.name) for c in feature_view.entity_columns]
+    index_cols = ", ".join(_q(c) for c in [*keys, reverse.get(source.timestamp_field, source.timestamp_field)])
+    cur.execute(f"CREATE TABLE IF NOT EXISTS {name} ({columns})")
+    cur.execute(f"CREATE INDEX IF NOT EXISTS {_q(name.split('.')[-1] + '_pit')} ON {name} ({index_cols})")
+
+
+def _view_column_names(feature_view) -> list[str]:
+    """A view's batch-source columns by its definitions: join keys, timestamps, features (Feast's names)."""
+    source = feature_view.batch_source
+    names = [c.name for c in feature_view.entity_columns] + [source.timestamp_field]
+    names += [source.created_timestamp_column] if source.created_timestamp_column else []
+    return list(dict.fromkeys(names + [f.name for f in feature_view.features]))

@@ -407,7 +407,7 @@ def test_dashboard_summary_counts_and_freshness(env):
     response = env.get("/dashboard/summary", role="user")
     body = response.json()
     assert response.status_code == 200, body
-    assert body["counts"]["feature_views"] == 6 and body["counts"]["on_demand_feature_views"] == 1
+    assert body["counts"]["feature_views"] == 7 and body["counts"]["on_demand_feature_views"] == 1
     services = {
         s.name for s in store.open_feature_store(env.settings).list_feature_services()
     }  # with this module's sets

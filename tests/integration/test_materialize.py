@@ -19,10 +19,11 @@ from feast import FeatureStore
 
 from healthmate_features.cli import main
 from healthmate_features.features.catalog import FEATURE_TABLES
+from healthmate_features.features.pushed import TODAY_VIEW
 from healthmate_features.stores import feature_store as store
 
 BIN = Path(sys.executable).parent
-VIEWS = set(FEATURE_TABLES)
+VIEWS = set(FEATURE_TABLES) | {TODAY_VIEW}  # the built tables' views and the push-fed one
 
 
 def intervals(settings) -> dict[str, list[tuple[datetime, datetime]]]:
@@ -67,7 +68,7 @@ def test_incremental_continues_from_feasts_record_and_never_runs_backwards(
     )
     for name in VIEWS - {"health_daily"}:  # never materialized: the feature tables' whole range, not now - TTL
         assert lines[name] == f"{name}: materialized {lo} .. {hi}", first.output
-    assert first.output.splitlines()[-1] == f"materialized 5 of 6 view(s) incrementally up to {hi}; 1 already current"
+    assert first.output.splitlines()[-1] == f"materialized 6 of 7 view(s) incrementally up to {hi}; 1 already current"
     assert "Materializing" not in first.output and "\x1b[" not in first.output  # Feast's own console lines
     assert "materialize:" not in first.output  # no progress bar: stderr is not a terminal
     recorded = intervals(repo)
@@ -88,7 +89,7 @@ def test_incremental_continues_from_feasts_record_and_never_runs_backwards(
 
     nothing = cli(repo, "materialize", "--incremental", "--end", later.strftime("%Y-%m-%d %H:%M:%S"))
     assert nothing.exit_code == 0, nothing.output
-    assert nothing.output.splitlines()[-1].startswith("nothing to materialize: all 6 view(s) are materialized up to")
+    assert nothing.output.splitlines()[-1].startswith("nothing to materialize: all 7 view(s) are materialized up to")
 
 
 def test_a_backwards_window_or_an_unknown_view_is_refused_before_anything_runs(tiny_applied, clone_repo, tmp_path):
@@ -98,7 +99,7 @@ def test_a_backwards_window_or_an_unknown_view_is_refused_before_anything_runs(t
     assert "materialization window is empty or backwards: start 2025-02-01 00:00:00+00:00 is not before end" in (
         backwards.output
     )
-    assert "for 6 view(s)" in backwards.output and "Traceback" not in backwards.output
+    assert "for 7 view(s)" in backwards.output and "Traceback" not in backwards.output
     unknown = cli(repo, "materialize", "--view", "nosuch", "--view", "health_daily")
     assert unknown.exit_code == 1
     assert "feature view(s) 'nosuch' cannot be materialized" in unknown.output and "health_daily" in unknown.output
@@ -141,7 +142,7 @@ def test_progress_shows_on_a_terminal_only_and_quiet_silences_it(tiny_applied, c
 
     status, terminal, stdout = run_on_terminal([hm, "materialize"], repo.repo_path)
     assert status == 0, terminal + stdout
-    assert "materialize: 100%" in terminal and "6/6" in terminal, terminal  # one step per view
+    assert "materialize: 100%" in terminal and "7/7" in terminal, terminal  # one step per view
     assert set(view_lines(stdout)) == VIEWS and "\x1b[" not in stdout and "Materializing" not in stdout
 
     status, terminal, stdout = run_on_terminal([hm, "materialize", "--quiet"], repo.repo_path)

@@ -113,6 +113,7 @@ class Repo:
         self.ours = FeatureStore(repo_path=str(root))
         self.feast = FeatureStore(repo_path=str(root), fs_yaml_file=root / "feast_duckdb.yaml")
         self.exclude = FeatureStore(repo_path=str(root), fs_yaml_file=root / "exclude.yaml")
+        self.file = FeatureStore(repo_path=str(root), fs_yaml_file=root / "feast_file.yaml")
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +129,7 @@ def repo(tmp_path_factory) -> Repo:
         yaml(f"  type: {STORE_TYPE}\n  threads: 2\n  memory_limit: 1GB\n  temp_directory: duckdb_tmp")
     )
     (root / "feast_duckdb.yaml").write_text(yaml("  type: duckdb"))
+    (root / "feast_file.yaml").write_text(yaml("  type: file"))
     (root / "exclude.yaml").write_text(yaml(f"  type: {STORE_TYPE}\n  filter_by_created_timestamp: true"))
     write_vitals(root / "data", [dict(user_id=0, event_timestamp=T0, created=T0, x=1.0, label="a")])
     write_device(root / "data", [dict(user_id=0, device_id=0, ts=T0, steps=1.0)])
@@ -618,3 +620,121 @@ def test_entityless_view_joins_on_time_alone_and_materializes(repo):
     assert_columns_equal(result, expected, ["x"])
     assert [cell(v) for v in result["x"]] == [3.0, None, 1.0, None]
     repo.ours.materialize(start_date=T0 - HOUR, end_date=T0 + 5 * HOUR, feature_views=["global_fv"])
+
+
+# --- retrieval without an entity frame (start_date/end_date) ------------------------------------
+
+ENTITYLESS_REFS = ["vitals_fv:x", "vitals_fv:label"]
+
+
+def entityless_reference(rows: list[dict], start, end) -> pd.DataFrame:
+    """Every distinct (user_id, event time) in [start, end], by time then user, joined point in time."""
+    stamps = sorted(
+        {(pd.Timestamp(r["event_timestamp"]), r["user_id"]) for r in rows if start <= r["event_timestamp"] <= end}
+    )
+    frame = pd.DataFrame(
+        {"user_id": [u for _, u in stamps], "event_timestamp": pd.to_datetime([t for t, _ in stamps], utc=True)}
+    )
+    features = brute_force(frame, rows, **VITALS, ttl=TTL, features={"x": "x", "label": "label"})
+    return pd.concat([frame, features], axis=1)
+
+
+@pytest.mark.slow
+@EXAMPLES
+@given(vitals=vitals_rows(), window=st.tuples(st.integers(0, 12), st.integers(0, 12)).map(sorted))
+def test_entityless_retrieval_matches_brute_force(repo, vitals, window):
+    """One row per distinct (entity, event time) the source holds in [start, end]: keys, time, features."""
+    write_vitals(repo.data, vitals)
+    start, end = T0 + window[0] * HOUR, T0 + window[1] * HOUR
+    ours = repo.ours.get_historical_features(features=ENTITYLESS_REFS, start_date=start, end_date=end).to_df()
+    expected = entityless_reference(vitals, start, end)
+    assert list(ours.columns) == ["user_id", "event_timestamp", "x", "label"]
+    assert ours["user_id"].tolist() == expected["user_id"].tolist()
+    assert ours["event_timestamp"].tolist() == expected["event_timestamp"].tolist()
+    assert_columns_equal(ours, expected, ["x", "label"])
+
+
+@pytest.mark.slow
+@EXAMPLES
+@given(vitals=st.lists(vitals_row, max_size=25), end_hour=st.integers(3, 12))
+def test_entityless_latest_rows_match_feast_file_store(repo, vitals, end_hour):
+    """Feast's file store answers entity-less retrieval with each entity's latest row as of end_date
+    (within the ttl); ours has that row as the entity's last one when start_date = end_date - ttl."""
+    vitals = _same_values_per_key(
+        [dict(r, created=None) for r in vitals], ("user_id", "event_timestamp"), ("x", "label")
+    )
+    write_vitals(repo.data, vitals)
+    end = T0 + end_hour * HOUR
+    args = dict(features=ENTITYLESS_REFS, start_date=end - TTL, end_date=end)
+    ours = repo.ours.get_historical_features(**args).to_df()
+    feast = repo.file.get_historical_features(**args).to_df()
+    feast = feast[feast["user_id"].notna()]  # over an empty source Feast's file store returns its synthetic row
+    latest = ours.sort_values("event_timestamp", kind="stable").groupby("user_id").tail(1)
+    assert sorted(latest["user_id"]) == sorted(feast["user_id"])
+    assert_columns_equal(latest.sort_values("user_id"), feast.sort_values("user_id"), ["x", "label"])
+
+
+def test_entityless_retrieval_keeps_pushed_duplicates_once_and_defaults_to_feasts_window(repo):
+    """Rows pushed twice are one row; without start_date, Feast's window (end_date - largest ttl) applies."""
+    write_vitals(repo.data, [dict(user_id=1, event_timestamp=T0, created=T0, x=1.0, label="a")])
+    twice = pd.DataFrame(
+        {"user_id": [2, 2], "event_timestamp": [T0 + HOUR] * 2, "created": [T0 + HOUR] * 2, "x": [5.0] * 2}
+        | {"label": ["b", "b"]}
+    )
+    repo.ours.write_to_offline_store("vitals_fv", twice)
+    repo.ours.write_to_offline_store("vitals_fv", twice.iloc[:1])
+    assert pq.read_table(repo.data / "vitals.parquet").num_rows == 4
+    ours = repo.ours.get_historical_features(features=ENTITYLESS_REFS, end_date=T0 + 4 * HOUR).to_df()
+    assert ours[["user_id", "x", "label"]].values.tolist() == [[2, 5.0, "b"]]  # T0 is outside 4h - 3h ttl
+    both = repo.ours.get_historical_features(features=ENTITYLESS_REFS, start_date=T0, end_date=T0 + 4 * HOUR).to_df()
+    assert both[["user_id", "x"]].values.tolist() == [[1, 1.0], [2, 5.0]]
+
+
+def test_entityless_retrieval_needs_one_set_of_join_keys(repo):
+    with pytest.raises(OfflineStoreError, match="same join keys.*vitals_fv, device_fv have 2 different sets"):
+        repo.ours.get_historical_features(
+            features=["vitals_fv:x", "device_fv:steps"], start_date=T0, end_date=T0 + HOUR
+        ).to_df()
+
+
+def test_offline_write_batch_creates_a_missing_source_then_appends(repo, tmp_path):
+    """A push destination that does not exist yet is created by the first batch (Feast's own stores fail)."""
+    from healthmate_features.stores.duckdb_asof import HealthmateDuckDBOfflineStore
+
+    view = repo.ours.get_feature_view("mapped_fv")
+    target = repo.root / "data" / "mapped.parquet"
+    target.unlink()
+    try:
+        batch = pa.table(
+            {"uid": [7], "event_timestamp": pa.array([T0], pa.timestamp("us", tz="UTC")), "heart_rate": [61.0]}
+        )
+        HealthmateDuckDBOfflineStore.offline_write_batch(repo.ours.config, view, batch.slice(0, 0), None)
+        assert pq.read_table(target).num_rows == 0
+        repo.ours.write_to_offline_store("mapped_fv", batch.to_pandas())
+        frame = pd.DataFrame({"user_id": [7], "event_timestamp": [T0 + HOUR]})
+        assert repo.ours.get_historical_features(frame, ["mapped_fv:hr"]).to_df()["hr"].tolist() == [61.0]
+        with pytest.raises(OfflineStoreError, match=r"columns \['uid', 'event_timestamp'\] differ"):
+            HealthmateDuckDBOfflineStore.offline_write_batch(repo.ours.config, view, batch.select([0, 1]), None)
+    finally:
+        write_mapped(repo.data, [dict(uid=0, event_timestamp=T0, heart_rate=60.0)])
+
+
+def test_logging_to_files_and_unsupported_destinations(repo, tmp_path):
+    """write_logged_features: one new Parquet file per flush under the destination; others refused."""
+    from feast.feature_logging import LoggingConfig
+    from feast.infra.offline_stores.file_source import FileLoggingDestination
+
+    from healthmate_features.errors import OfflineStoreUnsupportedError
+    from healthmate_features.stores.duckdb_asof import HealthmateDuckDBOfflineStore
+
+    logs = pa.table({"user_id": [1, 2], "x": [1.0, 2.0]})
+    config = LoggingConfig(destination=FileLoggingDestination(path=str(tmp_path / "logs")))
+    for _ in range(2):
+        HealthmateDuckDBOfflineStore.write_logged_features(repo.ours.config, logs, None, config, None)
+    files = sorted((tmp_path / "logs").glob("*.parquet"))
+    assert len(files) == 2 and all(pq.read_table(f).equals(logs) for f in files)
+    partitioned = LoggingConfig(destination=FileLoggingDestination(path=str(tmp_path / "p"), partition_by=["x"]))
+    with pytest.raises(OfflineStoreUnsupportedError) as raised:
+        HealthmateDuckDBOfflineStore.write_logged_features(repo.ours.config, logs, None, partitioned, None)
+    assert raised.value.method == "write_logged_features" and raised.value.store == "HealthmateDuckDBOfflineStore"
+    assert "leave partition_by unset" in str(raised.value)

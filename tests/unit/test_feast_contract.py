@@ -79,6 +79,9 @@ def shape(fn) -> str:
 SIGNATURES = {
     "feast.utils._get_cached_request_context": "(registry, project, features, full_feature_names)",
     "feast.utils._parse_feature_ref": "(ref)",
+    "feast.utils.compute_non_entity_date_range": (
+        "(feature_views, start_date=None, end_date=None, default_window_days=30)"
+    ),
     "feast.infra.online_stores.helpers._mmh3": "(key)",
     "feast.infra.online_stores.helpers._redis_key": "(project, entity_key, entity_key_serialization_version=3)",
     "feast.infra.key_encoding_utils.serialize_entity_key": "(entity_key, entity_key_serialization_version=3)",
@@ -120,6 +123,22 @@ SIGNATURES = {
     # The RetrievalJob hooks our offline stores override (_feast.RETRIEVAL_JOB_HOOKS).
     "feast.infra.offline_stores.offline_store.RetrievalJob._to_df_internal": "(self, timeout=None)",
     "feast.infra.offline_stores.offline_store.RetrievalJob._to_arrow_internal": "(self, timeout=None)",
+    # What stores/duckdb_monitoring.py calls on Feast's DuckDB store (feast monitor run).
+    "feast.infra.offline_stores.duckdb.DuckDBOfflineStore.compute_monitoring_metrics": (
+        "(config, data_source, feature_columns, timestamp_field, start_date=None, end_date=None, "
+        "histogram_bins=20, top_n=10)"
+    ),
+    "feast.infra.offline_stores.duckdb.DuckDBOfflineStore.get_monitoring_max_timestamp": (
+        "(config, data_source, timestamp_field)"
+    ),
+    "feast.infra.offline_stores.duckdb.DuckDBOfflineStore.ensure_monitoring_tables": "(config)",
+    "feast.infra.offline_stores.duckdb.DuckDBOfflineStore.save_monitoring_metrics": "(config, metric_type, metrics)",
+    "feast.infra.offline_stores.duckdb.DuckDBOfflineStore.query_monitoring_metrics": (
+        "(config, project, metric_type, filters=None, start_date=None, end_date=None)"
+    ),
+    "feast.infra.offline_stores.duckdb.DuckDBOfflineStore.clear_monitoring_baseline": (
+        "(config, project, feature_view_name=None, feature_name=None, data_source_type=None)"
+    ),
     # What stores/postgres_lateral.py calls on Feast's Postgres store it extends.
     "feast.infra.offline_stores.contrib.postgres_offline_store.postgres.PostgreSQLRetrievalJob.__init__": (
         "(self, query, config, full_feature_names, on_demand_feature_views=None, metadata=None)"
@@ -147,6 +166,7 @@ PINNED_BY_BEHAVIOUR = {
     "feast.infra.online_stores.sqlite.SqliteOnlineStore": "test_encrypting_stores_are_feasts_with_sealed_values",
     "feast.infra.online_stores.sqlite.SqliteOnlineStoreConfig": "test_encrypting_stores_are_feasts_with_sealed_values",
     "feast.infra.supported_async_methods.SupportedAsyncMethods": "test_encrypting_stores_are_feasts_with_sealed_values",
+    "_offline_store": "test_set_offline_store_config",  # RepoConfig's cache behind its offline_store property
 }
 
 
@@ -823,7 +843,10 @@ INTERNAL_MODULES = ("feast.infra", "feast.utils", "feast.type_map", "feast.proto
 # Inside Feast's internal packages, the names its documentation tells a repository or a custom store to import.
 DOCUMENTED = {
     "feast.infra.offline_stores.offline_store": {"OfflineStore", "RetrievalJob", "RetrievalMetadata"},
-    "feast.infra.offline_stores.file_source": {"FileSource", "SavedDatasetFileStorage"},
+    # FileLoggingDestination: Feast's feature-logging guide (LoggingConfig(destination=...)).
+    "feast.infra.offline_stores.file_source": {"FileSource", "SavedDatasetFileStorage", "FileLoggingDestination"},
+    # Feast's DuckDB store, whose monitoring methods stores/duckdb_monitoring.py calls (pinned in SIGNATURES).
+    "feast.infra.offline_stores.duckdb": {"DuckDBOfflineStore", "DuckDBOfflineStoreConfig"},
     "feast.infra.registry.base_registry": {"BaseRegistry"},
     "feast.infra.offline_stores.contrib.postgres_offline_store.postgres": {
         "PostgreSQLOfflineStore",
@@ -956,3 +979,14 @@ def test_the_scan_catches(snippet):
 )
 def test_the_scan_allows(snippet):
     assert not private_feast_uses(snippet)
+
+
+def test_set_offline_store_config(repo_config):
+    """A RepoConfig copy answers `offline_store` with the config set on it; the original keeps its own."""
+    from feast.infra.offline_stores.duckdb import DuckDBOfflineStoreConfig
+
+    original = repo_config.offline_store
+    copy = repo_config.model_copy()
+    _feast.set_offline_store_config(copy, DuckDBOfflineStoreConfig())
+    assert isinstance(copy.offline_store, DuckDBOfflineStoreConfig), adapt("RepoConfig._offline_store", "ignored")
+    assert repo_config.offline_store is original
