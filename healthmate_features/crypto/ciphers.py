@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,8 +32,10 @@ from healthmate_features.crypto.master import NONCE_BYTES
 from healthmate_features.errors import EncryptionKeyError
 
 if TYPE_CHECKING:
+    import duckdb
     import pyarrow as pa
     import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
 
 MAGIC = b"HME1"
 TAG_BYTES = 16
@@ -161,23 +163,77 @@ def read_parquet(keyring: Keyring, path: str | Path, *, columns: Iterable[str] |
         raise
 
 
-def parquet_dataset(keyring: Keyring, paths: str | Path | list[str | Path]) -> ds.Dataset:
-    """A pyarrow dataset over encrypted Parquet files, all under one data key, for DuckDB to scan
-    lazily (register it on a connection: projections and filters are pushed into the scan)."""
+KeyringSource = Keyring | Callable[[], Keyring] | None
+"""A keyring, or a callable that builds one (called only when a file turns out to be encrypted)."""
+
+
+def _key(keyring: KeyringSource, key_id: str, *, what: str) -> DataKey:
+    return _key_ring(keyring, key_id, what=what).get(key_id, what=what)
+
+
+def open_parquet(keyring: KeyringSource, path: str | Path) -> pq.ParquetFile:
+    """A pyarrow ParquetFile over `path`, decrypting when it is encrypted (plaintext files, written
+    before encryption, open as they are). `keyring` may be a callable, called only when needed."""
+    import pyarrow.parquet as pq
+
+    key_id = parquet_key_id(path)
+    if key_id is None:
+        return pq.ParquetFile(path)
+    key = _key(keyring, key_id, what=str(path))
+    return pq.ParquetFile(path, decryption_properties=parquet_decryption(key))
+
+
+def parquet_dataset(keyring: KeyringSource, paths: str | Path | Sequence[str | Path]) -> ds.Dataset:
+    """A pyarrow dataset over Parquet files, for DuckDB to scan lazily (register it on a
+    connection: projections and filters are pushed into the scan). Encrypted files are decrypted
+    under the key each names; plaintext files (written before encryption) are read as they are.
+
+    `keyring` may be a callable that builds one: it is called only when a file is encrypted."""
     import pyarrow.dataset as ds
 
-    files = [str(p) for p in (paths if isinstance(paths, list) else [paths])]
+    files = [str(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
     if not files:
         raise EncryptionKeyError("no Parquet files to scan")
-    key_ids = {parquet_key(keyring, f).key_id for f in files}
-    if len(key_ids) > 1:
-        # Files under different keys (a rotation under way): one dataset per key, unioned.
-        return ds.dataset(
-            [parquet_dataset(keyring, [f for f in files if parquet_key_id(f) == k]) for k in sorted(key_ids)]
-        )
-    key = keyring.get(key_ids.pop(), what=files[0])
+    by_key: dict[str | None, list[str]] = {}
+    for file in files:
+        by_key.setdefault(parquet_key_id(file), []).append(file)
+    if len(by_key) > 1:
+        # Files under different keys (a rotation under way, or plaintext left over): one dataset per key, unioned.
+        return ds.dataset([parquet_dataset(keyring, group) for _, group in sorted(by_key.items(), key=str)])
+    key_id, group = by_key.popitem()
+    if key_id is None:
+        return ds.dataset(group, format="parquet")
+    key = _key(keyring, key_id, what=group[0])
     options = ds.ParquetFragmentScanOptions(decryption_properties=parquet_decryption(key))
-    return ds.dataset(files, format=ds.ParquetFileFormat(default_fragment_scan_options=options))
+    return ds.dataset(group, format=ds.ParquetFileFormat(default_fragment_scan_options=options))
+
+
+def file_key_id(path: str | Path) -> str | None:
+    """The data key id the file at `path` is encrypted under (an HME1 envelope, or Parquet with
+    modular encryption); None for a plaintext file. Reads the file's head (and a Parquet tail)."""
+    with open(path, "rb") as handle:
+        head = handle.read(len(MAGIC) + 1 + 255 + NONCE_BYTES + TAG_BYTES)
+    if head.startswith(MAGIC):
+        return sealed_key_id(head)
+    if head.startswith((b"PAR1", b"PARE")):
+        return parquet_key_id(path)
+    return None
+
+
+def duckdb_scan(con: duckdb.DuckDBPyConnection, paths: str | Path | Sequence[str | Path], keyring: KeyringSource) -> str:
+    """A DuckDB table expression that reads the Parquet file(s) `paths` on `con`.
+
+    Plaintext files only: DuckDB's own `read_parquet([...])` (fastest). Otherwise a pyarrow dataset
+    (`parquet_dataset`) registered on `con` under a name derived from the paths, which DuckDB scans
+    lazily, decrypting as it reads. Side effect: may register a view on `con`."""
+    import hashlib
+
+    files = [str(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
+    if not any(parquet_key_id(f) for f in files):
+        return "read_parquet([" + ", ".join("'" + f.replace("'", "''") + "'" for f in files) + "])"
+    name = "__hm_enc_" + hashlib.sha256("\0".join(files).encode()).hexdigest()[:16]
+    con.register(name, parquet_dataset(keyring, files))
+    return name
 
 
 def write_parquet(
@@ -185,7 +241,7 @@ def write_parquet(
 ) -> int:
     """Write `data` to `path` as Parquet encrypted under the active data key, atomically; the row count.
 
-    A RecordBatchReader (e.g. DuckDB's `fetch_record_batch()`) is streamed batch by batch."""
+    A RecordBatchReader (e.g. DuckDB's `to_arrow_reader()`) is streamed batch by batch."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -218,3 +274,71 @@ def write_sealed(keyring: Keyring, path: str | Path, data: bytes) -> None:
 def read_sealed(keyring: Keyring, path: str | Path) -> bytes:
     """The plaintext of a file written by `write_sealed`."""
     return unseal(keyring, Path(path).read_bytes(), what=str(path))
+
+
+def reencrypt_file(keyring: Keyring, path: str | Path) -> bool:
+    """Re-encrypt the file `path` under the active data key, atomically (a temporary sibling
+    renamed over it: an interruption leaves the old file or the new one, never half of each).
+    A plaintext file is encrypted. Parquet stays Parquet (modular encryption), anything else
+    becomes an HME1 envelope. Returns False when it already was under the active key.
+
+    The file's mode is kept (dataset files are read-only)."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    active = keyring.active()
+    if file_key_id(path) == active.key_id:
+        return False
+    mode = path.stat().st_mode & 0o777
+    with open(path, "rb") as handle:
+        parquet = handle.read(4) in (b"PAR1", b"PARE")
+    if parquet:
+        key_id = parquet_key_id(path)
+        decryption = parquet_decryption(keyring.get(key_id, what=str(path))) if key_id else None
+        source = pq.ParquetFile(path, decryption_properties=decryption)
+        try:
+            batches = source.iter_batches(batch_size=65_536)
+            import pyarrow as pa
+
+            write_parquet(keyring, pa.RecordBatchReader.from_batches(source.schema_arrow, batches), path)
+        finally:
+            source.close()
+    else:
+        blob = path.read_bytes()
+        plain = unseal(keyring, blob, what=str(path)) if sealed_key_id(blob) else blob
+        write_sealed(keyring, path, plain)
+    os.chmod(path, mode)
+    return True
+
+
+def content_sha256(keyring: KeyringSource, path: str | Path) -> str:
+    """A SHA-256 of the file's content that re-encryption does not change: of its bytes when it is
+    plaintext (as `sha256sum` gives), of the plaintext inside an HME1 envelope, and of an encrypted
+    Parquet file's decrypted rows (as an Arrow IPC stream, prefixed so it never equals a file hash)."""
+    import hashlib
+
+    import pyarrow as pa
+
+    digest = hashlib.sha256()
+    key_id = file_key_id(path)
+    if key_id is None:
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    elif Path(path).read_bytes()[: len(MAGIC)] == MAGIC:
+        digest.update(unseal(_key_ring(keyring, key_id, what=str(path)), Path(path).read_bytes(), what=str(path)))
+    else:
+        source = open_parquet(keyring, path)
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, source.schema_arrow) as stream:
+            for batch in source.iter_batches(batch_size=65_536):
+                stream.write_batch(batch)
+        digest.update(b"healthmate-decrypted-parquet\0")
+        digest.update(sink.getvalue())
+    return digest.hexdigest()
+
+
+def _key_ring(keyring: KeyringSource, key_id: str, *, what: str) -> Keyring:
+    if keyring is None:
+        raise EncryptionKeyError(f"{what} is encrypted under data key {key_id}, and no keyring was given to read it")
+    return keyring if isinstance(keyring, Keyring) else keyring()

@@ -22,11 +22,16 @@ integer nanoseconds since the epoch (so any precision, ns included, compares exa
 timestamps are UTC). When a view has a created timestamp the ASOF key is the 128-bit pair
 (event ns, created ns), which breaks ties inside the join. The ttl is a post-filter on the matched
 row. Only the entity frame passes through pandas/Arrow; sources are scanned with ``read_parquet``
-and the join runs inside DuckDB, out of core beyond ``memory_limit``.
+and the join runs inside DuckDB, out of core beyond ``memory_limit``. An encrypted source (the
+package's feature tables: README "Security and compliance") is scanned through a pyarrow dataset
+registered on the connection instead (``crypto.duckdb_scan``), decrypted with the keyring of the
+repository's settings.
 """
 
 from __future__ import annotations
 
+import functools
+import glob
 import os
 import uuid
 from collections.abc import Callable, Sequence
@@ -59,6 +64,7 @@ from healthmate_features._feast import (
     get_pyarrow_schema_from_batch_source,
     infer_event_timestamp_from_entity_df,
 )
+from healthmate_features.crypto import Keyring, duckdb_scan, open_parquet, parquet_key_id, write_parquet
 from healthmate_features.errors import OfflineStoreError
 
 STORE_TYPE: Final = "healthmate_features.stores.duckdb_asof.HealthmateDuckDBOfflineStore"
@@ -133,12 +139,27 @@ def _source_path(config: RepoConfig, source: DataSource) -> str:
     return str(FileSource.get_uri_for_file_path(config.repo_path, source.path))
 
 
-def _scan(config: RepoConfig, source: DataSource) -> str:
-    """Return the DuckDB table expression that reads a Parquet FileSource (file or directory)."""
+def _scan(config: RepoConfig, con: duckdb.DuckDBPyConnection, source: DataSource) -> str:
+    """Return the DuckDB table expression that reads a Parquet FileSource (file or directory) on `con`.
+
+    Plaintext files are read by DuckDB's ``read_parquet``; encrypted ones through a pyarrow dataset
+    registered on `con` (crypto.duckdb_scan), with the keyring of the repository's settings."""
     path = _source_path(config, source)
-    if "://" not in path and os.path.isdir(path):
-        path = os.path.join(path, "**", "*.parquet")
-    return f"read_parquet({_literal(path)})"
+    if "://" in path or not os.path.exists(path):
+        return f"read_parquet({_literal(path)})"  # DuckDB's own error names what is missing
+    files = sorted(glob.glob(os.path.join(path, "**", "*.parquet"), recursive=True)) if os.path.isdir(path) else [path]
+    if not files:
+        return f"read_parquet({_literal(os.path.join(path, '**', '*.parquet'))})"
+    return duckdb_scan(con, list(files), lambda: _keyring(str(config.repo_path)))
+
+
+@functools.lru_cache(maxsize=8)
+def _keyring(repo_path: str) -> Keyring:
+    """The keyring of the repository at `repo_path` (its settings' SQL store), one per process."""
+    from healthmate_features.backends import backend_for
+    from healthmate_features.config import Settings
+
+    return backend_for(Settings.from_env(repo_path)).keyring()
 
 
 def _columns(con: duckdb.DuckDBPyConnection, relation: str, what: str) -> dict[str, str]:
@@ -305,7 +326,7 @@ def _view_sql(
     exclude_created_later: bool,
 ) -> list[str]:
     """Return the CTEs that give, per matched entity row, view i's features and a ttl flag."""
-    scan = _scan(config, view.source)
+    scan = _scan(config, con, view.source)
     columns = _columns(con, scan, f"source of feature view {view.name!r}")
     needed = [k for k, _ in view.keys] + [view.timestamp] + [c for c, _ in view.features]
     _require(columns, needed + ([view.created] if view.created else []), scan)
@@ -618,6 +639,11 @@ class HealthmateDuckDBOfflineStore(OfflineStore):
             )
         if os.path.isdir(path):
             pq.write_table(table, os.path.join(path, f"part-{uuid.uuid4().hex}.parquet"))
+        elif parquet_key_id(path) is not None:  # an encrypted source stays encrypted (under the active key)
+            keyring = _keyring(str(config.repo_path))
+            existing = open_parquet(keyring, path)
+            table = table.cast(existing.schema_arrow)
+            write_parquet(keyring, pa.concat_tables([existing.read(), table]), path)
         else:
             table = table.cast(pq.read_schema(path))
             tmp = f"{path}.{uuid.uuid4().hex}.tmp"
@@ -648,9 +674,9 @@ def _pull(
     latest: bool,
 ) -> RetrievalJob:
     """Build the materialization query (columns are source names; field mapping is the caller's)."""
-    scan = _scan(config, data_source)
 
     def sql_for(con: duckdb.DuckDBPyConnection) -> str:
+        scan = _scan(config, con, data_source)
         columns = _columns(con, scan, f"data source {data_source.name!r}")
         stamps = [timestamp_field] + ([created_timestamp_column] if created_timestamp_column else [])
         _require(columns, join_key_columns + feature_name_columns + stamps, scan)

@@ -1,0 +1,23 @@
+"""Reading the package's own files in tests: they are encrypted at rest (README "Security and compliance")."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from healthmate_features.backends import backend_for
+from healthmate_features.config import Settings
+from healthmate_features.crypto import open_parquet, read_sealed
+
+
+def read_frame(settings: Settings, path: str | Path, *, columns: list[str] | None = None) -> pd.DataFrame:
+    """A Parquet file the package wrote (encrypted, or plaintext from before), decrypted with the repo's keyring."""
+    return open_parquet(backend_for(settings).keyring, path).read(columns=columns).to_pandas()
+
+
+def read_csv(settings: Settings, path: str | Path, **options) -> pd.DataFrame:
+    """A CSV file the package wrote sealed (a rejects file), decrypted with the repo's keyring."""
+    import io
+
+    return pd.read_csv(io.BytesIO(read_sealed(backend_for(settings).keyring(), path)), **options)
