@@ -189,11 +189,19 @@ def parquet_dataset(keyring: KeyringSource, paths: str | Path | Sequence[str | P
     under the key each names; plaintext files (written before encryption) are read as they are.
 
     `keyring` may be a callable that builds one: it is called only when a file is encrypted."""
+    import pyarrow as pa
     import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
 
     files = [str(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
     if not files:
         raise EncryptionKeyError("no Parquet files to scan")
+    sealed = [f for f in files if _is_sealed(f)]
+    if sealed:
+        # Parquet bytes inside an HME1 envelope (a dataset version's file): decrypted into memory.
+        parts = [ds.dataset(pq.read_table(pa.BufferReader(_unseal_file(keyring, f)))) for f in sealed]
+        rest = [f for f in files if f not in sealed]
+        return ds.dataset(parts + ([parquet_dataset(keyring, rest)] if rest else []))
     by_key: dict[str | None, list[str]] = {}
     for file in files:
         by_key.setdefault(parquet_key_id(file), []).append(file)
@@ -208,11 +216,24 @@ def parquet_dataset(keyring: KeyringSource, paths: str | Path | Sequence[str | P
     return ds.dataset(group, format=ds.ParquetFileFormat(default_fragment_scan_options=options))
 
 
+def _unseal_file(keyring: KeyringSource, path: str) -> bytes:
+    blob = Path(path).read_bytes()
+    return unseal(_key_ring(keyring, str(sealed_key_id(blob)), what=path), blob, what=path)
+
+
+def _head(path: str | Path) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read(len(MAGIC) + 1 + 255 + NONCE_BYTES + TAG_BYTES)
+
+
+def _is_sealed(path: str | Path) -> bool:
+    return _head(path).startswith(MAGIC)
+
+
 def file_key_id(path: str | Path) -> str | None:
     """The data key id the file at `path` is encrypted under (an HME1 envelope, or Parquet with
     modular encryption); None for a plaintext file. Reads the file's head (and a Parquet tail)."""
-    with open(path, "rb") as handle:
-        head = handle.read(len(MAGIC) + 1 + 255 + NONCE_BYTES + TAG_BYTES)
+    head = _head(path)
     if head.startswith(MAGIC):
         return sealed_key_id(head)
     if head.startswith((b"PAR1", b"PARE")):
@@ -220,7 +241,9 @@ def file_key_id(path: str | Path) -> str | None:
     return None
 
 
-def duckdb_scan(con: duckdb.DuckDBPyConnection, paths: str | Path | Sequence[str | Path], keyring: KeyringSource) -> str:
+def duckdb_scan(
+    con: duckdb.DuckDBPyConnection, paths: str | Path | Sequence[str | Path], keyring: KeyringSource
+) -> str:
     """A DuckDB table expression that reads the Parquet file(s) `paths` on `con`.
 
     Plaintext files only: DuckDB's own `read_parquet([...])` (fastest). Otherwise a pyarrow dataset
@@ -229,7 +252,7 @@ def duckdb_scan(con: duckdb.DuckDBPyConnection, paths: str | Path | Sequence[str
     import hashlib
 
     files = [str(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
-    if not any(parquet_key_id(f) for f in files):
+    if not any(file_key_id(f) for f in files):
         return "read_parquet([" + ", ".join("'" + f.replace("'", "''") + "'" for f in files) + "])"
     name = "__hm_enc_" + hashlib.sha256("\0".join(files).encode()).hexdigest()[:16]
     con.register(name, parquet_dataset(keyring, files))

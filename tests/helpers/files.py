@@ -21,3 +21,10 @@ def read_csv(settings: Settings, path: str | Path, **options) -> pd.DataFrame:
     import io
 
     return pd.read_csv(io.BytesIO(read_sealed(backend_for(settings).keyring(), path)), **options)
+
+
+def read_any_csv(settings: Settings, path: str | Path, **options) -> pd.DataFrame:
+    """A CSV file as pandas reads it: sealed (the package's rejects files) or plaintext (a user's raw input)."""
+    from healthmate_features.crypto import file_key_id
+
+    return read_csv(settings, path, **options) if file_key_id(path) else pd.read_csv(path, **options)
