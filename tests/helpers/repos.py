@@ -92,6 +92,7 @@ def build_generated(root: Path, *, users: int, days: int, seed: int):
     """A repository copy (with configs/) holding a generated population, ingested, built and applied.
 
     Returns its Settings."""
+    from healthmate_features.backends import backend_for
     from healthmate_features.config import Settings
     from healthmate_features.features.build import build_features
     from healthmate_features.raw.generate import generate
