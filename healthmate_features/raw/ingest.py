@@ -36,7 +36,7 @@ import pyarrow as pa
 from healthmate_features.backends import RawTable, backend_for
 from healthmate_features.backends.base import INGEST_MANIFEST
 from healthmate_features.config import Settings
-from healthmate_features.crypto import Keyring, write_parquet, write_sealed
+from healthmate_features.crypto import Keyring, file_key_id, read_sealed, write_parquet, write_sealed
 from healthmate_features.errors import NotIngestedError, RawDataError
 from healthmate_features.raw.schemas import CONDITIONS, METRICS, RAW_TABLES, Column, TableSchema
 from healthmate_features.util.files import atomic_path, atomic_write_text
@@ -487,6 +487,19 @@ def ingest_raw(
         for name, schema in RAW_TABLES.items()
     ]
     return reports, backend.store_raw(out_dir, tables, batch_rows=batch_rows, progress=progress)
+
+
+def read_rejects(settings: Settings, table: str, *, out_dir: str | Path | None = None) -> bytes:
+    """The rejects file of `table` (CSV bytes, decrypted) from the last ingest into `out_dir`
+    (default: settings.ingested_dir). Raises NotIngestedError when the table has no rejects file."""
+    if table not in RAW_TABLES:
+        raise NotIngestedError(f"unknown raw table {table!r}; tables: {', '.join(RAW_TABLES)}")
+    path = Path(out_dir or settings.ingested_dir) / f"{table}.rejects.csv"
+    if not path.exists():
+        raise NotIngestedError(f"table {table!r} has no rejects file ({path}): its last ingest rejected no row")
+    if file_key_id(path) is None:
+        return path.read_bytes()  # written before encryption
+    return read_sealed(backend_for(settings).keyring(), path)
 
 
 def check_raw_store(raw_dir: str | Path, settings: Settings) -> dict[str, Any]:

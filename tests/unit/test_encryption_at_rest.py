@@ -213,3 +213,12 @@ def _plain(settings: Settings, path: Path):
     from healthmate_features.crypto import open_parquet
 
     return open_parquet(backend_for(settings).keyring, path).read()
+
+
+def test_the_rejects_command_prints_the_decrypted_rejects(repo):
+    result = CliRunner().invoke(main, ["rejects", "health_readings"], env={"HM_REPO_PATH": str(repo.repo_path)})
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0].startswith('"_row"') or result.output.startswith("_row")
+    assert "999999" in result.output and "is not in users" in result.output
+    missing = CliRunner().invoke(main, ["rejects", "users"], env={"HM_REPO_PATH": str(repo.repo_path)})
+    assert missing.exit_code == 1 and "has no rejects file" in missing.output
