@@ -7,6 +7,11 @@ Bytes (online values, pickled pipelines, JSON): AES-256-GCM in a small envelope,
 with the header and the caller's `aad` (e.g. which entity and field a value belongs to, so a
 value cannot be moved to another user's key) as associated data. Any change fails the tag.
 
+Files: `write_parquet`/`write_sealed` write under the active key; `open_parquet`, `parquet_dataset`
+and `duckdb_scan` read encrypted and plaintext (pre-encryption) files alike; `file_key_id` says
+which key a file needs (None: plaintext); `reencrypt_file` moves one file to the active key,
+atomically (a rotation); `content_sha256` hashes what a file holds, not its ciphertext.
+
 Parquet: Parquet modular encryption (AES_GCM_V1, footer and every column under the data key,
 footer encrypted) written and read by pyarrow (`create_encryption_properties`). The file's AAD
 prefix, stored in plain in its crypto metadata, is `healthmate-data-key:<id>;`: it names the key
@@ -302,34 +307,24 @@ def read_sealed(keyring: Keyring, path: str | Path) -> bytes:
 def reencrypt_file(keyring: Keyring, path: str | Path) -> bool:
     """Re-encrypt the file `path` under the active data key, atomically (a temporary sibling
     renamed over it: an interruption leaves the old file or the new one, never half of each).
-    A plaintext file is encrypted. Parquet stays Parquet (modular encryption), anything else
-    becomes an HME1 envelope. Returns False when it already was under the active key.
-
-    The file's mode is kept (dataset files are read-only)."""
-    import pyarrow.parquet as pq
+    A plaintext file is encrypted. Parquet stays Parquet (modular encryption, streamed batch by
+    batch), anything else becomes an HME1 envelope. Returns False when it already was under the
+    active key. The file's mode is kept (dataset files are read-only)."""
+    import pyarrow as pa
 
     path = Path(path)
-    active = keyring.active()
-    if file_key_id(path) == active.key_id:
+    if file_key_id(path) == keyring.active().key_id:
         return False
     mode = path.stat().st_mode & 0o777
-    with open(path, "rb") as handle:
-        parquet = handle.read(4) in (b"PAR1", b"PARE")
-    if parquet:
-        key_id = parquet_key_id(path)
-        decryption = parquet_decryption(keyring.get(key_id, what=str(path))) if key_id else None
-        source = pq.ParquetFile(path, decryption_properties=decryption)
+    if _head(path).startswith((b"PAR1", b"PARE")):
+        source = open_parquet(keyring, path)
         try:
             batches = source.iter_batches(batch_size=65_536)
-            import pyarrow as pa
-
             write_parquet(keyring, pa.RecordBatchReader.from_batches(source.schema_arrow, batches), path)
         finally:
             source.close()
     else:
-        blob = path.read_bytes()
-        plain = unseal(keyring, blob, what=str(path)) if sealed_key_id(blob) else blob
-        write_sealed(keyring, path, plain)
+        write_sealed(keyring, path, _unseal_file(keyring, str(path)) if _is_sealed(path) else path.read_bytes())
     os.chmod(path, mode)
     return True
 
@@ -337,27 +332,22 @@ def reencrypt_file(keyring: Keyring, path: str | Path) -> bool:
 def content_sha256(keyring: KeyringSource, path: str | Path) -> str:
     """A SHA-256 of the file's content that re-encryption does not change: of its bytes when it is
     plaintext (as `sha256sum` gives), of the plaintext inside an HME1 envelope, and of an encrypted
-    Parquet file's decrypted rows (as an Arrow IPC stream, prefixed so it never equals a file hash)."""
+    Parquet file's decrypted rows (Arrow IPC messages, prefixed so it never equals a file's hash)."""
     import hashlib
 
-    import pyarrow as pa
-
     digest = hashlib.sha256()
-    key_id = file_key_id(path)
-    if key_id is None:
+    if file_key_id(path) is None:
         with open(path, "rb") as handle:
             for chunk in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(chunk)
-    elif Path(path).read_bytes()[: len(MAGIC)] == MAGIC:
-        digest.update(unseal(_key_ring(keyring, key_id, what=str(path)), Path(path).read_bytes(), what=str(path)))
+    elif _is_sealed(path):
+        digest.update(_unseal_file(keyring, str(path)))
     else:
         source = open_parquet(keyring, path)
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, source.schema_arrow) as stream:
-            for batch in source.iter_batches(batch_size=65_536):
-                stream.write_batch(batch)
         digest.update(b"healthmate-decrypted-parquet\0")
-        digest.update(sink.getvalue())
+        digest.update(source.schema_arrow.serialize())
+        for batch in source.iter_batches(batch_size=65_536):
+            digest.update(batch.serialize())
     return digest.hexdigest()
 
 
