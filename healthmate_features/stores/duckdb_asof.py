@@ -145,11 +145,11 @@ def _scan(config: RepoConfig, con: duckdb.DuckDBPyConnection, source: DataSource
     Plaintext files are read by DuckDB's ``read_parquet``; encrypted ones through a pyarrow dataset
     registered on `con` (crypto.duckdb_scan), with the keyring of the repository's settings."""
     path = _source_path(config, source)
-    if "://" in path or not os.path.exists(path):
-        return f"read_parquet({_literal(path)})"  # DuckDB's own error names what is missing
-    files = sorted(glob.glob(os.path.join(path, "**", "*.parquet"), recursive=True)) if os.path.isdir(path) else [path]
+    if "://" not in path and os.path.isdir(path):
+        path = os.path.join(path, "**", "*.parquet")
+    files = [] if "://" in path else sorted(glob.glob(path, recursive=True))  # a file, or a glob pattern
     if not files:
-        return f"read_parquet({_literal(os.path.join(path, '**', '*.parquet'))})"
+        return f"read_parquet({_literal(path)})"  # DuckDB's own error names what is missing
     return duckdb_scan(con, list(files), lambda: _keyring(str(config.repo_path)))
 
 
