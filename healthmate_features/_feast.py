@@ -75,7 +75,6 @@ __all__ = [
     "get_feature_view_query_context",
     "get_pyarrow_schema_from_batch_source",
     "infer_event_timestamp_from_entity_df",
-    "online_store",
     "online_store_without_retries",
     "online_writes_counted",
     "int64_entity_key",
@@ -221,11 +220,6 @@ def online_writes_counted(store: Any, count: Callable[[str, int], None]) -> Iter
         yield
     finally:
         del online.online_write_batch  # the instance attribute: the class's method shows again
-
-
-def online_store(store: Any) -> Any:
-    """The Feast OnlineStore instance a FeatureStore writes to (`FeatureStore._get_provider()`)."""
-    return store._get_provider().online_store
 
 
 def online_store_without_retries(store: Any) -> None:

@@ -99,9 +99,9 @@ ERROR_STATUS: tuple[tuple[type[HealthmateError], int, str], ...] = (
     (NotFoundError, 404, "not_found"),
     (ConflictError, 409, "conflict"),
     (ServiceUnavailableError, 503, "service_unavailable"),
-    (EncryptionKeyError, 503, "service_unavailable"),  # a data or master key missing or wrong: GENERIC_DETAIL
     (StoreError, 503, "service_unavailable"),
     (FeatureRepoError, 503, "service_unavailable"),  # registry missing or `feast apply` failing
+    (EncryptionKeyError, 503, "service_unavailable"),  # a key missing or wrong: the detail goes to the log only
     (AuditError, 500, "internal_error"),
     (HealthmateError, 422, "invalid_request"),  # config, entity frame, preprocessing, tracking, dataset, key
 )
@@ -136,23 +136,15 @@ def error_response(status: int, kind: str, detail: str) -> JSONResponse:
     return JSONResponse({"error": kind, "detail": detail}, status_code=status, headers=headers)
 
 
-#: What a client is told instead of the library's message (which names server paths or key ids).
-GENERIC_DETAIL: dict[type[HealthmateError], str] = {
-    EncryptionKeyError: "stored data cannot be decrypted on this server (an encryption key is missing or wrong); "
-    "the operator has the details in the server log",
-}
-
-
 def response_for(exc: HealthmateError) -> JSONResponse:
-    """The response for a library error, by ERROR_STATUS (and GENERIC_DETAIL)."""
+    """The response for a library error, by ERROR_STATUS."""
     status, kind = next((s, k) for cls, s, k in ERROR_STATUS if isinstance(exc, cls))
-    generic = next((text for cls, text in GENERIC_DETAIL.items() if isinstance(exc, cls)), None)
-    if generic is not None:
-        log.error("%s: %s", type(exc).__name__, exc)
-        return error_response(status, kind, generic)
     if status >= 500 and status != 503:
         log.error("internal error: %s", exc)
         return error_response(status, kind, "internal error; the server log has the details")
+    if isinstance(exc, EncryptionKeyError):  # names key ids and places: for operators, not for callers
+        log.error("encryption key error: %s", exc)
+        return error_response(status, kind, "stored data cannot be decrypted; the server log has the details")
     return error_response(status, kind, str(exc))
 
 

@@ -8,7 +8,7 @@ A rotation, resumable at every step:
    tables, dataset versions) that is not under the active key, one at a time, each replaced
    atomically: an interruption leaves every file either old or new, and the next run picks up the
    rest. A plaintext file (from a checkout before encryption) is encrypted the same way;
-3. re-encrypt the online store's values through its hook (`ONLINE_HOOK`), when it has one;
+3. re-encrypt the online store's values (`ONLINE_HOOK`, the encrypting online stores' rotation);
 4. mark the rotating keys retired (`Keyring.finish_rotation`).
 
 Retired keys stay in the keyring (a backup or a file written by a process that had not yet seen
@@ -18,23 +18,23 @@ the new key still opens). Dataset versions keep their identity: the registry has
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from healthmate_features import _feast
 from healthmate_features.backends import backend_for
 from healthmate_features.config import Settings
 from healthmate_features.crypto import file_key_id, reencrypt_file
 from healthmate_features.datasets.registry import DatasetRegistry
-from healthmate_features.errors import FeatureRepoError
+from healthmate_features.errors import ConfigError
 from healthmate_features.util.text import repo_relative
 
-#: The method an online store (Feast OnlineStore instance) may define to re-encrypt its values
-#: under the active data key: `reencrypt_values(config: RepoConfig) -> int` (values rewritten).
-#: Stores without it hold no encrypted values of ours; the rotation says so.
-ONLINE_HOOK = "reencrypt_values"
+#: The online store's re-encryption (the encrypting online stores' module, its own helper's work):
+#: `reencrypt_online_values(settings) -> Reencrypted` (.reencrypted: values re-sealed). Looked up
+#: by name, so a checkout without encrypting online stores rotates its files and says so.
+ONLINE_HOOK = ("healthmate_features.stores.encrypted_online", "reencrypt_online_values")
 
 
 @dataclass
@@ -116,18 +116,16 @@ def rotate_data_key(
 
 
 def _reencrypt_online(settings: Settings) -> tuple[int | None, str]:
-    """Run the online store's re-encryption hook; (values rewritten or None, a note for the user)."""
-    backend = backend_for(settings)
+    """Run the online store's re-encryption (ONLINE_HOOK); (values re-sealed or None, a note for the user)."""
+    module_name, function = ONLINE_HOOK
     try:
-        with backend.service_errors():
-            store = backend.open_feature_store()
-    except FeatureRepoError:
-        return None, "no Feast repository applied: the online store holds nothing yet"
-    online = _feast.online_store(store)
-    hook = getattr(online, ONLINE_HOOK, None)
-    if hook is None:
-        return None, (
-            f"the online store ({type(online).__name__}) has no {ONLINE_HOOK}() hook: it holds no values "
-            "encrypted by this package, nothing to re-encrypt"
-        )
-    return int(hook(store.config)), ""
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError:
+        return None, f"no online-store re-encryption in this installation ({module_name}.{function}): nothing re-sealed"
+    if not backend_for(settings).feature_store_yaml.exists():
+        return None, "no Feast configuration: the online store holds nothing"
+    try:
+        done = getattr(module, function)(settings)
+    except ConfigError as exc:  # the configured online store does not encrypt: nothing of ours in it
+        return None, str(exc)
+    return int(done.reencrypted), ""

@@ -105,7 +105,7 @@ def test_the_api_answers_a_key_error_with_503_and_no_path():
     response = response_for(EncryptionKeyError("/srv/data/features/x.parquet needs data key dk-0123 (...)"))
     body = json.loads(response.body)
     assert response.status_code == 503 and body["error"] == "service_unavailable"
-    assert "/srv" not in body["detail"] and "dk-0123" not in body["detail"] and "encryption key" in body["detail"]
+    assert "/srv" not in body["detail"] and "dk-0123" not in body["detail"] and "cannot be decrypted" in body["detail"]
 
 
 def test_the_cli_names_the_file_and_key_on_a_key_error(repo, monkeypatch):
@@ -124,7 +124,7 @@ def test_rotation_reencrypts_every_file_keeps_dataset_identity_and_retires_the_o
     report = rotate_data_key(repo)
     assert report.created and report.active != old and report.retired == [old]
     assert len(report.files) == len(package_files(repo)) + len(_version_files(repo))
-    assert "no reencrypt_values() hook" in report.online_note or "no Feast repository" in report.online_note
+    assert report.online is None and report.online_note  # no encrypting online store here: said so
     for path in package_files(repo) + _version_files(repo):
         assert file_key_id(path) == report.active, path
     assert backend_for(repo).keyring().key_ids() == {old: "retired", report.active: "active"}
