@@ -8,12 +8,13 @@ import pandas as pd
 
 from healthmate_features.backends import backend_for
 from healthmate_features.config import Settings
-from healthmate_features.crypto import open_parquet, read_sealed
+from healthmate_features.crypto import parquet_dataset, read_sealed
 
 
 def read_frame(settings: Settings, path: str | Path, *, columns: list[str] | None = None) -> pd.DataFrame:
-    """A Parquet file the package wrote (encrypted, or plaintext from before), decrypted with the repo's keyring."""
-    return open_parquet(backend_for(settings).keyring, path).read(columns=columns).to_pandas()
+    """A Parquet file the package wrote (encrypted, sealed in a dataset version, or plaintext from
+    before), decrypted with the repo's keyring."""
+    return parquet_dataset(backend_for(settings).keyring, path).to_table(columns=columns).to_pandas()
 
 
 def read_csv(settings: Settings, path: str | Path, **options) -> pd.DataFrame:

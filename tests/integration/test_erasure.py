@@ -177,7 +177,7 @@ def _check_reingest_and_build(settings: Settings, built: dict, erasure_id: str) 
     reports, _ = ingest_raw(built["original_raw"], settings)
     for report in reports:
         assert report.reasons.get("user_id: erased", 0) > 0, report
-        rejects = pd.read_csv(settings.ingested_dir / f"{report.table}.rejects.csv", dtype=str)
+        rejects = read_any_csv(settings, settings.ingested_dir / f"{report.table}.rejects.csv", dtype=str)
         erased = rejects[rejects["_reason"].str.contains("erased")]
         assert len(erased) == report.reasons["user_id: erased"]
         assert erased.drop(columns=["_row", "_reason"]).isna().all().all()  # none of their values
