@@ -71,7 +71,8 @@ def ingest_cmd(
         for reason, n in sorted(r.reasons.items(), key=lambda kv: -kv[1]):
             click.echo(f"  {n:>8,}  {reason}")
         if r.rejected:
-            click.echo(f"  rejected rows with reasons: `healthmate-features rejects {r.table}` (encrypted file)")
+            rejects = out_dir / (r.table + ".rejects.csv")
+            click.echo(f"  rejected rows with reasons: {rejects} (encrypted: `healthmate-features rejects {r.table}`)")
         if r.ignored_columns:
             click.echo(f"  ignored columns: {', '.join(r.ignored_columns)}")
     backend = backend_for(current)
