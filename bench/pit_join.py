@@ -6,7 +6,10 @@ Generates U*D daily feature rows (10 float features, one row per user per day, s
 of the day) and E entity rows at random users and times, builds a Feast repository over them
 (`feast apply`), then measures each method in a fresh subprocess: wall seconds of the join alone
 (entity frame in, pandas frame out; median of --repeats), the subprocess's peak RSS (wait4), the
-row count, a checksum of one feature column, and the time ratio to raw DuckDB. Feast's file (dask)
+row count, a checksum of one feature column, and the time ratio to raw DuckDB. "ours, encrypted"
+is our store over the same rows written encrypted (crypto.write_parquet, as the package writes its
+feature tables) in a second repository with its own keyring: DuckDB scans it through a pyarrow
+dataset (README "Security and compliance"). Feast's file (dask)
 store is skipped with --skip-file or above FILE_STORE_MAX_ROWS feature rows, Feast's DuckDB store
 above FEAST_DUCKDB_MAX_ROWS (both need many GB there and would crowd a shared machine).
 """
@@ -36,6 +39,7 @@ SLOW_SECONDS = 30.0  # a method slower than this is run once, whatever --repeats
 METHODS = {
     "raw": "raw DuckDB ASOF join",
     "ours": "ours (HealthmateDuckDBOfflineStore)",
+    "ours_encrypted": "ours, encrypted feature file",
     "feast_duckdb": "Feast DuckDB store",
     "feast_file": "Feast file (dask) store",
 }
@@ -105,6 +109,35 @@ def build_repo(workdir: Path, memory_limit: str | None) -> None:
     done = subprocess.run([str(feast), "-f", "ours.yaml", "apply"], cwd=repo, capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"feast apply failed:\n{done.stderr}")
+    build_encrypted_repo(workdir)
+
+
+def build_encrypted_repo(workdir: Path) -> None:
+    """A second repository (its own keyring) over features.parquet rewritten encrypted, applied."""
+    from healthmate_features.backends import backend_for
+    from healthmate_features.config import Settings
+    from healthmate_features.crypto import write_parquet
+
+    repo = workdir / "repo_enc"
+    repo.mkdir(exist_ok=True)
+    keyring = backend_for(Settings.from_env(repo, profile="embedded")).keyring()
+    source = pq.ParquetFile(workdir / "features.parquet")
+    write_parquet(
+        keyring,
+        pa.RecordBatchReader.from_batches(source.schema_arrow, source.iter_batches()),
+        workdir / "features.enc.parquet",
+    )
+    (repo / "definitions.py").write_text(DEFINITIONS.format(path=str(workdir / "features.enc.parquet")))
+    (repo / "ours.yaml").write_text(
+        f"project: pitbench\nprovider: local\nregistry: {workdir / 'registry_enc.db'}\n"
+        f"online_store:\n  type: sqlite\n  path: {workdir / 'online_enc.db'}\n"
+        f"offline_store:\n  type: {STORE_TYPES['ours']}\n  temp_directory: {workdir / 'duckdb_tmp'}\n"
+        "entity_key_serialization_version: 3\n"
+    )
+    feast = Path(sys.executable).with_name("feast")
+    done = subprocess.run([str(feast), "-f", "ours.yaml", "apply"], cwd=repo, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"feast apply (encrypted repository) failed:\n{done.stderr}")
 
 
 def run_method(method: str, workdir: Path, memory_limit: str | None) -> dict:
@@ -130,8 +163,9 @@ def run_method(method: str, workdir: Path, memory_limit: str | None) -> dict:
     else:
         from feast import FeatureStore
 
-        repo = workdir / "repo"
-        store = FeatureStore(repo_path=str(repo), fs_yaml_file=repo / f"{method}.yaml")
+        repo = workdir / ("repo_enc" if method == "ours_encrypted" else "repo")
+        yaml_file = repo / ("ours.yaml" if method == "ours_encrypted" else f"{method}.yaml")
+        store = FeatureStore(repo_path=str(repo), fs_yaml_file=yaml_file)
         refs = [f"daily_fv:{name}" for name in FEATURES]
         started = time.perf_counter()
         result = store.get_historical_features(entity_df=entity_df, features=refs).to_df()

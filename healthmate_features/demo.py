@@ -20,6 +20,7 @@ from healthmate_features.raw.ingest import ingest_raw
 from healthmate_features.stores import feature_store as store
 from healthmate_features.tracking import Tracker
 from healthmate_features.training.builder import TrainingSetConfig, build_and_save, summary
+from healthmate_features.training.entities import read_entity_frame
 from healthmate_features.util.text import format_counts, format_fields, format_value
 
 
@@ -35,7 +36,9 @@ def demo_user(settings: Settings) -> int:
 
 def training_frame(settings: Settings, labels_path, *, feature_service: str, label: str) -> pd.DataFrame:
     """Point-in-time training frame: the labels file joined through Feast with a feature service."""
-    labels = pd.read_parquet(labels_path, columns=["user_id", "event_timestamp", label])
+    labels = read_entity_frame(labels_path, keyring=backend_for(settings).keyring)[
+        ["user_id", "event_timestamp", label]
+    ]
     return store.historical_features(settings, labels, feature_service=feature_service)
 
 

@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 
 from healthmate_features.config import Settings
+from tests.helpers.files import read_frame
 
 from .helpers import frames, repos, temporal
 from .helpers import small as small_data
@@ -222,7 +223,7 @@ def feature_table():
     """feature_table(settings, name, user_id=1): one user's rows of a built feature table, by event time."""
 
     def read(settings: Settings, name: str, user_id: int = 1) -> pd.DataFrame:
-        df = pd.read_parquet(settings.features_dir / f"{name}.parquet")
+        df = read_frame(settings, settings.features_dir / f"{name}.parquet")
         return df[df.user_id == user_id].set_index("event_timestamp").sort_index()
 
     return read

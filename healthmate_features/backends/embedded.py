@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from healthmate_features.backends.base import INGEST_MANIFEST, Backend, Broker, FeatureBuild
+from healthmate_features.crypto import duckdb_scan, write_parquet
 from healthmate_features.errors import FeatureRepoError, NotIngestedError
-from healthmate_features.util.files import atomic_path
 from healthmate_features.util.sql import quote_literal
 from healthmate_features.util.text import repo_relative
 
@@ -130,7 +130,7 @@ class EmbeddedBackend(Backend):
             names = {}
             for placeholder, raw in build.sources.items():
                 path = self.settings.ingested_dir / f"{raw}.parquet"
-                con.execute(f"CREATE VIEW raw_{raw} AS SELECT * FROM read_parquet({quote_literal(str(path))})")
+                con.execute(f"CREATE VIEW raw_{raw} AS SELECT * FROM {duckdb_scan(con, path, self.keyring)}")
                 names[placeholder] = f"raw_{raw}"
             steps = tqdm(
                 total=len(build.prepare_sql) + len(build.tables),
@@ -144,23 +144,24 @@ class EmbeddedBackend(Backend):
             counts: dict[str, int] = {}
             for table, sql in build.tables.items():
                 steps.set_postfix_str(table)
-                with atomic_path(out_dir / f"{table}.parquet") as tmp:
-                    con.execute(
-                        f"COPY ({sql.format(**names)}) TO {quote_literal(str(tmp))} (FORMAT parquet, COMPRESSION zstd)"
-                    )
-                    row = con.execute(f"SELECT count(*) FROM read_parquet({quote_literal(str(tmp))})").fetchone()
-                    counts[table] = int(row[0]) if row else 0
+                counts[table] = self._write_feature_file(con, sql.format(**names), out_dir / f"{table}.parquet")
                 steps.update()
             steps.close()
         finally:
             con.close()
         return counts
 
+    def _write_feature_file(self, con: duckdb.DuckDBPyConnection, query: str, path: Path) -> int:
+        """Stream the rows of `query` into the Parquet file `path`, encrypted under the active data
+        key (crypto.write_parquet; atomically); the row count. Every feature file is written here."""
+        return write_parquet(self.keyring(), con.execute(query).to_arrow_reader(), path)
+
     def feature_table_label(self, table: str) -> str:
         return str(self.settings.features_dir / f"{table}.parquet")
 
-    def _table_expression(self, table: str) -> str:
-        return f"read_parquet({quote_literal(str(self.settings.features_dir / f'{table}.parquet'))})"
+    def _table_expression(self, con: duckdb.DuckDBPyConnection, table: str) -> str:
+        """The feature table as a DuckDB table expression on `con` (decrypted as it is scanned)."""
+        return duckdb_scan(con, self.settings.features_dir / f"{table}.parquet", self.keyring)
 
     def feature_time_range(self, tables: Sequence[str]) -> tuple[datetime, datetime]:
         files = [t for t in tables if (self.settings.features_dir / f"{t}.parquet").exists()]
@@ -168,11 +169,12 @@ class EmbeddedBackend(Backend):
             raise FeatureRepoError(
                 f"no feature tables in {self.settings.features_dir}; run `{self.command('build-features --raw DIR')}`"
             )
-        union = " UNION ALL ".join(
-            f"SELECT min(event_timestamp) lo, max(event_timestamp) hi FROM {self._table_expression(t)}" for t in files
-        )
         con = duckdb_connect()
         try:
+            union = " UNION ALL ".join(
+                f"SELECT min(event_timestamp) lo, max(event_timestamp) hi FROM {self._table_expression(con, t)}"
+                for t in files
+            )
             row = con.execute(f"SELECT min(lo), max(hi) FROM ({union})").fetchone()
         finally:
             con.close()
@@ -201,15 +203,11 @@ class EmbeddedBackend(Backend):
                 path = self.settings.features_dir / f"{table}.parquet"
                 if not path.exists():
                     continue
-                source = f"read_parquet({quote_literal(str(path))})"
+                source = self._table_expression(con, table)
                 row = con.execute(f"SELECT count(*) FROM {source} WHERE {where}").fetchone()
                 counts[table] = int(row[0]) if row else 0
                 if counts[table] and not count_only:
-                    with atomic_path(path) as tmp:
-                        con.execute(
-                            f"COPY (SELECT * FROM {source} WHERE ({where}) IS NOT TRUE) "
-                            f"TO {quote_literal(str(tmp))} (FORMAT parquet, COMPRESSION zstd)"
-                        )
+                    self._write_feature_file(con, f"SELECT * FROM {source} WHERE ({where}) IS NOT TRUE", path)
         finally:
             con.close()
         return counts
@@ -248,6 +246,6 @@ class EmbeddedBackend(Backend):
             )
         con = duckdb_connect()
         try:
-            return con.execute(sql.format(*(self._table_expression(t) for t in tables))).fetchall()
+            return con.execute(sql.format(*(self._table_expression(con, t) for t in tables))).fetchall()
         finally:
             con.close()

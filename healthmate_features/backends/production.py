@@ -42,16 +42,19 @@ _PG_TYPES = {"int": "BIGINT", "float": "DOUBLE PRECISION", "string": "TEXT", "ti
 _LOCK = "hashtext('healthmate_features.postgres')"
 
 
-def _copy_parquet(cur: Any, dest: str, columns: list[str], path: Path, *, batch_rows: int, progress: Any) -> int:
-    """COPY a Parquet file into `dest` in chunks of `batch_rows` rows (CSV rendered by Arrow)."""
+def _copy_parquet(
+    cur: Any, dest: str, columns: list[str], path: Path, *, batch_rows: int, progress: Any, keyring: Any
+) -> int:
+    """COPY a Parquet file (decrypted with `keyring`) into `dest` in chunks of `batch_rows` rows (CSV by Arrow)."""
     import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
+
+    from healthmate_features.crypto import open_parquet
 
     rows = 0
     cols = ", ".join(quote_ident(c) for c in columns)
     options = pacsv.WriteOptions(include_header=False, quoting_style="all_valid")  # "" is text, bare empty NULL
     with cur.copy(f"COPY {dest} ({cols}) FROM STDIN (FORMAT csv)") as copy:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=columns):
+        for batch in open_parquet(keyring, path).iter_batches(batch_size=batch_rows, columns=columns):
             buf = io.BytesIO()
             pacsv.write_csv(batch, buf, options)
             copy.write(buf.getbuffer())
@@ -306,6 +309,7 @@ class ProductionBackend(Backend):
                     ingested_dir / f"{table.name}.parquet",
                     batch_rows=batch_rows,
                     progress=bar,
+                    keyring=self.keyring,
                 )
                 cur.execute(f"DROP TABLE IF EXISTS {final}")
                 cur.execute(f"ALTER TABLE {staging} RENAME TO {quote_ident(table.name)}")

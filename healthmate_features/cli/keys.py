@@ -1,4 +1,5 @@
-"""API keys for the HTTP API: `keys create|list|revoke`."""
+"""Keys: API keys for the HTTP API (`keys create|list|revoke`) and the data keys of encryption at
+rest (`keys data-keys|rotate-data-key|encrypt-files`)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from healthmate_features.cli._common import (
 
 @main.group("keys")
 def keys_group() -> None:
-    """API keys for the HTTP API: create (secret shown once), list, revoke."""
+    """API keys (create, list, revoke) and the data keys of encryption at rest (data-keys, rotate-data-key)."""
 
 
 @keys_group.command("create")
@@ -80,3 +81,59 @@ def keys_revoke_cmd(key_id, profile, as_json) -> None:
     if as_json:
         return echo_json(info.to_dict())
     click.echo(f"revoked {info.key_id} ({info.role}) at {info.revoked_at:%Y-%m-%d %H:%M:%S} UTC")
+
+
+@keys_group.command("data-keys")
+@profile_option
+@json_option
+@handles_errors
+def keys_data_keys_cmd(profile, as_json) -> None:
+    """List the data keys of encryption at rest: ids and states (active, rotating, retired); never secrets."""
+    from healthmate_features.governance.data_keys import data_keys
+
+    keys = data_keys(settings(profile))
+    if as_json:
+        return echo_json([{"key_id": k, "state": state} for k, state in keys.items()])
+    if not keys:
+        return click.echo("no data key yet; the first write of health data creates one")
+    echo_table([{"key_id": k, "state": state} for k, state in keys.items()], ["key_id", "state"])
+
+
+def _rotation_output(report, as_json: bool) -> None:
+    if as_json:
+        return echo_json(report.to_dict())
+    if report.created:
+        click.echo(f"new data key {report.active} is active")
+    elif report.resumed_from:
+        click.echo(f"resuming the rotation to {report.active} (away from {', '.join(report.resumed_from)})")
+    click.echo(f"re-encrypted {len(report.files)} file(s) under {report.active}")
+    if report.online is not None:
+        click.echo(f"re-encrypted {report.online} online value(s)")
+    elif report.online_note:
+        click.echo(f"online store: {report.online_note}")
+    if report.retired:
+        click.echo(f"retired data key(s) {', '.join(report.retired)} (kept: backups still open)")
+
+
+@keys_group.command("rotate-data-key")
+@profile_option
+@json_option
+@handles_errors
+def keys_rotate_data_key_cmd(profile, as_json) -> None:
+    """Create a new data key (or resume a rotation under way), re-encrypt every file and online value
+    under it, then retire the old key. Safe to interrupt and run again."""
+    from healthmate_features.governance.data_keys import rotate_data_key
+
+    _rotation_output(rotate_data_key(settings(profile)), as_json)
+
+
+@keys_group.command("encrypt-files")
+@profile_option
+@json_option
+@handles_errors
+def keys_encrypt_files_cmd(profile, as_json) -> None:
+    """Encrypt the package's files that are still plaintext (written by an older checkout) under the active
+    data key, without creating a key. Safe to interrupt and run again."""
+    from healthmate_features.governance.data_keys import rotate_data_key
+
+    _rotation_output(rotate_data_key(settings(profile), new_key=False), as_json)

@@ -71,12 +71,31 @@ def ingest_cmd(
         for reason, n in sorted(r.reasons.items(), key=lambda kv: -kv[1]):
             click.echo(f"  {n:>8,}  {reason}")
         if r.rejected:
-            click.echo(f"  rejected rows with reasons: {out_dir / (r.table + '.rejects.csv')}")
+            rejects = out_dir / (r.table + ".rejects.csv")
+            click.echo(f"  rejected rows with reasons: {rejects} (encrypted: `healthmate-features rejects {r.table}`)")
         if r.ignored_columns:
             click.echo(f"  ignored columns: {', '.join(r.ignored_columns)}")
     backend = backend_for(current)
     for table, rows in loaded.items():
         click.echo(f"loaded {rows:,} rows into {backend.raw_table_label(table)}")
+
+
+@main.command("rejects")
+@click.argument("table")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The ingest's --out (default data/ingested).",
+)
+@profile_option
+@handles_errors
+def rejects_cmd(table: str, out_dir: Path | None, profile: str | None) -> None:
+    """Print the rejected rows of TABLE from the last ingest (CSV with _row/_line and _reason), decrypted."""
+    from healthmate_features.raw.ingest import read_rejects
+
+    click.echo(read_rejects(settings(profile), table, out_dir=out_dir).decode("utf-8"), nl=False)
 
 
 @main.command("build-features")

@@ -8,6 +8,10 @@ The keyring's storage is the SQL store (backends.keystore); `Backend.keyring()` 
 """
 
 from healthmate_features.crypto.ciphers import (
+    content_sha256,
+    duckdb_scan,
+    file_key_id,
+    open_parquet,
     parquet_dataset,
     parquet_decryption,
     parquet_encryption,
@@ -15,6 +19,7 @@ from healthmate_features.crypto.ciphers import (
     parquet_key_id,
     read_parquet,
     read_sealed,
+    reencrypt_file,
     seal,
     seal_many,
     sealed_key_id,
@@ -27,6 +32,11 @@ from healthmate_features.crypto.keyring import DataKey, Keyring, KeyStore, Wrapp
 from healthmate_features.crypto.master import LocalMasterKey, MasterKey, master_key
 
 __all__ = [
+    "content_sha256",
+    "duckdb_scan",
+    "file_key_id",
+    "open_parquet",
+    "reencrypt_file",
     "DataKey",
     "KeyStore",
     "Keyring",

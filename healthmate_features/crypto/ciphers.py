@@ -7,6 +7,11 @@ Bytes (online values, pickled pipelines, JSON): AES-256-GCM in a small envelope,
 with the header and the caller's `aad` (e.g. which entity and field a value belongs to, so a
 value cannot be moved to another user's key) as associated data. Any change fails the tag.
 
+Files: `write_parquet`/`write_sealed` write under the active key; `open_parquet`, `parquet_dataset`
+and `duckdb_scan` read encrypted and plaintext (pre-encryption) files alike; `file_key_id` says
+which key a file needs (None: plaintext); `reencrypt_file` moves one file to the active key,
+atomically (a rotation); `content_sha256` hashes what a file holds, not its ciphertext.
+
 Parquet: Parquet modular encryption (AES_GCM_V1, footer and every column under the data key,
 footer encrypted) written and read by pyarrow (`create_encryption_properties`). The file's AAD
 prefix, stored in plain in its crypto metadata, is `healthmate-data-key:<id>;`: it names the key
@@ -20,7 +25,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,8 +37,10 @@ from healthmate_features.crypto.master import NONCE_BYTES
 from healthmate_features.errors import EncryptionKeyError
 
 if TYPE_CHECKING:
+    import duckdb
     import pyarrow as pa
     import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
 
 MAGIC = b"HME1"
 TAG_BYTES = 16
@@ -200,23 +207,100 @@ def read_parquet(keyring: Keyring, path: str | Path, *, columns: Iterable[str] |
         raise
 
 
-def parquet_dataset(keyring: Keyring, paths: str | Path | list[str | Path]) -> ds.Dataset:
-    """A pyarrow dataset over encrypted Parquet files, all under one data key, for DuckDB to scan
-    lazily (register it on a connection: projections and filters are pushed into the scan)."""
-    import pyarrow.dataset as ds
+KeyringSource = Keyring | Callable[[], Keyring] | None
+"""A keyring, or a callable that builds one (called only when a file turns out to be encrypted)."""
 
-    files = [str(p) for p in (paths if isinstance(paths, list) else [paths])]
+
+def _key(keyring: KeyringSource, key_id: str, *, what: str) -> DataKey:
+    return _key_ring(keyring, key_id, what=what).get(key_id, what=what)
+
+
+def open_parquet(keyring: KeyringSource, path: str | Path) -> pq.ParquetFile:
+    """A pyarrow ParquetFile over `path`, decrypting when it is encrypted (plaintext files, written
+    before encryption, open as they are). `keyring` may be a callable, called only when needed."""
+    import pyarrow.parquet as pq
+
+    key_id = parquet_key_id(path)
+    if key_id is None:
+        return pq.ParquetFile(path)
+    key = _key(keyring, key_id, what=str(path))
+    return pq.ParquetFile(path, decryption_properties=parquet_decryption(key))
+
+
+def parquet_dataset(keyring: KeyringSource, paths: str | Path | Sequence[str | Path]) -> ds.Dataset:
+    """A pyarrow dataset over Parquet files, for DuckDB to scan lazily (register it on a
+    connection: projections and filters are pushed into the scan). Encrypted files are decrypted
+    under the key each names; plaintext files (written before encryption) are read as they are.
+
+    `keyring` may be a callable that builds one: it is called only when a file is encrypted."""
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
+
+    files = [str(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
     if not files:
         raise EncryptionKeyError("no Parquet files to scan")
-    key_ids = {parquet_key(keyring, f).key_id for f in files}
-    if len(key_ids) > 1:
-        # Files under different keys (a rotation under way): one dataset per key, unioned.
-        return ds.dataset(
-            [parquet_dataset(keyring, [f for f in files if parquet_key_id(f) == k]) for k in sorted(key_ids)]
-        )
-    key = keyring.get(key_ids.pop(), what=files[0])
+    sealed = [f for f in files if _is_sealed(f)]
+    if sealed:
+        # Parquet bytes inside an HME1 envelope (a dataset version's file): decrypted into memory.
+        parts = [ds.dataset(pq.read_table(pa.BufferReader(_unseal_file(keyring, f)))) for f in sealed]
+        rest = [f for f in files if f not in sealed]
+        return ds.dataset(parts + ([parquet_dataset(keyring, rest)] if rest else []))
+    by_key: dict[str | None, list[str]] = {}
+    for file in files:
+        by_key.setdefault(parquet_key_id(file), []).append(file)
+    if len(by_key) > 1:
+        # Files under different keys (a rotation under way, or plaintext left over): one dataset per key, unioned.
+        return ds.dataset([parquet_dataset(keyring, group) for _, group in sorted(by_key.items(), key=str)])
+    key_id, group = by_key.popitem()
+    if key_id is None:
+        return ds.dataset(group, format="parquet")
+    key = _key(keyring, key_id, what=group[0])
     options = ds.ParquetFragmentScanOptions(decryption_properties=parquet_decryption(key))
-    return ds.dataset(files, format=ds.ParquetFileFormat(default_fragment_scan_options=options))
+    return ds.dataset(group, format=ds.ParquetFileFormat(default_fragment_scan_options=options))
+
+
+def _unseal_file(keyring: KeyringSource, path: str) -> bytes:
+    blob = Path(path).read_bytes()
+    return unseal(_key_ring(keyring, str(sealed_key_id(blob)), what=path), blob, what=path)
+
+
+def _head(path: str | Path) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read(len(MAGIC) + 1 + 255 + NONCE_BYTES + TAG_BYTES)
+
+
+def _is_sealed(path: str | Path) -> bool:
+    return _head(path).startswith(MAGIC)
+
+
+def file_key_id(path: str | Path) -> str | None:
+    """The data key id the file at `path` is encrypted under (an HME1 envelope, or Parquet with
+    modular encryption); None for a plaintext file. Reads the file's head (and a Parquet tail)."""
+    head = _head(path)
+    if head.startswith(MAGIC):
+        return sealed_key_id(head)
+    if head.startswith((b"PAR1", b"PARE")):
+        return parquet_key_id(path)
+    return None
+
+
+def duckdb_scan(
+    con: duckdb.DuckDBPyConnection, paths: str | Path | Sequence[str | Path], keyring: KeyringSource
+) -> str:
+    """A DuckDB table expression that reads the Parquet file(s) `paths` on `con`.
+
+    Plaintext files only: DuckDB's own `read_parquet([...])` (fastest). Otherwise a pyarrow dataset
+    (`parquet_dataset`) registered on `con` under a name derived from the paths, which DuckDB scans
+    lazily, decrypting as it reads. Side effect: may register a view on `con`."""
+    import hashlib
+
+    files = [str(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
+    if not any(file_key_id(f) for f in files):
+        return "read_parquet([" + ", ".join("'" + f.replace("'", "''") + "'" for f in files) + "])"
+    name = "__hm_enc_" + hashlib.sha256("\0".join(files).encode()).hexdigest()[:16]
+    con.register(name, parquet_dataset(keyring, files))
+    return name
 
 
 def write_parquet(
@@ -224,7 +308,7 @@ def write_parquet(
 ) -> int:
     """Write `data` to `path` as Parquet encrypted under the active data key, atomically; the row count.
 
-    A RecordBatchReader (e.g. DuckDB's `fetch_record_batch()`) is streamed batch by batch."""
+    A RecordBatchReader (e.g. DuckDB's `to_arrow_reader()`) is streamed batch by batch."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -257,3 +341,56 @@ def write_sealed(keyring: Keyring, path: str | Path, data: bytes) -> None:
 def read_sealed(keyring: Keyring, path: str | Path) -> bytes:
     """The plaintext of a file written by `write_sealed`."""
     return unseal(keyring, Path(path).read_bytes(), what=str(path))
+
+
+def reencrypt_file(keyring: Keyring, path: str | Path) -> bool:
+    """Re-encrypt the file `path` under the active data key, atomically (a temporary sibling
+    renamed over it: an interruption leaves the old file or the new one, never half of each).
+    A plaintext file is encrypted. Parquet stays Parquet (modular encryption, streamed batch by
+    batch), anything else becomes an HME1 envelope. Returns False when it already was under the
+    active key. The file's mode is kept (dataset files are read-only)."""
+    import pyarrow as pa
+
+    path = Path(path)
+    if file_key_id(path) == keyring.active().key_id:
+        return False
+    mode = path.stat().st_mode & 0o777
+    if _head(path).startswith((b"PAR1", b"PARE")):
+        source = open_parquet(keyring, path)
+        try:
+            batches = source.iter_batches(batch_size=65_536)
+            write_parquet(keyring, pa.RecordBatchReader.from_batches(source.schema_arrow, batches), path)
+        finally:
+            source.close()
+    else:
+        write_sealed(keyring, path, _unseal_file(keyring, str(path)) if _is_sealed(path) else path.read_bytes())
+    os.chmod(path, mode)
+    return True
+
+
+def content_sha256(keyring: KeyringSource, path: str | Path) -> str:
+    """A SHA-256 of the file's content that re-encryption does not change: of its bytes when it is
+    plaintext (as `sha256sum` gives), of the plaintext inside an HME1 envelope, and of an encrypted
+    Parquet file's decrypted rows (Arrow IPC messages, prefixed so it never equals a file's hash)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    if file_key_id(path) is None:
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    elif _is_sealed(path):
+        digest.update(_unseal_file(keyring, str(path)))
+    else:
+        source = open_parquet(keyring, path)
+        digest.update(b"healthmate-decrypted-parquet\0")
+        digest.update(source.schema_arrow.serialize())
+        for batch in source.iter_batches(batch_size=65_536):
+            digest.update(batch.serialize())
+    return digest.hexdigest()
+
+
+def _key_ring(keyring: KeyringSource, key_id: str, *, what: str) -> Keyring:
+    if keyring is None:
+        raise EncryptionKeyError(f"{what} is encrypted under data key {key_id}, and no keyring was given to read it")
+    return keyring if isinstance(keyring, Keyring) else keyring()

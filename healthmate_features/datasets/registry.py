@@ -28,6 +28,15 @@ while it writes: a process killed mid-save leaves the directory unlocked, and
 directories are made read-only. Saving needs a local root (atomic rename); reading works on any
 pyarrow filesystem.
 
+Encryption at rest: with a keyring (`from_settings` passes the profile's) every data file (the
+splits and the pipeline) is stored as an HME1 envelope (crypto.seal) of the file it stands for,
+under the active data key. The manifest's SHA-256s and sizes are those of the plaintext inside, so
+a version's identity does not depend on the key: re-encryption (`reencrypt`, run by a data-key
+rotation) rewrites the envelopes and no hash. A plaintext data file (a version saved before
+encryption, or by a registry without a keyring) is read as it is. manifest.json and
+lifecycle.json stay plaintext: they hold aggregate statistics and hashes, never a row, and listing
+versions needs no key. Reading an encrypted version without a keyring is an EncryptionKeyError.
+
 Trust model: `pipeline.joblib` is a pickle, and unpickling runs arbitrary code. `load` checks its
 SHA-256 against the manifest before unpickling the very bytes it checked, which catches
 corruption and edits of the file alone; the manifest is not signed, so anyone who can write to
@@ -57,6 +66,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from healthmate_features.crypto import Keyring, seal, sealed_key_id, unseal
+from healthmate_features.crypto.ciphers import KeyringSource
 from healthmate_features.datasets import manifest as mf
 from healthmate_features.datasets.dataset import (
     OPTIONAL_SPLITS,
@@ -68,7 +79,7 @@ from healthmate_features.datasets.dataset import (
 )
 from healthmate_features.datasets.manifest import BUMPS, VERSION_RE, check_version, next_version, parse_version
 from healthmate_features.datasets.ref import NAME_RE
-from healthmate_features.errors import DatasetNotFoundError, DatasetVersionError
+from healthmate_features.errors import DatasetNotFoundError, DatasetVersionError, EncryptionKeyError
 from healthmate_features.util.files import atomic_write_bytes
 
 __all__ = [
@@ -204,8 +215,15 @@ class DatasetRegistry:
     "s3://bucket/prefix"); alternatively pass `filesystem` and a path inside it as `root`.
     """
 
-    def __init__(self, root: str | os.PathLike[str], *, filesystem: pafs.FileSystem | None = None):
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        filesystem: pafs.FileSystem | None = None,
+        keyring: KeyringSource = None,
+    ):
         text = os.fspath(root)
+        self._keyring = keyring
         if filesystem is not None:
             self._fs, path = filesystem, text
         elif "://" in text:
@@ -222,8 +240,11 @@ class DatasetRegistry:
 
     @classmethod
     def from_settings(cls, settings: Any) -> DatasetRegistry:
-        """The registry of the package settings: `settings.datasets_dir` (data/datasets)."""
-        return cls(settings.datasets_dir)
+        """The registry of the package settings: `settings.datasets_dir` (data/datasets), encrypting
+        with the profile's keyring."""
+        from healthmate_features.backends import backend_for
+
+        return cls(settings.datasets_dir, keyring=backend_for(settings).keyring)
 
     def __repr__(self) -> str:
         return f"DatasetRegistry({self.uri!r})"
@@ -428,7 +449,7 @@ class DatasetRegistry:
         if not isinstance(entry, dict):
             raise DatasetNotFoundError(f"dataset {name}@{version} has no {fname} (saved without it)")
         try:
-            data = self._read_bytes(self._path(name, version, fname))
+            data = self._read_data(self._path(name, version, fname))
         except FileNotFoundError as exc:
             raise DatasetVersionError(
                 f"dataset {name}@{version}: {fname} is missing (listed in the manifest); rebuild the version"
@@ -492,7 +513,7 @@ class DatasetRegistry:
         os.mkdir(tmp)
         owner = _lock_directory(tmp)  # released by the kernel if this process dies: see clean_temporary
         try:
-            content["files"] = _write_payload(tmp, dataset)
+            content["files"] = _write_payload(tmp, dataset, keyring=self._keyring_or_none())
             for _ in range(_MAX_ATTEMPTS):
                 versions = self.versions(name)
                 parent = versions[-1] if versions else None
@@ -572,6 +593,65 @@ class DatasetRegistry:
                 continue
             return [(i.base_name, i.type == pafs.FileType.Directory) for i in infos]
         return []
+
+    def _read_data(self, path: str) -> bytes:
+        """A data file's plaintext: unsealed when it is an HME1 envelope, as stored otherwise."""
+        data = self._read_bytes(path)
+        if sealed_key_id(data) is None:
+            return data
+        return unseal(self._ring(path), data, what=path)
+
+    def _keyring_or_none(self) -> Keyring | None:
+        """The keyring to encrypt with (built now), or None for a registry that writes plaintext."""
+        return None if self._keyring is None else self._ring(self.uri)
+
+    def _ring(self, what: str) -> Keyring:
+        if self._keyring is None:
+            raise EncryptionKeyError(
+                f"{what} is encrypted and {self!r} has no keyring; use DatasetRegistry.from_settings"
+            )
+        return self._keyring if isinstance(self._keyring, Keyring) else self._keyring()
+
+    def reencrypt(self, *, on_file: Callable[[str], None] | None = None) -> builtins.list[str]:
+        """Re-encrypt every data file of every version that is not under the active data key (a
+        plaintext one is encrypted); the paths rewritten. Each file is replaced atomically, so an
+        interrupted run leaves each file old or new, and running it again finishes the job. No
+        hash changes (the manifest hashes the plaintext). `on_file(path)` is called after each file.
+
+        Side effects: the version directory is made writable for the rewrite and read-only again."""
+        from healthmate_features.crypto import file_key_id
+
+        if not self._local:
+            raise DatasetVersionError(f"cannot re-encrypt {self.uri}: only a local root can be rewritten in place")
+        keyring = self._ring(self.uri)
+        active = keyring.active().key_id
+        done: builtins.list[str] = []
+        for name in self.names():
+            for version in self.versions(name):
+                directory = self._path(name, version)
+                stale = [
+                    entry.path
+                    for entry in os.scandir(directory)
+                    if entry.name in ALLOWED_FILES
+                    and entry.name not in (MANIFEST, LIFECYCLE)
+                    and entry.is_file(follow_symlinks=False)
+                    and file_key_id(entry.path) != active
+                ]
+                if not stale:
+                    continue
+                os.chmod(directory, 0o755)
+                try:
+                    for path in stale:
+                        blob = Path(path).read_bytes()
+                        plain = unseal(keyring, blob, what=path) if sealed_key_id(blob) else blob
+                        _replace_file(directory, os.path.basename(path), plain, keyring=keyring)
+                        done.append(path)
+                        if on_file is not None:
+                            on_file(path)
+                finally:
+                    _make_read_only(directory)
+                    _fsync_dir(directory)
+        return done
 
     def _read_bytes(self, path: str) -> bytes:
         info = self._fs.get_file_info(path)
@@ -655,7 +735,7 @@ class DatasetRegistry:
             if fname not in present:
                 problems.append(f"{fname}: missing (listed in the manifest)")
                 continue
-            data = self._read_bytes(self._path(name, version, fname))
+            data = self._read_data(self._path(name, version, fname))
             report.checked_files.append(fname)
             got = hashlib.sha256(data).hexdigest()
             if check and not state.accepts(fname, got):
@@ -789,7 +869,7 @@ class DatasetRegistry:
             self._write_lifecycle(name, version, records)
             for fname, data in new_bytes.items():
                 if hashlib.sha256(raw.get(fname, b"")).hexdigest() != files[fname]["sha256"]:
-                    _replace_file(directory, fname, data)
+                    _replace_file(directory, fname, data, keyring=self._keyring_or_none())
             record["status"] = "complete"
             self._write_lifecycle(name, version, records)
         finally:
@@ -857,10 +937,11 @@ class DatasetRegistry:
         _replace_file(self._path(name, version), LIFECYCLE, mf.dumps(doc).encode())
 
 
-def _replace_file(directory: str, fname: str, data: bytes) -> None:
-    """Replace (or create) a file of a version atomically and durably (util.files), read-only."""
+def _replace_file(directory: str, fname: str, data: bytes, *, keyring: Keyring | None = None) -> None:
+    """Replace (or create) a file of a version atomically and durably (util.files), read-only;
+    sealed under the active data key when a keyring is given."""
     path = os.path.join(directory, fname)
-    atomic_write_bytes(path, data, durable=True)
+    atomic_write_bytes(path, seal(keyring.active(), data) if keyring is not None else data, durable=True)
     os.chmod(path, 0o444)
 
 
@@ -925,11 +1006,14 @@ def _parquet_bytes(value: Any) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def _write_payload(directory: str, dataset: ProcessedDataset) -> dict[str, dict[str, Any]]:
-    """Write the Parquet splits and the pickled pipeline; return {file: {sha256, bytes}}."""
+def _write_payload(
+    directory: str, dataset: ProcessedDataset, *, keyring: Keyring | None = None
+) -> dict[str, dict[str, Any]]:
+    """Write the Parquet splits and the pickled pipeline (sealed under `keyring`'s active key when
+    given); return {file: {sha256, bytes}} of the plaintext."""
     files: dict[str, dict[str, Any]] = {}
     for split, value in dataset.frames():
-        files[f"{split}.parquet"] = _write_file(directory, f"{split}.parquet", _parquet_bytes(value))
+        files[f"{split}.parquet"] = _write_file(directory, f"{split}.parquet", _parquet_bytes(value), keyring=keyring)
     if dataset.pipeline is not None:
         import joblib
 
@@ -938,16 +1022,19 @@ def _write_payload(directory: str, dataset: ProcessedDataset) -> dict[str, dict[
             joblib.dump(dataset.pipeline, buffer)
         except Exception as exc:  # pickling errors come in many types
             raise DatasetVersionError(f"cannot pickle the pipeline ({type(dataset.pipeline).__name__}): {exc}") from exc
-        files[PIPELINE_FILE] = _write_file(directory, PIPELINE_FILE, buffer.getvalue())
+        files[PIPELINE_FILE] = _write_file(directory, PIPELINE_FILE, buffer.getvalue(), keyring=keyring)
     return files
 
 
-def _write_file(directory: str, fname: str, data: bytes, *, replace: bool = False) -> dict[str, Any]:
-    """Write bytes durably (fsync), read-only; with `replace`, atomically replace an old copy."""
+def _write_file(
+    directory: str, fname: str, data: bytes, *, replace: bool = False, keyring: Keyring | None = None
+) -> dict[str, Any]:
+    """Write bytes durably (fsync), read-only, sealed when `keyring` is given; with `replace`,
+    atomically replace an old copy. Returns the plaintext's {sha256, bytes}."""
     path = os.path.join(directory, fname)
     target = path + ".part" if replace else path
     with open(target, "xb") as handle:
-        handle.write(data)
+        handle.write(seal(keyring.active(), data) if keyring is not None else data)
         handle.flush()
         os.fsync(handle.fileno())
     os.chmod(target, 0o444)

@@ -4,6 +4,7 @@
     retention the policy (configs/retention.yaml) and apply_retention (`retention apply`, a scheduled job)
     exports   pseudonymized exports: user_id as a keyed hash, direct identifiers dropped
     rows      one user's rows, or rows older than a time, out of a Parquet or CSV file, atomically
+    data_keys data-key rotation: re-encrypt every file (and the online store's values) under a new key
 
 The ledger of erased people (keyed hashes) lives in `backends.ledger`, below `raw` and
 `training`, which read it at ingest and build time.

@@ -249,13 +249,23 @@ def erase_user(
         ledger.save_report(erasure.erasure_id, run.report)
 
         files = data_files(settings)
-        raw_removed = {shown_path(p, settings): remove_user_rows(p, user_id) for p in files["raw_files"]}
+        raw_removed = {
+            shown_path(p, settings): remove_user_rows(p, user_id, keyring=backend.keyring) for p in files["raw_files"]
+        }
         run.done("raw_files", raw_removed)
         run.done(
-            "ingested_files", {shown_path(p, settings): remove_user_rows(p, user_id) for p in files["ingested_files"]}
+            "ingested_files",
+            {
+                shown_path(p, settings): remove_user_rows(p, user_id, keyring=backend.keyring)
+                for p in files["ingested_files"]
+            },
         )
         run.done(
-            "rejects_files", {shown_path(p, settings): remove_user_rows(p, user_id) for p in files["rejects_files"]}
+            "rejects_files",
+            {
+                shown_path(p, settings): remove_user_rows(p, user_id, keyring=backend.keyring)
+                for p in files["rejects_files"]
+            },
         )
         db_manifest = record_in_manifests(settings, lambda m: _update_manifest(m, erasure.erasure_id, run.removed))
 
@@ -411,7 +421,9 @@ def scan_user(user_id: int, settings: Settings) -> ScanResult:
 
     files = data_files(settings)
     for step in ("raw_files", "ingested_files", "rejects_files"):
-        found(step, {shown_path(p, settings): count_user_rows(p, user_id) for p in files[step]})
+        found(
+            step, {shown_path(p, settings): count_user_rows(p, user_id, keyring=backend.keyring) for p in files[step]}
+        )
     result.sources = {k: v for k, v in _source_rows(files["source_files"], user_id, settings).items() if v}
     found("raw_tables", backend.erase_raw_rows(list(RAW_TABLES), user_id, count_only=True))
     found("feature_tables", backend.erase_feature_rows([*FEATURE_TABLES, PUSHED_TABLE], user_id, count_only=True))

@@ -185,7 +185,7 @@ def apply_retention(
             for path, table in _raw_files_by_table(settings).items():
                 if table in events:
                     counts[shown_path(path, settings)] = remove_rows_before(
-                        path, events[table], raw_cut, count_only=dry_run
+                        path, events[table], raw_cut, count_only=dry_run, keyring=backend.keyring
                     )
             done("raw_files", counts)
             db_manifest = None

@@ -36,6 +36,7 @@ import pyarrow as pa
 from healthmate_features.backends import RawTable, backend_for
 from healthmate_features.backends.base import INGEST_MANIFEST
 from healthmate_features.config import Settings
+from healthmate_features.crypto import Keyring, file_key_id, read_sealed, write_parquet, write_sealed
 from healthmate_features.errors import NotIngestedError, RawDataError
 from healthmate_features.raw.schemas import CONDITIONS, METRICS, RAW_TABLES, Column, TableSchema
 from healthmate_features.util.files import atomic_path, atomic_write_text
@@ -300,10 +301,21 @@ def _csv_lines(path: Path, rows: list[int], *, records: int) -> dict[int, int]:
     return starts
 
 
-def _atomic_copy(con: duckdb.DuckDBPyConnection, query: str, dest: Path, fmt: str) -> None:
-    options = "FORMAT parquet, COMPRESSION zstd" if fmt == "parquet" else "FORMAT csv, HEADER true"
-    with atomic_path(dest) as tmp:
-        con.execute(f"COPY ({query}) TO {quote_literal(str(tmp))} ({options})")
+def _atomic_copy(con: duckdb.DuckDBPyConnection, query: str, dest: Path, fmt: str, keyring: Keyring | None) -> None:
+    """Write the rows of `query` to `dest` (Parquet or CSV) atomically; encrypted when `keyring` is
+    given (Parquet modular encryption streamed by pyarrow; a CSV file sealed as a whole)."""
+    if keyring is None:
+        options = "FORMAT parquet, COMPRESSION zstd" if fmt == "parquet" else "FORMAT csv, HEADER true"
+        with atomic_path(dest) as tmp:
+            con.execute(f"COPY ({query}) TO {quote_literal(str(tmp))} ({options})")
+    elif fmt == "parquet":
+        write_parquet(keyring, con.execute(query).to_arrow_reader(), dest)
+    else:
+        import pyarrow.csv as pacsv
+
+        buffer = pa.BufferOutputStream()
+        pacsv.write_csv(con.execute(query).to_arrow_table(), buffer)
+        write_sealed(keyring, dest, buffer.getvalue().to_pybytes())
 
 
 def _erased_check(con, table: TableSchema, erased: Erased | None) -> tuple[str, str, str] | None:
@@ -323,7 +335,9 @@ def _erased_check(con, table: TableSchema, erased: Erased | None) -> tuple[str, 
     )
 
 
-def _ingest_table(con, table: TableSchema, path: Path, out_dir: Path, erased: Erased | None = None) -> TableReport:
+def _ingest_table(
+    con, table: TableSchema, path: Path, out_dir: Path, erased: Erased | None = None, keyring: Keyring | None = None
+) -> TableReport:
     types = _open_source(con, table, path)
     report = TableReport(
         table.name, str(path), ignored_columns=[c for c in types if c not in table.column_names and c != "_row"]
@@ -353,7 +367,7 @@ def _ingest_table(con, table: TableSchema, path: Path, out_dir: Path, erased: Er
     if table.name == "users":  # the other tables are checked against the accepted users
         con.execute(f"CREATE OR REPLACE TEMP TABLE ok_users AS {accepted}")
         accepted = "SELECT * FROM ok_users"
-    _atomic_copy(con, accepted, out_dir / f"{table.name}.parquet", "parquet")
+    _atomic_copy(con, accepted, out_dir / f"{table.name}.parquet", "parquet", keyring)
     rejects = out_dir / f"{table.name}.rejects.csv"
     if report.rejected:
         reason = (
@@ -373,7 +387,7 @@ def _ingest_table(con, table: TableSchema, path: Path, out_dir: Path, erased: Er
             con.register("csv_lines", pa.table({"_row": list(lines), REJECT_LINE: list(lines.values())}))
             position, source = REJECT_LINE, f"{checked} JOIN csv_lines USING (_row)"
         query = f"SELECT {position}, {reason} AS _reason, {originals} FROM {source} WHERE _bad ORDER BY _row"
-        _atomic_copy(con, query, rejects, "csv")
+        _atomic_copy(con, query, rejects, "csv", keyring)
         if path.suffix == ".csv":
             con.unregister("csv_lines")
     else:
@@ -383,12 +397,19 @@ def _ingest_table(con, table: TableSchema, path: Path, out_dir: Path, erased: Er
 
 
 def ingest(
-    raw_dir: str | Path, out_dir: str | Path, *, progress: bool = False, erased: Erased | None = None
+    raw_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    progress: bool = False,
+    erased: Erased | None = None,
+    keyring: Keyring | None = None,
 ) -> list[TableReport]:
     """Validate the raw tables in `raw_dir` and write accepted rows, rejects and a manifest to `out_dir`.
 
     `erased` (ids -> the erased ones among them; `ingest_raw` passes the profile's erasure
-    ledger) rejects the rows of erased people with reason "user_id: erased".
+    ledger) rejects the rows of erased people with reason "user_id: erased". `keyring`
+    (`ingest_raw` passes the profile's) encrypts the accepted rows and the rejects files; without
+    it they are written in plain (a library call on files of one's own).
 
     Side effects: creates `out_dir`; replaces its Parquet, rejects and manifest files atomically.
     Raises RawDataError when a required table is absent, unreadable or lacks columns, or when a
@@ -416,7 +437,7 @@ def ingest(
         from tqdm import tqdm
 
         for name in tqdm(present, desc="ingest", unit="table", disable=not progress):
-            reports.append(_ingest_table(con, RAW_TABLES[name], present[name], out_dir, erased))
+            reports.append(_ingest_table(con, RAW_TABLES[name], present[name], out_dir, erased, keyring))
     finally:
         con.close()
     for r in reports:
@@ -458,7 +479,7 @@ def ingest_raw(
     backend = backend_for(settings)
     backend.prepare_raw_store()
     out_dir = Path(out_dir or settings.ingested_dir)
-    reports = ingest(raw_dir, out_dir, progress=progress, erased=erased_filter(settings))
+    reports = ingest(raw_dir, out_dir, progress=progress, erased=erased_filter(settings), keyring=backend.keyring())
     tables = [
         RawTable(
             name, tuple((c.name, c.dtype) for c in schema.columns), primary_key="user_id" if name == "users" else None
@@ -466,6 +487,19 @@ def ingest_raw(
         for name, schema in RAW_TABLES.items()
     ]
     return reports, backend.store_raw(out_dir, tables, batch_rows=batch_rows, progress=progress)
+
+
+def read_rejects(settings: Settings, table: str, *, out_dir: str | Path | None = None) -> bytes:
+    """The rejects file of `table` (CSV bytes, decrypted) from the last ingest into `out_dir`
+    (default: settings.ingested_dir). Raises NotIngestedError when the table has no rejects file."""
+    if table not in RAW_TABLES:
+        raise NotIngestedError(f"unknown raw table {table!r}; tables: {', '.join(RAW_TABLES)}")
+    path = Path(out_dir or settings.ingested_dir) / f"{table}.rejects.csv"
+    if not path.exists():
+        raise NotIngestedError(f"table {table!r} has no rejects file ({path}): its last ingest rejected no row")
+    if file_key_id(path) is None:
+        return path.read_bytes()  # written before encryption
+    return read_sealed(backend_for(settings).keyring(), path)
 
 
 def check_raw_store(raw_dir: str | Path, settings: Settings) -> dict[str, Any]:

@@ -33,12 +33,12 @@ from pydantic import ConfigDict, Field
 
 from healthmate_features.backends import backend_for
 from healthmate_features.config import Settings
+from healthmate_features.crypto import content_sha256
 from healthmate_features.datasets.dataset import ProcessedDataset, data_hash, frame_hash
 from healthmate_features.datasets.registry import Bump, DatasetRegistry, check_name
 from healthmate_features.datasets.saved import register_versions
 from healthmate_features.errors import ConfigError, DatasetVersionError, FeatureRepoError
 from healthmate_features.features.catalog import FEATURE_TABLES
-from healthmate_features.raw.ingest import sha256_file
 from healthmate_features.stores import feature_store as store
 from healthmate_features.training.entities import (
     REQUIRED,
@@ -329,7 +329,11 @@ def check_sources(config: TrainingSetConfig, settings: Settings, *, within: Path
             f"label {config.label!r} is also a feature of feature service {config.feature_service!r}, so the "
             "joined frame would hold two columns of that name; rename the label column in the entity file"
         )
-    require_columns(read_entity_columns(path, name=name), label=config.label, source=f"entities file {name!r}")
+    require_columns(
+        read_entity_columns(path, name=name, keyring=backend_for(settings).keyring),
+        label=config.label,
+        source=f"entities file {name!r}",
+    )
     return path
 
 
@@ -338,7 +342,9 @@ def build_training_set(config: TrainingSetConfig | Mapping[str, Any], settings: 
     config = config if isinstance(config, TrainingSetConfig) else TrainingSetConfig.from_dict(config)
     fs = store.open_feature_store(settings)
     entities_path = check_sources(config, settings, fs=fs)
-    raw, erased = drop_erased(read_entity_frame(entities_path, name=config.entities), settings)
+    raw, erased = drop_erased(
+        read_entity_frame(entities_path, name=config.entities, keyring=backend_for(settings).keyring), settings
+    )
     refs = _feature_refs(fs, config.feature_service)
     joined, entity_report = join_features(
         raw,
@@ -372,7 +378,7 @@ def build_training_set(config: TrainingSetConfig | Mapping[str, Any], settings: 
         "build_spec": {
             "config": config.to_dict(),
             "entities_path": str(entities_path),
-            "entities_sha256": sha256_file(entities_path),
+            "entities_sha256": content_sha256(backend_for(settings).keyring, entities_path),
         },
     }
     return ProcessedDataset(
@@ -540,7 +546,8 @@ def rebuild(name: str, version: str, settings: Settings) -> dict[str, Any]:
         "manifest_data_hash": expected,
         "redacted_by": state.redacted_by,
         "erased_rows_dropped": dataset.metadata.get("erased_rows_dropped", 0),
-        "entities_changed": (not entities_path.exists()) or sha256_file(entities_path) != spec["entities_sha256"],
+        "entities_changed": (not entities_path.exists())
+        or content_sha256(backend_for(settings).keyring, entities_path) != spec["entities_sha256"],
     }
 
 

@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-import pyarrow.parquet as pq
 
-from healthmate_features.errors import EntityFrameError
+from healthmate_features.crypto.ciphers import KeyringSource, open_parquet
+from healthmate_features.errors import EncryptionKeyError, EntityFrameError
 
 REQUIRED = ("user_id", "event_timestamp")
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ def check_entity_file(path: Path, *, name: str, state_files: Iterable[Path], sta
             start = handle.read(_SNIFF_BYTES)
     except OSError as exc:
         raise _unreadable(name, suffix, exc) from exc
-    if (suffix == ".parquet" and not start.startswith(b"PAR1")) or (suffix == ".csv" and b"\x00" in start):
+    if (suffix == ".parquet" and not start.startswith((b"PAR1", b"PARE"))) or (suffix == ".csv" and b"\x00" in start):
         raise EntityFrameError(
             f"entities {name!r} is named {suffix} but its content is not {FORMATS[suffix]}; "
             f"write it as {FORMATS[suffix]} (with user_id, event_timestamp and the label) or rename it"
@@ -131,8 +131,12 @@ def _unreadable(name: str, suffix: str, exc: Exception) -> EntityFrameError:
     )
 
 
-def read_entity_frame(source: pd.DataFrame | str | Path, *, name: str | None = None) -> pd.DataFrame:
-    """A DataFrame as is, or read from a Parquet or CSV path (by its suffix); `name` shows the path in errors."""
+def read_entity_frame(
+    source: pd.DataFrame | str | Path, *, name: str | None = None, keyring: KeyringSource = None
+) -> pd.DataFrame:
+    """A DataFrame as is, or read from a Parquet or CSV path (by its suffix); `name` shows the path in errors.
+
+    A user's file is plaintext; the package's own labels (data/ingested) are encrypted and need `keyring`."""
     if isinstance(source, pd.DataFrame):
         return source.copy()
     path = Path(source)
@@ -140,12 +144,14 @@ def read_entity_frame(source: pd.DataFrame | str | Path, *, name: str | None = N
     suffix = entity_format(path, name=shown)
     _existing(path, shown)
     try:
-        return pd.read_parquet(path) if suffix == ".parquet" else pd.read_csv(path)
+        return open_parquet(keyring, path).read().to_pandas() if suffix == ".parquet" else pd.read_csv(path)
+    except EncryptionKeyError:
+        raise
     except Exception as exc:
         raise _unreadable(shown, suffix, exc) from exc
 
 
-def read_entity_columns(source: str | Path, *, name: str | None = None) -> list[str]:
+def read_entity_columns(source: str | Path, *, name: str | None = None, keyring: KeyringSource = None) -> list[str]:
     """The column names `read_entity_frame` would give, read from the file's schema or header only."""
     path = Path(source)
     shown = name or str(path)
@@ -154,9 +160,11 @@ def read_entity_columns(source: str | Path, *, name: str | None = None) -> list[
     try:
         if suffix != ".parquet":
             return [str(c) for c in pd.read_csv(path, nrows=0).columns]
-        schema = pq.read_schema(path)
+        schema = open_parquet(keyring, path).schema_arrow
         index = {c for c in (schema.pandas_metadata or {}).get("index_columns", []) if isinstance(c, str)}
         return [name for name in schema.names if name not in index]  # a stored pandas index is not a column
+    except EncryptionKeyError:
+        raise
     except Exception as exc:
         raise _unreadable(shown, suffix, exc) from exc
 

@@ -73,6 +73,7 @@ def build_tiny(root: Path, tables: dict[str, pd.DataFrame] | None = None):
     """A repository copy holding the tiny dataset (or `tables`), ingested and built (not applied).
 
     Returns its Settings."""
+    from healthmate_features.backends import backend_for
     from healthmate_features.config import Settings
     from healthmate_features.features.build import build_features
     from healthmate_features.raw.ingest import ingest
@@ -82,7 +83,7 @@ def build_tiny(root: Path, tables: dict[str, pd.DataFrame] | None = None):
     copy_repo(root)
     settings = Settings(repo_path=root)
     raw = tiny.write_raw(root / "raw", tables)
-    ingest(raw, settings.ingested_dir)
+    ingest(raw, settings.ingested_dir, keyring=backend_for(settings).keyring())  # encrypted, as ingest_raw writes
     build_features(raw, settings)
     return settings
 
@@ -91,6 +92,7 @@ def build_generated(root: Path, *, users: int, days: int, seed: int):
     """A repository copy (with configs/) holding a generated population, ingested, built and applied.
 
     Returns its Settings."""
+    from healthmate_features.backends import backend_for
     from healthmate_features.config import Settings
     from healthmate_features.features.build import build_features
     from healthmate_features.raw.generate import generate
@@ -100,7 +102,7 @@ def build_generated(root: Path, *, users: int, days: int, seed: int):
     shutil.copytree(CONFIGS, root / "configs")
     settings = Settings(repo_path=root)
     generate(settings.raw_dir, users=users, days=days, seed=seed, progress=False)
-    ingest(settings.raw_dir, settings.ingested_dir)
+    ingest(settings.raw_dir, settings.ingested_dir, keyring=backend_for(settings).keyring())
     build_features(settings.raw_dir, settings)
     feast_apply(root)
     return settings

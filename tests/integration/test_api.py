@@ -33,6 +33,7 @@ from healthmate_features.errors import HealthmateError
 from healthmate_features.stores import feature_store as store
 from healthmate_features.tracking import Tracker
 from healthmate_features.training.builder import build_training_set, registry
+from tests.helpers.files import read_frame
 
 OWN, OTHER = 1, 2
 
@@ -351,7 +352,7 @@ def test_prepare_refuses_what_the_build_would_fail_on_before_queueing_a_job(
     env, training_config, changes, entity_columns, message
 ):
     if entity_columns:  # an entity file lacking a required column, next to the real one
-        labels = pd.read_parquet(env.settings.ingested_dir / "labels.parquet")[entity_columns].head(50)
+        labels = read_frame(env.settings, env.settings.ingested_dir / "labels.parquet")[entity_columns].head(50)
         path = env.settings.repo_path / changes["entities"]
         labels.to_parquet(path) if path.suffix == ".parquet" else labels.to_csv(path, index=False)
     jobs = len(env.client.app.state.ctx.jobs.list(limit=10_000))

@@ -37,6 +37,7 @@ from healthmate_features.raw.generate import generate
 from healthmate_features.raw.ingest import ingest_raw
 from healthmate_features.stores import feature_store as store
 from healthmate_features.training.builder import build_and_save, build_training_set
+from tests.helpers.files import read_any_csv, read_frame
 
 from ..helpers import repos
 
@@ -54,7 +55,7 @@ def _build(settings: Settings, tmp: Path) -> dict:
     build_features(settings.raw_dir, settings)
     store.apply(settings)
     store.materialize(settings)
-    labels = pd.read_parquet(settings.ingested_dir / "labels.parquet")
+    labels = read_frame(settings, settings.ingested_dir / "labels.parquet")
     assert (labels["user_id"] == USER).any()
     labels[labels["user_id"] != USER].to_parquet(settings.data_dir / "labels_without.parquet")
     with_user = build_and_save(repos.training_config("health_risk"), settings).ref
@@ -99,7 +100,7 @@ def _user_rows_in_files(settings: Settings, user_id: int) -> dict[str, int]:
     for path in sorted(settings.data_dir.rglob("*")):
         if path.suffix not in (".parquet", ".csv") or not path.is_file():
             continue
-        frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, dtype=str)
+        frame = read_frame(settings, path) if path.suffix == ".parquet" else read_any_csv(settings, path, dtype=str)
         if "user_id" in frame.columns:
             hits = int((pd.to_numeric(frame["user_id"], errors="coerce") == user_id).sum())
             if hits:
@@ -111,7 +112,7 @@ def _other_user_snapshot(settings: Settings, refs: list[str]) -> dict:
     """OTHER's rows in every feature table and version, and their online features."""
     snap: dict = {}
     for path in sorted(settings.features_dir.glob("*.parquet")):
-        frame = pd.read_parquet(path)
+        frame = read_frame(settings, path)
         snap[path.name] = frame[frame["user_id"] == OTHER].reset_index(drop=True)
     registry = DatasetRegistry.from_settings(settings)
     for ref in refs:
@@ -176,7 +177,7 @@ def _check_reingest_and_build(settings: Settings, built: dict, erasure_id: str) 
     reports, _ = ingest_raw(built["original_raw"], settings)
     for report in reports:
         assert report.reasons.get("user_id: erased", 0) > 0, report
-        rejects = pd.read_csv(settings.ingested_dir / f"{report.table}.rejects.csv", dtype=str)
+        rejects = read_any_csv(settings, settings.ingested_dir / f"{report.table}.rejects.csv", dtype=str)
         erased = rejects[rejects["_reason"].str.contains("erased")]
         assert len(erased) == report.reasons["user_id: erased"]
         assert erased.drop(columns=["_row", "_reason"]).isna().all().all()  # none of their values

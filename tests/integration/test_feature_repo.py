@@ -19,6 +19,7 @@ from healthmate_features.cli import main
 from healthmate_features.errors import UserNotFoundError
 from healthmate_features.features.catalog import FEATURE_TABLES
 from healthmate_features.stores import feature_store as store
+from tests.helpers.files import read_frame
 
 
 def test_point_in_time_join_through_feast_never_sees_later_rows(tiny_applied, tiny):
@@ -55,14 +56,14 @@ def test_a_row_known_one_second_after_the_label_time_never_appears_and_ttl_bound
 
 
 def test_every_joined_value_comes_from_a_row_at_or_before_the_label_time(tiny_applied):
-    labels = pd.read_parquet(tiny_applied.ingested_dir / "labels.parquet")
+    labels = read_frame(tiny_applied, tiny_applied.ingested_dir / "labels.parquet")
     frame = store.historical_features(
         tiny_applied,
         labels,
         features=["health_rolling:resting_heart_rate_mean_7d", "engagement_daily:engagement_score"],
     )
     for name, feature in (("health_rolling", "resting_heart_rate_mean_7d"), ("engagement_daily", "engagement_score")):
-        source = pd.read_parquet(tiny_applied.features_dir / f"{name}.parquet")
+        source = read_frame(tiny_applied, tiny_applied.features_dir / f"{name}.parquet")
         ttl = timedelta(days=FEATURE_TABLES[name].ttl_days)
         for _, row in frame.iterrows():
             rows = source[

@@ -22,7 +22,6 @@ from datetime import datetime
 from pathlib import Path
 from urllib.error import HTTPError
 
-import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
@@ -36,6 +35,7 @@ from healthmate_features.config import Settings
 from healthmate_features.datasets.registry import DatasetRegistry
 from healthmate_features.monitoring import metrics
 from healthmate_features.stores import feature_store as store
+from tests.helpers.files import read_frame
 
 BIN = Path(sys.executable).parent
 LOOPBACK = "http://127.0.0.1"
@@ -161,7 +161,9 @@ def test_metrics_hold_requests_audit_freshness_datasets_materialization_and_proc
 def test_materialized_rows_are_the_rows_feast_wrote_per_view(served):
     """One row per user and view (Feast writes each user's latest row of the window to the online store)."""
     for view, rows in served.written.items():
-        users = pd.read_parquet(served.settings.features_dir / f"{view}.parquet", columns=["user_id"]).user_id
+        users = read_frame(
+            served.settings, served.settings.features_dir / f"{view}.parquet", columns=["user_id"]
+        ).user_id
         assert rows == users.nunique() > 0, view
     assert served.rows_counted == {**{v: float(n) for v, n in served.written.items()}, NEVER_MATERIALIZED: 0.0}
     found = served.scrape()

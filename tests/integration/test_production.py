@@ -31,6 +31,7 @@ from healthmate_features.features.build import build_features
 from healthmate_features.features.catalog import FEATURE_TABLES
 from healthmate_features.raw.ingest import check_raw_store, ingest_raw
 from healthmate_features.stores import feature_store as store
+from tests.helpers.files import read_frame
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 BIN = Path(sys.executable).parent
@@ -97,14 +98,16 @@ def load_and_build(raw, settings: Settings) -> None:
 def test_production_profile_equals_embedded(small_production, small_embedded):
     prod, embedded = small_production, small_embedded  # the same raw data through both profiles
     for name in ("users", "health_readings", "app_events", "labels"):  # the same rows accepted
-        assert count(prod, name) == len(pd.read_parquet(embedded.ingested_dir / f"{name}.parquet")) > 0, name
+        assert count(prod, name) == len(read_frame(embedded, embedded.ingested_dir / f"{name}.parquet")) > 0, name
 
     for name in FEATURE_TABLES:  # the same SQL in both engines gives the same tables
-        parquet = pd.read_parquet(embedded.features_dir / f"{name}.parquet").sort_values(["user_id", "event_timestamp"])
+        parquet = read_frame(embedded, embedded.features_dir / f"{name}.parquet").sort_values(
+            ["user_id", "event_timestamp"]
+        )
         assert count(prod, name) == len(parquet) > 0, name
         assert_close(parquet, table(prod, name), name)
 
-    labels = pd.read_parquet(embedded.ingested_dir / "labels.parquet")
+    labels = read_frame(embedded, embedded.ingested_dir / "labels.parquet")
     for service in SERVICES:
         frames = [store.historical_features(s, labels, feature_service=service) for s in (embedded, prod)]
         assert frames[0].notna().to_numpy().mean() > 0.5, service  # the comparison is not all nulls
@@ -334,7 +337,7 @@ def test_our_point_in_time_join_equals_feasts_postgres_store(small_production):
     )
     assert type(ours._get_provider().offline_store).__name__ == "LateralPostgreSQLOfflineStore"
     assert type(feasts._get_provider().offline_store).__name__ == "PostgreSQLOfflineStore"
-    labels = pd.read_parquet(prod.ingested_dir / "labels.parquet")
+    labels = read_frame(prod, prod.ingested_dir / "labels.parquet")
     labels = pd.concat(
         [
             labels,
@@ -371,7 +374,7 @@ def test_our_point_in_time_join_equals_feasts_postgres_store(small_production):
     # an entity query, not a DataFrame: Feast's own join
     sql = f"SELECT user_id, event_timestamp FROM {postgres.table_name(prod, 'labels')}"
     frame = ours.get_historical_features(entity_df=sql, features=["health_rolling:steps_mean_7d"]).to_df()
-    assert len(frame) == len(pd.read_parquet(prod.ingested_dir / "labels.parquet"))
+    assert len(frame) == len(read_frame(prod, prod.ingested_dir / "labels.parquet"))
 
 
 def test_a_missing_database_is_named_and_created_by_ingest(prod, tiny):

@@ -20,6 +20,7 @@ from healthmate_features.training.builder import (
     rebuild,
     registry,
 )
+from tests.helpers.files import read_frame
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def test_time_split_training_set_is_versioned_with_its_leakage_report(repo, trai
     embargo = pd.Timedelta(days=report["embargo_days"])
     assert dataset.joined_train.event_timestamp.max() < cutoff - embargo
     assert dataset.joined_test.event_timestamp.min() >= cutoff
-    labels = pd.read_parquet(repo.ingested_dir / "labels.parquet")
+    labels = read_frame(repo, repo.ingested_dir / "labels.parquet")
     assert len(dataset.X_train) + len(dataset.X_test) + report["excluded_rows_total"] == len(
         labels
     )  # nothing lost silently
@@ -81,7 +82,7 @@ def test_rebuild_gives_the_identical_data_hash_and_versions_bump_by_rule(repo, t
 
 
 def test_join_keeps_rows_duplicates_and_order_and_handles_any_timestamp_precision(repo):
-    labels = pd.read_parquet(repo.ingested_dir / "labels.parquet").sample(60, random_state=1)
+    labels = read_frame(repo, repo.ingested_dir / "labels.parquet").sample(60, random_state=1)
     entities = pd.concat([labels, labels.iloc[:5]], ignore_index=True)  # 5 duplicate rows
     entities["event_timestamp"] = entities["event_timestamp"].astype("datetime64[ns, UTC]") + pd.Timedelta(
         nanoseconds=7

@@ -19,6 +19,7 @@ WITHOUT_JSON = {
     ("schemas",): "prints README's schema section (Markdown)",
     ("features",): "prints docs/features.md (Markdown)",
     ("env",): "prints `export` lines for a shell",
+    ("rejects",): "prints a rejects file (CSV) as it is",
     ("apply",): "prints no data",
     ("serve",): "runs a server",
     ("worker",): "runs a Celery worker (its log on stderr)",

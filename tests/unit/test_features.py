@@ -13,6 +13,7 @@ from healthmate_features.errors import NotIngestedError
 from healthmate_features.features.build import build_features
 from healthmate_features.features.catalog import FEATURE_TABLES
 from healthmate_features.raw.ingest import ingest
+from tests.helpers.files import read_frame
 
 
 def test_daily_aggregates_are_stamped_at_the_end_of_their_day(tiny_built, tiny, feature_table):
@@ -86,8 +87,8 @@ def test_no_feature_row_uses_data_after_its_own_timestamp(tmp_path, tiny_built, 
     truncated["app_events"] = tables["app_events"][tables["app_events"]["at"] < cut]
     short = build_tiny(tmp_path, truncated)
     for name in FEATURE_TABLES:
-        full = pd.read_parquet(tiny_built.features_dir / f"{name}.parquet")
-        part = pd.read_parquet(short.features_dir / f"{name}.parquet")
+        full = read_frame(tiny_built, tiny_built.features_dir / f"{name}.parquet")
+        part = read_frame(short, short.features_dir / f"{name}.parquet")
         full = full[full.event_timestamp <= cut].sort_values(["user_id", "event_timestamp"]).reset_index(drop=True)
         part = part[part.event_timestamp <= cut].sort_values(["user_id", "event_timestamp"]).reset_index(drop=True)
         assert len(full) > 0, name

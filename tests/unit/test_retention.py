@@ -9,7 +9,6 @@ import os
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-import pandas as pd
 import pytest
 from click.testing import CliRunner
 
@@ -21,6 +20,7 @@ from healthmate_features.errors import ConfigError, DatasetVersionError
 from healthmate_features.governance.retention import RetentionPolicy, apply_retention, load_policy
 from healthmate_features.raw.ingest import check_raw_store
 from healthmate_features.tracking import Tracker
+from tests.helpers.files import read_frame
 
 NOW = datetime(2030, 1, 1, tzinfo=timezone.utc)
 
@@ -102,12 +102,12 @@ def test_retention_removes_what_is_past_its_age_and_a_second_run_removes_nothing
     result = apply_retention(settings, _policy(tiny), now=NOW)
     assert result.removed == planned.removed and result.tombstoned == planned.tombstoned
     # raw and ingested rows by event time; users (no event time) stay
-    readings = pd.read_parquet(settings.ingested_dir / "health_readings.parquet")
+    readings = read_frame(settings, settings.ingested_dir / "health_readings.parquet")
     assert len(readings) and (readings["recorded_at"] >= cut).all()
     assert result.removed["raw_files"]["data/ingested/health_readings.parquet"] > 0
-    assert len(pd.read_parquet(settings.ingested_dir / "users.parquet")) == len(tiny.raw_tables()["users"])
+    assert len(read_frame(settings, settings.ingested_dir / "users.parquet")) == len(tiny.raw_tables()["users"])
     for path in (settings.features_dir).glob("*.parquet"):
-        frame = pd.read_parquet(path)
+        frame = read_frame(settings, path)
         assert (frame["event_timestamp"] >= cut).all(), path.name
     assert sum(result.removed["feature_tables"].values()) > 0
     check_raw_store(settings.repo_path / "raw", settings)  # the manifest's hashes follow the rewritten raw files
