@@ -65,6 +65,7 @@ class ProductionBackend(Backend):
 
     name = "production"
     feature_store_file = "feature_store.production.yaml"
+    sql_dialect = "postgres"
 
     # --- messages ----------------------------------------------------------------------------
 
