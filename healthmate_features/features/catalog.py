@@ -231,7 +231,13 @@ def _rolling_stats(value: str, days: int, metric) -> list[tuple[str, str, str, s
     variance = f"{to_double(f'{n} * {sxx} - {sx} * {sx}')} / ({n} * ({n} - 1))"
     slope = f"{to_double(f'{n} * {stx} - {st} * {sx}')} / {to_double(f'{n} * {stt} - {st} * {st}')}"
     return [
-        (f"{m}_mean_{days}d", f"{to_double(sx)} / nullif({n}, 0)", "Float64", f"mean daily {metric.description} {span}", u),
+        (
+            f"{m}_mean_{days}d",
+            f"{to_double(sx)} / nullif({n}, 0)",
+            "Float64",
+            f"mean daily {metric.description} {span}",
+            u,
+        ),
         (
             f"{m}_std_{days}d",
             f"CASE WHEN {n} >= 2 THEN sqrt({variance}) END",
