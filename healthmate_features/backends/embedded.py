@@ -211,7 +211,7 @@ class EmbeddedBackend(Backend):
         if json.loads((state_dir / STATE_FILE).read_text()).get("version") != build.version:
             return False
         row = con.execute(build.needs_full_sql.format(prev_grid=self._state_expression("grid"))).fetchone()
-        return bool(row) and int(row[0]) == 0
+        return row is not None and int(row[0]) == 0
 
     def feature_table_label(self, table: str) -> str:
         return str(self.settings.features_dir / f"{table}.parquet")

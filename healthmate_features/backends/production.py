@@ -563,7 +563,7 @@ class ProductionBackend(Backend):
         if not row or row[0] != build.version:
             return False
         row = cur.execute(build.needs_full_sql.format(prev_grid=self._state_table("grid"))).fetchone()
-        return bool(row) and int(row[0]) == 0
+        return row is not None and int(row[0]) == 0
 
     def _save_state(self, cur: Any, build: FeatureBuild, *, incremental: bool) -> None:
         """The fingerprints of this build, for the next: replaced, or (incremental) the changed users' days."""

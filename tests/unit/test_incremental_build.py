@@ -89,7 +89,8 @@ def test_rolling_statistics_from_exact_sums_match_window_frames(population, tmp_
                     generate_series(s.lo, s.hi + INTERVAL '{LONGEST_WINDOW_DAYS} days', INTERVAL '1 day') g(ts)
                 ), dense AS (
                     SELECT g.user_id, g.ts, epoch(g.ts) // 86400 AS t, d.{v} AS v
-                    FROM grid g LEFT JOIN read_parquet('{daily}') d ON d.user_id = g.user_id AND d.event_timestamp = g.ts
+                    FROM grid g LEFT JOIN read_parquet('{daily}') d
+                        ON d.user_id = g.user_id AND d.event_timestamp = g.ts
                 ), frames AS (
                     SELECT user_id, ts, avg(v) OVER w AS mean, stddev_samp(v) OVER w AS std,
                         CASE WHEN count(v) OVER w >= 2 THEN regr_slope(v, t) OVER w END AS slope,
