@@ -130,6 +130,11 @@ class FeatureBuild:
     full: bool = False
 
 
+# The build-state tables (features.incremental.STATE_TABLES) holding per-user rows: erasure
+# removes a person's rows from them too (fingerprints: counts and hashes per day).
+USER_STATE_TABLES = ("readings", "events", "users")
+
+
 class BuildCounts(dict[str, int]):
     """Rows per feature table after a build, and how it ran: `incremental`, and for how many `users`."""
 

@@ -17,7 +17,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from healthmate_features.backends.base import INGEST_MANIFEST, Backend, Broker, BuildCounts, FeatureBuild
+from healthmate_features.backends.base import (
+    INGEST_MANIFEST,
+    USER_STATE_TABLES,
+    Backend,
+    Broker,
+    BuildCounts,
+    FeatureBuild,
+)
 from healthmate_features.errors import FeatureRepoError, NotIngestedError
 from healthmate_features.util.files import atomic_path, atomic_write_text
 from healthmate_features.util.sql import quote_literal
@@ -239,8 +246,10 @@ class EmbeddedBackend(Backend):
         return row[0].astimezone(timezone.utc), row[1].astimezone(timezone.utc)
 
     def erase_feature_rows(self, tables: Sequence[str], user_id: int, *, count_only: bool = False) -> dict[str, int]:
-        """Rewrite each `data/features/<table>.parquet` that holds the user's rows without them (atomically)."""
-        return self._delete_feature_rows(tables, f"user_id = {int(user_id)}", count_only=count_only)
+        """Rewrite each `data/features/<table>.parquet` that holds the user's rows without them (atomically),
+        and the build's state files (`_build/<name>.parquet`: the user's fingerprints)."""
+        state = [f"{STATE_DIR}/{name}" for name in USER_STATE_TABLES]
+        return self._delete_feature_rows([*tables, *state], f"user_id = {int(user_id)}", count_only=count_only)
 
     def expire_feature_rows(
         self, tables: Sequence[str], cutoff: datetime, *, count_only: bool = False

@@ -26,6 +26,7 @@ from urllib.parse import quote
 from healthmate_features.backends import postgres, redis
 from healthmate_features.backends.base import (
     INGEST_MANIFEST,
+    USER_STATE_TABLES,
     Backend,
     Broker,
     BuildCounts,
@@ -404,8 +405,11 @@ class ProductionBackend(Backend):
         return counts
 
     def erase_feature_rows(self, tables: Sequence[str], user_id: int, *, count_only: bool = False) -> dict[str, int]:
-        """DELETE the user's rows from the feature tables in Postgres (one transaction)."""
-        return self._delete_rows(dict.fromkeys(tables, ("user_id = %s", (int(user_id),))), count_only=count_only)
+        """DELETE the user's rows from the feature tables and the build's state (`_build_*`), one transaction."""
+        state = [f"{STATE_PREFIX}{name}" for name in USER_STATE_TABLES]
+        return self._delete_rows(
+            dict.fromkeys([*tables, *state], ("user_id = %s", (int(user_id),))), count_only=count_only
+        )
 
     def erase_online_rows(self, store: FeatureStore, user_id: int, *, count_only: bool = False) -> dict[str, int]:
         """DEL the user's Redis hash (Feast keeps one per entity and project, holding every view's fields)."""

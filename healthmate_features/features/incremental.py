@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 
+from healthmate_features.backends.base import USER_STATE_TABLES
 from healthmate_features.features.catalog import (
     ACTIVE_SQL,
     FEATURE_TABLES,
@@ -38,8 +39,10 @@ from healthmate_features.features.catalog import (
 )
 from healthmate_features.raw.schemas import RAW_TABLES
 
-# Scratch tables a build leaves as the next build's state, by state name.
+# Scratch tables a build leaves as the next build's state, by state name (those of
+# USER_STATE_TABLES hold per-user rows, which erasure deletes).
 STATE_TABLES = {"readings": "hm_fp_readings", "events": "hm_fp_events", "users": "hm_fp_users", "grid": "hm_grid"}
+assert set(USER_STATE_TABLES) < set(STATE_TABLES)
 # What the catalog's SQL reads instead of the raw tables in an incremental build: the changed
 # users' rows from their first day needed on.
 INCREMENTAL_SOURCES = {"users": "hm_in_users", "readings": "hm_in_readings", "events": "hm_in_events"}
