@@ -12,6 +12,7 @@ import socket
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -153,6 +154,24 @@ def postgres_settings(pg_dsn, tmp_path) -> Settings:
 def tiny():
     """The tiny hand-made dataset (tests/helpers/tiny.py): raw_tables(), write_raw(), day(), rhr(), LAST_DAY."""
     return tiny_data
+
+
+@pytest.fixture(scope="session")
+def incremental_arrivals():
+    """Raw data delivered in random steps (tests/helpers/arrivals.py): Arrivals(source, rng)."""
+    from .helpers import arrivals
+
+    return arrivals
+
+
+@pytest.fixture(scope="session")
+def population(tmp_path_factory) -> Path:
+    """Raw tables of a generated population (14 users, 80 days, seed 3): read only."""
+    from healthmate_features.raw.generate import generate
+
+    out = tmp_path_factory.mktemp("population")
+    generate(out, users=14, days=80, seed=3, progress=False)
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING
 
-from healthmate_features.backends.base import Backend, Broker, FeatureBuild, RawTable
+from healthmate_features.backends.base import Backend, Broker, BuildCounts, FeatureBuild, RawTable
 from healthmate_features.backends.embedded import EmbeddedBackend
 from healthmate_features.backends.production import ProductionBackend
 from healthmate_features.config import Settings
@@ -29,6 +29,7 @@ __all__ = [
     "Backend",
     "EmbeddedBackend",
     "Broker",
+    "BuildCounts",
     "FeatureBuild",
     "ProductionBackend",
     "RawTable",

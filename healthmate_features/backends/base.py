@@ -102,18 +102,47 @@ def broker_from_url(url: str, settings: Settings) -> Broker:
 
 @dataclass(frozen=True)
 class FeatureBuild:
-    """What a feature build runs, handed down by `features.build`.
+    """What a feature build runs, handed down by `features.build` (features.incremental says how).
 
-    `prepare_sql` creates the scratch tables (`scratch_tables`) every feature table reads;
-    `tables` maps each feature table to its SELECT; both use `{users}`, `{readings}`, `{events}`
-    placeholders, which the backend fills with its names of the raw tables in `sources`
-    (placeholder -> raw table name).
+    `fingerprint_sql` fingerprints the raw tables into the scratch tables that become the next
+    build's state (`state_tables`: state name -> scratch table). With a state of the same
+    `version` (not `full`) and `needs_full_sql` counting 0 rows, the build is incremental:
+    `incremental_sql` finds the changed users (`hm_dirty`) and restricts the inputs to them
+    (`incremental_sources`); otherwise `full_sql` runs. Then `prepare_sql` creates the scratch
+    tables (`scratch_tables`) every feature table reads, and `tables` maps each feature table to
+    its SELECT; an incremental build replaces only the rows of `hm_dirty`'s users matching
+    `affected[table]` (a condition on `x`, the row, and `d`, its hm_dirty row). SQL uses the
+    placeholders `{users}`, `{readings}`, `{events}`, filled with the backend's names of the raw
+    tables in `sources` (placeholder -> raw table name), and `{prev_<state name>}` for the state.
     """
 
     prepare_sql: tuple[str, ...]
     scratch_tables: tuple[str, ...]
     tables: Mapping[str, str]
     sources: Mapping[str, str]
+    fingerprint_sql: tuple[str, ...] = ()
+    full_sql: tuple[str, ...] = ()
+    incremental_sql: tuple[str, ...] = ()
+    needs_full_sql: str = ""
+    incremental_sources: Mapping[str, str] = field(default_factory=dict)
+    affected: Mapping[str, str] = field(default_factory=dict)
+    state_tables: Mapping[str, str] = field(default_factory=dict)
+    version: str = ""
+    full: bool = False
+
+
+# The build-state tables (features.incremental.STATE_TABLES) holding per-user rows: erasure
+# removes a person's rows from them too (fingerprints: counts and hashes per day).
+USER_STATE_TABLES = ("readings", "events", "users")
+
+
+class BuildCounts(dict[str, int]):
+    """Rows per feature table after a build, and how it ran: `incremental`, and for how many `users`."""
+
+    def __init__(self, counts: Mapping[str, int], *, incremental: bool, users: int | None = None) -> None:
+        super().__init__(counts)
+        self.incremental = incremental
+        self.users = users
 
 
 def substitute_placeholders(node: Any, variables: Mapping[str, str], where: str) -> Any:
@@ -142,6 +171,7 @@ class Backend(ABC):
 
     name: ClassVar[str]
     feature_store_file: ClassVar[str]
+    sql_dialect: ClassVar[str]  # the engine the feature build runs in: a key of features.catalog.DIALECTS
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -410,8 +440,8 @@ class Backend(ABC):
     @abstractmethod
     def build_feature_tables(
         self, build: FeatureBuild, *, progress: bool = False, memory_limit: str | None = None
-    ) -> dict[str, int]:
-        """Run `build` over the raw tables and replace every feature table atomically; rows per table."""
+    ) -> BuildCounts:
+        """Run `build` over the raw tables and replace every feature table's rows it rebuilds atomically."""
 
     @abstractmethod
     def feature_table_label(self, table: str) -> str:

@@ -17,9 +17,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from healthmate_features.backends.base import INGEST_MANIFEST, Backend, Broker, FeatureBuild
+from healthmate_features.backends.base import (
+    INGEST_MANIFEST,
+    USER_STATE_TABLES,
+    Backend,
+    Broker,
+    BuildCounts,
+    FeatureBuild,
+)
 from healthmate_features.crypto import duckdb_scan, write_parquet
 from healthmate_features.errors import FeatureRepoError, NotIngestedError
+from healthmate_features.util.files import atomic_path, atomic_write_text
 from healthmate_features.util.sql import quote_literal
 from healthmate_features.util.text import repo_relative
 
@@ -29,6 +37,10 @@ if TYPE_CHECKING:
     from feast.data_source import DataSource
 
     from healthmate_features.backends.sqlstore import SqlStore
+
+
+STATE_DIR = "_build"  # under data/features: the last build's fingerprints of the raw tables
+STATE_FILE = "state.json"
 
 
 def source_path(table: str) -> str:
@@ -52,6 +64,7 @@ class EmbeddedBackend(Backend):
 
     name = "embedded"
     feature_store_file = "feature_store.yaml"
+    sql_dialect = "duckdb"
 
     # --- Feast -------------------------------------------------------------------------------
 
@@ -115,41 +128,95 @@ class EmbeddedBackend(Backend):
 
     def build_feature_tables(
         self, build: FeatureBuild, *, progress: bool = False, memory_limit: str | None = None
-    ) -> dict[str, int]:
+    ) -> BuildCounts:
         """Run the build in DuckDB over the ingested Parquet files; write `data/features/<table>.parquet`.
 
-        Each file is written under a temporary name and renamed into place when complete.
+        Incremental: each file is rewritten as its kept rows plus the rebuilt ones. Each file is
+        written under a temporary name and renamed into place when complete; the build's state
+        (`data/features/_build/`) is written after every table, so an interrupted build is
+        simply redone by the next one.
         """
         from tqdm import tqdm
 
         out_dir = self.settings.features_dir
         out_dir.mkdir(parents=True, exist_ok=True)
+        state_dir = out_dir / STATE_DIR
         con = duckdb_connect(memory_limit=memory_limit)
         try:
             con.execute("SET preserve_insertion_order = false")
-            names = {}
+            raw_names = {}
             for placeholder, raw in build.sources.items():
                 path = self.settings.ingested_dir / f"{raw}.parquet"
                 con.execute(f"CREATE VIEW raw_{raw} AS SELECT * FROM {duckdb_scan(con, path, self.keyring)}")
-                names[placeholder] = f"raw_{raw}"
+                raw_names[placeholder] = f"raw_{raw}"
             steps = tqdm(
-                total=len(build.prepare_sql) + len(build.tables),
+                total=len(build.fingerprint_sql) + len(build.prepare_sql) + len(build.tables) + 1,
                 desc="build-features",
                 unit="step",
                 disable=not progress,
             )
+            for sql in build.fingerprint_sql:
+                con.execute(sql.format(**raw_names))
+                steps.update()
+            incremental = self._continues_state(con, build)
+            names = dict(raw_names)
+            users = None
+            if incremental:
+                prev = {f"prev_{k}": self._state_expression(k) for k in build.state_tables}
+                for sql in build.incremental_sql:
+                    con.execute(sql.format(**raw_names, **prev))
+                names = dict(build.incremental_sources)
+                row = con.execute("SELECT count(*) FROM hm_dirty").fetchone()
+                users = int(row[0]) if row else 0
+            else:
+                for sql in build.full_sql:
+                    con.execute(sql)
             for sql in build.prepare_sql:
                 con.execute(sql.format(**names))
                 steps.update()
             counts: dict[str, int] = {}
             for table, sql in build.tables.items():
                 steps.set_postfix_str(table)
-                counts[table] = self._write_feature_file(con, sql.format(**names), out_dir / f"{table}.parquet")
+                path = out_dir / f"{table}.parquet"
+                query = sql.format(**names)
+                if incremental:  # the file's kept rows and the rebuilt ones, written over it atomically
+                    affected = build.affected[table]
+                    query = (
+                        f"SELECT x.* FROM {self._table_expression(con, table)} x "
+                        "LEFT JOIN hm_dirty d ON d.user_id = x.user_id "
+                        f"WHERE d.user_id IS NULL OR NOT coalesce({affected}, FALSE)\n"
+                        f"UNION ALL\nSELECT x.* FROM ({query}) x JOIN hm_dirty d ON d.user_id = x.user_id "
+                        f"WHERE coalesce({affected}, FALSE)"
+                    )
+                counts[table] = self._write_feature_file(con, query, path)
                 steps.update()
+            state_dir.mkdir(exist_ok=True)
+            for name, scratch in build.state_tables.items():
+                with atomic_path(state_dir / f"{name}.parquet") as tmp:
+                    con.execute(f"COPY {scratch} TO {quote_literal(str(tmp))} (FORMAT parquet, COMPRESSION zstd)")
+            atomic_write_text(state_dir / STATE_FILE, json.dumps({"version": build.version}), durable=False)
+            steps.update()
             steps.close()
         finally:
             con.close()
-        return counts
+        return BuildCounts(counts, incremental=incremental, users=users)
+
+    def _state_expression(self, name: str) -> str:
+        return f"read_parquet({quote_literal(str(self.settings.features_dir / STATE_DIR / f'{name}.parquet'))})"
+
+    def _continues_state(self, con: duckdb.DuckDBPyConnection, build: FeatureBuild) -> bool:
+        """Whether the last build's state (and every table) is there, made by the same SQL, and can be built on."""
+        state_dir = self.settings.features_dir / STATE_DIR
+        if build.full or not (state_dir / STATE_FILE).exists():
+            return False
+        files = [state_dir / f"{n}.parquet" for n in build.state_tables]
+        files += [self.settings.features_dir / f"{t}.parquet" for t in build.tables]
+        if not all(f.exists() for f in files):
+            return False
+        if json.loads((state_dir / STATE_FILE).read_text()).get("version") != build.version:
+            return False
+        row = con.execute(build.needs_full_sql.format(prev_grid=self._state_expression("grid"))).fetchone()
+        return row is not None and int(row[0]) == 0
 
     def _write_feature_file(self, con: duckdb.DuckDBPyConnection, query: str, path: Path) -> int:
         """Stream the rows of `query` into the Parquet file `path`, encrypted under the active data
@@ -184,8 +251,10 @@ class EmbeddedBackend(Backend):
         return row[0].astimezone(timezone.utc), row[1].astimezone(timezone.utc)
 
     def erase_feature_rows(self, tables: Sequence[str], user_id: int, *, count_only: bool = False) -> dict[str, int]:
-        """Rewrite each `data/features/<table>.parquet` that holds the user's rows without them (atomically)."""
-        return self._delete_feature_rows(tables, f"user_id = {int(user_id)}", count_only=count_only)
+        """Rewrite each `data/features/<table>.parquet` that holds the user's rows without them (atomically),
+        and the build's state files (`_build/<name>.parquet`: the user's fingerprints)."""
+        state = [f"{STATE_DIR}/{name}" for name in USER_STATE_TABLES]
+        return self._delete_feature_rows([*tables, *state], f"user_id = {int(user_id)}", count_only=count_only)
 
     def expire_feature_rows(
         self, tables: Sequence[str], cutoff: datetime, *, count_only: bool = False

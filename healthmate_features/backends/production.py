@@ -24,7 +24,16 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from healthmate_features.backends import postgres, redis
-from healthmate_features.backends.base import INGEST_MANIFEST, Backend, Broker, FeatureBuild, RawTable, redis_broker
+from healthmate_features.backends.base import (
+    INGEST_MANIFEST,
+    USER_STATE_TABLES,
+    Backend,
+    Broker,
+    BuildCounts,
+    FeatureBuild,
+    RawTable,
+    redis_broker,
+)
 from healthmate_features.config import Settings
 from healthmate_features.errors import FeatureRepoError, NotIngestedError
 from healthmate_features.util.sql import quote_ident
@@ -38,6 +47,7 @@ if TYPE_CHECKING:
 
 BATCH_ROWS = 100_000  # rows per COPY chunk: bounds memory whatever the table size
 MANIFEST_TABLE = "_ingest"
+STATE_PREFIX = "_build_"  # <schema>._build_<name>: the last feature build's fingerprints of the raw tables
 _PG_TYPES = {"int": "BIGINT", "float": "DOUBLE PRECISION", "string": "TEXT", "timestamp": "TIMESTAMPTZ"}
 _LOCK = "hashtext('healthmate_features.postgres')"
 
@@ -68,6 +78,7 @@ class ProductionBackend(Backend):
 
     name = "production"
     feature_store_file = "feature_store.production.yaml"
+    sql_dialect = "postgres"
 
     # --- messages ----------------------------------------------------------------------------
 
@@ -398,8 +409,11 @@ class ProductionBackend(Backend):
         return counts
 
     def erase_feature_rows(self, tables: Sequence[str], user_id: int, *, count_only: bool = False) -> dict[str, int]:
-        """DELETE the user's rows from the feature tables in Postgres (one transaction)."""
-        return self._delete_rows(dict.fromkeys(tables, ("user_id = %s", (int(user_id),))), count_only=count_only)
+        """DELETE the user's rows from the feature tables and the build's state (`_build_*`), one transaction."""
+        state = [f"{STATE_PREFIX}{name}" for name in USER_STATE_TABLES]
+        return self._delete_rows(
+            dict.fromkeys([*tables, *state], ("user_id = %s", (int(user_id),))), count_only=count_only
+        )
 
     def erase_online_rows(self, store: FeatureStore, user_id: int, *, count_only: bool = False) -> dict[str, int]:
         """DEL the user's Redis hash (Feast keeps one per entity and project, holding every view's fields)."""
@@ -445,28 +459,50 @@ class ProductionBackend(Backend):
         progress: bool = False,
         memory_limit: str | None = None,
         work_mem: str = "256MB",
-    ) -> dict[str, int]:
+    ) -> BuildCounts:
         """Run the build inside Postgres from the loaded raw tables; return rows per table.
 
-        Side effects: replaces `<schema>.<table>` for every table of the build in one transaction,
-        each indexed on (user_id, event_timestamp) (point-in-time joins) and event_timestamp
-        (incremental materialization windows). `memory_limit` is DuckDB's and unused here;
-        `work_mem` is Postgres's per-sort memory.
+        Side effects, all in one transaction: a full build replaces `<schema>.<table>` for every
+        table of the build, each indexed on (user_id, event_timestamp) (point-in-time joins) and
+        event_timestamp (incremental materialization windows); an incremental one deletes the
+        rows it rebuilds and inserts them anew. The build's state (`<schema>._build_*`) is
+        updated in the same transaction. `memory_limit` is DuckDB's and unused here; `work_mem`
+        is Postgres's per-sort memory.
         """
         from tqdm import tqdm
 
         settings = self.settings
-        names = {p: postgres.table_name(settings, raw) for p, raw in build.sources.items()}
+        raw_names = {p: postgres.table_name(settings, raw) for p, raw in build.sources.items()}
         steps = tqdm(
-            total=len(build.prepare_sql) + 2 * len(build.tables),
+            total=len(build.fingerprint_sql) + len(build.prepare_sql) + 2 * len(build.tables),
             desc="build-features (postgres)",
             unit="step",
             disable=not progress,
         )
         counts: dict[str, int] = {}
+        users = None
         with postgres.connect(settings) as conn, conn.transaction(), conn.cursor() as cur:
             cur.execute(f"SELECT pg_advisory_xact_lock({_LOCK})")
             cur.execute("SELECT set_config('work_mem', %s, true)", (work_mem,))
+            for sql in build.fingerprint_sql:
+                cur.execute(sql.format(**raw_names))
+                steps.update()
+            for scratch in build.state_tables.values():
+                cur.execute(f"ANALYZE {quote_ident(scratch)}")
+            incremental = self._continues_state(cur, build)
+            names = dict(raw_names)
+            if incremental:
+                prev = {f"prev_{k}": self._state_table(k) for k in build.state_tables}
+                for sql in build.incremental_sql:
+                    cur.execute(sql.format(**raw_names, **prev))
+                cur.execute("ANALYZE hm_dirty")
+                cur.execute("ANALYZE hm_carry")
+                names = dict(build.incremental_sources)
+                row = cur.execute("SELECT count(*) FROM hm_dirty").fetchone()
+                users = int(row[0]) if row else 0
+            else:
+                for sql in build.full_sql:
+                    cur.execute(sql)
             for sql in build.prepare_sql:
                 cur.execute(sql.format(**names))
                 steps.update()
@@ -474,13 +510,30 @@ class ProductionBackend(Backend):
                 cur.execute(f"ANALYZE {quote_ident(scratch)}")
             for table, sql in build.tables.items():
                 steps.set_postfix_str(table)
-                staging = postgres.table_name(settings, f"{table}__build")
-                cur.execute(f"DROP TABLE IF EXISTS {staging}")
-                cur.execute(f"CREATE TABLE {staging} AS {sql.format(**names)}")
-                counts[table] = cur.rowcount
+                if incremental:
+                    final, affected = postgres.table_name(settings, table), build.affected[table]
+                    cur.execute(
+                        f"DELETE FROM {final} AS x USING hm_dirty d "
+                        f"WHERE d.user_id = x.user_id AND coalesce({affected}, FALSE)"
+                    )
+                    cur.execute(
+                        f"INSERT INTO {final} SELECT x.* FROM ({sql.format(**names)}) AS x "
+                        f"JOIN hm_dirty d ON d.user_id = x.user_id WHERE coalesce({affected}, FALSE)"
+                    )
+                    row = cur.execute(f"SELECT count(*) FROM {final}").fetchone()
+                    counts[table] = int(row[0]) if row else 0
+                else:
+                    staging = postgres.table_name(settings, f"{table}__build")
+                    cur.execute(f"DROP TABLE IF EXISTS {staging}")
+                    cur.execute(f"CREATE TABLE {staging} AS {sql.format(**names)}")
+                    counts[table] = cur.rowcount
                 steps.update()
             for table in build.tables:  # swap all in at the end: still one transaction
                 final = postgres.table_name(settings, table)
+                if incremental:
+                    cur.execute(f"ANALYZE {final}")
+                    steps.update()
+                    continue
                 cur.execute(f"DROP TABLE IF EXISTS {final}")
                 cur.execute(
                     f"ALTER TABLE {postgres.table_name(settings, table + '__build')} RENAME TO {quote_ident(table)}"
@@ -492,10 +545,52 @@ class ProductionBackend(Backend):
                 cur.execute(f"CREATE INDEX {quote_ident(table + '_event_timestamp_idx')} ON {final} (event_timestamp)")
                 cur.execute(f"ANALYZE {final}")
                 steps.update()
-            for scratch in reversed(build.scratch_tables):
+            self._save_state(cur, build, incremental=incremental)
+            for view in build.incremental_sources.values() if incremental else ():
+                cur.execute(f"DROP VIEW {quote_ident(view)}")
+            for scratch in (*reversed(build.scratch_tables), *build.state_tables.values(), "hm_carry"):
                 cur.execute(f"DROP TABLE {quote_ident(scratch)}")
+            if incremental:
+                cur.execute("DROP TABLE hm_dirty")
         steps.close()
-        return counts
+        return BuildCounts(counts, incremental=incremental, users=users)
+
+    def _state_table(self, name: str) -> str:
+        return postgres.table_name(self.settings, f"{STATE_PREFIX}{name}")
+
+    def _continues_state(self, cur: Any, build: FeatureBuild) -> bool:
+        """Whether the last build's state (and every table) is there, made by the same SQL, and can be built on."""
+        if build.full:
+            return False
+        schema = self.settings.pg_schema
+        for name in [f"{STATE_PREFIX}{n}" for n in build.state_tables] + list(build.tables):
+            found = cur.execute("SELECT to_regclass(%s)", (f"{quote_ident(schema)}.{quote_ident(name)}",)).fetchone()
+            if not found or found[0] is None:
+                return False
+        row = cur.execute(f"SELECT max(version) FROM {self._state_table('grid')}").fetchone()
+        if not row or row[0] != build.version:
+            return False
+        row = cur.execute(build.needs_full_sql.format(prev_grid=self._state_table("grid"))).fetchone()
+        return row is not None and int(row[0]) == 0
+
+    def _save_state(self, cur: Any, build: FeatureBuild, *, incremental: bool) -> None:
+        """The fingerprints of this build, for the next: replaced, or (incremental) the changed users' days."""
+        kept = {"readings": "d.r_lo", "events": "d.e_lo"}  # fingerprints differ only from these days on
+        for name, scratch in build.state_tables.items():
+            state = self._state_table(name)
+            if incremental and name in kept:
+                changed = f"d.user_id = s.user_id AND (d.whole OR s.day >= {kept[name]})"
+                cur.execute(f"DELETE FROM {state} AS s USING hm_dirty d WHERE {changed}")
+                cur.execute(
+                    f"INSERT INTO {state} SELECT s.* FROM {quote_ident(scratch)} s JOIN hm_dirty d ON {changed}"
+                )
+                continue
+            cur.execute(f"DROP TABLE IF EXISTS {state}")
+            version = ", CAST(%s AS TEXT) AS version" if name == "grid" else ""
+            cur.execute(
+                f"CREATE TABLE {state} AS SELECT *{version} FROM {quote_ident(scratch)}",
+                (build.version,) if version else None,
+            )
 
     def feature_table_label(self, table: str) -> str:
         return f"postgres table {self.settings.pg_schema}.{table}"

@@ -103,24 +103,36 @@ def rejects_cmd(table: str, out_dir: Path | None, profile: str | None) -> None:
     "--raw", "raw_dir", required=True, type=click.Path(path_type=Path), help="Raw directory that was ingested."
 )
 @click.option("--memory-limit", default=None, help="DuckDB memory limit, e.g. 4GB.")
+@click.option("--full", is_flag=True, help="Rebuild every row, not only those the changed raw data reaches.")
 @profile_option
 @quiet_option
 @json_option
 @handles_errors
 def build_features_cmd(
-    raw_dir: Path, memory_limit: str | None, profile: str | None, quiet: bool, as_json: bool
+    raw_dir: Path, memory_limit: str | None, full: bool, profile: str | None, quiet: bool, as_json: bool
 ) -> None:
     """Compute the feature tables (health, engagement, profile) from the ingested raw data.
 
+    Rebuilds only the rows the raw data changed since the last build can alter (--full: all).
     Embedded: DuckDB writes data/features/*.parquet. Production: the same SQL runs inside
-    Postgres and replaces the tables <HM_PG_SCHEMA>.<table> atomically."""
+    Postgres and replaces the rows of the tables <HM_PG_SCHEMA>.<table> atomically."""
     from healthmate_features.features.build import build_features
 
     current = settings(profile)
     backend = backend_for(current)
-    tables = build_features(raw_dir, current, progress=show_progress(quiet), memory_limit=memory_limit)
+    tables = build_features(raw_dir, current, full=full, progress=show_progress(quiet), memory_limit=memory_limit)
     if as_json:
-        return echo_json({t: {"rows": n, "table": backend.feature_table_label(t)} for t, n in tables.items()})
+        return echo_json(
+            {
+                "incremental": tables.incremental,
+                "users_rebuilt": tables.users,
+                "tables": {t: {"rows": n, "table": backend.feature_table_label(t)} for t, n in tables.items()},
+            }
+        )
+    if tables.incremental:
+        click.echo(f"incremental build: rows of {tables.users:,} user(s) rebuilt")
+    else:
+        click.echo("full build")
     for table, rows in tables.items():
         click.echo(f"{table}: {rows:,} rows -> {backend.feature_table_label(table)}")
 

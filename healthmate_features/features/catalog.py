@@ -45,6 +45,10 @@ class FeatureTable:
     sql: str
     features: tuple[Feature, ...] = field(default_factory=tuple)
     window_days: int = 1  # how far back in time its longest feature looks (for split embargoes)
+    # Which rows of a user a change of raw data can alter (features.incremental): a condition on
+    # the row `x` (user_id, event_timestamp) and the user's changed days `d` (hm_dirty: r_lo..r_hi
+    # readings, e_lo.. events; dates). Rows outside it are kept from the last build.
+    affected: str = "TRUE"
 
     def typed_sql(self) -> str:
         """The table's query with every feature cast to its declared type (user_id, event_timestamp first)."""
@@ -53,6 +57,50 @@ class FeatureTable:
 
 
 _SQL_TYPE = {"Float64": "DOUBLE PRECISION", "Int64": "BIGINT", "String": "VARCHAR"}
+
+# Sums of measured values run in exact decimal arithmetic (9 decimals), then become doubles:
+# an exact sum does not depend on the order its terms are added in, so a table rebuilt for a
+# few days (features.incremental) equals a full build bit for bit, in any engine and any
+# number of threads. Window means, variances and slopes come from exact window sums of x, x^2,
+# t and t*x (no cancellation: the subtractions are exact too).
+EXACT = "DECIMAL(38, 9)"
+
+
+def exact(expr: str) -> str:
+    """`expr` (a double) as an exact decimal."""
+    return f"CAST({expr} AS {EXACT})"
+
+
+def to_double(expr: str) -> str:
+    return f"CAST({expr} AS DOUBLE PRECISION)"
+
+
+def exact_avg(expr: str, filter_sql: str = "") -> str:
+    """The mean of `expr` from its exact sum: the same bits whatever order the rows come in."""
+    f = f" FILTER (WHERE {filter_sql})" if filter_sql else ""
+    return f"{to_double(f'sum({exact(expr)}){f}')} / nullif(count({expr}){f}, 0)"
+
+
+def exact_sum(expr: str, filter_sql: str = "") -> str:
+    f = f" FILTER (WHERE {filter_sql})" if filter_sql else ""
+    return to_double(f"sum({exact(expr)}){f}")
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """What differs between the engines running the catalog's SQL; everything else is shared."""
+
+    name: str
+    row_hash_template: str  # one 64-bit hash of a row's columns; {columns}: a comma-separated list
+
+    def row_hash(self, columns: list[str]) -> str:
+        return self.row_hash_template.format(columns=", ".join(columns))
+
+
+DIALECTS = {
+    "duckdb": Dialect("duckdb", "CAST(hash({columns}) AS UBIGINT)"),
+    "postgres": Dialect("postgres", "hashtextextended(CAST(ROW({columns}) AS TEXT), 0)"),
+}
 
 
 def _daily_value(metric) -> str:
@@ -66,7 +114,7 @@ def _daily_aggregates(metric) -> list[tuple[str, str, str, str, str]]:
     cond = f"r.metric = '{m}'"
     if m == "steps":
         return [
-            (f"{m}_total", f"sum(r.value) FILTER (WHERE {cond})", "Float64", f"total {d} that day", u),
+            (f"{m}_total", exact_sum("r.value", cond), "Float64", f"total {d} that day", u),
             (
                 f"{m}_count",
                 f"count(r.value) FILTER (WHERE {cond})",
@@ -76,7 +124,7 @@ def _daily_aggregates(metric) -> list[tuple[str, str, str, str, str]]:
             ),
         ]
     return [
-        (f"{m}_mean", f"avg(r.value) FILTER (WHERE {cond})", "Float64", f"mean {d} that day", u),
+        (f"{m}_mean", exact_avg("r.value", cond), "Float64", f"mean {d} that day", u),
         (f"{m}_min", f"min(r.value) FILTER (WHERE {cond})", "Float64", f"lowest {d} that day", u),
         (f"{m}_max", f"max(r.value) FILTER (WHERE {cond})", "Float64", f"highest {d} that day", u),
         (f"{m}_count", f"count(r.value) FILTER (WHERE {cond})", "Int64", f"number of {m} readings that day", "count"),
@@ -86,30 +134,34 @@ def _daily_aggregates(metric) -> list[tuple[str, str, str, str, str]]:
 # --- shared building blocks -------------------------------------------------------------
 
 # A dense grid: one row per user per day from the signup day (or the first day of data, if
-# later) to the last day of data.
+# later) to the last day of data. `hm_grid` (first_day, last_day) is the span of all raw data
+# (features.incremental makes it); `hm_carry` restricts users to days from `ctx` on and carries
+# what the days before `ctx` leave to later rows (empty in a full build: every column null).
 USER_DAY_SQL = """
 CREATE TEMP TABLE hm_user_day AS
-WITH span AS (
-    SELECT least(
-        (SELECT min(CAST(recorded_at AS DATE)) FROM {readings}),
-        (SELECT min(CAST("at" AS DATE)) FROM {events})
-    ) AS first_day,
-    greatest(
-        (SELECT max(CAST(recorded_at AS DATE)) FROM {readings}),
-        (SELECT max(CAST("at" AS DATE)) FROM {events})
-    ) AS last_day
-)
-SELECT u.user_id, CAST(g.day AS DATE) AS day, CAST(g.day AS DATE) - DATE '1970-01-01' AS day_number
+SELECT u.user_id, CAST(g.day AS DATE) AS day, CAST(g.day AS DATE) - DATE '1970-01-01' AS day_number,
+    c.last_active_before, c.weight_before
 FROM {users} u
-CROSS JOIN span
+CROSS JOIN hm_grid span
+LEFT JOIN hm_carry c ON c.user_id = u.user_id
 CROSS JOIN LATERAL generate_series(
-    CAST(greatest(CAST(u.signup_at AS DATE), span.first_day) AS TIMESTAMP),
+    CAST(greatest(CAST(u.signup_at AS DATE), span.first_day, c.ctx) AS TIMESTAMP),
     CAST(span.last_day AS TIMESTAMP),
     INTERVAL '1 day'
 ) AS g(day)
 """
 
 _END_OF_DAY = "CAST(CAST(d.day AS TIMESTAMP) + INTERVAL '1 day' AS TIMESTAMPTZ)"
+
+
+def _midnight(day: str) -> str:
+    """The instant day `day` (a DATE expression) starts, as the feature tables stamp it."""
+    return f"CAST(CAST({day} AS TIMESTAMP) AS TIMESTAMPTZ)"
+
+
+def _stamped_days(lo: str, hi: str) -> str:
+    """Rows stamped at the end of a day from `lo` to `hi` (DATE expressions)."""
+    return f"x.event_timestamp BETWEEN {_midnight(f'{lo} + 1')} AND {_midnight(f'{hi} + 1')}"
 
 
 def _health_daily_aggregates() -> list[tuple[str, str, str, str, str]]:
@@ -131,10 +183,10 @@ WITH agg AS (
     FROM {{readings}} r
     GROUP BY r.user_id, CAST(r.recorded_at AS DATE)
 ), span AS (
-    SELECT user_id, min(day) AS first_reading_day, max(day) AS last_reading_day FROM agg GROUP BY user_id
+    SELECT user_id, min(day) AS first_reading_day, max(day) AS last_reading_day FROM hm_fp_readings GROUP BY user_id
 )
 SELECT d.user_id, d.day, d.day_number, {_END_OF_DAY} AS event_timestamp,
-    s.first_reading_day, s.last_reading_day,
+    s.first_reading_day, s.last_reading_day, d.weight_before,
     {coalesced}
 FROM hm_user_day d
 LEFT JOIN agg a ON a.user_id = d.user_id AND a.day = d.day
@@ -151,31 +203,74 @@ def _health_daily() -> FeatureTable:
         f"SELECT user_id, event_timestamp, {', '.join(f.name for f in features)} FROM hm_health_daily "
         "WHERE day BETWEEN first_reading_day AND last_reading_day + 1"
     )
-    return FeatureTable("health_daily", "per user per day aggregates of each health metric", 2, sql, features, 1)
+    # a changed day changes its own row; a changed first or last reading day moves the rows'
+    # span, which hm_dirty widens r_lo..r_hi to cover (the day after the last is a row too)
+    return FeatureTable(
+        "health_daily",
+        "per user per day aggregates of each health metric",
+        2,
+        sql,
+        features,
+        1,
+        affected=_stamped_days("d.r_lo", "d.r_hi + 1"),
+    )
 
 
 def _rolling_stats(value: str, days: int, metric) -> list[tuple[str, str, str, str, str]]:
-    m, u, w = metric.name, metric.unit, f"w{days}"
+    """(column, sql, dtype, description, unit) of one metric's rolling statistics over `days` days.
+
+    The SQL reads the window sums `_rolling_sums` makes: n (days with a value), sx, sxx (exact
+    sums of x and x^2), st, stt, stx (of the day number t, t^2 and t*x), lo and hi."""
+    m, u = metric.name, metric.unit
     span = f"over the {days} days ending that day"
+
+    def c(part: str) -> str:
+        return f"{value}_{part}_{days}"
+
+    n, sx, sxx, st, stt, stx = (c(p) for p in ("n", "sx", "sxx", "st", "stt", "stx"))
+    variance = f"{to_double(f'{n} * {sxx} - {sx} * {sx}')} / ({n} * ({n} - 1))"
+    slope = f"{to_double(f'{n} * {stx} - {st} * {sx}')} / {to_double(f'{n} * {stt} - {st} * {st}')}"
     return [
-        (f"{m}_mean_{days}d", f"avg({value}) OVER {w}", "Float64", f"mean daily {metric.description} {span}", u),
+        (
+            f"{m}_mean_{days}d",
+            f"{to_double(sx)} / nullif({n}, 0)",
+            "Float64",
+            f"mean daily {metric.description} {span}",
+            u,
+        ),
         (
             f"{m}_std_{days}d",
-            f"stddev_samp({value}) OVER {w}",
+            f"CASE WHEN {n} >= 2 THEN sqrt({variance}) END",
             "Float64",
             f"standard deviation of daily {metric.description} {span}",
             u,
         ),
-        (f"{m}_min_{days}d", f"min({value}) OVER {w}", "Float64", f"lowest daily {metric.description} {span}", u),
-        (f"{m}_max_{days}d", f"max({value}) OVER {w}", "Float64", f"highest daily {metric.description} {span}", u),
+        (f"{m}_min_{days}d", c("lo"), "Float64", f"lowest daily {metric.description} {span}", u),
+        (f"{m}_max_{days}d", c("hi"), "Float64", f"highest daily {metric.description} {span}", u),
         (
             f"{m}_slope_{days}d",
-            f"CASE WHEN count({value}) OVER {w} >= 2 THEN regr_slope({value}, day_number) OVER {w} END",
+            f"CASE WHEN {n} >= 2 THEN {slope} END",
             "Float64",
             f"least-squares trend of daily {metric.description} {span} (needs 2+ days)",
             f"{u}/day",
         ),
     ]
+
+
+def _rolling_sums(value: str, days: int) -> list[str]:
+    """The window sums one metric's rolling statistics over `days` days are computed from (exact)."""
+    w, x, t = f"w{days}", f"{value}_x", f"CASE WHEN {value} IS NOT NULL THEN day_number END"
+    sums = {
+        "n": f"count({value})",
+        "sx": f"sum({x})",
+        "sxx": f"sum({x} * {x})",
+        "st": f"sum({t})",
+        "stt": f"sum({t} * {t})",
+        "stx": f"sum(day_number * {x})",
+        "lo": f"min({value})",
+        "hi": f"max({value})",
+    }
+    return [f"{sql} OVER {w} AS {value}_{part}_{days}" for part, sql in sums.items()]
 
 
 def _window_clause() -> str:
@@ -185,15 +280,24 @@ def _window_clause() -> str:
 
 
 def _health_rolling() -> FeatureTable:
-    stats = [s for m in METRICS if m.key for n in WINDOWS for s in _rolling_stats(_daily_value(m), n, m)]
+    keyed = [m for m in METRICS if m.key]
+    stats = [s for m in keyed for n in WINDOWS for s in _rolling_stats(_daily_value(m), n, m)]
     select = ",\n    ".join(f"{sql} AS {col}" for col, sql, *_ in stats)
+    sums = ",\n        ".join(s for m in keyed for n in WINDOWS for s in _rolling_sums(_daily_value(m), n))
+    exacts = ", ".join(f"{exact(_daily_value(m))} AS {_daily_value(m)}_x" for m in keyed)
     sql = f"""
 SELECT user_id, event_timestamp,
     {select}
 FROM (
-    SELECT * FROM hm_health_daily WHERE day BETWEEN first_reading_day AND last_reading_day + {LONGEST_WINDOW_DAYS}
-) AS h
-WINDOW {_window_clause()}
+    SELECT user_id, event_timestamp,
+        {sums}
+    FROM (
+        SELECT *, {exacts}
+        FROM hm_health_daily
+        WHERE day BETWEEN first_reading_day AND last_reading_day + {LONGEST_WINDOW_DAYS}
+    ) AS h
+    WINDOW {_window_clause()}
+) AS s
 """
     # A user's rows span first reading .. last reading + the longest window (a contiguous run of
     # days, so ROWS frames are calendar windows): beyond it every statistic is null and the
@@ -206,6 +310,7 @@ WINDOW {_window_clause()}
         sql,
         features,
         LONGEST_WINDOW_DAYS,
+        affected=_stamped_days("d.r_lo", f"d.r_hi + {LONGEST_WINDOW_DAYS}"),
     )
 
 
@@ -218,7 +323,7 @@ def _health_period(period: str, days_label: str, ttl_days: int) -> FeatureTable:
         cols += [
             (
                 f"{m.name}_mean_{days_label}",
-                f"avg({v})",
+                exact_avg(v),
                 "Float64",
                 f"mean {what} {m.description} over the {period}",
                 m.unit,
@@ -268,8 +373,19 @@ WHERE p.period_end <= (SELECT CAST(max(day) AS TIMESTAMP) + INTERVAL '1 day' FRO
         sql,
         features,
         7 if period == "week" else 31,
+        # the periods holding a changed day: ending after r_lo, at the latest where r_hi's ends
+        affected=(
+            f"x.event_timestamp > {_midnight('d.r_lo')} AND x.event_timestamp <= "
+            f"CAST(date_trunc('{period}', CAST(d.r_hi AS TIMESTAMP)) + INTERVAL '1 {period}' AS TIMESTAMPTZ)"
+        ),
     )
 
+
+# 1 on a day with any user-initiated event (an aggregate over that day's events `e`).
+ACTIVE_SQL = (
+    "max(CASE WHEN e.event_type IN ('login', 'session', 'meal_logged', 'workout_logged', 'medication_logged', "
+    "'notification_opened') THEN 1 ELSE 0 END)"
+)
 
 ENGAGEMENT_SCORE_FORMULA = (
     "100 * (0.4 * active_days_7d / 7 + 0.2 * min(sessions_7d / 14, 1) "
@@ -291,7 +407,6 @@ def _engagement() -> FeatureTable:
     daily = ",\n        ".join(
         f"count(*) FILTER (WHERE e.event_type = '{t}') AS {name}" for name, (t, _) in counted.items()
     )
-    user_initiated = "('login', 'session', 'meal_logged', 'workout_logged', 'medication_logged', 'notification_opened')"
     features: list[Feature] = [Feature(n, "Int64", d, "count") for n, (_, d) in counted.items()]
     features += [
         Feature("session_minutes", "Float64", "minutes spent in sessions that day", "min"),
@@ -303,7 +418,7 @@ def _engagement() -> FeatureTable:
         ("sessions_7d", "sum(sessions) OVER w7", "Int64", "sessions in the 7 days ending that day", "count"),
         (
             "session_minutes_7d",
-            "sum(session_minutes) OVER w7",
+            to_double(f"sum({exact('session_minutes')}) OVER w7"),
             "Float64",
             "session minutes in the 7 days ending that day",
             "min",
@@ -331,13 +446,14 @@ def _engagement() -> FeatureTable:
         ),
         (
             "days_since_last_activity",
-            "day_number - max(CASE WHEN active = 1 THEN day_number END)"
-            " OVER (PARTITION BY user_id ORDER BY day ROWS UNBOUNDED PRECEDING)",
+            "day_number - coalesce(max(CASE WHEN active = 1 THEN day_number END)"
+            " OVER (PARTITION BY user_id ORDER BY day ROWS UNBOUNDED PRECEDING), last_active_before)",
             "Int64",
             "days since the last active day (0: active that day; null: never active)",
             "days",
         ),
     ]
+    session_minutes = exact_sum("e.duration_minutes", "e.event_type = 'session'")
     rolled_sql = ",\n    ".join(f"{sql} AS {col}" for col, sql, *_ in rolled)
     features += [Feature(col, dtype, desc, unit) for col, _, dtype, desc, unit in rolled]
     features.append(
@@ -347,12 +463,12 @@ def _engagement() -> FeatureTable:
 WITH ev AS (
     SELECT e.user_id, CAST(e."at" AS DATE) AS day,
         {daily},
-        coalesce(sum(e.duration_minutes) FILTER (WHERE e.event_type = 'session'), 0) AS session_minutes,
-        max(CASE WHEN e.event_type IN {user_initiated} THEN 1 ELSE 0 END) AS active
+        coalesce({session_minutes}, 0) AS session_minutes,
+        {ACTIVE_SQL} AS active
     FROM {{events}} e
     GROUP BY e.user_id, CAST(e."at" AS DATE)
 ), daily AS (
-    SELECT d.user_id, d.day, d.day_number, {_END_OF_DAY} AS event_timestamp,
+    SELECT d.user_id, d.day, d.day_number, d.last_active_before, {_END_OF_DAY} AS event_timestamp,
         {", ".join(f"coalesce(ev.{n}, 0) AS {n}" for n in counted)},
         coalesce(ev.session_minutes, 0) AS session_minutes,
         coalesce(ev.active, 0) AS active
@@ -382,6 +498,8 @@ FROM (
         sql,
         tuple(features),
         LONGEST_WINDOW_DAYS,
+        # days_since_last_activity runs from the first day on: every later row may change
+        affected=f"x.event_timestamp >= {_midnight('d.e_lo + 1')}",
     )
 
 
@@ -392,9 +510,10 @@ def _profile() -> FeatureTable:
     )
     sql = f"""
 WITH weight AS (
-    SELECT user_id, day, max(weight_mean) OVER (PARTITION BY user_id, weight_seen) AS last_weight
+    SELECT user_id, day,
+        coalesce(max(weight_mean) OVER (PARTITION BY user_id, weight_seen), weight_before) AS last_weight
     FROM (
-        SELECT user_id, day, weight_mean,
+        SELECT user_id, day, weight_mean, weight_before,
             count(weight_mean) OVER (PARTITION BY user_id ORDER BY day ROWS UNBOUNDED PRECEDING) AS weight_seen
         FROM hm_health_daily
     ) w
@@ -442,6 +561,8 @@ JOIN {{users}} u ON u.user_id = s.user_id
         sql,
         features,
         31,  # monthly snapshots
+        # the latest weight is carried forward: every later snapshot may change
+        affected=f"x.event_timestamp >= {_midnight('d.r_lo + 1')}",
     )
 
 

@@ -1,7 +1,8 @@
 """The kinds of background job: each a thin wrapper over one library call, with its parameters checked.
 
-    extract_features_for_ml  ingest raw files that changed, build the feature tables, materialize
-                             incrementally                     params: {raw: data/raw}
+    extract_features_for_ml  ingest raw files that changed, build the feature tables (only the rows
+                             the changes reach; full: all), materialize incrementally
+                             params: {raw: data/raw, full: false}
     prepare_ml_datasets      build and version training sets (training.builder.build_and_save)
                              params: {configs: [configs/health_risk.yaml, ...]} or {config: {...}}
     preprocess_ml_data       re-fit a version's preprocessing on its stored joined frames into a
@@ -66,16 +67,20 @@ def _repo_path(settings: Settings, value: str) -> Path:
 
 
 def _check_extract(params: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
-    _known("extract_features_for_ml", params, ("raw",))
+    _known("extract_features_for_ml", params, ("raw", "full"))
     raw = params.get("raw", "data/raw")
     if not isinstance(raw, str) or not raw:
         raise ConfigError(f"extract_features_for_ml raw must be a directory path, got {raw!r}")
-    return {"raw": raw}
+    full = params.get("full", False)
+    if not isinstance(full, bool):
+        raise ConfigError(f"extract_features_for_ml full must be true or false, got {full!r}")
+    return {"raw": raw, "full": full}
 
 
 def extract_features_for_ml(settings: Settings, params: dict[str, Any], job_id: str | None = None) -> dict[str, Any]:
-    """Ingest the raw files if they changed since the last ingest, build the feature tables, and
-    materialize incrementally (each view from where its last run ended)."""
+    """Ingest the raw files if they changed since the last ingest, build the feature tables (the rows
+    the changes reach, or all with `full`), and materialize incrementally (each view from where
+    its last run ended)."""
     from healthmate_features.features.build import build_features
     from healthmate_features.raw.ingest import check_raw_store, ingest_raw
     from healthmate_features.stores import feature_store as store
@@ -87,11 +92,16 @@ def extract_features_for_ml(settings: Settings, params: dict[str, Any], job_id: 
     except NotIngestedError:
         reports, _ = ingest_raw(raw, settings)
         ingested = {r.table: {"accepted": r.accepted, "rejected": r.rejected} for r in reports}
-    tables = build_features(raw, settings)
+    tables = build_features(raw, settings, full=params.get("full", False))
     from healthmate_features.monitoring import metrics
 
     done = store.materialize(settings, incremental=True, written=metrics.record_materialized_rows)
-    return {"ingested": ingested, "feature_tables": tables, "materialized_until": done.end.isoformat()}
+    return {
+        "ingested": ingested,
+        "feature_tables": dict(tables),
+        "incremental_build": tables.incremental,
+        "materialized_until": done.end.isoformat(),
+    }
 
 
 # -- prepare_ml_datasets -------------------------------------------------------------------------
