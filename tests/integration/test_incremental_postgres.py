@@ -21,6 +21,7 @@ from healthmate_features.config import Settings
 from healthmate_features.features.build import build_features
 from healthmate_features.features.catalog import FEATURE_TABLES
 from healthmate_features.raw.ingest import ingest, ingest_raw
+from tests.helpers.files import read_frame
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
 
@@ -56,7 +57,7 @@ def test_postgres_incremental_builds_equal_full_builds_and_duckdb(
     ingest(raw, embedded.ingested_dir)
     build_features(raw, embedded)
     for name in FEATURE_TABLES:
-        duck = pd.read_parquet(embedded.features_dir / f"{name}.parquet")
+        duck = read_frame(embedded, embedded.features_dir / f"{name}.parquet")
         duck = duck.sort_values(["user_id", "event_timestamp"]).reset_index(drop=True)
         pg = _table(prod, name)
         assert list(duck.columns) == list(pg.columns) and len(duck) == len(pg) > 0, name

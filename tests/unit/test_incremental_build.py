@@ -20,15 +20,12 @@ from healthmate_features.config import Settings
 from healthmate_features.features.build import build_features
 from healthmate_features.features.catalog import FEATURE_TABLES
 from healthmate_features.raw.ingest import ingest
+from tests.helpers.files import read_frame
 
 
 def _table(settings: Settings, name: str) -> pd.DataFrame:
-    con = duckdb.connect()
-    try:
-        path = settings.features_dir / f"{name}.parquet"
-        return con.execute(f"SELECT * FROM read_parquet('{path}') ORDER BY user_id, event_timestamp").df()
-    finally:
-        con.close()
+    frame = read_frame(settings, settings.features_dir / f"{name}.parquet")  # encrypted at rest
+    return frame.sort_values(["user_id", "event_timestamp"], kind="stable").reset_index(drop=True)
 
 
 def _assert_same_tables(a: Settings, b: Settings, where: str) -> None:
@@ -75,6 +72,8 @@ def test_rolling_statistics_from_exact_sums_match_window_frames(population, tmp_
     compared = 0
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
+    con.register("daily_rows", read_frame(settings, daily))  # encrypted at rest: decrypted here
+    con.register("rolling_rows", read_frame(settings, rolling))
     for metric in (m for m in METRICS if m.key):
         v = "steps_total" if metric.name == "steps" else f"{metric.name}_mean"
         for n in WINDOWS:
@@ -83,13 +82,13 @@ def test_rolling_statistics_from_exact_sums_match_window_frames(population, tmp_
             reference = con.execute(f"""
                 WITH span AS (
                     SELECT user_id, min(event_timestamp) AS lo, max(event_timestamp) AS hi
-                    FROM read_parquet('{daily}') GROUP BY user_id
+                    FROM daily_rows GROUP BY user_id
                 ), grid AS (
                     SELECT s.user_id, g.ts FROM span s,
                     generate_series(s.lo, s.hi + INTERVAL '{LONGEST_WINDOW_DAYS} days', INTERVAL '1 day') g(ts)
                 ), dense AS (
                     SELECT g.user_id, g.ts, epoch(g.ts) // 86400 AS t, d.{v} AS v
-                    FROM grid g LEFT JOIN read_parquet('{daily}') d
+                    FROM grid g LEFT JOIN daily_rows d
                         ON d.user_id = g.user_id AND d.event_timestamp = g.ts
                 ), frames AS (
                     SELECT user_id, ts, avg(v) OVER w AS mean, stddev_samp(v) OVER w AS std,
@@ -99,7 +98,7 @@ def test_rolling_statistics_from_exact_sums_match_window_frames(population, tmp_
                     WINDOW w AS (PARTITION BY user_id ORDER BY ts ROWS BETWEEN {n - 1} PRECEDING AND CURRENT ROW)
                 )
                 SELECT f.mean, f.std, f.slope, f.lo, f.hi, {ours}
-                FROM frames f JOIN read_parquet('{rolling}') r ON r.user_id = f.user_id AND r.event_timestamp = f.ts
+                FROM frames f JOIN rolling_rows r ON r.user_id = f.user_id AND r.event_timestamp = f.ts
             """).fetchnumpy()
             for i, s in enumerate(stats):
                 want = np.asarray(reference[list(reference)[i]], dtype=float)
