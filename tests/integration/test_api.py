@@ -137,6 +137,7 @@ def test_openapi_documents_every_endpoint_with_summaries_and_bearer_auth(env):
         ("POST", f"{PREFIX}/data/preprocess"),
         ("GET", f"{PREFIX}/models/performance"),
         ("GET", f"{PREFIX}/dashboard/summary"),
+        ("POST", f"{PREFIX}/events"),
         ("GET", "/dashboard"),
         ("GET", f"{PREFIX}/monitoring/drift"),
         ("GET", f"{PREFIX}/monitoring/freshness"),
@@ -443,6 +444,12 @@ PROBES = {  # endpoint: (method, path, params or body); admin reaches the endpoi
     "dashboard_summary": ("GET", "/dashboard/summary", None),
     "monitoring_drift": ("GET", "/monitoring/drift", {"dataset": "no_such_dataset@1.0.0"}),
     "monitoring_freshness": ("GET", "/monitoring/freshness", None),
+    # A reading out of range: refused (422) before anything is pushed, for either role.
+    "events": (
+        "POST",
+        "/events",
+        {"readings": [{"user_id": OWN, "event_timestamp": "2026-12-07T08:30:00Z", "heart_rate_bpm": -1.0}]},
+    ),
 }
 ADMIN_OUTCOME = {
     "health": 200,
@@ -458,6 +465,7 @@ ADMIN_OUTCOME = {
     "dashboard_summary": 200,
     "monitoring_drift": 404,
     "monitoring_freshness": 200,
+    "events": 422,
 }
 USER_ALLOWED = {
     "health",
@@ -467,6 +475,7 @@ USER_ALLOWED = {
     "dashboard_summary",
     "monitoring_drift",
     "monitoring_freshness",
+    "events",
 }
 ROLES = ("admin", "user", "none", "malformed", "unknown", "revoked")
 
