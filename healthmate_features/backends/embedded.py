@@ -27,7 +27,7 @@ from healthmate_features.backends.base import (
 )
 from healthmate_features.crypto import duckdb_scan, write_parquet
 from healthmate_features.errors import FeatureRepoError, NotIngestedError
-from healthmate_features.util.files import atomic_path, atomic_write_text
+from healthmate_features.util.files import atomic_write_text
 from healthmate_features.util.sql import quote_literal
 from healthmate_features.util.text import repo_relative
 
@@ -162,7 +162,7 @@ class EmbeddedBackend(Backend):
             names = dict(raw_names)
             users = None
             if incremental:
-                prev = {f"prev_{k}": self._state_expression(k) for k in build.state_tables}
+                prev = {f"prev_{k}": self._state_expression(con, k) for k in build.state_tables}
                 for sql in build.incremental_sql:
                     con.execute(sql.format(**raw_names, **prev))
                 names = dict(build.incremental_sources)
@@ -192,8 +192,7 @@ class EmbeddedBackend(Backend):
                 steps.update()
             state_dir.mkdir(exist_ok=True)
             for name, scratch in build.state_tables.items():
-                with atomic_path(state_dir / f"{name}.parquet") as tmp:
-                    con.execute(f"COPY {scratch} TO {quote_literal(str(tmp))} (FORMAT parquet, COMPRESSION zstd)")
+                self._write_feature_file(con, f"SELECT * FROM {scratch}", state_dir / f"{name}.parquet")
             atomic_write_text(state_dir / STATE_FILE, json.dumps({"version": build.version}), durable=False)
             steps.update()
             steps.close()
@@ -201,8 +200,10 @@ class EmbeddedBackend(Backend):
             con.close()
         return BuildCounts(counts, incremental=incremental, users=users)
 
-    def _state_expression(self, name: str) -> str:
-        return f"read_parquet({quote_literal(str(self.settings.features_dir / STATE_DIR / f'{name}.parquet'))})"
+    def _state_expression(self, con: duckdb.DuckDBPyConnection, name: str) -> str:
+        """The last build's state table `name` on `con` (encrypted like the feature files: it holds
+        per-day counts and the day's weight of every user)."""
+        return duckdb_scan(con, self.settings.features_dir / STATE_DIR / f"{name}.parquet", self.keyring)
 
     def _continues_state(self, con: duckdb.DuckDBPyConnection, build: FeatureBuild) -> bool:
         """Whether the last build's state (and every table) is there, made by the same SQL, and can be built on."""
@@ -215,7 +216,7 @@ class EmbeddedBackend(Backend):
             return False
         if json.loads((state_dir / STATE_FILE).read_text()).get("version") != build.version:
             return False
-        row = con.execute(build.needs_full_sql.format(prev_grid=self._state_expression("grid"))).fetchone()
+        row = con.execute(build.needs_full_sql.format(prev_grid=self._state_expression(con, "grid"))).fetchone()
         return row is not None and int(row[0]) == 0
 
     def _write_feature_file(self, con: duckdb.DuckDBPyConnection, query: str, path: Path) -> int:
