@@ -453,3 +453,33 @@ def as_feast_values(values: Any, value_type: ValueType = ValueType.UNKNOWN) -> l
         if value_type is ValueType.INT64 and kinds <= _INTS and all(-(2**63) <= v < 2**63 for v in values):
             return [int(v) for v in values]
     return [_to_python(v) for v in python_values_to_proto_values(values, value_type)]
+
+
+def duckdb_monitoring_stats(
+    conn: Any,
+    from_expr: str,
+    feature_columns: list[tuple[str, str]],
+    timestamp_field: str,
+    start_date: Any,
+    end_date: Any,
+    histogram_bins: int,
+    top_n: int,
+) -> list[dict[str, Any]]:
+    """Feast's DuckDB monitoring metrics (DuckDBOfflineStore.compute_monitoring_metrics) over
+    `from_expr` on our connection `conn`: a source Feast's own `read_parquet` cannot open (an
+    encrypted one, scanned through a dataset registered on `conn`). Same statements, same results."""
+    from datetime import timezone
+
+    from feast.infra.offline_stores import duckdb as feast_duckdb
+    from feast.infra.offline_stores.offline_utils import get_timestamp_filter_sql
+
+    ts_filter = get_timestamp_filter_sql(
+        start_date, end_date, timestamp_field, tz=timezone.utc, cast_style="timestamp", date_time_separator=" "
+    )
+    numeric = [n for n, t in feature_columns if t == "numeric"]
+    results: list[dict[str, Any]] = []
+    if numeric:
+        results.extend(feast_duckdb._duckdb_numeric_stats(conn, from_expr, numeric, ts_filter, histogram_bins))
+    for name in (n for n, t in feature_columns if t == "categorical"):
+        results.append(feast_duckdb._duckdb_categorical_stats(conn, from_expr, name, ts_filter, top_n))
+    return results

@@ -21,6 +21,7 @@ from healthmate_features.errors import ConfigError
 
 if TYPE_CHECKING:
     from healthmate_features.backends.sqlstore import SqlStore
+    from healthmate_features.crypto import Keyring
 
 BACKENDS: dict[str, type[Backend]] = {cls.name: cls for cls in (EmbeddedBackend, ProductionBackend)}
 
@@ -35,6 +36,7 @@ __all__ = [
     "RawTable",
     "backend_for",
     "open_sql_store",
+    "repo_keyring",
 ]
 
 
@@ -57,3 +59,11 @@ def open_sql_store(settings: Settings, *, migrate: bool = True) -> SqlStore:
     Production: Postgres from the HM_PG_* settings, tables in HM_PG_SCHEMA.
     """
     return backend_for(settings).open_sql_store(migrate=migrate)
+
+
+@functools.lru_cache(maxsize=8)
+def repo_keyring(repo_path: str) -> Keyring:
+    """The data keys of the repository at `repo_path` as its settings (HM_* environment) name them,
+    one Keyring per process: for code Feast runs that has a repository path but no Settings (our
+    offline store's reads and writes of encrypted sources, its monitoring)."""
+    return backend_for(Settings.from_env(repo_path)).keyring()

@@ -31,13 +31,13 @@ Feast's monitoring methods (stores.duckdb_monitoring).
 
 An encrypted source (the package's feature tables: README "Security and compliance") is scanned
 through a pyarrow dataset registered on the connection instead (``crypto.duckdb_scan``), decrypted
-with the keyring of the repository's settings. Writes keep a source's encryption, and a source
-created by a write (a push table) is encrypted when the Parquet files beside it are.
+with the keyring of the repository's settings. Writes keep a source's encryption. A source
+created by a write (the push table) is plaintext: Feast's own `write_to_offline_store` reads a
+source's schema with plain pyarrow before it calls the store (README "Security and compliance").
 """
 
 from __future__ import annotations
 
-import functools
 import glob
 import os
 import uuid
@@ -73,8 +73,9 @@ from healthmate_features._feast import (
     get_pyarrow_schema_from_batch_source,
     infer_event_timestamp_from_entity_df,
 )
-from healthmate_features.crypto import Keyring, duckdb_scan, open_parquet, parquet_key_id, write_parquet
-from healthmate_features.errors import HealthmateError, OfflineStoreError, OfflineStoreUnsupportedError
+from healthmate_features.backends import repo_keyring
+from healthmate_features.crypto import duckdb_scan, open_parquet, parquet_key_id, write_parquet
+from healthmate_features.errors import OfflineStoreError, OfflineStoreUnsupportedError
 from healthmate_features.stores.duckdb_monitoring import FeastDuckDBMonitoring
 
 STORE_TYPE: Final = "healthmate_features.stores.duckdb_asof.HealthmateDuckDBOfflineStore"
@@ -160,16 +161,7 @@ def _scan(config: RepoConfig, con: duckdb.DuckDBPyConnection, source: DataSource
     files = [] if "://" in path else sorted(glob.glob(path, recursive=True))  # a file, or a glob pattern
     if not files:
         return f"read_parquet({_literal(path)})"  # DuckDB's own error names what is missing
-    return duckdb_scan(con, list(files), lambda: _keyring(str(config.repo_path)))
-
-
-@functools.lru_cache(maxsize=8)
-def _keyring(repo_path: str) -> Keyring:
-    """The keyring of the repository at `repo_path` (its settings' SQL store), one per process."""
-    from healthmate_features.backends import backend_for
-    from healthmate_features.config import Settings
-
-    return backend_for(Settings.from_env(repo_path)).keyring()
+    return duckdb_scan(con, list(files), lambda: repo_keyring(str(config.repo_path)))
 
 
 def _columns(con: duckdb.DuckDBPyConnection, relation: str, what: str) -> dict[str, str]:
@@ -779,22 +771,7 @@ def _create_source(config: RepoConfig, path: str, feature_view: FeatureView, tab
     if not path.endswith(".parquet"):
         target = target / f"part-{uuid.uuid4().hex}.parquet"
     target.parent.mkdir(parents=True, exist_ok=True)
-    if _neighbours_encrypted(target):
-        write_parquet(_keyring(str(config.repo_path)), table, target)
-        return
     _write_new_file(target, table)
-
-
-def _neighbours_encrypted(target: Path) -> bool:
-    """Whether the Parquet files beside `target` (outside a directory source: its parent's) are encrypted."""
-    folder = target.parent.parent if target.name.startswith("part-") else target.parent
-    for neighbour in sorted(folder.glob("*.parquet"))[:8]:
-        try:
-            if parquet_key_id(neighbour) is not None:
-                return True
-        except (OSError, HealthmateError):
-            continue
-    return False
 
 
 def _append_source(config: RepoConfig, path: str, source: DataSource, table: pa.Table) -> None:
@@ -809,7 +786,7 @@ def _append_source(config: RepoConfig, path: str, source: DataSource, table: pa.
         _write_new_file(Path(path) / f"part-{uuid.uuid4().hex}.parquet", table)
         return
     if parquet_key_id(path) is not None:  # an encrypted source stays encrypted (under the active key)
-        keyring = _keyring(str(config.repo_path))
+        keyring = repo_keyring(str(config.repo_path))
         existing = open_parquet(keyring, path)
         write_parquet(keyring, pa.concat_tables([existing.read(), table.cast(existing.schema_arrow)]), path)
         return

@@ -11,7 +11,7 @@ as an absolute-path Parquet FileSource (a directory source as its `**/*.parquet`
 from __future__ import annotations
 
 import os
-from datetime import date, datetime
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any, Final
 
@@ -60,6 +60,36 @@ def _parquet_source(config: RepoConfig, source: DataSource) -> FileSource:
     return FileSource(name=source.name, path=path, file_format=ParquetFormat(), timestamp_field=source.timestamp_field)
 
 
+def _encrypted_scan(config: RepoConfig, source: DataSource) -> tuple[Any, str] | None:
+    """For a source with encrypted files (the package's feature tables): a DuckDB connection and a
+    table expression on it that decrypts as it scans; None for a plaintext source (Feast reads it)."""
+    import duckdb
+
+    from healthmate_features.backends import repo_keyring
+    from healthmate_features.crypto import duckdb_scan, file_key_id
+
+    files = [f for f in _parquet_files(config, source) if file_key_id(f)]
+    if not files:
+        return None
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    return con, duckdb_scan(con, _parquet_files(config, source), lambda: repo_keyring(str(config.repo_path)))
+
+
+def _parquet_files(config: RepoConfig, source: DataSource) -> list[str]:
+    """The Parquet files of a local FileSource (a file, or a directory's `**/*.parquet`)."""
+    import glob
+
+    if not isinstance(source, FileSource):
+        return []
+    path = str(FileSource.get_uri_for_file_path(config.repo_path, source.path))
+    if "://" in path:
+        return []
+    if os.path.isdir(path):
+        return sorted(glob.glob(os.path.join(path, "**", "*.parquet"), recursive=True))
+    return [path] if os.path.exists(path) else []
+
+
 class FeastDuckDBMonitoring:
     """The offline-store monitoring methods `feast monitor run` calls, answered by Feast's DuckDB store."""
 
@@ -79,6 +109,15 @@ class FeastDuckDBMonitoring:
         A source without files yet (a feature service that has logged nothing) has no metrics."""
         if not _holds_files(config, data_source):
             return []
+        encrypted = _encrypted_scan(config, data_source)
+        if encrypted is not None:
+            con, scan = encrypted
+            try:
+                return _feast.duckdb_monitoring_stats(
+                    con, scan, feature_columns, timestamp_field, start_date, end_date, histogram_bins, top_n
+                )
+            finally:
+                con.close()
         return DuckDBOfflineStore.compute_monitoring_metrics(
             _feast_config(config),
             _parquet_source(config, data_source),
@@ -96,6 +135,17 @@ class FeastDuckDBMonitoring:
     ) -> datetime | None:
         """The latest event time of a source (None when it is empty or has no files yet)."""
         if not _holds_files(config, data_source):
+            return None
+        encrypted = _encrypted_scan(config, data_source)
+        if encrypted is not None:
+            con, scan = encrypted
+            try:
+                row = con.execute(f'SELECT max("{timestamp_field}") FROM {scan}').fetchone()
+            finally:
+                con.close()
+            latest = row[0] if row else None
+            if isinstance(latest, datetime):
+                return latest if latest.tzinfo else latest.replace(tzinfo=timezone.utc)
             return None
         return DuckDBOfflineStore.get_monitoring_max_timestamp(
             _feast_config(config), _parquet_source(config, data_source), timestamp_field

@@ -140,7 +140,7 @@ def test_feast_cli_lists_the_views_and_services_from_the_repo_root(tiny_applied)
     )
     assert views.returncode == 0, views.stderr
     listed = _listed(views.stdout)
-    assert set(listed) == {*FEATURE_TABLES, "temporal"}, views.stdout
+    assert set(listed) == {*FEATURE_TABLES, "health_today", "temporal"}, views.stdout
     assert "OnDemandFeatureView" in listed["temporal"]
     services = subprocess.run(
         [feast, "feature-services", "list"], cwd=tiny_applied.repo_path, capture_output=True, text=True, timeout=120

@@ -11,8 +11,11 @@ import pyarrow as pa
 import pytest
 from feast.feature_logging import FeatureServiceLoggingSource
 
+from healthmate_features.backends import backend_for
+from healthmate_features.crypto import write_parquet
 from healthmate_features.stores import feature_store as store
 from healthmate_features.stores.duckdb_asof import HealthmateDuckDBOfflineStore
+from tests.helpers.files import read_frame
 
 from ..helpers import repos
 
@@ -39,17 +42,20 @@ def test_monitor_run_sets_a_baseline_then_sees_drift_in_shifted_data(applied, fe
     assert (applied.repo_path / "data" / "feast_monitoring").is_dir()  # beside the other local state
     fs = store.open_feature_store(applied)
     baseline = metrics(fs, is_baseline=True)
-    daily = pd.read_parquet(applied.features_dir / f"{VIEW}.parquet")
+    daily = read_frame(applied, applied.features_dir / f"{VIEW}.parquet")  # encrypted at rest
     assert len(baseline) == 1 and baseline["row_count"].iloc[0] == len(daily)
     assert baseline["null_rate"].iloc[0] == pytest.approx(daily[FEATURE].isna().mean())
     assert baseline["mean"].iloc[0] == pytest.approx(daily[FEATURE].mean())
 
-    # A new day whose resting heart rates are 40 bpm higher, appended through Feast's offline write.
+    # A new day whose resting heart rates are 40 bpm higher, appended as a build would (encrypted:
+    # Feast's write_to_offline_store reads a source's schema with plain pyarrow first, so it cannot
+    # append to an encrypted feature table; README "Security and compliance").
     last = daily["event_timestamp"].max()
     shifted = daily[daily["event_timestamp"] == last].assign(
         event_timestamp=last + timedelta(days=1), **{FEATURE: lambda d: d[FEATURE] + 40}
     )
-    fs.write_to_offline_store(VIEW, shifted)
+    table = pa.Table.from_pandas(pd.concat([daily, shifted]), preserve_index=False)
+    write_parquet(backend_for(applied).keyring(), table, applied.features_dir / f"{VIEW}.parquet")
     day = (last + timedelta(days=1)).date().isoformat()
     args = ["monitor", "run", "-v", VIEW, "-f", FEATURE, "-g", "daily", "--start-date", day, "--end-date", day]
     out = feast_cli(applied.repo_path, *args)

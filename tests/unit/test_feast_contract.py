@@ -77,6 +77,15 @@ def shape(fn) -> str:
 
 # Every Feast callable _feast.py (or a store subclassing Feast) calls, with the signature it is written against.
 SIGNATURES = {
+    # Feast's DuckDB monitoring statistics, run on our connection for encrypted sources.
+    "feast.infra.offline_stores.duckdb._duckdb_numeric_stats": (
+        "(conn, from_expr, feature_names, ts_filter, histogram_bins)"
+    ),
+    "feast.infra.offline_stores.duckdb._duckdb_categorical_stats": "(conn, from_expr, col_name, ts_filter, top_n)",
+    "feast.infra.offline_stores.offline_utils.get_timestamp_filter_sql": (
+        "(start_date=None, end_date=None, timestamp_field='event_timestamp', date_partition_column=None, tz=None, "
+        "cast_style='timestamp', date_time_separator='T', quote_fields=True)"
+    ),
     "feast.utils._get_cached_request_context": "(registry, project, features, full_feature_names)",
     "feast.utils._parse_feature_ref": "(ref)",
     "feast.utils.compute_non_entity_date_range": (
