@@ -43,7 +43,7 @@ DOCUMENTATION = {"yaml", "text", ""}
 NEEDS = {"api server"}
 TIMEOUT_S = 600
 # Not copied into the sandbox: environments, caches and generated state (the demo's data/ is).
-_NOT_COPIED = (".git", ".venv", "data", "__pycache__", "*.egg-info", ".*_cache", ".hypothesis", "build")
+_NOT_COPIED = (".git", ".venv", "data", ".healthmate", "__pycache__", "*.egg-info", ".*_cache", ".hypothesis", "build")
 
 
 @dataclass(frozen=True)
@@ -104,6 +104,9 @@ def sandbox(demo_run, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("readme") / "repo"
     shutil.copytree(repos.ROOT, root, ignore=shutil.ignore_patterns(*_NOT_COPIED), symlinks=True)
     shutil.copytree(demo_run[0].data_dir, root / "data")
+    # The demo's keys (master key, erasure key) live beside its data/, outside it: data/ alone does not open.
+    if (demo_run[0].repo_path / ".healthmate").exists():
+        shutil.copytree(demo_run[0].repo_path / ".healthmate", root / ".healthmate")
     (root / ".venv").symlink_to(Path(sys.prefix), target_is_directory=True)
     return root
 
