@@ -319,8 +319,8 @@ def test_a_save_killed_midway_leaves_a_temporary_directory_the_next_worker_remov
         from healthmate_features.datasets import registry as reg
         from tests.helpers.datasets import make_dataset
         write = reg._write_payload
-        def write_then_stall(directory, dataset):
-            files = write(directory, dataset)
+        def write_then_stall(directory, dataset, **options):
+            files = write(directory, dataset, **options)
             print("written", flush=True)
             time.sleep(600)  # killed here, between writing the files and publishing the version
             return files
