@@ -246,7 +246,7 @@ def redis_keys(settings: Settings) -> int:
 
 @pytest.mark.slow
 def test_materialization_full_incremental_and_interrupted(prod, monkeypatch, tiny):
-    from feast.infra.online_stores.redis import RedisOnlineStore
+    from healthmate_features.stores.encrypted_online import EncryptedRedisOnlineStore
 
     raw = tiny.write_raw(prod.repo_path / "raw")
     load_and_build(raw, prod)
@@ -261,7 +261,8 @@ def test_materialization_full_incremental_and_interrupted(prod, monkeypatch, tin
     assert online["profile__bmi"] is None  # user 1's first month-end snapshot (1 Feb) lies after the cut
     assert redis_keys(prod) == 2  # one hash per user, holding every view's features
 
-    real_write, calls = RedisOnlineStore.online_write_batch, []
+    # The profile's online store: ours, Feast's Redis store with values encrypted.
+    real_write, calls = EncryptedRedisOnlineStore.online_write_batch, []
 
     def write_then_fail(self, *args, **kwargs):
         calls.append(1)
@@ -269,10 +270,10 @@ def test_materialization_full_incremental_and_interrupted(prod, monkeypatch, tin
             raise ConnectionResetError("interrupted: redis went away mid-materialization")
         return real_write(self, *args, **kwargs)
 
-    monkeypatch.setattr(RedisOnlineStore, "online_write_batch", write_then_fail)
+    monkeypatch.setattr(EncryptedRedisOnlineStore, "online_write_batch", write_then_fail)
     with pytest.raises(ConnectionResetError):
         store.materialize(prod, incremental=True)
-    monkeypatch.setattr(RedisOnlineStore, "online_write_batch", real_write)
+    monkeypatch.setattr(EncryptedRedisOnlineStore, "online_write_batch", real_write)
     store.materialize(prod, incremental=True)  # resumes from the last completed window: nothing lost
     latest = {
         name: table(prod, name).groupby("user_id").tail(1).set_index("user_id")
