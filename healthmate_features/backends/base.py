@@ -333,14 +333,16 @@ class Backend(ABC):
     # --- encryption at rest -------------------------------------------------------------------
 
     def keyring(self) -> Keyring:
-        """The deployment's data keys (crypto.Keyring over the SQL store's `data_keys`), one per
+        """The deployment's data keys (crypto.Keyring over the SQL store's `data_keys`, with a copy
+        of each in data/keys/ for the files every profile of the repository shares), one per
         Backend: unwrapped keys are cached for the life of the process."""
         if self._keyring is None:
-            from healthmate_features.backends.keystore import SqlKeyStore
+            from healthmate_features.backends.keystore import MirroredKeyStore, SqlKeyStore
 
             settings = self.settings
             self._keyring = Keyring(
-                SqlKeyStore(self.open_sql_store), lambda *, create: master_key(settings, create=create)
+                MirroredKeyStore(SqlKeyStore(self.open_sql_store), settings.data_dir / "keys"),
+                lambda *, create: master_key(settings, create=create),
             )
         return self._keyring
 
