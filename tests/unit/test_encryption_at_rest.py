@@ -124,7 +124,7 @@ def test_rotation_reencrypts_every_file_keeps_dataset_identity_and_retires_the_o
     report = rotate_data_key(repo)
     assert report.created and report.active != old and report.retired == [old]
     assert len(report.files) == len(package_files(repo)) + len(_version_files(repo))
-    assert report.online is None and report.online_note  # no encrypting online store here: said so
+    assert report.online == 0 and report.online_note == ""  # the encrypting online store: nothing materialized here
     for path in package_files(repo) + _version_files(repo):
         assert file_key_id(path) == report.active, path
     assert backend_for(repo).keyring().key_ids() == {old: "retired", report.active: "active"}
