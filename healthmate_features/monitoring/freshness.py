@@ -34,6 +34,7 @@ def feature_view_status(fs, *, lost: Collection[str] | None = None) -> list[dict
             {
                 "name": fv.name,
                 "kind": "batch",
+                "table": _table_of(fv),
                 "features": len(fv.features),
                 "ttl_seconds": fv.ttl.total_seconds() if fv.ttl else None,
                 "materialization_intervals": len(intervals),
@@ -56,23 +57,31 @@ def feature_view_status(fs, *, lost: Collection[str] | None = None) -> list[dict
     return views
 
 
+def _table_of(fv: Any) -> str:
+    """The feature table a batch view reads: its batch source is named `<table>_source`
+    (features.definitions.source); a push view's is the table pushes append to (health_pushed)."""
+    name = fv.batch_source.name if fv.batch_source is not None else fv.name
+    return name.removesuffix("_source")
+
+
 def _utc(moment: datetime) -> datetime:
     return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
 
 
-def newest_rows(backend: Any, tables: Collection[str]) -> dict[str, datetime | None]:
-    """The newest event_timestamp of each feature table in `tables` (None where it is missing or empty).
+def newest_rows(backend: Any, views: Collection[Mapping[str, Any]]) -> dict[str, datetime | None]:
+    """The newest event_timestamp in the feature table of each batch view in `views`
+    (`feature_view_status`'s dicts), by view name; None where the table is missing or empty.
 
     `backend`: the profile's Backend; one query per table."""
     from healthmate_features.errors import FeatureRepoError
 
-    found: dict[str, datetime | None] = {}
-    for table in tables:
+    by_table: dict[str, datetime | None] = {}
+    for table in sorted({view["table"] for view in views if view["kind"] == "batch"}):
         try:
-            found[table] = _utc(backend.feature_time_range([table])[1])
+            by_table[table] = _utc(backend.feature_time_range([table])[1])
         except FeatureRepoError:
-            found[table] = None
-    return found
+            by_table[table] = None
+    return {view["name"]: by_table[view["table"]] for view in views if view["kind"] == "batch"}
 
 
 def freshness(
@@ -135,7 +144,7 @@ def view_freshness(settings: Any, fs: Any = None, *, objective_s: float | None =
 
     fs = fs if fs is not None else feature_store.open_feature_store(settings)
     views = feature_view_status(fs, lost=feature_store.online_data_lost(settings, fs))
-    newest = newest_rows(backend_for(settings), [v["name"] for v in views if v["kind"] == "batch"])
+    newest = newest_rows(backend_for(settings), views)
     objective = settings.freshness_objective_s if objective_s is None else objective_s
     return freshness(views, newest, objective_s=objective)
 

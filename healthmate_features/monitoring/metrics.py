@@ -279,8 +279,7 @@ class StoreCollector:
             self._up["online_markers"] = 0.0
             log.warning("metrics: cannot read the online store's materialization markers: %s", exc)
         views = feature_view_status(self._fs, lost=lost)
-        batch = [view["name"] for view in views if view["kind"] == "batch"]
-        self._status, self._newest = views, newest_rows(backend_for(self.settings), batch)
+        self._status, self._newest = views, newest_rows(backend_for(self.settings), views)
         return [
             (
                 view["name"],

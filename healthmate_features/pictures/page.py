@@ -71,7 +71,8 @@ def render(data: Mapping[str, Any], *, form_action: str | None = None) -> str:
     """The page as one HTML document (see the module docstring). `form_action`: where the version
     chooser submits (the API's URL); None leaves the chooser out (a static report)."""
     parts = [
-        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        # The icon inline too: a browser would otherwise fetch /favicon.ico from wherever the page is.
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><link rel='icon' href='data:,'>",
         "<meta name='viewport' content='width=device-width, initial-scale=1'>",
         "<title>HealthMate features: dashboard</title><style>",
         _CSS,

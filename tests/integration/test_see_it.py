@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
+import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
@@ -25,9 +25,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from healthmate_features.access.keys import ApiKeys
 from healthmate_features.api.app import PREFIX, create_app
-from healthmate_features.backends import open_sql_store
+from healthmate_features.backends import backend_for, open_sql_store
 from healthmate_features.cli import main
 from healthmate_features.config import Settings
+from healthmate_features.crypto import write_parquet
 from healthmate_features.datasets.dataset import ProcessedDataset
 from healthmate_features.datasets.registry import DatasetRegistry
 from healthmate_features.monitoring import drift
@@ -35,6 +36,7 @@ from healthmate_features.monitoring.freshness import view_freshness
 from healthmate_features.tracking import Tracker
 
 from ..helpers import browser as chrome
+from ..helpers.files import read_frame
 
 BIN = Path(sys.executable).parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -119,11 +121,10 @@ def test_monitor_drift_on_the_unshifted_demo_data_exits_0_and_equals_the_library
 def test_a_shifted_population_is_flagged_and_the_command_exits_3(demo_run, clone_repo, tmp_path):
     shifted = clone_repo(demo_run[0], tmp_path / "repo")
     table = shifted.features_dir / "health_rolling.parquet"
-    frame = pd.read_parquet(table)
+    frame = read_frame(shifted, table)
     steps = [c for c in frame.columns if c.startswith("steps_mean") or c.startswith("steps_max")]
     frame[steps] = frame[steps] * 1.6  # everyone walks 60% more
-    frame.to_parquet(table.with_suffix(".tmp"))
-    table.with_suffix(".tmp").replace(table)
+    write_parquet(backend_for(shifted).keyring(), pa.Table.from_pandas(frame, preserve_index=False), table)
     done = CliRunner(env={"HM_REPO_PATH": str(shifted.repo_path), "HM_PROFILE": "embedded"}).invoke(
         main, ["monitor", "drift", "--dataset", DATASET, "--json"]
     )
@@ -141,8 +142,9 @@ def test_a_shifted_population_is_flagged_and_the_command_exits_3(demo_run, clone
 
 def test_drift_errors_name_the_fix(seen):
     served = seen.cli("monitor", "drift", "--dataset", DATASET, "--source", "served")
-    assert served.exit_code == 1 and "served-feature logging is not configured" in served.output
-    assert "health_risk_v1" in served.output
+    # Both feature services log what they serve (LoggingConfig); the demo served nothing yet.
+    assert served.exit_code == 1 and "nothing was logged; use --source offline" in served.output
+    assert "feature_logs/health_risk_v1" in served.output
     window = seen.cli("monitor", "drift", "--dataset", DATASET, "--since", "7 days")
     assert window.exit_code == 1 and "30m, 12h, 7d or 2w" in window.output
     unknown = seen.cli("monitor", "drift", "--dataset", "health_risk@9.9.9")
@@ -161,12 +163,16 @@ def test_freshness_flags_the_demos_old_data_as_late(seen):
         "health_rolling",
         "health_weekly",
         "health_monthly",
+        "health_today",
         "engagement_daily",
         "profile",
     }
     for view in views:  # the demo's data ends in 2025: past the objective and every TTL
         assert view["late"] and any("objective" in r for r in view["reasons"]), view
-        assert any("past the TTL" in r for r in view["reasons"]), view
+        if view["name"] == "health_today":  # fed by pushes, and the demo pushes nothing
+            assert "no feature rows" in view["reasons"], view
+        else:
+            assert any("past the TTL" in r for r in view["reasons"]), view
     relaxed = seen.cli("monitor", "freshness", "--json", "--objective", "9999w")
     assert relaxed.exit_code == 0  # without --fail-on-late it only reports
     assert all(not any("objective" in r for r in v["reasons"]) for v in json.loads(relaxed.stdout)["feature_views"])
@@ -249,7 +255,7 @@ def test_the_page_shows_the_librarys_numbers_and_user_keys_see_no_distributions(
     assert not re.findall(r'data-chart="diff-(?!rows|label-balance)[^"]+"', user)
     assert "admin keys only" in user and 'data-chart="drift"' in user
     assert "http://" not in admin.replace("http://www.w3.org/2000/svg", "")  # nothing fetched from elsewhere
-    assert "<script" not in admin and "<link" not in admin
+    assert "<script" not in admin and re.findall(r"<link[^>]*>", admin) == ["<link rel='icon' href='data:,'>"]
 
 
 # -- in a real browser -----------------------------------------------------------------------
