@@ -483,14 +483,3 @@ def duckdb_monitoring_stats(
     for name in (n for n, t in feature_columns if t == "categorical"):
         results.append(feast_duckdb._duckdb_categorical_stats(conn, from_expr, name, ts_filter, top_n))
     return results
-
-
-def record_planned_infra(store: Any) -> None:
-    """Record in the registry the infrastructure Feast plans for the repository (the online store's
-    tables), as `feast apply` itself does only when the online store's type is exactly `sqlite`
-    (FeatureStore._should_use_plan). Without it, an online store of ours (a subclass named by class
-    path) leaves the registry's infra empty and every `feast plan` lists every table as "Created"."""
-    if store.config.provider != "local" or type(store.config.online_store) is SqliteOnlineStoreConfig:
-        return  # Feast's own `sqlite` store: `feast apply` recorded it
-    planned = store._get_provider().plan_infra(store.config, store.registry.proto())
-    store.registry.update_infra(planned, store.project, commit=True)

@@ -101,9 +101,6 @@ def apply(settings: Settings, *, progress: bool = False) -> str:
     store = open_feature_store(settings)
     with backend.service_errors():
         ensure_push_tables(store)  # so that Feast's own store.push works from the start
-        from healthmate_features import _feast
-
-        _feast.record_planned_infra(store)
     return output
 
 
