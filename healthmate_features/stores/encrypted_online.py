@@ -123,6 +123,13 @@ class EncryptedSqliteOnlineStoreConfig(_feast.SqliteOnlineStoreConfig):
 class EncryptedSqliteOnlineStore(_Sealing, _feast.SqliteOnlineStore):
     """Feast's SQLite online store with every value sealed (module docstring)."""
 
+    def plan(self, config: Any, desired_registry_proto: Any) -> list[Any]:
+        """No infrastructure objects in the plan, as for Feast's Redis store: `update()` creates and
+        drops the tables. Feast records planned infrastructure in the registry only for `type:
+        sqlite` (`FeatureStore._should_use_plan`), so Feast's SQLite plan here would make every
+        `feast plan` after a `feast apply` list every table as "Created"."""
+        return []
+
     def online_write_batch(
         self,
         config: Any,
