@@ -142,11 +142,17 @@ def _aead(key: DataKey) -> AESGCM:
 # -- Parquet ----------------------------------------------------------------------------------
 
 
-def parquet_encryption(key: DataKey):
-    """pyarrow FileEncryptionProperties for a file under `key` (pass to ParquetWriter/write_table)."""
+def parquet_encryption(key: DataKey, *, plaintext_footer: bool = False):
+    """pyarrow FileEncryptionProperties for a file under `key` (pass to ParquetWriter/write_table).
+
+    `plaintext_footer`: the footer (column names and types, row counts; no statistics) stays
+    readable without the key, every column's values are encrypted. For sources whose schema Feast
+    reads with plain pyarrow before it writes to them (the push table: `write_to_offline_store`)."""
     import pyarrow.parquet.encryption as pe
 
-    return pe.create_encryption_properties(key.secret, aad_prefix=_AAD_PREFIX + key.key_id.encode("ascii") + b";")
+    return pe.create_encryption_properties(
+        key.secret, aad_prefix=_AAD_PREFIX + key.key_id.encode("ascii") + b";", plaintext_footer=plaintext_footer
+    )
 
 
 def parquet_decryption(key: DataKey):
@@ -159,26 +165,49 @@ def parquet_decryption(key: DataKey):
 def parquet_key_id(path: str | Path) -> str | None:
     """The data key id an encrypted Parquet file was written under; None for a plaintext file.
 
-    Reads only the file's tail (the crypto metadata is stored in plain). Raises EncryptionKeyError
-    for an encrypted file this package did not write (no key id in it)."""
+    Reads only the file's tail (the crypto metadata is stored in plain; with a plaintext footer,
+    the algorithm and its AAD prefix end the footer). Raises EncryptionKeyError for an encrypted
+    file this package did not write (no key id in it)."""
+    magic, region = _parquet_tail(path)
+    if magic is None:
+        return None
+    if magic == b"PAR1":
+        found = _AAD_PATTERN.search(region[-_PARQUET_TAIL_SCAN:])
+        return found.group(1).decode("ascii") if found else None
+    found = _AAD_PATTERN.search(region[:_PARQUET_TAIL_SCAN])
+    if not found:
+        raise EncryptionKeyError(f"{path} is an encrypted Parquet file that names no healthmate data key")
+    return found.group(1).decode("ascii")
+
+
+def parquet_footer_is_plain(path: str | Path) -> bool:
+    """Whether the Parquet file `path` is encrypted with a readable footer (`plaintext_footer`);
+    False for a missing, plaintext or fully encrypted file."""
+    try:
+        return _parquet_tail(path)[0] == b"PAR1" and parquet_key_id(path) is not None
+    except (FileNotFoundError, EncryptionKeyError):
+        return False
+
+
+def _parquet_tail(path: str | Path) -> tuple[bytes | None, bytes]:
+    """(the closing magic, PAR1 or PARE, and the footer's bytes); (None, b"") for a file too short."""
     with open(path, "rb") as handle:
         handle.seek(0, os.SEEK_END)
         size = handle.tell()
         if size < 12:
-            return None
+            return None, b""
         handle.seek(size - 8)
         tail = handle.read(8)
-        if tail[4:] == b"PAR1":
-            return None
-        if tail[4:] != b"PARE":
+        if tail[4:] not in (b"PAR1", b"PARE"):
             raise EncryptionKeyError(f"{path} is not a Parquet file (no PAR1/PARE magic at its end)")
         footer_len = int.from_bytes(tail[:4], "little")
-        handle.seek(max(0, size - 8 - footer_len))
-        head = handle.read(min(footer_len, _PARQUET_TAIL_SCAN))
-    found = _AAD_PATTERN.search(head)
-    if not found:
-        raise EncryptionKeyError(f"{path} is an encrypted Parquet file that names no healthmate data key")
-    return found.group(1).decode("ascii")
+        start = max(0, size - 8 - footer_len)
+        if tail[4:] == b"PARE":
+            handle.seek(start)
+            return b"PARE", handle.read(min(footer_len, _PARQUET_TAIL_SCAN))
+        # A plaintext footer ends with the encryption algorithm (AAD prefix) and the footer's signature.
+        handle.seek(max(start, size - 8 - _PARQUET_TAIL_SCAN))
+        return b"PAR1", handle.read()
 
 
 def parquet_key(keyring: Keyring, path: str | Path) -> DataKey:
@@ -304,21 +333,34 @@ def duckdb_scan(
 
 
 def write_parquet(
-    keyring: Keyring, data: pa.Table | pa.RecordBatchReader, path: str | Path, *, compression: str = "zstd"
+    keyring: Keyring,
+    data: pa.Table | pa.RecordBatchReader,
+    path: str | Path,
+    *,
+    compression: str = "zstd",
+    plaintext_footer: bool | None = None,
 ) -> int:
     """Write `data` to `path` as Parquet encrypted under the active data key, atomically; the row count.
 
-    A RecordBatchReader (e.g. DuckDB's `to_arrow_reader()`) is streamed batch by batch."""
+    A RecordBatchReader (e.g. DuckDB's `to_arrow_reader()`) is streamed batch by batch.
+    `plaintext_footer` (see parquet_encryption): None keeps the readable footer of an encrypted
+    file at `path` that has one (erasure, retention and rotation rewrite the push table); anything
+    else gets an encrypted footer."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from healthmate_features.util.files import atomic_path
 
+    if plaintext_footer is None:
+        plaintext_footer = parquet_footer_is_plain(path)
     key = keyring.active()
     rows = 0
     with atomic_path(path) as tmp:
         writer = pq.ParquetWriter(
-            tmp, data.schema, encryption_properties=parquet_encryption(key), compression=compression
+            tmp,
+            data.schema,
+            encryption_properties=parquet_encryption(key, plaintext_footer=plaintext_footer),
+            compression=compression,
         )
         with writer:
             if isinstance(data, pa.Table):

@@ -432,22 +432,41 @@ def recent_served(
             f"{type(config.destination).__name__}, which drift cannot read yet (only Parquet files: "
             "FileLoggingDestination); use --source offline"
         )
+    root = repo_path or Path.cwd()
+
+    def keyring() -> Any:
+        from healthmate_features.backends import repo_keyring
+
+        return repo_keyring(str(root))
+
     return served_log_values(
-        Path(path) if Path(path).is_absolute() else (repo_path or Path.cwd()) / path, refs, since=since, until=until
+        Path(path) if Path(path).is_absolute() else root / path, refs, since=since, until=until, keyring=keyring
     )
 
 
 def served_log_values(
-    path: Path, refs: Sequence[str], *, since: timedelta, until: datetime | None = None
+    path: Path,
+    refs: Sequence[str],
+    *,
+    since: timedelta,
+    until: datetime | None = None,
+    keyring: Any = None,
 ) -> tuple[dict[str, pd.Series], dict[str, datetime | None], list[dict[str, str]]]:
     """The logged values of feature refs `refs` in a Feast feature-log directory (Parquet, possibly
-    partitioned) over (end - since, end]; see `recent_served`."""
+    partitioned) over (end - since, end]; see `recent_served`. Log files our offline store wrote
+    are encrypted: `keyring` (crypto.KeyringSource) opens them."""
     import pyarrow.dataset as pads
+
+    from healthmate_features.crypto import file_key_id, parquet_dataset
 
     if not path.exists():
         raise DriftError(f"no served-feature log at {path} yet: nothing was logged; use --source offline")
-    # Feast partitions by `__log_date=...`: pyarrow skips "_"-prefixed names unless told otherwise
-    table = pads.dataset(str(path), format="parquet", partitioning="hive", ignore_prefixes=["."]).to_table()
+    files = sorted(p for p in path.rglob("*.parquet") if not any(s.startswith(".") for s in p.relative_to(path).parts))
+    if any(file_key_id(f) for f in files):
+        table = parquet_dataset(keyring, files).to_table()  # ours: not partitioned, every column in the files
+    else:
+        # Feast partitions by `__log_date=...`: pyarrow skips "_"-prefixed names unless told otherwise
+        table = pads.dataset(str(path), format="parquet", partitioning="hive", ignore_prefixes=["."]).to_table()
     frame = table.to_pandas()
     if LOG_TIMESTAMP not in frame.columns or frame.empty:
         raise DriftError(f"the served-feature log at {path} has no rows with {LOG_TIMESTAMP}; use --source offline")

@@ -74,7 +74,7 @@ from healthmate_features._feast import (
     infer_event_timestamp_from_entity_df,
 )
 from healthmate_features.backends import repo_keyring
-from healthmate_features.crypto import duckdb_scan, open_parquet, parquet_key_id, write_parquet
+from healthmate_features.crypto import duckdb_scan, open_parquet, write_parquet
 from healthmate_features.errors import OfflineStoreError, OfflineStoreUnsupportedError
 from healthmate_features.stores.duckdb_monitoring import FeastDuckDBMonitoring
 
@@ -728,7 +728,7 @@ class HealthmateDuckDBOfflineStore(FeastDuckDBMonitoring, OfflineStore):
             return
         root = Path(FileSource.get_uri_for_file_path(config.repo_path, destination.path))
         root.mkdir(parents=True, exist_ok=True)
-        _write_new_file(root / f"{uuid.uuid4().hex}.parquet", table)
+        _write_new_file(config, root / f"{uuid.uuid4().hex}.parquet", table)
 
 
 def _source_names(table: pa.Table, source: DataSource) -> pa.Table:
@@ -771,7 +771,7 @@ def _create_source(config: RepoConfig, path: str, feature_view: FeatureView, tab
     if not path.endswith(".parquet"):
         target = target / f"part-{uuid.uuid4().hex}.parquet"
     target.parent.mkdir(parents=True, exist_ok=True)
-    _write_new_file(target, table)
+    _write_new_file(config, target, table)
 
 
 def _append_source(config: RepoConfig, path: str, source: DataSource, table: pa.Table) -> None:
@@ -783,38 +783,23 @@ def _append_source(config: RepoConfig, path: str, source: DataSource, table: pa.
             f"{expected}; reorder or rename the input to match"
         )
     if os.path.isdir(path):
-        _write_new_file(Path(path) / f"part-{uuid.uuid4().hex}.parquet", table)
+        _write_new_file(config, Path(path) / f"part-{uuid.uuid4().hex}.parquet", table)
         return
-    if parquet_key_id(path) is not None:  # an encrypted source stays encrypted (under the active key)
-        keyring = repo_keyring(str(config.repo_path))
-        existing = open_parquet(keyring, path)
-        write_parquet(keyring, pa.concat_tables([existing.read(), table.cast(existing.schema_arrow)]), path)
-        return
-    table = table.cast(pq.read_schema(path))
-    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-    con = _connect(config)
+    # Rewritten whole under the active key with a readable footer (Feast reads the source's schema
+    # with plain pyarrow before every write); a plaintext source becomes encrypted here.
+    keyring = repo_keyring(str(config.repo_path))
+    existing = open_parquet(keyring, path)
     try:
-        con.register("__hm_new", table)
-        con.execute(
-            f"COPY (SELECT * FROM read_parquet({_literal(path)}) UNION ALL BY NAME "
-            f"SELECT * FROM __hm_new) TO {_literal(tmp)} (FORMAT parquet)"
-        )
-    except duckdb.Error as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise OfflineStoreError(f"DuckDB could not append {table.num_rows} rows to {path}: {exc}") from exc
+        merged = pa.concat_tables([existing.read(), table.cast(existing.schema_arrow)])
     finally:
-        con.close()
-    os.replace(tmp, path)
+        existing.close()
+    write_parquet(keyring, merged, path, plaintext_footer=True)
 
 
-def _write_new_file(target: Path, table: pa.Table) -> None:
-    """Write a Parquet file under a temporary name beside `target` and rename it into place."""
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+def _write_new_file(config: RepoConfig, target: Path, table: pa.Table) -> None:
+    """Write a new Parquet source file, encrypted under the repository's active data key with a
+    readable footer (see _append_source), atomically."""
+    write_parquet(repo_keyring(str(config.repo_path)), table, target, plaintext_footer=True)
 
 
 def _pull(

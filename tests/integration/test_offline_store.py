@@ -25,6 +25,8 @@ from feast.infra.offline_stores.file_source import SavedDatasetFileStorage
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from healthmate_features.backends import repo_keyring
+from healthmate_features.crypto import file_key_id, open_parquet
 from healthmate_features.errors import OfflineStoreError
 from healthmate_features.stores.duckdb_asof import STORE_TYPE
 
@@ -582,7 +584,7 @@ def test_offline_write_batch_appends(repo):
         {"user_id": [1], "event_timestamp": [T0 + HOUR], "created": [T0 + HOUR], "x": [4.0], "label": ["b"]}
     )
     repo.ours.write_to_offline_store("vitals_fv", new)
-    assert pq.read_table(repo.data / "vitals.parquet").num_rows == 2
+    assert pq.read_metadata(repo.data / "vitals.parquet").num_rows == 2  # readable footer, encrypted values
     frame = pd.DataFrame({"user_id": [1, 1], "event_timestamp": [T0, T0 + 2 * HOUR]})
     result = repo.ours.get_historical_features(frame, ["vitals_fv:label"]).to_df()
     assert result["label"].tolist() == ["a", "b"]
@@ -683,7 +685,7 @@ def test_entityless_retrieval_keeps_pushed_duplicates_once_and_defaults_to_feast
     )
     repo.ours.write_to_offline_store("vitals_fv", twice)
     repo.ours.write_to_offline_store("vitals_fv", twice.iloc[:1])
-    assert pq.read_table(repo.data / "vitals.parquet").num_rows == 4
+    assert pq.read_metadata(repo.data / "vitals.parquet").num_rows == 4
     ours = repo.ours.get_historical_features(features=ENTITYLESS_REFS, end_date=T0 + 4 * HOUR).to_df()
     assert ours[["user_id", "x", "label"]].values.tolist() == [[2, 5.0, "b"]]  # T0 is outside 4h - 3h ttl
     both = repo.ours.get_historical_features(features=ENTITYLESS_REFS, start_date=T0, end_date=T0 + 4 * HOUR).to_df()
@@ -709,7 +711,7 @@ def test_offline_write_batch_creates_a_missing_source_then_appends(repo, tmp_pat
             {"uid": [7], "event_timestamp": pa.array([T0], pa.timestamp("us", tz="UTC")), "heart_rate": [61.0]}
         )
         HealthmateDuckDBOfflineStore.offline_write_batch(repo.ours.config, view, batch.slice(0, 0), None)
-        assert pq.read_table(target).num_rows == 0
+        assert pq.read_metadata(target).num_rows == 0
         repo.ours.write_to_offline_store("mapped_fv", batch.to_pandas())
         frame = pd.DataFrame({"user_id": [7], "event_timestamp": [T0 + HOUR]})
         assert repo.ours.get_historical_features(frame, ["mapped_fv:hr"]).to_df()["hr"].tolist() == [61.0]
@@ -732,7 +734,8 @@ def test_logging_to_files_and_unsupported_destinations(repo, tmp_path):
     for _ in range(2):
         HealthmateDuckDBOfflineStore.write_logged_features(repo.ours.config, logs, None, config, None)
     files = sorted((tmp_path / "logs").glob("*.parquet"))
-    assert len(files) == 2 and all(pq.read_table(f).equals(logs) for f in files)
+    keyring = repo_keyring(str(repo.root))  # served features are health data: encrypted like the rest
+    assert len(files) == 2 and all(file_key_id(f) and open_parquet(keyring, f).read().equals(logs) for f in files)
     partitioned = LoggingConfig(destination=FileLoggingDestination(path=str(tmp_path / "p"), partition_by=["x"]))
     with pytest.raises(OfflineStoreUnsupportedError) as raised:
         HealthmateDuckDBOfflineStore.write_logged_features(repo.ours.config, logs, None, partitioned, None)

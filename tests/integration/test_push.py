@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
 from feast.data_source import PushMode
@@ -22,11 +23,13 @@ from healthmate_features.access.keys import ApiKeys
 from healthmate_features.api.app import PREFIX, create_app
 from healthmate_features.backends import open_sql_store
 from healthmate_features.config import Settings
+from healthmate_features.crypto import file_key_id
 from healthmate_features.errors import FeatureRepoError, RawDataError
 from healthmate_features.features import pushed
 from healthmate_features.stores import feature_store as store
 
 from ..helpers import repos
+from ..helpers.files import read_frame
 
 OWN, OTHER = 1, 2
 REFS = ["health_today:heart_rate_bpm", "health_today:steps_today"]
@@ -47,12 +50,15 @@ def applied(tiny_built, tmp_path) -> Settings:
 
 
 def offline_rows(settings: Settings) -> pd.DataFrame:
-    return pd.read_parquet(settings.features_dir / f"{pushed.PUSHED_TABLE}.parquet")
+    return read_frame(settings, settings.features_dir / f"{pushed.PUSHED_TABLE}.parquet")
 
 
 def test_apply_creates_the_push_table_and_plan_shows_no_change(applied, feast_cli):
     table = offline_rows(applied)
     assert list(table.columns) == list(pushed.COLUMNS) and len(table) == 0
+    # Pushed readings are health data: encrypted; the footer stays readable for Feast's schema check.
+    path = applied.features_dir / f"{pushed.PUSHED_TABLE}.parquet"
+    assert file_key_id(path) and pq.read_schema(path).names == list(pushed.COLUMNS)
     out = feast_cli(applied.repo_path, "plan")
     assert CHANGE.findall(out) == [], out
     fs = store.open_feature_store(applied)
@@ -75,6 +81,8 @@ def test_feasts_push_reaches_online_then_offline_and_training(applied):
     online = fs.get_online_features(REFS, [{"user_id": OWN}, {"user_id": OTHER}]).to_dict()
     assert online["heart_rate_bpm"] == [75.5, 60.0] and online["steps_today"] == [1500, 10]
     assert len(offline_rows(applied)) == 4
+    with pytest.raises(OSError, match="encrypted"):  # the readings themselves need the key
+        pq.read_table(applied.features_dir / f"{pushed.PUSHED_TABLE}.parquet")
 
     labels = pd.DataFrame({"user_id": [OWN, OWN, OTHER], "event_timestamp": [now - timedelta(minutes=1), now, now]})
     training = store.historical_features(applied, labels, features=REFS)
