@@ -104,7 +104,9 @@ def run_demo(
     if description:
         echo(f"    {description}")
         step("check servers", backend.prepare_servers)
-    counts = step("generate", generate, raw, users=users, days=days, seed=seed, progress=progress)
+    counts = step(
+        "generate", generate, raw, users=users, days=days, seed=seed, progress=progress, keyring=backend.keyring()
+    )
     echo("    " + ", ".join(f"{k}: {v:,}" for k, v in counts.items()))
     reports, _ = step("ingest", ingest_raw, raw, settings, progress=progress)
     for r in reports:

@@ -307,9 +307,14 @@ def env_cmd(profile: str) -> None:
 @json_option
 @handles_errors
 def generate(users, days, seed, out_dir, start, invalid_rate, quiet, as_json) -> None:
-    """Write realistic synthetic raw data (users, health_readings, app_events, labels) as Parquet."""
+    """Write realistic synthetic raw data (users, health_readings, app_events, labels) as Parquet.
+
+    Under the repository's data/ (e.g. data/raw) the files are encrypted like everything else
+    there; elsewhere they are written in plain, as an export for other tools would be."""
     from healthmate_features.raw.generate import generate as run
 
+    current = settings(None)
+    inside = Path(out_dir).resolve().is_relative_to(current.data_dir.resolve())
     counts = run(
         out_dir,
         users=users,
@@ -318,6 +323,7 @@ def generate(users, days, seed, out_dir, start, invalid_rate, quiet, as_json) ->
         start=start.date(),
         invalid_rate=invalid_rate,
         progress=show_progress(quiet),
+        keyring=backend_for(current).keyring() if inside else None,
     )
     if as_json:
         return echo_json({"rows": counts, "out": out_dir})

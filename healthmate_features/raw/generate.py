@@ -87,6 +87,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from scipy.signal import lfilter
 
+from healthmate_features.crypto import Keyring, parquet_encryption
 from healthmate_features.raw.schemas import CONDITIONS, DEVICES, EVENT_TYPES, METRICS, RAW_TABLES, SEXES, TableSchema
 
 BLOCK_USERS = 500
@@ -167,22 +168,30 @@ def generate(
     start: date | str = "2025-01-01",
     invalid_rate: float = 5e-5,
     progress: bool = True,
+    keyring: Keyring | None = None,
 ) -> dict[str, int]:
     """Simulate `users` users over `days` days and write users/health_readings/app_events/labels.parquet.
 
     Creates `out_dir` if needed; each file is written under a temporary name and renamed into
     place (os.replace), so a reader never sees a half-written file. Returns the row count per table. See the module
-    docstring for the model.
+    docstring for the model. With `keyring` the files are encrypted under its active data key
+    (what the CLI and the demo write into a repository's data/); `ingest` opens them with the
+    repository's keyring. Same seed, same rows (the bytes differ when encrypted).
     """
     blocks = _blocks(users=users, days=days, seed=seed, start=start, invalid_rate=invalid_rate, progress=progress)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tmp = {name: out / f".{name}.parquet.tmp-{os.getpid()}" for name in RAW_TABLES}
     counts = dict.fromkeys(RAW_TABLES, 0)
+    encryption = parquet_encryption(keyring.active()) if keyring is not None else None
     try:
         with ExitStack() as stack:
             writers = {
-                name: stack.enter_context(pq.ParquetWriter(tmp[name], arrow_schema(schema), compression="zstd"))
+                name: stack.enter_context(
+                    pq.ParquetWriter(
+                        tmp[name], arrow_schema(schema), compression="zstd", encryption_properties=encryption
+                    )
+                )
                 for name, schema in RAW_TABLES.items()
             }
             for block in blocks:

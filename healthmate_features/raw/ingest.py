@@ -31,12 +31,13 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 
 from healthmate_features.backends import RawTable, backend_for
 from healthmate_features.backends.base import INGEST_MANIFEST
 from healthmate_features.config import Settings
-from healthmate_features.crypto import Keyring, file_key_id, read_sealed, write_parquet, write_sealed
+from healthmate_features.crypto import Keyring, file_key_id, open_parquet, read_sealed, write_parquet, write_sealed
 from healthmate_features.errors import NotIngestedError, RawDataError
 from healthmate_features.raw.schemas import CONDITIONS, METRICS, RAW_TABLES, Column, TableSchema
 from healthmate_features.util.files import atomic_path, atomic_write_text
@@ -80,9 +81,19 @@ def find_raw_file(raw_dir: Path, table: str) -> Path | None:
     return None
 
 
-def _open_source(con: duckdb.DuckDBPyConnection, table: TableSchema, path: Path) -> dict[str, str]:
-    """Create view `src_<table>` over the file with a row number; return its column types."""
-    if path.suffix == ".parquet":
+def _open_source(
+    con: duckdb.DuckDBPyConnection, table: TableSchema, path: Path, keyring: Keyring | None = None
+) -> dict[str, str]:
+    """Create view `src_<table>` over the file with a row number; return its column types.
+
+    An encrypted Parquet file (what `generate` writes into a repository's data/) is decrypted with
+    `keyring` into memory, its row numbers added there (DuckDB cannot read it itself)."""
+    if path.suffix == ".parquet" and file_key_id(path) is not None:
+        decrypted = open_parquet(keyring, path).read()
+        decrypted = decrypted.append_column("_row", pa.array(np.arange(decrypted.num_rows, dtype=np.int64)))
+        con.register(f"__raw_{table.name}", decrypted)
+        source = f"SELECT * FROM __raw_{table.name}"
+    elif path.suffix == ".parquet":
         source = (
             "SELECT * EXCLUDE (file_row_number), file_row_number AS _row "
             f"FROM read_parquet({quote_literal(str(path))}, file_row_number = true)"
@@ -338,7 +349,7 @@ def _erased_check(con, table: TableSchema, erased: Erased | None) -> tuple[str, 
 def _ingest_table(
     con, table: TableSchema, path: Path, out_dir: Path, erased: Erased | None = None, keyring: Keyring | None = None
 ) -> TableReport:
-    types = _open_source(con, table, path)
+    types = _open_source(con, table, path, keyring)
     report = TableReport(
         table.name, str(path), ignored_columns=[c for c in types if c not in table.column_names and c != "_row"]
     )
