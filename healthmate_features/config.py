@@ -52,6 +52,7 @@ _ENV = {
     "audit_checkpoint_every": "HM_AUDIT_CHECKPOINT_EVERY",
     "audit_retention_days": "HM_AUDIT_RETENTION_DAYS",
     "freshness_objective_s": "HM_FRESHNESS_OBJECTIVE_S",
+    "feature_log_flush_s": "HM_FEATURE_LOG_FLUSH_S",
 }
 # libpq's sslmode values, weakest first (README "Transport security").
 PG_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
@@ -146,6 +147,10 @@ class Settings:
     # Freshness objective (monitoring.freshness): a batch view whose last materialization ended longer
     # ago than this is late. The default allows a daily schedule an hour and a half of slack.
     freshness_objective_s: float = 91800.0
+    # Served-feature logging (monitoring.served_log): the API writes what features/extract served
+    # for a feature service with a LoggingConfig at most this many seconds after serving it (and
+    # when it stops); a flush also happens every FLUSH_ROWS rows.
+    feature_log_flush_s: float = 10.0
     # How long audit rows are kept: at least six years (HIPAA); nothing in the package deletes
     # a younger row (nor, today, an older one: README "Audit trail").
     audit_retention_days: int = 6 * 365 + 2
@@ -167,6 +172,10 @@ class Settings:
         values.update(overrides)
         from healthmate_features.errors import ConfigError
 
+        if float(values.get("feature_log_flush_s", 1.0)) <= 0:
+            raise ConfigError(
+                f"HM_FEATURE_LOG_FLUSH_S={values['feature_log_flush_s']} must be a positive number of seconds, e.g. 10"
+            )
         if int(values.get("max_request_bytes", 1)) < 1:
             raise ConfigError(
                 f"HM_MAX_REQUEST_BYTES={values['max_request_bytes']} must be a positive number of bytes, "

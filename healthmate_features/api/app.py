@@ -84,6 +84,7 @@ from healthmate_features.features import feature_sets, pushed
 from healthmate_features.governance.exports import export_key, pseudonymize_parquet
 from healthmate_features.jobs import Job, JobQueue
 from healthmate_features.monitoring import metrics as monitoring
+from healthmate_features.monitoring.served_log import close_served_logs, served_log_for
 from healthmate_features.stores import feature_store as store
 from healthmate_features.tracking import Tracker
 from healthmate_features.training import builder as training
@@ -558,6 +559,8 @@ async def extract_features(
     # on-demand views here, on the event loop: CPU work on other threads would hold the GIL the loop waits for.
     pending = await lookups.run(store.online_fetch, ctx.settings, [user_id], feature_service=feature_service, at=at)
     values = store.one_user(store.online_finish(pending), user_id)
+    if feature_service:  # the service's LoggingConfig (Feast's feature logging; feast serve logs nothing)
+        served_log_for(ctx.settings).record(feature_service, user_id, values, at)
     # Encoded here as FastAPI encodes an OnlineFeatures (response_model: the schema), without validating it again.
     body = {"user_id": user_id, "feature_service": feature_service, "at": _JSON_TIME.dump_python(at, mode="json")}
     body["features"] = _json_safe(values)
@@ -874,6 +877,7 @@ def create_app(settings: Settings) -> FastAPI:
             yield
         finally:
             ctx.audit_writer.close()
+            close_served_logs()
             sql.close()
 
     app = FastAPI(

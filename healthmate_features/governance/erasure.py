@@ -49,6 +49,7 @@ from healthmate_features.raw.ingest import find_raw_file, sha256_file
 from healthmate_features.raw.schemas import RAW_TABLES
 from healthmate_features.util.files import atomic_write_text
 
+FEATURE_LOGS_DIR = "feature_logs"  # under data/: where the feature services' LoggingConfig writes
 REPORT_FORMAT = "healthmate-erasure-report/1"
 PIPELINE_NOTE = (
     "pipeline.joblib kept as it was: it was fitted on the training split with the erased rows "
@@ -156,7 +157,17 @@ def data_files(settings: Settings) -> dict[str, list[Path]]:
         "source_files": [p for p in unique_raw if p not in inside],
         "ingested_files": [p for p in ingested if p.exists()],
         "rejects_files": [p for p in rejects if p.exists()],
+        "feature_log_files": feature_log_files(settings),
     }
+
+
+def feature_log_files(settings: Settings) -> list[Path]:
+    """The served-feature log files under data/feature_logs/ (monitoring.served_log; Feast's
+    feature logging to FileLoggingDestination paths there): each row is one user's served values."""
+    root = settings.data_dir / FEATURE_LOGS_DIR
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.rglob("*.parquet") if p.is_file() and not p.name.startswith("."))
 
 
 def refresh_hashes(manifest: dict[str, Any]) -> None:
@@ -265,6 +276,13 @@ def erase_user(
             {
                 shown_path(p, settings): remove_user_rows(p, user_id, keyring=backend.keyring)
                 for p in files["rejects_files"]
+            },
+        )
+        run.done(
+            "feature_log_files",
+            {
+                shown_path(p, settings): remove_user_rows(p, user_id, keyring=backend.keyring)
+                for p in files["feature_log_files"]
             },
         )
         db_manifest = record_in_manifests(settings, lambda m: _update_manifest(m, erasure.erasure_id, run.removed))
@@ -420,7 +438,7 @@ def scan_user(user_id: int, settings: Settings) -> ScanResult:
             result.remaining[step] = hits
 
     files = data_files(settings)
-    for step in ("raw_files", "ingested_files", "rejects_files"):
+    for step in ("raw_files", "ingested_files", "rejects_files", "feature_log_files"):
         found(
             step, {shown_path(p, settings): count_user_rows(p, user_id, keyring=backend.keyring) for p in files[step]}
         )

@@ -47,6 +47,7 @@ from healthmate_features.raw.schemas import RAW_TABLES
 from healthmate_features.tracking import Tracker
 from healthmate_features.util.checks import MAX_DAYS, Integer, check
 
+LOG_TIMESTAMP_FIELD = "__log_timestamp"  # feast.feature_logging.LOG_TIMESTAMP_FIELD
 DEFAULT_POLICY = "configs/retention.yaml"
 KINDS = ("raw_events", "feature_rows", "rejects_files", "dataset_versions")
 _AGE = Integer(1, MAX_DAYS)
@@ -201,6 +202,16 @@ def apply_retention(
         if feature_cut is not None:
             tables = [*FEATURE_TABLES, PUSHED_TABLE]  # pushed readings expire as feature rows do
             done("feature_tables", backend.expire_feature_rows(tables, feature_cut, count_only=dry_run))
+            # what was served expires as the feature rows do, by the time it was served
+            done(
+                "feature_log_files",
+                {
+                    shown_path(path, settings): remove_rows_before(
+                        path, LOG_TIMESTAMP_FIELD, feature_cut, count_only=dry_run, keyring=backend.keyring
+                    )
+                    for path in data_files(settings)["feature_log_files"]
+                },
+            )
     if cutoffs["rejects_files"] is not None:
         oldest = cutoffs["rejects_files"].timestamp()
         gone: dict[str, int] = {}

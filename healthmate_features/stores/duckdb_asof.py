@@ -708,27 +708,35 @@ class HealthmateDuckDBOfflineStore(FeastDuckDBMonitoring, OfflineStore):
         temporary name and renamed, so `feast validate` and `feast monitor run --source-type log`
         never read half a file. Any other destination raises OfflineStoreUnsupportedError.
         """
-        destination = logging_config.destination
-        if not isinstance(destination, FileLoggingDestination):
-            raise OfflineStoreUnsupportedError(
-                "write_logged_features",
-                "HealthmateDuckDBOfflineStore",
-                f"logging destination {type(destination).__name__} is not a file; "
-                "use LoggingConfig(destination=FileLoggingDestination(path=...))",
-            )
-        if destination.partition_by:
-            raise OfflineStoreUnsupportedError(
-                "write_logged_features",
-                "HealthmateDuckDBOfflineStore",
-                f"FileLoggingDestination partition_by={destination.partition_by!r} is not supported; "
-                "leave partition_by unset (the log files carry the partition columns)",
-            )
-        table = pq.read_table(data) if isinstance(data, Path) else data
-        if table.num_rows == 0:
-            return
-        root = Path(FileSource.get_uri_for_file_path(config.repo_path, destination.path))
-        root.mkdir(parents=True, exist_ok=True)
-        _write_new_file(config, root / f"{uuid.uuid4().hex}.parquet", table)
+        write_log_files(config, data, logging_config, "HealthmateDuckDBOfflineStore")
+
+
+def write_log_files(config: RepoConfig, data: pa.Table | Path, logging_config: LoggingConfig, store: str) -> None:
+    """Feast's `write_logged_features` to a FileLoggingDestination, for our offline store `store`:
+    one new Parquet file per call under the destination directory (relative to the repository),
+    encrypted under the active data key with a readable footer, written to a temporary name and
+    renamed. Any other destination raises OfflineStoreUnsupportedError."""
+    destination = logging_config.destination
+    if not isinstance(destination, FileLoggingDestination):
+        raise OfflineStoreUnsupportedError(
+            "write_logged_features",
+            store,
+            f"logging destination {type(destination).__name__} is not a file; "
+            "use LoggingConfig(destination=FileLoggingDestination(path=...))",
+        )
+    if destination.partition_by:
+        raise OfflineStoreUnsupportedError(
+            "write_logged_features",
+            store,
+            f"FileLoggingDestination partition_by={destination.partition_by!r} is not supported; "
+            "leave partition_by unset (the log files carry the partition columns)",
+        )
+    table = pq.read_table(data) if isinstance(data, Path) else data
+    if table.num_rows == 0:
+        return
+    root = Path(FileSource.get_uri_for_file_path(config.repo_path, destination.path))
+    root.mkdir(parents=True, exist_ok=True)
+    _write_new_file(config, root / f"{uuid.uuid4().hex}.parquet", table)
 
 
 def _source_names(table: pa.Table, source: DataSource) -> pa.Table:

@@ -50,7 +50,7 @@ from feast.infra.offline_stores.offline_store import RetrievalMetadata
 from feast.on_demand_feature_view import OnDemandFeatureView
 
 from healthmate_features import _feast
-from healthmate_features.errors import OfflineStoreError, OfflineStoreUnsupportedError
+from healthmate_features.errors import OfflineStoreError
 from healthmate_features.stores.duckdb_asof import drop_pandas_index
 
 ROW = "_hm_entity_row"
@@ -246,15 +246,12 @@ class LateralPostgreSQLOfflineStore(PostgreSQLOfflineStore):
 
     @staticmethod
     def write_logged_features(config, data, source, logging_config, registry) -> None:
-        """Not offered: Feast 0.67 has no Postgres logging destination (its proto knows files and
-        warehouses only); raises OfflineStoreUnsupportedError naming the alternative."""
-        raise OfflineStoreUnsupportedError(
-            "write_logged_features",
-            "LateralPostgreSQLOfflineStore",
-            "Feast 0.67 has no Postgres logging destination; log to files with "
-            "LoggingConfig(destination=FileLoggingDestination(path=...)) on the embedded profile, "
-            "or use our HTTP API's audit log for who read what",
-        )
+        """Served-feature logs to a FileLoggingDestination, as on the embedded profile (encrypted
+        Parquet files under the repository; duckdb_asof.write_log_files): Feast 0.67 has no Postgres
+        logging destination. Any other destination raises OfflineStoreUnsupportedError."""
+        from healthmate_features.stores.duckdb_asof import write_log_files
+
+        write_log_files(config, data, logging_config, "LateralPostgreSQLOfflineStore")
 
 
 def _write_batch(config, feature_view, table: pa.Table) -> None:

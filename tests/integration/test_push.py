@@ -248,8 +248,13 @@ def test_production_monitoring_and_what_stays_unsupported(prod, tiny, feast_cli)
     )
     assert rows and all(r["row_count"] > 0 for r in rows)
 
+    # Served-feature logs go to files on this profile too (Feast has no Postgres log destination), encrypted
     logging = LoggingConfig(destination=FileLoggingDestination(path="data/feature_logs/x"))
+    LateralPostgreSQLOfflineStore.write_logged_features(fs.config, pa.table({"x": [1]}), None, logging, fs.registry)
+    (written,) = (prod.data_dir / "feature_logs" / "x").glob("*.parquet")
+    assert file_key_id(written) and read_frame(prod, written)["x"].tolist() == [1]
+    partitioned = LoggingConfig(destination=FileLoggingDestination(path="data/feature_logs/y", partition_by=["x"]))
     with pytest.raises(OfflineStoreUnsupportedError) as raised:
-        LateralPostgreSQLOfflineStore.write_logged_features(fs.config, pa.table({"x": [1]}), None, logging, fs.registry)
+        LateralPostgreSQLOfflineStore.write_logged_features(fs.config, pa.table({"x": [1]}), None, partitioned, None)
     assert (raised.value.method, raised.value.store) == ("write_logged_features", "LateralPostgreSQLOfflineStore")
-    assert "FileLoggingDestination" in str(raised.value)
+    assert "partition_by" in str(raised.value)

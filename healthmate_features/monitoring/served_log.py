@@ -1,0 +1,199 @@
+"""Served-feature logging: what the API's `features/extract` served, in Feast's feature-log schema.
+
+Feast 0.67's Python feature server (`feast serve`) logs nothing (only its Go server did, and the
+Python package no longer ships it), so the feature services' `LoggingConfig` is honoured here:
+each lookup of a feature service that has one becomes a row of Feast's log schema
+(`FeatureServiceLoggingSource.get_schema`: the join key, `<view>__<feature>` with its `__status`
+and `__timestamp`, request fields, `__log_timestamp`, `__log_date`, `__request_id`), sampled at the
+config's `sample_rate`. Rows are buffered per process and written through Feast's own
+`FeatureStore.write_logged_features`, so they land where the config says, through the profile's
+offline store (ours: encrypted Parquet files under the destination path), at most
+`Settings.feature_log_flush_s` seconds after serving, every FLUSH_ROWS rows, and when the server
+stops. `monitor drift --source served` and `feast monitor run --source-type log` read them;
+erasure and retention treat them like the feature tables.
+
+What Feast's logger would add and we cannot: per-feature event timestamps (`__timestamp` is null:
+the online reader returns values, not their times); `__status` is PRESENT for a value and
+NOT_FOUND for a null. Logging never fails a request: a failed write is counted and logged (the
+rows are dropped, never health values in the message).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+FLUSH_ROWS = 1000
+SERVICE_CACHE_S = 30.0  # a changed logging_config reaches a running server within this
+PRESENT, NOT_FOUND = 1, 3  # feast.protos.feast.serving.ServingService_pb2.FieldStatus
+
+
+@dataclass
+class _Service:
+    service: Any  # feast.FeatureService, or None when it does not log
+    sample_rate: float
+    resolved_at: float
+
+
+class ServedLog:
+    """One process's buffer of served rows, flushed by a daemon thread. Thread-safe."""
+
+    def __init__(self, store_of: Any, *, flush_s: float) -> None:
+        """`store_of()`: the process's long-lived Feast FeatureStore (the online reader's)."""
+        self._store_of = store_of
+        self._flush_s = flush_s
+        self._lock = threading.Lock()
+        self._rows: dict[str, list[tuple[int, dict[str, Any], datetime, str]]] = {}
+        self._services: dict[str, _Service] = {}
+        self._wake = threading.Event()
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+        self.written = 0
+        self.failed = 0
+
+    def record(self, feature_service: str, user_id: int, values: dict[str, Any], at: datetime) -> bool:
+        """Buffer one served lookup (values by feature name, as features/extract answers) when the
+        service logs and the sample says so; True when buffered."""
+        entry = self._service(feature_service)
+        if entry.service is None or (entry.sample_rate < 1.0 and random.random() >= entry.sample_rate):
+            return False
+        with self._lock:
+            rows = self._rows.setdefault(feature_service, [])
+            rows.append((user_id, values, at, uuid.uuid4().hex))
+            full = len(rows) >= FLUSH_ROWS
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="served-log", daemon=True)
+                self._thread.start()
+        if full:
+            self._wake.set()
+        return True
+
+    def flush(self) -> int:
+        """Write every buffered row now; the number written."""
+        with self._lock:
+            pending, self._rows = self._rows, {}
+        done = 0
+        for name, rows in pending.items():
+            service = self._service(name).service
+            if service is None or not rows:
+                continue
+            try:
+                store = self._store_of()
+                store.write_logged_features(logs=self.table(store, service, rows), source=service)
+            except Exception as exc:  # logging must never fail serving; the reason, never a value
+                self.failed += len(rows)
+                log.warning("served-feature log of %s: %d rows not written: %s", name, len(rows), type(exc).__name__)
+                continue
+            done += len(rows)
+        self.written += done
+        return done
+
+    def close(self) -> None:
+        """Stop the flushing thread and write what is buffered."""
+        self._stopped = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self._flush_s + 30)
+        self.flush()
+
+    @staticmethod
+    def table(store: Any, service: Any, rows: list[tuple[int, dict[str, Any], datetime, str]]) -> Any:
+        """The rows as an Arrow table of Feast's log schema for `service`."""
+        import pyarrow as pa
+        from feast.feature_logging import (
+            LOG_DATE_FIELD,
+            LOG_TIMESTAMP_FIELD,
+            REQUEST_ID_FIELD,
+            FeatureServiceLoggingSource,
+        )
+
+        schema = FeatureServiceLoggingSource(service, store.project).get_schema(store.registry)
+        names = {
+            f"{projection.name_to_use()}__{feature.name}": feature.name
+            for projection in service.feature_view_projections
+            for feature in projection.features
+        }
+        stamps = [at.astimezone(timezone.utc) for _, _, at, _ in rows]
+        columns = []
+        for field in schema:
+            name = field.name
+            if name == LOG_TIMESTAMP_FIELD:
+                data: list[Any] = stamps
+            elif name == LOG_DATE_FIELD:
+                data = [stamp.date() for stamp in stamps]
+            elif name == REQUEST_ID_FIELD:
+                data = [request_id for *_, request_id in rows]
+            elif name.endswith("__status") and name[: -len("__status")] in names:
+                short = names[name[: -len("__status")]]
+                data = [PRESENT if values.get(short) is not None else NOT_FOUND for _, values, _, _ in rows]
+            elif name.endswith("__timestamp") and name[: -len("__timestamp")] in names:
+                data = [None] * len(rows)
+            elif name in names:
+                data = [values.get(names[name]) for _, values, _, _ in rows]
+            elif name == "user_id":
+                data = [user_id for user_id, *_ in rows]
+            elif pa.types.is_timestamp(field.type):  # a request field: the request time (event_timestamp)
+                data = stamps
+            else:
+                data = [None] * len(rows)
+            columns.append(pa.array(data, type=field.type))
+        return pa.Table.from_arrays(columns, schema=schema)
+
+    def _service(self, name: str) -> _Service:
+        now = time.monotonic()
+        entry = self._services.get(name)
+        if entry is not None and now - entry.resolved_at < SERVICE_CACHE_S:
+            return entry
+        try:
+            service = self._store_of().get_feature_service(name, allow_cache=True)
+        except Exception:  # an unknown service: the lookup itself reports it
+            service = None
+        config = getattr(service, "logging_config", None)
+        entry = _Service(service if config is not None else None, config.sample_rate if config else 0.0, now)
+        self._services[name] = entry
+        return entry
+
+    def _run(self) -> None:
+        while not self._stopped:
+            self._wake.wait(self._flush_s)
+            self._wake.clear()
+            if self._stopped:
+                return
+            self.flush()
+
+
+_logs: dict[Any, ServedLog] = {}
+_logs_lock = threading.Lock()
+
+
+def served_log_for(settings: Any) -> ServedLog:
+    """The process's ServedLog for `settings` (created on first use), over the online reader's store."""
+    with _logs_lock:
+        found = _logs.get(settings)
+        if found is None:
+
+            def store_of() -> Any:
+                from healthmate_features.stores import feature_store
+
+                reader = feature_store.online_reader(settings)
+                return reader.store if reader is not None else feature_store.open_feature_store(settings)
+
+            found = _logs[settings] = ServedLog(store_of, flush_s=settings.feature_log_flush_s)
+        return found
+
+
+def close_served_logs() -> None:
+    """Flush and stop every ServedLog of the process (the API's shutdown)."""
+    with _logs_lock:
+        logs = list(_logs.values())
+        _logs.clear()
+    for served in logs:
+        served.close()
