@@ -22,7 +22,7 @@ health_risk_v1 = FeatureService(
     ],
     description="Adverse health event within 30 days: rolling vitals, weekly means, profile.",
     tags={"owner": OWNER, "model": "health_risk", "label": "adverse_event_30d"},
-    # `feast serve` logs what it served (features, statuses, times) under data/feature_logs/
+    # What our API's features/extract serves for it is logged (Feast's log schema) under data/feature_logs/
     logging_config=LoggingConfig(
         destination=FileLoggingDestination(path="data/feature_logs/health_risk_v1"), sample_rate=1.0
     ),

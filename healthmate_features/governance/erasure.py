@@ -399,8 +399,10 @@ def _redact_versions(settings: Settings, user_id: int, erasure_id: str) -> list[
 
 
 def _source_rows(paths: list[Path], user_id: int, settings: Settings) -> dict[str, int]:
-    """Rows of the user in raw files outside the repository (read, never rewritten)."""
-    return {shown_path(p, settings): count_user_rows(p, user_id) for p in paths}
+    """Rows of the user in raw files outside the repository (read, never rewritten; an encrypted
+    one, e.g. data/raw of the checkout this one was copied from, with this repository's keyring)."""
+    keyring = backend_for(settings).keyring
+    return {shown_path(p, settings): count_user_rows(p, user_id, keyring=keyring) for p in paths}
 
 
 def _x_rows(removed: Mapping[str, int]) -> int:
