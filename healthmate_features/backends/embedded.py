@@ -232,11 +232,26 @@ class EmbeddedBackend(Backend):
         return duckdb_scan(con, self.settings.features_dir / f"{table}.parquet", self.keyring)
 
     def feature_time_range(self, tables: Sequence[str]) -> tuple[datetime, datetime]:
+        """The earliest and latest event_timestamp over the feature tables `tables`. Cached per
+        process by the files' identity (inode, size, mtime): every write replaces a file by a
+        rename, so a changed table is read again; an unchanged one is not decrypted again (the
+        metrics' freshness gauges ask at every scrape)."""
         files = [t for t in tables if (self.settings.features_dir / f"{t}.parquet").exists()]
         if not files:
             raise FeatureRepoError(
                 f"no feature tables in {self.settings.features_dir}; run `{self.command('build-features --raw DIR')}`"
             )
+        identity = tuple(_file_identity(self.settings.features_dir / f"{t}.parquet") for t in files)
+        cached = _TIME_RANGES.get(identity)
+        if cached is not None:
+            return cached
+        found = self._feature_time_range(files)
+        if len(_TIME_RANGES) > 256:
+            _TIME_RANGES.clear()
+        _TIME_RANGES[identity] = found
+        return found
+
+    def _feature_time_range(self, files: Sequence[str]) -> tuple[datetime, datetime]:
         con = duckdb_connect()
         try:
             union = " UNION ALL ".join(
@@ -319,3 +334,11 @@ class EmbeddedBackend(Backend):
             return con.execute(sql.format(*(self._table_expression(con, t) for t in tables))).fetchall()
         finally:
             con.close()
+
+
+_TIME_RANGES: dict[tuple, tuple[datetime, datetime]] = {}
+
+
+def _file_identity(path: Path) -> tuple:
+    stat = path.stat()
+    return (str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
