@@ -832,6 +832,8 @@ class _SqliteRows:
             users = {key.hex().upper(): user for key, user in keys.items()}
             fromhex = bytes.fromhex
             sealed: list[tuple[int, int, bytes, bytes]] = []  # (user, slot, envelope, associated data)
+            heads: dict[tuple[int, str], bytes] = {}  # sqlite_aad's table and entity parts, per row
+            feature_part = encrypted_online.sqlite_aad_feature
             for number, key, name, value in json.loads(packed):
                 user = users[key]
                 found.add(user)
@@ -840,8 +842,12 @@ class _SqliteRows:
                     if slot is not None:
                         raw = None if value is None else fromhex(value)
                         if raw is not None and self._keyring is not None:
-                            aad = encrypted_online.sqlite_aad(query.tables[number], fromhex(key), name)
-                            sealed.append((user, slot, raw, aad))
+                            head = heads.get((number, key))
+                            if head is None:
+                                head = heads[(number, key)] = encrypted_online.sqlite_aad_head(
+                                    query.tables[number], fromhex(key)
+                                )
+                            sealed.append((user, slot, raw, head + feature_part(name)))
                         else:
                             values[user][slot] = raw
             if sealed:
