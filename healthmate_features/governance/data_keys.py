@@ -64,12 +64,19 @@ class RotationReport:
 
 def package_files(settings: Settings) -> list[Path]:
     """The package's encrypted-at-rest files outside dataset versions: ingested tables, rejects
-    files and feature tables (the files that exist). Dataset versions: DatasetRegistry.reencrypt."""
+    files, feature tables and the last build's state (data/features/_build: per-user
+    fingerprints), served-feature logs (the files that exist). Dataset versions:
+    DatasetRegistry.reencrypt."""
+    from healthmate_features.backends.embedded import STATE_DIR
+    from healthmate_features.governance.erasure import feature_log_files
+
     found: list[Path] = []
     if settings.ingested_dir.is_dir():
         found += sorted(settings.ingested_dir.glob("*.parquet")) + sorted(settings.ingested_dir.glob("*.rejects.csv"))
     if settings.features_dir.is_dir():
         found += sorted(settings.features_dir.glob("*.parquet"))
+        found += sorted((settings.features_dir / STATE_DIR).glob("*.parquet"))
+    found += feature_log_files(settings)
     return [p for p in found if p.is_file()]
 
 
