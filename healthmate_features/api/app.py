@@ -84,7 +84,7 @@ from healthmate_features.features import feature_sets, pushed
 from healthmate_features.governance.exports import export_key, pseudonymize_parquet
 from healthmate_features.jobs import Job, JobQueue
 from healthmate_features.monitoring import metrics as monitoring
-from healthmate_features.monitoring.served_log import close_served_logs, served_log_for
+from healthmate_features.monitoring.served_log import close_served_log, served_log_for
 from healthmate_features.stores import feature_store as store
 from healthmate_features.tracking import Tracker
 from healthmate_features.training import builder as training
@@ -877,7 +877,7 @@ def create_app(settings: Settings) -> FastAPI:
             yield
         finally:
             ctx.audit_writer.close()
-            close_served_logs()
+            close_served_log(ctx.settings)
             sql.close()
 
     app = FastAPI(

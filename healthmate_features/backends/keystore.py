@@ -18,13 +18,13 @@ import base64
 import json
 import os
 import re
-import tempfile
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
 from healthmate_features.backends.sqlstore import SqlStore, read_ts, utcnow
 from healthmate_features.crypto.keyring import WrappedKey
+from healthmate_features.util.files import atomic_write_text
 
 
 class SqlKeyStore:
@@ -129,13 +129,6 @@ class MirroredKeyStore:
         }
         try:
             self._dir.mkdir(parents=True, exist_ok=True)
-            handle, tmp = tempfile.mkstemp(dir=self._dir, prefix=".tmp-", suffix=".json")
-            try:
-                with os.fdopen(handle, "w") as out:
-                    json.dump(record, out)
-                os.replace(tmp, self._dir / f"{key.key_id}.json")
-            except BaseException:
-                os.unlink(tmp)
-                raise
+            atomic_write_text(self._dir / f"{key.key_id}.json", json.dumps(record))
         except OSError:
             pass  # a read-only data/: the SQL store still holds the key; the copy is written next time

@@ -184,9 +184,10 @@ def parquet_footer_is_plain(path: str | Path) -> bool:
     """Whether the Parquet file `path` is encrypted with a readable footer (`plaintext_footer`);
     False for a missing, plaintext or fully encrypted file."""
     try:
-        return _parquet_tail(path)[0] == b"PAR1" and parquet_key_id(path) is not None
+        magic, region = _parquet_tail(path)
     except (FileNotFoundError, EncryptionKeyError):
         return False
+    return magic == b"PAR1" and _AAD_PATTERN.search(region[-_PARQUET_TAIL_SCAN:]) is not None
 
 
 def _parquet_tail(path: str | Path) -> tuple[bytes | None, bytes]:

@@ -190,10 +190,9 @@ def served_log_for(settings: Any) -> ServedLog:
         return found
 
 
-def close_served_logs() -> None:
-    """Flush and stop every ServedLog of the process (the API's shutdown)."""
+def close_served_log(settings: Any) -> None:
+    """Flush and stop the process's ServedLog for `settings`, if any (the API's shutdown)."""
     with _logs_lock:
-        logs = list(_logs.values())
-        _logs.clear()
-    for served in logs:
+        served = _logs.pop(settings, None)
+    if served is not None:
         served.close()

@@ -31,9 +31,10 @@ Feast's monitoring methods (stores.duckdb_monitoring).
 
 An encrypted source (the package's feature tables: README "Security and compliance") is scanned
 through a pyarrow dataset registered on the connection instead (``crypto.duckdb_scan``), decrypted
-with the keyring of the repository's settings. Writes keep a source's encryption. A source
-created by a write (the push table) is plaintext: Feast's own `write_to_offline_store` reads a
-source's schema with plain pyarrow before it calls the store (README "Security and compliance").
+with the keyring of the repository's settings. Every file the store writes (a pushed row's
+source, a served-feature log) is encrypted under the active data key with a readable footer:
+Feast's own `write_to_offline_store` reads a source's schema with plain pyarrow before it calls
+the store (README "Security and compliance").
 """
 
 from __future__ import annotations

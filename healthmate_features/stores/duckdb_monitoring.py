@@ -68,12 +68,12 @@ def _encrypted_scan(config: RepoConfig, source: DataSource) -> tuple[Any, str] |
     from healthmate_features.backends import repo_keyring
     from healthmate_features.crypto import duckdb_scan, file_key_id
 
-    files = [f for f in _parquet_files(config, source) if file_key_id(f)]
-    if not files:
+    files = _parquet_files(config, source)
+    if not any(file_key_id(f) for f in files):
         return None
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
-    return con, duckdb_scan(con, _parquet_files(config, source), lambda: repo_keyring(str(config.repo_path)))
+    return con, duckdb_scan(con, files, lambda: repo_keyring(str(config.repo_path)))
 
 
 def _parquet_files(config: RepoConfig, source: DataSource) -> list[str]:
