@@ -225,6 +225,7 @@ def parse_feature_ref(ref: str) -> tuple[str, int | None, str]:
 def registry_cache_stamp(registry: Any) -> Any:
     """Run Feast's registry cache TTL check (`_refresh_cached_registry_if_necessary`); return the cache's time.
 
+    Feast's file registry has no such check (its reads do it): it is reloaded here once expired.
     The time is `cached_registry_proto_created`: it changes exactly when Feast reloads its registry
     cache, so whatever we resolve from the registry may be cached until it changes. None for a
     registry without that cache.
@@ -232,6 +233,8 @@ def registry_cache_stamp(registry: Any) -> Any:
     refresh = getattr(registry, "_refresh_cached_registry_if_necessary", None)
     if callable(refresh):
         refresh()  # Feast's own TTL: a no-op until cache_ttl_seconds have passed
+    elif hasattr(registry, "is_cache_valid") and not registry.is_cache_valid():
+        registry._get_registry_proto(project=None, allow_cache=True)  # the file registry: reloads once expired
     return getattr(registry, "cached_registry_proto_created", None)
 
 
@@ -396,6 +399,25 @@ def sqlite_connection(store: Any) -> Any:
     """
     online = store._get_provider().online_store
     return online._get_conn(store.config)
+
+
+def open_sqlite_store(online_store: Any, config: Any) -> Any:
+    """Feast's `SqliteOnlineStore._get_conn` of an online store object (a subclass's own, not its override):
+    the connection, opened on first call and kept by the store object."""
+    return SqliteOnlineStore._get_conn(online_store, config)
+
+
+def write_feature_service_logs(store: Any, service: Any, logs: Any, registry: Any) -> None:
+    """What `FeatureStore.write_logged_features` does, with the registry given (its provider's
+    `write_feature_service_logs`): the logs go to the service's LoggingConfig destination."""
+    store._get_provider().write_feature_service_logs(
+        feature_service=service, logs=logs, config=store.config, registry=registry
+    )
+
+
+def registry_cache_time(registry: Any) -> Any:
+    """The registry cache's time (`cached_registry_proto_created`) as it is, no TTL check; None without a cache."""
+    return getattr(registry, "cached_registry_proto_created", None)
 
 
 def sqlite_table(project: str, view: Any) -> str:

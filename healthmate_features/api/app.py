@@ -324,9 +324,17 @@ class AdminRoutes:
             for route in each.routes
             if isinstance(route, APIRoute) and _calls(route.dependant, admin_only)
         ]
+        self._seen: dict[tuple[Any, str], bool] = {}  # (method, path) -> matches: the routes never change
 
     def matches(self, scope) -> bool:
-        return any(route.matches(scope)[0] == Match.FULL for route in self.routes)
+        key = (scope.get("method"), scope["path"])
+        found = self._seen.get(key)
+        if found is None:
+            found = any(route.matches(scope)[0] == Match.FULL for route in self.routes)
+            if len(self._seen) >= 4096:  # paths that carry ids (jobs, versions) come and go
+                self._seen.clear()
+            self._seen[key] = found
+        return found
 
 
 def _calls(dependant: Any, function: Any) -> bool:
@@ -535,11 +543,12 @@ def verify_erasure(
     tags=["features"],
     summary="One user's online features",
     responses={404: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    # The busiest endpoint takes its context and caller from the request rather than as
+    # dependencies (each costs FastAPI a resolution per request); the key is still documented.
+    openapi_extra={"security": [{"HTTPBearer": []}]},
 )
 async def extract_features(
     request: Request,
-    ctx: Ctx,
-    caller: Caller,
     user_id: Annotated[int, Query(ge=1, le=MAX_INT64, description="The user to look up.")],
     feature_service: Annotated[str | None, Query(max_length=200, description="Only this feature service.")] = None,
 ) -> Response:
@@ -550,14 +559,21 @@ async def extract_features(
     known user's missing values are nulls. 503 past the lookup deadline or when every lookup slot
     stays busy (api.online_limit: own threads, so other endpoints never wait for lookups), or when
     the online store lost what was materialized."""
+    ctx: ApiContext = request.app.state.ctx
+    caller = _principal(request)
     _target(request, "user", user_id)
     if not caller.may_access_user(user_id):
         raise PermissionDeniedError(f"key {caller.key_id} may read only its own user's features")
     at = datetime.now(timezone.utc)
-    lookups = online_limit.limiter_for(ctx.settings)
-    # Only the blocking part (registry, online store reads) on the limiter's threads; decoding and the
-    # on-demand views here, on the event loop: CPU work on other threads would hold the GIL the loop waits for.
-    pending = await lookups.run(store.online_fetch, ctx.settings, [user_id], feature_service=feature_service, at=at)
+    if feature_service and store.online_fetch_is_quick(ctx.settings, feature_service):
+        # A SQLite read in WAL mode waits for no lock: in place, sparing the hop to a lookup thread
+        # (and the event loop's wait for the GIL when it comes back).
+        pending = store.online_fetch(ctx.settings, [user_id], feature_service=feature_service, at=at)
+    else:
+        # Only the blocking part (registry, online store reads) on the limiter's threads; decoding and the
+        # on-demand views here, on the event loop: CPU work on other threads would hold the GIL the loop waits for.
+        lookups = online_limit.limiter_for(ctx.settings)
+        pending = await lookups.run(store.online_fetch, ctx.settings, [user_id], feature_service=feature_service, at=at)
     values = store.one_user(store.online_finish(pending), user_id)
     if feature_service:  # the service's LoggingConfig (Feast's feature logging; feast serve logs nothing)
         served_log_for(ctx.settings).record(feature_service, user_id, values, at)

@@ -106,21 +106,29 @@ def seal_many(key: DataKey, plaintexts: Sequence[bytes], aads: Sequence[bytes]) 
 
 
 def unseal_many(keyring: Keyring, blobs: Sequence[bytes], aads: Sequence[bytes], *, what: str) -> list[bytes]:
-    """`unseal(keyring, b, aad=a, what=what)` of each pair, the key of each envelope looked up once."""
-    aeads: dict[bytes, tuple[int, AESGCM]] = {}
-    out = []
+    """`unseal(keyring, b, aad=a, what=what)` of each pair, the key of each envelope looked up once.
+
+    The envelopes of one call are mostly under one key: the last key's header is tried first
+    (one prefix test per value), other keys' from a table."""
+    keys: dict[bytes, tuple[int, Callable[..., bytes]]] = {}  # envelope header -> (length, its key's decrypt)
+    header, start = b"", 0  # the last key's
+    decrypt: Callable[..., bytes] | None = None
+    out: list[bytes] = []
+    append = out.append
     for blob, aad in zip(blobs, aads, strict=True):
-        header_end = len(MAGIC) + 1 + (blob[len(MAGIC)] if len(blob) > len(MAGIC) else 0)
-        found = aeads.get(blob[:header_end]) if blob.startswith(MAGIC) else None
-        if found is None:
-            out.append(unseal(keyring, blob, what=what, aad=aad))  # the first of its key (or the error)
+        if decrypt is None or not blob.startswith(header):
             key_id = sealed_key_id(blob)
-            if key_id is not None:
-                aeads[blob[:header_end]] = (header_end, _aead(keyring.get(key_id, what=what)))
-            continue
-        start, aead = found
+            if key_id is None:
+                append(unseal(keyring, blob, what=what, aad=aad))  # the error
+                continue
+            start = len(MAGIC) + 1 + blob[len(MAGIC)]
+            header = blob[:start]
+            found = keys.get(header)
+            if found is None:
+                found = keys[header] = (start, _aead(keyring.get(key_id, what=what)).decrypt)
+            start, decrypt = found
         try:
-            out.append(aead.decrypt(blob[start : start + NONCE_BYTES], blob[start + NONCE_BYTES :], blob[:start] + aad))
+            append(decrypt(blob[start : start + NONCE_BYTES], blob[start + NONCE_BYTES :], header + aad))
         except InvalidTag:
             raise EncryptionKeyError(
                 f"{what} does not decrypt under data key {sealed_key_id(blob)}: it was altered, or moved from "

@@ -6,11 +6,11 @@ each lookup of a feature service that has one becomes a row of Feast's log schem
 (`FeatureServiceLoggingSource.get_schema`: the join key, `<view>__<feature>` with its `__status`
 and `__timestamp`, request fields, `__log_timestamp`, `__log_date`, `__request_id`), sampled at the
 config's `sample_rate`. Rows are buffered per process and written through Feast's own
-`FeatureStore.write_logged_features`, so they land where the config says, through the profile's
-offline store (ours: encrypted Parquet files under the destination path), at most
-`Settings.feature_log_flush_s` seconds after serving, every FLUSH_ROWS rows, and when the server
-stops. `monitor drift --source served` and `feast monitor run --source-type log` read them;
-erasure and retention treat them like the feature tables.
+provider (`write_feature_service_logs`, what `FeatureStore.write_logged_features` calls), so they
+land where the config says, through the profile's offline store (ours: encrypted Parquet files
+under the destination path), at most `Settings.feature_log_flush_s` seconds after serving, every
+FLUSH_ROWS rows, and when the server stops. `monitor drift --source served` and `feast monitor
+run --source-type log` read them; erasure and retention treat them like the feature tables.
 
 What Feast's logger would add and we cannot: per-feature event timestamps (`__timestamp` is null:
 the online reader returns values, not their times); `__status` is PRESENT for a value and
@@ -28,6 +28,8 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
+
+from healthmate_features import _feast
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +53,7 @@ class ServedLog:
         self._store_of = store_of
         self._flush_s = flush_s
         self._lock = threading.Lock()
-        self._rows: dict[str, list[tuple[int, dict[str, Any], datetime, str]]] = {}
+        self._rows: dict[str, list[tuple[int, dict[str, Any], datetime]]] = {}
         self._services: dict[str, _Service] = {}
         self._wake = threading.Event()
         self._stopped = False
@@ -67,7 +69,7 @@ class ServedLog:
             return False
         with self._lock:
             rows = self._rows.setdefault(feature_service, [])
-            rows.append((user_id, values, at, uuid.uuid4().hex))
+            rows.append((user_id, values, at))
             full = len(rows) >= FLUSH_ROWS
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="served-log", daemon=True)
@@ -87,7 +89,8 @@ class ServedLog:
                 continue
             try:
                 store = self._store_of()
-                store.write_logged_features(logs=self.table(store, service, rows), source=service)
+                registry = _CachedViews(store.registry)
+                _feast.write_feature_service_logs(store, service, self.table(store, service, rows, registry), registry)
             except Exception as exc:  # logging must never fail serving; the reason, never a value
                 self.failed += len(rows)
                 log.warning("served-feature log of %s: %d rows not written: %s", name, len(rows), type(exc).__name__)
@@ -105,7 +108,7 @@ class ServedLog:
         self.flush()
 
     @staticmethod
-    def table(store: Any, service: Any, rows: list[tuple[int, dict[str, Any], datetime, str]]) -> Any:
+    def table(store: Any, service: Any, rows: list[tuple[int, dict[str, Any], datetime]], registry: Any = None) -> Any:
         """The rows as an Arrow table of Feast's log schema for `service`."""
         import pyarrow as pa
         from feast.feature_logging import (
@@ -115,13 +118,14 @@ class ServedLog:
             FeatureServiceLoggingSource,
         )
 
-        schema = FeatureServiceLoggingSource(service, store.project).get_schema(store.registry)
+        reads: Any = registry or _CachedViews(store.registry)  # a BaseRegistry by delegation
+        schema = FeatureServiceLoggingSource(service, store.project).get_schema(reads)
         names = {
             f"{projection.name_to_use()}__{feature.name}": feature.name
             for projection in service.feature_view_projections
             for feature in projection.features
         }
-        stamps = [at.astimezone(timezone.utc) for _, _, at, _ in rows]
+        stamps = [at.astimezone(timezone.utc) for _, _, at in rows]
         columns = []
         for field in schema:
             name = field.name
@@ -130,14 +134,14 @@ class ServedLog:
             elif name == LOG_DATE_FIELD:
                 data = [stamp.date() for stamp in stamps]
             elif name == REQUEST_ID_FIELD:
-                data = [request_id for *_, request_id in rows]
+                data = [uuid.uuid4().hex for _ in rows]  # one per served lookup, drawn when written
             elif name.endswith("__status") and name[: -len("__status")] in names:
                 short = names[name[: -len("__status")]]
-                data = [PRESENT if values.get(short) is not None else NOT_FOUND for _, values, _, _ in rows]
+                data = [PRESENT if values.get(short) is not None else NOT_FOUND for _, values, _ in rows]
             elif name.endswith("__timestamp") and name[: -len("__timestamp")] in names:
                 data = [None] * len(rows)
             elif name in names:
-                data = [values.get(names[name]) for _, values, _, _ in rows]
+                data = [values.get(names[name]) for _, values, _ in rows]
             elif name == "user_id":
                 data = [user_id for user_id, *_ in rows]
             elif pa.types.is_timestamp(field.type):  # a request field: the request time (event_timestamp)
@@ -196,3 +200,26 @@ def close_served_log(settings: Any) -> None:
         served = _logs.pop(settings, None)
     if served is not None:
         served.close()
+
+
+class _CachedViews:
+    """A Feast registry whose feature view reads are served from its cache (Feast's TTL still applies).
+
+    Feast's `FeatureServiceLoggingSource.get_schema` reads each view with `allow_cache=False`: a
+    reload of the whole registry per view at every flush, which also made every process's online
+    reader rebuild its plans."""
+
+    def __init__(self, registry: Any) -> None:
+        self._registry = registry
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._registry, name)
+
+    def get_feature_view(self, name: str, project: str, allow_cache: bool = False) -> Any:
+        return self._registry.get_feature_view(name, project, allow_cache=True)
+
+    def get_on_demand_feature_view(self, name: str, project: str, allow_cache: bool = False) -> Any:
+        return self._registry.get_on_demand_feature_view(name, project, allow_cache=True)
+
+    def get_stream_feature_view(self, name: str, project: str, allow_cache: bool = False) -> Any:
+        return self._registry.get_stream_feature_view(name, project, allow_cache=True)

@@ -21,6 +21,8 @@ tables, rows and timestamps, same key TTL), except the value itself:
   row was computed, not what it holds), and which features exist;
 - SQLite's `value_text` column (Feast's copy of the value as text, for its text search) stays
   NULL; vector search and the OpenAI-compatible store are not supported (ConfigError).
+- the SQLite file is in WAL mode (set by the first connection that opens it): a lookup never
+  waits for a materialization's write, so the API reads it on its event loop (`stores.online`).
 
 The keyring comes from the SQL store of the profile named in the store's config (`profile`), with
 the repository Feast runs in (`Backend.keyring()`): the same data keys in every process, `feast
@@ -40,6 +42,7 @@ rotation): an idempotent scan, safe to interrupt and run again.
 from __future__ import annotations
 
 import functools
+import sqlite3
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -141,6 +144,22 @@ class EncryptedSqliteOnlineStore(_Sealing, _feast.SqliteOnlineStore):
         sqlite` (`FeatureStore._should_use_plan`), so Feast's SQLite plan here would make every
         `feast plan` after a `feast apply` list every table as "Created"."""
         return []
+
+    def _get_conn(self, config: Any) -> Any:
+        """Feast's connection to the store file, the file switched to WAL mode when it opens it.
+
+        In WAL mode readers never wait for a writer (a materialization in another process, or a
+        push in another thread of this one), and a writer never waits for readers; the mode is
+        kept in the file, so Feast's plain `sqlite` store reading the same file gets it too."""
+        opened = self._conn is not None
+        conn = _feast.open_sqlite_store(self, config)
+        if not opened:
+            try:
+                if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                    conn.execute("PRAGMA journal_mode = WAL")
+            except sqlite3.OperationalError:  # another process holds a lock: the next opening switches it
+                pass
+        return conn
 
     def online_write_batch(
         self,

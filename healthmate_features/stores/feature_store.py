@@ -533,6 +533,17 @@ def online_fetch(
     return PendingLookup(settings=settings, at=times, result=_feast_lookup(settings, ids, feature_service, times))
 
 
+def online_fetch_is_quick(settings: Settings, feature_service: str) -> bool:
+    """Whether `online_fetch` of the feature service would now do no waiting I/O, so a caller on an
+    event loop may run it in place (`OnlineReader.quick`: SQLite in WAL mode, plan and registry
+    cache current). False before the process's reader exists: opening it is slow I/O."""
+    from healthmate_features.stores.online import OnlineReader
+
+    with _readers_lock:
+        reader = _readers.get(settings)
+    return isinstance(reader, OnlineReader) and reader.quick(feature_service)
+
+
 def online_finish(pending: PendingLookup) -> OnlineResult:
     """`online_lookup`'s answer from its fetched part: decoding, on-demand views; CPU only (fine on an event loop)."""
     if pending.result is not None:

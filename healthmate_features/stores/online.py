@@ -47,7 +47,6 @@ OnlineReadError (`store.online_features` then falls back to Feast).
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import sqlite3
 import threading
@@ -233,6 +232,23 @@ class OnlineReader:
         self._unknown_refresh_at = now
         self.store.registry.refresh(self.project)
         return True
+
+    def quick(self, feature_service: str) -> bool:
+        """Whether `fetch` of a feature service would now do no waiting I/O: True on a SQLite file in
+        WAL mode (a read never waits for a writer) whose plan is resolved and whose registry cache
+        is still valid (no registry reload due). The API then reads on its event loop, sparing the
+        hop to a lookup thread; anything else (Redis, which can hang; a reload) goes to a thread."""
+        if self._sqlite is None or not self._sqlite.wal or self._stale:
+            return False
+        from healthmate_features import _feast
+
+        registry = self.store.registry
+        is_valid = getattr(registry, "is_cache_valid", None)
+        if not callable(is_valid) or not is_valid():
+            return False
+        stamp = _feast.registry_cache_time(registry)
+        with self._lock:
+            return stamp == self._plans_registry_ts and (feature_service, None, False) in self._plans
 
     def _plan(self, feature_service: str | None, features: list[str] | None, full_feature_names: bool) -> _Plan:
         registry_ts = self._registry_stamp()
@@ -586,11 +602,16 @@ class OnlineReader:
         times = list(at) if isinstance(at, (list, tuple)) else [at] * len(ids)
         if len(times) != len(ids):
             raise OnlineReadError(f"`at` has {len(times)} times for {len(ids)} user ids; pass one time or one per user")
-        # The request time goes through the same proto round trip as in Feast (whole seconds, UTC).
-        distinct = {t: None for t in times}
-        converted = as_feast_values([pd.Timestamp(t) for t in distinct], ValueType.UNKNOWN)
-        as_feast = dict(zip(distinct, converted, strict=True))
-        request = {name: [as_feast[t] for t in times] for name in plan.request_data}
+        # The request time goes through the same proto round trip as in Feast (whole seconds, UTC),
+        # once per distinct second.
+        seconds = [t.replace(microsecond=0) for t in times]
+        missing = [t for t in dict.fromkeys(seconds) if t not in _REQUEST_TIMES]
+        if missing:
+            if len(_REQUEST_TIMES) > 4096:
+                _REQUEST_TIMES.clear()
+            converted = as_feast_values([pd.Timestamp(t) for t in missing], ValueType.UNKNOWN)
+            _REQUEST_TIMES.update(zip(missing, converted, strict=True))
+        request = {name: [_REQUEST_TIMES[t] for t in seconds] for name in plan.request_data}
 
         out: dict[str, list] = {}
         extra_order: list[str] = []
@@ -653,6 +674,9 @@ class OnlineReader:
             short = name.split("__", 1)[1] if "__" in name else name
             out[name] = as_feast_values(values, odfv.types.get(short, ValueType.UNKNOWN))
         return out
+
+
+_REQUEST_TIMES: dict[datetime, Any] = {}  # a request time in whole seconds -> Feast's value of it
 
 
 def _columns_of(frame: Any) -> dict[str, Any]:
@@ -748,7 +772,8 @@ class _SqliteQuery:
 
     body: str  # SELECTs over the table `k(entity_key)` of the users' keys, UNION ALL
     params: list[str]  # parameters the SELECTs bind after the keys (none: every row of the users is read)
-    index: dict[tuple[int, str], int]  # (SELECT number, feature name) -> index into the plan's fields
+    # (SELECT number, feature name) -> (index into the plan's fields, sqlite_aad's feature part)
+    slots: dict[tuple[int, str], tuple[int, bytes]]
     tables: list[str]  # the table each SELECT number reads (values are sealed for their table)
     width: int  # number of fields
 
@@ -772,6 +797,8 @@ class _SqliteRows:
         self._conn = _feast.sqlite_connection(store)
         self._key_of = _feast.int64_entity_key(JOIN_KEY)
         self._lock = threading.Lock()
+        # In WAL mode (our encrypting store sets it) a read never waits for a writer's lock.
+        self.wal = str(self._conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal"
 
     def query(self, slots: list[tuple[Any, str]], known: list[Any]) -> _SqliteQuery:
         """The query reading `slots` ((view, feature) per field) and whether users have a row in any `known` view."""
@@ -798,7 +825,11 @@ class _SqliteRows:
                     f"(SELECT 1 FROM {_quote(table)} AS t WHERE t.entity_key = k.entity_key)"
                 )
         return _SqliteQuery(
-            body=" UNION ALL ".join(selects), params=params, index=index, width=len(slots), tables=list(tables)
+            body=" UNION ALL ".join(selects),
+            params=params,
+            slots={key: (at, encrypted_online.sqlite_aad_feature(key[1])) for key, at in index.items()},
+            width=len(slots),
+            tables=list(tables),
         )
 
     def read(self, ids: list[int], query: _SqliteQuery) -> tuple[dict[int, list], dict[int, bool]]:
@@ -815,48 +846,38 @@ class _SqliteRows:
         for start in range(0, len(batch), SQLITE_USERS_PER_QUERY):
             chunk = batch[start : start + SQLITE_USERS_PER_QUERY]
             marks = ", ".join(["(?)"] * len(chunk))
-            # One result row: the rows as a JSON array, blobs in hex. Python's sqlite3 releases and
-            # retakes the GIL around every step of a statement, and each retake may wait for the
-            # event loop's thread: one step per lookup instead of one per feature.
-            sql = (
-                f"WITH k(entity_key) AS (VALUES {marks}), r(n, e, f, v) AS ({query.body}) "
-                "SELECT json_group_array(json_array(n, hex(e), f, CASE WHEN v IS NULL THEN NULL ELSE hex(v) END)) "
-                "FROM r"
-            )
+            # The rows as they are (one fetchall): SQLite packing them as JSON with hex blobs, to
+            # spare per-row GIL handoffs, cost twice as much once the API read on its event loop.
+            sql = f"WITH k(entity_key) AS (VALUES {marks}) {query.body}"
             try:
                 with self._lock:
-                    (packed,) = self._conn.execute(sql, [*chunk, *query.params]).fetchone()
+                    rows = self._conn.execute(sql, [*chunk, *query.params]).fetchall()
             except sqlite3.OperationalError as exc:
                 raise OnlineReadError(f"the SQLite online store cannot be read as Feast laid it out: {exc}") from exc
-            index = query.index
-            users = {key.hex().upper(): user for key, user in keys.items()}
-            fromhex = bytes.fromhex
-            sealed: list[tuple[int, int, bytes, bytes]] = []  # (user, slot, envelope, associated data)
-            heads: dict[tuple[int, str], bytes] = {}  # sqlite_aad's table and entity parts, per row
-            feature_part = encrypted_online.sqlite_aad_feature
-            for number, key, name, value in json.loads(packed):
-                user = users[key]
+            slots = query.slots
+            blobs: list[bytes] = []  # sealed values, their associated data and (user, slot)
+            aads: list[bytes] = []
+            places: list[tuple[int, int]] = []
+            heads: dict[tuple[int, bytes], bytes] = {}  # sqlite_aad's table and entity parts, per row
+            for number, key, name, value in rows:
+                user = keys[key]
                 found.add(user)
-                if number >= 0:
-                    slot = index.get((number, name))
-                    if slot is not None:
-                        raw = None if value is None else fromhex(value)
-                        if raw is not None and self._keyring is not None:
-                            head = heads.get((number, key))
-                            if head is None:
-                                head = heads[(number, key)] = encrypted_online.sqlite_aad_head(
-                                    query.tables[number], fromhex(key)
-                                )
-                            sealed.append((user, slot, raw, head + feature_part(name)))
-                        else:
-                            values[user][slot] = raw
-            if sealed:
-                opened = unseal_many(
-                    self._keyring,
-                    [blob for _, _, blob, _ in sealed],
-                    [aad for _, _, _, aad in sealed],
-                    what="a feature value in the SQLite online store",
-                )
-                for (user, slot, _, _), plain in zip(sealed, opened, strict=True):
-                    values[user][slot] = plain
+                if value is None:  # a SELECT -1 row (the user is known), or a null value
+                    continue
+                slot = slots.get((number, name))
+                if slot is None:
+                    continue
+                if self._keyring is None:
+                    values[user][slot[0]] = value
+                    continue
+                head = heads.get((number, key))
+                if head is None:
+                    head = heads[(number, key)] = encrypted_online.sqlite_aad_head(query.tables[number], key)
+                blobs.append(value)
+                aads.append(head + slot[1])
+                places.append((user, slot[0]))
+            if blobs:
+                opened = unseal_many(self._keyring, blobs, aads, what="a feature value in the SQLite online store")
+                for (user, slot_index), plain in zip(places, opened, strict=True):
+                    values[user][slot_index] = plain
         return values, {u: u in found for u in unique}

@@ -170,6 +170,7 @@ PINNED_BY_BEHAVIOUR = {
     "feast.protos.feast.serving.ServingService_pb2.FieldStatus": "test_online_statuses_tell_stored_from_absent",
     "cached_registry_proto_created": "test_registry_cache_stamp",  # an attribute of Feast's registries
     "_refresh_cached_registry_if_necessary": "test_registry_cache_stamp",
+    "is_cache_valid": "test_registry_cache_stamp",
     "feast.infra.online_stores.redis.RedisOnlineStore": "test_encrypting_stores_are_feasts_with_sealed_values",
     "feast.infra.online_stores.redis.RedisOnlineStoreConfig": "test_encrypting_stores_are_feasts_with_sealed_values",
     "feast.infra.online_stores.sqlite.SqliteOnlineStore": "test_encrypting_stores_are_feasts_with_sealed_values",
@@ -642,6 +643,14 @@ def test_registry_cache_stamp(registry, tmp_path, user, daily):
     assert isinstance(stamp, datetime), adapt("Registry.cached_registry_proto_created", repr(stamp))
     registry.refresh(PROJECT)
     assert _feast.registry_cache_stamp(registry) > stamp, adapt("Registry.refresh", "the cache time did not move")
+    # The file registry has no TTL check of its own: the stamp reloads an expired cache (is_cache_valid).
+    second = _feast.registry_cache_stamp(registry)
+    assert registry.is_cache_valid() and _feast.registry_cache_stamp(registry) == second
+    registry.cached_registry_proto_created = second - timedelta(days=1)  # as if cache_ttl_seconds had passed
+    assert not registry.is_cache_valid(), adapt("Registry.is_cache_valid", "an expired cache counts as valid")
+    assert _feast.registry_cache_stamp(registry) > second, adapt(
+        "Registry._get_registry_proto(allow_cache=True)", "an expired file registry cache was not reloaded"
+    )
 
     # The production registry type (SQL), on SQLite: Feast's TTL check runs through our stamp.
     sql = SqlRegistry(
