@@ -12,6 +12,9 @@ stall `/health` and every other endpoint. So `features/extract` runs its lookup 
   its slot stays taken until it does, so the threads never exceed the limit.
 - the first lookup of a process also opens the online store (Feast's registry, Postgres and
   Redis checks): that step gets HM_CONNECT_TIMEOUT_S more.
+- `run_async` holds a slot for a lookup through an asyncio Redis client on the caller's loop
+  (once the reader's plan is resolved): the same limit and deadline, no thread; past the
+  deadline the lookup is cancelled and its slot freed at once.
 
 One limiter per settings per process (`limiter_for`); it serves any event loop: a lookup waiting
 for a slot sleeps on a future of its own loop, woken (thread-safely) when a slot frees.
@@ -22,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -36,6 +39,13 @@ _Waiter = tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]
 def _wake(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:  # a limiter thread
+        return None
 
 
 class OnlineLimiter:
@@ -63,11 +73,7 @@ class OnlineLimiter:
         budget = self.deadline_s if self._opened else self.deadline_s + self.open_s
         deadline = loop.time() + budget
         if not await self._acquire(loop, deadline):
-            raise ServiceUnavailableError(
-                f"online lookup refused: all {self.capacity} online lookup slots of this process "
-                f"(HM_ONLINE_MAX_CONCURRENT) stayed busy for {budget:g} s (HM_ONLINE_DEADLINE_S); "
-                "the online store (Redis) may be slow or hung; retry later"
-            )
+            raise ServiceUnavailableError(self._busy(budget))
         try:
             future: Future[T] = self._pool.submit(fn, *args, **kwargs)
         except BaseException:
@@ -77,11 +83,36 @@ class OnlineLimiter:
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), max(0.0, deadline - loop.time()))
         except TimeoutError as exc:
-            raise ServiceUnavailableError(
-                f"online lookup took longer than its deadline of {budget:g} s (HM_ONLINE_DEADLINE_S"
-                + (", plus HM_CONNECT_TIMEOUT_S for opening the online store" if budget > self.deadline_s else "")
-                + "); the online store (Redis) may be slow or hung; retry later"
-            ) from exc
+            raise ServiceUnavailableError(self._late(budget)) from exc
+
+    async def run_async(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
+        """`await fn(*args, **kwargs)` on the caller's event loop under the same slots and deadline
+        as `run` (a lookup through an asyncio client: no thread). Past the deadline it is cancelled,
+        which frees its slot at once. Raises ServiceUnavailableError as `run` does."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.deadline_s
+        if not await self._acquire(loop, deadline):
+            raise ServiceUnavailableError(self._busy(self.deadline_s))
+        try:
+            return await asyncio.wait_for(fn(*args, **kwargs), max(0.0, deadline - loop.time()))
+        except TimeoutError as exc:
+            raise ServiceUnavailableError(self._late(self.deadline_s)) from exc
+        finally:
+            self._release()
+
+    def _busy(self, budget: float) -> str:
+        return (
+            f"online lookup refused: all {self.capacity} online lookup slots of this process "
+            f"(HM_ONLINE_MAX_CONCURRENT) stayed busy for {budget:g} s (HM_ONLINE_DEADLINE_S); "
+            "the online store (Redis) may be slow or hung; retry later"
+        )
+
+    def _late(self, budget: float) -> str:
+        return (
+            f"online lookup took longer than its deadline of {budget:g} s (HM_ONLINE_DEADLINE_S"
+            + (", plus HM_CONNECT_TIMEOUT_S for opening the online store" if budget > self.deadline_s else "")
+            + "); the online store (Redis) may be slow or hung; retry later"
+        )
 
     async def _acquire(self, loop: asyncio.AbstractEventLoop, deadline: float) -> bool:
         """Take a slot, waiting until `deadline` (loop time) at most; False if none freed up."""
@@ -116,7 +147,10 @@ class OnlineLimiter:
                     return
                 loop, future = self._waiters.popleft()
             try:
-                loop.call_soon_threadsafe(_wake, future)
+                if loop is _running_loop():  # released on the waiter's own loop (run_async): no self-pipe write
+                    loop.call_soon(_wake, future)
+                else:
+                    loop.call_soon_threadsafe(_wake, future)
                 return
             except RuntimeError:  # its event loop is closed: the next one
                 continue

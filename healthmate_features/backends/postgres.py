@@ -121,6 +121,29 @@ def connect(
         raise postgres_unavailable(settings, exc) from exc
 
 
+async def connect_async(settings: Settings, *, autocommit: bool = False, search_path: str | None = None) -> Any:
+    """`connect`'s psycopg AsyncConnection (for an event loop): the same server, options and errors."""
+    import psycopg
+
+    options = "-c TimeZone=UTC" + (f" -c search_path={search_path}" if search_path else "")
+    tls: dict[str, Any] = ssl_options(settings)
+    try:
+        return await psycopg.AsyncConnection.connect(
+            host=settings.pg_host,
+            port=settings.pg_port,
+            user=settings.pg_user,
+            password=settings.pg_password or None,
+            dbname=settings.pg_database,
+            connect_timeout=connect_timeout(settings),
+            application_name="healthmate-features",
+            options=options,
+            autocommit=autocommit,
+            **tls,
+        )
+    except psycopg.OperationalError as exc:
+        raise postgres_unavailable(settings, exc) from exc
+
+
 def table_name(settings: Settings, table: str) -> str:
     """Schema-qualified, quoted name of one of our tables."""
     return f"{quote_ident(settings.pg_schema)}.{quote_ident(table)}"

@@ -131,6 +131,24 @@ def connect(settings: Settings, *, timeout_s: float | None = None) -> Any:
     )
 
 
+def connect_async(settings: Settings, *, timeout_s: float | None = None) -> Any:
+    """`connect`'s client for asyncio (`redis.asyncio`): the same server, timeouts, TLS and no retries.
+
+    Bound to the event loop it is first used on: keep one per loop."""
+    from redis.asyncio import Redis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    timeout = settings.redis_timeout_s if timeout_s is None else timeout_s
+    return Redis.from_url(
+        settings.redis_url,
+        socket_connect_timeout=min(settings.connect_timeout_s, timeout),
+        socket_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+        **tls_options(settings.redis_url, settings.redis_ca_cert),
+    )
+
+
 _timed_out_at: dict[str, float] = {}  # Redis address -> when a command under `answered_within` last timed out
 
 

@@ -13,6 +13,7 @@ import re
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -341,8 +342,11 @@ class SqlStore:
     process opens the store's file, and the store's handles close only with the store.
     """
 
-    def __init__(self, connect, dialect: str, description: str, *, schema: str | None = None) -> None:
+    def __init__(
+        self, connect, dialect: str, description: str, *, schema: str | None = None, connect_async: Any = None
+    ) -> None:
         self._connect = connect
+        self._connect_async = connect_async  # Postgres: an AsyncConnection, for `current_revisions`
         self.dialect = dialect
         self.description = description
         self.schema = schema  # Postgres only: where the tables live
@@ -354,6 +358,7 @@ class SqlStore:
         self._data_version: int | None = None  # SQLite: PRAGMA data_version at the last revision read
         self._revisions: dict[str, int] = {}
         self._flights: Any = None  # Postgres: concurrent async reads share one (`current_revisions`)
+        self._async_watches: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()  # per event loop
 
     # -- construction -----------------------------------------------------------------------
 
@@ -400,11 +405,15 @@ class SqlStore:
             except NotIngestedError as exc:  # the database does not exist: the server is there, the store is not
                 raise ServiceUnavailableError(str(exc)) from exc
 
+        async def connect_async() -> Any:
+            return await postgres.connect_async(settings, autocommit=True, search_path=schema)
+
         return cls(
             connect,
             "postgres",
             f"PostgreSQL {settings.pg_host}:{settings.pg_port}/{settings.pg_database}",
             schema=schema,
+            connect_async=connect_async,
         )
 
     # -- statements -------------------------------------------------------------------------
@@ -478,14 +487,13 @@ class SqlStore:
     async def current_revisions(self) -> dict[str, int]:
         """`revisions()` from a read that started after this call, without blocking the event loop.
 
-        SQLite reads in place (microseconds, no I/O wait). Postgres reads in a worker thread; calls
+        SQLite reads in place (microseconds, no I/O wait). Postgres reads on an AsyncConnection of
+        the running loop (no thread: a hop to one and back cost more than the round trip); calls
         that arrive while a read runs share the next read, so N concurrent requests cost about
         one round trip each way, not N."""
         if self.dialect == "sqlite":
             return self.revisions()
         import asyncio
-
-        from anyio import to_thread
 
         loop = asyncio.get_running_loop()
         if self._flights is None or self._flights[0] is not loop:
@@ -502,7 +510,7 @@ class SqlStore:
                     while state["next"] is not None:
                         waiting, state["next"] = state["next"], None  # later callers wait for the next read
                         try:
-                            result = await to_thread.run_sync(self.revisions)
+                            result = await self._read_revisions_async(loop)
                         except BaseException as exc:  # noqa: BLE001 (handed to every waiter)
                             if not waiting.done():
                                 waiting.set_exception(exc)
@@ -516,6 +524,39 @@ class SqlStore:
 
             loop.create_task(run())
         return dict(await asyncio.shield(mine))
+
+    async def _read_revisions_async(self, loop: Any) -> dict[str, int]:
+        """Postgres: `revisions()` read on the loop's own AsyncConnection (opened on first use)."""
+        if self._connect_async is None:
+            from anyio import to_thread
+
+            return await to_thread.run_sync(self.revisions)
+        conn = self._async_watches.get(loop)
+        try:
+            if conn is None or conn.closed:
+                conn = self._async_watches[loop] = await self._connect_async()
+            cursor = await conn.execute("SELECT name, revision FROM revisions")
+            rows = await cursor.fetchall()
+        except Exception as exc:
+            broken = self._async_watches.pop(loop, None)
+            if broken is not None:
+                await _close_quietly(broken)
+            if isinstance(exc, (StoreError, ServiceUnavailableError)):
+                raise
+            raise ServiceUnavailableError(
+                f"cannot read the change revisions of {self.description}: {exc}; check that the "
+                "server is running (the next request reconnects)"
+            ) from exc
+        self._revisions = {str(name): int(revision) for name, revision in rows}
+        return dict(self._revisions)
+
+    async def close_async(self) -> None:
+        """Close the running loop's AsyncConnection (`current_revisions`), if it has one."""
+        import asyncio
+
+        conn = self._async_watches.pop(asyncio.get_running_loop(), None)
+        if conn is not None:
+            await _close_quietly(conn)
 
     def _close_watch(self) -> None:
         watch, self._watch, self._revisions = self._watch, None, {}
@@ -664,3 +705,10 @@ class SqlStore:
                         "server is running (the next call reconnects)"
                     ) from exc
                 raise
+
+
+async def _close_quietly(conn: Any) -> None:
+    try:
+        await conn.close()
+    except Exception:  # noqa: BLE001 (a broken connection: nothing left to close)
+        pass

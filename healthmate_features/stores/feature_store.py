@@ -533,15 +533,30 @@ def online_fetch(
     return PendingLookup(settings=settings, at=times, result=_feast_lookup(settings, ids, feature_service, times))
 
 
-def online_fetch_is_quick(settings: Settings, feature_service: str) -> bool:
-    """Whether `online_fetch` of the feature service would now do no waiting I/O, so a caller on an
-    event loop may run it in place (`OnlineReader.quick`: SQLite in WAL mode, plan and registry
-    cache current). False before the process's reader exists: opening it is slow I/O."""
+def ready_reader(settings: Settings, feature_service: str) -> OnlineReader | None:
+    """The process's OnlineReader when it can look `feature_service` up with no registry I/O
+    (`OnlineReader.ready`); None otherwise, and before the reader exists (opening it is slow I/O).
+    Its `reads_in_place` (SQLite in WAL mode) may `fetch` on an event loop; on Redis, `fetch_async`."""
     from healthmate_features.stores.online import OnlineReader
 
     with _readers_lock:
         reader = _readers.get(settings)
-    return isinstance(reader, OnlineReader) and reader.quick(feature_service)
+    return reader if isinstance(reader, OnlineReader) and reader.ready(feature_service) else None
+
+
+async def close_async_reader(settings: Settings) -> None:
+    """Close what the process's reader opened on the running event loop (its asyncio Redis client)."""
+    from healthmate_features.stores.online import OnlineReader
+
+    with _readers_lock:
+        reader = _readers.get(settings)
+    if isinstance(reader, OnlineReader):
+        await reader.close_async()
+
+
+def fetched_lookup(settings: Settings, fetched: Any, at: datetime) -> PendingLookup:
+    """A PendingLookup of what a ready reader fetched itself (`ready_reader`), to `online_finish`."""
+    return PendingLookup(settings=settings, at=[at] * len(fetched.ids), fetched=fetched)
 
 
 def online_finish(pending: PendingLookup) -> OnlineResult:

@@ -51,6 +51,7 @@ import logging
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -191,6 +192,7 @@ class OnlineReader:
         self.project = config.project
         self._key_of = _feast.int64_redis_key(JOIN_KEY, self.project)  # user id -> Feast's Redis key
         self._client = None
+        self._async_clients: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()  # per event loop
         self._plans: dict[tuple, _Plan] = {}
         self._plans_registry_ts = None
         self._lock = threading.Lock()
@@ -233,15 +235,19 @@ class OnlineReader:
         self.store.registry.refresh(self.project)
         return True
 
-    def quick(self, feature_service: str) -> bool:
-        """Whether `fetch` of a feature service would now do no waiting I/O: True on a SQLite file in
-        WAL mode (a read never waits for a writer) whose plan is resolved and whose registry cache
-        is still valid (no registry reload due). The API then reads on its event loop, sparing the
-        hop to a lookup thread; anything else (Redis, which can hang; a reload) goes to a thread."""
-        if self._sqlite is None or not self._sqlite.wal or self._stale:
-            return False
+    @property
+    def reads_in_place(self) -> bool:
+        """True on a SQLite file in WAL mode: a read never waits for a writer's lock, so a caller on
+        an event loop may `fetch` in place (no hop to a thread). Redis can hang: `fetch_async`."""
+        return self._sqlite is not None and self._sqlite.wal
+
+    def ready(self, feature_service: str) -> bool:
+        """Whether a lookup of `feature_service` needs no registry I/O now: its plan is resolved
+        under the registry cache as it is, and that cache is still valid (no reload due)."""
         from healthmate_features import _feast
 
+        if self._stale:
+            return False
         registry = self.store.registry
         is_valid = getattr(registry, "is_cache_valid", None)
         if not callable(is_valid) or not is_valid():
@@ -429,6 +435,26 @@ class OnlineReader:
             self._client = redis.connect(self.settings, timeout_s=self.settings.online_deadline_s)
         return self._client
 
+    def _async_redis(self) -> Any:
+        """The redis.asyncio client of the running event loop (created on first use there)."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        client = self._async_clients.get(loop)
+        if client is None:
+            client = self._async_clients[loop] = redis.connect_async(
+                self.settings, timeout_s=self.settings.online_deadline_s
+            )
+        return client
+
+    async def close_async(self) -> None:
+        """Close the redis.asyncio client of the running event loop, if it has one."""
+        import asyncio
+
+        client = self._async_clients.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.aclose()
+
     def redis_key(self, user_id: int) -> bytes:
         """The Redis key Feast writes a user's features under (serialize_entity_key v3 + project)."""
         return self._key_of(user_id)
@@ -504,11 +530,36 @@ class OnlineReader:
             rows = [stored[u] for u in ids]
             found = [known[u] for u in ids]
         else:
-            replies = self._hmget(ids, [*fields, *plan.known], markers=plan.markers)
-            if self._keyring is not None:
-                self._open_values(replies, fields)
-            rows = [replies[u][: len(fields)] for u in ids]
-            found = [any(value is not None for value in replies[u][len(fields) :]) for u in ids]
+            return self._fetched(ids, plan, self._hmget(ids, [*fields, *plan.known], markers=plan.markers))
+        return Fetched(ids=ids, plan=plan, rows=rows, found=found)
+
+    async def fetch_async(self, user_ids: Sequence[int], *, feature_service: str) -> Fetched:
+        """`fetch` of a feature service from Redis on the caller's event loop (`redis.asyncio`, one
+        client per loop): no thread, so no hop to one and back. Only when `ready(feature_service)`
+        (the plan is resolved: no registry I/O here); raises as `fetch` does."""
+        if self._sqlite is not None:
+            raise OnlineReadError("fetch_async reads Redis; a SQLite store reads in place (fetch)")
+        ids = as_user_ids(user_ids)
+        with self._lock:
+            plan = self._plans.get((feature_service, None, False))
+        if plan is None:
+            raise OnlineReadError(f"no resolved plan for feature service {feature_service!r}; use fetch")
+        fields = [*plan.fields, *plan.known]
+        unique = list(dict.fromkeys(ids))
+        deadline = self.settings.online_deadline_s
+        with redis.answered_within(self.settings, timeout_s=deadline, setting="HM_ONLINE_DEADLINE_S"):
+            pipe = self._async_redis().pipeline(transaction=False)
+            self._queue_hmget(pipe, unique, fields, plan.markers)
+            replies = await pipe.execute()
+        return self._fetched(ids, plan, self._hmget_replies(unique, fields, plan.markers, replies))
+
+    def _fetched(self, ids: list[int], plan: _Plan, replies: dict[int, list]) -> Fetched:
+        """The Fetched of a plan's HMGET replies (values opened when sealed)."""
+        fields = plan.fields
+        if self._keyring is not None:
+            self._open_values(replies, fields)
+        rows = [replies[u][: len(fields)] for u in ids]
+        found = [any(value is not None for value in replies[u][len(fields) :]) for u in ids]
         return Fetched(ids=ids, plan=plan, rows=rows, found=found)
 
     def _open_values(self, replies: dict[int, list], fields: list[bytes]) -> None:
@@ -517,13 +568,13 @@ class OnlineReader:
         Raises EncryptionKeyError (naming the key id) when one does not open."""
         assert self._keyring is not None
         blobs, aads, where = [], [], []
+        aad = encrypted_online.redis_aad
         for user, values in replies.items():
             key = self._key_of(user)
-            for index, field_name in enumerate(fields):
-                value = values[index]
+            for index, value in enumerate(values[: len(fields)]):
                 if value is not None:
                     blobs.append(value)
-                    aads.append(encrypted_online.redis_aad(key, field_name))
+                    aads.append(aad(key, fields[index]))
                     where.append((user, index))
         if blobs:
             opened = unseal_many(self._keyring, blobs, aads, what="a feature value in the Redis online store")
@@ -573,12 +624,22 @@ class OnlineReader:
         deadline = self.settings.online_deadline_s
         with redis.answered_within(self.settings, timeout_s=deadline, setting="HM_ONLINE_DEADLINE_S"):
             pipe = self._redis().pipeline(transaction=False)
-            key_of = self._key_of
-            for user_id in unique if fields else ():
-                pipe.hmget(key_of(user_id), fields)
-            if markers:
-                pipe.mget([key for _, key, _ in markers])
+            self._queue_hmget(pipe, unique, fields, markers)
             replies = pipe.execute()
+        return self._hmget_replies(unique, fields, markers, replies)
+
+    def _queue_hmget(
+        self, pipe: Any, unique: list[int], fields: list[bytes], markers: list[online_marks.Marker]
+    ) -> None:
+        key_of = self._key_of
+        for user_id in unique if fields else ():
+            pipe.hmget(key_of(user_id), fields)
+        if markers:
+            pipe.mget([key for _, key, _ in markers])
+
+    def _hmget_replies(
+        self, unique: list[int], fields: list[bytes], markers: list[online_marks.Marker], replies: list
+    ) -> dict[int, list]:
         if markers:
             online_marks.check(self.settings, markers, replies.pop())
         if not fields:

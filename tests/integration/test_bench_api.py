@@ -34,6 +34,8 @@ def test_api_load_bench_runs_on_the_embedded_profile(repo_root, tmp_path):
             "2",
             "--requests",
             "6",
+            "--rounds",
+            "1",
             "--seconds",
             "30",
             "--calls",

@@ -148,8 +148,10 @@ def api(prod_own_redis, tmp_path_factory) -> Iterator[tuple[str, dict[str, str]]
         yield base, {"Authorization": f"Bearer {secret}"}
 
 
-def _extract(base: str, headers: dict[str, str]) -> httpx.Response:
-    return httpx.get(f"{base}{PREFIX}/features/extract", params={"user_id": USER}, headers=headers, timeout=60)
+def _extract(base: str, headers: dict[str, str], **params: str) -> httpx.Response:
+    return httpx.get(
+        f"{base}{PREFIX}/features/extract", params={"user_id": USER, **params}, headers=headers, timeout=60
+    )
 
 
 async def _timed(client: httpx.AsyncClient, url: str, **kwargs) -> tuple[int, float, str]:
@@ -158,9 +160,12 @@ async def _timed(client: httpx.AsyncClient, url: str, **kwargs) -> tuple[int, fl
     return response.status_code, time.monotonic() - started, response.text
 
 
-def test_a_hung_redis_answers_503_within_the_deadline_and_never_delays_other_endpoints(api, own_redis):
+# All features: the lookup on a limiter thread. A feature service: once its plan is resolved, through
+# the reader's asyncio Redis client on the event loop (OnlineReader.fetch_async).
+@pytest.mark.parametrize("service", [{}, {"feature_service": "health_risk_v1"}], ids=["all-features", "service"])
+def test_a_hung_redis_answers_503_within_the_deadline_and_never_delays_other_endpoints(api, own_redis, service):
     base, headers = api
-    assert _extract(base, headers).status_code == 200  # opens the online store while Redis answers
+    assert _extract(base, headers, **service).status_code == 200  # opens the online store while Redis answers
     others = {
         "health": f"{base}/health",
         "datasets/versions": f"{base}{PREFIX}/datasets/versions",
@@ -171,7 +176,9 @@ def test_a_hung_redis_answers_503_within_the_deadline_and_never_delays_other_end
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=0)
         async with httpx.AsyncClient(headers=headers, timeout=60, limits=limits) as client:
             lookups = [
-                asyncio.ensure_future(_timed(client, f"{base}{PREFIX}/features/extract", params={"user_id": USER}))
+                asyncio.ensure_future(
+                    _timed(client, f"{base}{PREFIX}/features/extract", params={"user_id": USER, **service})
+                )
                 for _ in range(60)
             ]
             await asyncio.sleep(0.3)  # the lookups hold every slot and wait on Redis
@@ -197,7 +204,7 @@ def test_a_hung_redis_answers_503_within_the_deadline_and_never_delays_other_end
     )
 
     deadline = time.monotonic() + 10  # resumed: lookups answer again (the reader's client reconnects)
-    while (response := _extract(base, headers)).status_code != 200 and time.monotonic() < deadline:
+    while (response := _extract(base, headers, **service)).status_code != 200 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert response.status_code == 200, response.text
 
