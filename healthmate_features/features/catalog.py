@@ -219,8 +219,9 @@ def _health_daily() -> FeatureTable:
 def _rolling_stats(value: str, days: int, metric) -> list[tuple[str, str, str, str, str]]:
     """(column, sql, dtype, description, unit) of one metric's rolling statistics over `days` days.
 
-    The SQL reads the window sums `_rolling_sums` makes: n (days with a value), sx, sxx (exact
-    sums of x and x^2), st, stt, stx (of the day number t, t^2 and t*x), lo and hi."""
+    The SQL reads the window sums `_health_rolling` makes from the running sums: n (days with a
+    value), sx, sxx (exact sums of x and x^2), st, stt, stx (of the day number t, t^2 and t*x), and
+    the window's lo and hi."""
     m, u = metric.name, metric.unit
     span = f"over the {days} days ending that day"
 
@@ -257,9 +258,20 @@ def _rolling_stats(value: str, days: int, metric) -> list[tuple[str, str, str, s
     ]
 
 
-def _rolling_sums(value: str, days: int) -> list[str]:
-    """The window sums one metric's rolling statistics over `days` days are computed from (exact)."""
-    w, x, t = f"w{days}", f"{value}_x", f"CASE WHEN {value} IS NOT NULL THEN day_number END"
+def _window_clause() -> str:
+    return ", ".join(
+        f"w{n} AS (PARTITION BY user_id ORDER BY day ROWS BETWEEN {n - 1} PRECEDING AND CURRENT ROW)" for n in WINDOWS
+    )
+
+
+# The running sums a metric's rolling statistics come from, by the type they are kept in: counts
+# and sums of day numbers are integers, sums of x and t*x exact with 9 decimals, of x^2 with 18.
+RUNNING_SUMS = {"int": ("n", "st", "stt"), "x": ("sx", "stx"), "xx": ("sxx",)}
+
+
+def _running_sums(value: str) -> list[str]:
+    """One metric's running (prefix) sums over a user's days up to each day, exact (window `c`)."""
+    x, t = f"{value}_x", f"CASE WHEN {value} IS NOT NULL THEN day_number END"
     sums = {
         "n": f"count({value})",
         "sx": f"sum({x})",
@@ -267,41 +279,71 @@ def _rolling_sums(value: str, days: int) -> list[str]:
         "st": f"sum({t})",
         "stt": f"sum({t} * {t})",
         "stx": f"sum(day_number * {x})",
-        "lo": f"min({value})",
-        "hi": f"max({value})",
     }
-    return [f"{sql} OVER {w} AS {value}_{part}_{days}" for part, sql in sums.items()]
-
-
-def _window_clause() -> str:
-    return ", ".join(
-        f"w{n} AS (PARTITION BY user_id ORDER BY day ROWS BETWEEN {n - 1} PRECEDING AND CURRENT ROW)" for n in WINDOWS
-    )
+    return [f"{sql} OVER c AS {value}_{part}" for part, sql in sums.items()]
 
 
 def _health_rolling() -> FeatureTable:
     keyed = [m for m in METRICS if m.key]
+    values = [_daily_value(m) for m in keyed]
     stats = [s for m in keyed for n in WINDOWS for s in _rolling_stats(_daily_value(m), n, m)]
     select = ",\n    ".join(f"{sql} AS {col}" for col, sql, *_ in stats)
-    sums = ",\n        ".join(s for m in keyed for n in WINDOWS for s in _rolling_sums(_daily_value(m), n))
-    exacts = ", ".join(f"{exact(_daily_value(m))} AS {_daily_value(m)}_x" for m in keyed)
+    running = ",\n            ".join(s for v in values for s in _running_sums(v))
+    extremes = ",\n            ".join(
+        f"{agg}({v}) OVER w{n} AS {v}_{part}_{n}"
+        for v in values
+        for n in WINDOWS
+        for agg, part in (("min", "lo"), ("max", "hi"))
+    )
+    exacts = ", ".join(f"{exact(v)} AS {v}_x" for v in values)
+    # The running sums of the day `n` days back, one array per type (one window function call
+    # each instead of one per sum): the sums over the `n` days ending that day are the running
+    # sums minus these (none back there: zero).
+    arrays = {kind: [f"{v}_{part}" for v in values for part in parts] for kind, parts in RUNNING_SUMS.items()}
+    lagged = ",\n        ".join(
+        f"lag(ARRAY[{', '.join(cols)}], {n}) OVER w AS back_{kind}_{n}"
+        for kind, cols in arrays.items()
+        for n in WINDOWS
+    )
+    window_sums = ",\n        ".join(
+        f"{col} - coalesce(back_{kind}_{n}[{i}], 0) AS {col}_{n}"
+        for kind, cols in arrays.items()
+        for i, col in enumerate(cols, start=1)
+        for n in WINDOWS
+    )
+    lo_hi = ", ".join(f"{v}_{part}_{n}" for v in values for n in WINDOWS for part in ("lo", "hi"))
     sql = f"""
 SELECT user_id, event_timestamp,
     {select}
 FROM (
-    SELECT user_id, event_timestamp,
-        {sums}
+    SELECT user_id, event_timestamp, {lo_hi},
+        {window_sums}
     FROM (
-        SELECT *, {exacts}
-        FROM hm_health_daily
-        WHERE day BETWEEN first_reading_day AND last_reading_day + {LONGEST_WINDOW_DAYS}
-    ) AS h
-    WINDOW {_window_clause()}
+        SELECT r.*,
+        {lagged}
+        FROM (
+            SELECT user_id, day, event_timestamp,
+            {running},
+            {extremes}
+            FROM (
+                SELECT *, {exacts}
+                FROM hm_health_daily
+                WHERE day BETWEEN first_reading_day AND last_reading_day + {LONGEST_WINDOW_DAYS}
+            ) AS h
+            WINDOW c AS (PARTITION BY user_id ORDER BY day ROWS UNBOUNDED PRECEDING), {_window_clause()}
+        ) AS r
+        WINDOW w AS (PARTITION BY user_id ORDER BY day)
+    ) AS b
+    OFFSET 0
 ) AS s
 """
-    # A user's rows span first reading .. last reading + the longest window (a contiguous run of
-    # days, so ROWS frames are calendar windows): beyond it every statistic is null and the
-    # 2-day TTL returns null just the same. Churned users stop costing window work.
+    # A user's rows span first reading .. last reading + the longest window: a contiguous run of
+    # days, so the row `n` back is the day `n` back and ROWS frames are calendar windows. Beyond
+    # it every statistic is null and the 2-day TTL returns null just the same: churned users stop
+    # costing window work. Window sums are differences of running sums, exact like the sums
+    # themselves, so a build that starts a user's days later (features.incremental) gets the same
+    # bits wherever its windows lie inside those days. `OFFSET 0` keeps the window sums one
+    # computed column each (an engine would otherwise inline them into every statistic using them).
     features = tuple(Feature(col, dtype, desc, unit) for col, _, dtype, desc, unit in stats)
     return FeatureTable(
         "health_rolling",
