@@ -99,7 +99,8 @@ class Dialect:
 
 DIALECTS = {
     "duckdb": Dialect("duckdb", "CAST(hash({columns}) AS UBIGINT)"),
-    "postgres": Dialect("postgres", "hashtextextended(CAST(ROW({columns}) AS TEXT), 0)"),
+    # each column hashed by its type's own hash function: no text conversion of every row
+    "postgres": Dialect("postgres", "hash_record_extended(ROW({columns}), 0)"),
 }
 
 
@@ -454,13 +455,35 @@ def _engagement() -> FeatureTable:
         Feature("session_minutes", "Float64", "minutes spent in sessions that day", "min"),
         Feature("active", "Int64", "1 if the user did anything in the app that day"),
     ]
+    # Window sums are differences of running sums (as in health_rolling): `(column, days)`.
+    ints = {7: ["active", "sessions"], 30: ["active", "notifications_opened", "notifications_sent"]}
+    for what in ("meals_logged", "workouts_logged", "medications_logged"):
+        for n in WINDOWS:
+            ints[n].append(what)
+    arrays = {
+        f"{kind}_{n}": [f"{c}_run" for c in cols]
+        for kind, per_window in (("int", ints), ("x", {7: ["session_minutes"]}))
+        for n, cols in per_window.items()
+    }
+    runs = sorted({c for cols in arrays.values() for c in cols})
+    running = ",\n        ".join(
+        f"sum({exact(c[: -len('_run')]) if c == 'session_minutes_run' else c[: -len('_run')]}) OVER c AS {c}"
+        for c in runs
+    )
+
+    def window_sum(column: str, days: int) -> str:
+        kind = "x" if column == "session_minutes" else "int"
+        i = arrays[f"{kind}_{days}"].index(f"{column}_run") + 1
+        diff = f"{column}_run - coalesce(back_{kind}_{days}[{i}], 0)"
+        return to_double(diff) if kind == "x" else f"CAST({diff} AS BIGINT)"
+
     rolled = [
-        ("active_days_7d", "sum(active) OVER w7", "Int64", "days active in the 7 days ending that day", "days"),
-        ("active_days_30d", "sum(active) OVER w30", "Int64", "days active in the 30 days ending that day", "days"),
-        ("sessions_7d", "sum(sessions) OVER w7", "Int64", "sessions in the 7 days ending that day", "count"),
+        ("active_days_7d", window_sum("active", 7), "Int64", "days active in the 7 days ending that day", "days"),
+        ("active_days_30d", window_sum("active", 30), "Int64", "days active in the 30 days ending that day", "days"),
+        ("sessions_7d", window_sum("sessions", 7), "Int64", "sessions in the 7 days ending that day", "count"),
         (
             "session_minutes_7d",
-            to_double(f"sum({exact('session_minutes')}) OVER w7"),
+            window_sum("session_minutes", 7),
             "Float64",
             "session minutes in the 7 days ending that day",
             "min",
@@ -471,7 +494,7 @@ def _engagement() -> FeatureTable:
             rolled.append(
                 (
                     f"{what}_{n}d",
-                    f"sum({what}) OVER w{n}",
+                    window_sum(what, n),
                     "Int64",
                     f"{what.replace('_', ' ')} in the {n} days ending that day",
                     "count",
@@ -480,21 +503,24 @@ def _engagement() -> FeatureTable:
     rolled += [
         (
             "notification_open_rate_30d",
-            "CAST(sum(notifications_opened) OVER w30 AS DOUBLE PRECISION)"
-            " / nullif(sum(notifications_sent) OVER w30, 0)",
+            f"CAST({window_sum('notifications_opened', 30)} AS DOUBLE PRECISION)"
+            f" / nullif({window_sum('notifications_sent', 30)}, 0)",
             "Float64",
             "notifications opened / sent in the 30 days ending that day (null when none sent)",
             "ratio",
         ),
         (
             "days_since_last_activity",
-            "day_number - coalesce(max(CASE WHEN active = 1 THEN day_number END)"
-            " OVER (PARTITION BY user_id ORDER BY day ROWS UNBOUNDED PRECEDING), last_active_before)",
+            "day_number - coalesce(last_active_day, last_active_before)",
             "Int64",
             "days since the last active day (0: active that day; null: never active)",
             "days",
         ),
     ]
+    lagged = ",\n        ".join(
+        f"lag(ARRAY[{', '.join(cols)}], {name.rsplit('_', 1)[1]}) OVER w AS back_{name}"
+        for name, cols in arrays.items()
+    )
     session_minutes = exact_sum("e.duration_minutes", "e.event_type = 'session'")
     rolled_sql = ",\n    ".join(f"{sql} AS {col}" for col, sql, *_ in rolled)
     features += [Feature(col, dtype, desc, unit) for col, _, dtype, desc, unit in rolled]
@@ -516,11 +542,22 @@ WITH ev AS (
         coalesce(ev.active, 0) AS active
     FROM hm_user_day d
     LEFT JOIN ev ON ev.user_id = d.user_id AND ev.day = d.day
-), rolled AS (
+), running AS (
     SELECT daily.*,
-    {rolled_sql}
+        {running},
+        max(CASE WHEN active = 1 THEN day_number END) OVER c AS last_active_day
     FROM daily
-    WINDOW {_window_clause()}
+    WINDOW c AS (PARTITION BY user_id ORDER BY day ROWS UNBOUNDED PRECEDING)
+), back AS (
+    SELECT running.*,
+        {lagged}
+    FROM running
+    WINDOW w AS (PARTITION BY user_id ORDER BY day)
+), rolled AS (
+    SELECT back.*,
+    {rolled_sql}
+    FROM back
+    OFFSET 0  -- each window sum computed once, not again inside engagement_score
 )
 SELECT user_id, event_timestamp,
     {", ".join(f.name for f in features)}
