@@ -290,21 +290,41 @@ def _health_rolling() -> FeatureTable:
     stats = [s for m in keyed for n in WINDOWS for s in _rolling_stats(_daily_value(m), n, m)]
     select = ",\n    ".join(f"{sql} AS {col}" for col, sql, *_ in stats)
     running = ",\n            ".join(s for v in values for s in _running_sums(v))
+    # Extremes over the shortest window from its frame; over a longer one, the least (greatest)
+    # of the shortest window's extremes that many days back and of the single days left over:
+    # 30 days = 7-day frames ending 0, 7, 14 and 21 days back and the days 28 and 29 back.
+    short = min(WINDOWS)
     extremes = ",\n            ".join(
-        f"{agg}({v}) OVER w{n} AS {v}_{part}_{n}"
+        f"{agg}({v}) OVER w{short} AS {v}_{part}_{short}"
         for v in values
-        for n in WINDOWS
         for agg, part in (("min", "lo"), ("max", "hi"))
     )
+    block_back = sorted({o for n in WINDOWS for o in range(short, n - short + 1, short)})
+    day_back = sorted({o for n in WINDOWS if n > short for o in range(n // short * short, n)})
+    short_extremes = [f"{v}_{part}_{short}" for part in ("lo", "hi") for v in values]
+    longer_extremes = []
+    for n in WINDOWS:
+        if n == short:
+            continue
+        for k, (fn, part) in enumerate((("least", "lo"), ("greatest", "hi"))):
+            for i, v in enumerate(values, start=1):
+                parts = [f"{v}_{part}_{short}"]
+                parts += [f"ext_back_{o}[{k * len(values) + i}]" for o in block_back if o <= n - short]
+                parts += [f"day_back_{o}[{i}]" for o in day_back if o < n]
+                longer_extremes.append(f"{fn}({', '.join(parts)}) AS {v}_{part}_{n}")
     exacts = ", ".join(f"{exact(v)} AS {v}_x" for v in values)
     # The running sums of the day `n` days back, one array per type (one window function call
     # each instead of one per sum): the sums over the `n` days ending that day are the running
     # sums minus these (none back there: zero).
     arrays = {kind: [f"{v}_{part}" for v in values for part in parts] for kind, parts in RUNNING_SUMS.items()}
     lagged = ",\n        ".join(
-        f"lag(ARRAY[{', '.join(cols)}], {n}) OVER w AS back_{kind}_{n}"
-        for kind, cols in arrays.items()
-        for n in WINDOWS
+        [
+            f"lag(ARRAY[{', '.join(cols)}], {n}) OVER w AS back_{kind}_{n}"
+            for kind, cols in arrays.items()
+            for n in WINDOWS
+        ]
+        + [f"lag(ARRAY[{', '.join(short_extremes)}], {o}) OVER w AS ext_back_{o}" for o in block_back]
+        + [f"lag(ARRAY[{', '.join(values)}], {o}) OVER w AS day_back_{o}" for o in day_back]
     )
     window_sums = ",\n        ".join(
         f"{col} - coalesce(back_{kind}_{n}[{i}], 0) AS {col}_{n}"
@@ -312,7 +332,7 @@ def _health_rolling() -> FeatureTable:
         for i, col in enumerate(cols, start=1)
         for n in WINDOWS
     )
-    lo_hi = ", ".join(f"{v}_{part}_{n}" for v in values for n in WINDOWS for part in ("lo", "hi"))
+    lo_hi = ",\n        ".join(short_extremes + longer_extremes)
     sql = f"""
 SELECT user_id, event_timestamp,
     {select}
@@ -323,7 +343,7 @@ FROM (
         SELECT r.*,
         {lagged}
         FROM (
-            SELECT user_id, day, event_timestamp,
+            SELECT user_id, day, event_timestamp, {", ".join(values)},
             {running},
             {extremes}
             FROM (
