@@ -84,10 +84,14 @@ def _differences(profile: str, work: Path, env: dict, suffix: str) -> dict[str, 
     if profile == "embedded":
         import duckdb
 
+        from healthmate_features.backends import backend_for
+        from healthmate_features.crypto.ciphers import duckdb_scan
+
+        keyring = backend_for(settings).keyring
         con = duckdb.connect()
-        for table in FEATURE_TABLES:
-            a = f"read_parquet('{work / (table + suffix)}.parquet')"
-            b = f"read_parquet('{settings.features_dir / table}.parquet')"
+        for table in FEATURE_TABLES:  # the feature files are encrypted: read them with the repo's keys
+            a = duckdb_scan(con, work / f"{table}{suffix}.parquet", keyring)
+            b = duckdb_scan(con, settings.features_dir / f"{table}.parquet", keyring)
             out[table] = con.execute(
                 f"SELECT (SELECT count(*) FROM (SELECT * FROM {a} EXCEPT ALL SELECT * FROM {b})) + "
                 f"(SELECT count(*) FROM (SELECT * FROM {b} EXCEPT ALL SELECT * FROM {a}))"

@@ -99,7 +99,8 @@ class Dialect:
 
 DIALECTS = {
     "duckdb": Dialect("duckdb", "CAST(hash({columns}) AS UBIGINT)"),
-    "postgres": Dialect("postgres", "hashtextextended(CAST(ROW({columns}) AS TEXT), 0)"),
+    # each column hashed by its type's own hash function: no text conversion of every row
+    "postgres": Dialect("postgres", "hash_record_extended(ROW({columns}), 0)"),
 }
 
 
@@ -219,8 +220,9 @@ def _health_daily() -> FeatureTable:
 def _rolling_stats(value: str, days: int, metric) -> list[tuple[str, str, str, str, str]]:
     """(column, sql, dtype, description, unit) of one metric's rolling statistics over `days` days.
 
-    The SQL reads the window sums `_rolling_sums` makes: n (days with a value), sx, sxx (exact
-    sums of x and x^2), st, stt, stx (of the day number t, t^2 and t*x), lo and hi."""
+    The SQL reads the window sums `_health_rolling` makes from the running sums: n (days with a
+    value), sx, sxx (exact sums of x and x^2), st, stt, stx (of the day number t, t^2 and t*x), and
+    the window's lo and hi."""
     m, u = metric.name, metric.unit
     span = f"over the {days} days ending that day"
 
@@ -257,9 +259,20 @@ def _rolling_stats(value: str, days: int, metric) -> list[tuple[str, str, str, s
     ]
 
 
-def _rolling_sums(value: str, days: int) -> list[str]:
-    """The window sums one metric's rolling statistics over `days` days are computed from (exact)."""
-    w, x, t = f"w{days}", f"{value}_x", f"CASE WHEN {value} IS NOT NULL THEN day_number END"
+def _window_clause() -> str:
+    return ", ".join(
+        f"w{n} AS (PARTITION BY user_id ORDER BY day ROWS BETWEEN {n - 1} PRECEDING AND CURRENT ROW)" for n in WINDOWS
+    )
+
+
+# The running sums a metric's rolling statistics come from, by the type they are kept in: counts
+# and sums of day numbers are integers, sums of x and t*x exact with 9 decimals, of x^2 with 18.
+RUNNING_SUMS = {"int": ("n", "st", "stt"), "x": ("sx", "stx"), "xx": ("sxx",)}
+
+
+def _running_sums(value: str) -> list[str]:
+    """One metric's running (prefix) sums over a user's days up to each day, exact (window `c`)."""
+    x, t = f"{value}_x", f"CASE WHEN {value} IS NOT NULL THEN day_number END"
     sums = {
         "n": f"count({value})",
         "sx": f"sum({x})",
@@ -267,41 +280,91 @@ def _rolling_sums(value: str, days: int) -> list[str]:
         "st": f"sum({t})",
         "stt": f"sum({t} * {t})",
         "stx": f"sum(day_number * {x})",
-        "lo": f"min({value})",
-        "hi": f"max({value})",
     }
-    return [f"{sql} OVER {w} AS {value}_{part}_{days}" for part, sql in sums.items()]
-
-
-def _window_clause() -> str:
-    return ", ".join(
-        f"w{n} AS (PARTITION BY user_id ORDER BY day ROWS BETWEEN {n - 1} PRECEDING AND CURRENT ROW)" for n in WINDOWS
-    )
+    return [f"{sql} OVER c AS {value}_{part}" for part, sql in sums.items()]
 
 
 def _health_rolling() -> FeatureTable:
     keyed = [m for m in METRICS if m.key]
+    values = [_daily_value(m) for m in keyed]
     stats = [s for m in keyed for n in WINDOWS for s in _rolling_stats(_daily_value(m), n, m)]
     select = ",\n    ".join(f"{sql} AS {col}" for col, sql, *_ in stats)
-    sums = ",\n        ".join(s for m in keyed for n in WINDOWS for s in _rolling_sums(_daily_value(m), n))
-    exacts = ", ".join(f"{exact(_daily_value(m))} AS {_daily_value(m)}_x" for m in keyed)
+    running = ",\n            ".join(s for v in values for s in _running_sums(v))
+    # Extremes over the shortest window from its frame; over a longer one, the least (greatest)
+    # of the shortest window's extremes that many days back and of the single days left over:
+    # 30 days = 7-day frames ending 0, 7, 14 and 21 days back and the days 28 and 29 back.
+    short = min(WINDOWS)
+    extremes = ",\n            ".join(
+        f"{agg}({v}) OVER w{short} AS {v}_{part}_{short}"
+        for v in values
+        for agg, part in (("min", "lo"), ("max", "hi"))
+    )
+    block_back = sorted({o for n in WINDOWS for o in range(short, n - short + 1, short)})
+    day_back = sorted({o for n in WINDOWS if n > short for o in range(n // short * short, n)})
+    short_extremes = [f"{v}_{part}_{short}" for part in ("lo", "hi") for v in values]
+    longer_extremes = []
+    for n in WINDOWS:
+        if n == short:
+            continue
+        for k, (fn, part) in enumerate((("least", "lo"), ("greatest", "hi"))):
+            for i, v in enumerate(values, start=1):
+                parts = [f"{v}_{part}_{short}"]
+                parts += [f"ext_back_{o}[{k * len(values) + i}]" for o in block_back if o <= n - short]
+                parts += [f"day_back_{o}[{i}]" for o in day_back if o < n]
+                longer_extremes.append(f"{fn}({', '.join(parts)}) AS {v}_{part}_{n}")
+    exacts = ", ".join(f"{exact(v)} AS {v}_x" for v in values)
+    # The running sums of the day `n` days back, one array per type (one window function call
+    # each instead of one per sum): the sums over the `n` days ending that day are the running
+    # sums minus these (none back there: zero).
+    arrays = {kind: [f"{v}_{part}" for v in values for part in parts] for kind, parts in RUNNING_SUMS.items()}
+    lagged = ",\n        ".join(
+        [
+            f"lag(ARRAY[{', '.join(cols)}], {n}) OVER w AS back_{kind}_{n}"
+            for kind, cols in arrays.items()
+            for n in WINDOWS
+        ]
+        + [f"lag(ARRAY[{', '.join(short_extremes)}], {o}) OVER w AS ext_back_{o}" for o in block_back]
+        + [f"lag(ARRAY[{', '.join(values)}], {o}) OVER w AS day_back_{o}" for o in day_back]
+    )
+    window_sums = ",\n        ".join(
+        f"{col} - coalesce(back_{kind}_{n}[{i}], 0) AS {col}_{n}"
+        for kind, cols in arrays.items()
+        for i, col in enumerate(cols, start=1)
+        for n in WINDOWS
+    )
+    lo_hi = ",\n        ".join(short_extremes + longer_extremes)
     sql = f"""
 SELECT user_id, event_timestamp,
     {select}
 FROM (
-    SELECT user_id, event_timestamp,
-        {sums}
+    SELECT user_id, event_timestamp, {lo_hi},
+        {window_sums}
     FROM (
-        SELECT *, {exacts}
-        FROM hm_health_daily
-        WHERE day BETWEEN first_reading_day AND last_reading_day + {LONGEST_WINDOW_DAYS}
-    ) AS h
-    WINDOW {_window_clause()}
+        SELECT r.*,
+        {lagged}
+        FROM (
+            SELECT user_id, day, event_timestamp, {", ".join(values)},
+            {running},
+            {extremes}
+            FROM (
+                SELECT *, {exacts}
+                FROM hm_health_daily
+                WHERE day BETWEEN first_reading_day AND last_reading_day + {LONGEST_WINDOW_DAYS}
+            ) AS h
+            WINDOW c AS (PARTITION BY user_id ORDER BY day ROWS UNBOUNDED PRECEDING), {_window_clause()}
+        ) AS r
+        WINDOW w AS (PARTITION BY user_id ORDER BY day)
+    ) AS b
+    OFFSET 0
 ) AS s
 """
-    # A user's rows span first reading .. last reading + the longest window (a contiguous run of
-    # days, so ROWS frames are calendar windows): beyond it every statistic is null and the
-    # 2-day TTL returns null just the same. Churned users stop costing window work.
+    # A user's rows span first reading .. last reading + the longest window: a contiguous run of
+    # days, so the row `n` back is the day `n` back and ROWS frames are calendar windows. Beyond
+    # it every statistic is null and the 2-day TTL returns null just the same: churned users stop
+    # costing window work. Window sums are differences of running sums, exact like the sums
+    # themselves, so a build that starts a user's days later (features.incremental) gets the same
+    # bits wherever its windows lie inside those days. `OFFSET 0` keeps the window sums one
+    # computed column each (an engine would otherwise inline them into every statistic using them).
     features = tuple(Feature(col, dtype, desc, unit) for col, _, dtype, desc, unit in stats)
     return FeatureTable(
         "health_rolling",
@@ -412,13 +475,35 @@ def _engagement() -> FeatureTable:
         Feature("session_minutes", "Float64", "minutes spent in sessions that day", "min"),
         Feature("active", "Int64", "1 if the user did anything in the app that day"),
     ]
+    # Window sums are differences of running sums (as in health_rolling): `(column, days)`.
+    ints = {7: ["active", "sessions"], 30: ["active", "notifications_opened", "notifications_sent"]}
+    for what in ("meals_logged", "workouts_logged", "medications_logged"):
+        for n in WINDOWS:
+            ints[n].append(what)
+    arrays = {
+        f"{kind}_{n}": [f"{c}_run" for c in cols]
+        for kind, per_window in (("int", ints), ("x", {7: ["session_minutes"]}))
+        for n, cols in per_window.items()
+    }
+    runs = sorted({c for cols in arrays.values() for c in cols})
+    running = ",\n        ".join(
+        f"sum({exact(c[: -len('_run')]) if c == 'session_minutes_run' else c[: -len('_run')]}) OVER c AS {c}"
+        for c in runs
+    )
+
+    def window_sum(column: str, days: int) -> str:
+        kind = "x" if column == "session_minutes" else "int"
+        i = arrays[f"{kind}_{days}"].index(f"{column}_run") + 1
+        diff = f"{column}_run - coalesce(back_{kind}_{days}[{i}], 0)"
+        return to_double(diff) if kind == "x" else f"CAST({diff} AS BIGINT)"
+
     rolled = [
-        ("active_days_7d", "sum(active) OVER w7", "Int64", "days active in the 7 days ending that day", "days"),
-        ("active_days_30d", "sum(active) OVER w30", "Int64", "days active in the 30 days ending that day", "days"),
-        ("sessions_7d", "sum(sessions) OVER w7", "Int64", "sessions in the 7 days ending that day", "count"),
+        ("active_days_7d", window_sum("active", 7), "Int64", "days active in the 7 days ending that day", "days"),
+        ("active_days_30d", window_sum("active", 30), "Int64", "days active in the 30 days ending that day", "days"),
+        ("sessions_7d", window_sum("sessions", 7), "Int64", "sessions in the 7 days ending that day", "count"),
         (
             "session_minutes_7d",
-            to_double(f"sum({exact('session_minutes')}) OVER w7"),
+            window_sum("session_minutes", 7),
             "Float64",
             "session minutes in the 7 days ending that day",
             "min",
@@ -429,7 +514,7 @@ def _engagement() -> FeatureTable:
             rolled.append(
                 (
                     f"{what}_{n}d",
-                    f"sum({what}) OVER w{n}",
+                    window_sum(what, n),
                     "Int64",
                     f"{what.replace('_', ' ')} in the {n} days ending that day",
                     "count",
@@ -438,21 +523,24 @@ def _engagement() -> FeatureTable:
     rolled += [
         (
             "notification_open_rate_30d",
-            "CAST(sum(notifications_opened) OVER w30 AS DOUBLE PRECISION)"
-            " / nullif(sum(notifications_sent) OVER w30, 0)",
+            f"CAST({window_sum('notifications_opened', 30)} AS DOUBLE PRECISION)"
+            f" / nullif({window_sum('notifications_sent', 30)}, 0)",
             "Float64",
             "notifications opened / sent in the 30 days ending that day (null when none sent)",
             "ratio",
         ),
         (
             "days_since_last_activity",
-            "day_number - coalesce(max(CASE WHEN active = 1 THEN day_number END)"
-            " OVER (PARTITION BY user_id ORDER BY day ROWS UNBOUNDED PRECEDING), last_active_before)",
+            "day_number - coalesce(last_active_day, last_active_before)",
             "Int64",
             "days since the last active day (0: active that day; null: never active)",
             "days",
         ),
     ]
+    lagged = ",\n        ".join(
+        f"lag(ARRAY[{', '.join(cols)}], {name.rsplit('_', 1)[1]}) OVER w AS back_{name}"
+        for name, cols in arrays.items()
+    )
     session_minutes = exact_sum("e.duration_minutes", "e.event_type = 'session'")
     rolled_sql = ",\n    ".join(f"{sql} AS {col}" for col, sql, *_ in rolled)
     features += [Feature(col, dtype, desc, unit) for col, _, dtype, desc, unit in rolled]
@@ -474,11 +562,22 @@ WITH ev AS (
         coalesce(ev.active, 0) AS active
     FROM hm_user_day d
     LEFT JOIN ev ON ev.user_id = d.user_id AND ev.day = d.day
-), rolled AS (
+), running AS (
     SELECT daily.*,
-    {rolled_sql}
+        {running},
+        max(CASE WHEN active = 1 THEN day_number END) OVER c AS last_active_day
     FROM daily
-    WINDOW {_window_clause()}
+    WINDOW c AS (PARTITION BY user_id ORDER BY day ROWS UNBOUNDED PRECEDING)
+), back AS (
+    SELECT running.*,
+        {lagged}
+    FROM running
+    WINDOW w AS (PARTITION BY user_id ORDER BY day)
+), rolled AS (
+    SELECT back.*,
+    {rolled_sql}
+    FROM back
+    OFFSET 0  -- each window sum computed once, not again inside engagement_score
 )
 SELECT user_id, event_timestamp,
     {", ".join(f.name for f in features)}
