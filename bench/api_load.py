@@ -1,7 +1,7 @@
 """The HTTP API under load: features/extract and dashboard/summary next to /health and `feast serve`.
 
     .venv/bin/python bench/api_load.py [--profile embedded|production|both] [--concurrency 32]
-        [--requests 2000] [--seconds 20] [--rounds 3] [--calls 200] [--users 500] [--days 270]
+        [--requests 2000] [--seconds 20] [--rounds 3] [--workers 1] [--calls 200] [--users 500] [--days 270]
         [--dir /tmp/hm-bench-api] [--database hm_bench_api] [--feature-service health_risk_v1]
 
 Per profile, in one run: a throw-away repository under --dir gets `make demo`'s data
@@ -413,7 +413,18 @@ def _bench_servers(profile: str, args, settings) -> dict[str, object]:
     ours_port, feast_port = spare_port(), spare_port()
     ours = Server(
         "healthmate-features serve",
-        [cli, "serve", "--profile", profile, "--host", "127.0.0.1", "--port", str(ours_port)],
+        [
+            cli,
+            "serve",
+            "--profile",
+            profile,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(ours_port),
+            "--workers",
+            str(args.workers),
+        ],
         work,
         env,
         f"http://127.0.0.1:{ours_port}",
@@ -631,6 +642,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--requests", type=int, default=2000, help="at most this many requests per target")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of /health and extract")
+    parser.add_argument("--workers", type=int, default=1, help="our server's worker processes (serve --workers)")
     parser.add_argument("--seconds", type=float, default=20.0, help="at most this long per target")
     parser.add_argument("--users", type=int, default=500, help="demo population (make demo: 500)")
     parser.add_argument("--days", type=int, default=270, help="demo days (make demo: 270)")
