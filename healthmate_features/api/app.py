@@ -134,6 +134,7 @@ class ApiContext:
     key_cache: KeyCache
     audit_writer: AuditWriter
     dashboard: dashboard.SummaryCache
+    freeze_heap: bool = False  # a server process's app (`create_app_from_env`): see `_freeze_heap`
 
 
 # -- errors ----------------------------------------------------------------------------------
@@ -579,7 +580,7 @@ async def extract_features(
         # on-demand views here, on the event loop: CPU work on other threads would hold the GIL the loop waits for.
         pending = await lookups.run(store.online_fetch, ctx.settings, [user_id], feature_service=feature_service, at=at)
     values = store.one_user(store.online_finish(pending), user_id)
-    if reader is None and not _FROZE_READER:
+    if reader is None and ctx.freeze_heap and not _FROZE_READER:
         _freeze_heap(collect=False, after_first_lookup=True)
     if feature_service:  # the service's LoggingConfig (Feast's feature logging; feast serve logs nothing)
         served_log_for(ctx.settings).record(feature_service, user_id, values, at)
@@ -847,7 +848,9 @@ def _freeze_heap(*, collect: bool, after_first_lookup: bool = False) -> None:
     At startup (after a collection) and once more after the first lookup has opened Feast's
     store and registry: a full collection then scans only what came later. Without it, each one
     walked the ~300,000 objects of the imports and Feast's registry and stopped the event loop
-    for 140-170 ms, several times a minute under load: that was the p99 of features/extract."""
+    for 140-170 ms, several times a minute under load: that was the p99 of features/extract.
+    Only in a server process (`create_app_from_env`): an app built in a process that goes on to
+    do other things (tests, notebooks) would keep whatever cycles it frees later for good."""
     global _FROZE_READER
     if collect:
         gc.collect()
@@ -882,11 +885,12 @@ _TAGS = [
 ]
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, *, freeze_heap: bool = False) -> FastAPI:
     """Build the API for `settings`.
 
     Side effects: opens (and migrates) the SQL store of the profile now; the app closes it on
-    shutdown. Background jobs are queued on the profile's broker for `healthmate-features worker`."""
+    shutdown. Background jobs are queued on the profile's broker for `healthmate-features worker`.
+    `freeze_heap`: the process is a server and nothing else (`_freeze_heap`)."""
     sql = open_sql_store(settings)
     audit = AuditLog(
         sql,
@@ -906,11 +910,13 @@ def create_app(settings: Settings) -> FastAPI:
         key_cache=KeyCache(keys),
         audit_writer=AuditWriter(audit),
         dashboard=dashboard.SummaryCache(settings, tracker=tracker),
+        freeze_heap=freeze_heap,
     )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        _freeze_heap(collect=True)
+        if freeze_heap:
+            _freeze_heap(collect=True)
         try:
             yield
         finally:
@@ -946,6 +952,7 @@ def create_app(settings: Settings) -> FastAPI:
 
 
 def create_app_from_env() -> FastAPI:
-    """`create_app(Settings.from_env())`: the factory `healthmate-features serve` hands uvicorn, so
-    that each worker process builds its own app (its own SQL store connections, caches and writer)."""
-    return create_app(Settings.from_env())
+    """`create_app(Settings.from_env(), freeze_heap=True)`: the factory `healthmate-features serve`
+    hands uvicorn, so that each worker process builds its own app (its own SQL store connections,
+    caches and writer) and freezes its heap."""
+    return create_app(Settings.from_env(), freeze_heap=True)

@@ -358,3 +358,35 @@ def test_a_new_apply_is_seen_on_sqlite(tiny_applied, tiny, clone_repo, tmp_path)
     assert_identical(
         other.get([1, 2], feature_service="sleep_v1", at=at), feasts(feast, [1, 2], feature_service="sleep_v1", at=at)
     )
+
+
+def test_a_ready_reader_reads_on_the_event_loop_the_same_values(small_repo):
+    """Once a feature service's plan is resolved, the API reads without a thread: SQLite in place (the
+    file in WAL mode, set by our store), Redis through the reader's asyncio client. Same values as `fetch`."""
+    import asyncio
+
+    store.online_lookup(small_repo, [1], feature_service="health_risk_v1", at=AT)  # resolves the plan
+    ready = store.ready_reader(small_repo, "health_risk_v1")
+    assert ready is not None and ready.ready("health_risk_v1")
+    assert store.ready_reader(small_repo, "no_such_service") is None  # no plan: the thread path
+    expected = ready.fetch([3, 999], feature_service="health_risk_v1")
+    if small_repo.profile == "embedded":
+        conn = _feast.sqlite_connection(ready.store)
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal"
+        assert ready.reads_in_place
+        return
+    assert not ready.reads_in_place  # Redis can hang: never read in place
+
+    async def lookups():
+        try:
+            return [await ready.fetch_async([3, 999], feature_service="health_risk_v1") for _ in range(3)]
+        finally:
+            await ready.close_async()
+
+    for fetched in asyncio.run(lookups()):
+        assert (fetched.ids, fetched.rows, fetched.found) == (expected.ids, expected.rows, expected.found)
+        assert fetched.found == [True, False]
+    answer = store.online_finish(store.fetched_lookup(small_repo, fetched, AT.to_pydatetime()))
+    assert (
+        answer.features == store.online_finish(store.fetched_lookup(small_repo, expected, AT.to_pydatetime())).features
+    )
