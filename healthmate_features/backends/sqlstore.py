@@ -473,16 +473,24 @@ class SqlStore:
                 else:
                     rows = self._watch.execute("SELECT name, revision FROM revisions").fetchall()
                     rows = [(r["name"], r["revision"]) for r in rows]
+            except (StoreError, ServiceUnavailableError):
+                self._close_watch()
+                raise
             except Exception as exc:
                 self._close_watch()
-                if isinstance(exc, (StoreError, ServiceUnavailableError)):
-                    raise
-                raise ServiceUnavailableError(
-                    f"cannot read the change revisions of {self.description}: {exc}; check that the "
-                    "server is running (the next request reconnects)"
-                ) from exc
-            self._revisions = {str(name): int(revision) for name, revision in rows}
-            return dict(self._revisions)
+                raise self._revisions_unreadable(exc) from exc
+            return self._keep_revisions(rows)
+
+    def _revisions_unreadable(self, exc: Exception) -> ServiceUnavailableError:
+        """The 503 of a revision read that failed with a driver's error `exc`."""
+        return ServiceUnavailableError(
+            f"cannot read the change revisions of {self.description}: {exc}; check that the "
+            "server is running (the next request reconnects)"
+        )
+
+    def _keep_revisions(self, rows: Any) -> dict[str, int]:
+        self._revisions = {str(name): int(revision) for name, revision in rows}
+        return dict(self._revisions)
 
     async def current_revisions(self) -> dict[str, int]:
         """`revisions()` from a read that started after this call, without blocking the event loop.
@@ -543,12 +551,8 @@ class SqlStore:
                 await _close_quietly(broken)
             if isinstance(exc, (StoreError, ServiceUnavailableError)):
                 raise
-            raise ServiceUnavailableError(
-                f"cannot read the change revisions of {self.description}: {exc}; check that the "
-                "server is running (the next request reconnects)"
-            ) from exc
-        self._revisions = {str(name): int(revision) for name, revision in rows}
-        return dict(self._revisions)
+            raise self._revisions_unreadable(exc) from exc
+        return self._keep_revisions(rows)
 
     async def close_async(self) -> None:
         """Close the running loop's AsyncConnection (`current_revisions`), if it has one."""
