@@ -559,8 +559,8 @@ async def extract_features(
     A user key may read only its own user id (403 otherwise); admin keys any. A user the online
     store holds no row of any feature view for is 404 (never a 200 with every value null); a
     known user's missing values are nulls. 503 past the lookup deadline or when every lookup slot
-    stays busy (api.online_limit: own threads, so other endpoints never wait for lookups), or when
-    the online store lost what was materialized."""
+    stays busy (api.online_limit: other endpoints never wait for lookups), or when the online
+    store lost what was materialized."""
     ctx: ApiContext = request.app.state.ctx
     caller = _principal(request)
     _target(request, "user", user_id)
