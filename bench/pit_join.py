@@ -5,13 +5,14 @@
 Generates U*D daily feature rows (10 float features, one row per user per day, stamped at the end
 of the day) and E entity rows at random users and times, builds a Feast repository over them
 (`feast apply`), then measures each method in a fresh subprocess: wall seconds of the join alone
-(entity frame in, pandas frame out; median of --repeats), the subprocess's peak RSS (wait4), the
-row count, a checksum of one feature column, and the time ratio to raw DuckDB. "ours, encrypted"
-is our store over the same rows written encrypted (crypto.write_parquet, as the package writes its
+(entity frame in, pandas frame out; median of --repeats), its CPU seconds (user + system, all
+threads: steadier than wall time on a shared machine), the subprocess's peak RSS (wait4), the row
+count, a checksum of one feature column, and the time ratios to raw DuckDB. "ours, encrypted" is
+our store over the same rows written encrypted (crypto.write_parquet, as the package writes its
 feature tables) in a second repository with its own keyring: DuckDB scans it through a pyarrow
-dataset (README "Security and compliance"). Feast's file (dask)
-store is skipped with --skip-file or above FILE_STORE_MAX_ROWS feature rows, Feast's DuckDB store
-above FEAST_DUCKDB_MAX_ROWS (both need many GB there and would crowd a shared machine).
+dataset (README "Security and compliance"). Feast's file (dask) store is skipped with --skip-file
+or above FILE_STORE_MAX_ROWS feature rows, Feast's DuckDB store above FEAST_DUCKDB_MAX_ROWS (both
+need many GB there and would crowd a shared machine).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -140,6 +142,12 @@ def build_encrypted_repo(workdir: Path) -> None:
         sys.exit(f"feast apply (encrypted repository) failed:\n{done.stderr}")
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process so far, all threads (DuckDB's workers included)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_method(method: str, workdir: Path, memory_limit: str | None) -> dict:
     """Inside a fresh subprocess: time one join and return seconds, rows and a checksum."""
     import pandas as pd
@@ -155,7 +163,7 @@ def run_method(method: str, workdir: Path, memory_limit: str | None) -> dict:
             con.execute(f"SET temp_directory = '{workdir / 'duckdb_tmp'}'")
         features = ", ".join(f"f.{name}" for name in FEATURES)
         path = workdir / "features.parquet"
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), _cpu_seconds()
         result = con.sql(
             f"SELECT e.*, {features} FROM entity_df e ASOF LEFT JOIN read_parquet('{path}') f "
             "ON e.user_id = f.user_id AND e.event_timestamp >= f.event_timestamp"
@@ -167,10 +175,10 @@ def run_method(method: str, workdir: Path, memory_limit: str | None) -> dict:
         yaml_file = repo / ("ours.yaml" if method == "ours_encrypted" else f"{method}.yaml")
         store = FeatureStore(repo_path=str(repo), fs_yaml_file=yaml_file)
         refs = [f"daily_fv:{name}" for name in FEATURES]
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), _cpu_seconds()
         result = store.get_historical_features(entity_df=entity_df, features=refs).to_df()
-    seconds = time.perf_counter() - started
-    return {"seconds": seconds, "rows": len(result), "checksum": float(result["f0"].sum())}
+    seconds, cpu = time.perf_counter() - started, _cpu_seconds() - cpu
+    return {"seconds": seconds, "cpu": cpu, "rows": len(result), "checksum": float(result["f0"].sum())}
 
 
 def run_once(method: str, args: argparse.Namespace, workdir: Path) -> dict:
@@ -218,6 +226,7 @@ def measure(methods: list[str], args: argparse.Namespace, workdir: Path) -> dict
         done = runs[method]
         summary[method] = failed.get(method) or {
             "seconds": statistics.median(r["seconds"] for r in done),
+            "cpu": statistics.median(r["cpu"] for r in done),
             "runs": len(done),
             "peak_mb": max(r["peak_mb"] for r in done),
             "rows": done[-1]["rows"],
@@ -265,16 +274,22 @@ def main() -> None:
         results = measure([m for m in METHODS if m not in skipped], args, workdir)
         results |= {method: {"error": reason} for method, reason in skipped.items()}
         base = results["raw"].get("seconds")
-        print("\n| method | wall s (median) | runs | vs raw DuckDB | peak RSS MB | rows | sum(f0) |")
-        print("|---|---:|---:|---:|---:|---:|---:|")
+        base_cpu = results["raw"].get("cpu")
+        print(
+            "\n| method | wall s (median) | runs | vs raw DuckDB | CPU s (median) | CPU vs raw "
+            "| peak RSS MB | rows | sum(f0) |"
+        )
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for method, label in METHODS.items():
             r = results[method]
             if "error" in r:
-                print(f"| {label} | {r['error']} | | | | | |")
+                print(f"| {label} | {r['error']} | | | | | | | |")
                 continue
             ratio = f"{r['seconds'] / base:.2f}x" if base else "n/a"
+            cpu_ratio = f"{r['cpu'] / base_cpu:.2f}x" if base_cpu else "n/a"
             print(
-                f"| {label} | {r['seconds']:.2f} | {r['runs']} | {ratio} | {r['peak_mb']:,.0f} | "
+                f"| {label} | {r['seconds']:.2f} | {r['runs']} | {ratio} | {r['cpu']:.2f} | {cpu_ratio} | "
+                f"{r['peak_mb']:,.0f} | "
                 f"{r['rows']:,} | {r['checksum']:.3f} |"
             )
     finally:

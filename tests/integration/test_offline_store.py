@@ -468,6 +468,26 @@ def test_nanosecond_and_naive_timestamps_are_exact(repo):
     )
 
 
+def test_microsecond_sources_compare_exactly_with_nanosecond_entity_times(repo):
+    """A view without a created timestamp over a microsecond source is joined on the source's own
+    timestamps against the entity time floored to the microsecond: 1 ns either side of a row or of
+    the ttl boundary still decides, before 1970 too."""
+    ns = pd.Timedelta(1, "ns")
+    for base in (
+        pd.Timestamp("2024-03-01 12:00:00.000007", tz="UTC"),
+        pd.Timestamp("1969-12-31 23:59:59.999993", tz="UTC"),
+    ):
+        write_device(repo.data, [dict(user_id=1, device_id=1, ts=base, steps=1.0)])
+        write_mapped(repo.data, [dict(uid=1, event_timestamp=base, heart_rate=2.0)])
+        day = pd.Timedelta(days=1)
+        at = [base - ns, base, base + ns, base + day, base + day + ns]
+        frame = pd.DataFrame({"user_id": [1] * 5, "device_id": [1] * 5, "event_timestamp": at})
+        result = repo.ours.get_historical_features(frame, ["device_fv:steps", "mapped_fv:hr"]).to_df()
+        assert [cell(v) for v in result["steps"]] == [None, 1.0, 1.0, 1.0, 1.0]
+        assert [cell(v) for v in result["hr"]] == [None, 2.0, 2.0, 2.0, None]  # ttl one day, inclusive
+        assert result["event_timestamp"].tolist() == at
+
+
 def test_entity_frame_as_sql_equals_dataframe(repo):
     """A DuckDB query as entity frame; relative paths in it resolve against the repo root."""
     rows = [
