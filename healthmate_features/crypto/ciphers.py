@@ -27,7 +27,7 @@ import os
 import re
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -355,23 +355,25 @@ def write_parquet(
     `plaintext_footer` (see parquet_encryption): None keeps the readable footer of an encrypted
     file at `path` that has one (erasure, retention and rotation rewrite the push table); anything
     else gets an encrypted footer."""
+    if plaintext_footer is None:
+        plaintext_footer = parquet_footer_is_plain(path)
+    properties = parquet_encryption(keyring.active(), plaintext_footer=plaintext_footer)
+    return write_encrypted_parquet(data, path, properties, compression=compression)
+
+
+def write_encrypted_parquet(
+    data: pa.Table | pa.RecordBatchReader, path: str | Path, properties: Any, *, compression: str = "zstd"
+) -> int:
+    """Write `data` to `path` as Parquet with pyarrow FileEncryptionProperties `properties`,
+    atomically (renamed into place once complete); the row count. A RecordBatchReader is streamed."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from healthmate_features.util.files import atomic_path
 
-    if plaintext_footer is None:
-        plaintext_footer = parquet_footer_is_plain(path)
-    key = keyring.active()
     rows = 0
     with atomic_path(path) as tmp:
-        writer = pq.ParquetWriter(
-            tmp,
-            data.schema,
-            encryption_properties=parquet_encryption(key, plaintext_footer=plaintext_footer),
-            compression=compression,
-        )
-        with writer:
+        with pq.ParquetWriter(tmp, data.schema, encryption_properties=properties, compression=compression) as writer:
             if isinstance(data, pa.Table):
                 writer.write_table(data)
                 rows = data.num_rows

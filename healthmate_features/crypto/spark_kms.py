@@ -41,7 +41,7 @@ import pyarrow.parquet.encryption as pe
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from healthmate_features.crypto.ciphers import _parquet_tail
+from healthmate_features.crypto.ciphers import _parquet_tail, write_encrypted_parquet
 from healthmate_features.crypto.keyring import Keyring
 from healthmate_features.crypto.master import NONCE_BYTES
 from healthmate_features.errors import ConfigError, EncryptionKeyError
@@ -122,23 +122,8 @@ def write_kms_parquet(
 ) -> int:
     """Write `data` to `path` as Parquet Spark can read, encrypted under the active data key, atomically;
     the row count. A RecordBatchReader is streamed batch by batch."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from healthmate_features.util.files import atomic_path
-
-    rows = 0
-    with atomic_path(path) as tmp:
-        properties = kms_encryption(keyring, plaintext_footer=plaintext_footer)
-        with pq.ParquetWriter(tmp, data.schema, encryption_properties=properties, compression=compression) as writer:
-            if isinstance(data, pa.Table):
-                writer.write_table(data)
-                rows = data.num_rows
-            else:
-                for batch in data:
-                    writer.write_batch(batch)
-                    rows += batch.num_rows
-    return rows
+    properties = kms_encryption(keyring, plaintext_footer=plaintext_footer)
+    return write_encrypted_parquet(data, path, properties, compression=compression)
 
 
 def read_kms_parquet(keyring: Keyring, path: str | Path, *, columns: Iterable[str] | None = None) -> pa.Table:
