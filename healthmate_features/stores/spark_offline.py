@@ -17,6 +17,9 @@ tests/integration/test_spark_store.py:
   the KMS client jar compiled once into `<repo>/data/spark`); an already running session must
   carry it too, else ConfigError naming the fix (Feast would report a missing file).
   `feast apply` reads every source's schema: it runs on that session too (Feast starts a plain one).
+- **Python workers.** PySpark starts executors' Python workers with `python3` from PATH unless
+  PYSPARK_PYTHON is set: Feast's compute engine then fails with "No module named 'feast'" outside
+  the virtualenv's PATH. A session this store starts uses this interpreter (or `spark.pyspark.python`).
 - **UTC.** Feast writes its time bounds as UTC wall-clock strings (`TIMESTAMP('2025-01-01
   00:00:00')`) that Spark reads in the session time zone, and reads entity-frame minima back the
   same way: under any zone but UTC, windows shift by the offset. The store sets the session's
@@ -37,6 +40,8 @@ Spark-side results (`to_spark_df`, `persist`, materialization) never reach the d
 
 from __future__ import annotations
 
+import os
+import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -79,7 +84,8 @@ def spark_session(config: RepoConfig) -> Any:
     The active session when there is one (ConfigError when it was built without the keyring's
     encryption settings); else a new one from the config's `spark_conf` plus `spark_encryption_conf`
     of the repository's keyring (which compiles the KMS client jar on first use). Side effect: the
-    session's time zone is set to UTC and Feast's `quotedRegexColumnNames` to true."""
+    session's time zone is set to UTC and Feast's `quotedRegexColumnNames` to true; starting a
+    session sets PYSPARK_PYTHON to this interpreter when it is unset (the executors' Python workers)."""
     from pyspark.sql import SparkSession
 
     session = SparkSession.getActiveSession()
@@ -93,6 +99,11 @@ def spark_session(config: RepoConfig) -> Any:
             spark_encryption_conf(keyring, jar=spark_kms_jar(jar_dir if jar_dir.is_absolute() else repo / jar_dir))
         )
         settings["spark.sql.session.timeZone"] = "UTC"
+        # PySpark starts its Python workers with $PYSPARK_PYTHON, else `python3` from PATH: not the
+        # interpreter (virtualenv) that has Feast and this package, so Feast's engine's workers
+        # failed with "No module named 'feast'". This interpreter unless the environment or
+        # spark_conf names one (on a cluster: spark.pyspark.python, a path on every executor).
+        os.environ.setdefault("PYSPARK_PYTHON", settings.get("spark.pyspark.python", sys.executable))
         builder = SparkSession.builder
         for key, value in settings.items():
             builder = builder.config(key, value)

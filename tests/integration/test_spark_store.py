@@ -230,8 +230,12 @@ def test_spark_engine_materializes_into_encrypted_redis_and_feast_reads_the_offl
         on, off = online[column], offline[column]
         assert on.isna().tolist() == off.isna().tolist(), column
         found += int(on.notna().sum())
-        assert [v for v in on if pd.notna(v)] == pytest.approx([v for v in off if pd.notna(v)], rel=1e-12), column
-    assert found > len(refs)  # user 1 has values in every view
+        on_values, off_values = [v for v in on if pd.notna(v)], [v for v in off if pd.notna(v)]
+        if all(isinstance(v, str) for v in off_values):
+            assert on_values == off_values, column
+        else:
+            assert on_values == pytest.approx(off_values, rel=1e-12), column
+    assert found > 100  # 148: user 1 everywhere but the readings the tiny dataset lacks, user 2 in profile
     stored = [client.hgetall(key) for key in client.scan_iter(match=f"*{project}", count=1000)]
     assert len(stored) == 2  # users 1 and 2; user 3 has no data
     sealed = [value for row in stored for field, value in row.items() if not field.startswith(b"_ts:")]
