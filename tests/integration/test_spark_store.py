@@ -240,3 +240,57 @@ def test_spark_engine_materializes_into_encrypted_redis_and_feast_reads_the_offl
     assert len(stored) == 2  # users 1 and 2; user 3 has no data
     sealed = [value for row in stored for field, value in row.items() if not field.startswith(b"_ts:")]
     assert sealed and all(value.startswith(b"HME1") for value in sealed)
+
+
+def _large_entity_frame(tiny, rows: int, seed: int) -> pd.DataFrame:
+    """`rows` label rows: one in ten for the tiny dataset's two users, the rest for users without data."""
+    rng = np.random.default_rng(seed)
+    users = np.where(rng.random(rows) < 0.1, rng.integers(1, 3, rows), rng.integers(3, 50_000, rows))
+    seconds = rng.integers(0, (tiny.LAST_DAY + 2) * 86_400, size=rows)
+    return pd.DataFrame(
+        {"user_id": users.astype("int64"), "event_timestamp": tiny.DAY0 + pd.to_timedelta(seconds, unit="s")}
+    )
+
+
+def test_a_100k_row_training_frame_equals_the_embedded_one_with_1g_of_driver_memory(repos, tiny):
+    """The session has spark.driver.memory=1g (the YAML's spark_conf): the entity frame goes to Spark
+    as Arrow, the join runs in Spark, only the result comes back (as Arrow)."""
+    embedded, spark, _ = repos
+    from pyspark.sql import SparkSession
+
+    entities = _large_entity_frame(tiny, 100_000, seed=2)
+    before = entities.copy()
+    features = spark.get_feature_service("health_risk_v1")
+    ours = spark.get_historical_features(entities, features=features).to_df()
+    assert SparkSession.getActiveSession().sparkContext.getConf().get("spark.driver.memory") == "1g"
+    reference = embedded.get_historical_features(entities, features=embedded.get_feature_service("health_risk_v1"))
+    pd.testing.assert_frame_equal(entities, before)
+    _frames_equal(ours, reference.to_df())
+
+
+def test_feasts_own_spark_store_loses_the_entity_order_and_rewrites_the_callers_frame(repos, tiny):
+    """What the subclass fixes, shown on Feast's SparkOfflineStore itself (same session, same data):
+    the same rows, in another order, and the caller's timestamps replaced (here naive -> UTC)."""
+    from feast.infra.offline_stores.contrib.spark_offline_store.spark import SparkOfflineStore
+
+    _, spark, _ = repos
+    entities = _entity_frame(tiny, 300, seed=3)
+    entities["event_timestamp"] = entities["event_timestamp"].dt.tz_localize(None)  # naive: UTC for both stores
+    view = spark.get_feature_view("health_daily")
+    refs = [f"health_daily:{field.name}" for field in view.features]
+    ours = spark.get_historical_features(entities, refs).to_df()
+    assert ours["user_id"].tolist() == entities["user_id"].tolist()
+    feasts_input = entities.copy()
+    feasts = (
+        SparkOfflineStore.get_historical_features(
+            spark.config, [view], refs, feasts_input, spark.registry, spark.project
+        )
+        .to_spark_df()
+        .toPandas()
+    )
+    assert feasts_input["event_timestamp"].dt.tz is not None  # Feast converted the caller's column in place
+    assert feasts["user_id"].tolist() != entities["user_id"].tolist()  # rows in shuffle order
+    key = ["user_id", "event_timestamp", "label"]
+    ours_sorted = ours.assign(event_timestamp=pd.to_datetime(ours["event_timestamp"], utc=True)).sort_values(key)
+    feasts_sorted = feasts.assign(event_timestamp=pd.to_datetime(feasts["event_timestamp"], utc=True)).sort_values(key)
+    _frames_equal(ours_sorted.reset_index(drop=True), feasts_sorted[list(ours.columns)].reset_index(drop=True))
