@@ -33,7 +33,9 @@ tests/integration/test_spark_store.py:
   entity order, duplicates included, as from the embedded profile's store.
 - **Arrow out.** Feast's `to_arrow` is `toPandas()` then `Table.from_pandas` (integer columns with
   nulls become floats, two copies on the driver); here it is Spark 4's `DataFrame.toArrow()`, and
-  `to_df` converts that table once.
+  `to_df` converts that table once. With a `staging_location`, Feast's `to_arrow` instead has
+  Spark write the result there and reads it back with plain pyarrow, which cannot open the
+  encrypted files Spark writes: here `to_arrow` never stages (`to_remote_storage` still does).
 
 Spark-side results (`to_spark_df`, `persist`, materialization) never reach the driver.
 """
@@ -74,7 +76,7 @@ class HealthmateSparkOfflineStoreConfig(SparkOfflineStoreConfig):
     where the KMS client jar is cached (default `<repo>/data/spark`; on a cluster, a path every
     executor has)."""
 
-    type: Literal["healthmate_features.stores.spark_offline.HealthmateSparkOfflineStore"] = STORE_TYPE  # type: ignore[assignment]
+    type: Literal["healthmate_features.stores.spark_offline.HealthmateSparkOfflineStore"] = STORE_TYPE
     jar_dir: StrictStr | None = None
 
 
@@ -142,8 +144,6 @@ class HealthmateSparkRetrievalJob(SparkRetrievalJob):
         return frame
 
     def _to_arrow_internal(self, timeout: int | None = None) -> pa.Table:
-        if self._should_use_staging_for_arrow():
-            return super()._to_arrow_internal(timeout=timeout)  # written by Spark, read back with pyarrow
         return self.to_spark_df().toArrow()
 
     def _to_df_internal(self, timeout: int | None = None) -> pd.DataFrame:
