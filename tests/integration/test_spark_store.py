@@ -17,8 +17,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from healthmate_features._feast import offline_store_of
 from healthmate_features.backends import repo_keyring
-from healthmate_features.crypto.spark_kms import write_kms_parquet
+from healthmate_features.crypto.spark_kms import read_kms_parquet, write_kms_parquet
 from tests.helpers.files import read_frame
 
 pytestmark = [
@@ -294,3 +295,32 @@ def test_feasts_own_spark_store_loses_the_entity_order_and_rewrites_the_callers_
     ours_sorted = ours.assign(event_timestamp=pd.to_datetime(ours["event_timestamp"], utc=True)).sort_values(key)
     feasts_sorted = feasts.assign(event_timestamp=pd.to_datetime(feasts["event_timestamp"], utc=True)).sort_values(key)
     _frames_equal(ours_sorted.reset_index(drop=True), feasts_sorted[list(ours.columns)].reset_index(drop=True))
+
+
+def test_materialization_windows_are_utc_whatever_the_sessions_time_zone(repos):
+    """Feast writes a window's bounds as UTC wall-clock strings that Spark reads in the session's
+    time zone: under +05:30 a row at the window's end fell out of it (Feast's own store below).
+    Our store runs its queries in UTC."""
+    from feast.infra.offline_stores.contrib.spark_offline_store.spark import SparkOfflineStore
+    from pyspark.sql import SparkSession
+
+    _, spark, _ = repos
+    view = spark.get_feature_view("health_daily")
+    names = [field.name for field in view.features]
+    ours = spark.get_historical_features(  # starts the session when this test runs alone
+        pd.DataFrame({"user_id": [1], "event_timestamp": [pd.Timestamp("2025-03-01", tz="UTC")]}),
+        ["health_daily:steps_total"],
+    ).to_df()
+    assert len(ours) == 1
+    table = read_kms_parquet(repo_keyring(str(spark.config.repo_path)), view.batch_source.path).to_pandas()
+    end = table.loc[table.user_id == 1, "event_timestamp"].max().to_pydatetime()  # user 1's last row, exactly
+    args = (spark.config, view.batch_source, ["user_id"], names, "event_timestamp", None, end - view.ttl, end)
+
+    session = SparkSession.getActiveSession()
+    session.conf.set("spark.sql.session.timeZone", "Asia/Kolkata")
+    feasts = SparkOfflineStore.pull_latest_from_table_or_query(*args).to_spark_df().toPandas()
+    ours = offline_store_of(spark).pull_latest_from_table_or_query(*args).to_arrow().to_pandas()
+    assert session.conf.get("spark.sql.session.timeZone") == "UTC"
+    assert pd.Timestamp(ours.loc[ours.user_id == 1, "event_timestamp"].item()) == pd.Timestamp(end)
+    feasts_time = pd.Timestamp(feasts.loc[feasts.user_id == 1, "event_timestamp"].item()).tz_localize("Asia/Kolkata")
+    assert feasts_time < pd.Timestamp(end)  # the window's last row was cut off
