@@ -176,7 +176,7 @@ class HealthmateSparkOfflineStore(SparkOfflineStore):
     ) -> RetrievalJob:
         session = spark_session(config)
         if isinstance(entity_df, pd.DataFrame):
-            entity_df = _entity_frame(session, entity_df)
+            entity_df = spark_entity_frame(session, entity_df)
         job = SparkOfflineStore.get_historical_features(
             config,
             feature_views,
@@ -250,7 +250,7 @@ class HealthmateSparkOfflineStore(SparkOfflineStore):
         return HealthmateSparkRetrievalJob(job, config=config, metadata=job.metadata)
 
 
-def _entity_frame(session: Any, entity_df: pd.DataFrame) -> Any:
+def spark_entity_frame(session: Any, entity_df: pd.DataFrame) -> Any:
     """A pandas entity frame as a Spark DataFrame: one Arrow conversion, the event timestamp as UTC
     microseconds (naive = UTC, strings parsed), the row position in `ROW`. The caller's frame is not changed."""
     if ROW in entity_df.columns:
@@ -259,7 +259,13 @@ def _entity_frame(session: Any, entity_df: pd.DataFrame) -> Any:
     table = pa.Table.from_pandas(entity_df, preserve_index=False)
     column = table.column(timestamp)
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-        column = pa.array(pd.to_datetime(column.to_pandas(), utc=True))
+        try:
+            column = pa.array(pd.to_datetime(column.to_pandas(), utc=True, format="ISO8601"))
+        except ValueError:
+            raise EntityFrameError(
+                f"entity frame column {timestamp!r} holds strings that are not ISO 8601 times; "
+                "pass datetimes or ISO 8601 strings"
+            ) from None
     if not pa.types.is_timestamp(column.type):
         raise EntityFrameError(
             f"entity frame column {timestamp!r} has type {column.type}, not a timestamp; "
@@ -267,7 +273,20 @@ def _entity_frame(session: Any, entity_df: pd.DataFrame) -> Any:
         )
     if column.type.tz is None:
         column = pc.assume_timezone(column, "UTC")
-    column = column.cast(pa.timestamp("us", tz="UTC"))  # Spark's precision: a finer time is an error
+    try:
+        column = column.cast(pa.timestamp("us", tz="UTC"))  # Spark's precision
+    except pa.ArrowInvalid:
+        finer = int(
+            pc.sum(
+                pc.not_equal(
+                    pc.cast(column, pa.int64()), pc.multiply(pc.divide(pc.cast(column, pa.int64()), 1000), 1000)
+                )
+            ).as_py()
+        )
+        raise EntityFrameError(
+            f"entity frame column {timestamp!r} has {finer} of {len(column)} times finer than a microsecond, "
+            "which Spark cannot hold; floor them (e.g. .dt.floor('us')) or use the embedded profile's store"
+        ) from None
     table = table.set_column(table.schema.get_field_index(timestamp), timestamp, column)
     table = table.append_column(ROW, pa.array(range(table.num_rows), pa.int64()))
     return session.createDataFrame(table)

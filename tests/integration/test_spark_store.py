@@ -324,3 +324,31 @@ def test_materialization_windows_are_utc_whatever_the_sessions_time_zone(repos):
     assert pd.Timestamp(ours.loc[ours.user_id == 1, "event_timestamp"].item()) == pd.Timestamp(end)
     feasts_time = pd.Timestamp(feasts.loc[feasts.user_id == 1, "event_timestamp"].item()).tz_localize("Asia/Kolkata")
     assert feasts_time < pd.Timestamp(end)  # the window's last row was cut off
+
+
+def test_entity_frames_reach_spark_as_utc_microseconds_in_order_or_a_clear_error(repos):
+    from pyspark.sql import SparkSession
+
+    from healthmate_features.errors import EntityFrameError
+    from healthmate_features.stores.spark_offline import ROW, spark_entity_frame, spark_session
+
+    spark_session(repos[1].config)  # the store's session (started here when this test runs alone)
+    session = SparkSession.getActiveSession()
+    frame = pd.DataFrame(
+        {"user_id": [2, 1, 2], "event_timestamp": ["2025-01-02T01:00:00+01:00", "2025-01-01", "2025-01-03"]}
+    )
+    table = spark_entity_frame(session, frame).toArrow()
+    assert table.column_names == ["user_id", "event_timestamp", ROW]
+    assert table.column(ROW).to_pylist() == [0, 1, 2]
+    assert [t.isoformat() for t in table.column("event_timestamp").to_pylist()] == [
+        "2025-01-02T00:00:00+00:00",
+        "2025-01-01T00:00:00+00:00",
+        "2025-01-03T00:00:00+00:00",
+    ]
+    naive = pd.DataFrame({"user_id": [1], "event_timestamp": [pd.Timestamp("2025-01-01 12:00")]})
+    assert spark_entity_frame(session, naive).toArrow().column("event_timestamp")[0].as_py().hour == 12  # naive = UTC
+    fine = pd.DataFrame({"user_id": [1, 1], "event_timestamp": pd.to_datetime([1, 2_000], unit="ns", utc=True)})
+    with pytest.raises(EntityFrameError, match="'event_timestamp' has 1 of 2 times finer than a microsecond"):
+        spark_entity_frame(session, fine)
+    with pytest.raises(EntityFrameError, match="has a column named '__hm_row'"):
+        spark_entity_frame(session, naive.assign(__hm_row=1))
