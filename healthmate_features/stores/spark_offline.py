@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import os
 import sys
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -200,54 +199,21 @@ class HealthmateSparkOfflineStore(SparkOfflineStore):
         return HealthmateSparkRetrievalJob(job, config=config, metadata=metadata)
 
     @staticmethod
-    def pull_latest_from_table_or_query(
-        config: RepoConfig,
-        data_source: Any,
-        join_key_columns: list[str],
-        feature_name_columns: list[str],
-        timestamp_field: str,
-        created_timestamp_column: str | None,
-        start_date: datetime,
-        end_date: datetime,
-    ) -> RetrievalJob:
+    def pull_latest_from_table_or_query(config: RepoConfig, *args: Any, **kwargs: Any) -> RetrievalJob:
+        """Feast's (the latest row per entity in a window: materialization) on the store's session."""
         spark_session(config)
-        job = SparkOfflineStore.pull_latest_from_table_or_query(
-            config,
-            data_source,
-            join_key_columns,
-            feature_name_columns,
-            timestamp_field,
-            created_timestamp_column,
-            start_date,
-            end_date,
-        )
-        assert isinstance(job, SparkRetrievalJob)
-        return HealthmateSparkRetrievalJob(job, config=config, metadata=job.metadata)
+        return _ours(SparkOfflineStore.pull_latest_from_table_or_query(config, *args, **kwargs), config)
 
     @staticmethod
-    def pull_all_from_table_or_query(
-        config: RepoConfig,
-        data_source: Any,
-        join_key_columns: list[str],
-        feature_name_columns: list[str],
-        timestamp_field: str,
-        created_timestamp_column: str | None = None,
-        start_date: datetime | None = None,
-        end_date: datetime | None = None,
-    ) -> RetrievalJob:
+    def pull_all_from_table_or_query(config: RepoConfig, *args: Any, **kwargs: Any) -> RetrievalJob:
+        """Feast's (every row in a window) on the store's session."""
         spark_session(config)
-        job = SparkOfflineStore.pull_all_from_table_or_query(
-            config,
-            data_source,
-            join_key_columns,
-            feature_name_columns,
-            timestamp_field,
-            created_timestamp_column,
-            start_date,
-            end_date,
-        )
-        assert isinstance(job, SparkRetrievalJob)
-        return HealthmateSparkRetrievalJob(job, config=config, metadata=job.metadata)
+        return _ours(SparkOfflineStore.pull_all_from_table_or_query(config, *args, **kwargs), config)
+
+
+def _ours(job: RetrievalJob, config: RepoConfig) -> HealthmateSparkRetrievalJob:
+    assert isinstance(job, SparkRetrievalJob)
+    return HealthmateSparkRetrievalJob(job, config=config, metadata=job.metadata)
 
 
 def spark_entity_frame(session: Any, entity_df: pd.DataFrame) -> Any:
