@@ -15,6 +15,7 @@ from dataclasses import replace
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from healthmate_features._feast import offline_store_of
@@ -115,8 +116,6 @@ def repos(tiny_applied, clone_repo, tmp_path_factory, feast_apply):
     (root / "data" / "spark_features").mkdir()
     for table in TABLES:
         frame = read_frame(spark, spark.features_dir / f"{table}.parquet")
-        import pyarrow as pa
-
         write_kms_parquet(
             keyring,
             pa.Table.from_pandas(frame, preserve_index=False),
