@@ -370,7 +370,9 @@ class ProductionBackend(Backend):
         self, tables: Sequence[str], cutoff: datetime, *, count_only: bool = False
     ) -> dict[str, int]:
         """DELETE the feature tables' rows with event_timestamp before `cutoff` (one transaction)."""
-        return self._delete_rows(dict.fromkeys(tables, ("event_timestamp < %s", (cutoff,))), count_only=count_only)
+        return self._delete_rows(
+            dict.fromkeys(tables, ("event_timestamp < %s", (cutoff,))), count_only=count_only, forget_counts=True
+        )
 
     def _delete_rows(
         self,
@@ -378,8 +380,10 @@ class ProductionBackend(Backend):
         *,
         manifest: Mapping[str, Any] | None = None,
         count_only: bool = False,
+        forget_counts: bool = False,
     ) -> dict[str, int]:
-        """DELETE (or count) the rows matching each table's condition, in our schema's tables; one transaction."""
+        """DELETE (or count) the rows matching each table's condition, in our schema's tables; one transaction.
+        `forget_counts`: feature tables lose rows, so the last build's rows per table are dropped."""
         settings = self.settings
         counts: dict[str, int] = {}
         try:
@@ -398,6 +402,8 @@ class ProductionBackend(Backend):
                     counts[table] = int(row[0]) if row else 0
                 else:
                     counts[table] = cur.execute(f"DELETE FROM {name} WHERE {where}", params).rowcount
+            if forget_counts and not count_only and any(counts.values()):
+                self._forget_counts(cur)
             if manifest is not None and not count_only:
                 regclass = f"{quote_ident(settings.pg_schema)}.{MANIFEST_TABLE}"
                 found = cur.execute("SELECT to_regclass(%s)", (regclass,)).fetchone()
@@ -412,7 +418,9 @@ class ProductionBackend(Backend):
         """DELETE the user's rows from the feature tables and the build's state (`_build_*`), one transaction."""
         state = [f"{STATE_PREFIX}{name}" for name in USER_STATE_TABLES]
         return self._delete_rows(
-            dict.fromkeys([*tables, *state], ("user_id = %s", (int(user_id),))), count_only=count_only
+            dict.fromkeys([*tables, *state], ("user_id = %s", (int(user_id),))),
+            count_only=count_only,
+            forget_counts=True,
         )
 
     def erase_online_rows(self, store: FeatureStore, user_id: int, *, count_only: bool = False) -> dict[str, int]:
@@ -489,7 +497,7 @@ class ProductionBackend(Backend):
                 steps.update()
             for scratch in build.state_tables.values():
                 cur.execute(f"ANALYZE {quote_ident(scratch)}")
-            incremental = self._continues_state(cur, build)
+            incremental, previous_counts = self._continues_state(cur, build)
             names = dict(raw_names)
             if incremental:
                 prev = {f"prev_{k}": self._state_table(k) for k in build.state_tables}
@@ -512,16 +520,19 @@ class ProductionBackend(Backend):
                 steps.set_postfix_str(table)
                 if incremental:
                     final, affected = postgres.table_name(settings, table), build.affected[table]
-                    cur.execute(
+                    deleted = cur.execute(
                         f"DELETE FROM {final} AS x USING hm_dirty d "
                         f"WHERE d.user_id = x.user_id AND coalesce({affected}, FALSE)"
-                    )
-                    cur.execute(
+                    ).rowcount
+                    inserted = cur.execute(
                         f"INSERT INTO {final} SELECT x.* FROM ({sql.format(**names)}) AS x "
                         f"JOIN hm_dirty d ON d.user_id = x.user_id WHERE coalesce({affected}, FALSE)"
-                    )
-                    row = cur.execute(f"SELECT count(*) FROM {final}").fetchone()
-                    counts[table] = int(row[0]) if row else 0
+                    ).rowcount
+                    if previous_counts is not None:
+                        counts[table] = previous_counts[table] - deleted + inserted
+                    else:
+                        row = cur.execute(f"SELECT count(*) FROM {final}").fetchone()
+                        counts[table] = int(row[0]) if row else 0
                 else:
                     staging = postgres.table_name(settings, f"{table}__build")
                     cur.execute(f"DROP TABLE IF EXISTS {staging}")
@@ -530,8 +541,7 @@ class ProductionBackend(Backend):
                 steps.update()
             for table in build.tables:  # swap all in at the end: still one transaction
                 final = postgres.table_name(settings, table)
-                if incremental:
-                    cur.execute(f"ANALYZE {final}")
+                if incremental:  # a few rows replaced: statistics stay valid (autovacuum renews them)
                     steps.update()
                     continue
                 cur.execute(f"DROP TABLE IF EXISTS {final}")
@@ -545,7 +555,7 @@ class ProductionBackend(Backend):
                 cur.execute(f"CREATE INDEX {quote_ident(table + '_event_timestamp_idx')} ON {final} (event_timestamp)")
                 cur.execute(f"ANALYZE {final}")
                 steps.update()
-            self._save_state(cur, build, incremental=incremental)
+            self._save_state(cur, build, incremental=incremental, counts=counts)
             for view in build.incremental_sources.values() if incremental else ():
                 cur.execute(f"DROP VIEW {quote_ident(view)}")
             for scratch in (*reversed(build.scratch_tables), *build.state_tables.values(), "hm_carry"):
@@ -558,23 +568,40 @@ class ProductionBackend(Backend):
     def _state_table(self, name: str) -> str:
         return postgres.table_name(self.settings, f"{STATE_PREFIX}{name}")
 
-    def _continues_state(self, cur: Any, build: FeatureBuild) -> bool:
-        """Whether the last build's state (and every table) is there, made by the same SQL, and can be built on."""
+    def _continues_state(self, cur: Any, build: FeatureBuild) -> tuple[bool, dict[str, int] | None]:
+        """Whether the last build's state (and every table) is there, made by the same SQL, and can be
+        built on; and the rows per table it left (None: unknown, rows were deleted since)."""
         if build.full:
-            return False
+            return False, None
         schema = self.settings.pg_schema
         for name in [f"{STATE_PREFIX}{n}" for n in build.state_tables] + list(build.tables):
             found = cur.execute("SELECT to_regclass(%s)", (f"{quote_ident(schema)}.{quote_ident(name)}",)).fetchone()
             if not found or found[0] is None:
-                return False
-        row = cur.execute(f"SELECT max(version) FROM {self._state_table('grid')}").fetchone()
+                return False, None
+        # to_jsonb: the counts column is dropped when rows are deleted outside a build (_forget_counts)
+        row = cur.execute(
+            f"SELECT max(version), max(to_jsonb(g) ->> 'counts') FROM {self._state_table('grid')} AS g"
+        ).fetchone()
         if not row or row[0] != build.version:
-            return False
+            return False, None
+        counts = json.loads(row[1]) if row[1] is not None else None
         row = cur.execute(build.needs_full_sql.format(prev_grid=self._state_table("grid"))).fetchone()
-        return row is not None and int(row[0]) == 0
+        if row is None or int(row[0]) != 0:
+            return False, None
+        if counts is None or set(counts) != set(build.tables):
+            return True, None
+        return True, {table: int(n) for table, n in counts.items()}
 
-    def _save_state(self, cur: Any, build: FeatureBuild, *, incremental: bool) -> None:
-        """The fingerprints of this build, for the next: replaced, or (incremental) the changed users' days."""
+    def _forget_counts(self, cur: Any) -> None:
+        """The rows per table the last build left are no longer right (rows were deleted): drop them."""
+        grid = f"{quote_ident(self.settings.pg_schema)}.{quote_ident(STATE_PREFIX + 'grid')}"
+        found = cur.execute("SELECT to_regclass(%s)", (grid,)).fetchone()
+        if found and found[0] is not None:
+            cur.execute(f"ALTER TABLE {self._state_table('grid')} DROP COLUMN IF EXISTS counts")
+
+    def _save_state(self, cur: Any, build: FeatureBuild, *, incremental: bool, counts: Mapping[str, int]) -> None:
+        """The fingerprints of this build, for the next: replaced, or (incremental) the changed users' days;
+        the grid with the build's version and rows per table (the next build counts from them)."""
         kept = {"readings": "d.r_lo", "events": "d.e_lo"}  # fingerprints differ only from these days on
         for name, scratch in build.state_tables.items():
             state = self._state_table(name)
@@ -586,11 +613,14 @@ class ProductionBackend(Backend):
                 )
                 continue
             cur.execute(f"DROP TABLE IF EXISTS {state}")
-            version = ", CAST(%s AS TEXT) AS version" if name == "grid" else ""
-            cur.execute(
-                f"CREATE TABLE {state} AS SELECT *{version} FROM {quote_ident(scratch)}",
-                (build.version,) if version else None,
-            )
+            if name == "grid":
+                cur.execute(
+                    f"CREATE TABLE {state} AS SELECT *, CAST(%s AS TEXT) AS version, CAST(%s AS TEXT) AS counts "
+                    f"FROM {quote_ident(scratch)}",
+                    (build.version, json.dumps(dict(counts))),
+                )
+            else:
+                cur.execute(f"CREATE TABLE {state} AS SELECT * FROM {quote_ident(scratch)}")
 
     def feature_table_label(self, table: str) -> str:
         return f"postgres table {self.settings.pg_schema}.{table}"

@@ -52,8 +52,9 @@ def test_incremental_builds_equal_full_builds_over_random_arrival_orders(
         shutil.rmtree(full.ingested_dir, ignore_errors=True)
         shutil.copytree(inc.ingested_dir, full.ingested_dir)
         got = build_features(raw, inc)
-        build_features(raw, full, full=True)
+        reference = build_features(raw, full, full=True)
         assert got.incremental == (i > 0), f"step {i} ({what}) was {'not ' * (i > 0)}incremental"
+        assert dict(got) == dict(reference), f"seed {seed}, step {i} ({what}): rows per table"
         _assert_same_tables(inc, full, f"seed {seed}, step {i} ({what})")
 
 
