@@ -48,6 +48,8 @@ if TYPE_CHECKING:
 BATCH_ROWS = 100_000  # rows per COPY chunk: bounds memory whatever the table size
 MANIFEST_TABLE = "_ingest"
 STATE_PREFIX = "_build_"  # <schema>._build_<name>: the last feature build's fingerprints of the raw tables
+KEPT_PREFIX = "_build_ingest_"  # <schema>._build_ingest_<name>: the loaded ingest's (keep_raw_fingerprints)
+KEPT_STAMP = "_build_ingest"  # which ingest (and build version) they were made from
 _PG_TYPES = {"int": "BIGINT", "float": "DOUBLE PRECISION", "string": "TEXT", "timestamp": "TIMESTAMPTZ"}
 _LOCK = "hashtext('healthmate_features.postgres')"
 
@@ -416,7 +418,7 @@ class ProductionBackend(Backend):
 
     def erase_feature_rows(self, tables: Sequence[str], user_id: int, *, count_only: bool = False) -> dict[str, int]:
         """DELETE the user's rows from the feature tables and the build's state (`_build_*`), one transaction."""
-        state = [f"{STATE_PREFIX}{name}" for name in USER_STATE_TABLES]
+        state = [f"{prefix}{name}" for name in USER_STATE_TABLES for prefix in (STATE_PREFIX, KEPT_PREFIX)]
         return self._delete_rows(
             dict.fromkeys([*tables, *state], ("user_id = %s", (int(user_id),))),
             count_only=count_only,
@@ -492,11 +494,22 @@ class ProductionBackend(Backend):
         with postgres.connect(settings) as conn, conn.transaction(), conn.cursor() as cur:
             cur.execute(f"SELECT pg_advisory_xact_lock({_LOCK})")
             cur.execute("SELECT set_config('work_mem', %s, true)", (work_mem,))
-            for sql in build.fingerprint_sql:
-                cur.execute(sql.format(**raw_names))
-                steps.update()
-            for scratch in build.state_tables.values():
-                cur.execute(f"ANALYZE {quote_ident(scratch)}")
+            kept = self._kept_fingerprints(cur, build)
+            if kept:  # made at the ingest: read where they are, not computed again from every raw row
+                for name, scratch in build.state_tables.items():
+                    if name in USER_STATE_TABLES:
+                        cur.execute(
+                            f"CREATE TEMP VIEW {quote_ident(scratch)} AS SELECT * FROM {self._kept_table(name)}"
+                        )
+                cur.execute(build.grid_sql)
+                steps.update(len(build.fingerprint_sql))
+            else:
+                for sql in build.fingerprint_sql:
+                    cur.execute(sql.format(**raw_names))
+                    steps.update()
+            for name, scratch in build.state_tables.items():
+                if not (kept and name in USER_STATE_TABLES):
+                    cur.execute(f"ANALYZE {quote_ident(scratch)}")
             incremental, previous_counts = self._continues_state(cur, build)
             names = dict(raw_names)
             if incremental:
@@ -559,11 +572,55 @@ class ProductionBackend(Backend):
             for view in build.incremental_sources.values() if incremental else ():
                 cur.execute(f"DROP VIEW {quote_ident(view)}")
             for scratch in (*reversed(build.scratch_tables), *build.state_tables.values(), "hm_carry"):
-                cur.execute(f"DROP TABLE {quote_ident(scratch)}")
+                is_view = kept and scratch in (build.state_tables[n] for n in USER_STATE_TABLES)
+                cur.execute(f"DROP {'VIEW' if is_view else 'TABLE'} {quote_ident(scratch)}")
             if incremental:
                 cur.execute("DROP TABLE hm_dirty")
         steps.close()
-        return BuildCounts(counts, incremental=incremental, users=users)
+        return BuildCounts(counts, incremental=incremental, users=users, kept_fingerprints=kept)
+
+    def _kept_table(self, name: str) -> str:
+        return postgres.table_name(self.settings, f"{KEPT_PREFIX}{name}")
+
+    def keep_raw_fingerprints(self, build: FeatureBuild) -> None:
+        """Fingerprint the loaded raw tables into `<schema>._build_ingest_<name>`, stamped in
+        `<schema>._build_ingest` with the loaded ingest's manifest and the build version; one transaction."""
+        settings = self.settings
+        raw_names = {p: postgres.table_name(settings, raw) for p, raw in build.sources.items()}
+        stamp = postgres.table_name(settings, KEPT_STAMP)
+        with postgres.connect(settings) as conn, conn.transaction(), conn.cursor() as cur:
+            cur.execute(f"SELECT pg_advisory_xact_lock({_LOCK})")
+            cur.execute("SELECT set_config('work_mem', '256MB', true)")
+            for sql in build.fingerprint_sql:
+                cur.execute(sql.format(**raw_names))
+            for name in USER_STATE_TABLES:
+                kept = self._kept_table(name)
+                cur.execute(f"DROP TABLE IF EXISTS {kept}")
+                cur.execute(f"CREATE TABLE {kept} AS SELECT * FROM {quote_ident(build.state_tables[name])}")
+            cur.execute(f"DROP TABLE IF EXISTS {stamp}")
+            cur.execute(
+                f"CREATE TABLE {stamp} AS SELECT md5(manifest::text) AS ingest, CAST(%s AS TEXT) AS version "
+                f"FROM {postgres.table_name(settings, MANIFEST_TABLE)} WHERE id = 1",
+                (build.version,),
+            )
+
+    def _kept_fingerprints(self, cur: Any, build: FeatureBuild) -> bool:
+        """Whether fingerprints kept from the ingest describe the raw tables as they are now (the
+        manifest they were stamped with is still the loaded one) and were made by this build's SQL."""
+        if not build.grid_sql:
+            return False
+        schema = self.settings.pg_schema
+        names = [KEPT_STAMP, MANIFEST_TABLE, *(f"{KEPT_PREFIX}{n}" for n in USER_STATE_TABLES)]
+        for name in names:
+            found = cur.execute("SELECT to_regclass(%s)", (f"{quote_ident(schema)}.{quote_ident(name)}",)).fetchone()
+            if not found or found[0] is None:
+                return False
+        row = cur.execute(
+            f"SELECT s.version, s.ingest = (SELECT md5(m.manifest::text) FROM "
+            f"{postgres.table_name(self.settings, MANIFEST_TABLE)} m WHERE m.id = 1) "
+            f"FROM {postgres.table_name(self.settings, KEPT_STAMP)} s"
+        ).fetchone()
+        return row is not None and row[0] == build.version and bool(row[1])
 
     def _state_table(self, name: str) -> str:
         return postgres.table_name(self.settings, f"{STATE_PREFIX}{name}")

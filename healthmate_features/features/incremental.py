@@ -82,12 +82,17 @@ SELECT t.user_id, count(*) AS n, {u1} AS h1, {u2} AS h2
 FROM {{users}} t
 GROUP BY t.user_id
 """,
-        """
+        GRID_SQL,
+    )
+
+
+# The span of all data, from the fingerprints (the last statement of fingerprint_sql; alone, after
+# fingerprints kept from the ingest are loaded).
+GRID_SQL = """
 CREATE TEMP TABLE hm_grid AS
 SELECT least((SELECT min(day) FROM hm_fp_readings), (SELECT min(day) FROM hm_fp_events)) AS first_day,
     greatest((SELECT max(day) FROM hm_fp_readings), (SELECT max(day) FROM hm_fp_events)) AS last_day
-""",
-    )
+"""
 
 
 # A full build: no user is restricted, nothing carried.

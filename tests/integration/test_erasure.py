@@ -31,7 +31,7 @@ from healthmate_features.backends.ledger import ErasureLedger
 from healthmate_features.config import Settings
 from healthmate_features.datasets.registry import DatasetRegistry
 from healthmate_features.errors import LockTimeoutError, UserNotFoundError
-from healthmate_features.features.build import build_features
+from healthmate_features.features.build import build_features, keep_raw_fingerprints
 from healthmate_features.governance import erase_user, scan_user
 from healthmate_features.raw.generate import generate
 from healthmate_features.raw.ingest import ingest_raw
@@ -52,6 +52,7 @@ def _build(settings: Settings, tmp: Path) -> dict:
     """Generate, ingest, build, apply, materialize, save two versions; keep a copy of the raw data."""
     generate(settings.raw_dir, users=40, days=200, seed=3, progress=False)
     ingest_raw(settings.raw_dir, settings)
+    keep_raw_fingerprints(settings)  # as `healthmate-features ingest` does: per-user rows to erase too
     build_features(settings.raw_dir, settings)
     store.apply(settings)
     store.materialize(settings)
