@@ -513,6 +513,8 @@ class ProductionBackend(Backend):
             incremental, previous_counts = self._continues_state(cur, build)
             names = dict(raw_names)
             if incremental:
+                # few rows through large queries: compiling them (JIT) took longer than running them
+                cur.execute("SELECT set_config('jit', 'off', true)")
                 prev = {f"prev_{k}": self._state_table(k) for k in build.state_tables}
                 for sql in build.incremental_sql:
                     cur.execute(sql.format(**raw_names, **prev))
