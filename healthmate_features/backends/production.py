@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import json
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -49,7 +50,8 @@ BATCH_ROWS = 100_000  # rows per COPY chunk: bounds memory whatever the table si
 MANIFEST_TABLE = "_ingest"
 STATE_PREFIX = "_build_"  # <schema>._build_<name>: the last feature build's fingerprints of the raw tables
 KEPT_PREFIX = "_build_ingest_"  # <schema>._build_ingest_<name>: the loaded ingest's (keep_raw_fingerprints)
-KEPT_STAMP = "_build_ingest"  # which ingest (and build version) they were made from
+KEPT_STAMP = "_build_ingest"  # which ingest (and build version, and last build's state) they were made from
+KEPT_DIRTY = "dirty"  # <schema>._build_ingest_dirty: the changed users, compared with that state
 _PG_TYPES = {"int": "BIGINT", "float": "DOUBLE PRECISION", "string": "TEXT", "timestamp": "TIMESTAMPTZ"}
 _LOCK = "hashtext('healthmate_features.postgres')"
 
@@ -419,6 +421,7 @@ class ProductionBackend(Backend):
     def erase_feature_rows(self, tables: Sequence[str], user_id: int, *, count_only: bool = False) -> dict[str, int]:
         """DELETE the user's rows from the feature tables and the build's state (`_build_*`), one transaction."""
         state = [f"{prefix}{name}" for name in USER_STATE_TABLES for prefix in (STATE_PREFIX, KEPT_PREFIX)]
+        state.append(f"{KEPT_PREFIX}{KEPT_DIRTY}")
         return self._delete_rows(
             dict.fromkeys([*tables, *state], ("user_id = %s", (int(user_id),))),
             count_only=count_only,
@@ -516,7 +519,11 @@ class ProductionBackend(Backend):
                 # few rows through large queries: compiling them (JIT) took longer than running them
                 cur.execute("SELECT set_config('jit', 'off', true)")
                 prev = {f"prev_{k}": self._state_table(k) for k in build.state_tables}
-                for sql in build.incremental_sql:
+                statements = build.incremental_sql
+                if kept and self._kept_dirty(cur):  # compared at the ingest with this very state
+                    cur.execute(f"CREATE TEMP TABLE hm_dirty AS SELECT * FROM {self._kept_table(KEPT_DIRTY)}")
+                    statements = statements[1:]
+                for sql in statements:
                     cur.execute(sql.format(**raw_names, **prev))
                 cur.execute("ANALYZE hm_dirty")
                 cur.execute("ANALYZE hm_carry")
@@ -599,12 +606,37 @@ class ProductionBackend(Backend):
                 kept = self._kept_table(name)
                 cur.execute(f"DROP TABLE IF EXISTS {kept}")
                 cur.execute(f"CREATE TABLE {kept} AS SELECT * FROM {quote_ident(build.state_tables[name])}")
+            # The changed users against the last build's state, if the next build can continue it
+            # (the first statement of incremental_sql: hm_dirty), kept for the build that state
+            # (its build_id) is still the last one.
+            dirty, state_id = self._kept_table(KEPT_DIRTY), None
+            cur.execute(f"DROP TABLE IF EXISTS {dirty}")
+            if build.incremental_sql and self._continues_state(cur, build)[0]:
+                cur.execute("SELECT set_config('jit', 'off', true)")
+                prev = {f"prev_{k}": self._state_table(k) for k in build.state_tables}
+                cur.execute(build.incremental_sql[0].format(**raw_names, **prev))
+                cur.execute(f"CREATE TABLE {dirty} AS SELECT * FROM hm_dirty")
+                row = cur.execute(
+                    f"SELECT max(to_jsonb(g) ->> 'build_id') FROM {self._state_table('grid')} g"
+                ).fetchone()
+                state_id = row[0] if row else None
             cur.execute(f"DROP TABLE IF EXISTS {stamp}")
             cur.execute(
-                f"CREATE TABLE {stamp} AS SELECT md5(manifest::text) AS ingest, CAST(%s AS TEXT) AS version "
-                f"FROM {postgres.table_name(settings, MANIFEST_TABLE)} WHERE id = 1",
-                (build.version,),
+                f"CREATE TABLE {stamp} AS SELECT md5(manifest::text) AS ingest, CAST(%s AS TEXT) AS version, "
+                f"CAST(%s AS TEXT) AS state FROM {postgres.table_name(settings, MANIFEST_TABLE)} WHERE id = 1",
+                (build.version, state_id),
             )
+
+    def _kept_dirty(self, cur: Any) -> bool:
+        """Whether the changed users kept at the ingest were compared with the state of the last build."""
+        found = cur.execute("SELECT to_regclass(%s)", (self._kept_table(KEPT_DIRTY),)).fetchone()
+        if not found or found[0] is None:
+            return False
+        row = cur.execute(
+            f"SELECT max(to_jsonb(s) ->> 'state') = (SELECT max(to_jsonb(g) ->> 'build_id') FROM "
+            f"{self._state_table('grid')} g) FROM {postgres.table_name(self.settings, KEPT_STAMP)} s"
+        ).fetchone()
+        return bool(row and row[0])
 
     def _kept_fingerprints(self, cur: Any, build: FeatureBuild) -> bool:
         """Whether fingerprints kept from the ingest describe the raw tables as they are now (the
@@ -674,9 +706,9 @@ class ProductionBackend(Backend):
             cur.execute(f"DROP TABLE IF EXISTS {state}")
             if name == "grid":
                 cur.execute(
-                    f"CREATE TABLE {state} AS SELECT *, CAST(%s AS TEXT) AS version, CAST(%s AS TEXT) AS counts "
-                    f"FROM {quote_ident(scratch)}",
-                    (build.version, json.dumps(dict(counts))),
+                    f"CREATE TABLE {state} AS SELECT *, CAST(%s AS TEXT) AS version, CAST(%s AS TEXT) AS counts, "
+                    f"CAST(%s AS TEXT) AS build_id FROM {quote_ident(scratch)}",
+                    (build.version, json.dumps(dict(counts)), uuid.uuid4().hex),
                 )
             else:
                 cur.execute(f"CREATE TABLE {state} AS SELECT * FROM {quote_ident(scratch)}")

@@ -48,6 +48,10 @@ def test_postgres_incremental_builds_equal_full_builds_and_duckdb(
         keep = i % 2 == 0  # every other ingest fingerprinted as `healthmate-features ingest` does
         if keep:
             keep_raw_fingerprints(prod)
+            if i > 0:  # the changed users compared at the ingest too, for this build to load
+                with postgres.connect(prod) as conn:
+                    dirty = postgres.table_name(prod, "_build_ingest_dirty")
+                    assert conn.execute(f"SELECT count(*) FROM {dirty}").fetchone()[0] > 0, f"step {i} ({what})"
         got = build_features(raw, prod)
         reference = build_features(raw, full, full=True)
         assert got.incremental == (i > 0), f"step {i} ({what})"
