@@ -5,7 +5,8 @@
 
 For each profile, in fresh processes (wall time and peak RSS of each): ingest all days but the
 last and build them (`--full`); ingest the whole year and build incrementally (the added day);
-then `--full` on the same data, the reference. The incremental result is checked equal to the
+then `--full` on the same data, the reference. Each ingest (printed too) also fingerprints the
+raw tables for the next build, as `healthmate-features ingest` does. The incremental result is checked equal to the
 full one (every row of every table, both ways). The production profile uses its own database
 (dropped first) on the Postgres of HM_PG_*. Prints each step and the incremental / full ratio.
 """
@@ -128,15 +129,15 @@ def run(profile: str, before: Path, year: Path, work: Path, database: str) -> No
         print(f"  {name:<44}{wall:>9.1f}{peak:>11.0f}", flush=True)
         return wall, peak
 
-    def deliver(source: Path) -> None:
+    def deliver(source: Path, name: str) -> None:
         shutil.rmtree(raw, ignore_errors=True)
         shutil.copytree(source, raw)
-        run_measured([CLI, "ingest", "--raw", str(raw), "--quiet"], cwd=work, env=env)
+        step(name, "ingest", "--raw", str(raw))
 
     print(f"\n{profile}: {'step':<44}{'wall s':>9}{'peak MiB':>11}")
-    deliver(before)
+    deliver(before, "ingest (and fingerprint) the year but a day")
     step("full build, the year but its last day", "build-features", "--raw", str(raw), "--full")
-    deliver(year)
+    deliver(year, "ingest (and fingerprint) the whole year")
     inc, _ = step("incremental build, + the last day", "build-features", "--raw", str(raw))
     _copy_tables(profile, work, env, "__incremental")
     full, _ = step("full build of the same year (reference)", "build-features", "--raw", str(raw), "--full")

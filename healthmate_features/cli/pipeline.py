@@ -56,7 +56,7 @@ def ingest_cmd(
     """Validate raw tables; write accepted rows, a rejects file per table and counts per reason.
 
     With the production profile the accepted rows are then loaded into Postgres (replacing the
-    previous load atomically)."""
+    previous load atomically). Last, the raw tables are fingerprinted for the next build-features."""
     from healthmate_features.features.build import keep_raw_fingerprints
     from healthmate_features.raw.ingest import ingest_raw
 

@@ -1,10 +1,11 @@
 """Incremental feature builds: which rows changed raw data can alter, found and rebuilt in SQL.
 
-Every build fingerprints the raw tables: per user and day, the number of readings (events) and
+Every build fingerprints the raw tables (or loads the fingerprints the ingest made with the same
+SQL: features.build.keep_raw_fingerprints): per user and day, the number of readings (events) and
 a 64-bit sum of their row hashes; per user, a hash of the user's row; and the span of days of
 all data (`hm_grid`). The fingerprints of the last build are its state, kept next to the feature
-tables. The next build compares the two and rebuilds only what the differences reach, per user
-(`hm_dirty`):
+tables. The next build compares the two in one aggregate over both and rebuilds only what the
+differences reach, per user (`hm_dirty`):
 
 - readings changed on days r_lo..r_hi (new, late, edited or deleted rows alike; widened when the
   user's first or last reading day moved): the daily rows of r_lo..r_hi + 1, the rolling rows
