@@ -136,6 +136,25 @@ class FeatureBuild:
     full: bool = False
     grid_sql: str = ""
 
+    @property
+    def fingerprint_tables(self) -> dict[str, str]:
+        """The fingerprint tables (state name -> scratch table): those an ingest can keep for the build."""
+        return {name: self.state_tables[name] for name in USER_STATE_TABLES}
+
+    def fingerprint_statements(
+        self, raw_names: Mapping[str, str], kept: Mapping[str, str] | None = None, *, create: str = "TEMP TABLE"
+    ) -> list[str]:
+        """The statements that make the fingerprint tables and `hm_grid`: from the raw tables (named
+        by `raw_names`), or, given `kept` (state name -> the kept table), `CREATE <create>` of each
+        over its kept table, then `grid_sql`."""
+        if not kept:
+            return [sql.format(**raw_names) for sql in self.fingerprint_sql]
+        made = [
+            f"CREATE {create} {scratch} AS SELECT * FROM {kept[name]}"
+            for name, scratch in self.fingerprint_tables.items()
+        ]
+        return [*made, self.grid_sql]
+
 
 # The build-state tables (features.incremental.STATE_TABLES) holding per-user rows: erasure
 # removes a person's rows from them too (fingerprints: counts and hashes per day).

@@ -45,11 +45,6 @@ KEPT_PREFIX = "ingest_"  # _build/ingest_<name>.parquet: the fingerprints of the
 KEPT_FILE = "ingest.json"  # which ingest (and build version) they were made from
 
 
-def _fingerprint_tables(build: FeatureBuild) -> dict[str, str]:
-    """The build's fingerprint tables (state name -> scratch table): those a build can load kept from the ingest."""
-    return {name: build.state_tables[name] for name in USER_STATE_TABLES}
-
-
 def source_path(table: str) -> str:
     """Path of a feature table's Parquet file, relative to the repository root."""
     return f"data/features/{table}.parquet"
@@ -158,16 +153,10 @@ class EmbeddedBackend(Backend):
                 unit="step",
                 disable=not progress,
             )
-            kept = self._kept_fingerprints(con, build)
-            if kept:  # made at the ingest: loaded, not computed again from every raw row
-                for name, scratch in _fingerprint_tables(build).items():
-                    con.execute(f"CREATE TEMP TABLE {scratch} AS SELECT * FROM {kept[name]}")
-                con.execute(build.grid_sql)
-                steps.update(len(build.fingerprint_sql))
-            else:
-                for sql in build.fingerprint_sql:
-                    con.execute(sql.format(**raw_names))
-                    steps.update()
+            kept = self._kept_fingerprints(con, build)  # made at the ingest: loaded, not computed again
+            for sql in build.fingerprint_statements(raw_names, kept):
+                con.execute(sql)
+                steps.update()
             incremental = self._continues_state(con, build)
             names = dict(raw_names)
             users = None
@@ -242,7 +231,7 @@ class EmbeddedBackend(Backend):
             raw_names = self._raw_views(con, build)
             for sql in build.fingerprint_sql:
                 con.execute(sql.format(**raw_names))
-            for name, scratch in _fingerprint_tables(build).items():
+            for name, scratch in build.fingerprint_tables.items():
                 self._write_feature_file(con, f"SELECT * FROM {scratch}", state_dir / f"{KEPT_PREFIX}{name}.parquet")
         finally:
             con.close()
@@ -259,7 +248,7 @@ class EmbeddedBackend(Backend):
         stamp = json.loads(stamp_path.read_text())
         if stamp.get("version") != build.version or stamp.get("ingest") != self._ingest_identity():
             return None
-        files = {name: state_dir / f"{KEPT_PREFIX}{name}.parquet" for name in _fingerprint_tables(build)}
+        files = {name: state_dir / f"{KEPT_PREFIX}{name}.parquet" for name in build.fingerprint_tables}
         if not all(f.exists() for f in files.values()):
             return None
         return {name: duckdb_scan(con, path, self.keyring) for name, path in files.items()}

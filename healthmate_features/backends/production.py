@@ -497,21 +497,13 @@ class ProductionBackend(Backend):
         with postgres.connect(settings) as conn, conn.transaction(), conn.cursor() as cur:
             cur.execute(f"SELECT pg_advisory_xact_lock({_LOCK})")
             cur.execute("SELECT set_config('work_mem', %s, true)", (work_mem,))
-            kept = self._kept_fingerprints(cur, build)
-            if kept:  # made at the ingest: read where they are, not computed again from every raw row
-                for name, scratch in build.state_tables.items():
-                    if name in USER_STATE_TABLES:
-                        cur.execute(
-                            f"CREATE TEMP VIEW {quote_ident(scratch)} AS SELECT * FROM {self._kept_table(name)}"
-                        )
-                cur.execute(build.grid_sql)
-                steps.update(len(build.fingerprint_sql))
-            else:
-                for sql in build.fingerprint_sql:
-                    cur.execute(sql.format(**raw_names))
-                    steps.update()
+            kept = self._kept_fingerprints(cur, build)  # made at the ingest: read where they are
+            tables = {name: self._kept_table(name) for name in build.fingerprint_tables} if kept else None
+            for sql in build.fingerprint_statements(raw_names, tables, create="TEMP VIEW"):
+                cur.execute(sql)
+                steps.update()
             for name, scratch in build.state_tables.items():
-                if not (kept and name in USER_STATE_TABLES):
+                if not (kept and name in build.fingerprint_tables):
                     cur.execute(f"ANALYZE {quote_ident(scratch)}")
             incremental, previous_counts = self._continues_state(cur, build)
             names = dict(raw_names)
@@ -581,7 +573,7 @@ class ProductionBackend(Backend):
             for view in build.incremental_sources.values() if incremental else ():
                 cur.execute(f"DROP VIEW {quote_ident(view)}")
             for scratch in (*reversed(build.scratch_tables), *build.state_tables.values(), "hm_carry"):
-                is_view = kept and scratch in (build.state_tables[n] for n in USER_STATE_TABLES)
+                is_view = kept and scratch in build.fingerprint_tables.values()
                 cur.execute(f"DROP {'VIEW' if is_view else 'TABLE'} {quote_ident(scratch)}")
             if incremental:
                 cur.execute("DROP TABLE hm_dirty")
@@ -602,10 +594,10 @@ class ProductionBackend(Backend):
             cur.execute("SELECT set_config('work_mem', '256MB', true)")
             for sql in build.fingerprint_sql:
                 cur.execute(sql.format(**raw_names))
-            for name in USER_STATE_TABLES:
+            for name, scratch in build.fingerprint_tables.items():
                 kept = self._kept_table(name)
                 cur.execute(f"DROP TABLE IF EXISTS {kept}")
-                cur.execute(f"CREATE TABLE {kept} AS SELECT * FROM {quote_ident(build.state_tables[name])}")
+                cur.execute(f"CREATE TABLE {kept} AS SELECT * FROM {quote_ident(scratch)}")
             # The changed users against the last build's state, if the next build can continue it
             # (the first statement of incremental_sql: hm_dirty), kept for the build that state
             # (its build_id) is still the last one.
