@@ -114,6 +114,11 @@ class FeatureBuild:
     `affected[table]` (a condition on `x`, the row, and `d`, its hm_dirty row). SQL uses the
     placeholders `{users}`, `{readings}`, `{events}`, filled with the backend's names of the raw
     tables in `sources` (placeholder -> raw table name), and `{prev_<state name>}` for the state.
+
+    Fingerprints kept from the ingest (`Backend.keep_raw_fingerprints`: the scratch tables of
+    USER_STATE_TABLES, made by `fingerprint_sql` when the raw tables were written) replace
+    `fingerprint_sql` while the raw tables are still those: the build loads them and runs only
+    `grid_sql` (the last statement of `fingerprint_sql`).
     """
 
     prepare_sql: tuple[str, ...]
@@ -129,6 +134,26 @@ class FeatureBuild:
     state_tables: Mapping[str, str] = field(default_factory=dict)
     version: str = ""
     full: bool = False
+    grid_sql: str = ""
+
+    @property
+    def fingerprint_tables(self) -> dict[str, str]:
+        """The fingerprint tables (state name -> scratch table): those an ingest can keep for the build."""
+        return {name: self.state_tables[name] for name in USER_STATE_TABLES}
+
+    def fingerprint_statements(
+        self, raw_names: Mapping[str, str], kept: Mapping[str, str] | None = None, *, create: str = "TEMP TABLE"
+    ) -> list[str]:
+        """The statements that make the fingerprint tables and `hm_grid`: from the raw tables (named
+        by `raw_names`), or, given `kept` (state name -> the kept table), `CREATE <create>` of each
+        over its kept table, then `grid_sql`."""
+        if not kept:
+            return [sql.format(**raw_names) for sql in self.fingerprint_sql]
+        made = [
+            f"CREATE {create} {scratch} AS SELECT * FROM {kept[name]}"
+            for name, scratch in self.fingerprint_tables.items()
+        ]
+        return [*made, self.grid_sql]
 
 
 # The build-state tables (features.incremental.STATE_TABLES) holding per-user rows: erasure
@@ -137,12 +162,21 @@ USER_STATE_TABLES = ("readings", "events", "users")
 
 
 class BuildCounts(dict[str, int]):
-    """Rows per feature table after a build, and how it ran: `incremental`, and for how many `users`."""
+    """Rows per feature table after a build, and how it ran: `incremental`, for how many `users`, and
+    whether it loaded the fingerprints kept from the ingest (`kept_fingerprints`) or made its own."""
 
-    def __init__(self, counts: Mapping[str, int], *, incremental: bool, users: int | None = None) -> None:
+    def __init__(
+        self,
+        counts: Mapping[str, int],
+        *,
+        incremental: bool,
+        users: int | None = None,
+        kept_fingerprints: bool = False,
+    ) -> None:
         super().__init__(counts)
         self.incremental = incremental
         self.users = users
+        self.kept_fingerprints = kept_fingerprints
 
 
 def substitute_placeholders(node: Any, variables: Mapping[str, str], where: str) -> Any:
@@ -444,6 +478,11 @@ class Backend(ABC):
         self, build: FeatureBuild, *, progress: bool = False, memory_limit: str | None = None
     ) -> BuildCounts:
         """Run `build` over the raw tables and replace every feature table's rows it rebuilds atomically."""
+
+    def keep_raw_fingerprints(self, build: FeatureBuild) -> None:  # noqa: B027  (a hook: by default none kept)
+        """Run `build.fingerprint_sql` over the raw tables as they are now and keep its fingerprint
+        tables (USER_STATE_TABLES), stamped with the loaded ingest, for the next build (called
+        after an ingest). Without them a build fingerprints every raw row itself."""
 
     @abstractmethod
     def feature_table_label(self, table: str) -> str:

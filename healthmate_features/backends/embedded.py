@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 
 STATE_DIR = "_build"  # under data/features: the last build's fingerprints of the raw tables
 STATE_FILE = "state.json"
+KEPT_PREFIX = "ingest_"  # _build/ingest_<name>.parquet: the fingerprints of the ingest (keep_raw_fingerprints)
+KEPT_FILE = "ingest.json"  # which ingest (and build version) they were made from
 
 
 def source_path(table: str) -> str:
@@ -144,19 +146,16 @@ class EmbeddedBackend(Backend):
         con = duckdb_connect(memory_limit=memory_limit)
         try:
             con.execute("SET preserve_insertion_order = false")
-            raw_names = {}
-            for placeholder, raw in build.sources.items():
-                path = self.settings.ingested_dir / f"{raw}.parquet"
-                con.execute(f"CREATE VIEW raw_{raw} AS SELECT * FROM {duckdb_scan(con, path, self.keyring)}")
-                raw_names[placeholder] = f"raw_{raw}"
+            raw_names = self._raw_views(con, build)
             steps = tqdm(
                 total=len(build.fingerprint_sql) + len(build.prepare_sql) + len(build.tables) + 1,
                 desc="build-features",
                 unit="step",
                 disable=not progress,
             )
-            for sql in build.fingerprint_sql:
-                con.execute(sql.format(**raw_names))
+            kept = self._kept_fingerprints(con, build)  # made at the ingest: loaded, not computed again
+            for sql in build.fingerprint_statements(raw_names, kept):
+                con.execute(sql)
                 steps.update()
             incremental = self._continues_state(con, build)
             names = dict(raw_names)
@@ -198,7 +197,61 @@ class EmbeddedBackend(Backend):
             steps.close()
         finally:
             con.close()
-        return BuildCounts(counts, incremental=incremental, users=users)
+        return BuildCounts(counts, incremental=incremental, users=users, kept_fingerprints=bool(kept))
+
+    def _raw_views(self, con: duckdb.DuckDBPyConnection, build: FeatureBuild) -> dict[str, str]:
+        """Views `raw_<table>` on `con` over the ingested Parquet files; their names by the build's placeholders."""
+        raw_names = {}
+        for placeholder, raw in build.sources.items():
+            path = self.settings.ingested_dir / f"{raw}.parquet"
+            con.execute(f"CREATE VIEW raw_{raw} AS SELECT * FROM {duckdb_scan(con, path, self.keyring)}")
+            raw_names[placeholder] = f"raw_{raw}"
+        return raw_names
+
+    def _ingest_identity(self) -> str | None:
+        """A hash of the ingest manifest: it changes whenever the ingested files do (an ingest, an
+        erasure or a retention run rewrites it with them)."""
+        import hashlib
+
+        path = self.settings.ingested_dir / INGEST_MANIFEST
+        return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
+
+    def keep_raw_fingerprints(self, build: FeatureBuild) -> None:
+        """Fingerprint the ingested files and keep the tables as `data/features/_build/ingest_<name>.parquet`
+        (encrypted), stamped in `_build/ingest.json` with the manifest's hash and the build version."""
+        state_dir = self.settings.features_dir / STATE_DIR
+        identity = self._ingest_identity()
+        if identity is None:  # nothing ingested here: nothing to fingerprint
+            return
+        state_dir.mkdir(parents=True, exist_ok=True)
+        (state_dir / KEPT_FILE).unlink(missing_ok=True)  # no stamp while the files change
+        con = duckdb_connect()
+        try:
+            con.execute("SET preserve_insertion_order = false")
+            raw_names = self._raw_views(con, build)
+            for sql in build.fingerprint_sql:
+                con.execute(sql.format(**raw_names))
+            for name, scratch in build.fingerprint_tables.items():
+                self._write_feature_file(con, f"SELECT * FROM {scratch}", state_dir / f"{KEPT_PREFIX}{name}.parquet")
+        finally:
+            con.close()
+        stamp = {"ingest": identity, "version": build.version}
+        atomic_write_text(state_dir / KEPT_FILE, json.dumps(stamp), durable=False)
+
+    def _kept_fingerprints(self, con: duckdb.DuckDBPyConnection, build: FeatureBuild) -> dict[str, str] | None:
+        """The kept fingerprint tables as table expressions on `con`, when they describe the
+        ingested files as they are now and were made by this build's SQL; else None."""
+        state_dir = self.settings.features_dir / STATE_DIR
+        stamp_path = state_dir / KEPT_FILE
+        if not build.grid_sql or not stamp_path.exists():
+            return None
+        stamp = json.loads(stamp_path.read_text())
+        if stamp.get("version") != build.version or stamp.get("ingest") != self._ingest_identity():
+            return None
+        files = {name: state_dir / f"{KEPT_PREFIX}{name}.parquet" for name in build.fingerprint_tables}
+        if not all(f.exists() for f in files.values()):
+            return None
+        return {name: duckdb_scan(con, path, self.keyring) for name, path in files.items()}
 
     def _state_expression(self, con: duckdb.DuckDBPyConnection, name: str) -> str:
         """The last build's state table `name` on `con` (encrypted like the feature files: it holds
@@ -269,7 +322,7 @@ class EmbeddedBackend(Backend):
     def erase_feature_rows(self, tables: Sequence[str], user_id: int, *, count_only: bool = False) -> dict[str, int]:
         """Rewrite each `data/features/<table>.parquet` that holds the user's rows without them (atomically),
         and the build's state files (`_build/<name>.parquet`: the user's fingerprints)."""
-        state = [f"{STATE_DIR}/{name}" for name in USER_STATE_TABLES]
+        state = [f"{STATE_DIR}/{prefix}{name}" for name in USER_STATE_TABLES for prefix in ("", KEPT_PREFIX)]
         return self._delete_feature_rows([*tables, *state], f"user_id = {int(user_id)}", count_only=count_only)
 
     def expire_feature_rows(

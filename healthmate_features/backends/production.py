@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import json
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -48,6 +49,9 @@ if TYPE_CHECKING:
 BATCH_ROWS = 100_000  # rows per COPY chunk: bounds memory whatever the table size
 MANIFEST_TABLE = "_ingest"
 STATE_PREFIX = "_build_"  # <schema>._build_<name>: the last feature build's fingerprints of the raw tables
+KEPT_PREFIX = "_build_ingest_"  # <schema>._build_ingest_<name>: the loaded ingest's (keep_raw_fingerprints)
+KEPT_STAMP = "_build_ingest"  # which ingest (and build version, and last build's state) they were made from
+KEPT_DIRTY = "dirty"  # <schema>._build_ingest_dirty: the changed users, compared with that state
 _PG_TYPES = {"int": "BIGINT", "float": "DOUBLE PRECISION", "string": "TEXT", "timestamp": "TIMESTAMPTZ"}
 _LOCK = "hashtext('healthmate_features.postgres')"
 
@@ -370,7 +374,9 @@ class ProductionBackend(Backend):
         self, tables: Sequence[str], cutoff: datetime, *, count_only: bool = False
     ) -> dict[str, int]:
         """DELETE the feature tables' rows with event_timestamp before `cutoff` (one transaction)."""
-        return self._delete_rows(dict.fromkeys(tables, ("event_timestamp < %s", (cutoff,))), count_only=count_only)
+        return self._delete_rows(
+            dict.fromkeys(tables, ("event_timestamp < %s", (cutoff,))), count_only=count_only, forget_counts=True
+        )
 
     def _delete_rows(
         self,
@@ -378,8 +384,10 @@ class ProductionBackend(Backend):
         *,
         manifest: Mapping[str, Any] | None = None,
         count_only: bool = False,
+        forget_counts: bool = False,
     ) -> dict[str, int]:
-        """DELETE (or count) the rows matching each table's condition, in our schema's tables; one transaction."""
+        """DELETE (or count) the rows matching each table's condition, in our schema's tables; one transaction.
+        `forget_counts`: feature tables lose rows, so the last build's rows per table are dropped."""
         settings = self.settings
         counts: dict[str, int] = {}
         try:
@@ -398,6 +406,8 @@ class ProductionBackend(Backend):
                     counts[table] = int(row[0]) if row else 0
                 else:
                     counts[table] = cur.execute(f"DELETE FROM {name} WHERE {where}", params).rowcount
+            if forget_counts and not count_only and any(counts.values()):
+                self._forget_counts(cur)
             if manifest is not None and not count_only:
                 regclass = f"{quote_ident(settings.pg_schema)}.{MANIFEST_TABLE}"
                 found = cur.execute("SELECT to_regclass(%s)", (regclass,)).fetchone()
@@ -410,9 +420,12 @@ class ProductionBackend(Backend):
 
     def erase_feature_rows(self, tables: Sequence[str], user_id: int, *, count_only: bool = False) -> dict[str, int]:
         """DELETE the user's rows from the feature tables and the build's state (`_build_*`), one transaction."""
-        state = [f"{STATE_PREFIX}{name}" for name in USER_STATE_TABLES]
+        state = [f"{prefix}{name}" for name in USER_STATE_TABLES for prefix in (STATE_PREFIX, KEPT_PREFIX)]
+        state.append(f"{KEPT_PREFIX}{KEPT_DIRTY}")
         return self._delete_rows(
-            dict.fromkeys([*tables, *state], ("user_id = %s", (int(user_id),))), count_only=count_only
+            dict.fromkeys([*tables, *state], ("user_id = %s", (int(user_id),))),
+            count_only=count_only,
+            forget_counts=True,
         )
 
     def erase_online_rows(self, store: FeatureStore, user_id: int, *, count_only: bool = False) -> dict[str, int]:
@@ -484,16 +497,25 @@ class ProductionBackend(Backend):
         with postgres.connect(settings) as conn, conn.transaction(), conn.cursor() as cur:
             cur.execute(f"SELECT pg_advisory_xact_lock({_LOCK})")
             cur.execute("SELECT set_config('work_mem', %s, true)", (work_mem,))
-            for sql in build.fingerprint_sql:
-                cur.execute(sql.format(**raw_names))
+            kept = self._kept_fingerprints(cur, build)  # made at the ingest: read where they are
+            tables = {name: self._kept_table(name) for name in build.fingerprint_tables} if kept else None
+            for sql in build.fingerprint_statements(raw_names, tables, create="TEMP VIEW"):
+                cur.execute(sql)
                 steps.update()
-            for scratch in build.state_tables.values():
-                cur.execute(f"ANALYZE {quote_ident(scratch)}")
-            incremental = self._continues_state(cur, build)
+            for name, scratch in build.state_tables.items():
+                if not (kept and name in build.fingerprint_tables):
+                    cur.execute(f"ANALYZE {quote_ident(scratch)}")
+            incremental, previous_counts = self._continues_state(cur, build)
             names = dict(raw_names)
             if incremental:
+                # few rows through large queries: compiling them (JIT) took longer than running them
+                cur.execute("SELECT set_config('jit', 'off', true)")
                 prev = {f"prev_{k}": self._state_table(k) for k in build.state_tables}
-                for sql in build.incremental_sql:
+                statements = build.incremental_sql
+                if kept and self._kept_dirty(cur):  # compared at the ingest with this very state
+                    cur.execute(f"CREATE TEMP TABLE hm_dirty AS SELECT * FROM {self._kept_table(KEPT_DIRTY)}")
+                    statements = statements[1:]
+                for sql in statements:
                     cur.execute(sql.format(**raw_names, **prev))
                 cur.execute("ANALYZE hm_dirty")
                 cur.execute("ANALYZE hm_carry")
@@ -512,16 +534,19 @@ class ProductionBackend(Backend):
                 steps.set_postfix_str(table)
                 if incremental:
                     final, affected = postgres.table_name(settings, table), build.affected[table]
-                    cur.execute(
+                    deleted = cur.execute(
                         f"DELETE FROM {final} AS x USING hm_dirty d "
                         f"WHERE d.user_id = x.user_id AND coalesce({affected}, FALSE)"
-                    )
-                    cur.execute(
+                    ).rowcount
+                    inserted = cur.execute(
                         f"INSERT INTO {final} SELECT x.* FROM ({sql.format(**names)}) AS x "
                         f"JOIN hm_dirty d ON d.user_id = x.user_id WHERE coalesce({affected}, FALSE)"
-                    )
-                    row = cur.execute(f"SELECT count(*) FROM {final}").fetchone()
-                    counts[table] = int(row[0]) if row else 0
+                    ).rowcount
+                    if previous_counts is not None:
+                        counts[table] = previous_counts[table] - deleted + inserted
+                    else:
+                        row = cur.execute(f"SELECT count(*) FROM {final}").fetchone()
+                        counts[table] = int(row[0]) if row else 0
                 else:
                     staging = postgres.table_name(settings, f"{table}__build")
                     cur.execute(f"DROP TABLE IF EXISTS {staging}")
@@ -530,8 +555,7 @@ class ProductionBackend(Backend):
                 steps.update()
             for table in build.tables:  # swap all in at the end: still one transaction
                 final = postgres.table_name(settings, table)
-                if incremental:
-                    cur.execute(f"ANALYZE {final}")
+                if incremental:  # a few rows replaced: statistics stay valid (autovacuum renews them)
                     steps.update()
                     continue
                 cur.execute(f"DROP TABLE IF EXISTS {final}")
@@ -545,36 +569,122 @@ class ProductionBackend(Backend):
                 cur.execute(f"CREATE INDEX {quote_ident(table + '_event_timestamp_idx')} ON {final} (event_timestamp)")
                 cur.execute(f"ANALYZE {final}")
                 steps.update()
-            self._save_state(cur, build, incremental=incremental)
+            self._save_state(cur, build, incremental=incremental, counts=counts)
             for view in build.incremental_sources.values() if incremental else ():
                 cur.execute(f"DROP VIEW {quote_ident(view)}")
             for scratch in (*reversed(build.scratch_tables), *build.state_tables.values(), "hm_carry"):
-                cur.execute(f"DROP TABLE {quote_ident(scratch)}")
+                is_view = kept and scratch in build.fingerprint_tables.values()
+                cur.execute(f"DROP {'VIEW' if is_view else 'TABLE'} {quote_ident(scratch)}")
             if incremental:
                 cur.execute("DROP TABLE hm_dirty")
         steps.close()
-        return BuildCounts(counts, incremental=incremental, users=users)
+        return BuildCounts(counts, incremental=incremental, users=users, kept_fingerprints=kept)
+
+    def _kept_table(self, name: str) -> str:
+        return postgres.table_name(self.settings, f"{KEPT_PREFIX}{name}")
+
+    def keep_raw_fingerprints(self, build: FeatureBuild) -> None:
+        """Fingerprint the loaded raw tables into `<schema>._build_ingest_<name>`, stamped in
+        `<schema>._build_ingest` with the loaded ingest's manifest and the build version; one transaction."""
+        settings = self.settings
+        raw_names = {p: postgres.table_name(settings, raw) for p, raw in build.sources.items()}
+        stamp = postgres.table_name(settings, KEPT_STAMP)
+        with postgres.connect(settings) as conn, conn.transaction(), conn.cursor() as cur:
+            cur.execute(f"SELECT pg_advisory_xact_lock({_LOCK})")
+            cur.execute("SELECT set_config('work_mem', '256MB', true)")
+            for sql in build.fingerprint_sql:
+                cur.execute(sql.format(**raw_names))
+            for name, scratch in build.fingerprint_tables.items():
+                kept = self._kept_table(name)
+                cur.execute(f"DROP TABLE IF EXISTS {kept}")
+                cur.execute(f"CREATE TABLE {kept} AS SELECT * FROM {quote_ident(scratch)}")
+            # The changed users against the last build's state, if the next build can continue it
+            # (the first statement of incremental_sql: hm_dirty), kept for the build that state
+            # (its build_id) is still the last one.
+            dirty, state_id = self._kept_table(KEPT_DIRTY), None
+            cur.execute(f"DROP TABLE IF EXISTS {dirty}")
+            if build.incremental_sql and self._continues_state(cur, build)[0]:
+                cur.execute("SELECT set_config('jit', 'off', true)")
+                prev = {f"prev_{k}": self._state_table(k) for k in build.state_tables}
+                cur.execute(build.incremental_sql[0].format(**raw_names, **prev))
+                cur.execute(f"CREATE TABLE {dirty} AS SELECT * FROM hm_dirty")
+                row = cur.execute(
+                    f"SELECT max(to_jsonb(g) ->> 'build_id') FROM {self._state_table('grid')} g"
+                ).fetchone()
+                state_id = row[0] if row else None
+            cur.execute(f"DROP TABLE IF EXISTS {stamp}")
+            cur.execute(
+                f"CREATE TABLE {stamp} AS SELECT md5(manifest::text) AS ingest, CAST(%s AS TEXT) AS version, "
+                f"CAST(%s AS TEXT) AS state FROM {postgres.table_name(settings, MANIFEST_TABLE)} WHERE id = 1",
+                (build.version, state_id),
+            )
+
+    def _kept_dirty(self, cur: Any) -> bool:
+        """Whether the changed users kept at the ingest were compared with the state of the last build."""
+        found = cur.execute("SELECT to_regclass(%s)", (self._kept_table(KEPT_DIRTY),)).fetchone()
+        if not found or found[0] is None:
+            return False
+        row = cur.execute(
+            f"SELECT max(to_jsonb(s) ->> 'state') = (SELECT max(to_jsonb(g) ->> 'build_id') FROM "
+            f"{self._state_table('grid')} g) FROM {postgres.table_name(self.settings, KEPT_STAMP)} s"
+        ).fetchone()
+        return bool(row and row[0])
+
+    def _kept_fingerprints(self, cur: Any, build: FeatureBuild) -> bool:
+        """Whether fingerprints kept from the ingest describe the raw tables as they are now (the
+        manifest they were stamped with is still the loaded one) and were made by this build's SQL."""
+        if not build.grid_sql:
+            return False
+        schema = self.settings.pg_schema
+        names = [KEPT_STAMP, MANIFEST_TABLE, *(f"{KEPT_PREFIX}{n}" for n in USER_STATE_TABLES)]
+        for name in names:
+            found = cur.execute("SELECT to_regclass(%s)", (f"{quote_ident(schema)}.{quote_ident(name)}",)).fetchone()
+            if not found or found[0] is None:
+                return False
+        row = cur.execute(
+            f"SELECT s.version, s.ingest = (SELECT md5(m.manifest::text) FROM "
+            f"{postgres.table_name(self.settings, MANIFEST_TABLE)} m WHERE m.id = 1) "
+            f"FROM {postgres.table_name(self.settings, KEPT_STAMP)} s"
+        ).fetchone()
+        return row is not None and row[0] == build.version and bool(row[1])
 
     def _state_table(self, name: str) -> str:
         return postgres.table_name(self.settings, f"{STATE_PREFIX}{name}")
 
-    def _continues_state(self, cur: Any, build: FeatureBuild) -> bool:
-        """Whether the last build's state (and every table) is there, made by the same SQL, and can be built on."""
+    def _continues_state(self, cur: Any, build: FeatureBuild) -> tuple[bool, dict[str, int] | None]:
+        """Whether the last build's state (and every table) is there, made by the same SQL, and can be
+        built on; and the rows per table it left (None: unknown, rows were deleted since)."""
         if build.full:
-            return False
+            return False, None
         schema = self.settings.pg_schema
         for name in [f"{STATE_PREFIX}{n}" for n in build.state_tables] + list(build.tables):
             found = cur.execute("SELECT to_regclass(%s)", (f"{quote_ident(schema)}.{quote_ident(name)}",)).fetchone()
             if not found or found[0] is None:
-                return False
-        row = cur.execute(f"SELECT max(version) FROM {self._state_table('grid')}").fetchone()
+                return False, None
+        # to_jsonb: the counts column is dropped when rows are deleted outside a build (_forget_counts)
+        row = cur.execute(
+            f"SELECT max(version), max(to_jsonb(g) ->> 'counts') FROM {self._state_table('grid')} AS g"
+        ).fetchone()
         if not row or row[0] != build.version:
-            return False
+            return False, None
+        counts = json.loads(row[1]) if row[1] is not None else None
         row = cur.execute(build.needs_full_sql.format(prev_grid=self._state_table("grid"))).fetchone()
-        return row is not None and int(row[0]) == 0
+        if row is None or int(row[0]) != 0:
+            return False, None
+        if counts is None or set(counts) != set(build.tables):
+            return True, None
+        return True, {table: int(n) for table, n in counts.items()}
 
-    def _save_state(self, cur: Any, build: FeatureBuild, *, incremental: bool) -> None:
-        """The fingerprints of this build, for the next: replaced, or (incremental) the changed users' days."""
+    def _forget_counts(self, cur: Any) -> None:
+        """The rows per table the last build left are no longer right (rows were deleted): drop them."""
+        grid = f"{quote_ident(self.settings.pg_schema)}.{quote_ident(STATE_PREFIX + 'grid')}"
+        found = cur.execute("SELECT to_regclass(%s)", (grid,)).fetchone()
+        if found and found[0] is not None:
+            cur.execute(f"ALTER TABLE {self._state_table('grid')} DROP COLUMN IF EXISTS counts")
+
+    def _save_state(self, cur: Any, build: FeatureBuild, *, incremental: bool, counts: Mapping[str, int]) -> None:
+        """The fingerprints of this build, for the next: replaced, or (incremental) the changed users' days;
+        the grid with the build's version and rows per table (the next build counts from them)."""
         kept = {"readings": "d.r_lo", "events": "d.e_lo"}  # fingerprints differ only from these days on
         for name, scratch in build.state_tables.items():
             state = self._state_table(name)
@@ -586,11 +696,14 @@ class ProductionBackend(Backend):
                 )
                 continue
             cur.execute(f"DROP TABLE IF EXISTS {state}")
-            version = ", CAST(%s AS TEXT) AS version" if name == "grid" else ""
-            cur.execute(
-                f"CREATE TABLE {state} AS SELECT *{version} FROM {quote_ident(scratch)}",
-                (build.version,) if version else None,
-            )
+            if name == "grid":
+                cur.execute(
+                    f"CREATE TABLE {state} AS SELECT *, CAST(%s AS TEXT) AS version, CAST(%s AS TEXT) AS counts, "
+                    f"CAST(%s AS TEXT) AS build_id FROM {quote_ident(scratch)}",
+                    (build.version, json.dumps(dict(counts)), uuid.uuid4().hex),
+                )
+            else:
+                cur.execute(f"CREATE TABLE {state} AS SELECT * FROM {quote_ident(scratch)}")
 
     def feature_table_label(self, table: str) -> str:
         return f"postgres table {self.settings.pg_schema}.{table}"

@@ -56,7 +56,8 @@ def ingest_cmd(
     """Validate raw tables; write accepted rows, a rejects file per table and counts per reason.
 
     With the production profile the accepted rows are then loaded into Postgres (replacing the
-    previous load atomically)."""
+    previous load atomically). Last, the raw tables are fingerprinted for the next build-features."""
+    from healthmate_features.features.build import keep_raw_fingerprints
     from healthmate_features.raw.ingest import ingest_raw
 
     current = settings(profile)
@@ -64,6 +65,7 @@ def ingest_cmd(
     reports, loaded = ingest_raw(
         raw_dir, current, out_dir=out_dir, batch_rows=batch_rows, progress=show_progress(quiet)
     )
+    keep_raw_fingerprints(current)
     if as_json:
         return echo_json({"tables": [asdict(r) for r in reports], "out": out_dir, "loaded": loaded})
     for r in reports:

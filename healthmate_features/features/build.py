@@ -39,7 +39,17 @@ def feature_build(dialect: str = "duckdb", *, full: bool = False) -> FeatureBuil
         state_tables=incremental.STATE_TABLES,
         version=incremental.build_version(d),
         full=full,
+        grid_sql=incremental.GRID_SQL,
     )
+
+
+def keep_raw_fingerprints(settings: Settings) -> None:
+    """Fingerprint the raw tables the last ingest wrote and keep them for the next build (README
+    "Incremental builds"): `healthmate-features ingest` calls it, so a build does not read every
+    raw row again to find what changed. Side effect: the fingerprint tables next to the build's
+    state, replaced (atomically), stamped with the ingest they describe."""
+    backend = backend_for(settings)
+    backend.keep_raw_fingerprints(feature_build(backend.sql_dialect))
 
 
 def build_features(

@@ -1,10 +1,11 @@
 """Incremental feature builds: which rows changed raw data can alter, found and rebuilt in SQL.
 
-Every build fingerprints the raw tables: per user and day, the number of readings (events) and
+Every build fingerprints the raw tables (or loads the fingerprints the ingest made with the same
+SQL: features.build.keep_raw_fingerprints): per user and day, the number of readings (events) and
 a 64-bit sum of their row hashes; per user, a hash of the user's row; and the span of days of
 all data (`hm_grid`). The fingerprints of the last build are its state, kept next to the feature
-tables. The next build compares the two and rebuilds only what the differences reach, per user
-(`hm_dirty`):
+tables. The next build compares the two in one aggregate over both and rebuilds only what the
+differences reach, per user (`hm_dirty`):
 
 - readings changed on days r_lo..r_hi (new, late, edited or deleted rows alike; widened when the
   user's first or last reading day moved): the daily rows of r_lo..r_hi + 1, the rolling rows
@@ -82,12 +83,17 @@ SELECT t.user_id, count(*) AS n, {u1} AS h1, {u2} AS h2
 FROM {{users}} t
 GROUP BY t.user_id
 """,
-        """
+        GRID_SQL,
+    )
+
+
+# The span of all data, from the fingerprints (the last statement of fingerprint_sql; alone, after
+# fingerprints kept from the ingest are loaded).
+GRID_SQL = """
 CREATE TEMP TABLE hm_grid AS
 SELECT least((SELECT min(day) FROM hm_fp_readings), (SELECT min(day) FROM hm_fp_events)) AS first_day,
     greatest((SELECT max(day) FROM hm_fp_readings), (SELECT max(day) FROM hm_fp_events)) AS last_day
-""",
-    )
+"""
 
 
 # A full build: no user is restricted, nothing carried.
@@ -107,45 +113,50 @@ WHERE g.first_day IS DISTINCT FROM p.first_day OR g.last_day < p.last_day OR g.l
 """
 
 
-def _changed(current: str, previous: str) -> str:
-    """(user_id, day) whose fingerprint differs between two fingerprint tables (present in either)."""
+def _compared(current: str, previous: str) -> str:
+    """Per user whose fingerprints differ between two fingerprint tables: the first (`lo`) and last
+    (`hi`) day that differs, and the first and last day of data now and before.
+
+    One pass over both tables (the rows of both, grouped by user and day, then by user): a
+    (user_id, day) differs when it is in one table only or its count or hash differs."""
     return f"""
-    SELECT coalesce(c.user_id, p.user_id) AS user_id, coalesce(c.day, p.day) AS day
-    FROM {current} c FULL OUTER JOIN {previous} p ON p.user_id = c.user_id AND p.day = c.day
-    WHERE c.n IS DISTINCT FROM p.n OR c.h1 IS DISTINCT FROM p.h1 OR c.h2 IS DISTINCT FROM p.h2"""
+    SELECT user_id,
+        min(day) FILTER (WHERE changed) AS lo, max(day) FILTER (WHERE changed) AS hi,
+        min(day) FILTER (WHERE in_now) AS first_now, max(day) FILTER (WHERE in_now) AS last_now,
+        min(day) FILTER (WHERE in_before) AS first_before, max(day) FILTER (WHERE in_before) AS last_before
+    FROM (
+        SELECT user_id, day, max(side) = 1 AS in_now, min(side) = 0 AS in_before,
+            count(*) = 1 OR min(n) <> max(n) OR min(h1) <> max(h1) OR min(h2) <> max(h2) AS changed
+        FROM (
+            SELECT user_id, day, n, h1, h2, 1 AS side FROM {current}
+            UNION ALL
+            SELECT user_id, day, n, h1, h2, 0 AS side FROM {previous}
+        ) AS both_sides
+        GROUP BY user_id, day
+    ) AS per_day
+    GROUP BY user_id
+    HAVING count(*) FILTER (WHERE changed) > 0"""
 
 
 INCREMENTAL_SQL = (
     f"""
 CREATE TEMP TABLE hm_dirty AS
-WITH r_days AS ({_changed("hm_fp_readings", "{prev_readings}")}
-), e_days AS ({_changed("hm_fp_events", "{prev_events}")}
-), r_changed AS (
-    SELECT user_id, min(day) AS lo, max(day) AS hi FROM r_days GROUP BY user_id
-), e_changed AS (
-    SELECT user_id, min(day) AS lo FROM e_days GROUP BY user_id
-), span_now AS (
-    SELECT f.user_id, min(f.day) AS first_day, max(f.day) AS last_day
-    FROM hm_fp_readings f JOIN r_changed c ON c.user_id = f.user_id GROUP BY f.user_id
-), span_before AS (
-    SELECT f.user_id, min(f.day) AS first_day, max(f.day) AS last_day
-    FROM {{prev_readings}} f JOIN r_changed c ON c.user_id = f.user_id GROUP BY f.user_id
+WITH r_cmp AS ({_compared("hm_fp_readings", "{prev_readings}")}
+), e_changed AS ({_compared("hm_fp_events", "{prev_events}")}
 ), r AS (
     -- a moved first (last) reading day moves where the user's daily and rolling rows start (end)
     SELECT c.user_id,
         least(
             c.lo,
-            CASE WHEN n.first_day IS DISTINCT FROM b.first_day THEN least(n.first_day, b.first_day) END,
-            CASE WHEN n.last_day IS DISTINCT FROM b.last_day THEN least(n.last_day, b.last_day) + 1 END
+            CASE WHEN c.first_now IS DISTINCT FROM c.first_before THEN least(c.first_now, c.first_before) END,
+            CASE WHEN c.last_now IS DISTINCT FROM c.last_before THEN least(c.last_now, c.last_before) + 1 END
         ) AS lo,
         greatest(
             c.hi,
-            CASE WHEN n.first_day IS DISTINCT FROM b.first_day THEN greatest(n.first_day, b.first_day) END,
-            CASE WHEN n.last_day IS DISTINCT FROM b.last_day THEN greatest(n.last_day, b.last_day) END
+            CASE WHEN c.first_now IS DISTINCT FROM c.first_before THEN greatest(c.first_now, c.first_before) END,
+            CASE WHEN c.last_now IS DISTINCT FROM c.last_before THEN greatest(c.last_now, c.last_before) END
         ) AS hi
-    FROM r_changed c
-    LEFT JOIN span_now n ON n.user_id = c.user_id
-    LEFT JOIN span_before b ON b.user_id = c.user_id
+    FROM r_cmp c
 ), users_changed AS (
     SELECT coalesce(c.user_id, p.user_id) AS user_id
     FROM hm_fp_users c FULL OUTER JOIN {{prev_users}} p ON p.user_id = c.user_id
@@ -153,7 +164,7 @@ WITH r_days AS ({_changed("hm_fp_readings", "{prev_readings}")}
 ), grown AS (
     SELECT p.last_day + 1 AS lo, g.last_day AS hi FROM hm_grid g, {{prev_grid}} p WHERE g.last_day > p.last_day
 ), ids AS (
-    SELECT user_id FROM r_changed
+    SELECT user_id FROM r_cmp
     UNION SELECT user_id FROM e_changed
     UNION SELECT user_id FROM users_changed
     UNION SELECT user_id FROM hm_fp_users WHERE EXISTS (SELECT 1 FROM grown)

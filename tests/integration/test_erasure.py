@@ -31,7 +31,7 @@ from healthmate_features.backends.ledger import ErasureLedger
 from healthmate_features.config import Settings
 from healthmate_features.datasets.registry import DatasetRegistry
 from healthmate_features.errors import LockTimeoutError, UserNotFoundError
-from healthmate_features.features.build import build_features
+from healthmate_features.features.build import build_features, keep_raw_fingerprints
 from healthmate_features.governance import erase_user, scan_user
 from healthmate_features.raw.generate import generate
 from healthmate_features.raw.ingest import ingest_raw
@@ -52,6 +52,7 @@ def _build(settings: Settings, tmp: Path) -> dict:
     """Generate, ingest, build, apply, materialize, save two versions; keep a copy of the raw data."""
     generate(settings.raw_dir, users=40, days=200, seed=3, progress=False)
     ingest_raw(settings.raw_dir, settings)
+    keep_raw_fingerprints(settings)  # as `healthmate-features ingest` does: per-user rows to erase too
     build_features(settings.raw_dir, settings)
     store.apply(settings)
     store.materialize(settings)
@@ -181,7 +182,9 @@ def _check_reingest_and_build(settings: Settings, built: dict, erasure_id: str) 
         erased = rejects[rejects["_reason"].str.contains("erased")]
         assert len(erased) == report.reasons["user_id: erased"]
         assert erased.drop(columns=["_row", "_reason"]).isna().all().all()  # none of their values
-    build_features(built["original_raw"], settings)
+    counts = build_features(built["original_raw"], settings)
+    backend = backend_for(settings)  # rows per table right though the erasure deleted rows since the last build
+    assert counts == {t: backend.query_feature_tables("SELECT count(*) FROM {0}", t)[0][0] for t in counts}
     store.materialize(settings)
     with pytest.raises(UserNotFoundError):
         store.online_features(settings, USER, feature_service="health_risk_v1")

@@ -1,7 +1,8 @@
 """Incremental feature builds in Postgres equal full rebuilds bit for bit, and DuckDB's within 1e-9.
 
 The raw data arrives in random steps (tests/helpers/arrivals.py, two seeds). After each step one
-schema builds incrementally (rows replaced in one transaction) and a second schema of the same
+schema builds incrementally (rows replaced in one transaction; every other time from fingerprints
+kept at the ingest) and a second schema of the same
 database builds the same data from scratch; every table must be identical. At the end the
 embedded profile builds the same data with DuckDB: equal within 1e-9, relative or absolute.
 """
@@ -18,7 +19,7 @@ import pytest
 
 from healthmate_features.backends import postgres
 from healthmate_features.config import Settings
-from healthmate_features.features.build import build_features
+from healthmate_features.features.build import build_features, keep_raw_fingerprints
 from healthmate_features.features.catalog import FEATURE_TABLES
 from healthmate_features.raw.ingest import ingest, ingest_raw
 from tests.helpers.files import read_frame
@@ -44,9 +45,18 @@ def test_postgres_incremental_builds_equal_full_builds_and_duckdb(
         arrivals.write(raw)
         for settings in (prod, full):
             ingest_raw(raw, settings)
+        keep = i % 2 == 0  # every other ingest fingerprinted as `healthmate-features ingest` does
+        if keep:
+            keep_raw_fingerprints(prod)
+            if i > 0:  # the changed users compared at the ingest too, for this build to load
+                with postgres.connect(prod) as conn:
+                    dirty = postgres.table_name(prod, "_build_ingest_dirty")
+                    assert conn.execute(f"SELECT count(*) FROM {dirty}").fetchone()[0] > 0, f"step {i} ({what})"
         got = build_features(raw, prod)
-        build_features(raw, full, full=True)
+        reference = build_features(raw, full, full=True)
         assert got.incremental == (i > 0), f"step {i} ({what})"
+        assert got.kept_fingerprints == keep and not reference.kept_fingerprints, f"step {i} ({what})"
+        assert dict(got) == dict(reference), f"step {i} ({what}): rows per table"
         for name in FEATURE_TABLES:
             pd.testing.assert_frame_equal(
                 _table(prod, name), _table(full, name), check_exact=True, obj=f"seed {seed} step {i} ({what}): {name}"

@@ -3,8 +3,9 @@
 A generated population is delivered in steps chosen by a seeded random loop (several seeds; the
 package does not depend on hypothesis): the next days, late rows for old days, a new user,
 edited and deleted rows, events only. After each delivery the repository under test builds
-incrementally and a second repository builds the same ingest from scratch (`full=True`); every
-feature table must hold exactly the same rows and the same bits.
+incrementally (every other time from fingerprints kept at the ingest) and a second repository
+builds the same ingest from scratch (`full=True`); every feature table must hold exactly the
+same rows and the same bits.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pandas as pd
 import pytest
 
 from healthmate_features.config import Settings
-from healthmate_features.features.build import build_features
+from healthmate_features.features.build import build_features, keep_raw_fingerprints
 from healthmate_features.features.catalog import FEATURE_TABLES
 from healthmate_features.raw.ingest import ingest
 from tests.helpers.files import read_frame
@@ -51,9 +52,15 @@ def test_incremental_builds_equal_full_builds_over_random_arrival_orders(
         ingest(raw, inc.ingested_dir)
         shutil.rmtree(full.ingested_dir, ignore_errors=True)
         shutil.copytree(inc.ingested_dir, full.ingested_dir)
+        keep = i % 2 == 1  # every other ingest fingerprinted as `healthmate-features ingest` does
+        if keep:
+            keep_raw_fingerprints(inc)
         got = build_features(raw, inc)
-        build_features(raw, full, full=True)
+        reference = build_features(raw, full, full=True)
         assert got.incremental == (i > 0), f"step {i} ({what}) was {'not ' * (i > 0)}incremental"
+        # kept fingerprints are used only while they describe the ingest (stale after the next one)
+        assert got.kept_fingerprints == keep and not reference.kept_fingerprints, f"step {i} ({what})"
+        assert dict(got) == dict(reference), f"seed {seed}, step {i} ({what}): rows per table"
         _assert_same_tables(inc, full, f"seed {seed}, step {i} ({what})")
 
 
