@@ -44,9 +44,9 @@ from __future__ import annotations
 import functools
 import sqlite3
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
 from google.protobuf.timestamp_pb2 import Timestamp  # type: ignore[import-untyped]
@@ -54,7 +54,8 @@ from google.protobuf.timestamp_pb2 import Timestamp  # type: ignore[import-untyp
 from healthmate_features import _feast
 from healthmate_features.config import Settings
 from healthmate_features.crypto import Keyring, seal_many, sealed_key_id, unseal, unseal_many
-from healthmate_features.errors import ConfigError
+from healthmate_features.errors import ConfigError, OnlineReadError
+from healthmate_features.stores import row_codec
 
 WRITE_BATCH_ROWS = 2_000  # rows per Redis pipeline round trip (bounded memory, few round trips)
 REENCRYPT_BATCH = 500  # Redis keys or SQLite rows re-sealed per round trip during a rotation
@@ -63,13 +64,22 @@ _SQLITE_TYPE = "healthmate_features.stores.encrypted_online.EncryptedSqliteOnlin
 _REDIS_TYPE = "healthmate_features.stores.encrypted_online.EncryptedRedisOnlineStore"
 
 
+ROW_FEATURE = "*"  # SQLite: the feature_name of a view's one row per entity (no Feast field is named so)
+ROW_FIELD_PREFIX = b"_hm:"  # Redis: a user's hash field holding one view's sealed row is this + the view name
+
+
+def redis_row_field(view: str) -> bytes:
+    """The field of a user's Redis hash that holds the sealed row of `view` (next to Feast's `_ts:<view>`)."""
+    return ROW_FIELD_PREFIX + view.encode()
+
+
 def redis_aad(redis_key: bytes, field: bytes) -> bytes:
-    """The associated data of a value in a user's Redis hash: the key (entity + project), then the 4-byte field."""
+    """The associated data of a sealed row in a user's Redis hash: the key (entity + project), then the row's field."""
     return redis_key + field
 
 
-def sqlite_aad(table: str, entity_key: bytes, feature: str) -> bytes:
-    """The associated data of a value in Feast's SQLite online store: table, entity key, feature (length-prefixed)."""
+def sqlite_aad(table: str, entity_key: bytes, feature: str = ROW_FEATURE) -> bytes:
+    """The associated data of a sealed row in the SQLite online store: table, entity key, feature (length-prefixed)."""
     return sqlite_aad_head(table, entity_key) + sqlite_aad_feature(feature)
 
 
@@ -89,6 +99,90 @@ _LENGTH = struct.Struct("<I").pack
 
 def _part(data: bytes) -> bytes:
     return _LENGTH(len(data)) + data
+
+
+@dataclass
+class _Rows:
+    """Rows of one view ready to seal: serialized entity keys, row plaintexts, event and created times (UTC µs)."""
+
+    keys: list[bytes]
+    plaintexts: list[bytes]
+    micros: list[int]
+    created: list[int | None]
+
+
+def _field_ids(config: Any, view: Any) -> dict[str, bytes]:
+    """feature name -> its field id in a row (Feast's Redis field of the feature, `_feast.redis_field`)."""
+    name = _feast.redis_view_name(config, view)
+    return {f.name: _feast.redis_field(name, f.name) for f in view.features}
+
+
+def _rows_of_protos(config: Any, view: Any, data: Sequence[tuple[Any, dict[str, Any], datetime, Any]]) -> _Rows:
+    """Feast's rows (entity key proto, {feature: ValueProto}, event time, created time) as rows to seal."""
+    ids = _field_ids(config, view)
+    version = config.entity_key_serialization_version
+    rows = _Rows([], [], [], [])
+    for entity_key, values, timestamp, created in data:
+        rows.keys.append(_feast.entity_key_bytes(entity_key, version))
+        fields = [ids.get(f) or _feast.redis_field(_feast.redis_view_name(config, view), f) for f in values]
+        rows.plaintexts.append(row_codec.encode_row(fields, [v.SerializeToString() for v in values.values()]))
+        rows.micros.append(_micros_of(timestamp))
+        rows.created.append(_micros_of(created) if created is not None else None)
+    return rows
+
+
+def _rows_of_table(config: Any, view: Any, table: Any) -> _Rows:
+    """An Arrow table of a view's rows (what Feast's engine would convert to protos) as rows to seal.
+
+    The same keys, values and times as Feast's conversion (`utils._convert_arrow_fv_to_proto`),
+    without a proto per value: every value of a column serialized at once (`row_codec.encode_table`)."""
+    join_keys = {entity.name: entity.dtype.to_value_type() for entity in view.entity_columns}
+    keys = _feast.table_entity_keys(table, join_keys, config.entity_key_serialization_version)
+    ids = _field_ids(config, view)
+    columns = {ids[f.name]: (table.column(f.name), f.dtype.to_value_type()) for f in view.features}
+    plaintexts = row_codec.encode_table(columns, table.num_rows)
+    source = view.batch_source
+    micros = _micros_column(table.column(source.timestamp_field))
+    created: list[int | None] = (
+        list(_micros_column(table.column(source.created_timestamp_column)))
+        if source.created_timestamp_column
+        else [None] * table.num_rows
+    )
+    return _Rows(keys, plaintexts, micros, created)
+
+
+def _micros_column(column: Any) -> list[int]:
+    """A time column as UTC microseconds since the epoch, as Feast reads it (`pd.to_datetime`, then a
+    Python datetime: sub-microsecond digits dropped; a naive time is UTC)."""
+    import pandas as pd
+
+    times = pd.to_datetime(column.to_numpy(zero_copy_only=False))
+    if times.tz is not None:
+        times = times.tz_convert("UTC").tz_localize(None)
+    return (times.as_unit("ns").asi8 // 1000).tolist()
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _micros_of(moment: datetime) -> int:
+    return (_utc(moment) - _EPOCH) // timedelta(microseconds=1)
+
+
+def _naive(micros: int) -> datetime:
+    """Feast's `to_naive_utc` of a time given in UTC microseconds: what its SQLite store writes to event_ts."""
+    return datetime(1970, 1, 1) + timedelta(microseconds=micros)
+
+
+def _stamp(micros: int) -> bytes:
+    """Feast's `_ts:<view>` value of a time: a serialized protobuf Timestamp (`Timestamp.FromDatetime`)."""
+    seconds, rest = divmod(micros, 1_000_000)
+    return Timestamp(seconds=seconds, nanos=rest * 1000).SerializeToString()
+
+
+def _batches(table: Any, size: int) -> Iterator[Any]:
+    for start in range(0, table.num_rows, size):
+        yield table.slice(start, size)
 
 
 class _Sealing:
@@ -168,7 +262,18 @@ class EncryptedSqliteOnlineStore(_Sealing, _feast.SqliteOnlineStore):
         data: Sequence[tuple[Any, dict[str, Any], datetime, datetime | None]],
         progress: Callable[[int], Any] | None,
     ) -> None:
-        """Upsert one row per (entity, feature) as Feast does, the value sealed, value_text NULL; one transaction."""
+        """Feast's rows (pushes, Feast's own engine) upserted as one sealed row per entity; one transaction."""
+        self._write_rows(config, table, _rows_of_protos(config, table, data))
+        if progress:
+            progress(len(data))
+
+    def write_table(self, config: Any, view: Any, table: Any) -> None:
+        """A materialized Arrow table of `view` (our engine, `stores.online_engine`), in batches of
+        `WRITE_BATCH_ROWS` rows: each one serialized at once, sealed, upserted in one transaction."""
+        for batch in _batches(table, WRITE_BATCH_ROWS * 5):
+            self._write_rows(config, view, _rows_of_table(config, view, batch))
+
+    def _write_rows(self, config: Any, view: Any, rows: _Rows) -> None:
         online = config.online_store
         if online.vector_enabled or online.enable_openai_compatible_store:
             raise ConfigError(
@@ -176,27 +281,10 @@ class EncryptedSqliteOnlineStore(_Sealing, _feast.SqliteOnlineStore):
                 "enable_openai_compatible_store (they need values in plain text); turn them off in feature_store.yaml"
             )
         conn = self._get_conn(config)
-        name = _feast.sqlite_view_table(config, table)
-        version = config.entity_key_serialization_version
-        rows: list[list[Any]] = []
-        plaintexts: list[bytes] = []
-        aads: list[bytes] = []
-        table_part = _part(name.encode())
-        feature_parts: dict[str, bytes] = {}
-        for entity_key, values, timestamp, created in data:
-            key = _feast.entity_key_bytes(entity_key, version)
-            head = table_part + _part(key)  # sqlite_aad's bytes, built once per row and feature name
-            event_ts = _naive_utc(timestamp)
-            created_ts = _naive_utc(created) if created is not None else None
-            for feature, value in values.items():
-                part = feature_parts.get(feature)
-                if part is None:
-                    part = feature_parts[feature] = _part(feature.encode())
-                plaintexts.append(value.SerializeToString())
-                aads.append(head + part)
-                rows.append([key, feature, None, event_ts, created_ts])
-        for row, sealed in zip(rows, seal_many(self.keyring(config).active(), plaintexts, aads), strict=True):
-            row[2] = sealed
+        name = _feast.sqlite_view_table(config, view)
+        head = sqlite_aad_feature(ROW_FEATURE)
+        aads = [sqlite_aad_head(name, key) + head for key in rows.keys]
+        sealed = seal_many(self.keyring(config).active(), rows.plaintexts, aads)
         quoted = '"' + name.replace('"', '""') + '"'
         with conn:
             conn.executemany(
@@ -204,10 +292,11 @@ class EncryptedSqliteOnlineStore(_Sealing, _feast.SqliteOnlineStore):
                 "VALUES (?, ?, ?, NULL, ?, ?) ON CONFLICT(entity_key, feature_name) DO UPDATE SET "
                 "value = excluded.value, value_text = NULL, event_ts = excluded.event_ts, "
                 "created_ts = excluded.created_ts",
-                rows,
+                [
+                    (key, ROW_FEATURE, value, _naive(micros), _naive(created) if created is not None else None)
+                    for key, value, micros, created in zip(rows.keys, sealed, rows.micros, rows.created, strict=True)
+                ],
             )
-        if progress:
-            progress(len(data))
 
     def online_read(
         self,
@@ -216,7 +305,7 @@ class EncryptedSqliteOnlineStore(_Sealing, _feast.SqliteOnlineStore):
         entity_keys: list[Any],
         requested_features: list[str] | None = None,
     ) -> list[tuple[datetime | None, dict[str, Any] | None]]:
-        """Feast's read (every feature of the view per entity, the row's event time), values opened."""
+        """Feast's read (every feature of the view per entity, the row's event time), rows opened."""
         if not entity_keys:
             return []
         conn = self._get_conn(config)
@@ -225,22 +314,25 @@ class EncryptedSqliteOnlineStore(_Sealing, _feast.SqliteOnlineStore):
         keys = [_feast.entity_key_bytes(k, version) for k in entity_keys]
         quoted = '"' + name.replace('"', '""') + '"'
         found = conn.execute(
-            f"SELECT entity_key, feature_name, value, event_ts FROM {quoted} "
-            f"WHERE entity_key IN ({','.join('?' * len(keys))}) ORDER BY entity_key",
-            keys,
+            f"SELECT entity_key, value, event_ts FROM {quoted} "
+            f"WHERE feature_name = ? AND entity_key IN ({','.join('?' * len(keys))})",
+            [ROW_FEATURE, *keys],
         ).fetchall()
         opened = unseal_many(
             self.keyring(config),
-            [row[2] for row in found],
-            [sqlite_aad(name, row[0], row[1]) for row in found],
-            what=f"a value of feature view {table.name} in the SQLite online store",
+            [row[1] for row in found],
+            [sqlite_aad(name, row[0]) for row in found],
+            what=f"a row of feature view {table.name} in the SQLite online store",
         )
-        values: dict[bytes, dict[str, Any]] = {}
-        times: dict[bytes, datetime] = {}
-        for (key, feature, _, ts), plain in zip(found, opened, strict=True):
-            values.setdefault(key, {})[feature] = _feast.value_proto(plain)
-            times[key] = ts.astimezone(timezone.utc) if ts.tzinfo is not None else ts.replace(tzinfo=timezone.utc)
-        return [(times[key], values[key]) if key in values else (None, None) for key in keys]
+        names = {field: feature for feature, field in _field_ids(config, table).items()}
+        rows: dict[bytes, tuple[datetime, dict[str, Any]]] = {}
+        for (key, _, ts), plain in zip(found, opened, strict=True):
+            values = {names[f]: _feast.value_proto(v) for f, v in row_codec.decode_row(plain).items() if f in names}
+            rows[key] = (
+                ts.astimezone(timezone.utc) if ts.tzinfo is not None else ts.replace(tzinfo=timezone.utc),
+                values,
+            )
+        return [rows.get(key, (None, None)) for key in keys]
 
 
 # --- Redis --------------------------------------------------------------------------------------
@@ -274,49 +366,45 @@ class EncryptedRedisOnlineStore(_Sealing, _feast.RedisOnlineStore):
         data: Sequence[tuple[Any, dict[str, Any], datetime, datetime | None]],
         progress: Callable[[int], Any] | None,
     ) -> None:
-        """Feast's Redis write (same keys, fields, timestamps, timestamp check and key TTL), values sealed."""
-        online = config.online_store
-        client = self._get_client(online)
-        view = _feast.redis_view_name(config, table)
-        ts_field = _feast.redis_timestamp_field(view)
-        version = config.entity_key_serialization_version
-        project = config.project.encode("utf-8")
-        fields: dict[str, bytes] = {}
-        key_for = self.keyring(config)
+        """Feast's rows (pushes, Feast's own engine): Feast's timestamp check and key TTL, one sealed row per view."""
         for start in range(0, len(data), WRITE_BATCH_ROWS):
             batch = data[start : start + WRITE_BATCH_ROWS]
-            keys = [_feast.entity_key_bytes(row[0], version) + project for row in batch]
-            stamps = []
-            for row in batch:
-                stamp = Timestamp()
-                stamp.FromDatetime(_utc(row[2]))
-                stamps.append(stamp)
-            keep = _newer(client, keys, stamps, ts_field) if not online.skip_dedup else [True] * len(batch)
-            plaintexts: list[bytes] = []
-            aads: list[bytes] = []
-            for key, row, kept in zip(keys, batch, keep, strict=True):
-                if not kept:
-                    continue
-                for feature, value in row[1].items():
-                    field = fields.get(feature)
-                    if field is None:
-                        field = fields[feature] = _feast.redis_field(view, feature)
-                    plaintexts.append(value.SerializeToString())
-                    aads.append(redis_aad(key, field))
-            sealed = iter(seal_many(key_for.active(), plaintexts, aads))
-            with client.pipeline(transaction=False) as pipe:
-                for key, row, stamp, kept in zip(keys, batch, stamps, keep, strict=True):
-                    if not kept:
-                        continue
-                    mapping: dict[bytes, bytes] = {ts_field: stamp.SerializeToString()}
-                    for feature in row[1]:
-                        mapping[fields[feature]] = next(sealed)
-                    pipe.hset(key, mapping=mapping)
-                    if online.key_ttl_seconds:
-                        pipe.expire(name=key, time=online.key_ttl_seconds)
-                pipe.execute()
+            self._write_rows(config, table, _rows_of_protos(config, table, batch))
             if progress:
                 progress(len(batch))
+
+    def write_table(self, config: Any, view: Any, table: Any) -> None:
+        """A materialized Arrow table of `view` (our engine, `stores.online_engine`), `WRITE_BATCH_ROWS`
+        rows per pipelined round trip: each batch serialized at once and sealed, one seal per row."""
+        for batch in _batches(table, WRITE_BATCH_ROWS):
+            self._write_rows(config, view, _rows_of_table(config, view, batch))
+
+    def _write_rows(self, config: Any, view: Any, rows: _Rows) -> None:
+        """HSET `_ts:<view>` (Feast's timestamp) and the sealed row, then EXPIRE: one pipeline.
+
+        A row no newer than the stored `_ts:<view>` (or an earlier row of the same key) is skipped,
+        as Feast's stock store skips it, unless `skip_dedup`."""
+        online = config.online_store
+        client = self._get_client(online)
+        view_name = _feast.redis_view_name(config, view)
+        ts_field = _feast.redis_timestamp_field(view_name)
+        row_field = redis_row_field(view_name)
+        project = config.project.encode("utf-8")
+        keys = [key + project for key in rows.keys]
+        keep = _newer(client, keys, rows.micros, ts_field) if not online.skip_dedup else [True] * len(keys)
+        kept = [i for i, k in enumerate(keep) if k]
+        sealed = seal_many(
+            self.keyring(config).active(),
+            [rows.plaintexts[i] for i in kept],
+            [redis_aad(keys[i], row_field) for i in kept],
+        )
+        ttl = online.key_ttl_seconds
+        with client.pipeline(transaction=False) as pipe:
+            for i, value in zip(kept, sealed, strict=True):
+                pipe.hset(keys[i], mapping={ts_field: _stamp(rows.micros[i]), row_field: value})
+                if ttl:
+                    pipe.expire(name=keys[i], time=ttl)
+            pipe.execute()
 
     async def online_write_batch_async(self, config: Any, table: Any, data: Any, progress: Any) -> None:
         self.online_write_batch(config, table, data, progress)
@@ -327,27 +415,39 @@ class EncryptedRedisOnlineStore(_Sealing, _feast.RedisOnlineStore):
         return self.online_read(config, table, entity_keys, requested_features)
 
     def _read_hash_fields(self, config: Any, commands: list[tuple[bytes, list[Any]]]) -> list[list[Any]]:
-        """Feast's HMGETs (one pipeline), every feature value opened; `_ts:` fields stay as stored."""
-        replies = _feast.redis_hmget_replies(self, config, commands)
-        blobs: list[bytes] = []
-        aads: list[bytes] = []
-        where: list[tuple[int, int]] = []
-        for row, ((key, fields), values) in enumerate(zip(commands, replies, strict=True)):
-            for column, (field, value) in enumerate(zip(fields, values, strict=True)):
-                if value is not None and isinstance(field, bytes):  # murmur3 fields; `_ts:<view>` is a str
-                    blobs.append(bytes(value))
-                    aads.append(redis_aad(key, field))
-                    where.append((row, column))
-        if not blobs:
-            return replies
-        opened = unseal_many(self.keyring(config), blobs, aads, what="a feature value in the Redis online store")
-        out = [list(values) for values in replies]
-        for (row, column), plain in zip(where, opened, strict=True):
-            out[row][column] = plain
+        """Feast's HMGETs answered from the sealed rows: per (key, fields), the values of the
+        features' fields (murmur3) and of `_ts:<view>`, as Feast's stock layout would answer them.
+
+        Feast's reads ask for one view's fields and its `_ts:<view>` per key: one HMGET of
+        `_ts:<view>` and the view's row per key (one pipeline), each row opened and unpacked."""
+        asked: list[tuple[bytes, bytes, bytes]] = []  # (key, ts field, row field) per command
+        for key, fields in commands:
+            views = {v for v in map(_feast.redis_timestamp_view, fields) if v is not None}
+            if len(views) != 1:
+                raise OnlineReadError(
+                    f"a read of the encrypting Redis store asks for {len(views)} views' timestamps in one hash "
+                    "read; it reads one view's row (with its `_ts` field) at a time"
+                )
+            (view,) = views
+            asked.append((key, _feast.redis_timestamp_field(view), redis_row_field(view)))
+        replies = _feast.redis_hmget_replies(self, config, [(key, [ts, row]) for key, ts, row in asked])
+        present = [i for i, (_, row) in enumerate(replies) if row is not None]
+        opened = unseal_many(
+            self.keyring(config),
+            [bytes(replies[i][1]) for i in present],
+            [redis_aad(asked[i][0], asked[i][2]) for i in present],
+            what="a row in the Redis online store",
+        )
+        rows: dict[int, dict[bytes, bytes]] = {i: row_codec.decode_row(p) for i, p in zip(present, opened, strict=True)}
+        out: list[list[Any]] = []
+        for i, (_, fields) in enumerate(commands):
+            row = rows.get(i, {})
+            ts = replies[i][0]
+            out.append([ts if _feast.redis_timestamp_view(f) is not None else row.get(f) for f in fields])
         return out
 
 
-def _newer(client: Any, keys: list[bytes], stamps: list[Timestamp], ts_field: bytes) -> list[bool]:
+def _newer(client: Any, keys: list[bytes], micros: list[int], ts_field: bytes) -> list[bool]:
     """Per row: whether Feast's stock store would write it (strictly newer than the stored `_ts`
     and than an earlier row of the same key in the batch)."""
     with client.pipeline(transaction=False) as pipe:
@@ -356,8 +456,8 @@ def _newer(client: Any, keys: list[bytes], stamps: list[Timestamp], ts_field: by
         stored = pipe.execute()
     latest: dict[bytes, int] = {}
     keep: list[bool] = []
-    for key, stamp, previous in zip(keys, stamps, stored, strict=True):
-        new = stamp.seconds * 1_000_000_000 + stamp.nanos
+    for key, moment, previous in zip(keys, micros, stored, strict=True):
+        new = moment * 1000
         seen = 0
         if previous:
             old = Timestamp()
@@ -446,12 +546,10 @@ def _reencrypt_redis(online: Any, config: Any, keyring: Keyring, progress: Any) 
             for key, fields in zip(pending, hashes, strict=True):
                 args: list[bytes] = []
                 for field, value in fields.items():
-                    key_id = sealed_key_id(value) if len(field) == 4 else None
+                    key_id = sealed_key_id(value) if field.startswith(ROW_FIELD_PREFIX) else None
                     if key_id is None or key_id == active.key_id:
                         continue
-                    plain = unseal(
-                        keyring, value, what="a feature value in the Redis online store", aad=redis_aad(key, field)
-                    )
+                    plain = unseal(keyring, value, what="a row in the Redis online store", aad=redis_aad(key, field))
                     (new,) = seal_many(active, [plain], [redis_aad(key, field)])
                     args += [field, value, new]
                 if args:

@@ -1,11 +1,13 @@
 """The encrypting online stores (stores/encrypted_online.py) on both profiles, with real Feast.
 
 - The SQLite file and the Redis hashes hold no plaintext value (read through the store's own
-  connection and the Redis client): every value is an HME1 envelope, value_text is NULL.
-- What Feast reads back through ours equals what Feast's stock store reads back after a stock
-  materialization of the same window into a separate store (a second SQLite file; the same
-  project in another Redis database): same keys, fields, timestamps and key TTL, and the values
-  equal after decryption, value for value; our fast reader equals Feast through ours.
+  connection and the Redis client): one HME1 envelope per (entity, view) row, value_text NULL.
+- What ours holds equals what Feast's stock store holds after a stock materialization of the same
+  window into a separate store (a second SQLite file; the same project in another Redis
+  database), both through Feast's entry points: same keys, entities, timestamps (`_ts:<view>`,
+  event_ts, created_ts) and key TTL, and each opened row holds exactly the stock store's serialized
+  values, feature for feature; Feast's get_online_features through ours and our fast reader equal
+  Feast through the stock store, value for value.
 - A value moved to another user, or naming a key the keyring lacks, fails with EncryptionKeyError
   naming the key id (Feast's read and our reader); the HTTP API answers 503 with a generic message.
 - Key rotation: `reencrypt_online_values` re-seals every value under the new key, and a second
@@ -33,7 +35,7 @@ from healthmate_features.crypto import sealed_key_id, unseal
 from healthmate_features.errors import EncryptionKeyError
 from healthmate_features.features.build import build_features
 from healthmate_features.raw.ingest import ingest_raw
-from healthmate_features.stores import encrypted_online
+from healthmate_features.stores import encrypted_online, row_codec
 from healthmate_features.stores import feature_store as store
 from healthmate_features.stores.online import OnlineReader
 
@@ -104,23 +106,36 @@ def sqlite_rows(fs: FeatureStore) -> dict[tuple[str, bytes, str], tuple]:
     return rows
 
 
+def opened_row(keyring, value: bytes, aad: bytes) -> dict[bytes, bytes]:
+    """A sealed row opened: Feast's Redis field of each feature -> its serialized ValueProto."""
+    return row_codec.decode_row(unseal(keyring, value, what="test", aad=aad))
+
+
 def test_sqlite_holds_only_sealed_values_equal_to_feasts_stock_store(embedded):
     settings, stock = embedded
     ours = store.open_feature_store(settings)
     assert isinstance(_feast.online_store_of(ours), encrypted_online.EncryptedSqliteOnlineStore)
     mine, theirs = sqlite_rows(ours), sqlite_rows(stock)
-    assert len(mine) > 300 and set(mine) == set(theirs)  # same tables, users and features
+    assert {feature for _, _, feature in mine} == {encrypted_online.ROW_FEATURE}  # one row per entity and view
+    assert {(t, k) for t, k, _ in mine} == {(t, k) for t, k, _ in theirs} and len(mine) >= 12
     plain = {value for value, *_ in theirs.values()}
     keyring = backend_for(settings).keyring()
     active = keyring.active().key_id
-    for place, (value, text, event, created) in mine.items():
+    views = {_feast.sqlite_view_table(ours.config, v): v for v in ours.list_feature_views()}
+    compared = 0
+    for (table, key, _), (value, text, event, created) in mine.items():
         assert value.startswith(b"HME1") and sealed_key_id(value) == active and text is None
         assert not any(p in value for p in plain if len(p) > 2)  # no plaintext value inside
-        stock_value, _, stock_event, stock_created = theirs[place]
-        assert (event, created) == (stock_event, stock_created)
-        table, key, feature = place
-        opened = unseal(keyring, value, what="test", aad=encrypted_online.sqlite_aad(table, key, feature))
-        assert opened == stock_value
+        row = opened_row(keyring, value, encrypted_online.sqlite_aad(table, key))
+        view = views[table]
+        stock_row = {f: v for (t, k, f), v in theirs.items() if t == table and k == key}
+        assert set(stock_row) == {f.name for f in view.features}
+        assert len(row) == len(stock_row)
+        for feature, (stock_value, _, stock_event, stock_created) in stock_row.items():
+            assert row[_feast.redis_field(view.name, feature)] == stock_value, (table, feature)
+            assert (event, created) == (stock_event, stock_created)
+            compared += 1
+    assert compared > 300
     refs = every_ref(ours)
     want = feast_reads(stock, refs)
     same(feast_reads(ours, refs), want)
@@ -136,13 +151,14 @@ def test_a_moved_or_unknown_key_value_fails_naming_the_key(embedded):
     table = _feast.sqlite_view_table(ours.config, view)
     key = _feast.int64_entity_key("user_id")
     feature = view.features[0].name
+    row = encrypted_online.ROW_FEATURE
     (value,) = conn.execute(
-        f'SELECT value FROM "{table}" WHERE entity_key = ? AND feature_name = ?', (key(1), feature)
+        f'SELECT value FROM "{table}" WHERE entity_key = ? AND feature_name = ?', (key(1), row)
     ).fetchone()
     key_id = sealed_key_id(value)
     with conn:  # user 1's value copied onto user 2: it must not open there
         conn.execute(
-            f'UPDATE "{table}" SET value = ? WHERE entity_key = ? AND feature_name = ?', (value, key(2), feature)
+            f'UPDATE "{table}" SET value = ? WHERE entity_key = ? AND feature_name = ?', (value, key(2), row)
         )
     refs = [f"health_daily:{feature}"]
     with pytest.raises(EncryptionKeyError, match=f"does not decrypt under data key {key_id}"):
@@ -153,7 +169,7 @@ def test_a_moved_or_unknown_key_value_fails_naming_the_key(embedded):
     unknown = value.replace(key_id.encode(), b"dk-" + b"0" * (len(key_id) - 3))
     with conn:
         conn.execute(
-            f'UPDATE "{table}" SET value = ? WHERE entity_key = ? AND feature_name = ?', (unknown, key(2), feature)
+            f'UPDATE "{table}" SET value = ? WHERE entity_key = ? AND feature_name = ?', (unknown, key(2), row)
         )
     missing = "dk-" + "0" * (len(key_id) - 3)
     with pytest.raises(EncryptionKeyError, match=f"data key {missing}, which this deployment's keyring does not hold"):
@@ -180,7 +196,7 @@ def test_rotation_reseals_every_value_and_resumes(embedded):
     old = keyring.active().key_id
     new = keyring.rotate().key_id
     done = encrypted_online.reencrypt_online_values(settings)
-    assert done.active_key == new and done.reencrypted == done.scanned == len(sqlite_rows(ours)) > 300
+    assert done.active_key == new and done.reencrypted == done.scanned == len(sqlite_rows(ours)) >= 12
     assert {sealed_key_id(v) for v, *_ in sqlite_rows(ours).values()} == {new}
     again = encrypted_online.reencrypt_online_values(settings)
     assert again.reencrypted == 0 and again.scanned == done.scanned
@@ -231,18 +247,27 @@ def test_redis_holds_only_sealed_values_equal_to_feasts_stock_store(production):
     assert len(our_keys) >= 2 and our_keys == sorted(theirs.scan_iter(match=b"*" + project, count=1000))
     keyring = backend_for(settings).keyring()
     ttl = stock.config.online_store.key_ttl_seconds
+    views = {v.name: v for v in stock.list_feature_views()}
+    compared = 0
     for key in our_keys:
         ours_hash, stock_hash = mine.hgetall(key), theirs.hgetall(key)
-        assert set(ours_hash) == set(stock_hash)  # same fields, `_ts:<view>` included
+        stamps = {f: v for f, v in stock_hash.items() if _feast.redis_timestamp_view(f) is not None}
+        assert stamps and {f: ours_hash.get(f) for f in stamps} == stamps  # Feast's `_ts:<view>`, as stock
+        rows = {encrypted_online.redis_row_field(_feast.redis_timestamp_view(f)) for f in stamps}
+        assert set(ours_hash) == set(stamps) | rows  # one sealed row per view beside it, nothing else
         plain = set(stock_hash.values())
-        for field, value in ours_hash.items():
-            if field.startswith(b"_ts:"):
-                assert value == stock_hash[field]
-                continue
+        for field in rows:
+            value = ours_hash[field]
             assert value.startswith(b"HME1") and not any(p in value for p in plain if len(p) > 2)
-            opened = unseal(keyring, value, what="test", aad=encrypted_online.redis_aad(key, field))
-            assert opened == stock_hash[field]
+            row = opened_row(keyring, value, encrypted_online.redis_aad(key, field))
+            view = views[field[len(encrypted_online.ROW_FIELD_PREFIX) :].decode()]
+            fields = [_feast.redis_field(view.name, f.name) for f in view.features]
+            assert sorted(row) == sorted(fields)
+            for hashed in fields:
+                assert row[hashed] == stock_hash[hashed]
+                compared += 1
         assert abs(mine.ttl(key) - theirs.ttl(key)) < 120 and 0 < mine.ttl(key) <= ttl
+    assert compared > 300
     ours = store.open_feature_store(settings)
     refs = every_ref(ours)
     want = feast_reads(stock, refs)
@@ -255,7 +280,7 @@ def test_redis_holds_only_sealed_values_equal_to_feasts_stock_store(production):
 
     keyring.rotate()
     done = encrypted_online.reencrypt_online_values(settings)
-    assert done.scanned == len(our_keys) and done.reencrypted > 300
+    assert done.scanned == len(our_keys) and done.reencrypted >= 2 * len(our_keys)
     assert encrypted_online.reencrypt_online_values(settings).reencrypted == 0
     same(feast_reads(store.open_feature_store(settings), refs), want)
 
@@ -268,7 +293,7 @@ def test_a_value_moved_to_another_user_in_redis_fails_naming_the_key(production)
     ours = store.open_feature_store(settings)
     project = ours.project
     view = ours.get_feature_view("health_daily")
-    field = _feast.redis_field(view.name, view.features[0].name)
+    field = encrypted_online.redis_row_field(view.name)
     one, two = (_feast.feast_redis_key(project, "user_id", u) for u in (1, 2))
     value = mine.hget(one, field)
     mine.hset(two, field, value)
