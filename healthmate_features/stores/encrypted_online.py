@@ -102,7 +102,7 @@ def _part(data: bytes) -> bytes:
 
 
 @dataclass
-class _Rows:
+class Rows:
     """Rows of one view ready to seal: serialized entity keys, row plaintexts, event and created times (UTC µs)."""
 
     keys: list[bytes]
@@ -117,11 +117,11 @@ def _field_ids(config: Any, view: Any) -> dict[str, bytes]:
     return {f.name: _feast.redis_field(name, f.name) for f in view.features}
 
 
-def _rows_of_protos(config: Any, view: Any, data: Sequence[tuple[Any, dict[str, Any], datetime, Any]]) -> _Rows:
+def _rows_of_protos(config: Any, view: Any, data: Sequence[tuple[Any, dict[str, Any], datetime, Any]]) -> Rows:
     """Feast's rows (entity key proto, {feature: ValueProto}, event time, created time) as rows to seal."""
     ids = _field_ids(config, view)
     version = config.entity_key_serialization_version
-    rows = _Rows([], [], [], [])
+    rows = Rows([], [], [], [])
     for entity_key, values, timestamp, created in data:
         rows.keys.append(_feast.entity_key_bytes(entity_key, version))
         fields = [ids.get(f) or _feast.redis_field(_feast.redis_view_name(config, view), f) for f in values]
@@ -131,7 +131,7 @@ def _rows_of_protos(config: Any, view: Any, data: Sequence[tuple[Any, dict[str, 
     return rows
 
 
-def _rows_of_table(config: Any, view: Any, table: Any) -> _Rows:
+def rows_of_table(config: Any, view: Any, table: Any) -> Rows:
     """An Arrow table of a view's rows (what Feast's engine would convert to protos) as rows to seal.
 
     The same keys, values and times as Feast's conversion (`utils._convert_arrow_fv_to_proto`),
@@ -148,7 +148,7 @@ def _rows_of_table(config: Any, view: Any, table: Any) -> _Rows:
         if source.created_timestamp_column
         else [None] * table.num_rows
     )
-    return _Rows(keys, plaintexts, micros, created)
+    return Rows(keys, plaintexts, micros, created)
 
 
 def _micros_column(column: Any) -> list[int]:
@@ -271,9 +271,9 @@ class EncryptedSqliteOnlineStore(_Sealing, _feast.SqliteOnlineStore):
         """A materialized Arrow table of `view` (our engine, `stores.online_engine`), in batches of
         `WRITE_BATCH_ROWS` rows: each one serialized at once, sealed, upserted in one transaction."""
         for batch in _batches(table, WRITE_BATCH_ROWS * 5):
-            self._write_rows(config, view, _rows_of_table(config, view, batch))
+            self._write_rows(config, view, rows_of_table(config, view, batch))
 
-    def _write_rows(self, config: Any, view: Any, rows: _Rows) -> None:
+    def _write_rows(self, config: Any, view: Any, rows: Rows) -> None:
         online = config.online_store
         if online.vector_enabled or online.enable_openai_compatible_store:
             raise ConfigError(
@@ -377,9 +377,9 @@ class EncryptedRedisOnlineStore(_Sealing, _feast.RedisOnlineStore):
         """A materialized Arrow table of `view` (our engine, `stores.online_engine`), `WRITE_BATCH_ROWS`
         rows per pipelined round trip: each batch serialized at once and sealed, one seal per row."""
         for batch in _batches(table, WRITE_BATCH_ROWS):
-            self._write_rows(config, view, _rows_of_table(config, view, batch))
+            self._write_rows(config, view, rows_of_table(config, view, batch))
 
-    def _write_rows(self, config: Any, view: Any, rows: _Rows) -> None:
+    def _write_rows(self, config: Any, view: Any, rows: Rows) -> None:
         """HSET `_ts:<view>` (Feast's timestamp) and the sealed row, then EXPIRE: one pipeline.
 
         A row no newer than the stored `_ts:<view>` (or an earlier row of the same key) is skipped,

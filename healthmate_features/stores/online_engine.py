@@ -59,7 +59,8 @@ class _TableBuilder(_feast.LocalFeatureBuilder):
     """Feast's plan builder for the local engine, with our output node."""
 
     def build_output_nodes(self, view: Any, input_node: Any) -> Any:
-        node = _TableOutputNode("output", self.dag_root.view, inputs=[input_node])
+        root: Any = self.dag_root.view  # the task's view (Feast's node is typed for batch and stream views)
+        node = _TableOutputNode("output", root, inputs=[input_node])
         self.nodes.append(node)
         return node
 

@@ -157,9 +157,7 @@ def test_a_moved_or_unknown_key_value_fails_naming_the_key(embedded):
     ).fetchone()
     key_id = sealed_key_id(value)
     with conn:  # user 1's value copied onto user 2: it must not open there
-        conn.execute(
-            f'UPDATE "{table}" SET value = ? WHERE entity_key = ? AND feature_name = ?', (value, key(2), row)
-        )
+        conn.execute(f'UPDATE "{table}" SET value = ? WHERE entity_key = ? AND feature_name = ?', (value, key(2), row))
     refs = [f"health_daily:{feature}"]
     with pytest.raises(EncryptionKeyError, match=f"does not decrypt under data key {key_id}"):
         ours.get_online_features(features=refs, entity_rows=[{"user_id": 2}])
