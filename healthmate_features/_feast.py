@@ -258,25 +258,36 @@ def registry_cache_stamp(registry: Any) -> Any:
 
 @contextmanager
 def online_writes_counted(store: Any, count: Callable[[str, int], None]) -> Iterator[None]:
-    """While inside, call `count(view name, rows)` after each batch Feast writes to the online store.
+    """While inside, call `count(view name, rows)` after each batch or table written to the online store.
 
     Feast's compute engines write materialized rows with `online_write_batch` (the public method
     of its OnlineStore interface) of the provider's online store, `FeatureStore._get_provider()`;
-    that one instance's method is wrapped inside the block and restored after it. Only this
-    FeatureStore object is affected: open a fresh one per materialization.
+    our engine (stores.online_engine) hands whole tables to the store's `write_table` instead.
+    Those methods of that one instance are wrapped inside the block and restored after it. Only
+    this FeatureStore object is affected: open a fresh one per materialization.
     """
     online = store._get_provider().online_store
     write = online.online_write_batch
+    write_table = getattr(online, "write_table", None)
 
     def counted(config: Any, table: Any, data: Sequence[Any], progress: Any) -> None:
         write(config, table, data, progress)
         count(table.name, len(data))
 
+    def counted_table(config: Any, view: Any, table: Any) -> None:
+        assert write_table is not None
+        write_table(config, view, table)
+        count(view.name, table.num_rows)
+
     online.online_write_batch = counted
+    if write_table is not None:
+        online.write_table = counted_table
     try:
         yield
     finally:
         del online.online_write_batch  # the instance attribute: the class's method shows again
+        if write_table is not None:
+            del online.write_table
 
 
 def online_store_without_retries(store: Any) -> None:

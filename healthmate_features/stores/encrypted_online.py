@@ -1,28 +1,44 @@
 """Feast online stores that hold feature values only encrypted: SQLite (embedded) and Redis (production).
 
 `EncryptedSqliteOnlineStore` and `EncryptedRedisOnlineStore` are Feast's own SQLite and Redis
-online stores (subclasses, named by their module path in `feature_store*.yaml`) with one change:
-every feature value is sealed on write and opened on read. Feast's `get_online_features`,
-`feast materialize`, `materialize-incremental`, `store.materialize`, `store.push` and `feast
-serve` go through them unchanged; our fast reader (`stores.online`) opens the same envelopes.
+online stores (subclasses, named by their module path in `feature_store*.yaml`) that seal what
+they store and open what they read. Feast's `get_online_features`, `feast materialize`,
+`materialize-incremental`, `store.materialize`, `store.push` and `feast serve` go through them
+unchanged and read back what Feast's stock store would (same entities, features, values and
+timestamps; tests/integration/test_online_encryption.py); our fast reader (`stores.online`)
+opens the same envelopes.
 
-What is stored where Feast's stock store stores it (same Redis keys and hash fields, same SQLite
-tables, rows and timestamps, same key TTL), except the value itself:
+The layout: one sealed row per (entity, view), where Feast's stock stores keep one value per
+(entity, feature):
 
-- the value: the serialized `ValueProto` sealed under the deployment's active data key
-  (`crypto.seal`: AES-256-GCM, the HME1 envelope naming the key id), with associated data that
-  binds it to its place: on Redis the user's key (serialized entity key + project) and the field
-  (murmur3 of `view:feature`); on SQLite the table (project + view), the serialized entity key and
-  the feature name (`redis_aad`, `sqlite_aad`). A value copied to another user, feature or view
-  does not open: EncryptionKeyError, never another user's number;
-- plaintext: the entity keys (user ids: opaque integers, no health data; kept as they are so
-  Feast's key layout, erasure by key, key TTL and Feast's own deletes keep working), the event
-  and created timestamps (`_ts:<view>` on Redis, `event_ts`/`created_ts` on SQLite: when a user's
-  row was computed, not what it holds), and which features exist;
-- SQLite's `value_text` column (Feast's copy of the value as text, for its text search) stays
-  NULL; vector search and the OpenAI-compatible store are not supported (ConfigError).
-- the SQLite file is in WAL mode (set by the first connection that opens it): a lookup never
-  waits for a materialization's write, so the API reads it on its event loop (`stores.online`).
+- the row: the view's serialized `ValueProto`s, the very bytes Feast's stock store stores per
+  feature, packed by `row_codec` under Feast's Redis field id of each feature (murmur3 of
+  `view:feature`), sealed ONCE under the deployment's active data key (`crypto.seal_many`:
+  AES-256-GCM, the HME1 envelope naming the key id) with associated data that binds it to its
+  place: on Redis the user's key (serialized entity key + project) and the row's field
+  `_hm:<view>` (`redis_aad`); on SQLite the table (project + view) and the serialized entity key
+  (`sqlite_aad`). A row copied to another user or view does not open (EncryptionKeyError, never
+  another user's numbers); the field ids inside it are authenticated with the values;
+- Redis: Feast's key per entity (the same key as the stock store: erasure by key, key TTL
+  `key_ttl_seconds` reset by every write) holding, per view, Feast's `_ts:<view>` (the row's
+  event time, as the stock store writes it) and `_hm:<view>` (the sealed row);
+- SQLite: Feast's table per view with one row per entity, `feature_name` = `*` (`ROW_FEATURE`),
+  `value` the sealed row, `value_text` NULL, `event_ts`/`created_ts` as Feast writes them. The file
+  is in WAL mode (set by the first connection that opens it): a lookup never waits for a
+  materialization's write, so the API reads it on its event loop (`stores.online`);
+- plaintext: the entity keys (user ids: opaque integers, no health data), the timestamps (when a
+  user's row was computed, not what it holds), and which views exist. Vector search and the
+  OpenAI-compatible store are not supported (ConfigError).
+
+Sealing a row instead of each value is what lets materialization run near the write floor: a
+view of 30 features costs one AES-GCM seal per user, not 30. Writes come two ways: Feast's rows of
+protobufs (`online_write_batch`: pushes, Feast's own engine), and whole Arrow tables
+(`write_table`: our engine, `stores.online_engine`, each column serialized at once), both
+pipelined in bounded batches (`WRITE_BATCH_ROWS` rows per Redis round trip). Redis keeps the
+stock store's semantics: an older row never replaces a newer one (`skip_dedup` honoured), and
+`key_ttl_seconds`. A row replaces the view's whole row: a push must carry every feature of its
+view (Feast's push does). Rows written by the per-value layout of earlier versions are not read:
+re-run `materialize` after upgrading.
 
 The keyring comes from the SQL store of the profile named in the store's config (`profile`), with
 the repository Feast runs in (`Backend.keyring()`): the same data keys in every process, `feast
@@ -30,12 +46,7 @@ serve` and the plain `feast` CLI included (production: run `eval "$(healthmate-f
 first, as for any `feast` command). In-process, `Backend.open_feature_store` hands the online
 store the backend's own keyring (`bind_keyring`).
 
-Writes are Feast's semantics: on Redis the timestamp check of the stock store (an older row never
-replaces a newer one; `skip_dedup` honoured) and `key_ttl_seconds`; on SQLite an upsert per
-(entity, feature). They are pipelined in bounded batches (`WRITE_BATCH_ROWS` rows per Redis
-round trip) and all values of a batch are sealed in one pass (`crypto.seal_many`).
-
-`reencrypt_online_values(settings)` re-seals every value not under the active data key (a key
+`reencrypt_online_values(settings)` re-seals every row not under the active data key (a key
 rotation): an idempotent scan, safe to interrupt and run again.
 """
 
@@ -380,10 +391,13 @@ class EncryptedRedisOnlineStore(_Sealing, _feast.RedisOnlineStore):
             self._write_rows(config, view, rows_of_table(config, view, batch))
 
     def _write_rows(self, config: Any, view: Any, rows: Rows) -> None:
-        """HSET `_ts:<view>` (Feast's timestamp) and the sealed row, then EXPIRE: one pipeline.
+        """HSET `_ts:<view>` (Feast's timestamp) and the sealed row, then EXPIRE, for each row.
 
         A row no newer than the stored `_ts:<view>` (or an earlier row of the same key) is skipped,
-        as Feast's stock store skips it, unless `skip_dedup`."""
+        as Feast's stock store skips it, unless `skip_dedup`. On a single Redis (not a cluster) the
+        stored timestamps are read with one script call and the rows written with another (two
+        round trips and two commands per batch, where a pipeline sends three commands per row);
+        on a cluster, whose keys live on several nodes, with pipelines."""
         online = config.online_store
         client = self._get_client(online)
         view_name = _feast.redis_view_name(config, view)
@@ -391,14 +405,25 @@ class EncryptedRedisOnlineStore(_Sealing, _feast.RedisOnlineStore):
         row_field = redis_row_field(view_name)
         project = config.project.encode("utf-8")
         keys = [key + project for key in rows.keys]
-        keep = _newer(client, keys, rows.micros, ts_field) if not online.skip_dedup else [True] * len(keys)
-        kept = [i for i, k in enumerate(keep) if k]
+        cluster = getattr(online.redis_type, "value", online.redis_type) == "redis_cluster"
+        if online.skip_dedup:
+            kept = list(range(len(keys)))
+        else:
+            stored = _stored_stamps(client, keys, ts_field, scripted=not cluster)
+            kept = [i for i, k in enumerate(_newer(keys, rows.micros, stored)) if k]
         sealed = seal_many(
             self.keyring(config).active(),
             [rows.plaintexts[i] for i in kept],
             [redis_aad(keys[i], row_field) for i in kept],
         )
-        ttl = online.key_ttl_seconds
+        ttl = online.key_ttl_seconds or 0
+        if not cluster:
+            args: list[Any] = [ttl, ts_field, row_field]
+            for i, value in zip(kept, sealed, strict=True):
+                args += [_stamp(rows.micros[i]), value]
+            if kept:
+                client.register_script(_WRITE_SCRIPT)(keys=[keys[i] for i in kept], args=args)
+            return
         with client.pipeline(transaction=False) as pipe:
             for i, value in zip(kept, sealed, strict=True):
                 pipe.hset(keys[i], mapping={ts_field: _stamp(rows.micros[i]), row_field: value})
@@ -447,13 +472,41 @@ class EncryptedRedisOnlineStore(_Sealing, _feast.RedisOnlineStore):
         return out
 
 
-def _newer(client: Any, keys: list[bytes], micros: list[int], ts_field: bytes) -> list[bool]:
-    """Per row: whether Feast's stock store would write it (strictly newer than the stored `_ts`
-    and than an earlier row of the same key in the batch)."""
+# One call per batch: the `_ts:<view>` of each key (nil where absent) ...
+_READ_SCRIPT = """
+local out = {}
+for i = 1, #KEYS do
+  out[i] = redis.call('HGET', KEYS[i], ARGV[1])
+end
+return out
+"""
+# ... and HSET of `_ts:<view>` and the row per key (ARGV: ttl, ts field, row field, then a
+# timestamp and a row per key), EXPIRE when the ttl is set: what Feast's pipeline sends per row.
+_WRITE_SCRIPT = """
+local ttl = tonumber(ARGV[1])
+for i = 1, #KEYS do
+  redis.call('HSET', KEYS[i], ARGV[2], ARGV[2 + 2 * i], ARGV[3], ARGV[3 + 2 * i])
+  if ttl > 0 then
+    redis.call('EXPIRE', KEYS[i], ttl)
+  end
+end
+return #KEYS
+"""
+
+
+def _stored_stamps(client: Any, keys: list[bytes], ts_field: bytes, *, scripted: bool) -> list[bytes | None]:
+    """The stored `_ts:<view>` of each key (None where absent): one script call, or a pipeline (cluster)."""
+    if scripted:
+        return list(client.register_script(_READ_SCRIPT)(keys=keys, args=[ts_field])) if keys else []
     with client.pipeline(transaction=False) as pipe:
         for key in keys:
             pipe.hget(key, ts_field)
-        stored = pipe.execute()
+        return list(pipe.execute())
+
+
+def _newer(keys: list[bytes], micros: list[int], stored: list[bytes | None]) -> list[bool]:
+    """Per row: whether Feast's stock store would write it (strictly newer than the stored `_ts`
+    and than an earlier row of the same key in the batch)."""
     latest: dict[bytes, int] = {}
     keep: list[bool] = []
     for key, moment, previous in zip(keys, micros, stored, strict=True):
