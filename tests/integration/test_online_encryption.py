@@ -3,8 +3,10 @@
 - The SQLite file and the Redis hashes hold no plaintext value (read through the store's own
   connection and the Redis client): one HME1 envelope per (entity, view) row, value_text NULL.
 - What ours holds equals what Feast's stock store holds after a stock materialization of the same
-  window into a separate store (a second SQLite file; the same project in another Redis
-  database), both through Feast's entry points: same keys, entities, timestamps (`_ts:<view>`,
+  windows into a separate store (a second SQLite file; the same project in another Redis
+  database), both through Feast's entry points: ours with our engine (stores/online_engine.py),
+  a full window up to a cut then `materialize --incremental`; the stock store with Feast's own
+  engine over the same windows: same keys, entities, timestamps (`_ts:<view>`,
   event_ts, created_ts) and key TTL, and each opened row holds exactly the stock store's serialized
   values, feature for feature; Feast's get_online_features through ours and our fast reader equal
   Feast through the stock store, value for value.
@@ -51,6 +53,7 @@ def stock_store(settings: Settings, online: dict[str, Any]) -> FeatureStore:
         yaml.safe_load(backend.feature_store_yaml.read_text()), backend.feast_variables(), "yaml"
     )
     raw["online_store"] = {k: v for k, v in {**raw["online_store"], **online}.items() if k != "profile"}
+    raw["batch_engine"] = {"type": "local"}  # Feast's own engine: the reference
     config = RepoConfig(**raw)
     config.repo_path = settings.repo_path
     fs = FeatureStore(repo_path=str(settings.repo_path), config=config)
@@ -59,10 +62,16 @@ def stock_store(settings: Settings, online: dict[str, Any]) -> FeatureStore:
     return fs
 
 
-def materialize_both(settings: Settings, stock: FeatureStore) -> None:
-    """Ours through `store.materialize`, Feast's stock store over the same window."""
-    done = store.materialize(settings)
-    stock.materialize(start_date=done.start, end_date=done.end)
+def materialize_both(settings: Settings, stock: FeatureStore, cut) -> None:
+    """Ours through `store.materialize` up to `cut`, then `materialize --incremental` (each view from
+    where it ended; rows of users that changed since replace theirs); Feast's stock store over the
+    same windows, with Feast's own engine."""
+    first = store.materialize(settings, end=cut)
+    stock.materialize(start_date=first.start, end_date=first.end)
+    second = store.materialize(settings, incremental=True)
+    assert second.views and all(v.ran and v.start == first.end for v in second.views)
+    for view in second.views:
+        stock.materialize(start_date=view.start, end_date=view.end, feature_views=[view.view])
 
 
 def every_ref(fs: FeatureStore) -> list[str]:
@@ -84,11 +93,11 @@ def feast_reads(fs: FeatureStore, refs: list[str]) -> dict[str, list]:
 
 
 @pytest.fixture
-def embedded(tiny_applied, clone_repo, tmp_path):
+def embedded(tiny_applied, clone_repo, tmp_path, tiny):
     """A private copy of the tiny applied repository, materialized by ours and by Feast's stock SQLite store."""
     settings = clone_repo(tiny_applied, tmp_path / "repo")
     stock = stock_store(settings, {"type": "sqlite", "path": "data/online-stock.db"})
-    materialize_both(settings, stock)
+    materialize_both(settings, stock, tiny.day(20))
     yield settings, stock
     store.forget_online_reader(settings)
 
@@ -221,7 +230,7 @@ def production(prod, tiny):
         f"db={STOCK_REDIS_DB}" if part.startswith("db=") else part for part in connection.split(",")
     )
     stock = stock_store(prod, {"type": "redis", "connection_string": stock_connection})
-    materialize_both(prod, stock)
+    materialize_both(prod, stock, tiny.day(20))
     url = prod.redis_url.rsplit("/", 1)[0]
     clients = redis.Redis.from_url(prod.redis_url), redis.Redis.from_url(f"{url}/{STOCK_REDIS_DB}")
     try:

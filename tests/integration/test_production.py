@@ -262,7 +262,8 @@ def test_materialization_full_incremental_and_interrupted(prod, monkeypatch, tin
     assert redis_keys(prod) == 2  # one hash per user, holding every view's features
 
     # The profile's online store: ours, Feast's Redis store with values encrypted.
-    real_write, calls = EncryptedRedisOnlineStore.online_write_batch, []
+    # Our engine (stores/online_engine.py) hands it each view's table whole (`write_table`).
+    real_write, calls = EncryptedRedisOnlineStore.write_table, []
 
     def write_then_fail(self, *args, **kwargs):
         calls.append(1)
@@ -270,10 +271,11 @@ def test_materialization_full_incremental_and_interrupted(prod, monkeypatch, tin
             raise ConnectionResetError("interrupted: redis went away mid-materialization")
         return real_write(self, *args, **kwargs)
 
-    monkeypatch.setattr(EncryptedRedisOnlineStore, "online_write_batch", write_then_fail)
+    monkeypatch.setattr(EncryptedRedisOnlineStore, "write_table", write_then_fail)
     with pytest.raises(ConnectionResetError):
         store.materialize(prod, incremental=True)
-    monkeypatch.setattr(EncryptedRedisOnlineStore, "online_write_batch", real_write)
+    assert len(calls) == 3
+    monkeypatch.setattr(EncryptedRedisOnlineStore, "write_table", real_write)
     store.materialize(prod, incremental=True)  # resumes from the last completed window: nothing lost
     latest = {
         name: table(prod, name).groupby("user_id").tail(1).set_index("user_id")

@@ -25,30 +25,29 @@ INT64S = [0, 1, -1, 127, 128, 2**63 - 1, -(2**63), 300, -(2**40), 2**35]
 ROWS = len(DOUBLES)
 
 
+FEATURES = {
+    "steps": Float64,
+    "sessions": Int64,
+    "sessions_or_null": Int64,
+    "label": String,
+    "flag": Bool,
+    "small": Int32,
+    "ratio": Float32,
+    "seen_at": UnixTimestamp,
+}
+
+
 def view(created: bool) -> FeatureView:
-    user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.INT64)
-    return FeatureView(
-        name="health_daily",
-        entities=[user],
-        ttl=timedelta(days=2),
-        schema=[
-            Field(name="user_id", dtype=Int64),
-            Field(name="steps", dtype=Float64),
-            Field(name="sessions", dtype=Int64),
-            Field(name="sessions_or_null", dtype=Int64),
-            Field(name="label", dtype=String),
-            Field(name="flag", dtype=Bool),
-            Field(name="small", dtype=Int32),
-            Field(name="ratio", dtype=Float32),
-            Field(name="seen_at", dtype=UnixTimestamp),
-        ],
-        source=FileSource(
-            name="src",
-            path="unused.parquet",
-            timestamp_field="event_timestamp",
-            created_timestamp_column="created" if created else "",
-        ),
+    """A view with a feature of every kind above, keyed by an INT64 user id."""
+    source = FileSource(
+        name="src",
+        path="unused.parquet",
+        timestamp_field="event_timestamp",
+        created_timestamp_column="created" * created,
     )
+    user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.INT64)
+    fields = [Field(name="user_id", dtype=Int64), *(Field(name=n, dtype=t) for n, t in FEATURES.items())]
+    return FeatureView(name="health_daily", entities=[user], ttl=timedelta(days=2), schema=fields, source=source)
 
 
 def table(tz: str | None) -> pa.Table:
@@ -72,15 +71,9 @@ def table(tz: str | None) -> pa.Table:
 
 
 def config(tmp_path) -> RepoConfig:
-    return RepoConfig(
-        project="healthmate",
-        provider="local",
-        registry=str(tmp_path / "registry.db"),
-        online_store={"type": "sqlite", "path": str(tmp_path / "online.db")},
-        offline_store={"type": "file"},
-        entity_key_serialization_version=3,
-        repo_path=tmp_path,
-    )
+    """The repository settings the conversion reads: entity key version 3, no view versioning."""
+    files = {"registry": str(tmp_path / "registry.db"), "repo_path": tmp_path}
+    return RepoConfig(project="healthmate", provider="local", entity_key_serialization_version=3, **files)
 
 
 def micros(moment: datetime) -> int:
