@@ -232,6 +232,58 @@ class LateralPostgreSQLOfflineStore(PostgreSQLOfflineStore):
         )
 
     @staticmethod
+    def pull_latest_from_table_or_query(
+        config,
+        data_source,
+        join_key_columns: list[str],
+        feature_name_columns: list[str],
+        timestamp_field: str,
+        created_timestamp_column: str | None,
+        start_date: datetime,
+        end_date: datetime,
+    ):
+        """The latest row per entity in [start_date, end_date] (materialization), Feast's rows.
+
+        Feast ranks every row of the window (`ROW_NUMBER() OVER (PARTITION BY key ...)`): over a
+        year of daily rows, a scan and sort of every row to keep one per user. When the window holds
+        many rows per entity (`probes_pay`: the planner's estimates) and the source is a table with
+        an index led by its single join key, the keys are walked through that index instead (a
+        recursive skip scan, one probe per key) and each key's latest row in the window is one
+        index probe (`latest_rows_query`). Anything else, or a short window (few rows per key:
+        Feast's query is the cheaper one there), is Feast's query. Same rows, ties broken by the
+        created timestamp; rows with a NULL join key are left out (there is no entity to write)."""
+        table = data_source.get_table_query_string()
+        if (
+            len(join_key_columns) == 1
+            and feature_name_columns
+            and isinstance(data_source, PostgreSQLSource)
+            and not table.lstrip().startswith("(")
+            and probes_pay(config, table, join_key_columns[0], timestamp_field, start_date, end_date)
+        ):
+            query = latest_rows_query(
+                table,
+                join_key_columns[0],
+                feature_name_columns,
+                timestamp_field,
+                created_timestamp_column,
+                start_date,
+                end_date,
+            )
+            return PostgreSQLRetrievalJob(
+                query=query, config=config, full_feature_names=False, on_demand_feature_views=None
+            )
+        return PostgreSQLOfflineStore.pull_latest_from_table_or_query(
+            config,
+            data_source,
+            join_key_columns,
+            feature_name_columns,
+            timestamp_field,
+            created_timestamp_column,
+            start_date,
+            end_date,
+        )
+
+    @staticmethod
     def offline_write_batch(config, feature_view, table: pa.Table, progress) -> None:
         """Append an Arrow table to a feature view's Postgres table (Feast's push and write_to_offline_store).
 
@@ -252,6 +304,69 @@ class LateralPostgreSQLOfflineStore(PostgreSQLOfflineStore):
         from healthmate_features.stores.duckdb_asof import write_log_files
 
         write_log_files(config, data, logging_config, "LateralPostgreSQLOfflineStore")
+
+
+PROBES_FROM_ROWS_PER_KEY = 4  # index probes per key beat ranking the window from this many rows per key on
+
+
+def probes_pay(config, table: str, key: str, timestamp: str, start: datetime, end: datetime) -> bool:
+    """Whether `latest_rows_query` is the cheaper way to the latest row per key of a window.
+
+    True when `table` has an index whose first column is `key` and the planner expects at least
+    PROBES_FROM_ROWS_PER_KEY rows per distinct key in the window (its statistics: `pg_stats`
+    n_distinct of the key, the row estimate of the window's filter); False without statistics."""
+    with _feast.pg_connect(config.offline_store) as conn:
+        indexed = conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
+            "AND a.attnum = i.indkey[0] WHERE i.indrelid = to_regclass(%s) AND a.attname = %s)",
+            (table, key),
+        ).fetchone()
+        if not indexed or not indexed[0]:
+            return False
+        stats = conn.execute(
+            "SELECT s.n_distinct, c.reltuples FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "JOIN pg_stats s ON s.schemaname = n.nspname AND s.tablename = c.relname AND s.attname = %s "
+            "WHERE c.oid = to_regclass(%s)",
+            (key, table),
+        ).fetchone()
+        if not stats or stats[0] is None or not stats[1] or stats[1] <= 0:
+            return False
+        keys = stats[0] if stats[0] > 0 else -stats[0] * stats[1]
+        plan = conn.execute(
+            f"EXPLAIN (FORMAT JSON) SELECT 1 FROM {table} a WHERE a.{_q(timestamp)} BETWEEN %s AND %s", (start, end)
+        ).fetchone()
+    rows = plan[0][0]["Plan"]["Plan Rows"] if plan else 0
+    return keys > 0 and rows >= PROBES_FROM_ROWS_PER_KEY * keys
+
+
+def latest_rows_query(
+    table: str,
+    key: str,
+    features: list[str],
+    timestamp: str,
+    created: str | None,
+    start: datetime,
+    end: datetime,
+) -> str:
+    """The latest row per `key` of `table` in [start, end] by index probes: the distinct keys walked
+    through the key's index (a recursive skip scan), then per key one probe for its latest row."""
+    stamps = [timestamp, *([created] if created else [])]
+    columns = ", ".join(f"a.{_q(c)}" for c in [key, *features, *stamps])
+    order = ", ".join(f"a.{_q(c)} DESC" for c in stamps)
+    k = _q(key)
+    return f"""
+        WITH RECURSIVE k(v) AS (
+            (SELECT a.{k} FROM {table} a WHERE a.{k} IS NOT NULL ORDER BY a.{k} LIMIT 1)
+            UNION ALL
+            SELECT (SELECT a.{k} FROM {table} a WHERE a.{k} > k.v ORDER BY a.{k} LIMIT 1) FROM k WHERE k.v IS NOT NULL
+        )
+        SELECT b.* FROM k CROSS JOIN LATERAL (
+            SELECT {columns} FROM {table} a
+            WHERE a.{k} = k.v AND a.{_q(timestamp)} BETWEEN '{start}'::timestamptz AND '{end}'::timestamptz
+            ORDER BY {order} LIMIT 1
+        ) b
+        WHERE k.v IS NOT NULL
+    """
 
 
 def _write_batch(config, feature_view, table: pa.Table) -> None:
