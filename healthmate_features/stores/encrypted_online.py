@@ -56,6 +56,7 @@ import functools
 import sqlite3
 import struct
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
@@ -200,10 +201,25 @@ class _Sealing:
     """The keyring part both stores share: which keys to seal with and open with."""
 
     _keyring: Keyring | None = None
+    _write_rows: Callable[[Any, Any, Rows], None]  # each store's own: seal and write one batch of rows
 
     def bind_keyring(self, keyring: Keyring) -> None:
         """Use `keyring` (the caller's backend's) instead of building one from the environment."""
         self._keyring = keyring
+
+    def write_batches(self, config: Any, view: Any, table: Any, size: int) -> None:
+        """Write `table` in batches of `size` rows: each batch serialized here while the one before
+        is sealed and written on a writer thread (the store's round trip overlaps the next batch's
+        serialization; at most two batches in memory, writes in order). Raises the first error."""
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="online-write") as writer:
+            pending: Future[None] | None = None
+            for batch in _batches(table, size):
+                rows = rows_of_table(config, view, batch)
+                if pending is not None:
+                    pending.result()
+                pending = writer.submit(self._write_rows, config, view, rows)
+            if pending is not None:
+                pending.result()
 
     def keyring(self, config: Any) -> Keyring:
         """The keyring of the profile named in the store's config, in the repository Feast runs in."""
@@ -281,8 +297,7 @@ class EncryptedSqliteOnlineStore(_Sealing, _feast.SqliteOnlineStore):
     def write_table(self, config: Any, view: Any, table: Any) -> None:
         """A materialized Arrow table of `view` (our engine, `stores.online_engine`), in batches of
         `WRITE_BATCH_ROWS` rows: each one serialized at once, sealed, upserted in one transaction."""
-        for batch in _batches(table, WRITE_BATCH_ROWS * 5):
-            self._write_rows(config, view, rows_of_table(config, view, batch))
+        self.write_batches(config, view, table, WRITE_BATCH_ROWS * 5)
 
     def _write_rows(self, config: Any, view: Any, rows: Rows) -> None:
         online = config.online_store
@@ -387,8 +402,7 @@ class EncryptedRedisOnlineStore(_Sealing, _feast.RedisOnlineStore):
     def write_table(self, config: Any, view: Any, table: Any) -> None:
         """A materialized Arrow table of `view` (our engine, `stores.online_engine`), `WRITE_BATCH_ROWS`
         rows per pipelined round trip: each batch serialized at once and sealed, one seal per row."""
-        for batch in _batches(table, WRITE_BATCH_ROWS):
-            self._write_rows(config, view, rows_of_table(config, view, batch))
+        self.write_batches(config, view, table, WRITE_BATCH_ROWS)
 
     def _write_rows(self, config: Any, view: Any, rows: Rows) -> None:
         """HSET `_ts:<view>` (Feast's timestamp) and the sealed row, then EXPIRE, for each row.
