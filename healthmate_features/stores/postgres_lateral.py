@@ -1,14 +1,16 @@
 """The production offline store: Feast's Postgres store with a faster point-in-time join.
 
-Sources, materialization pulls, saved datasets and monitoring (`feast monitor run`) are Feast's
-own PostgreSQLOfflineStore. Added here: `offline_write_batch` (Feast's store has none: pushes and
-`write_to_offline_store` COPY rows in, creating a missing table), retrieval without an entity frame
-(the distinct (join keys, event time) rows of the views in [start_date, end_date], then the join
-below, as our DuckDB store answers it), and a clear OfflineStoreUnsupportedError for
-`write_logged_features`. For a training frame given as a DataFrame,
-the join is one query over the (user_id, event_timestamp) index of each feature table instead
-of Feast's generic query, which joins every entity row to every feature row of its user in the
-TTL window and then ranks them:
+Sources, saved datasets and monitoring (`feast monitor run`) are Feast's own PostgreSQLOfflineStore.
+Materialization pulls are Feast's too, except the latest row per user of a long window (the whole
+history), read by index probes when the planner expects many rows per user in the window
+(`pull_latest_from_table_or_query`, `latest_rows_query`). Added here: `offline_write_batch` (Feast's
+store has none: pushes and `write_to_offline_store` COPY rows in, creating a missing table),
+retrieval without an entity frame (the distinct (join keys, event time) rows of the views in
+[start_date, end_date], then the join below, as our DuckDB store answers it), and a clear
+OfflineStoreUnsupportedError for `write_logged_features`. For a training frame given as a DataFrame,
+the join is one query over the (user_id, event_timestamp) index of each feature table instead of
+Feast's generic query, which joins every entity row to every feature row of its user in the TTL
+window and then ranks them:
 
     SELECT e._row, f0.<features>, f1.<features>, ...
     FROM <entity rows sorted by key and time> e
@@ -175,6 +177,29 @@ class LateralRetrievalJob(PostgreSQLRetrievalJob):
         return self._to_arrow_internal(timeout).to_pandas()
 
 
+class RowsJob(PostgreSQLRetrievalJob):
+    """Feast's Postgres retrieval job of a query, its rows turned into Arrow columns at once.
+
+    Feast's job (`_to_arrow_internal`) copies the fetched rows into per-column lists one cell at a
+    time in Python, most of a materialization pull's time in our process; this one transposes
+    them with `zip`. The same Arrow arrays from the same values and the same schema."""
+
+    def __init__(self, *, query: str, **kwargs):
+        super().__init__(query=query, **kwargs)
+        self._sql = query
+
+    def _to_arrow_internal(self, timeout=None) -> pa.Table:
+        with _feast.pg_connect(self.config.offline_store) as conn, conn.cursor() as cur:
+            conn.read_only = True
+            cur.execute(self._sql)
+            if not cur.description:
+                raise OfflineStoreError(f"the materialization query returned no columns: {self._sql[:200]}")
+            fields = [(c.name, _feast.pg_type_code_to_arrow(c.type_code)) for c in cur.description]
+            data = cur.fetchall()
+        columns = [list(column) for column in zip(*data, strict=True)] if data else [[] for _ in fields]
+        return pa.Table.from_arrays([pa.array(column) for column in columns], schema=pa.schema(fields))
+
+
 class LateralPostgreSQLOfflineStore(PostgreSQLOfflineStore):
     """Feast's Postgres offline store, with the point-in-time join done by `build_query`."""
 
@@ -251,37 +276,20 @@ class LateralPostgreSQLOfflineStore(PostgreSQLOfflineStore):
         recursive skip scan, one probe per key) and each key's latest row in the window is one
         index probe (`latest_rows_query`). Anything else, or a short window (few rows per key:
         Feast's query is the cheaper one there), is Feast's query. Same rows, ties broken by the
-        created timestamp; rows with a NULL join key are left out (there is no entity to write)."""
-        table = data_source.get_table_query_string()
+        created timestamp; rows with a NULL join key are left out (there is no entity to write).
+        Either query's rows come back through `RowsJob`."""
+        table = data_source.get_table_query_string() if isinstance(data_source, PostgreSQLSource) else "("
+        args = (join_key_columns, feature_name_columns, timestamp_field, created_timestamp_column, start_date, end_date)
         if (
             len(join_key_columns) == 1
             and feature_name_columns
-            and isinstance(data_source, PostgreSQLSource)
             and not table.lstrip().startswith("(")
             and probes_pay(config, table, join_key_columns[0], timestamp_field, start_date, end_date)
         ):
-            query = latest_rows_query(
-                table,
-                join_key_columns[0],
-                feature_name_columns,
-                timestamp_field,
-                created_timestamp_column,
-                start_date,
-                end_date,
-            )
-            return PostgreSQLRetrievalJob(
-                query=query, config=config, full_feature_names=False, on_demand_feature_views=None
-            )
-        return PostgreSQLOfflineStore.pull_latest_from_table_or_query(
-            config,
-            data_source,
-            join_key_columns,
-            feature_name_columns,
-            timestamp_field,
-            created_timestamp_column,
-            start_date,
-            end_date,
-        )
+            query = latest_rows_query(table, join_key_columns[0], *args[1:])
+        else:
+            query = PostgreSQLOfflineStore.pull_latest_from_table_or_query(config, data_source, *args).to_sql()
+        return RowsJob(query=query, config=config, full_feature_names=False, on_demand_feature_views=None)
 
     @staticmethod
     def offline_write_batch(config, feature_view, table: pa.Table, progress) -> None:
