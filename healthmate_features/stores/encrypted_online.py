@@ -34,7 +34,8 @@ Sealing a row instead of each value is what lets materialization run near the wr
 view of 30 features costs one AES-GCM seal per user, not 30. Writes come two ways: Feast's rows of
 protobufs (`online_write_batch`: pushes, Feast's own engine), and whole Arrow tables
 (`write_table`: our engine, `stores.online_engine`, each column serialized at once), both
-pipelined in bounded batches (`WRITE_BATCH_ROWS` rows per Redis round trip). Redis keeps the
+in bounded batches (`online_write_batch_size` of feature_store.yaml's `materialization:`, else
+`WRITE_BATCH_ROWS`, rows per Redis round trip or SQLite transaction). Redis keeps the
 stock store's semantics: an older row never replaces a newer one (`skip_dedup` honoured), and
 `key_ttl_seconds`. A row replaces the view's whole row: a push must carry every feature of its
 view (Feast's push does). Rows written by the per-value layout of earlier versions are not read:
@@ -69,7 +70,7 @@ from healthmate_features.crypto import Keyring, seal_many, sealed_key_id, unseal
 from healthmate_features.errors import ConfigError, OnlineReadError
 from healthmate_features.stores import row_codec
 
-WRITE_BATCH_ROWS = 2_000  # rows per Redis pipeline round trip (bounded memory, few round trips)
+WRITE_BATCH_ROWS = 2_000  # rows per write without `online_write_batch_size` (bounded memory, few round trips)
 REENCRYPT_BATCH = 500  # Redis keys or SQLite rows re-sealed per round trip during a rotation
 
 _SQLITE_TYPE = "healthmate_features.stores.encrypted_online.EncryptedSqliteOnlineStore"
@@ -192,6 +193,13 @@ def _stamp(micros: int) -> bytes:
     return Timestamp(seconds=seconds, nanos=rest * 1000).SerializeToString()
 
 
+def batch_rows(config: Any) -> int:
+    """Rows per write of a materialized table: the `materialization:` section's
+    `online_write_batch_size` (Feast's own batch size), else WRITE_BATCH_ROWS."""
+    size = getattr(config.materialization_config, "online_write_batch_size", None)
+    return int(size) if size else WRITE_BATCH_ROWS
+
+
 def _batches(table: Any, size: int) -> Iterator[Any]:
     for start in range(0, table.num_rows, size):
         yield table.slice(start, size)
@@ -295,9 +303,9 @@ class EncryptedSqliteOnlineStore(_Sealing, _feast.SqliteOnlineStore):
             progress(len(data))
 
     def write_table(self, config: Any, view: Any, table: Any) -> None:
-        """A materialized Arrow table of `view` (our engine, `stores.online_engine`), in batches of
-        `WRITE_BATCH_ROWS` rows: each one serialized at once, sealed, upserted in one transaction."""
-        self.write_batches(config, view, table, WRITE_BATCH_ROWS * 5)
+        """A materialized Arrow table of `view` (our engine, `stores.online_engine`), in batches
+        (`batch_rows`): each one serialized at once, sealed, upserted in one transaction."""
+        self.write_batches(config, view, table, batch_rows(config))
 
     def _write_rows(self, config: Any, view: Any, rows: Rows) -> None:
         online = config.online_store
@@ -402,7 +410,7 @@ class EncryptedRedisOnlineStore(_Sealing, _feast.RedisOnlineStore):
     def write_table(self, config: Any, view: Any, table: Any) -> None:
         """A materialized Arrow table of `view` (our engine, `stores.online_engine`), `WRITE_BATCH_ROWS`
         rows per pipelined round trip: each batch serialized at once and sealed, one seal per row."""
-        self.write_batches(config, view, table, WRITE_BATCH_ROWS)
+        self.write_batches(config, view, table, batch_rows(config))
 
     def _write_rows(self, config: Any, view: Any, rows: Rows) -> None:
         """HSET `_ts:<view>` (Feast's timestamp) and the sealed row, then EXPIRE, for each row.
