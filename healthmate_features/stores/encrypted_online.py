@@ -206,7 +206,8 @@ def _batches(table: Any, size: int) -> Iterator[Any]:
 
 
 class _Sealing:
-    """The keyring part both stores share: which keys to seal with and open with."""
+    """What both stores share: the keyring (which keys to seal with and open with) and the batched
+    table write (`write_batches`) around each store's `_write_rows`."""
 
     _keyring: Keyring | None = None
     _write_rows: Callable[[Any, Any, Rows], None]  # each store's own: seal and write one batch of rows

@@ -12,11 +12,13 @@ fraction of the time:
 - Feast keeps one Redis hash per user (serialized entity key + project) holding every view's
   fields (murmur3 of `view:feature`); we read all needed fields of all views with ONE pipelined
   HMGET per user, where Feast sends one HMGET per user and view and reads the `_ts:<view>`
-  timestamps it then drops;
+  timestamps it then drops; from our encrypting store (`stores.encrypted_online`) the fields read
+  are the views' sealed rows (`_hm:<view>`), each opened once and unpacked (`row_codec`);
 - Feast's SQLite online store (embedded profile) keeps one table per view, one row per user and
-  feature; we read every needed row of every view with ONE query (`_SqliteRows`), over the
-  connection of Feast's own online store of the reader's long-lived FeatureStore (never a
-  connection of our own: closing one would drop the process's SQLite locks on the file), where
+  feature (ours: one sealed row per user); we read every needed row of every view with ONE query
+  (`_SqliteRows`), over the connection of Feast's own online store of the reader's long-lived
+  FeatureStore (never a connection of our own: closing one would drop the process's SQLite locks
+  on the file), where
   Feast's `get_online_features` first rebuilds its view objects from the registry and then runs
   one query per view;
 - values are decoded straight from the protobuf wire format for doubles (the bulk of our
