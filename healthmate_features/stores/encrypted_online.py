@@ -56,6 +56,7 @@ from __future__ import annotations
 import functools
 import sqlite3
 import struct
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -268,6 +269,10 @@ class EncryptedSqliteOnlineStoreConfig(_feast.SqliteOnlineStoreConfig):
 class EncryptedSqliteOnlineStore(_Sealing, _feast.SqliteOnlineStore):
     """Feast's SQLite online store with every value sealed (module docstring)."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._table_lock = threading.Lock()
+
     def plan(self, config: Any, desired_registry_proto: Any) -> list[Any]:
         """No infrastructure objects in the plan, as for Feast's Redis store: `update()` creates and
         drops the tables. Feast records planned infrastructure in the registry only for `type:
@@ -305,8 +310,10 @@ class EncryptedSqliteOnlineStore(_Sealing, _feast.SqliteOnlineStore):
 
     def write_table(self, config: Any, view: Any, table: Any) -> None:
         """A materialized Arrow table of `view` (our engine, `stores.online_engine`), in batches
-        (`batch_rows`): each one serialized at once, sealed, upserted in one transaction."""
-        self.write_batches(config, view, table, batch_rows(config))
+        (`batch_rows`): each one serialized at once, sealed, upserted in one transaction. One table
+        at a time per store (the engine may write two views at once; they share the connection)."""
+        with self._table_lock:
+            self.write_batches(config, view, table, batch_rows(config))
 
     def _write_rows(self, config: Any, view: Any, rows: Rows) -> None:
         online = config.online_store
