@@ -1,7 +1,8 @@
 """Production profile: materialization into Redis, online latency, training-set build on Postgres.
 
     .venv/bin/python bench/materialize.py [--users 10000] [--days 365] [--labels 100000]
-        [--raw DIR] [--reuse] [--dir /tmp/hm-bench-production] [--repeats 200]
+        [--raw DIR] [--reuse] [--dir /tmp/hm-bench-production] [--repeats 200] [--sample 1000]
+        [--skip-training]
 
 Needs the Postgres and Redis named by HM_PG_* / HM_REDIS_URL. Uses its own database (default
 hm_bench, re-created unless --reuse) and its own Feast project `hm_bench`, whose Redis keys are
@@ -14,10 +15,14 @@ deleted at the end. In one run it measures, next to a reference each:
   get_online_features, our OnlineReader (healthmate_features.stores.online; checked equal to Feast's) and
   a raw pipelined HGETALL of the same Redis keys (the floor: no decoding), round-robin;
 - materialization of the whole history through Feast's own `FeatureStore.materialize` into four
-  online stores, one after the other: Feast's stock Redis and SQLite stores and ours (the same
-  stores, every value encrypted: stores/encrypted_online.py), rows/s each, with a check that
-  Feast reads the same values back from ours as from the stock store; and what sealing alone
-  costs per value (AES-256-GCM, `crypto.seal_many`);
+  online stores, one after the other: Feast's stock Redis and SQLite stores with Feast's local
+  engine (the reference) and ours (encrypting, stores/encrypted_online.py) with our engine
+  (stores/online_engine.py, the YAML's `batch_engine`), rows/s each, next to the raw write floor
+  of the same bytes (a pipelined HSET + EXPIRE loop in Python, Redis: of the stock layout and of
+  ours; SQLite: an executemany upsert of ours' rows); then every row ours stored is opened and
+  compared with the stock store's values byte for byte (Redis: same keys, `_ts` timestamps and
+  key TTL too), and Feast's reads of `--sample` users through both are compared value for value;
+  and what sealing alone costs per value (AES-256-GCM, `crypto.seal_many`);
 - a point-in-time training frame of `--labels` rows with health_risk_v1 through Feast: our
   offline store (LATERAL join) next to Feast's own Postgres store, checking both are equal.
 """
@@ -119,6 +124,7 @@ def materialization(settings, store_mod, postgres) -> tuple[int, int]:
     t0 = time.perf_counter()  # the window `materialize --incremental` takes next (explicit: --reuse safe)
     store_mod.materialize(settings, start=cut, end=hi + timedelta(seconds=1))
     inc = time.perf_counter() - t0
+    # (wall time: Postgres and Redis work in their own processes on the same cores)
     print("\nmaterialize into Redis through our store (encrypting; online_write_batch_size from the YAML)")
     for name, n, values, seconds in (
         ("full, whole history", full_rows, full_values, full),
@@ -193,11 +199,13 @@ def online(settings, store_mod, repeats: int, users_n: int, stock=None) -> None:
 
 
 STOCK_REDIS_DB = 15  # Feast's stock Redis store writes the bench project's keys into this database
+FLOOR_SUFFIX = b":floor"  # the raw write floor writes copies of the keys under this suffix (same database 15)
 
 
-def feast_store(settings, online: dict):
+def feast_store(settings, online: dict, engine: str | None = None):
     """A FeatureStore of the bench repository whose online store section is replaced by `online`
-    (tables created on SQLite; our encrypting stores get the backend's keyring)."""
+    (and its batch engine by `engine`, else the YAML's; tables created on SQLite; our encrypting
+    stores get the backend's keyring)."""
     import yaml
     from feast import FeatureStore
     from feast.repo_config import RepoConfig
@@ -209,6 +217,8 @@ def feast_store(settings, online: dict):
     backend = backend_for(settings)
     raw = substitute_placeholders(yaml.safe_load(backend.feature_store_yaml.read_text()), backend.feast_variables(), "")
     raw["online_store"] = online
+    if engine is not None:
+        raw["batch_engine"] = {"type": engine}
     config = RepoConfig(**raw)
     config.repo_path = settings.repo_path
     fs = backend.bind_keyring(FeatureStore(repo_path=str(settings.repo_path), config=config))
@@ -217,8 +227,11 @@ def feast_store(settings, online: dict):
     return fs
 
 
-def online_stores(settings, work: Path, rows: int, values: int, users_n: int) -> dict:
-    """The whole history into Feast's stock Redis and SQLite stores and into ours (encrypting), rows/s each."""
+def online_stores(settings, work: Path, rows: int, values: int, users_n: int, sample: int) -> dict:
+    """The whole history through Feast's `FeatureStore.materialize` into Feast's stock Redis and SQLite
+    stores (Feast's engine) and into ours (encrypting, our engine), rows/s each, next to the raw
+    write floor of the same bytes; then every stored row of ours checked against the stock store's
+    values, and Feast's reads of `sample` users through both compared value for value."""
     from healthmate_features.backends import backend_for
     from healthmate_features.features.catalog import FEATURE_TABLES
 
@@ -227,46 +240,225 @@ def online_stores(settings, work: Path, rows: int, values: int, users_n: int) ->
     stock_redis = ",".join(f"db={STOCK_REDIS_DB}" if p.startswith("db=") else p for p in connection.split(","))
     ttl = 1_209_600
     ours = "healthmate_features.stores.encrypted_online."
-    for name in ("online-stock.db", "online-ours.db"):
-        (work / "data" / name).unlink(missing_ok=True)
+    for name in ("online-stock.db", "online-ours.db", "online-floor.db"):
+        for suffix in ("", "-wal", "-shm"):
+            (work / "data" / f"{name}{suffix}").unlink(missing_ok=True)
     (work / "data").mkdir(exist_ok=True)
-    stores: dict[str, dict] = {
-        "Redis, Feast stock": {"type": "redis", "connection_string": stock_redis, "key_ttl_seconds": ttl},
-        "Redis, ours (encrypting)": {
-            "type": ours + "EncryptedRedisOnlineStore",
-            "connection_string": connection,
-            "key_ttl_seconds": ttl,
-            "profile": "production",
-        },
-        "SQLite, Feast stock": {"type": "sqlite", "path": str(work / "data" / "online-stock.db")},
-        "SQLite, ours (encrypting)": {
-            "type": ours + "EncryptedSqliteOnlineStore",
-            "path": str(work / "data" / "online-ours.db"),
-            "profile": "production",
-        },
+    stores: dict[str, tuple[dict, str | None]] = {
+        "Redis, Feast stock": ({"type": "redis", "connection_string": stock_redis, "key_ttl_seconds": ttl}, "local"),
+        "Redis, ours (encrypting)": (
+            {
+                "type": ours + "EncryptedRedisOnlineStore",
+                "connection_string": connection,
+                "key_ttl_seconds": ttl,
+                "profile": "production",
+            },
+            None,
+        ),
+        "SQLite, Feast stock": ({"type": "sqlite", "path": str(work / "data" / "online-stock.db")}, "local"),
+        "SQLite, ours (encrypting)": (
+            {
+                "type": ours + "EncryptedSqliteOnlineStore",
+                "path": str(work / "data" / "online-ours.db"),
+                "profile": "production",
+            },
+            None,
+        ),
     }
-    print(f"\nmaterialize the whole history through FeatureStore.materialize: {rows:,} rows, {values:,} values")
+    print(
+        f"\nmaterialize the whole history through FeatureStore.materialize: {rows:,} rows "
+        f"(users x views), {values:,} values; stock stores with Feast's engine, ours with ours"
+    )
     opened, seconds = {}, {}
-    for name, online in stores.items():
-        fs = opened[name] = feast_store(settings, online)
-        t0 = time.perf_counter()
+    for name, (online, engine) in stores.items():
+        fs = opened[name] = feast_store(settings, online, engine)
+        t0, c0 = time.perf_counter(), time.process_time()
         fs.materialize(start_date=lo - timedelta(seconds=1), end_date=hi + timedelta(seconds=1))
-        seconds[name] = time.perf_counter() - t0
+        seconds[name], cpu = time.perf_counter() - t0, time.process_time() - c0
         rate = f"{rows / seconds[name]:>9,.0f} rows/s {values / seconds[name]:>11,.0f} values/s"
-        print(f"  {name:<28}{seconds[name]:7.1f} s {rate}")
+        print(f"  {name:<34}{seconds[name]:7.1f} s {rate}   (CPU of this process {cpu:5.1f} s)")
+        if name.startswith("Redis, ours"):
+            floor_redis(settings, opened, rows, ttl)
+        if name.startswith("SQLite, ours"):
+            floor_sqlite(opened[name], work / "data" / "online-floor.db", rows)
+    for kind in ("Redis", "SQLite"):
+        ratio = seconds[f"{kind}, Feast stock"] / seconds[f"{kind}, ours (encrypting)"]
+        print(f"  {kind}: ours is {ratio:.1f}x Feast's stock path")
     rng = np.random.default_rng(4)
-    users = [{"user_id": int(u)} for u in rng.integers(1, users_n + 1, 200)]
+    users = [{"user_id": int(u)} for u in rng.choice(np.arange(1, users_n + 1), min(sample, users_n), replace=False)]
     for kind in ("Redis", "SQLite"):
         stock, mine = opened[f"{kind}, Feast stock"], opened[f"{kind}, ours (encrypting)"]
+        compared = same_stored(settings, kind, stock, mine)
         refs = [f"{v.name}:{f.name}" for v in stock.list_feature_views() for f in v.features]
         want = stock.get_online_features(features=refs, entity_rows=users).to_dict()
-        assert mine.get_online_features(features=refs, entity_rows=users).to_dict() == want, f"{kind}: ours differs"
+        got = mine.get_online_features(features=refs, entity_rows=users).to_dict()
+        assert list(got) == list(want), f"{kind}: ours answers other columns"
+        for column, values_ in want.items():
+            for x, y in zip(got[column], values_, strict=True):
+                assert type(x) is type(y) and (x == y or (x != x and y != y)), f"{kind}: ours differs in {column}"
         print(
-            f"  {kind}: Feast reads the same {len(refs)} features of {len(users)} users from ours as from stock; "
-            f"ours / stock time: {seconds[f'{kind}, ours (encrypting)'] / seconds[f'{kind}, Feast stock']:.2f}x"
+            f"  {kind}: every stored row of ours holds the stock store's {compared:,} values, byte for byte; "
+            f"Feast reads the same {len(refs)} features of {len(users)} users from both"
         )
     sealing()
     return opened
+
+
+def floor_redis(settings, opened: dict, rows: int, ttl: int) -> None:
+    """The raw write floor: a pipelined HSET (+ EXPIRE) loop in Python of bytes ready to store, in
+    batches of 2,000: the stock layout (a field per feature) and ours (two fields per view)."""
+    import redis
+
+    from healthmate_features import _feast
+    from healthmate_features.stores.encrypted_online import redis_row_field
+
+    base = settings.redis_url.rsplit("/", 1)[0]
+    ours_client, floor = redis.Redis.from_url(settings.redis_url), redis.Redis.from_url(f"{base}/{STOCK_REDIS_DB}")
+    stock_fs = opened["Redis, Feast stock"]
+    project = stock_fs.project.encode()
+    keys = list(ours_client.scan_iter(match=b"*" + project, count=5000))
+    stored_ours = fetch_hashes(ours_client, keys)
+    stored_stock = fetch_hashes(floor, keys)
+    views = {  # `_ts:<view>` -> the view's other fields, in each layout
+        _feast.redis_timestamp_field(v.name): {
+            "stock": [_feast.redis_field(v.name, f.name) for f in v.features],
+            "ours": [redis_row_field(v.name)],
+        }
+        for v in stock_fs.list_feature_views()
+    }
+    for label, stored, layout in (("stock layout", stored_stock, "stock"), ("ours", stored_ours, "ours")):
+        writes = []  # (key, mapping) per user and view: what one row's write sends
+        for key, fields in zip(keys, stored, strict=True):
+            for view, others in views.items():
+                if view in fields:
+                    writes.append((key + FLOOR_SUFFIX, {view: fields[view], **{f: fields[f] for f in others[layout]}}))
+        t0 = time.perf_counter()
+        for start in range(0, len(writes), 2000):
+            with floor.pipeline(transaction=False) as pipe:
+                for key, mapping in writes[start : start + 2000]:
+                    pipe.hset(key, mapping=mapping)
+                    pipe.expire(key, ttl)
+                pipe.execute()
+        spent = time.perf_counter() - t0
+        print(f"    raw pipelined HSET floor, {label:<13}{spent:7.1f} s {len(writes) / spent:>9,.0f} rows/s")
+        written = list({k for k, _ in writes})
+        for start in range(0, len(written), 5000):
+            floor.delete(*written[start : start + 5000])
+    assert len(writes) == rows, f"the floor wrote {len(writes)} rows, the window has {rows}"
+    ours_client.close()
+    floor.close()
+
+
+def fetch_hashes(client, keys: list[bytes]) -> list[dict]:
+    out = []
+    for start in range(0, len(keys), 2000):
+        with client.pipeline(transaction=False) as pipe:
+            for key in keys[start : start + 2000]:
+                pipe.hgetall(key)
+            out.extend(pipe.execute())
+    return out
+
+
+def floor_sqlite(fs, path: Path, rows: int) -> None:
+    """The raw write floor on SQLite: the rows ours stored, upserted again with executemany into a
+    fresh file of Feast's table layout (WAL, one transaction per 10,000 rows, as ours writes)."""
+    import sqlite3
+
+    from healthmate_features import _feast
+
+    conn = _feast.sqlite_connection(fs)
+    tables = [_feast.sqlite_view_table(fs.config, v) for v in fs.list_feature_views() if v.online]
+    copies = {
+        t: conn.execute(f'SELECT entity_key, feature_name, value, event_ts, created_ts FROM "{t}"').fetchall()
+        for t in tables
+    }
+    floor = sqlite3.connect(path)
+    floor.execute("PRAGMA journal_mode = WAL")
+    for table in tables:
+        floor.execute(
+            f'CREATE TABLE "{table}" (entity_key BLOB, feature_name TEXT, value BLOB, value_text TEXT, '
+            "event_ts timestamp, created_ts timestamp, PRIMARY KEY(entity_key, feature_name))"
+        )
+    t0 = time.perf_counter()
+    written = 0
+    for table, data in copies.items():
+        for start in range(0, len(data), 10_000):
+            with floor:
+                floor.executemany(
+                    f'INSERT INTO "{table}" (entity_key, feature_name, value, value_text, event_ts, created_ts) '
+                    "VALUES (?, ?, ?, NULL, ?, ?) ON CONFLICT(entity_key, feature_name) DO UPDATE SET "
+                    "value = excluded.value, event_ts = excluded.event_ts, created_ts = excluded.created_ts",
+                    data[start : start + 10_000],
+                )
+            written += len(data[start : start + 10_000])
+    spent = time.perf_counter() - t0
+    floor.close()
+    print(f"    raw executemany floor, ours' rows   {spent:7.1f} s {written / spent:>9,.0f} rows/s")
+    assert written == rows, f"the floor wrote {written} rows, the window has {rows}"
+
+
+def same_stored(settings, kind: str, stock, mine) -> int:
+    """Every row ours stores, opened, holds exactly the serialized values the stock store holds for
+    that entity and view (and the same timestamps); the number of values compared."""
+    import redis
+
+    from healthmate_features import _feast
+    from healthmate_features.crypto import unseal_many
+    from healthmate_features.stores import encrypted_online, row_codec
+
+    keyring = _feast.online_store_of(mine).keyring(mine.config)
+    views = [v for v in stock.list_feature_views() if v.online]
+    compared = 0
+    if kind == "SQLite":
+        a, b = _feast.sqlite_connection(stock), _feast.sqlite_connection(mine)
+        for view in views:
+            table = _feast.sqlite_view_table(stock.config, view)
+            want: dict[bytes, dict] = {}
+            times: dict[bytes, tuple] = {}
+            for key, feature, value, event, created in a.execute(
+                f'SELECT entity_key, feature_name, value, event_ts, created_ts FROM "{table}"'
+            ):
+                want.setdefault(key, {})[_feast.redis_field(view.name, feature)] = value
+                times[key] = (event, created)
+            got = b.execute(f'SELECT entity_key, feature_name, value, event_ts, created_ts FROM "{table}"').fetchall()
+            assert len(got) == len(want), f"SQLite {table}: {len(got)} rows, stock has {len(want)} entities"
+            opened = unseal_many(
+                keyring, [r[2] for r in got], [encrypted_online.sqlite_aad(table, r[0]) for r in got], what="bench"
+            )
+            for (key, feature, _, event, created), plain in zip(got, opened, strict=True):
+                assert feature == encrypted_online.ROW_FEATURE and times[key] == (event, created)
+                assert row_codec.decode_row(plain) == want[key], f"SQLite {table}: a row differs"
+                compared += len(want[key])
+        return compared
+    ours_client = _feast.online_store_of(mine).redis_client(mine.config)
+    stock_client = redis.Redis.from_url(f"{settings.redis_url.rsplit('/', 1)[0]}/{STOCK_REDIS_DB}")
+    project = stock.project.encode()
+    keys = sorted(ours_client.scan_iter(match=b"*" + project, count=5000))
+    assert keys == sorted(stock_client.scan_iter(match=b"*" + project, count=5000)), "Redis: other keys"
+    for start in range(0, len(keys), 2000):
+        chunk = keys[start : start + 2000]
+        ours_hashes, stock_hashes = fetch_hashes(ours_client, chunk), fetch_hashes(stock_client, chunk)
+        blobs, aads, expected = [], [], []
+        for key, mine_hash, stock_hash in zip(chunk, ours_hashes, stock_hashes, strict=True):
+            for view in views:
+                ts = _feast.redis_timestamp_field(view.name)
+                if ts not in stock_hash:
+                    assert ts not in mine_hash
+                    continue
+                assert mine_hash[ts] == stock_hash[ts], "Redis: another timestamp"
+                row = encrypted_online.redis_row_field(view.name)
+                blobs.append(mine_hash[row])
+                aads.append(encrypted_online.redis_aad(key, row))
+                expected.append(
+                    {f: stock_hash[f] for f in (_feast.redis_field(view.name, x.name) for x in view.features)}
+                )
+        for plain, want_row in zip(unseal_many(keyring, blobs, aads, what="bench"), expected, strict=True):
+            assert row_codec.decode_row(plain) == want_row, "Redis: a row differs"
+            compared += len(want_row)
+        ttls = [(ours_client.ttl(k), stock_client.ttl(k)) for k in chunk[:20]]
+        assert all(abs(x - y) < 600 and x > 0 for x, y in ttls), f"Redis: key TTLs differ: {ttls}"
+    stock_client.close()
+    return compared
 
 
 def sealing(n: int = 200_000) -> None:
@@ -321,6 +513,8 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="keep the database and feature tables of a previous run")
     parser.add_argument("--database", default="hm_bench")
     parser.add_argument("--repeats", type=int, default=200)
+    parser.add_argument("--sample", type=int, default=1000, help="users whose Feast reads are compared")
+    parser.add_argument("--skip-training", action="store_true", help="leave out the training-frame comparison")
     parser.add_argument("--dir", type=Path, default=Path("/tmp/hm-bench-production"))
     args = parser.parse_args()
 
@@ -354,7 +548,7 @@ def main() -> None:
         prepare(args, work, env)
     try:
         rows, values = materialization(settings, store, postgres)
-        opened = online_stores(settings, work, rows, values, args.users)
+        opened = online_stores(settings, work, rows, values, args.users, args.sample)
         online(settings, store, args.repeats, args.users, stock=opened["Redis, Feast stock"])
         rng = np.random.default_rng(2)
         _, hi = backend_for(settings).feature_time_range(list(FEATURE_TABLES))
@@ -367,7 +561,8 @@ def main() -> None:
                 ),
             }
         ).assign(row=lambda df: np.arange(len(df)))
-        training(settings, store, labels)
+        if not args.skip_training:
+            training(settings, store, labels)
     finally:
         import redis
 

@@ -39,6 +39,12 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 from feast import utils as _utils
 from feast.feature_view import DUMMY_ENTITY_ID, DUMMY_ENTITY_VAL
+from feast.infra.common.materialization_job import MaterializationJobStatus
+from feast.infra.compute_engines.backends.pandas_backend import PandasBackend
+from feast.infra.compute_engines.local.compute import LocalComputeEngine, LocalComputeEngineConfig
+from feast.infra.compute_engines.local.feature_builder import LocalFeatureBuilder
+from feast.infra.compute_engines.local.job import LocalMaterializationJob
+from feast.infra.compute_engines.local.nodes import LocalOutputNode
 from feast.infra.key_encoding_utils import serialize_entity_key
 from feast.infra.offline_stores import offline_utils as _offline_utils
 from feast.infra.online_stores.helpers import _mmh3, _redis_key, compute_table_id, compute_versioned_name
@@ -63,6 +69,14 @@ __all__ = [
     "DEFAULT_ENTITY_DF_EVENT_TIMESTAMP_COL",
     "DUMMY_ENTITY_ID",
     "DUMMY_ENTITY_VAL",
+    "LocalComputeEngine",
+    "LocalComputeEngineConfig",
+    "LocalFeatureBuilder",
+    "LocalOutputNode",
+    "materialization_job",
+    "pandas_backend",
+    "serialized_values",
+    "table_entity_keys",
     "ENTITY_KEY_SERIALIZATION_VERSION",
     "FEAST_VERSION_FAMILY",
     "RETRIEVAL_JOB_HOOKS",
@@ -101,6 +115,7 @@ __all__ = [
     "pg_type_code_to_arrow",
     "redis_field",
     "redis_timestamp_field",
+    "redis_timestamp_view",
     "registry_cache_stamp",
     "offline_store_of",
     "set_offline_store_config",
@@ -243,25 +258,36 @@ def registry_cache_stamp(registry: Any) -> Any:
 
 @contextmanager
 def online_writes_counted(store: Any, count: Callable[[str, int], None]) -> Iterator[None]:
-    """While inside, call `count(view name, rows)` after each batch Feast writes to the online store.
+    """While inside, call `count(view name, rows)` after each batch or table written to the online store.
 
     Feast's compute engines write materialized rows with `online_write_batch` (the public method
     of its OnlineStore interface) of the provider's online store, `FeatureStore._get_provider()`;
-    that one instance's method is wrapped inside the block and restored after it. Only this
-    FeatureStore object is affected: open a fresh one per materialization.
+    our engine (stores.online_engine) hands whole tables to the store's `write_table` instead.
+    Those methods of that one instance are wrapped inside the block and restored after it. Only
+    this FeatureStore object is affected: open a fresh one per materialization.
     """
     online = store._get_provider().online_store
     write = online.online_write_batch
+    write_table = getattr(online, "write_table", None)
 
     def counted(config: Any, table: Any, data: Sequence[Any], progress: Any) -> None:
         write(config, table, data, progress)
         count(table.name, len(data))
 
+    def counted_table(config: Any, view: Any, table: Any) -> None:
+        assert write_table is not None
+        write_table(config, view, table)
+        count(view.name, table.num_rows)
+
     online.online_write_batch = counted
+    if write_table is not None:
+        online.write_table = counted_table
     try:
         yield
     finally:
         del online.online_write_batch  # the instance attribute: the class's method shows again
+        if write_table is not None:
+            del online.write_table
 
 
 def online_store_without_retries(store: Any) -> None:
@@ -279,6 +305,59 @@ def online_store_without_retries(store: Any) -> None:
         return
     online = store._get_provider().online_store
     online._get_client(store.config.online_store).set_retry(Retry(NoBackoff(), 0))
+
+
+# --- materialization: Feast's local compute engine, which ours extends (stores.online_engine) -----------
+
+
+def materialization_job(task: Any, error: BaseException | None) -> Any:
+    """The job Feast's local engine returns for a task (`LocalMaterializationJob`): succeeded, or failed."""
+    status = MaterializationJobStatus.ERROR if error is not None else MaterializationJobStatus.SUCCEEDED
+    return LocalMaterializationJob(
+        job_id=f"{task.feature_view.name}-{task.start_time}-{task.end_time}", status=status, error=error
+    )
+
+
+def pandas_backend() -> Any:
+    """The DataFrame backend Feast's local engine picks for a materialization (no entity frame: pandas)."""
+    return PandasBackend()
+
+
+def serialized_values(array: Any, value_type: Any) -> list[bytes]:
+    """An Arrow column as the serialized ValueProtos Feast's materialization writes for it
+    (`utils._columns_to_proto_values`: `python_values_to_proto_values` over `to_numpy`)."""
+    return [
+        v.SerializeToString() for v in python_values_to_proto_values(array.to_numpy(zero_copy_only=False), value_type)
+    ]
+
+
+def table_entity_keys(table: Any, join_keys: dict[str, Any], version: int) -> list[bytes]:
+    """Per row of an Arrow table: its entity key serialized as Feast's online stores key it.
+
+    Feast builds an EntityKey proto per row from the join key columns (`utils._build_entity_keys`)
+    and serializes it (`serialize_entity_key`); a single INT64 join key under version 3 is packed
+    directly (`int64_entity_key`), the same bytes (tests/unit/test_feast_contract.py)."""
+    import pyarrow as pa
+
+    rows = table.num_rows
+    if len(join_keys) == 1 and version == ENTITY_KEY_SERIALIZATION_VERSION:
+        ((name, value_type),) = join_keys.items()
+        column = table.column(name)
+        if value_type == ValueType.INT64 and pa.types.is_int64(column.type) and column.null_count == 0:
+            pack = int64_entity_key(name)
+            return [pack(v) for v in column.to_numpy(zero_copy_only=False).tolist()]
+    protos = {
+        k: python_values_to_proto_values(table.column(k).to_numpy(zero_copy_only=False), t)
+        for k, t in join_keys.items()
+    }
+    names = list(join_keys)
+    return [
+        serialize_entity_key(
+            EntityKeyProto(join_keys=names, entity_values=[protos[k][i] for k in names]),
+            entity_key_serialization_version=version,
+        )
+        for i in range(rows)
+    ]
 
 
 # --- online stores: the classes ours extend (stores.encrypted_online) and what they need of Feast ------
@@ -346,6 +425,13 @@ def redis_timestamp_field(view: str) -> bytes:
 
     It exists exactly when the online store holds a row of that view for the user."""
     return f"_ts:{view}".encode()
+
+
+def redis_timestamp_view(field: Any) -> str | None:
+    """The view whose `_ts:<view>` field `field` is (str or bytes), or None for any other field."""
+    if isinstance(field, bytes):
+        return field[4:].decode() if field.startswith(b"_ts:") else None
+    return field[4:] if isinstance(field, str) and field.startswith("_ts:") else None
 
 
 def feast_redis_key(project: str, join_key: str, value: int) -> bytes:

@@ -228,6 +228,8 @@ def materialize(
     `start`. No window whose end precedes its start is ever run. No two materializations of one
     view overlap, in any process: each view's lock `materialize:<view>` (Backend.lock) is held, in
     name order, for the whole run, and the plan is made from the registry read under the locks.
+    The views that share a window go to Feast in one call (our engine, `stores.online_engine`,
+    runs them two at a time: one view's pull overlaps another's write).
 
     On Redis, each view loaded gets its materialization marker (`stores.online_marks`), and
     `incremental` loads a view whose marker Redis lost from `start` again, whatever the registry
@@ -237,7 +239,7 @@ def materialize(
 
     Side effects: the online store, and each view's materialization interval in the registry
     (Feast records it). Feast's own console output is swallowed; with `progress`, a bar on stderr
-    counts the views and shows the one loading. Raises MaterializationError for a window that
+    counts the views and shows the ones loading. Raises MaterializationError for a window that
     ends before it starts, FeatureViewNotFoundError for an unknown view. `written(view, rows)` is
     called after each batch of rows Feast writes to the online store (e.g.
     monitoring.metrics.record_materialized_rows).
@@ -293,14 +295,38 @@ def materialize(
                 ticking_bar(desc="materialize", enabled=progress, total=len(plan), unit="view") as bar,
                 contextlib.redirect_stdout(io.StringIO()),  # Feast prints colored lines per view
             ):
+                windows: dict[tuple[datetime, datetime], list[str]] = {}  # one Feast call per window
                 for entry in plan:
-                    bar.set_postfix_str(entry.view)
                     if entry.start is not None:
-                        store.materialize(start_date=entry.start, end_date=entry.end, feature_views=[entry.view])
-                        if marked:
-                            online_marks.write_markers(settings, store.project, {entry.view: entry.end})
-                    bar.update(1)
+                        windows.setdefault((entry.start, entry.end), []).append(entry.view)
+                bar.update(sum(1 for entry in plan if entry.start is None))
+                for (window_start, window_end), names in windows.items():
+                    bar.set_postfix_str(", ".join(names))
+                    _materialize_window(settings, store, names, window_start, window_end, marked=marked)
+                    bar.update(len(names))
     return Materialization(start, end, incremental, tuple(plan))
+
+
+def _materialize_window(
+    settings: Settings, store: FeatureStore, names: list[str], start: datetime, end: datetime, *, marked: bool
+) -> None:
+    """One Feast materialization of `names` over [start, end] (our engine runs its views two at a
+    time), then the views' markers (Redis). When it fails, the views Feast recorded as done still
+    get theirs (the registry, re-read), and the error is raised."""
+    from healthmate_features.stores import online_marks
+
+    try:
+        store.materialize(start_date=start, end_date=end, feature_views=names)
+    except BaseException:
+        if marked:
+            store.refresh_registry()
+            ends = {view.name: view.most_recent_end_time for view in store.list_feature_views()}
+            done = [name for name in names if (until := ends.get(name)) is not None and _utc(until) >= end]
+            if done:
+                online_marks.write_markers(settings, store.project, dict.fromkeys(done, end))
+        raise
+    if marked:
+        online_marks.write_markers(settings, store.project, dict.fromkeys(names, end))
 
 
 def online_data_lost(settings: Settings, store: FeatureStore) -> set[str] | None:

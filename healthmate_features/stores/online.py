@@ -12,11 +12,13 @@ fraction of the time:
 - Feast keeps one Redis hash per user (serialized entity key + project) holding every view's
   fields (murmur3 of `view:feature`); we read all needed fields of all views with ONE pipelined
   HMGET per user, where Feast sends one HMGET per user and view and reads the `_ts:<view>`
-  timestamps it then drops;
+  timestamps it then drops; from our encrypting store (`stores.encrypted_online`) the fields read
+  are the views' sealed rows (`_hm:<view>`), each opened once and unpacked (`row_codec`);
 - Feast's SQLite online store (embedded profile) keeps one table per view, one row per user and
-  feature; we read every needed row of every view with ONE query (`_SqliteRows`), over the
-  connection of Feast's own online store of the reader's long-lived FeatureStore (never a
-  connection of our own: closing one would drop the process's SQLite locks on the file), where
+  feature (ours: one sealed row per user); we read every needed row of every view with ONE query
+  (`_SqliteRows`), over the connection of Feast's own online store of the reader's long-lived
+  FeatureStore (never a connection of our own: closing one would drop the process's SQLite locks
+  on the file), where
   Feast's `get_online_features` first rebuilds its view objects from the registry and then runs
   one query per view;
 - values are decoded straight from the protobuf wire format for doubles (the bulk of our
@@ -61,7 +63,7 @@ from healthmate_features.backends import backend_for, redis
 from healthmate_features.config import Settings
 from healthmate_features.crypto import unseal_many
 from healthmate_features.errors import FeatureRepoError, FeatureServiceNotFoundError, OnlineReadError
-from healthmate_features.stores import encrypted_online, online_marks
+from healthmate_features.stores import encrypted_online, online_marks, row_codec
 
 _log = logging.getLogger(__name__)
 
@@ -147,6 +149,8 @@ class _Plan:
     full_feature_names: bool = False
     generic: set[int] = field(default_factory=set)  # field indexes whose type needs Feast's decoder
     sqlite: _SqliteQuery | None = None  # SQLite: the query reading `fields` (and `known`) of a set of users
+    rows: list[bytes] = field(default_factory=list)  # encrypting Redis store: the sealed row field of each view read
+    row_of: list[int] = field(default_factory=list)  # per field: the index of its view's row in `rows`
     markers: list[online_marks.Marker] = field(default_factory=list)  # of the views read that were materialized
 
 
@@ -315,6 +319,8 @@ class OnlineReader:
             )
 
         fields: list[bytes] = []
+        row_fields: list[bytes] = []  # the sealed row field of each view (encrypting store)
+        row_of: list[int] = []
         slots: list[tuple[Any, str]] = []  # (view, feature) of each field
         index: dict[bytes, int] = {}
         columns: list[tuple[str, int]] = []
@@ -332,6 +338,10 @@ class OnlineReader:
                     index[hashed] = len(fields)
                     fields.append(hashed)
                     slots.append((view, name))
+                    row = encrypted_online.redis_row_field(view.name)
+                    if row not in row_fields:
+                        row_fields.append(row)
+                    row_of.append(row_fields.index(row))
                 columns.append((f"{prefix}__{name}" if full_feature_names else name, index[hashed]))
                 if types.get(name) is None or types[name].name != "DOUBLE":
                     generic.add(index[hashed])
@@ -391,6 +401,8 @@ class OnlineReader:
         return _Plan(
             markers=markers,
             fields=fields,
+            rows=row_fields,
+            row_of=row_of,
             columns=columns,
             request_data=request,
             odfvs=odfv_plans,
@@ -523,14 +535,13 @@ class OnlineReader:
         ids = as_user_ids(user_ids)
         plan = self._plan(feature_service, features, full_feature_names)
 
-        fields = plan.fields
         if self._sqlite is not None:
             assert plan.sqlite is not None  # built with the plan on SQLite
             stored, known = self._sqlite.read(ids, plan.sqlite)
             rows = [stored[u] for u in ids]
             found = [known[u] for u in ids]
         else:
-            return self._fetched(ids, plan, self._hmget(ids, [*fields, *plan.known], markers=plan.markers))
+            return self._fetched(ids, plan, self._hmget(ids, self._hash_fields(plan), markers=plan.markers))
         return Fetched(ids=ids, plan=plan, rows=rows, found=found)
 
     async def fetch_async(self, user_ids: Sequence[int], *, feature_service: str) -> Fetched:
@@ -544,7 +555,7 @@ class OnlineReader:
             plan = self._plans.get((feature_service, None, False))
         if plan is None:
             raise OnlineReadError(f"no resolved plan for feature service {feature_service!r}; use fetch")
-        fields = [*plan.fields, *plan.known]
+        fields = self._hash_fields(plan)
         unique = list(dict.fromkeys(ids))
         deadline = self.settings.online_deadline_s
         with redis.answered_within(self.settings, timeout_s=deadline, setting="HM_ONLINE_DEADLINE_S"):
@@ -553,33 +564,45 @@ class OnlineReader:
             replies = await pipe.execute()
         return self._fetched(ids, plan, self._hmget_replies(unique, fields, plan.markers, replies))
 
+    def _hash_fields(self, plan: _Plan) -> list[bytes]:
+        """The fields of a user's hash a lookup reads: the features' (stock store) or their views' sealed
+        rows (encrypting store), then the `_ts:<view>` fields saying whether the user is known."""
+        return [*(plan.rows if self._keyring is not None else plan.fields), *plan.known]
+
     def _fetched(self, ids: list[int], plan: _Plan, replies: dict[int, list]) -> Fetched:
-        """The Fetched of a plan's HMGET replies (values opened when sealed)."""
-        fields = plan.fields
+        """The Fetched of a plan's HMGET replies (sealed rows opened and unpacked into the plan's fields)."""
+        fields = plan.rows if self._keyring is not None else plan.fields
         if self._keyring is not None:
-            self._open_values(replies, fields)
-        rows = [replies[u][: len(fields)] for u in ids]
+            self._open_rows(replies, plan)
+        rows = [replies[u][: len(plan.fields)] for u in ids]
         found = [any(value is not None for value in replies[u][len(fields) :]) for u in ids]
         return Fetched(ids=ids, plan=plan, rows=rows, found=found)
 
-    def _open_values(self, replies: dict[int, list], fields: list[bytes]) -> None:
-        """Replace each sealed value among the first len(fields) of every user's HMGET reply by its plaintext.
+    def _open_rows(self, replies: dict[int, list], plan: _Plan) -> None:
+        """Replace each user's sealed rows (the first len(plan.rows) of its HMGET reply) by the values of
+        the plan's fields they hold, followed by the rest of the reply.
 
-        Raises EncryptionKeyError (naming the key id) when one does not open."""
+        Raises EncryptionKeyError (naming the key id) when a row does not open."""
         assert self._keyring is not None
+        width = len(plan.rows)
         blobs, aads, where = [], [], []
         aad = encrypted_online.redis_aad
         for user, values in replies.items():
             key = self._key_of(user)
-            for index, value in enumerate(values[: len(fields)]):
+            for index, value in enumerate(values[:width]):
                 if value is not None:
                     blobs.append(value)
-                    aads.append(aad(key, fields[index]))
+                    aads.append(aad(key, plan.rows[index]))
                     where.append((user, index))
+        opened: dict[tuple[int, int], dict[bytes, bytes]] = {}
         if blobs:
-            opened = unseal_many(self._keyring, blobs, aads, what="a feature value in the Redis online store")
-            for (user, index), plain in zip(where, opened, strict=True):
-                replies[user][index] = plain
+            plains = unseal_many(self._keyring, blobs, aads, what="a row in the Redis online store")
+            opened = {place: row_codec.decode_row(p) for place, p in zip(where, plains, strict=True)}
+        empty: dict[bytes, bytes] = {}
+        for user, values in replies.items():
+            rows = [opened.get((user, index), empty) for index in range(width)]
+            stored = [rows[row].get(field) for field, row in zip(plan.fields, plan.row_of, strict=True)]
+            replies[user] = stored + list(values[width:])
 
     def assemble(self, fetched: Fetched, *, at: datetime | Sequence[datetime] | None = None) -> OnlineResult:
         """`read`'s answer from what `fetch` read: decode the values, run the on-demand views (CPU only, no I/O).
@@ -837,6 +860,8 @@ class _SqliteQuery:
     slots: dict[tuple[int, str], tuple[int, bytes]]
     tables: list[str]  # the table each SELECT number reads (values are sealed for their table)
     width: int  # number of fields
+    # encrypting store: per SELECT number, (field id in the sealed row, index into the plan's fields)
+    row_fields: dict[int, list[tuple[bytes, int]]] = field(default_factory=dict)
 
 
 def _quote(identifier: str) -> str:
@@ -863,7 +888,7 @@ class _SqliteRows:
 
     def query(self, slots: list[tuple[Any, str]], known: list[Any]) -> _SqliteQuery:
         """The query reading `slots` ((view, feature) per field) and whether users have a row in any `known` view."""
-        from healthmate_features._feast import sqlite_table
+        from healthmate_features._feast import redis_field, sqlite_table
 
         tables: dict[str, list[str]] = {}
         for view, name in slots:
@@ -877,8 +902,11 @@ class _SqliteRows:
             selects.append(
                 f"SELECT {number}, entity_key, feature_name, value FROM {_quote(table)} WHERE entity_key IN k"
             )
+        row_fields: dict[int, list[tuple[bytes, int]]] = {}
         for field_index, (view, name) in enumerate(slots):
-            index[(list(tables).index(sqlite_table(self.project, view)), name)] = field_index
+            number = list(tables).index(sqlite_table(self.project, view))
+            index[(number, name)] = field_index
+            row_fields.setdefault(number, []).append((redis_field(view.name, name), field_index))
         for table in dict.fromkeys(sqlite_table(self.project, view) for view in known):
             if table not in tables:  # a row of the tables above says as much
                 selects.append(
@@ -891,6 +919,7 @@ class _SqliteRows:
             slots={key: (at, encrypted_online.sqlite_aad_feature(key[1])) for key, at in index.items()},
             width=len(slots),
             tables=list(tables),
+            row_fields=row_fields,
         )
 
     def read(self, ids: list[int], query: _SqliteQuery) -> tuple[dict[int, list], dict[int, bool]]:
@@ -915,30 +944,38 @@ class _SqliteRows:
                     rows = self._conn.execute(sql, [*chunk, *query.params]).fetchall()
             except sqlite3.OperationalError as exc:
                 raise OnlineReadError(f"the SQLite online store cannot be read as Feast laid it out: {exc}") from exc
-            slots = query.slots
-            blobs: list[bytes] = []  # sealed values, their associated data and (user, slot)
-            aads: list[bytes] = []
-            places: list[tuple[int, int]] = []
-            heads: dict[tuple[int, bytes], bytes] = {}  # sqlite_aad's table and entity parts, per row
+            if self._keyring is not None:
+                found.update(self._open_rows(rows, keys, query, values))
+                continue
             for number, key, name, value in rows:
                 user = keys[key]
                 found.add(user)
                 if value is None:  # a SELECT -1 row (the user is known), or a null value
                     continue
-                slot = slots.get((number, name))
-                if slot is None:
-                    continue
-                if self._keyring is None:
+                slot = query.slots.get((number, name))
+                if slot is not None:
                     values[user][slot[0]] = value
-                    continue
-                head = heads.get((number, key))
-                if head is None:
-                    head = heads[(number, key)] = encrypted_online.sqlite_aad_head(query.tables[number], key)
-                blobs.append(value)
-                aads.append(head + slot[1])
-                places.append((user, slot[0]))
-            if blobs:
-                opened = unseal_many(self._keyring, blobs, aads, what="a feature value in the SQLite online store")
-                for (user, slot_index), plain in zip(places, opened, strict=True):
-                    values[user][slot_index] = plain
         return values, {u: u in found for u in unique}
+
+    def _open_rows(self, rows: list[tuple], keys: dict[bytes, int], query: _SqliteQuery, values: dict) -> set[int]:
+        """Open the sealed rows among `rows` (one per entity and view) into `values`; the users seen."""
+        assert self._keyring is not None
+        found: set[int] = set()
+        blobs: list[bytes] = []  # sealed rows, their associated data and (user, SELECT number)
+        aads: list[bytes] = []
+        places: list[tuple[int, int]] = []
+        for number, key, name, value in rows:
+            user = keys[key]
+            found.add(user)
+            if name != encrypted_online.ROW_FEATURE or value is None:  # a SELECT -1 row: the user is known
+                continue
+            blobs.append(value)
+            aads.append(encrypted_online.sqlite_aad(query.tables[number], key))
+            places.append((user, number))
+        if blobs:
+            opened = unseal_many(self._keyring, blobs, aads, what="a row in the SQLite online store")
+            for (user, number), plain in zip(places, opened, strict=True):
+                row = row_codec.decode_row(plain)
+                for field_id, slot_index in query.row_fields.get(number, ()):
+                    values[user][slot_index] = row.get(field_id)
+        return found

@@ -1,14 +1,16 @@
 """The production offline store: Feast's Postgres store with a faster point-in-time join.
 
-Sources, materialization pulls, saved datasets and monitoring (`feast monitor run`) are Feast's
-own PostgreSQLOfflineStore. Added here: `offline_write_batch` (Feast's store has none: pushes and
-`write_to_offline_store` COPY rows in, creating a missing table), retrieval without an entity frame
-(the distinct (join keys, event time) rows of the views in [start_date, end_date], then the join
-below, as our DuckDB store answers it), and a clear OfflineStoreUnsupportedError for
-`write_logged_features`. For a training frame given as a DataFrame,
-the join is one query over the (user_id, event_timestamp) index of each feature table instead
-of Feast's generic query, which joins every entity row to every feature row of its user in the
-TTL window and then ranks them:
+Sources, saved datasets and monitoring (`feast monitor run`) are Feast's own PostgreSQLOfflineStore.
+Materialization pulls are Feast's too, except the latest row per user of a long window (the whole
+history), read by index probes when the planner expects many rows per user in the window
+(`pull_latest_from_table_or_query`, `latest_rows_query`). Added here: `offline_write_batch` (Feast's
+store has none: pushes and `write_to_offline_store` COPY rows in, creating a missing table),
+retrieval without an entity frame (the distinct (join keys, event time) rows of the views in
+[start_date, end_date], then the join below, as our DuckDB store answers it), and a clear
+OfflineStoreUnsupportedError for `write_logged_features`. For a training frame given as a DataFrame,
+the join is one query over the (user_id, event_timestamp) index of each feature table instead of
+Feast's generic query, which joins every entity row to every feature row of its user in the TTL
+window and then ranks them:
 
     SELECT e._row, f0.<features>, f1.<features>, ...
     FROM <entity rows sorted by key and time> e
@@ -175,6 +177,29 @@ class LateralRetrievalJob(PostgreSQLRetrievalJob):
         return self._to_arrow_internal(timeout).to_pandas()
 
 
+class RowsJob(PostgreSQLRetrievalJob):
+    """Feast's Postgres retrieval job of a query, its rows turned into Arrow columns at once.
+
+    Feast's job (`_to_arrow_internal`) copies the fetched rows into per-column lists one cell at a
+    time in Python, most of a materialization pull's time in our process; this one transposes
+    them with `zip`. The same Arrow arrays from the same values and the same schema."""
+
+    def __init__(self, *, query: str, **kwargs):
+        super().__init__(query=query, **kwargs)
+        self._sql = query
+
+    def _to_arrow_internal(self, timeout=None) -> pa.Table:
+        with _feast.pg_connect(self.config.offline_store) as conn, conn.cursor() as cur:
+            conn.read_only = True
+            cur.execute(self._sql)
+            if not cur.description:
+                raise OfflineStoreError(f"the materialization query returned no columns: {self._sql[:200]}")
+            fields = [(c.name, _feast.pg_type_code_to_arrow(c.type_code)) for c in cur.description]
+            data = cur.fetchall()
+        columns = [list(column) for column in zip(*data, strict=True)] if data else [[] for _ in fields]
+        return pa.Table.from_arrays([pa.array(column) for column in columns], schema=pa.schema(fields))
+
+
 class LateralPostgreSQLOfflineStore(PostgreSQLOfflineStore):
     """Feast's Postgres offline store, with the point-in-time join done by `build_query`."""
 
@@ -232,6 +257,41 @@ class LateralPostgreSQLOfflineStore(PostgreSQLOfflineStore):
         )
 
     @staticmethod
+    def pull_latest_from_table_or_query(
+        config,
+        data_source,
+        join_key_columns: list[str],
+        feature_name_columns: list[str],
+        timestamp_field: str,
+        created_timestamp_column: str | None,
+        start_date: datetime,
+        end_date: datetime,
+    ):
+        """The latest row per entity in [start_date, end_date] (materialization), Feast's rows.
+
+        Feast ranks every row of the window (`ROW_NUMBER() OVER (PARTITION BY key ...)`): over a
+        year of daily rows, a scan and sort of every row to keep one per user. When the window holds
+        many rows per entity (`probes_pay`: the planner's estimates) and the source is a table with
+        an index led by its single join key, the keys are walked through that index instead (a
+        recursive skip scan, one probe per key) and each key's latest row in the window is one
+        index probe (`latest_rows_query`). Anything else, or a short window (few rows per key:
+        Feast's query is the cheaper one there), is Feast's query. Same rows, ties broken by the
+        created timestamp; rows with a NULL join key are left out (there is no entity to write).
+        Either query's rows come back through `RowsJob`."""
+        table = data_source.get_table_query_string() if isinstance(data_source, PostgreSQLSource) else "("
+        args = (join_key_columns, feature_name_columns, timestamp_field, created_timestamp_column, start_date, end_date)
+        if (
+            len(join_key_columns) == 1
+            and feature_name_columns
+            and not table.lstrip().startswith("(")
+            and probes_pay(config, table, join_key_columns[0], timestamp_field, start_date, end_date)
+        ):
+            query = latest_rows_query(table, join_key_columns[0], *args[1:])
+        else:
+            query = PostgreSQLOfflineStore.pull_latest_from_table_or_query(config, data_source, *args).to_sql()
+        return RowsJob(query=query, config=config, full_feature_names=False, on_demand_feature_views=None)
+
+    @staticmethod
     def offline_write_batch(config, feature_view, table: pa.Table, progress) -> None:
         """Append an Arrow table to a feature view's Postgres table (Feast's push and write_to_offline_store).
 
@@ -252,6 +312,69 @@ class LateralPostgreSQLOfflineStore(PostgreSQLOfflineStore):
         from healthmate_features.stores.duckdb_asof import write_log_files
 
         write_log_files(config, data, logging_config, "LateralPostgreSQLOfflineStore")
+
+
+PROBES_FROM_ROWS_PER_KEY = 4  # index probes per key beat ranking the window from this many rows per key on
+
+
+def probes_pay(config, table: str, key: str, timestamp: str, start: datetime, end: datetime) -> bool:
+    """Whether `latest_rows_query` is the cheaper way to the latest row per key of a window.
+
+    True when `table` has an index whose first column is `key` and the planner expects at least
+    PROBES_FROM_ROWS_PER_KEY rows per distinct key in the window (its statistics: `pg_stats`
+    n_distinct of the key, the row estimate of the window's filter); False without statistics."""
+    with _feast.pg_connect(config.offline_store) as conn:
+        indexed = conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
+            "AND a.attnum = i.indkey[0] WHERE i.indrelid = to_regclass(%s) AND a.attname = %s)",
+            (table, key),
+        ).fetchone()
+        if not indexed or not indexed[0]:
+            return False
+        stats = conn.execute(
+            "SELECT s.n_distinct, c.reltuples FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "JOIN pg_stats s ON s.schemaname = n.nspname AND s.tablename = c.relname AND s.attname = %s "
+            "WHERE c.oid = to_regclass(%s)",
+            (key, table),
+        ).fetchone()
+        if not stats or stats[0] is None or not stats[1] or stats[1] <= 0:
+            return False
+        keys = stats[0] if stats[0] > 0 else -stats[0] * stats[1]
+        plan = conn.execute(
+            f"EXPLAIN (FORMAT JSON) SELECT 1 FROM {table} a WHERE a.{_q(timestamp)} BETWEEN %s AND %s", (start, end)
+        ).fetchone()
+    rows = plan[0][0]["Plan"]["Plan Rows"] if plan else 0
+    return keys > 0 and rows >= PROBES_FROM_ROWS_PER_KEY * keys
+
+
+def latest_rows_query(
+    table: str,
+    key: str,
+    features: list[str],
+    timestamp: str,
+    created: str | None,
+    start: datetime,
+    end: datetime,
+) -> str:
+    """The latest row per `key` of `table` in [start, end] by index probes: the distinct keys walked
+    through the key's index (a recursive skip scan), then per key one probe for its latest row."""
+    stamps = [timestamp, *([created] if created else [])]
+    columns = ", ".join(f"a.{_q(c)}" for c in [key, *features, *stamps])
+    order = ", ".join(f"a.{_q(c)} DESC" for c in stamps)
+    k = _q(key)
+    return f"""
+        WITH RECURSIVE k(v) AS (
+            (SELECT a.{k} FROM {table} a WHERE a.{k} IS NOT NULL ORDER BY a.{k} LIMIT 1)
+            UNION ALL
+            SELECT (SELECT a.{k} FROM {table} a WHERE a.{k} > k.v ORDER BY a.{k} LIMIT 1) FROM k WHERE k.v IS NOT NULL
+        )
+        SELECT b.* FROM k CROSS JOIN LATERAL (
+            SELECT {columns} FROM {table} a
+            WHERE a.{k} = k.v AND a.{_q(timestamp)} BETWEEN '{start}'::timestamptz AND '{end}'::timestamptz
+            ORDER BY {order} LIMIT 1
+        ) b
+        WHERE k.v IS NOT NULL
+    """
 
 
 def _write_batch(config, feature_view, table: pa.Table) -> None:

@@ -262,7 +262,8 @@ def test_materialization_full_incremental_and_interrupted(prod, monkeypatch, tin
     assert redis_keys(prod) == 2  # one hash per user, holding every view's features
 
     # The profile's online store: ours, Feast's Redis store with values encrypted.
-    real_write, calls = EncryptedRedisOnlineStore.online_write_batch, []
+    # Our engine (stores/online_engine.py) hands it each view's table whole (`write_table`).
+    real_write, calls = EncryptedRedisOnlineStore.write_table, []
 
     def write_then_fail(self, *args, **kwargs):
         calls.append(1)
@@ -270,10 +271,11 @@ def test_materialization_full_incremental_and_interrupted(prod, monkeypatch, tin
             raise ConnectionResetError("interrupted: redis went away mid-materialization")
         return real_write(self, *args, **kwargs)
 
-    monkeypatch.setattr(EncryptedRedisOnlineStore, "online_write_batch", write_then_fail)
+    monkeypatch.setattr(EncryptedRedisOnlineStore, "write_table", write_then_fail)
     with pytest.raises(ConnectionResetError):
         store.materialize(prod, incremental=True)
-    monkeypatch.setattr(EncryptedRedisOnlineStore, "online_write_batch", real_write)
+    assert len(calls) >= 3  # the views of one window run two at a time: the others are written
+    monkeypatch.setattr(EncryptedRedisOnlineStore, "write_table", real_write)
     store.materialize(prod, incremental=True)  # resumes from the last completed window: nothing lost
     latest = {
         name: table(prod, name).groupby("user_id").tail(1).set_index("user_id")
@@ -415,3 +417,49 @@ def test_dataset_versions_are_saved_datasets_in_the_sql_registry(prod, make_data
         env=env_of(prod) | backend_for(prod).feast_env(),
     )
     assert {"risk@1.0.0", f"risk@{second}"} <= set(listed.split()), listed
+
+
+def test_latest_rows_by_index_probes_equal_feasts_pull(small_production):
+    """Materialization's pull (each user's latest row of the window) by index probes equals Feast's
+    own query, view for view, over the whole history and over the last day; probes are chosen for a
+    window with many rows per user and Feast's query for one with about one (planner's estimates)."""
+    from datetime import timedelta
+
+    from healthmate_features.stores import postgres_lateral as pl
+
+    prod = small_production
+    fs = store.open_feature_store(prod)
+    config = fs.config
+    lo, hi = backend_for(prod).feature_time_range(list(FEATURE_TABLES))
+    decided = []
+    for view in (v for v in fs.list_feature_views() if v.name in FEATURE_TABLES):
+        source = view.batch_source
+        table, created, ts = source.get_table_query_string(), source.created_timestamp_column or None, "event_timestamp"
+        features = [f.name for f in view.features]
+        for start, end in ((lo - timedelta(seconds=1), hi), (hi - timedelta(days=1), hi)):
+            with postgres.connect(prod) as conn:
+                conn.execute(f"ANALYZE {table}")
+                rows, users = conn.execute(
+                    f"SELECT count(*), count(DISTINCT user_id) FROM {table} WHERE {ts} BETWEEN %s AND %s", (start, end)
+                ).fetchone()
+            args = (["user_id"], features, ts, created, start, end)
+            want = pl.PostgreSQLOfflineStore.pull_latest_from_table_or_query(config, source, *args).to_arrow()
+            want = want.sort_by("user_id")
+            probes = pl.latest_rows_query(table, "user_id", features, ts, created, start, end)
+            job = pl.PostgreSQLRetrievalJob(
+                query=probes, config=config, full_feature_names=False, on_demand_feature_views=None
+            )
+            assert job.to_arrow().sort_by("user_id").equals(want), (view.name, start)
+            ours = pl.LateralPostgreSQLOfflineStore.pull_latest_from_table_or_query(config, source, *args)
+            assert ours.to_arrow().sort_by("user_id").equals(want), (view.name, start)
+            assert want.num_rows == users
+            chosen = pl.probes_pay(config, table, "user_id", ts, start, end)
+            if not users:
+                continue
+            if rows >= 2 * pl.PROBES_FROM_ROWS_PER_KEY * users:
+                assert chosen, f"{view.name}: {rows} rows of {users} users in the window, Feast's query chosen"
+                decided.append(True)
+            elif rows <= users:
+                assert not chosen, f"{view.name}: {rows} rows of {users} users in the window, probes chosen"
+                decided.append(False)
+    assert set(decided) == {True, False}

@@ -77,6 +77,17 @@ def shape(fn) -> str:
 
 # Every Feast callable _feast.py (or a store subclassing Feast) calls, with the signature it is written against.
 SIGNATURES = {
+    # stores/online_engine.py overrides these of Feast's local engine.
+    "feast.infra.compute_engines.base.ComputeEngine.materialize": (
+        "(self, registry, tasks, *, lineage_parent=None, **kwargs)"
+    ),
+    "feast.infra.compute_engines.base.ComputeEngine.get_execution_context": "(self, registry, task)",
+    "feast.infra.compute_engines.local.feature_builder.LocalFeatureBuilder.build_output_nodes": (
+        "(self, view, input_node)"
+    ),
+    "feast.infra.compute_engines.local.nodes.LocalOutputNode.__init__": "(self, name, feature_view, inputs=None)",
+    "feast.infra.compute_engines.local.nodes.LocalOutputNode.execute": "(self, context)",
+    "feast.utils._convert_arrow_fv_to_proto": "(table, feature_view, join_keys)",
     # Feast's DuckDB monitoring statistics, run on our connection for encrypted sources.
     "feast.infra.offline_stores.duckdb._duckdb_numeric_stats": (
         "(conn, from_expr, feature_names, ts_filter, histogram_bins)"
@@ -177,6 +188,21 @@ PINNED_BY_BEHAVIOUR = {
     "feast.infra.online_stores.sqlite.SqliteOnlineStoreConfig": "test_encrypting_stores_are_feasts_with_sealed_values",
     "feast.infra.supported_async_methods.SupportedAsyncMethods": "test_encrypting_stores_are_feasts_with_sealed_values",
     "_offline_store": "test_set_offline_store_config",  # RepoConfig's cache behind its offline_store property
+    # online_writes_counted wraps our stores' own `write_table` (not Feast's) when the store has one.
+    "write_table": "test_online_engine_materializes_as_feasts",
+    # stores/online_engine.py: Feast's local engine and its plan, with our output node.
+    **dict.fromkeys(
+        [
+            "feast.infra.compute_engines.local.compute.LocalComputeEngine",
+            "feast.infra.compute_engines.local.compute.LocalComputeEngineConfig",
+            "feast.infra.compute_engines.local.feature_builder.LocalFeatureBuilder",
+            "feast.infra.compute_engines.local.nodes.LocalOutputNode",
+            "feast.infra.compute_engines.local.job.LocalMaterializationJob",
+            "feast.infra.compute_engines.backends.pandas_backend.PandasBackend",
+            "feast.infra.common.materialization_job.MaterializationJobStatus",
+        ],
+        "test_online_engine_materializes_as_feasts",
+    ),
 }
 
 
@@ -832,6 +858,20 @@ def test_postgres_retrieval_job_keeps_its_config(tmp_path):
     )
 
 
+def sqlite_repo_config(tmp_path, kind: str, online_type: str, **extra) -> RepoConfig:
+    """A RepoConfig of files under tmp_path named by `kind`: a SQLite online store of `online_type`."""
+    return RepoConfig(
+        project=PROJECT,
+        provider="local",
+        registry=str(tmp_path / f"{kind}.db"),
+        online_store={"type": online_type, "path": str(tmp_path / f"{kind}-online.db")},
+        offline_store={"type": "file"},
+        entity_key_serialization_version=3,
+        repo_path=tmp_path,
+        **extra,
+    )
+
+
 def test_encrypting_stores_are_feasts_with_sealed_values(tmp_path, user, daily):
     """Our online stores are Feast's, found by Feast from their type, with only the values changed:
     Feast's SQLite store reads back what it wrote; ours writes the same rows with sealed values,
@@ -857,15 +897,7 @@ def test_encrypting_stores_are_feasts_with_sealed_values(tmp_path, user, daily):
         ("stock", "sqlite"),
         ("ours", enc.EncryptedSqliteOnlineStore.__module__ + ".EncryptedSqliteOnlineStore"),
     ):
-        config = RepoConfig(
-            project=PROJECT,
-            provider="local",
-            registry=str(tmp_path / f"{kind}.db"),
-            online_store={"type": type_, "path": str(tmp_path / f"{kind}-online.db")},
-            offline_store={"type": "file"},
-            entity_key_serialization_version=3,
-            repo_path=tmp_path,
-        )
+        config = sqlite_repo_config(tmp_path, kind, type_)
         assert _feast.online_store_kind(config) == "sqlite"
         store = feast.FeatureStore(config=config)
         online = _feast.online_store_of(store)
@@ -1062,3 +1094,45 @@ def test_set_offline_store_config(repo_config):
     _feast.set_offline_store_config(copy, DuckDBOfflineStoreConfig())
     assert isinstance(copy.offline_store, DuckDBOfflineStoreConfig), adapt("RepoConfig._offline_store", "ignored")
     assert repo_config.offline_store is original
+
+
+def test_online_engine_materializes_as_feasts(tmp_path, user, daily):
+    """`FeatureStore.materialize` through our engine (stores/online_engine.py) into our encrypting
+    SQLite store reads back, through Feast, exactly what Feast's own engine wrote into its stock
+    store; with Feast's stock store our engine is Feast's engine (no `write_table`); a failing
+    write comes back as Feast's error."""
+    from healthmate_features.backends import backend_for
+    from healthmate_features.config import Settings
+    from healthmate_features.stores import encrypted_online as enc
+    from healthmate_features.stores import online_engine
+
+    ours_type = enc.EncryptedSqliteOnlineStore.__module__ + ".EncryptedSqliteOnlineStore"
+    read, stores = {}, {}
+    for kind, engine, online_type in (
+        ("feast", "local", "sqlite"),
+        ("ours", online_engine.ENGINE_TYPE, ours_type),
+        ("ours-on-stock", online_engine.ENGINE_TYPE, "sqlite"),
+    ):
+        config = sqlite_repo_config(tmp_path, kind, online_type, batch_engine={"type": engine})
+        store = stores[kind] = feast.FeatureStore(config=config)
+        online = _feast.online_store_of(store)
+        if online_type == ours_type:
+            online.bind_keyring(backend_for(Settings(repo_path=tmp_path)).keyring())
+        store.apply([user, daily])
+        engine_object = store._get_provider().batch_engine
+        assert isinstance(engine_object, online_engine.OnlineTableEngine) == (engine != "local")
+        assert online_engine.writes_tables(online) == (online_type == ours_type)
+        store.materialize(start_date=datetime(2024, 12, 31, tzinfo=timezone.utc), end_date=SPAN[1])
+        read[kind] = store.get_online_features(
+            features=["health_daily:steps", "health_daily:label"], entity_rows=[{"user_id": u} for u in (1, 2, 3)]
+        ).to_dict()
+    assert read["ours"] == read["feast"] == read["ours-on-stock"]
+    assert read["feast"]["steps"] == [1.0, 2.0, None]
+
+    def fail(*args, **kwargs):
+        raise ConnectionResetError("the online store went away")
+
+    ours = stores["ours"]
+    _feast.online_store_of(ours).write_table = fail
+    with pytest.raises(ConnectionResetError, match="went away"):
+        ours.materialize(start_date=datetime(2024, 12, 31, tzinfo=timezone.utc), end_date=SPAN[1])
