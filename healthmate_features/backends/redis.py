@@ -149,6 +149,37 @@ def connect_async(settings: Settings, *, timeout_s: float | None = None) -> Any:
     )
 
 
+def resp_arguments(*arguments: bytes) -> bytes:
+    """`arguments` in the Redis protocol (RESP bulk strings): a command's arguments, or the tail of
+    them that does not change (see `send_packed`)."""
+    return b"".join(b"$%d\r\n%b\r\n" % (len(argument), argument) for argument in arguments)
+
+
+def resp_command(name: bytes, count: int, head: bytes, tail: bytes = b"") -> bytes:
+    """One command in the Redis protocol: `name` and `count` arguments, given packed (`resp_arguments`)."""
+    return b"*%d\r\n%b%b%b" % (count + 1, resp_arguments(name), head, tail)
+
+
+async def send_packed(client: Any, commands: bytes, replies: int) -> list[Any]:
+    """Send commands already in the Redis protocol (`resp_command`) on one connection of a
+    redis.asyncio `client` and read their `replies`: a pipeline whose unchanging arguments are
+    packed once by the caller instead of on every call (redis-py packs each argument every time).
+
+    The client's pool, connection checks and socket timeout apply as to its own pipelines; a
+    connection interrupted mid-reply (a timeout, a cancellation) is closed, never reused. Raises
+    redis-py's errors (a ResponseError for an error reply)."""
+    pool = client.connection_pool
+    connection = await pool.get_connection()
+    try:
+        await connection.send_packed_command(commands, check_health=False)
+        return [await connection.read_response() for _ in range(replies)]
+    except BaseException:
+        await connection.disconnect(nowait=True)
+        raise
+    finally:
+        await pool.release(connection)
+
+
 _timed_out_at: dict[str, float] = {}  # Redis address -> when a command under `answered_within` last timed out
 
 

@@ -21,12 +21,13 @@ rows are dropped, never health values in the message).
 from __future__ import annotations
 
 import logging
+import operator
 import random
 import threading
 import time
 import uuid
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from healthmate_features import _feast
@@ -43,6 +44,47 @@ class _Service:
     service: Any  # feast.FeatureService, or None when it does not log
     sample_rate: float
     resolved_at: float
+    logged: tuple[str, ...] = ()  # its log columns of values, `<view>__<feature>`, in the service's order
+    features: tuple[str, ...] = ()  # the feature (features/extract's name) of each
+    _pick: Any = field(init=False, repr=False, default=None)
+
+    @classmethod
+    def of(cls, service: Any, now: float) -> _Service:
+        """The entry of a feature service (None when unknown) resolved at `now`; without a
+        LoggingConfig it does not log."""
+        config = getattr(service, "logging_config", None)
+        if config is None:
+            return cls(None, 0.0, now)
+        logged = {
+            f"{projection.name_to_use()}__{feature.name}": feature.name
+            for projection in service.feature_view_projections
+            for feature in projection.features
+        }
+        return cls(service, config.sample_rate, now, tuple(logged), tuple(logged.values()))
+
+    def row(self, values: dict[str, Any]) -> tuple[Any, ...]:
+        """The values of `logged`'s columns in a lookup's answer (None for a feature it lacks)."""
+        if len(self.features) > 1:  # itemgetter of one name answers a value, not a tuple
+            try:
+                return tuple(self._pick(values))  # ~4x faster than the map below
+            except KeyError:
+                pass
+        return tuple(map(values.get, self.features))
+
+    def __post_init__(self) -> None:
+        self._pick = operator.itemgetter(*self.features) if len(self.features) > 1 else None
+
+
+@dataclass
+class _Rows:
+    """Buffered lookups of one service definition, ready to become columns: each lookup's values
+    as a tuple in `logged`'s order (taken at record time, a few microseconds), so a flush only
+    transposes them and hands whole columns to Arrow."""
+
+    logged: tuple[str, ...]
+    users: list[int] = field(default_factory=list)
+    times: list[datetime] = field(default_factory=list)
+    values: list[tuple[Any, ...]] = field(default_factory=list)
 
 
 class ServedLog:
@@ -53,7 +95,7 @@ class ServedLog:
         self._store_of = store_of
         self._flush_s = flush_s
         self._lock = threading.Lock()
-        self._rows: dict[str, list[tuple[int, dict[str, Any], datetime]]] = {}
+        self._rows: dict[tuple[str, tuple[str, ...]], _Rows] = {}  # by service and its log columns
         self._services: dict[str, _Service] = {}
         self._schemas: dict[tuple[str, Any], Any] = {}  # (service, registry cache time) -> log schema
         self._wake = threading.Event()
@@ -68,10 +110,15 @@ class ServedLog:
         entry = self._service(feature_service)
         if entry.service is None or (entry.sample_rate < 1.0 and random.random() >= entry.sample_rate):
             return False
+        row = entry.row(values)
         with self._lock:
-            rows = self._rows.setdefault(feature_service, [])
-            rows.append((user_id, values, at))
-            full = len(rows) >= FLUSH_ROWS
+            rows = self._rows.get((feature_service, entry.logged))
+            if rows is None:
+                rows = self._rows[(feature_service, entry.logged)] = _Rows(entry.logged)
+            rows.users.append(user_id)
+            rows.times.append(at)
+            rows.values.append(row)
+            full = len(rows.users) >= FLUSH_ROWS
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="served-log", daemon=True)
                 self._thread.start()
@@ -84,22 +131,23 @@ class ServedLog:
         with self._lock:
             pending, self._rows = self._rows, {}
         done = 0
-        for name, rows in pending.items():
-            service = self._service(name).service
-            if service is None or not rows:
+        for (name, _), rows in pending.items():
+            entry = self._service(name)
+            service = entry.service
+            if service is None or not rows.users:
                 continue
             try:
                 store = self._store_of()
                 registry = _CachedViews(store.registry)
                 schema = self._schema(store, service, registry)
-                _feast.write_feature_service_logs(
-                    store, service, self.table(store, service, rows, registry, schema=schema), registry
-                )
+                _feast.write_feature_service_logs(store, service, self.table(rows, schema, entry.logged), registry)
             except Exception as exc:  # logging must never fail serving; the reason, never a value
-                self.failed += len(rows)
-                log.warning("served-feature log of %s: %d rows not written: %s", name, len(rows), type(exc).__name__)
+                self.failed += len(rows.users)
+                log.warning(
+                    "served-feature log of %s: %d rows not written: %s", name, len(rows.users), type(exc).__name__
+                )
                 continue
-            done += len(rows)
+            done += len(rows.users)
         self.written += done
         return done
 
@@ -123,59 +171,52 @@ class ServedLog:
         return schema
 
     @staticmethod
-    def table(
-        store: Any,
-        service: Any,
-        rows: list[tuple[int, dict[str, Any], datetime]],
-        registry: Any = None,
-        *,
-        schema: Any = None,
-    ) -> Any:
-        """The rows as an Arrow table of Feast's log schema for `service` (`schema`, when known).
+    def table(rows: _Rows, schema: Any, logged: tuple[str, ...]) -> Any:
+        """The rows as an Arrow table of Feast's log schema `schema` of their service, whose value
+        columns are `logged` now (a column the rows were not recorded with is null, NOT_FOUND).
 
-        Runs on the flushing thread, beside the API's event loop: it lets the loop's thread take
-        the GIL back after every column (time.sleep(0)) rather than holding it for the interpreter's
-        switch interval (5 ms) at a time, so a flush of 1,000 rows does not stall requests."""
+        Runs on the flushing thread, beside the API's event loop, so it keeps Python work short:
+        the recorded tuples are transposed at once, a column is one Arrow conversion, statuses are
+        computed by Arrow, and between columns the loop's thread may take the GIL back
+        (time.sleep(0)) rather than wait out the interpreter's switch interval (5 ms)."""
         import pyarrow as pa
-        from feast.feature_logging import (
-            LOG_DATE_FIELD,
-            LOG_TIMESTAMP_FIELD,
-            REQUEST_ID_FIELD,
-            FeatureServiceLoggingSource,
-        )
+        import pyarrow.compute as pc
+        from feast.feature_logging import LOG_DATE_FIELD, LOG_TIMESTAMP_FIELD, REQUEST_ID_FIELD
 
-        if schema is None:
-            reads: Any = registry or _CachedViews(store.registry)  # a BaseRegistry by delegation
-            schema = FeatureServiceLoggingSource(service, store.project).get_schema(reads)
-        names = {
-            f"{projection.name_to_use()}__{feature.name}": feature.name
-            for projection in service.feature_view_projections
-            for feature in projection.features
-        }
-        stamps = [at.astimezone(timezone.utc) for _, _, at in rows]
+        count = len(rows.users)
+        recorded = dict(zip(rows.logged, zip(*rows.values, strict=True), strict=True))
+        types = {column.name: column.type for column in schema}
+        features = set(logged)
+        stamps = pa.array(rows.times, type=pa.timestamp("us", tz="UTC"))  # the request times
+        arrays: dict[str, Any] = {}
+
+        def values(name: str) -> Any:
+            if name not in arrays:
+                found = recorded.get(name)
+                arrays[name] = pa.nulls(count, types[name]) if found is None else pa.array(found, type=types[name])
+            return arrays[name]
+
+        present, not_found = pa.scalar(PRESENT, pa.int32()), pa.scalar(NOT_FOUND, pa.int32())
         columns = []
-        for field in schema:
-            name = field.name
-            if name == LOG_TIMESTAMP_FIELD:
-                data: list[Any] = stamps
-            elif name == LOG_DATE_FIELD:
-                data = [stamp.date() for stamp in stamps]
+        for column in schema:
+            name = column.name
+            if name in (LOG_TIMESTAMP_FIELD, LOG_DATE_FIELD):
+                array = stamps.cast(column.type)
             elif name == REQUEST_ID_FIELD:
-                data = [uuid.uuid4().hex for _ in rows]  # one per served lookup, drawn when written
-            elif name.endswith("__status") and name[: -len("__status")] in names:
-                short = names[name[: -len("__status")]]
-                data = [PRESENT if values.get(short) is not None else NOT_FOUND for _, values, _ in rows]
-            elif name.endswith("__timestamp") and name[: -len("__timestamp")] in names:
-                data = [None] * len(rows)
-            elif name in names:
-                data = [values.get(names[name]) for _, values, _ in rows]
+                array = pa.array([uuid.uuid4().hex for _ in range(count)], type=column.type)  # one per lookup
+            elif name.endswith("__status") and name[: -len("__status")] in features:
+                array = pc.if_else(pc.is_valid(values(name[: -len("__status")])), present, not_found)
+            elif name.endswith("__timestamp") and name[: -len("__timestamp")] in features:
+                array = pa.nulls(count, column.type)  # the value's event time: unknown (see the module)
+            elif name in features:
+                array = values(name)
             elif name == "user_id":
-                data = [user_id for user_id, *_ in rows]
-            elif pa.types.is_timestamp(field.type):  # a request field: the request time (event_timestamp)
-                data = stamps
+                array = pa.array(rows.users, type=column.type)
+            elif pa.types.is_timestamp(column.type):  # a request field: the request time (event_timestamp)
+                array = stamps.cast(column.type, safe=False)  # to its unit, as pa.array would
             else:
-                data = [None] * len(rows)
-            columns.append(pa.array(data, type=field.type))
+                array = pa.nulls(count, column.type)
+            columns.append(array.cast(column.type))
             time.sleep(0)  # the event loop's turn
         return pa.Table.from_arrays(columns, schema=schema)
 
@@ -188,8 +229,7 @@ class ServedLog:
             service = self._store_of().get_feature_service(name, allow_cache=True)
         except Exception:  # an unknown service: the lookup itself reports it
             service = None
-        config = getattr(service, "logging_config", None)
-        entry = _Service(service if config is not None else None, config.sample_rate if config else 0.0, now)
+        entry = _Service.of(service, now)
         self._services[name] = entry
         return entry
 

@@ -152,6 +152,7 @@ class _Plan:
     rows: list[bytes] = field(default_factory=list)  # encrypting Redis store: the sealed row field of each view read
     row_of: list[int] = field(default_factory=list)  # per field: the index of its view's row in `rows`
     markers: list[online_marks.Marker] = field(default_factory=list)  # of the views read that were materialized
+    packed: tuple[bytes, bytes] | None = None  # Redis: the HMGET fields and the markers' MGET in RESP (fetch_async)
 
 
 class OnlineReader:
@@ -557,11 +558,22 @@ class OnlineReader:
             raise OnlineReadError(f"no resolved plan for feature service {feature_service!r}; use fetch")
         fields = self._hash_fields(plan)
         unique = list(dict.fromkeys(ids))
+        if plan.packed is None:  # the HMGET's fields and the markers' MGET, packed once per plan
+            marker_keys = [key.encode() for _, key, _ in plan.markers]
+            mget = redis.resp_command(b"MGET", len(marker_keys), redis.resp_arguments(*marker_keys))
+            plan.packed = (redis.resp_arguments(*fields), mget if marker_keys else b"")
+        tail, mget = plan.packed
+        key_of = self._key_of
+        commands = [
+            redis.resp_command(b"HMGET", 1 + len(fields), redis.resp_arguments(key_of(u)), tail) for u in unique
+        ]
         deadline = self.settings.online_deadline_s
         with redis.answered_within(self.settings, timeout_s=deadline, setting="HM_ONLINE_DEADLINE_S"):
-            pipe = self._async_redis().pipeline(transaction=False)
-            self._queue_hmget(pipe, unique, fields, plan.markers)
-            replies = await pipe.execute()
+            replies = await redis.send_packed(
+                self._async_redis(),
+                b"".join(commands if fields else []) + mget,
+                len(unique) * bool(fields) + bool(mget),
+            )
         return self._fetched(ids, plan, self._hmget_replies(unique, fields, plan.markers, replies))
 
     def _hash_fields(self, plan: _Plan) -> list[bytes]:
