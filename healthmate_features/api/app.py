@@ -16,6 +16,7 @@ errors become JSON `{"error": kind, "detail": message}` with the status code ERR
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import json
 import logging
@@ -414,7 +415,14 @@ router = APIRouter(prefix=PREFIX, responses=_ERRORS)
 @public.get("/health", response_model=Health, tags=["health"], summary="Liveness (no key needed)")
 async def health(ctx: Ctx) -> Health:
     """Answers 200 while the process is up."""
-    return Health(version=package_version("healthmate-features"), profile=ctx.settings.profile)
+    return Health(version=_version(), profile=ctx.settings.profile)
+
+
+@functools.cache
+def _version() -> str:
+    """The installed package's version, read once per process: importlib.metadata scans the
+    installed distributions on every call (~0.35 ms), which /health paid on every request."""
+    return package_version("healthmate-features")
 
 
 @public.get(
