@@ -4,8 +4,11 @@ Feast's registry (Postgres) records what was materialized, per feature view; Red
 values. A Redis restarted empty (no persistence) or flushed loses the values and leaves the
 registry as it was: every user then reads as unknown, or with most features null, while the
 registry still reports the old materialization. So `materialize` writes, after each view it
-loads, one marker key per view, `<HM_REDIS_PREFIX>online:<project>:<view>`, holding the end of the
-window it loaded (ISO 8601, UTC), with no expiry. A view that the registry records as
+loads, one marker key per view, `<HM_REDIS_PREFIX>online:rows:<project>:<view>`, holding the end
+of the window it loaded (ISO 8601, UTC), with no expiry. `rows` names the layout the marker vouches
+for (one sealed row per user and view, stores.row_codec): markers written before it (per-value
+seals, key `online:<project>:<view>`) do not count, so a store last materialized in the old layout
+reads as lost, with the fix, instead of answering nulls. A view that the registry records as
 materialized and whose marker is missing has lost its online data:
 
 - an online lookup reading it raises OnlineStoreLostError (HTTP 503, "online store lost its
@@ -32,12 +35,13 @@ from healthmate_features.backends import backend_for, redis
 from healthmate_features.config import Settings
 from healthmate_features.errors import OnlineStoreLostError
 
+LAYOUT = "rows"  # the online layout a marker vouches for (see the module docstring)
 Marker = tuple[str, str, datetime]  # (view, marker key, the registry's materialized end)
 
 
 def marker_key(settings: Settings, project: str, view: str) -> str:
     """The Redis key of a feature view's materialization marker."""
-    return f"{settings.redis_prefix}online:{project}:{view}"
+    return f"{settings.redis_prefix}online:{LAYOUT}:{project}:{view}"
 
 
 def recorded_markers(settings: Settings, project: str, views: Sequence[Any]) -> list[Marker]:
@@ -96,5 +100,5 @@ def lost_error(settings: Settings, lost: Sequence[tuple[str, datetime]]) -> Onli
         f"online store lost its data; re-run materialize: Redis at {redis.redis_address(settings)} holds no "
         f"materialization marker of {len(lost)} feature view(s) the registry records as materialized: {views}. "
         f"Redis restarted empty or was flushed (or the views were materialized only by `feast materialize`, "
-        f"which writes no marker); run `{command}`"
+        f"which writes no marker, or before the online layout of one sealed row per view); run `{command}`"
     )
