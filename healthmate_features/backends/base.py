@@ -114,6 +114,8 @@ class FeatureBuild:
     `affected[table]` (a condition on `x`, the row, and `d`, its hm_dirty row). SQL uses the
     placeholders `{users}`, `{readings}`, `{events}`, filled with the backend's names of the raw
     tables in `sources` (placeholder -> raw table name), and `{prev_<state name>}` for the state.
+    `setup_sql` (the engine's session settings, features.catalog.Dialect) runs first. Every
+    statement is already in the backend's SQL dialect (`Backend.sql_dialect`).
     """
 
     prepare_sql: tuple[str, ...]
@@ -129,6 +131,7 @@ class FeatureBuild:
     state_tables: Mapping[str, str] = field(default_factory=dict)
     version: str = ""
     full: bool = False
+    setup_sql: tuple[str, ...] = ()
 
 
 # The build-state tables (features.incremental.STATE_TABLES) holding per-user rows: erasure

@@ -144,6 +144,8 @@ class EmbeddedBackend(Backend):
         con = duckdb_connect(memory_limit=memory_limit)
         try:
             con.execute("SET preserve_insertion_order = false")
+            for sql in build.setup_sql:
+                con.execute(sql)
             raw_names = {}
             for placeholder, raw in build.sources.items():
                 path = self.settings.ingested_dir / f"{raw}.parquet"

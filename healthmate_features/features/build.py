@@ -2,8 +2,9 @@
 
 `build_features(raw_dir, settings)` refuses raw data that was not ingested (or changed since),
 then hands the catalog's SQL (features.catalog) and the incremental plan (features.incremental)
-to the backend: DuckDB writing `data/features/<table>.parquet` (embedded), or the very same SQL
-inside Postgres replacing rows of `<HM_PG_SCHEMA>.<table>` (production). A build rebuilds only
+to the backend: DuckDB writing `data/features/<table>.parquet` (embedded), the very same SQL
+inside Postgres replacing rows of `<HM_PG_SCHEMA>.<table>` (production), or as Spark SQL
+writing Parquet directories in HM_SPARK_WAREHOUSE (spark). A build rebuilds only
 the rows that the raw data changed since the last build can alter (`full=True`: all of them);
 either way the tables change atomically.
 """
@@ -23,19 +24,22 @@ SOURCE_NAMES = {"users": "users", "readings": "health_readings", "events": "app_
 
 
 def feature_build(dialect: str = "duckdb", *, full: bool = False) -> FeatureBuild:
-    """What a build runs in engine `dialect`: fingerprints, the incremental plan, the catalog's SQL."""
+    """What a build runs in engine `dialect`: fingerprints, the incremental plan, the catalog's SQL,
+    every statement in that engine's SQL (`Dialect.translate`)."""
     d = DIALECTS[dialect]
+    sql = d.translate
     return FeatureBuild(
-        prepare_sql=tuple(PREPARE_SQL),
+        setup_sql=d.setup_sql,
+        prepare_sql=tuple(sql(s) for s in PREPARE_SQL),
         scratch_tables=SCRATCH_TABLES,
-        tables={table.name: table.typed_sql() for table in FEATURE_TABLES.values()},
+        tables={table.name: sql(table.typed_sql()) for table in FEATURE_TABLES.values()},
         sources=SOURCE_NAMES,
-        fingerprint_sql=incremental.fingerprint_sql(d),
-        full_sql=incremental.FULL_SQL,
-        incremental_sql=incremental.INCREMENTAL_SQL,
-        needs_full_sql=incremental.NEEDS_FULL_SQL,
+        fingerprint_sql=tuple(sql(s) for s in incremental.fingerprint_sql(d)),
+        full_sql=tuple(sql(s) for s in incremental.FULL_SQL),
+        incremental_sql=tuple(sql(s) for s in incremental.INCREMENTAL_SQL),
+        needs_full_sql=sql(incremental.NEEDS_FULL_SQL),
         incremental_sources=incremental.INCREMENTAL_SOURCES,
-        affected={name: incremental.affected_rows(name) for name in FEATURE_TABLES},
+        affected={name: sql(incremental.affected_rows(name)) for name in FEATURE_TABLES},
         state_tables=incremental.STATE_TABLES,
         version=incremental.build_version(d),
         full=full,

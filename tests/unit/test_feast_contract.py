@@ -872,6 +872,8 @@ DOCUMENTED = {
         "PostgreSQLRetrievalJob",
     },
     "feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source": {"PostgreSQLSource"},
+    # Feast's Spark data source guide (the spark profile's batch sources).
+    "feast.infra.offline_stores.contrib.spark_offline_store.spark_source": {"SparkSource"},
 }
 INTERNAL_NAMES = {"feast.feature_view": {"DUMMY_ENTITY", "DUMMY_ENTITY_ID", "DUMMY_ENTITY_NAME", "DUMMY_ENTITY_VAL"}}
 # Public-looking attributes that are the internal state of Feast's registry cache.
