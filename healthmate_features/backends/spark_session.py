@@ -6,8 +6,9 @@ HM_SPARK_DRIVER_MEMORY, and crypto.spark_kms's settings, under which every Parqu
 writes is encrypted under the keyring's active data key (readable by `read_kms_parquet`), every
 file of `write_kms_parquet` is readable by Spark, and shuffle and spill files are encrypted too.
 
-Static settings (the driver's memory, the class path, the key list) take effect when the JVM
-starts: a process has one SparkContext, so the first session's settings hold for its life.
+Static settings (the driver's memory, the class path) take effect when the JVM starts: they hold
+for the life of the process. A running session whose data keys differ from the keyring's (a
+rotation since, another repository) is stopped and started again with them.
 Needs the spark extra (`pip install -e '.[spark]'`) and a JDK's javac once (the KMS client class).
 """
 
@@ -73,6 +74,19 @@ def spark_session(settings: Settings, keyring: Keyring) -> SparkSession:
         conf = {k: conf[k] for k in ("spark.sql.session.timeZone",)}
     else:
         builder = SparkSession.builder.master(master)
+        _stop_if_other_keys(SparkSession, conf)
     for key, value in conf.items():
         builder = builder.config(key, value)
     return builder.getOrCreate()
+
+
+KEY_LIST = "spark.hadoop.parquet.encryption.key.list"
+
+
+def _stop_if_other_keys(session_class: Any, conf: dict[str, str]) -> None:
+    """Stop the process's running SparkSession when it was started without these data keys (by
+    another keyring, before a key rotation, or by code that built its own session): Hadoop reads its
+    settings when the SparkContext starts, so only a new context encrypts and decrypts with them."""
+    running = session_class.getActiveSession()
+    if running is not None and running.sparkContext.getConf().get(KEY_LIST) != conf[KEY_LIST]:
+        running.stop()

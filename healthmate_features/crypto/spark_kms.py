@@ -245,6 +245,10 @@ def spark_encryption_conf(keyring: Keyring, *, jar: str | Path) -> dict[str, str
         "spark.hadoop.parquet.crypto.factory.class": CRYPTO_FACTORY_CLASS,
         "spark.hadoop.parquet.encryption.kms.client.class": KMS_CLIENT_CLASS,
         "spark.hadoop.parquet.encryption.key.list": key_list,
+        # parquet-mr caches KMS clients for the life of the JVM by KMS instance id: one id per key list,
+        # so a SparkContext started with other keys (a rotation, another keyring) gets a client holding them.
+        "spark.hadoop.parquet.encryption.kms.instance.id": "keylist-"
+        + hashlib.sha256(key_list.encode()).hexdigest()[:16],
         "spark.hadoop.parquet.encryption.uniform.key": active.key_id,
         "spark.hadoop.parquet.encryption.data.key.length.bits": str(KEY_BITS),
         "spark.hadoop.parquet.encryption.kek.length.bits": str(KEY_BITS),

@@ -168,3 +168,29 @@ def test_bad_rows_land_in_the_rejects_with_their_reason_and_only_accepted_rows_i
     assert 99 not in set(stored.column("user_id").to_pylist())
     manifest, where, _ = backend_for(settings).loaded_ingest(raw)
     assert manifest["loaded_rows"] == loaded and "Spark warehouse" in where
+
+
+@pytest.mark.filterwarnings("ignore:unclosed <socket.socket:ResourceWarning")
+@pytest.mark.filterwarnings("ignore:Exception ignored in. <socket.socket:pytest.PytestUnraisableExceptionWarning")
+def test_a_session_started_with_other_keys_is_started_again_with_these(spark_available, tmp_path):
+    """One process, two repositories (two keyrings): the second session encrypts and decrypts with its own keys."""
+    import pyarrow as pa
+
+    from healthmate_features.backends.spark_session import spark_session
+    from healthmate_features.crypto.spark_kms import write_kms_parquet
+
+    written = {}
+    for name in ("first", "second"):
+        repo = repos.copy_repo(tmp_path / name)
+        settings = Settings.from_env(repo, profile="embedded", spark_master="local[1]", spark_driver_memory="512m")
+        keyring = backend_for(settings).keyring()
+        session = spark_session(settings, keyring)
+        session.range(3).write.parquet(str(repo / "out"))
+        write_kms_parquet(keyring, pa.table({"a": [1, 2]}), repo / "in.parquet")
+        assert session.read.parquet(str(repo / "in.parquet")).count() == 2
+        assert kms_parquet_key_id(next((repo / "out").glob("*.parquet"))) == keyring.active().key_id
+        written[name] = (keyring, repo / "out", session)
+    assert written["first"][2] is not written["second"][2]
+    for keyring, out, _ in written.values():
+        assert read_kms_parquet(keyring, out).num_rows == 3
+    written["second"][2].stop()
