@@ -50,6 +50,7 @@ def session_conf(settings: Settings, keyring: Keyring) -> dict[str, str]:
         "spark.sql.session.timeZone": "UTC",
         "spark.sql.warehouse.dir": str(settings.spark_warehouse_path),
         "spark.ui.showConsoleProgress": "false",
+        "spark.log.level": "ERROR",  # Spark's warnings about local mode would drown the commands' own output
         # On one machine, a few shuffle partitions per core (Spark's 200 are for clusters: on local[2]
         # the per-task cost of 200 partitions times every window and join dominates a build).
         **({"spark.sql.shuffle.partitions": str(2 * cores)} if local else {}),

@@ -47,9 +47,11 @@ counts = build_features(sys.argv[1], settings)
 backend = backend_for(settings)
 lo, hi = backend.feature_time_range(list(counts))
 jvm = backend.spark().sparkContext._jvm
+user = demo_user(settings)
 print(json.dumps({
+    "erasable": backend.erase_feature_rows(list(counts), user, count_only=True),
     "counts": dict(counts), "incremental": counts.incremental, "lo": lo.isoformat(), "hi": hi.isoformat(),
-    "demo_user": demo_user(settings), "heap": jvm.java.lang.Runtime.getRuntime().maxMemory(),
+    "demo_user": user, "heap": jvm.java.lang.Runtime.getRuntime().maxMemory(),
 }))
 """
 
@@ -130,6 +132,13 @@ def test_the_build_ran_with_a_512_mb_driver_and_reads_back_through_spark(built):
     lo, hi = backend.feature_time_range(list(FEATURE_TABLES))
     assert (report["lo"], report["hi"]) == (lo.isoformat(), hi.isoformat())
     assert report["demo_user"] == demo_user(embedded)
+    # erasure's count of one person's rows (erase --verify) finds what the embedded profile finds
+    assert report["erasable"] == {
+        t: n
+        for t, n in backend.erase_feature_rows(list(FEATURE_TABLES), report["demo_user"], count_only=True).items()
+        if t in FEATURE_TABLES
+    }
+    assert sum(report["erasable"].values()) > 0
 
 
 def test_every_file_in_the_warehouse_is_encrypted(built):
