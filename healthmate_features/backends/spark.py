@@ -29,6 +29,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from healthmate_features.backends import postgres
 from healthmate_features.backends.base import INGEST_MANIFEST, BuildCounts, FeatureBuild, RawTable
 from healthmate_features.backends.production import PostgresRedisBackend
 from healthmate_features.backends.spark_session import require_pyspark, spark_session
@@ -124,9 +125,9 @@ class SparkBackend(PostgresRedisBackend):
     # --- raw tables --------------------------------------------------------------------------
 
     def prepare_raw_store(self) -> None:
-        """PySpark must be installed; Postgres (the SQL store) and Redis must answer."""
+        """PySpark must be installed, and the SQL store's database exist (it holds the data keys)."""
         require_pyspark()
-        self.check_services()
+        postgres.ensure_database(self.settings)
 
     def raw_table_label(self, table: str) -> str:
         return str(self._path(RAW, table))
