@@ -237,6 +237,11 @@ def spark_encryption_conf(keyring: Keyring, *, jar: str | Path) -> dict[str, str
     active = keyring.active()  # the first data key is created on first use
     keys = [keyring.get(key_id, what="Spark's Parquet key list") for key_id in keyring.key_ids()]
     key_list = ",".join(f"{key.key_id}:{base64.b64encode(key.secret).decode('ascii')}" for key in keys)
+    # parquet-mr caches KMS clients (and unwrapped key-encryption keys) per access token, JVM-wide,
+    # for 10 minutes: with the default token a new session (another keyring, or this one after a
+    # rotation) reused a client holding the old key list and could not read or write. The token
+    # names the key set (a digest of the key ids, no secret), so a changed set gets a fresh client.
+    token = hashlib.sha256(",".join(sorted(key.key_id for key in keys)).encode()).hexdigest()[:32]
     return {
         "spark.driver.extraClassPath": str(jar),
         "spark.executor.extraClassPath": str(jar),
@@ -245,10 +250,7 @@ def spark_encryption_conf(keyring: Keyring, *, jar: str | Path) -> dict[str, str
         "spark.hadoop.parquet.crypto.factory.class": CRYPTO_FACTORY_CLASS,
         "spark.hadoop.parquet.encryption.kms.client.class": KMS_CLIENT_CLASS,
         "spark.hadoop.parquet.encryption.key.list": key_list,
-        # parquet-mr caches KMS clients for the life of the JVM by KMS instance id: one id per key list,
-        # so a SparkContext started with other keys (a rotation, another keyring) gets a client holding them.
-        "spark.hadoop.parquet.encryption.kms.instance.id": "keylist-"
-        + hashlib.sha256(key_list.encode()).hexdigest()[:16],
+        "spark.hadoop.parquet.encryption.key.access.token": token,
         "spark.hadoop.parquet.encryption.uniform.key": active.key_id,
         "spark.hadoop.parquet.encryption.data.key.length.bits": str(KEY_BITS),
         "spark.hadoop.parquet.encryption.kek.length.bits": str(KEY_BITS),

@@ -281,6 +281,52 @@ def test_signature(dotted):
         pytest.fail(adapt(dotted, f"its signature is {shape(fn)}, _feast.py calls {SIGNATURES[dotted]}"), pytrace=False)
 
 
+# What stores/spark_offline.py and spark_engine.py override of Feast's Spark store and engine, and
+# what they call on it. Importing them needs PySpark (the spark extra): checked only when it is installed.
+SPARK_STORE = "feast.infra.offline_stores.contrib.spark_offline_store.spark"
+SPARK_SIGNATURES = {
+    f"{SPARK_STORE}.SparkOfflineStore.get_historical_features": (
+        "(config, feature_views, feature_refs, entity_df, registry, project, full_feature_names=False, "
+        "filter_by_created_timestamp=False, **kwargs)"
+    ),
+    f"{SPARK_STORE}.SparkOfflineStore.pull_latest_from_table_or_query": (
+        "(config, data_source, join_key_columns, feature_name_columns, timestamp_field, created_timestamp_column, "
+        "start_date, end_date)"
+    ),
+    f"{SPARK_STORE}.SparkOfflineStore.pull_all_from_table_or_query": (
+        "(config, data_source, join_key_columns, feature_name_columns, timestamp_field, "
+        "created_timestamp_column=None, start_date=None, end_date=None)"
+    ),
+    f"{SPARK_STORE}.SparkOfflineStore.validate_data_source": "(self, config, data_source)",
+    f"{SPARK_STORE}.SparkOfflineStore.get_table_column_names_and_types_from_data_source": (
+        "(self, config, data_source)"
+    ),
+    f"{SPARK_STORE}.SparkRetrievalJob.__init__": (
+        "(self, spark_session, query, full_feature_names, config, on_demand_feature_views=None, metadata=None)"
+    ),
+    f"{SPARK_STORE}.SparkRetrievalJob.to_spark_df": "(self)",
+    "feast.infra.compute_engines.spark.compute.SparkComputeEngine.materialize": (
+        "(self, registry, tasks, *, lineage_parent=None, **kwargs)"
+    ),
+}
+
+
+@pytest.mark.parametrize("dotted", sorted(SPARK_SIGNATURES), ids=str)
+def test_spark_signature(dotted):
+    pytest.importorskip(
+        "pyspark", reason="PySpark is not installed; install the spark extra: pip install -e '.[spark]'"
+    )
+    try:
+        fn = resolve(dotted)
+    except (ImportError, AttributeError) as exc:
+        pytest.fail(adapt(dotted, f"it no longer exists ({exc})"), pytrace=False)
+    if shape(fn) != SPARK_SIGNATURES[dotted]:
+        pytest.fail(
+            adapt(dotted, f"its signature is {shape(fn)}, stores/spark_offline.py expects {SPARK_SIGNATURES[dotted]}"),
+            pytrace=False,
+        )
+
+
 def test_every_feast_name_in_the_compat_module_is_pinned():
     """A new private name in _feast.py comes with its contract: every Feast name it reaches is listed above."""
     tree = ast.parse(COMPAT.read_text())
@@ -874,6 +920,14 @@ DOCUMENTED = {
     "feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source": {"PostgreSQLSource"},
     # Feast's Spark data source guide (the spark profile's batch sources).
     "feast.infra.offline_stores.contrib.spark_offline_store.spark_source": {"SparkSource"},
+    # The Spark store and compute engine stores/spark_offline.py and spark_engine.py extend (pinned in
+    # SPARK_SIGNATURES; Feast documents them by their `type: spark` / `spark.engine`).
+    "feast.infra.offline_stores.contrib.spark_offline_store.spark": {
+        "SparkOfflineStore",
+        "SparkOfflineStoreConfig",
+        "SparkRetrievalJob",
+    },
+    "feast.infra.compute_engines.spark.compute": {"SparkComputeEngine", "SparkComputeEngineConfig"},
 }
 INTERNAL_NAMES = {"feast.feature_view": {"DUMMY_ENTITY", "DUMMY_ENTITY_ID", "DUMMY_ENTITY_NAME", "DUMMY_ENTITY_VAL"}}
 # Public-looking attributes that are the internal state of Feast's registry cache.

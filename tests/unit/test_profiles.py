@@ -214,8 +214,7 @@ def test_spark_yaml_is_filled_from_settings_and_shares_production_servers(tmp_pa
     settings = Settings.from_env(repo_path=copy_repo(tmp_path / "repo"), profile="spark")
     assert settings.spark_warehouse_path == settings.repo_path / "data" / "spark" / "warehouse"
     backend = backend_for(settings)
-    # the store's subclass is added by its own change; Feast's `spark` type reads the same settings
-    config = backend.feast_config(offline_store={"type": "spark"})
+    config = backend.feast_config()
     production = feast_config(replace(settings, profile="production"))
     assert config.offline_store.spark_conf == {
         "spark.master": "spark://master.internal:7077",
@@ -223,7 +222,8 @@ def test_spark_yaml_is_filled_from_settings_and_shares_production_servers(tmp_pa
         "spark.sql.session.timeZone": "UTC",
         "spark.sql.warehouse.dir": str(settings.spark_warehouse_path),
     }
-    assert config.batch_engine_config["type"] == "spark.engine"
+    assert config.offline_store.type == "healthmate_features.stores.spark_offline.HealthmateSparkOfflineStore"
+    assert config.batch_engine_config["type"] == "healthmate_features.stores.spark_engine.HealthmateSparkComputeEngine"
     assert config.batch_engine_config["spark_conf"] == config.offline_store.spark_conf
     assert config.registry.path == production.registry.path
     assert config.online_store.connection_string == production.online_store.connection_string

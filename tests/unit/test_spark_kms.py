@@ -81,3 +81,19 @@ def test_wrapped_keys_are_aes_gcm_under_the_master_key_with_its_id_as_aad(keyrin
     tampered = base64.b64encode(wrapped[:-1] + bytes((wrapped[-1] ^ 1,))).decode()
     with pytest.raises(EncryptionKeyError, match="does not unwrap under data key"):
         client.unwrap_key(tampered, key.key_id)
+
+
+def test_spark_settings_name_the_key_set_so_parquet_mr_caches_no_stale_key_list(keyring, tmp_path):
+    """parquet-mr caches KMS clients per access token for the JVM's lifetime (10 min): the token
+    changes with the key set (another keyring, a rotation), and is no secret."""
+    from healthmate_features.crypto.spark_kms import spark_encryption_conf
+
+    token = "spark.hadoop.parquet.encryption.key.access.token"
+    first = spark_encryption_conf(keyring, jar="k.jar")
+    assert spark_encryption_conf(keyring, jar="k.jar")[token] == first[token]
+    assert spark_encryption_conf(_keyring(tmp_path / "other"), jar="k.jar")[token] != first[token]
+    keyring.rotate()
+    rotated = spark_encryption_conf(keyring, jar="k.jar")
+    assert rotated[token] != first[token]
+    secrets = [base64.b64encode(keyring.get(k, what="test").secret).decode() for k in keyring.key_ids()]
+    assert not any(secret in rotated[token] for secret in secrets)
