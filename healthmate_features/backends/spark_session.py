@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from typing import TYPE_CHECKING, Any
 
 from healthmate_features.config import Settings
@@ -76,6 +77,9 @@ def spark_session(settings: Settings, keyring: Keyring) -> SparkSession:
     else:
         builder = SparkSession.builder.master(master)
         _stop_if_other_keys(SparkSession, conf)
+        # The executors' Python workers (Feast's engine writes the online store from them) run
+        # $PYSPARK_PYTHON, else `python3` from PATH: this interpreter, which has the package, unless set.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     for key, value in conf.items():
         builder = builder.config(key, value)
     return builder.getOrCreate()
