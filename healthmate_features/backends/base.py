@@ -448,6 +448,11 @@ class Backend(ABC):
     ) -> BuildCounts:
         """Run `build` over the raw tables and replace every feature table's rows it rebuilds atomically."""
 
+    def ensure_feature_table(self, table: str, schema: Any) -> None:  # noqa: B027  (a hook)
+        """Create feature table `table` empty, with pyarrow `schema`, when it does not exist and the profile's
+        Feast sources must find it before anything writes to it (the push source's table on Spark,
+        whose source check reads it). Nothing by default."""
+
     @abstractmethod
     def feature_table_label(self, table: str) -> str:
         """Where feature table `table` lives, for messages."""

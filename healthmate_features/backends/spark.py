@@ -280,6 +280,17 @@ class SparkBackend(PostgresRedisBackend):
             steps.close()
         return BuildCounts(counts, incremental=False)
 
+    def ensure_feature_table(self, table: str, schema: Any) -> None:
+        """An empty `<warehouse>/features/<table>` with `schema` (one encrypted Parquet file) unless it exists."""
+        from healthmate_features.crypto.spark_kms import write_kms_parquet
+
+        if self._exists(FEATURES, table):
+            return
+        generation = self._generation(FEATURES, table)
+        generation.mkdir()
+        write_kms_parquet(self.keyring(), schema.empty_table(), generation / "part-00000.parquet")
+        self._publish(FEATURES, table, generation)
+
     def feature_table_label(self, table: str) -> str:
         return str(self._path(FEATURES, table))
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from healthmate_features.backends import BuildCounts, FeatureBuild, backend_for
 from healthmate_features.config import Settings
-from healthmate_features.features import incremental
+from healthmate_features.features import incremental, pushed
 from healthmate_features.features.catalog import DIALECTS, FEATURE_TABLES, PREPARE_SQL, SCRATCH_TABLES
 from healthmate_features.raw.ingest import check_raw_store
 
@@ -66,4 +66,6 @@ def build_features(
     check_raw_store(raw_dir, settings)
     backend = backend_for(settings)
     build = feature_build(backend.sql_dialect, full=full)
-    return backend.build_feature_tables(build, progress=progress, memory_limit=memory_limit)
+    counts = backend.build_feature_tables(build, progress=progress, memory_limit=memory_limit)
+    backend.ensure_feature_table(pushed.PUSHED_TABLE, pushed.offline_schema())  # Feast's source checks read it
+    return counts

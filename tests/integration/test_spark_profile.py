@@ -148,6 +148,14 @@ def test_every_file_in_the_warehouse_is_encrypted(built):
     active = backend_for(spark).keyring().active().key_id
     for file in files:
         assert kms_parquet_key_id(file) == active, file
+    # the push source's table exists, empty, for Feast's source checks (features.pushed)
+    pushed = read_kms_parquet(backend_for(spark).keyring(), spark.spark_warehouse_path / "features" / "health_pushed")
+    assert pushed.num_rows == 0 and pushed.schema.names == [
+        "user_id",
+        "event_timestamp",
+        "heart_rate_bpm",
+        "steps_today",
+    ]
 
 
 def test_bad_rows_land_in_the_rejects_with_their_reason_and_only_accepted_rows_in_the_warehouse(
