@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo demo-production test test-unit test-integration bench bench-production bench-api clean
+.PHONY: install install-spark demo demo-production demo-spark test test-unit test-integration bench bench-production bench-api clean
 
 # The environment comes from the lock: every package at the version CI tested. A change to
 # pyproject.toml or to the lock re-runs this step.
@@ -19,8 +19,18 @@ $(STAMP): pyproject.toml $(LOCK)
 
 install: $(STAMP)
 
+# The spark profile's extra (PySpark and py4j at the lock's versions), on top of the default install:
+# for `make demo-spark`, and for `make test` under CI=true (tests marked `spark` skip without it).
+SPARK_STAMP := $(VENV)/.installed-spark
+$(SPARK_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -c $(LOCK) -e '.[test,dev,spark]'
+	touch $(SPARK_STAMP)
+
+install-spark: $(SPARK_STAMP)
+
 # Re-resolve the lock after a dependency change in pyproject.toml: a throwaway venv, an
-# unconstrained install of the same extras, and its `pip freeze`. Commit the result.
+# unconstrained install of every extra (spark included: a constraint installs only what is
+# requested, so the default install stays without it), and its `pip freeze`. Commit the result.
 .PHONY: lock check
 # Resolved on the oldest Python the package supports, so every pinned version installs there
 # and on newer Pythons (the pins have wheels for 3.10 to 3.13).
@@ -29,9 +39,10 @@ lock:
 	@set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
 	$(LOCK_PYTHON) -m venv "$$tmp/venv"; \
 	"$$tmp/venv/bin/python" -m pip install -q --upgrade pip; \
-	"$$tmp/venv/bin/python" -m pip install -q -e '.[test,dev]'; \
-	{ echo "# The whole resolved environment of pip install -e '.[test,dev]', used as constraints by"; \
-	  echo "# make install (pip install -c $(LOCK) -e '.[test,dev]') and so by CI."; \
+	"$$tmp/venv/bin/python" -m pip install -q -e '.[test,dev,spark]'; \
+	{ echo "# The whole resolved environment of pip install -e '.[test,dev,spark]', used as constraints by"; \
+	  echo "# make install (pip install -c $(LOCK) -e '.[test,dev]') and so by CI; the spark extra's packages"; \
+	  echo "# (pyspark, py4j) are installed only with it (make install-spark, make demo-spark, make test under CI=true)."; \
 	  echo "# Do not edit by hand; after changing dependencies in pyproject.toml refresh it with make lock."; \
 	  echo "# Resolved with Python $$("$$tmp/venv/bin/python" -c 'import platform; print(platform.python_version(), "on", platform.system(), platform.machine())')."; \
 	  "$$tmp/venv/bin/python" -m pip freeze --exclude-editable; } > $(LOCK).tmp; \
@@ -57,17 +68,25 @@ demo: $(STAMP)
 demo-production: $(STAMP)
 	$(BIN)/healthmate-features demo --profile production
 
+# The whole main job on the spark profile: Spark SQL on SPARK_MASTER (local[2]: two threads in one JVM),
+# Parquet in HM_SPARK_WAREHOUSE (data/spark/warehouse), Postgres and Redis as production.
+SPARK_MASTER ?= local[2]
+demo-spark: $(SPARK_STAMP)
+	HM_SPARK_MASTER='$(SPARK_MASTER)' $(BIN)/healthmate-features demo --profile spark
+
 # Tests in two tiers: tests/unit (no servers, no `feast apply`; well under a minute) and
 # tests/integration (real Feast, Postgres, Redis, CLI subprocesses, a browser). `make test` runs both.
 # Under CI=true the browser the integration tier renders /docs in is installed first.
+# Under CI=true the spark extra is installed too, so the tests marked `spark` run (locally they skip without it).
 BROWSER_PREREQ := $(if $(filter true 1 yes,$(CI)),browser)
-test: $(STAMP) $(BROWSER_PREREQ)
+SPARK_PREREQ := $(if $(filter true 1 yes,$(CI)),$(SPARK_STAMP))
+test: $(STAMP) $(BROWSER_PREREQ) $(SPARK_PREREQ)
 	$(BIN)/python -m pytest -q
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
 
-test-integration: $(STAMP) $(BROWSER_PREREQ)
+test-integration: $(STAMP) $(BROWSER_PREREQ) $(SPARK_PREREQ)
 	$(BIN)/python -m pytest -q tests/integration
 
 # Headless Chromium from Debian's packages (as root), for tests/integration/test_docs_browser.py and test_see_it.py,

@@ -8,11 +8,12 @@ never reads the environment: it receives a Settings.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-PROFILES = ("embedded", "production")
+PROFILES = ("embedded", "production", "spark")
 # Settings field -> the environment variable that sets it (defaults: the field defaults).
 _ENV = {
     "profile": "HM_PROFILE",
@@ -53,6 +54,9 @@ _ENV = {
     "audit_retention_days": "HM_AUDIT_RETENTION_DAYS",
     "freshness_objective_s": "HM_FRESHNESS_OBJECTIVE_S",
     "feature_log_flush_s": "HM_FEATURE_LOG_FLUSH_S",
+    "spark_master": "HM_SPARK_MASTER",
+    "spark_warehouse": "HM_SPARK_WAREHOUSE",
+    "spark_driver_memory": "HM_SPARK_DRIVER_MEMORY",
 }
 # libpq's sslmode values, weakest first (README "Transport security").
 PG_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
@@ -154,6 +158,13 @@ class Settings:
     # How long audit rows are kept: at least six years (HIPAA); nothing in the package deletes
     # a younger row (nor, today, an older one: README "Audit trail").
     audit_retention_days: int = 6 * 365 + 2
+    # The spark profile (README "Scaling out"): the cluster (`local[2]`: two threads in this process's
+    # JVM; `spark://host:7077`: a standalone cluster; `sc://host:15002`: Spark Connect), where raw
+    # and feature tables live as Parquet (a directory every executor reaches at the same path;
+    # empty: data/spark/warehouse) and the driver's heap (the JVM's -Xmx; fixed when it starts).
+    spark_master: str = "local[2]"
+    spark_warehouse: str = ""
+    spark_driver_memory: str = "1g"
 
     @classmethod
     def from_env(cls, repo_path: str | Path | None = None, **overrides) -> Settings:
@@ -191,6 +202,14 @@ class Settings:
             raise ConfigError(
                 f"HM_PG_SSLMODE={values['pg_sslmode']!r} is not a libpq sslmode; use one of {', '.join(PG_SSLMODES)} "
                 "(verify-full with HM_PG_SSLROOTCERT in production)"
+            )
+        memory = str(values.get("spark_driver_memory", "1g"))
+        if not re.fullmatch(r"[1-9][0-9]*[kmgt]?", memory.lower()):
+            raise ConfigError(f"HM_SPARK_DRIVER_MEMORY={memory!r} is not a JVM memory size; use e.g. 512m or 4g")
+        master = str(values.get("spark_master", "local[2]"))
+        if not re.fullmatch(r"local(\[([0-9]+|\*)\])?|(spark|sc|k8s)://\S+|yarn", master):
+            raise ConfigError(
+                f"HM_SPARK_MASTER={master!r} is not a Spark master; use local[2], spark://HOST:7077 or sc://HOST:15002"
             )
         if values.get("profile", "embedded") not in PROFILES:
             raise ConfigError(f"unknown profile {values['profile']!r} (HM_PROFILE); use one of {', '.join(PROFILES)}")
@@ -248,6 +267,11 @@ class Settings:
     def audit_checkpoints_path(self) -> Path:
         """The audit chain's checkpoint file: HM_AUDIT_CHECKPOINTS, or data/audit-checkpoints.jsonl."""
         return Path(self.audit_checkpoints) if self.audit_checkpoints else self.data_dir / "audit-checkpoints.jsonl"
+
+    @property
+    def spark_warehouse_path(self) -> Path:
+        """The spark profile's tables: HM_SPARK_WAREHOUSE, or data/spark/warehouse."""
+        return Path(self.spark_warehouse) if self.spark_warehouse else self.data_dir / "spark" / "warehouse"
 
     @property
     def sql_path(self) -> Path:

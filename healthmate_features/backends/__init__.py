@@ -6,6 +6,7 @@ Nothing outside this package branches on the profile; a new profile is a new Bac
 
     embedded    EmbeddedBackend    files under data/, DuckDB, SQLite; no server
     production  ProductionBackend  Postgres (tables, Feast registry, SQL store), Redis (online store)
+    spark       SparkBackend       Spark SQL over Parquet in HM_SPARK_WAREHOUSE; Postgres and Redis as production
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING
 from healthmate_features.backends.base import Backend, Broker, BuildCounts, FeatureBuild, RawTable
 from healthmate_features.backends.embedded import EmbeddedBackend
 from healthmate_features.backends.production import ProductionBackend
+from healthmate_features.backends.spark import SparkBackend
 from healthmate_features.config import Settings
 from healthmate_features.errors import ConfigError
 
@@ -23,7 +25,7 @@ if TYPE_CHECKING:
     from healthmate_features.backends.sqlstore import SqlStore
     from healthmate_features.crypto import Keyring
 
-BACKENDS: dict[str, type[Backend]] = {cls.name: cls for cls in (EmbeddedBackend, ProductionBackend)}
+BACKENDS: dict[str, type[Backend]] = {cls.name: cls for cls in (EmbeddedBackend, ProductionBackend, SparkBackend)}
 
 __all__ = [
     "BACKENDS",
@@ -34,6 +36,7 @@ __all__ = [
     "FeatureBuild",
     "ProductionBackend",
     "RawTable",
+    "SparkBackend",
     "backend_for",
     "open_sql_store",
     "repo_keyring",
@@ -56,7 +59,7 @@ def open_sql_store(settings: Settings, *, migrate: bool = True) -> SqlStore:
     """The SQL store of the settings' profile (tracking, API keys, audit), migrated unless `migrate=False`.
 
     Embedded: SQLite at `settings.sql_path` (data/healthmate.db, created with its directory).
-    Production: Postgres from the HM_PG_* settings, tables in HM_PG_SCHEMA.
+    Production and spark: Postgres from the HM_PG_* settings, tables in HM_PG_SCHEMA.
     """
     return backend_for(settings).open_sql_store(migrate=migrate)
 

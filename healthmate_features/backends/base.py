@@ -119,6 +119,9 @@ class FeatureBuild:
     USER_STATE_TABLES, made by `fingerprint_sql` when the raw tables were written) replace
     `fingerprint_sql` while the raw tables are still those: the build loads them and runs only
     `grid_sql` (the last statement of `fingerprint_sql`).
+
+    `setup_sql` (the engine's session settings, features.catalog.Dialect) runs first. Every
+    statement is already in the backend's SQL dialect (`Backend.sql_dialect`).
     """
 
     prepare_sql: tuple[str, ...]
@@ -135,6 +138,7 @@ class FeatureBuild:
     version: str = ""
     full: bool = False
     grid_sql: str = ""
+    setup_sql: tuple[str, ...] = ()
 
     @property
     def fingerprint_tables(self) -> dict[str, str]:
@@ -483,6 +487,11 @@ class Backend(ABC):
         """Run `build.fingerprint_sql` over the raw tables as they are now and keep its fingerprint
         tables (USER_STATE_TABLES), stamped with the loaded ingest, for the next build (called
         after an ingest). Without them a build fingerprints every raw row itself."""
+
+    def ensure_feature_table(self, table: str, schema: Any) -> None:  # noqa: B027  (a hook)
+        """Create feature table `table` empty, with pyarrow `schema`, when it does not exist and the profile's
+        Feast sources must find it before anything writes to it (the push source's table on Spark,
+        whose source check reads it). Nothing by default."""
 
     @abstractmethod
     def feature_table_label(self, table: str) -> str:

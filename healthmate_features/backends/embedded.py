@@ -146,6 +146,8 @@ class EmbeddedBackend(Backend):
         con = duckdb_connect(memory_limit=memory_limit)
         try:
             con.execute("SET preserve_insertion_order = false")
+            for sql in build.setup_sql:
+                con.execute(sql)
             raw_names = self._raw_views(con, build)
             steps = tqdm(
                 total=len(build.fingerprint_sql) + len(build.prepare_sql) + len(build.tables) + 1,

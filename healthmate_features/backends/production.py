@@ -77,23 +77,21 @@ def _copy_parquet(
     return rows
 
 
-class ProductionBackend(Backend):
-    """Postgres (HM_PG_*) and Redis (HM_REDIS_URL)."""
-
-    name = "production"
-    feature_store_file = "feature_store.production.yaml"
-    sql_dialect = "postgres"
+class PostgresRedisBackend(Backend):
+    """What the production and spark profiles share: the SQL store and Feast's SQL registry in
+    Postgres (HM_PG_*); the online store, the job broker and the locks in Redis (HM_REDIS_URL).
+    Each profile adds where its raw and feature tables live."""
 
     # --- messages ----------------------------------------------------------------------------
 
     def command(self, args: str) -> str:
         verb, _, rest = args.partition(" ")
-        return f"healthmate-features {verb} --profile production" + (f" {rest}" if rest else "")
+        return f"healthmate-features {verb} --profile {self.name}" + (f" {rest}" if rest else "")
 
     def describe(self) -> str:
         s = self.settings
         return (
-            f"profile production: postgres {s.pg_host}:{s.pg_port}/{s.pg_database} (schema {s.pg_schema}), "
+            f"profile {self.name}: postgres {s.pg_host}:{s.pg_port}/{s.pg_database} (schema {s.pg_schema}), "
             f"redis {redis.redis_address(s)}"
         )
 
@@ -213,16 +211,6 @@ class ProductionBackend(Backend):
                     return None
                 raise postgres.postgres_unavailable(self.settings, exc) from exc
 
-    def batch_source(self, table: str, *, description: str) -> DataSource:
-        from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import PostgreSQLSource
-
-        return PostgreSQLSource(
-            name=f"{table}_source",
-            timestamp_field="event_timestamp",
-            description=description,
-            table=f"{self.settings.pg_schema}.{table}",
-        )
-
     # --- the SQL store -----------------------------------------------------------------------
 
     def connect_sql_store(self) -> SqlStore:
@@ -273,6 +261,43 @@ class ProductionBackend(Backend):
             errors=lambda fail_fast=False: redis.answered_within(
                 s, timeout_s=timeout, setting=setting, fail_fast=fail_fast
             ),
+        )
+
+    # --- the online store ----------------------------------------------------------------------
+
+    def erase_online_rows(self, store: FeatureStore, user_id: int, *, count_only: bool = False) -> dict[str, int]:
+        """DEL the user's Redis hash (Feast keeps one per entity and project, holding every view's fields)."""
+        from healthmate_features._feast import feast_redis_key
+
+        key = feast_redis_key(store.project, "user_id", int(user_id))
+        client = redis.connect(self.settings)
+        try:
+            with self.service_errors():
+                found = int(client.exists(key))
+                if found and not count_only:
+                    client.delete(key)
+        finally:
+            client.close()
+        return {f"redis hash (Feast project {store.project})": found}
+
+
+class ProductionBackend(PostgresRedisBackend):
+    """Postgres (HM_PG_*) and Redis (HM_REDIS_URL)."""
+
+    name = "production"
+    feature_store_file = "feature_store.production.yaml"
+    sql_dialect = "postgres"
+
+    # --- Feast -------------------------------------------------------------------------------
+
+    def batch_source(self, table: str, *, description: str) -> DataSource:
+        from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import PostgreSQLSource
+
+        return PostgreSQLSource(
+            name=f"{table}_source",
+            timestamp_field="event_timestamp",
+            description=description,
+            table=f"{self.settings.pg_schema}.{table}",
         )
 
     # --- raw tables --------------------------------------------------------------------------
@@ -428,21 +453,6 @@ class ProductionBackend(Backend):
             forget_counts=True,
         )
 
-    def erase_online_rows(self, store: FeatureStore, user_id: int, *, count_only: bool = False) -> dict[str, int]:
-        """DEL the user's Redis hash (Feast keeps one per entity and project, holding every view's fields)."""
-        from healthmate_features._feast import feast_redis_key
-
-        key = feast_redis_key(store.project, "user_id", int(user_id))
-        client = redis.connect(self.settings)
-        try:
-            with self.service_errors():
-                found = int(client.exists(key))
-                if found and not count_only:
-                    client.delete(key)
-        finally:
-            client.close()
-        return {f"redis hash (Feast project {store.project})": found}
-
     def loaded_manifest(self) -> dict[str, Any] | None:
         """The manifest of the ingest currently loaded into Postgres, or None if nothing was loaded."""
         settings = self.settings
@@ -497,6 +507,8 @@ class ProductionBackend(Backend):
         with postgres.connect(settings) as conn, conn.transaction(), conn.cursor() as cur:
             cur.execute(f"SELECT pg_advisory_xact_lock({_LOCK})")
             cur.execute("SELECT set_config('work_mem', %s, true)", (work_mem,))
+            for sql in build.setup_sql:
+                cur.execute(sql)
             kept = self._kept_fingerprints(cur, build)  # made at the ingest: read where they are
             tables = {name: self._kept_table(name) for name in build.fingerprint_tables} if kept else None
             for sql in build.fingerprint_statements(raw_names, tables, create="TEMP VIEW"):

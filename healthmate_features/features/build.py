@@ -2,8 +2,9 @@
 
 `build_features(raw_dir, settings)` refuses raw data that was not ingested (or changed since),
 then hands the catalog's SQL (features.catalog) and the incremental plan (features.incremental)
-to the backend: DuckDB writing `data/features/<table>.parquet` (embedded), or the very same SQL
-inside Postgres replacing rows of `<HM_PG_SCHEMA>.<table>` (production). A build rebuilds only
+to the backend: DuckDB writing `data/features/<table>.parquet` (embedded), the very same SQL
+inside Postgres replacing rows of `<HM_PG_SCHEMA>.<table>` (production), or as Spark SQL
+writing Parquet directories in HM_SPARK_WAREHOUSE (spark). A build rebuilds only
 the rows that the raw data changed since the last build can alter (`full=True`: all of them);
 either way the tables change atomically.
 """
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from healthmate_features.backends import BuildCounts, FeatureBuild, backend_for
 from healthmate_features.config import Settings
-from healthmate_features.features import incremental
+from healthmate_features.features import incremental, pushed
 from healthmate_features.features.catalog import DIALECTS, FEATURE_TABLES, PREPARE_SQL, SCRATCH_TABLES
 from healthmate_features.raw.ingest import check_raw_store
 
@@ -23,23 +24,26 @@ SOURCE_NAMES = {"users": "users", "readings": "health_readings", "events": "app_
 
 
 def feature_build(dialect: str = "duckdb", *, full: bool = False) -> FeatureBuild:
-    """What a build runs in engine `dialect`: fingerprints, the incremental plan, the catalog's SQL."""
+    """What a build runs in engine `dialect`: fingerprints, the incremental plan, the catalog's SQL,
+    every statement in that engine's SQL (`Dialect.translate`)."""
     d = DIALECTS[dialect]
+    sql = d.translate
     return FeatureBuild(
-        prepare_sql=tuple(PREPARE_SQL),
+        setup_sql=d.setup_sql,
+        prepare_sql=tuple(sql(s) for s in PREPARE_SQL),
         scratch_tables=SCRATCH_TABLES,
-        tables={table.name: table.typed_sql() for table in FEATURE_TABLES.values()},
+        tables={table.name: sql(table.typed_sql()) for table in FEATURE_TABLES.values()},
         sources=SOURCE_NAMES,
-        fingerprint_sql=incremental.fingerprint_sql(d),
-        full_sql=incremental.FULL_SQL,
-        incremental_sql=incremental.INCREMENTAL_SQL,
-        needs_full_sql=incremental.NEEDS_FULL_SQL,
+        fingerprint_sql=tuple(sql(s) for s in incremental.fingerprint_sql(d)),
+        full_sql=tuple(sql(s) for s in incremental.FULL_SQL),
+        incremental_sql=tuple(sql(s) for s in incremental.INCREMENTAL_SQL),
+        needs_full_sql=sql(incremental.NEEDS_FULL_SQL),
         incremental_sources=incremental.INCREMENTAL_SOURCES,
-        affected={name: incremental.affected_rows(name) for name in FEATURE_TABLES},
+        affected={name: sql(incremental.affected_rows(name)) for name in FEATURE_TABLES},
         state_tables=incremental.STATE_TABLES,
         version=incremental.build_version(d),
         full=full,
-        grid_sql=incremental.GRID_SQL,
+        grid_sql=sql(incremental.GRID_SQL),
     )
 
 
@@ -72,4 +76,6 @@ def build_features(
     check_raw_store(raw_dir, settings)
     backend = backend_for(settings)
     build = feature_build(backend.sql_dialect, full=full)
-    return backend.build_feature_tables(build, progress=progress, memory_limit=memory_limit)
+    counts = backend.build_feature_tables(build, progress=progress, memory_limit=memory_limit)
+    backend.ensure_feature_table(pushed.PUSHED_TABLE, pushed.offline_schema())  # Feast's source checks read it
+    return counts

@@ -4,9 +4,10 @@ The name of a feature is the column its SQL produces, and its description here b
 Feast `Field.description` (feature_repo/ builds its schemas from this catalog), so a feature
 is documented in exactly one place.
 
-The SQL is written once for both engines (DuckDB locally, Postgres in production): standard
-window functions over a dense user x day grid, `FILTER` aggregates, `regr_slope`, and no
-engine-specific functions. Source tables are referred to by the placeholders `{users}`,
+The SQL is written once for every engine (DuckDB locally, Postgres in production, Spark SQL on the
+spark profile): standard window functions over a dense user x day grid, `FILTER` aggregates, and
+no engine-specific functions; what Spark spells differently is rewritten in one place
+(util.spark_sql, the `spark` Dialect). Source tables are referred to by the placeholders `{users}`,
 `{readings}` and `{events}`; the engine runner substitutes its table names.
 
 Timing rule: a row's `event_timestamp` is the moment its values become known: the end of its
@@ -16,9 +17,11 @@ day and use only that day and the days before it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from healthmate_features.raw.schemas import CONDITIONS, METRICS
+from healthmate_features.util import spark_sql
 
 WINDOWS = (7, 30)  # rolling window lengths in days
 LONGEST_WINDOW_DAYS = max(WINDOWS)
@@ -86,12 +89,21 @@ def exact_sum(expr: str, filter_sql: str = "") -> str:
     return to_double(f"sum({exact(expr)}){f}")
 
 
+def _shared(sql: str) -> str:
+    return sql
+
+
 @dataclass(frozen=True)
 class Dialect:
-    """What differs between the engines running the catalog's SQL; everything else is shared."""
+    """What differs between the engines running the catalog's SQL; everything else is shared.
+
+    `translate` turns a statement of the shared SQL into the engine's (the identity for DuckDB and
+    Postgres, which run it as written); `setup_sql` are statements the engine runs before a build."""
 
     name: str
     row_hash_template: str  # one 64-bit hash of a row's columns; {columns}: a comma-separated list
+    translate: Callable[[str], str] = _shared
+    setup_sql: tuple[str, ...] = ()
 
     def row_hash(self, columns: list[str]) -> str:
         return self.row_hash_template.format(columns=", ".join(columns))
@@ -101,6 +113,8 @@ DIALECTS = {
     "duckdb": Dialect("duckdb", "CAST(hash({columns}) AS UBIGINT)"),
     # each column hashed by its type's own hash function: no text conversion of every row
     "postgres": Dialect("postgres", "hash_record_extended(ROW({columns}), 0)"),
+    # Spark SQL (the spark profile): util.spark_sql rewrites what Spark spells differently
+    "spark": Dialect("spark", "xxhash64({columns})", spark_sql.spark_sql, spark_sql.SETUP_SQL),
 }
 
 

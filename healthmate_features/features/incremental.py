@@ -228,4 +228,4 @@ def build_version(dialect: Dialect) -> str:
         *PREPARE_SQL,
         *(t.typed_sql() + t.affected for t in FEATURE_TABLES.values()),
     ]
-    return hashlib.sha256("\n;\n".join(parts).encode()).hexdigest()[:16]
+    return hashlib.sha256("\n;\n".join(dialect.translate(p) for p in parts).encode()).hexdigest()[:16]

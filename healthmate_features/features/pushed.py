@@ -57,6 +57,17 @@ READING_FIELDS: Final = (
 COLUMNS: Final = ("user_id", "event_timestamp", *(f.name for f in READING_FIELDS))
 
 
+def offline_schema() -> Any:
+    """The pyarrow schema of the offline table pushes append to (COLUMNS, as `reading_frame` types them)."""
+    import pyarrow as pa
+
+    types = {float: pa.float64(), int: pa.int64()}
+    return pa.schema(
+        [("user_id", pa.int64()), ("event_timestamp", pa.timestamp("us", tz="UTC"))]
+        + [(f.name, types[f.python]) for f in READING_FIELDS]
+    )
+
+
 def push_source(settings: Settings | None = None) -> PushSource:
     """The `health_readings_push` PushSource; its batch source is the profile's `health_pushed` table."""
     batch = backend_for(settings or Settings.from_env()).batch_source(

@@ -384,7 +384,7 @@ class EncryptedRedisOnlineStoreConfig(_feast.RedisOnlineStoreConfig):
     """Feast's Redis online store settings, plus the profile whose keyring seals the values."""
 
     type: Literal["healthmate_features.stores.encrypted_online.EncryptedRedisOnlineStore"] = _REDIS_TYPE  # type: ignore[assignment]
-    profile: Literal["embedded", "production"] = "production"
+    profile: Literal["embedded", "production", "spark"] = "production"
 
 
 class EncryptedRedisOnlineStore(_Sealing, _feast.RedisOnlineStore):

@@ -21,10 +21,11 @@ CONFIGS = ROOT / "configs"
 
 
 def copy_repo(dest: Path) -> Path:
-    """A temporary copy of the feature repository: both profiles' YAML, .feastignore, feature_repo/."""
+    """A temporary copy of the feature repository: every profile's YAML, .feastignore, feature_repo/."""
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copy(ROOT / "feature_store.yaml", dest)
     shutil.copy(ROOT / "feature_store.production.yaml", dest)
+    shutil.copy(ROOT / "feature_store.spark.yaml", dest)
     shutil.copy(ROOT / ".feastignore", dest)
     shutil.copytree(ROOT / "feature_repo", dest / "feature_repo", ignore=shutil.ignore_patterns("__pycache__"))
     return dest

@@ -950,6 +950,8 @@ DOCUMENTED = {
         "PostgreSQLRetrievalJob",
     },
     "feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source": {"PostgreSQLSource"},
+    # Feast's Spark data source guide (the spark profile's batch sources).
+    "feast.infra.offline_stores.contrib.spark_offline_store.spark_source": {"SparkSource"},
     # The Spark store and compute engine stores/spark_offline.py and spark_engine.py extend (pinned in
     # SPARK_SIGNATURES; Feast documents them by their `type: spark` / `spark.engine`).
     "feast.infra.offline_stores.contrib.spark_offline_store.spark": {

@@ -203,3 +203,53 @@ def test_cli_reports_an_unreachable_server_as_an_error_message(clean_env, produc
     result = CliRunner().invoke(main, ["online", "--profile", "production", "--user-id", "1"])
     assert result.exit_code == 1 and time.monotonic() - start < 10
     assert "Error: PostgreSQL at 127.0.0.1:1" in result.output and "Traceback" not in result.output
+
+
+def test_spark_yaml_is_filled_from_settings_and_shares_production_servers(tmp_path, clean_env, copy_repo):
+    pytest.importorskip(
+        "pyspark", reason="PySpark is not installed; install the spark extra: pip install -e '.[spark]'"
+    )
+    clean_env.setenv("HM_SPARK_MASTER", "spark://master.internal:7077")
+    clean_env.setenv("HM_SPARK_DRIVER_MEMORY", "3g")
+    settings = Settings.from_env(repo_path=copy_repo(tmp_path / "repo"), profile="spark")
+    assert settings.spark_warehouse_path == settings.repo_path / "data" / "spark" / "warehouse"
+    backend = backend_for(settings)
+    config = backend.feast_config()
+    production = feast_config(replace(settings, profile="production"))
+    assert config.offline_store.spark_conf == {
+        "spark.master": "spark://master.internal:7077",
+        "spark.driver.memory": "3g",
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.warehouse.dir": str(settings.spark_warehouse_path),
+    }
+    assert config.offline_store.type == "healthmate_features.stores.spark_offline.HealthmateSparkOfflineStore"
+    assert config.batch_engine_config["type"] == "healthmate_features.stores.spark_engine.HealthmateSparkComputeEngine"
+    assert config.batch_engine_config["spark_conf"] == config.offline_store.spark_conf
+    assert config.registry.path == production.registry.path
+    assert config.online_store.connection_string == production.online_store.connection_string
+    assert config.online_store.profile == "spark"
+    assert "parquet.encryption" not in (settings.repo_path / "feature_store.spark.yaml").read_text()
+    assert backend.command("build-features --raw DIR") == "healthmate-features build-features --profile spark --raw DIR"
+
+
+def test_spark_sources_follow_the_profile_under_the_same_names(clean_env, tmp_path):
+    clean_env.setenv("HM_PROFILE", "spark")
+    clean_env.setenv("HM_SPARK_WAREHOUSE", str(tmp_path / "warehouse"))
+    source = repo.source("health_daily")
+    assert type(source).__name__ == "SparkSource" and source.name == "health_daily_source"
+    assert source.path == str(tmp_path / "warehouse" / "features" / "health_daily")
+    assert source.file_format == "parquet" and source.timestamp_field == "event_timestamp"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("HM_SPARK_MASTER", "localhost:7077", "HM_SPARK_MASTER='localhost:7077' is not a Spark master; use local.2."),
+        ("HM_SPARK_DRIVER_MEMORY", "lots", "HM_SPARK_DRIVER_MEMORY='lots' is not a JVM memory size; use e.g. 512m"),
+        ("HM_PROFILE", "cluster", "unknown profile 'cluster' .HM_PROFILE.; use one of embedded, production, spark"),
+    ],
+)
+def test_bad_spark_settings_are_config_errors(tmp_path, clean_env, variable, value, message):
+    clean_env.setenv(variable, value)
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env(repo_path=tmp_path)

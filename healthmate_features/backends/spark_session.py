@@ -1,0 +1,97 @@
+"""The spark profile's one SparkSession factory: the cluster, the driver's memory, encrypted Parquet.
+
+`spark_session(settings, keyring)` starts (or returns the running) SparkSession on HM_SPARK_MASTER
+with `session_conf`: the session time zone UTC (feature timestamps are UTC instants), the warehouse,
+HM_SPARK_DRIVER_MEMORY, and crypto.spark_kms's settings, under which every Parquet file Spark
+writes is encrypted under the keyring's active data key (readable by `read_kms_parquet`), every
+file of `write_kms_parquet` is readable by Spark, and shuffle and spill files are encrypted too.
+
+Static settings (the driver's memory, the class path) take effect when the JVM starts: they hold
+for the life of the process. A running session whose data keys differ from the keyring's (a
+rotation since, another repository) is stopped and started again with them.
+Needs the spark extra (`pip install -e '.[spark]'`) and a JDK's javac once (the KMS client class).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from typing import TYPE_CHECKING, Any
+
+from healthmate_features.config import Settings
+from healthmate_features.crypto import Keyring
+from healthmate_features.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+INSTALL_HINT = "install the spark extra: pip install -c requirements.lock -e '.[spark]' (Java 17+ needed)"
+
+
+def require_pyspark() -> None:
+    """ConfigError naming the fix when PySpark (the spark extra) is not installed."""
+    try:
+        import pyspark  # noqa: F401
+    except ImportError:
+        raise ConfigError(f"the spark profile needs PySpark, which is not installed; {INSTALL_HINT}") from None
+
+
+def session_conf(settings: Settings, keyring: Keyring) -> dict[str, str]:
+    """The SparkSession settings of the spark profile (they hold the data keys: never log them)."""
+    from healthmate_features.crypto.spark_kms import spark_encryption_conf, spark_kms_jar
+
+    jar = spark_kms_jar(settings.data_dir / "spark" / "jars")
+    local = re.fullmatch(r"local(?:\[(\d+|\*)\])?", settings.spark_master)
+    threads = local.group(1) if local else None
+    cores = (os.cpu_count() or 1) if threads == "*" else int(threads or 1)
+    return {
+        "spark.app.name": "healthmate-features",
+        "spark.driver.memory": settings.spark_driver_memory,
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.warehouse.dir": str(settings.spark_warehouse_path),
+        "spark.ui.showConsoleProgress": "false",
+        "spark.log.level": "ERROR",  # Spark's warnings about local mode would drown the commands' own output
+        # On one machine, a few shuffle partitions per core (Spark's 200 are for clusters: on local[2]
+        # the per-task cost of 200 partitions times every window and join dominates a build).
+        **({"spark.sql.shuffle.partitions": str(2 * cores)} if local else {}),
+        **spark_encryption_conf(keyring, jar=jar),
+    }
+
+
+def spark_session(settings: Settings, keyring: Keyring) -> SparkSession:
+    """The SparkSession of the spark profile on HM_SPARK_MASTER (started on first use, then shared).
+
+    Side effects: may start a JVM (local[N]: the executors run in it too) and compile the Parquet KMS
+    client class once into data/spark/jars. Spark Connect (`sc://`): the server holds the static
+    settings (README "Scaling out"); only the session's own settings are sent."""
+    require_pyspark()
+    from pyspark.sql import SparkSession
+
+    conf = session_conf(settings, keyring)
+    master = settings.spark_master
+    builder: Any
+    if master.startswith("sc://"):
+        builder = SparkSession.builder.remote(master)
+        conf = {k: conf[k] for k in ("spark.sql.session.timeZone",)}
+    else:
+        builder = SparkSession.builder.master(master)
+        _stop_if_other_keys(SparkSession, conf)
+        # The executors' Python workers (Feast's engine writes the online store from them) run
+        # $PYSPARK_PYTHON, else `python3` from PATH: this interpreter, which has the package, unless set.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    for key, value in conf.items():
+        builder = builder.config(key, value)
+    return builder.getOrCreate()
+
+
+KEY_LIST = "spark.hadoop.parquet.encryption.key.list"
+
+
+def _stop_if_other_keys(session_class: Any, conf: dict[str, str]) -> None:
+    """Stop the process's running SparkSession when it was started without these data keys (by
+    another keyring, before a key rotation, or by code that built its own session): Hadoop reads its
+    settings when the SparkContext starts, so only a new context encrypts and decrypts with them."""
+    running = session_class.getActiveSession()
+    if running is not None and running.sparkContext.getConf().get(KEY_LIST) != conf[KEY_LIST]:
+        running.stop()
