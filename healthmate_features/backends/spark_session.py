@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from healthmate_features.config import Settings
@@ -77,12 +78,20 @@ def spark_session(settings: Settings, keyring: Keyring) -> SparkSession:
     else:
         builder = SparkSession.builder.master(master)
         _stop_if_other_keys(SparkSession, conf)
-        # The executors' Python workers (Feast's engine writes the online store from them) run
-        # $PYSPARK_PYTHON, else `python3` from PATH: this interpreter, which has the package, unless set.
-        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        set_worker_python(conf)
     for key, value in conf.items():
         builder = builder.config(key, value)
     return builder.getOrCreate()
+
+
+def set_worker_python(conf: Mapping[str, str]) -> None:
+    """Point the executors' Python workers at this interpreter before a session starts.
+
+    PySpark starts them with $PYSPARK_PYTHON, else `python3` from PATH: not the interpreter
+    (virtualenv) that has Feast and this package, so Feast's engine's workers failed with "No
+    module named 'feast'". Side effect: sets PYSPARK_PYTHON, unless the environment names one, to
+    `conf`'s `spark.pyspark.python` (on a cluster: a path on every executor), else this interpreter."""
+    os.environ.setdefault("PYSPARK_PYTHON", conf.get("spark.pyspark.python", sys.executable))
 
 
 KEY_LIST = "spark.hadoop.parquet.encryption.key.list"

@@ -42,8 +42,6 @@ Spark-side results (`to_spark_df`, `persist`, materialization) never reach the d
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -62,6 +60,7 @@ from pydantic import StrictStr
 
 from healthmate_features._feast import infer_event_timestamp_from_entity_df
 from healthmate_features.backends import repo_keyring
+from healthmate_features.backends.spark_session import set_worker_python
 from healthmate_features.crypto.spark_kms import CRYPTO_FACTORY_CLASS, spark_encryption_conf, spark_kms_jar
 from healthmate_features.errors import ConfigError, EntityFrameError
 
@@ -100,11 +99,7 @@ def spark_session(config: RepoConfig) -> Any:
             spark_encryption_conf(keyring, jar=spark_kms_jar(jar_dir if jar_dir.is_absolute() else repo / jar_dir))
         )
         settings["spark.sql.session.timeZone"] = "UTC"
-        # PySpark starts its Python workers with $PYSPARK_PYTHON, else `python3` from PATH: not the
-        # interpreter (virtualenv) that has Feast and this package, so Feast's engine's workers
-        # failed with "No module named 'feast'". This interpreter unless the environment or
-        # spark_conf names one (on a cluster: spark.pyspark.python, a path on every executor).
-        os.environ.setdefault("PYSPARK_PYTHON", settings.get("spark.pyspark.python", sys.executable))
+        set_worker_python(settings)
         builder = SparkSession.builder
         for key, value in settings.items():
             builder = builder.config(key, value)
