@@ -6,9 +6,10 @@ HM_SPARK_DRIVER_MEMORY, and crypto.spark_kms's settings, under which every Parqu
 writes is encrypted under the keyring's active data key (readable by `read_kms_parquet`), every
 file of `write_kms_parquet` is readable by Spark, and shuffle and spill files are encrypted too.
 
-Static settings (the driver's memory, the class path) take effect when the JVM starts: they hold
-for the life of the process. A running session whose data keys differ from the keyring's (a
-rotation since, another repository) is stopped and started again with them.
+Static settings (the driver's memory, the class path) take effect when the JVM starts: a JVM whose
+heap is not HM_SPARK_DRIVER_MEMORY is shut down and launched again (`restart_jvm_unless_it_fits`).
+A running session whose data keys differ from the keyring's (a rotation since, another repository)
+is stopped and started again with them.
 Needs the spark extra (`pip install -e '.[spark]'`) and a JDK's javac once (the KMS client class).
 """
 
@@ -78,6 +79,7 @@ def spark_session(settings: Settings, keyring: Keyring) -> SparkSession:
     else:
         builder = SparkSession.builder.master(master)
         _stop_if_other_keys(SparkSession, conf)
+        restart_jvm_unless_it_fits(conf)
         set_worker_python(conf)
     for key, value in conf.items():
         builder = builder.config(key, value)
@@ -92,6 +94,46 @@ def set_worker_python(conf: Mapping[str, str]) -> None:
     module named 'feast'". Side effect: sets PYSPARK_PYTHON, unless the environment names one, to
     `conf`'s `spark.pyspark.python` (on a cluster: a path on every executor), else this interpreter."""
     os.environ.setdefault("PYSPARK_PYTHON", conf.get("spark.pyspark.python", sys.executable))
+
+
+def restart_jvm_unless_it_fits(conf: Mapping[str, str]) -> None:
+    """Make the next session's JVM have `conf`'s spark.driver.memory, whoever started this process's JVM.
+
+    The driver's heap is fixed when PySpark launches the JVM, and every later session of the process
+    runs in that JVM whatever its builder says: a session asked for with 1g ran in the 512 MB heap of
+    an earlier one, ran out of memory collecting a training frame and hung for good in PySpark's
+    `toArrow`. Side effect: when the process's JVM has another heap size, its session (if any) is
+    stopped and the JVM shut down, so that the next getOrCreate launches one with these settings."""
+    from pyspark import SparkContext
+
+    gateway = SparkContext._gateway
+    wanted = conf.get("spark.driver.memory")
+    if gateway is None or wanted is None:
+        return
+    heap = gateway.jvm.java.lang.Runtime.getRuntime().maxMemory()
+    if 0.9 * _jvm_bytes(wanted) <= heap <= _jvm_bytes(wanted):
+        return
+    context = SparkContext._active_spark_context
+    if context is not None:
+        from pyspark.sql import SparkSession
+
+        session = SparkSession.getActiveSession()
+        (session or context).stop()
+    gateway.shutdown()
+    process = getattr(gateway, "proc", None)
+    if process is not None:  # the JVM exits when its stdin closes (PySpark's launch_gateway)
+        process.stdin.close()
+        process.wait(timeout=60)
+    SparkContext._gateway = None
+    SparkContext._jvm = None
+
+
+def _jvm_bytes(size: str) -> int:
+    """Bytes of a JVM memory setting as Spark reads spark.driver.memory ("512m", "1g"; no unit: MiB)."""
+    match = re.fullmatch(r"(\d+)\s*([kmgt]?)b?", size.strip().lower())
+    if match is None:
+        raise ConfigError(f"spark.driver.memory {size!r} is not a size; use a number with k, m, g or t, such as 2g")
+    return int(match.group(1)) * 1024 ** "kmgt".index(match.group(2) or "m") * 1024
 
 
 KEY_LIST = "spark.hadoop.parquet.encryption.key.list"

@@ -60,7 +60,7 @@ from pydantic import StrictStr
 
 from healthmate_features._feast import infer_event_timestamp_from_entity_df
 from healthmate_features.backends import repo_keyring
-from healthmate_features.backends.spark_session import set_worker_python
+from healthmate_features.backends.spark_session import restart_jvm_unless_it_fits, set_worker_python
 from healthmate_features.crypto.spark_kms import CRYPTO_FACTORY_CLASS, spark_encryption_conf, spark_kms_jar
 from healthmate_features.errors import ConfigError, EntityFrameError
 
@@ -85,7 +85,8 @@ def spark_session(config: RepoConfig) -> Any:
     encryption settings); else a new one from the config's `spark_conf` plus `spark_encryption_conf`
     of the repository's keyring (which compiles the KMS client jar on first use). Side effect: the
     session's time zone is set to UTC and Feast's `quotedRegexColumnNames` to true; starting a
-    session sets PYSPARK_PYTHON to this interpreter when it is unset (the executors' Python workers)."""
+    session sets PYSPARK_PYTHON to this interpreter when it is unset (the executors' Python workers),
+    and first shuts down the process's JVM if its heap is not the config's spark.driver.memory."""
     from pyspark.sql import SparkSession
 
     session = SparkSession.getActiveSession()
@@ -99,6 +100,7 @@ def spark_session(config: RepoConfig) -> Any:
             spark_encryption_conf(keyring, jar=spark_kms_jar(jar_dir if jar_dir.is_absolute() else repo / jar_dir))
         )
         settings["spark.sql.session.timeZone"] = "UTC"
+        restart_jvm_unless_it_fits(settings)
         set_worker_python(settings)
         builder = SparkSession.builder
         for key, value in settings.items():

@@ -211,3 +211,26 @@ def test_a_session_started_with_other_keys_is_started_again_with_these(spark_ava
     for keyring, out, _ in written.values():
         assert read_kms_parquet(keyring, out).num_rows == 3
     written["second"][2].stop()
+
+
+@pytest.mark.filterwarnings("ignore:unclosed <socket.socket:ResourceWarning")
+@pytest.mark.filterwarnings("ignore:Exception ignored in. <socket.socket:pytest.PytestUnraisableExceptionWarning")
+def test_a_session_asking_for_another_driver_memory_gets_a_jvm_with_it(spark_available, tmp_path):
+    """Spark keeps the first session's JVM for the life of the process, whatever later builders ask
+    for: the factory launches a new JVM when the running one's heap is not HM_SPARK_DRIVER_MEMORY,
+    and keeps it when it is."""
+    from pyspark import SparkContext
+
+    from healthmate_features.backends.spark_session import spark_session
+
+    repo = repos.copy_repo(tmp_path / "repo")
+    heaps, gateways = [], []
+    for memory in ("512m", "768m", "768m"):
+        settings = Settings.from_env(repo, profile="embedded", spark_master="local[1]", spark_driver_memory=memory)
+        session = spark_session(settings, backend_for(settings).keyring())
+        assert session.range(5).count() == 5
+        heaps.append(session._jvm.java.lang.Runtime.getRuntime().maxMemory() >> 20)
+        gateways.append(SparkContext._gateway)
+    assert heaps == [512, 768, 768]
+    assert gateways[0] is not gateways[1] and gateways[1] is gateways[2]
+    session.stop()

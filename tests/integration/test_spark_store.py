@@ -253,8 +253,10 @@ def _large_entity_frame(tiny, rows: int, seed: int) -> pd.DataFrame:
 
 
 def test_a_100k_row_training_frame_equals_the_embedded_one_with_1g_of_driver_memory(repos, tiny):
-    """The session has spark.driver.memory=1g (the YAML's spark_conf): the entity frame goes to Spark
-    as Arrow, the join runs in Spark, only the result comes back (as Arrow)."""
+    """The session has spark.driver.memory=1g (the YAML's spark_conf), also when an earlier test
+    module's session launched this process's JVM with 512 MB (it ran out of memory in `toArrow` and
+    hung): the entity frame goes to Spark as Arrow, the join runs in Spark, only the result comes
+    back (as Arrow)."""
     embedded, spark, _ = repos
     from pyspark.sql import SparkSession
 
@@ -262,7 +264,8 @@ def test_a_100k_row_training_frame_equals_the_embedded_one_with_1g_of_driver_mem
     before = entities.copy()
     features = spark.get_feature_service("health_risk_v1")
     ours = spark.get_historical_features(entities, features=features).to_df()
-    assert SparkSession.getActiveSession().sparkContext.getConf().get("spark.driver.memory") == "1g"
+    runtime = SparkSession.getActiveSession()._jvm.java.lang.Runtime.getRuntime()
+    assert runtime.maxMemory() == 1 << 30  # the JVM's heap, whichever earlier session launched it
     reference = embedded.get_historical_features(entities, features=embedded.get_feature_service("health_risk_v1"))
     pd.testing.assert_frame_equal(entities, before)
     _frames_equal(ours, reference.to_df())
