@@ -78,6 +78,8 @@ def spark_session(settings: Settings, keyring: Keyring) -> SparkSession:
         conf = {k: conf[k] for k in ("spark.sql.session.timeZone",)}
     else:
         builder = SparkSession.builder.master(master)
+        conf = with_exit_on_out_of_memory(conf)
+        forget_dead_jvm()
         _stop_if_other_keys(SparkSession, conf)
         restart_jvm_unless_it_fits(conf)
         set_worker_python(conf)
@@ -94,6 +96,68 @@ def set_worker_python(conf: Mapping[str, str]) -> None:
     module named 'feast'". Side effect: sets PYSPARK_PYTHON, unless the environment names one, to
     `conf`'s `spark.pyspark.python` (on a cluster: a path on every executor), else this interpreter."""
     os.environ.setdefault("PYSPARK_PYTHON", conf.get("spark.pyspark.python", sys.executable))
+
+
+EXIT_ON_OOM = "-XX:+ExitOnOutOfMemoryError"
+DRIVER_JAVA_OPTIONS = "spark.driver.extraJavaOptions"
+
+
+def with_exit_on_out_of_memory(conf: Mapping[str, str]) -> dict[str, str]:
+    """`conf` whose driver JVM exits when it runs out of memory (unless its Java options say otherwise).
+
+    A driver thread that runs out of memory dies alone: the JVM lives on and the Python side waits
+    for its answer for ever (PySpark's `toArrow` hung so). With the JVM gone, py4j's call fails at
+    once and `driver_out_of_memory` says so."""
+    options = conf.get(DRIVER_JAVA_OPTIONS, "")
+    if "OutOfMemoryError" in options:
+        return dict(conf)
+    return {**conf, DRIVER_JAVA_OPTIONS: f"{options} {EXIT_ON_OOM}".strip()}
+
+
+def jvm_exited(wait: float = 0.0) -> bool:
+    """Whether the JVM this process launched for Spark has exited, waiting up to `wait` seconds for
+    it to (its sockets close before the process ends); False when none was launched."""
+    import subprocess
+
+    from pyspark import SparkContext
+
+    process = getattr(SparkContext._gateway, "proc", None)
+    if process is None:
+        return False
+    try:
+        process.wait(timeout=wait)
+    except subprocess.TimeoutExpired:
+        return False
+    return True
+
+
+def forget_dead_jvm() -> None:
+    """Let the next getOrCreate launch a JVM when the process's last one exited (out of memory, killed):
+    PySpark would keep calling the dead one. Side effect: clears PySpark's session and context state."""
+    from pyspark import SparkContext
+    from pyspark.sql import SparkSession
+
+    if not jvm_exited():
+        return
+    SparkContext._gateway.close()  # type: ignore[union-attr]
+    SparkContext._gateway.proc.stdin.close()  # type: ignore[union-attr]
+    SparkContext._active_spark_context = None
+    SparkContext._gateway = None
+    SparkContext._jvm = None
+    SparkSession._instantiatedSession = None
+    SparkSession._activeSession = None
+
+
+def driver_out_of_memory(conf: Mapping[str, str]) -> ConfigError:
+    """The error for a Spark call that failed because the driver's JVM exited (`jvm_exited`): with
+    `with_exit_on_out_of_memory`, it ran out of memory, unless someone killed it."""
+    memory = conf.get("spark.driver.memory", "1g, Spark's default")
+    return ConfigError(
+        f"the Spark driver's JVM exited: it ran out of memory (spark.driver.memory {memory}) or was killed; "
+        "give it more: "
+        "HM_SPARK_DRIVER_MEMORY on the spark profile, or spark.driver.memory in feature_store.yaml's "
+        "offline_store.spark_conf, then run again"
+    )
 
 
 def restart_jvm_unless_it_fits(conf: Mapping[str, str]) -> None:

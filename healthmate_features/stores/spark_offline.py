@@ -60,7 +60,14 @@ from pydantic import StrictStr
 
 from healthmate_features._feast import infer_event_timestamp_from_entity_df
 from healthmate_features.backends import repo_keyring
-from healthmate_features.backends.spark_session import restart_jvm_unless_it_fits, set_worker_python
+from healthmate_features.backends.spark_session import (
+    driver_out_of_memory,
+    forget_dead_jvm,
+    jvm_exited,
+    restart_jvm_unless_it_fits,
+    set_worker_python,
+    with_exit_on_out_of_memory,
+)
 from healthmate_features.crypto.spark_kms import CRYPTO_FACTORY_CLASS, spark_encryption_conf, spark_kms_jar
 from healthmate_features.errors import ConfigError, EntityFrameError
 
@@ -89,6 +96,7 @@ def spark_session(config: RepoConfig) -> Any:
     and first shuts down the process's JVM if its heap is not the config's spark.driver.memory."""
     from pyspark.sql import SparkSession
 
+    forget_dead_jvm()
     session = SparkSession.getActiveSession()
     if session is None:
         options = config.offline_store
@@ -100,6 +108,7 @@ def spark_session(config: RepoConfig) -> Any:
             spark_encryption_conf(keyring, jar=spark_kms_jar(jar_dir if jar_dir.is_absolute() else repo / jar_dir))
         )
         settings["spark.sql.session.timeZone"] = "UTC"
+        settings = with_exit_on_out_of_memory(settings)
         restart_jvm_unless_it_fits(settings)
         set_worker_python(settings)
         builder = SparkSession.builder
@@ -140,7 +149,12 @@ class HealthmateSparkRetrievalJob(SparkRetrievalJob):
         return frame
 
     def _to_arrow_internal(self, timeout: int | None = None) -> pa.Table:
-        return self.to_spark_df().toArrow()
+        try:
+            return self.to_spark_df().toArrow()
+        except Exception:  # py4j's, Arrow's or a socket's, by where the JVM's exit caught the transfer
+            if jvm_exited(wait=10):
+                raise driver_out_of_memory(self._config.offline_store.spark_conf or {}) from None
+            raise
 
     def _to_df_internal(self, timeout: int | None = None) -> pd.DataFrame:
         return self._to_arrow_internal(timeout=timeout).to_pandas(timestamp_as_object=False)

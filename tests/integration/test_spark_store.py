@@ -126,6 +126,9 @@ def repos(tiny_applied, clone_repo, tmp_path_factory, feast_apply):
     yield FeatureStore(repo_path=str(embedded.repo_path)), spark_store, replace(spark, repo_path=root)
     from pyspark.sql import SparkSession
 
+    from healthmate_features.backends.spark_session import forget_dead_jvm
+
+    forget_dead_jvm()
     session = SparkSession.getActiveSession()
     if session is not None:
         session.stop()
@@ -269,6 +272,31 @@ def test_a_100k_row_training_frame_equals_the_embedded_one_with_1g_of_driver_mem
     reference = embedded.get_historical_features(entities, features=embedded.get_feature_service("health_risk_v1"))
     pd.testing.assert_frame_equal(entities, before)
     _frames_equal(ours, reference.to_df())
+
+
+def test_a_driver_out_of_memory_is_a_clear_error_and_the_next_session_works(repos, tiny):
+    """The same 100k-row frame through a 512 MB driver (a second YAML of the repository): its JVM
+    runs out of memory collecting the result. PySpark alone would wait for it for ever; here the JVM
+    exits, the error names the setting to raise, and the next join launches a JVM of its own."""
+    from feast import FeatureStore
+    from pyspark.sql import SparkSession
+
+    from healthmate_features.errors import ConfigError
+
+    _, spark, settings = repos
+    small_yaml = settings.repo_path / "feature_store.small.yaml"
+    yaml = (settings.repo_path / "feature_store.yaml").read_text()
+    small_yaml.write_text(yaml.replace("spark.driver.memory: 1g", "spark.driver.memory: 512m"))
+    small = FeatureStore(repo_path=str(settings.repo_path), fs_yaml_file=small_yaml)
+    if SparkSession.getActiveSession() is not None:
+        SparkSession.getActiveSession().stop()
+    entities = _large_entity_frame(tiny, 400_000, seed=4)
+    with pytest.raises(ConfigError, match=r"ran out of memory \(spark.driver.memory 512m\).*HM_SPARK_DRIVER_MEMORY"):
+        small.get_historical_features(entities, features=small.get_feature_service("health_risk_v1")).to_df()
+    entities = _entity_frame(tiny, 50, seed=5)
+    again = spark.get_historical_features(entities, features=spark.get_feature_service("health_risk_v1")).to_df()
+    assert len(again) == len(entities)
+    assert SparkSession.getActiveSession()._jvm.java.lang.Runtime.getRuntime().maxMemory() == 1 << 30
 
 
 def test_feasts_own_spark_store_loses_the_entity_order_and_rewrites_the_callers_frame(repos, tiny):
