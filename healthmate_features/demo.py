@@ -123,7 +123,9 @@ def run_demo(
     user_id = demo_user(settings)
     online = step("online features", store.online_features, settings, user_id, feature_service="health_risk_v1", at=end)
     echo(f"    user {user_id}, feature service health_risk_v1 ({len(online) - 1} features):")
-    for name in list(online)[:12]:
+    # Feast groups a service's features in sets: its order (and so the lookup's) changes from process
+    # to process. The summary shows the key, then names in alphabetical order, the same every run.
+    for name in sorted(online, key=lambda name: (name != "user_id", name))[:12]:
         echo(f"      {name} = {format_value(online[name])}")
     echo(f"      ... (healthmate-features online --user-id {user_id} prints them all)")
     frame = step(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,13 @@ from healthmate_features.errors import ConfigError
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
+
+# Feast warns at every SparkSource it builds and every call of its Spark store that they are "an
+# experimental feature in alpha development": a command on the spark profile printed it a dozen
+# times. The profile chose them knowingly (README "Scaling out"); this one message is silenced.
+warnings.filterwarnings(
+    "ignore", message=r"The spark (data source API|offline store) is an experimental feature", category=RuntimeWarning
+)
 
 INSTALL_HINT = "install the spark extra: pip install -c requirements.lock -e '.[spark]' (Java 17+ needed)"
 

@@ -36,6 +36,12 @@ tests/integration/test_spark_store.py:
   `to_df` converts that table once. With a `staging_location`, Feast's `to_arrow` instead has
   Spark write the result there and reads it back with plain pyarrow, which cannot open the
   encrypted files Spark writes: here `to_arrow` never stages (`to_remote_storage` still does).
+- **Pushed batches from memory.** Feast's `offline_write_batch` wrote each pushed batch to a
+  plaintext Parquet file in the temporary directory (and printed its name); here the batch goes to
+  Spark as Arrow and is appended encrypted; an empty batch writes nothing.
+- **Driver memory.** A session this store starts gets a JVM with the config's `spark.driver.memory`
+  (`restart_jvm_unless_it_fits`), and a driver out of memory exits: `to_arrow` then raises
+  ConfigError naming the setting instead of waiting for ever.
 
 Spark-side results (`to_spark_df`, `persist`, materialization) never reach the driver.
 """
@@ -220,6 +226,39 @@ class HealthmateSparkOfflineStore(SparkOfflineStore):
         """Feast's (every row in a window) on the store's session."""
         spark_session(config)
         return _ours(SparkOfflineStore.pull_all_from_table_or_query(config, *args, **kwargs), config)
+
+    @staticmethod
+    def offline_write_batch(config: RepoConfig, feature_view: Any, table: pa.Table, progress: Any) -> None:
+        """Append `table` to the view's SparkSource files (pushes, `write_to_offline_store`), from memory.
+
+        Feast's writes the batch to a plaintext Parquet file in the temporary directory first
+        (health readings, unencrypted, on the driver's disk) and prints that file's name on stdout;
+        here the Arrow table goes to Spark as Arrow and Spark appends it under the session's
+        encryption. An empty batch (`ensure_push_tables`) checks the columns and writes nothing
+        (Feast's appended an empty file each time). Other sources (tables, queries, Iceberg): Feast's."""
+        from feast.infra.data_sources.contrib.iceberg_catalog.iceberg_source import IcebergSource
+        from feast.infra.offline_stores import offline_utils
+        from feast.infra.offline_stores.contrib.spark_offline_store.spark import _cast_data_frame
+        from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
+
+        source = feature_view.batch_source
+        if not isinstance(source, SparkSource) or isinstance(source, IcebergSource) or not source.path:
+            SparkOfflineStore.offline_write_batch(config, feature_view, table, progress)
+            return
+        session = spark_session(config)
+        _, columns = offline_utils.get_pyarrow_schema_from_batch_source(config, source)
+        if columns != table.column_names:
+            raise EntityFrameError(
+                f"a batch for feature view {feature_view.name!r} has the columns {table.column_names}; "
+                f"its source {source.name!r} has {columns} (in this order): select and order the batch's columns so"
+            )
+        if table.num_rows == 0:
+            return
+        existing = session.read.format(source.file_format).load(source.path)
+        batch = _cast_data_frame(session.createDataFrame(table), existing)
+        batch.write.format(source.file_format).mode("append").save(source.path)
+        if progress is not None:
+            progress(table.num_rows)
 
 
 def _ours(job: RetrievalJob, config: RepoConfig) -> HealthmateSparkRetrievalJob:

@@ -78,6 +78,10 @@ def test_demo_prints_a_readable_report_and_with_json_only_json(demo_run):
     assert f"label_positive_rate: {rates}" in report
     assert "label_positive_rate: train 0.0816, test 0.078" in report
     assert "(3 value: impossible steps, 2 value: impossible spo2, 1 unit: wrong for spo2" in report
+    # The online features shown are the same every run (Feast's own order changes with the process).
+    shown = report.split("==> online features")[1].split("==> ")[0].splitlines()[2:-1]
+    names = [line.split(" = ")[0].strip() for line in shown]
+    assert len(names) == 12 and names[0] == "user_id" and names[1:] == sorted(names[1:]), names
 
 
 def test_online_prints_a_feature_table(cli, repo):

@@ -21,6 +21,7 @@ import pytest
 from healthmate_features._feast import offline_store_of
 from healthmate_features.backends import repo_keyring
 from healthmate_features.crypto.spark_kms import read_kms_parquet, write_kms_parquet
+from healthmate_features.errors import EntityFrameError
 from tests.helpers.files import read_frame
 
 pytestmark = [
@@ -382,3 +383,36 @@ def test_entity_frames_reach_spark_as_utc_microseconds_in_order_or_a_clear_error
         spark_entity_frame(session, fine)
     with pytest.raises(EntityFrameError, match="has a column named '__hm_row'"):
         spark_entity_frame(session, naive.assign(__hm_row=1))
+
+
+def test_a_pushed_batch_is_appended_from_memory_encrypted_and_an_empty_one_writes_nothing(repos, tmp_path, capfd):
+    """Feast's offline_write_batch wrote the batch to a plaintext Parquet file in the temporary
+    directory and printed its name; ours sends it to Spark as Arrow, appended under encryption."""
+    from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
+    from pyspark.sql import SparkSession
+
+    _, spark, settings = repos
+    keyring = repo_keyring(str(settings.repo_path))
+    daily = read_kms_parquet(keyring, settings.repo_path / "data" / "spark_features" / "health_daily.parquet")
+    table_dir = tmp_path / "health_daily_pushed"
+    table_dir.mkdir()
+    write_kms_parquet(keyring, daily.slice(0, 5), table_dir / "part-0.parquet")
+    view = spark.get_feature_view("health_daily")
+    view.batch_source = SparkSource(
+        name="pushed_copy", path=str(table_dir), file_format="parquet", timestamp_field="event_timestamp"
+    )
+    offline = offline_store_of(spark)
+    capfd.readouterr()
+    offline.offline_write_batch(spark.config, view, daily.slice(5, 0), None)
+    assert sorted(p.name for p in table_dir.iterdir()) == ["part-0.parquet"]  # the empty batch wrote nothing
+    written = []
+    offline.offline_write_batch(spark.config, view, daily.slice(5, 3), written.append)
+    assert written == [3] and capfd.readouterr().out == ""  # Feast printed its temporary file's name
+    files = [p for p in table_dir.glob("*.parquet") if p.name != "part-0.parquet"]
+    assert files and all(p.read_bytes()[-4:] == b"PARE" for p in files)  # encrypted footers
+    back = read_kms_parquet(keyring, table_dir).sort_by([("user_id", "ascending"), ("event_timestamp", "ascending")])
+    expected = daily.slice(0, 8).sort_by([("user_id", "ascending"), ("event_timestamp", "ascending")])
+    assert back.num_rows == 8 and back.column("user_id").to_pylist() == expected.column("user_id").to_pylist()
+    assert SparkSession.getActiveSession().read.parquet(str(table_dir)).count() == 8
+    with pytest.raises(EntityFrameError, match=r"feature view 'health_daily' has the columns \['user_id'\]"):
+        offline.offline_write_batch(spark.config, view, daily.select(["user_id"]), None)
