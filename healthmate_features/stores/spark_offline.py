@@ -216,6 +216,14 @@ class HealthmateSparkOfflineStore(SparkOfflineStore):
         return HealthmateSparkRetrievalJob(job, config=config, metadata=metadata)
 
     @staticmethod
+    def offline_write_batch(config: RepoConfig, feature_view: Any, table: pa.Table, progress: Any) -> None:
+        """Feast's (a push's rows appended to the view's offline table; `apply` pushes an empty batch
+        so the table exists) on the store's session: Feast reads the table's schema first, and in a
+        process with no session yet it started a plain one that cannot read the encrypted table."""
+        spark_session(config)
+        SparkOfflineStore.offline_write_batch(config, feature_view, table, progress)
+
+    @staticmethod
     def pull_latest_from_table_or_query(config: RepoConfig, *args: Any, **kwargs: Any) -> RetrievalJob:
         """Feast's (the latest row per entity in a window: materialization) on the store's session."""
         spark_session(config)

@@ -158,6 +158,27 @@ def test_every_file_in_the_warehouse_is_encrypted(built):
     ]
 
 
+# Feast warns on every SparkSource it builds (here: reading the registry) that the API is "experimental".
+@pytest.mark.filterwarnings("ignore:The spark data source API is an experimental feature:RuntimeWarning")
+def test_apply_as_its_own_command_registers_the_definitions_over_the_encrypted_warehouse(built):
+    """`healthmate-features apply` in a process with no Spark session yet (as a user runs it after
+    build-features): Feast's source checks and the push table's empty batch run on a session that
+    decrypts. Feast's `offline_write_batch` started a plain session, which could not read the
+    encrypted health_pushed table ("Unable to find table")."""
+    from healthmate_features.features.pushed import PUSHED_TABLE, TODAY_VIEW
+    from healthmate_features.stores.feature_store import open_feature_store
+
+    _, spark, _ = built
+    cli = os.path.join(os.path.dirname(sys.executable), "healthmate-features")
+    done = subprocess.run(
+        [cli, "apply", "--quiet"], env={**os.environ, **spark.to_env()}, capture_output=True, text=True, timeout=1200
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert TODAY_VIEW in {view.name for view in open_feature_store(spark).list_feature_views()}
+    pushed = read_kms_parquet(backend_for(spark).keyring(), spark.spark_warehouse_path / "features" / PUSHED_TABLE)
+    assert pushed.num_rows == 0
+
+
 def test_bad_rows_land_in_the_rejects_with_their_reason_and_only_accepted_rows_in_the_warehouse(
     spark_available, tmp_path, pg_dsn, redis_url, tiny
 ):
