@@ -216,14 +216,6 @@ class HealthmateSparkOfflineStore(SparkOfflineStore):
         return HealthmateSparkRetrievalJob(job, config=config, metadata=metadata)
 
     @staticmethod
-    def offline_write_batch(config: RepoConfig, feature_view: Any, table: pa.Table, progress: Any) -> None:
-        """Feast's (a push's rows appended to the view's offline table; `apply` pushes an empty batch
-        so the table exists) on the store's session: Feast reads the table's schema first, and in a
-        process with no session yet it started a plain one that cannot read the encrypted table."""
-        spark_session(config)
-        SparkOfflineStore.offline_write_batch(config, feature_view, table, progress)
-
-    @staticmethod
     def pull_latest_from_table_or_query(config: RepoConfig, *args: Any, **kwargs: Any) -> RetrievalJob:
         """Feast's (the latest row per entity in a window: materialization) on the store's session."""
         spark_session(config)
@@ -243,17 +235,19 @@ class HealthmateSparkOfflineStore(SparkOfflineStore):
         (health readings, unencrypted, on the driver's disk) and prints that file's name on stdout;
         here the Arrow table goes to Spark as Arrow and Spark appends it under the session's
         encryption. An empty batch (`ensure_push_tables`) checks the columns and writes nothing
-        (Feast's appended an empty file each time). Other sources (tables, queries, Iceberg): Feast's."""
+        (Feast's appended an empty file each time). It runs on the store's decrypting session: in a
+        process with none yet, Feast started a plain one that could not read the encrypted table.
+        Other sources (tables, queries, Iceberg): Feast's, on that session too."""
         from feast.infra.data_sources.contrib.iceberg_catalog.iceberg_source import IcebergSource
         from feast.infra.offline_stores import offline_utils
         from feast.infra.offline_stores.contrib.spark_offline_store.spark import _cast_data_frame
         from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
 
+        session = spark_session(config)
         source = feature_view.batch_source
         if not isinstance(source, SparkSource) or isinstance(source, IcebergSource) or not source.path:
             SparkOfflineStore.offline_write_batch(config, feature_view, table, progress)
             return
-        session = spark_session(config)
         _, columns = offline_utils.get_pyarrow_schema_from_batch_source(config, source)
         if columns != table.column_names:
             raise EntityFrameError(
