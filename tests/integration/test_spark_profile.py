@@ -13,8 +13,11 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import replace
+from pathlib import Path
 
+import httpx
 import numpy as np
 import pandas as pd
 import pytest
@@ -30,6 +33,7 @@ from healthmate_features.raw.ingest import ingest_raw
 from tests.helpers.files import read_csv, read_frame
 
 from ..helpers import repos
+from ..helpers.servers import running, spare_port
 from ..helpers.settings import settings_for_dsn
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
@@ -52,6 +56,7 @@ print(json.dumps({
     "erasable": backend.erase_feature_rows(list(counts), user, count_only=True),
     "counts": dict(counts), "incremental": counts.incremental, "lo": lo.isoformat(), "hi": hi.isoformat(),
     "demo_user": user, "heap": jvm.java.lang.Runtime.getRuntime().maxMemory(),
+    "master": backend.spark().sparkContext.master,
 }))
 """
 
@@ -255,3 +260,84 @@ def test_a_session_asking_for_another_driver_memory_gets_a_jvm_with_it(spark_ava
     assert heaps == [512, 768, 768]
     assert gateways[0] is not gateways[1] and gateways[1] is gateways[2]
     session.stop()
+
+
+@pytest.fixture
+def standalone_cluster(spark_available, tmp_path):
+    """`spark://127.0.0.1:<port>`: a Spark standalone master and one worker (2 cores, 1 GB), started
+    with Spark's own launcher (`spark-class`, as `start-master.sh` and `start-worker.sh` run it) on
+    spare loopback ports, stopped afterwards."""
+    import pyspark
+
+    spark_class = str(Path(pyspark.__file__).parent / "bin" / "spark-class")
+    port, ui, worker_ui = spare_port(), spare_port(), spare_port()
+    master = f"spark://127.0.0.1:{port}"
+    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_WORKER_DIR": str(tmp_path / "work")}
+    with (
+        running(
+            [
+                spark_class,
+                "org.apache.spark.deploy.master.Master",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--webui-port",
+                str(ui),
+            ],
+            cwd=tmp_path,
+            ready=f"http://127.0.0.1:{ui}/json/",
+            log=tmp_path / "master.log",
+            env=env,
+        ),
+        running(
+            [
+                spark_class,
+                "org.apache.spark.deploy.worker.Worker",
+                master,
+                "--host",
+                "127.0.0.1",
+                "--cores",
+                "2",
+                "--memory",
+                "1g",
+                "--webui-port",
+                str(worker_ui),
+            ],
+            cwd=tmp_path,
+            ready=f"http://127.0.0.1:{worker_ui}/json/",
+            log=tmp_path / "worker.log",
+            env=env,
+        ),
+    ):
+        deadline = time.monotonic() + 60
+        while httpx.get(f"http://127.0.0.1:{ui}/json/", timeout=5).json().get("aliveworkers", 0) < 1:
+            assert time.monotonic() < deadline, (tmp_path / "worker.log").read_text()[-4000:]
+            time.sleep(0.5)
+        yield master
+
+
+def test_a_standalone_cluster_builds_the_tables_local_mode_builds(built, standalone_cluster, tmp_path):
+    """HM_SPARK_MASTER=spark://...: the executors run in the worker's own JVMs (the KMS client jar on
+    their class path, this interpreter for their Python) and build the same tables as local[2]."""
+    embedded, spark, _ = built
+    raw = tmp_path / "raw"
+    generate(raw, users=300, days=60, seed=11, progress=False)  # the `built` fixture's raw data
+    cluster = replace(spark, spark_master=standalone_cluster, spark_warehouse=str(tmp_path / "warehouse"))
+    ingest_raw(raw, cluster)
+    done = subprocess.run(
+        [sys.executable, "-c", BUILD, str(raw)],
+        env={**os.environ, **cluster.to_env()},
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["master"] == standalone_cluster
+    keyring = backend_for(cluster).keyring()
+    for table in FEATURE_TABLES:
+        local = _sorted(read_kms_parquet(keyring, spark.spark_warehouse_path / "features" / table).to_pandas())
+        remote = _sorted(read_kms_parquet(keyring, cluster.spark_warehouse_path / "features" / table).to_pandas())
+        assert report["counts"][table] == len(local) > 0, table
+        pd.testing.assert_frame_equal(remote, local, check_exact=False, rtol=1e-12)
