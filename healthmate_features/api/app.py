@@ -15,16 +15,20 @@ errors become JSON `{"error": kind, "detail": message}` with the status code ERR
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 import gc
 import json
 import logging
+import re
 import time
+from collections.abc import Callable, Coroutine
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from importlib.metadata import version as package_version
 from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
+from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -406,6 +410,33 @@ Admin = Annotated[Principal, Depends(admin_only)]
 Ctx = Annotated[ApiContext, Depends(context)]
 
 
+def plain_query_route(plain: Callable[[bytes], dict[str, Any] | None]) -> type[APIRoute]:
+    """An APIRoute class whose requests skip FastAPI's per-request resolution and validation when
+    `plain(query_string)` is sure of the endpoint's arguments (it returns them, else None).
+
+    Such a request calls the endpoint with the Request and those arguments; any other, a bad one
+    included, is handled by FastAPI as on any route, so every error is FastAPI's own (422). For
+    an endpoint whose only parameters are the Request and its query's (a route with dependencies
+    always goes through FastAPI). The OpenAPI schema comes from the signature, as for any route."""
+
+    class PlainQueryRoute(APIRoute):
+        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+            full = super().get_route_handler()
+            endpoint = self.endpoint
+            if self.dependant.dependencies or not asyncio.iscoroutinefunction(endpoint):
+                return full
+
+            async def handler(request: Request) -> Response:
+                arguments = plain(request.scope["query_string"])
+                if arguments is None:
+                    return await full(request)
+                return cast(Response, await endpoint(request, **arguments))
+
+            return handler
+
+    return PlainQueryRoute
+
+
 # -- endpoints -------------------------------------------------------------------------------
 
 public = APIRouter()
@@ -547,16 +578,6 @@ def verify_erasure(
     return ErasureScan(**scan_user(user_id, ctx.settings).to_dict())
 
 
-@router.get(
-    "/features/extract",
-    response_model=OnlineFeatures,
-    tags=["features"],
-    summary="One user's online features",
-    responses={404: {"model": ErrorBody}, 503: {"model": ErrorBody}},
-    # The busiest endpoint takes its context and caller from the request rather than as
-    # dependencies (each costs FastAPI a resolution per request); the key is still documented.
-    openapi_extra={"security": [{"HTTPBearer": []}]},
-)
 async def extract_features(
     request: Request,
     user_id: Annotated[int, Query(ge=1, le=MAX_INT64, description="The user to look up.")],
@@ -596,6 +617,42 @@ async def extract_features(
     body = {"user_id": user_id, "feature_service": feature_service, "at": _JSON_TIME.dump_python(at, mode="json")}
     body["features"] = _json_safe(values)
     return Response(_json_bytes(body), media_type="application/json")
+
+
+_USER_ID = re.compile(r"[1-9][0-9]{0,18}")
+
+
+def _extract_query(query: bytes) -> dict[str, Any] | None:
+    """features/extract's query arguments when they are plainly valid: one `user_id` of plain
+    digits from 1 to 2^63-1, at most one `feature_service` of at most 200 characters, nothing else
+    (decoded as Starlette decodes a query). None for anything else: FastAPI then decides, with its 422s."""
+    user_id: int | None = None
+    feature_service: str | None = None
+    for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+        if name == "user_id" and user_id is None and _USER_ID.fullmatch(value):
+            user_id = int(value)
+        elif name == "feature_service" and feature_service is None and len(value) <= 200:
+            feature_service = value
+        else:
+            return None
+    if user_id is None or user_id > MAX_INT64:
+        return None
+    return {"user_id": user_id, "feature_service": feature_service}
+
+
+router.add_api_route(
+    "/features/extract",
+    extract_features,
+    methods=["GET"],
+    response_model=OnlineFeatures,
+    tags=["features"],
+    summary="One user's online features",
+    responses={404: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    # The busiest endpoint takes its context and caller from the request rather than as
+    # dependencies (each costs FastAPI a resolution per request); the key is still documented.
+    openapi_extra={"security": [{"HTTPBearer": []}]},
+    route_class_override=plain_query_route(_extract_query),
+)
 
 
 @router.post(
