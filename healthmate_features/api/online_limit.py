@@ -13,7 +13,7 @@ stall `/health` and every other endpoint. So `features/extract` runs its lookup 
   its slot stays taken until it does, so the threads never exceed the limit.
 - the first lookup of a process also opens the online store (Feast's registry, Postgres and
   Redis checks): that step gets HM_CONNECT_TIMEOUT_S more.
-- `run_async` holds a slot for a lookup through an asyncio Redis client on the caller's loop
+- `run_async` holds a slot for a lookup through the pipelined Redis connection of the caller's loop
   (once the reader's plan is resolved): the same limit and deadline, no thread; past the
   deadline the lookup is cancelled and its slot freed at once.
 
