@@ -522,62 +522,7 @@ def dashboard_page(
     return HTMLResponse(page.render(data, form_action=DASHBOARD_PATH))
 
 
-@router.post(
-    "/feature-sets/create",
-    status_code=201,
-    response_model=FeatureSetCreated,
-    tags=["feature sets"],
-    summary="Define a feature set (admin)",
-    responses={409: {"model": ErrorBody}, 503: {"model": ErrorBody}},
-)
-def create_feature_set(body: FeatureSetCreate, request: Request, ctx: Ctx, _: Admin) -> FeatureSetCreated:
-    """Define a Feast feature service from features in the registry, apply it, and keep it.
-
-    Every reference is checked against the registry (422 naming an unknown view or feature).
-    The definition is written to feature_repo/feature_sets.json, so the next `feast apply` keeps
-    it. An existing name is refused (409) unless it was created here and `overwrite` is true."""
-    _target(request, "feature_set", body.name)
-    spec, refs, replaced = feature_sets.create(
-        ctx.settings, body.name, body.features, description=body.description, overwrite=body.overwrite
-    )
-    return FeatureSetCreated(name=spec.name, features=refs, description=spec.description, replaced=replaced)
-
-
-@router.post(
-    "/erasures",
-    response_model=ErasureResponse,
-    tags=["governance"],
-    summary="Erase one user from every store (admin)",
-    responses={409: {"model": ErrorBody}, 503: {"model": ErrorBody}},
-)
-def erase(body: ErasureRequest, request: Request, ctx: Ctx, caller: Admin) -> ErasureResponse:
-    """`healthmate-features erase --user-id N`: every store, dataset versions redacted, a certificate.
-
-    Safe to repeat (a second call removes nothing: status "already erased"). The audit entry names
-    the erasure (`erasure:<id>`), not the user id."""
-    from healthmate_features.governance import erase_user
-
-    result = erase_user(body.user_id, ctx.settings, reason=body.reason, actor=f"api:{caller.key_id}")
-    _target(request, "erasure", result.erasure_id)
-    return ErasureResponse(**result.to_dict())
-
-
-@router.get(
-    "/erasures/verify",
-    response_model=ErasureScan,
-    tags=["governance"],
-    summary="Scan every store for one user's rows (admin)",
-    responses={503: {"model": ErrorBody}},
-)
-def verify_erasure(
-    ctx: Ctx, _: Admin, user_id: Annotated[int, Query(ge=0, le=MAX_INT64, description="The user id.")]
-) -> ErasureScan:
-    """`healthmate-features erase --verify --user-id N`: what remains where (clean: nothing)."""
-    from healthmate_features.governance import scan_user
-
-    return ErasureScan(**scan_user(user_id, ctx.settings).to_dict())
-
-
+# The busiest endpoint first: the router tries its routes in order.
 async def extract_features(
     request: Request,
     user_id: Annotated[int, Query(ge=1, le=MAX_INT64, description="The user to look up.")],
@@ -653,6 +598,62 @@ router.add_api_route(
     openapi_extra={"security": [{"HTTPBearer": []}]},
     route_class_override=plain_query_route(_extract_query),
 )
+
+
+@router.post(
+    "/feature-sets/create",
+    status_code=201,
+    response_model=FeatureSetCreated,
+    tags=["feature sets"],
+    summary="Define a feature set (admin)",
+    responses={409: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+)
+def create_feature_set(body: FeatureSetCreate, request: Request, ctx: Ctx, _: Admin) -> FeatureSetCreated:
+    """Define a Feast feature service from features in the registry, apply it, and keep it.
+
+    Every reference is checked against the registry (422 naming an unknown view or feature).
+    The definition is written to feature_repo/feature_sets.json, so the next `feast apply` keeps
+    it. An existing name is refused (409) unless it was created here and `overwrite` is true."""
+    _target(request, "feature_set", body.name)
+    spec, refs, replaced = feature_sets.create(
+        ctx.settings, body.name, body.features, description=body.description, overwrite=body.overwrite
+    )
+    return FeatureSetCreated(name=spec.name, features=refs, description=spec.description, replaced=replaced)
+
+
+@router.post(
+    "/erasures",
+    response_model=ErasureResponse,
+    tags=["governance"],
+    summary="Erase one user from every store (admin)",
+    responses={409: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+)
+def erase(body: ErasureRequest, request: Request, ctx: Ctx, caller: Admin) -> ErasureResponse:
+    """`healthmate-features erase --user-id N`: every store, dataset versions redacted, a certificate.
+
+    Safe to repeat (a second call removes nothing: status "already erased"). The audit entry names
+    the erasure (`erasure:<id>`), not the user id."""
+    from healthmate_features.governance import erase_user
+
+    result = erase_user(body.user_id, ctx.settings, reason=body.reason, actor=f"api:{caller.key_id}")
+    _target(request, "erasure", result.erasure_id)
+    return ErasureResponse(**result.to_dict())
+
+
+@router.get(
+    "/erasures/verify",
+    response_model=ErasureScan,
+    tags=["governance"],
+    summary="Scan every store for one user's rows (admin)",
+    responses={503: {"model": ErrorBody}},
+)
+def verify_erasure(
+    ctx: Ctx, _: Admin, user_id: Annotated[int, Query(ge=0, le=MAX_INT64, description="The user id.")]
+) -> ErasureScan:
+    """`healthmate-features erase --verify --user-id N`: what remains where (clean: nothing)."""
+    from healthmate_features.governance import scan_user
+
+    return ErasureScan(**scan_user(user_id, ctx.settings).to_dict())
 
 
 @router.post(
