@@ -187,16 +187,18 @@ class PipelinedConnection:
             self._wire.close(redis.exceptions.ConnectionError("the connection was closed"))
 
     async def _open(self) -> _Wire:
-        """Connect once for every caller arriving meanwhile; raises as `send` does."""
-        if self._opening is None:
+        """Connect once for every caller arriving meanwhile; raises as `send` does.
+
+        The connection is kept once made, even when every caller waiting for it has gone (their
+        deadline), and a connect that failed is not reused: the next caller starts another."""
+        if self._opening is None or self._opening.done():
             self._opening = asyncio.ensure_future(self._connect())
-        opening = self._opening
-        try:
-            self._wire = await asyncio.shield(opening)
-            return self._wire
-        finally:
-            if opening.done() and self._opening is opening:
-                self._opening = None
+            self._opening.add_done_callback(self._opened)
+        return await asyncio.shield(self._opening)
+
+    def _opened(self, opening: asyncio.Future[_Wire]) -> None:
+        if not opening.cancelled() and opening.exception() is None:  # an error is each waiter's to raise
+            self._wire = opening.result()
 
     async def _connect(self) -> _Wire:
         import ssl
