@@ -9,7 +9,7 @@ from fastapi.dependencies.utils import request_params_to_args
 from fastapi.routing import APIRoute
 from starlette.datastructures import QueryParams
 
-from healthmate_features.api.app import PREFIX, _extract_query, router
+from healthmate_features.api.app import PREFIX, _extract_query, create_app, router
 
 MAX_INT64 = 2**63 - 1
 
@@ -63,3 +63,12 @@ def test_the_route_has_no_dependencies_the_plain_path_would_skip():
     assert type(route).__name__ == "PlainQueryRoute"
     assert route.dependant.dependencies == []
     assert [p.name for p in route.dependant.query_params] == ["user_id", "feature_service"]
+
+
+def test_the_app_adds_no_dependency_to_the_route_either(sqlite_settings):
+    """Dependencies given where a router is included or to the whole app would reach FastAPI's
+    handling only; the plain path would skip them. (FastAPI keeps them on its included routers.)"""
+    app = create_app(sqlite_settings)
+    assert app.router.dependencies == []
+    included = [r for r in app.router.routes if hasattr(r, "include_context")]
+    assert included and all(r.include_context.dependencies == [] for r in included)
