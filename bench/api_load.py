@@ -23,8 +23,11 @@ end), an admin API key, then our server (`healthmate-features serve`, real uvico
 ratios (neighbours in time share the machine's load of the moment).
 
 It prints req/s, p50, p99 and errors per target, the audit rows the SQL store gained per target
-next to the requests sent (every request, /health included, must have its row), peak RSS
-(VmHWM) of each server's processes, and the ratios issue 11 targets. Then, with the servers
+next to the requests sent (every request, /health included, must have its row), the CPU the
+server used per request (user + system of its processes, from the first request until its audit
+rows settled: what req/s tends to be inversely proportional to when the server is the bottleneck,
+and far steadier than req/s on a machine that other work shares), peak RSS (VmHWM) of each
+server's processes, and the ratios issue 11 targets. Then, with the servers
 stopped, the pieces of a request one call at a time in this process (p50/p99 of --calls calls):
 what the extract handler calls (`stores.feature_store.online_features`), Feast's
 `get_online_features` on one long-lived store (what `feast serve` does per request), the
@@ -215,6 +218,26 @@ class Server:
             for pid, mib in peak_mib(self.proc.pid).items():
                 self.peaks[pid] = max(mib, self.peaks.get(pid, 0.0))
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) the server's processes have used so far, workers included."""
+        import psutil
+
+        if self.proc is None:
+            return 0.0
+        try:
+            root = psutil.Process(self.proc.pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return 0.0
+        total = 0.0
+        for proc in procs:
+            try:
+                times = proc.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += times.user + times.system
+        return total
+
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
@@ -242,6 +265,8 @@ class Result:
     errors: dict[str, int] = field(default_factory=dict)
     audit_rows: int | None = None
     rounds: list[float] = field(default_factory=list)  # req/s of each round (`merged`)
+    server_cpu_s: float | None = None  # CPU the server used meanwhile (`measure` with a server)
+    cpu_rounds: list[float] = field(default_factory=list)  # server CPU ms per request of each round
 
     @property
     def ok(self) -> int:
@@ -251,6 +276,11 @@ class Result:
     def rate(self) -> float:
         return len(self.latencies) / self.seconds if self.seconds else 0.0
 
+    @property
+    def cpu_ms(self) -> float | None:
+        """The server's CPU milliseconds per request (its background work after the requests included)."""
+        return self.server_cpu_s * 1000 / len(self.latencies) if self.server_cpu_s and self.latencies else None
+
     def ms(self, q: float) -> float:
         return float(np.percentile(np.array(self.latencies) * 1000, q)) if self.latencies else float("nan")
 
@@ -258,6 +288,7 @@ class Result:
 def merged(results: list[Result]) -> Result:
     """Rounds of one target as one Result (all requests and latencies), with each round's req/s."""
     audited = [r.audit_rows for r in results if r.audit_rows is not None]
+    cpu = [r.server_cpu_s for r in results if r.server_cpu_s is not None]
     errors: dict[str, int] = {}
     for r in results:
         for kind, count in r.errors.items():
@@ -270,6 +301,8 @@ def merged(results: list[Result]) -> Result:
         errors=errors,
         audit_rows=sum(audited) if audited else None,
         rounds=[r.rate for r in results],
+        server_cpu_s=sum(cpu) if len(cpu) == len(results) else None,
+        cpu_rounds=[r.cpu_ms for r in results if r.cpu_ms is not None],
     )
 
 
@@ -376,14 +409,20 @@ async def drive(name: str, request, *, concurrency: int, requests: int, seconds:
     return result
 
 
-def measure(name: str, request, args, *, settings=None, concurrency: int | None = None) -> Result:
-    """Warm up (one request per connection, not counted), then drive; count audit rows if `settings`."""
+def measure(
+    name: str, request, args, *, settings=None, concurrency: int | None = None, server: Server | None = None
+) -> Result:
+    """Warm up (one request per connection, not counted), then drive; count audit rows if `settings`,
+    and the CPU `server` used from the first request until its audit rows settled."""
     concurrency = concurrency or args.concurrency
     asyncio.run(drive(name, request, concurrency=concurrency, requests=concurrency, seconds=60))
     before = audit_rows(settings) if settings is not None else 0
+    cpu_before = server.cpu_seconds() if server is not None else 0.0
     result = asyncio.run(drive(name, request, concurrency=concurrency, requests=args.requests, seconds=args.seconds))
     if settings is not None:
         result.audit_rows = audit_rows(settings) - before
+    if server is not None:
+        result.server_cpu_s = server.cpu_seconds() - cpu_before
     return result
 
 
@@ -492,7 +531,7 @@ def _bench_servers(profile: str, args, settings) -> dict[str, object]:
             for k, (name, request) in enumerate(
                 (("GET /health (ours)", health), ("GET features/extract (ours)", extract))
             ):
-                paired[k].append(measure(name, request, args, settings=settings))
+                paired[k].append(measure(name, request, args, settings=settings, server=ours))
             ours.sample_memory()
         results.extend(merged(rounds) for rounds in paired)
         for name, request, server, audited, concurrency in (
@@ -501,7 +540,14 @@ def _bench_servers(profile: str, args, settings) -> dict[str, object]:
             ("GET dashboard/summary, one at a time (ours)", dashboard, ours, True, 1),
         ):
             results.append(
-                measure(name, request, args, settings=settings if audited else None, concurrency=concurrency)
+                measure(
+                    name,
+                    request,
+                    args,
+                    settings=settings if audited else None,
+                    concurrency=concurrency,
+                    server=server,
+                )
             )
             server.sample_memory()
     finally:
@@ -591,13 +637,21 @@ def check_same_features(ours: str, feast: str, auth: dict, service: str, user: i
 
 
 def report(profile: str, results: list[Result], ours: Server, feast: Server) -> None:
-    print(f"   {'target':<46}{'sent':>7}{'errors':>8}{'req/s':>9}{'p50 ms':>10}{'p99 ms':>10}{'audit rows':>12}")
+    print(
+        f"   {'target':<46}{'sent':>7}{'errors':>8}{'req/s':>9}{'p50 ms':>10}{'p99 ms':>10}{'audit rows':>12}"
+        f"{'CPU ms/req':>12}"
+    )
     for r in results:
         audit = "" if r.audit_rows is None else f"{r.audit_rows}/{r.sent}"
         errors = sum(r.errors.values())
-        print(f"   {r.name:<46}{r.sent:>7}{errors:>8}{r.rate:>9.1f}{r.ms(50):>10.1f}{r.ms(99):>10.1f}{audit:>12}")
+        cpu = "" if r.cpu_ms is None else f"{r.cpu_ms:.3f}"
+        print(
+            f"   {r.name:<46}{r.sent:>7}{errors:>8}{r.rate:>9.1f}{r.ms(50):>10.1f}{r.ms(99):>10.1f}{audit:>12}{cpu:>12}"
+        )
         if len(r.rounds) > 1:
             print(f"     req/s of its {len(r.rounds)} rounds: " + ", ".join(f"{rate:.1f}" for rate in r.rounds))
+            if r.cpu_rounds:
+                print("     server CPU ms/req of its rounds: " + ", ".join(f"{ms:.3f}" for ms in r.cpu_rounds))
         if r.errors:
             print(f"     errors: {r.errors}")
     for server in (ours, feast):
@@ -622,6 +676,11 @@ def targets(summaries: list[dict]) -> None:
         ratio = float(np.median([e / h for e, h in zip(extract.rounds, health.rounds, strict=True)]))
         rows = [
             ("extract req/s / /health req/s (median round)", ratio, ">= 0.5", ratio >= 0.5),
+        ]
+        if health.cpu_rounds and extract.cpu_rounds:  # what req/s tends to when the server is the bottleneck
+            cpu_ratio = float(np.median([h / e for h, e in zip(health.cpu_rounds, extract.cpu_rounds, strict=True)]))
+            rows.append(("/health CPU / extract CPU per request (median round)", cpu_ratio, "info", None))
+        rows += [
             ("extract req/s / feast serve req/s", extract.rate / feast.rate, ">= 5", extract.rate >= 5 * feast.rate),
             ("dashboard p50, one request at a time (ms)", dash_one.ms(50), "< 20", dash_one.ms(50) < 20),
             ("dashboard req/s / /health req/s", dash.rate / health.rate, "~ 1", True),
@@ -633,7 +692,8 @@ def targets(summaries: list[dict]) -> None:
             ("requests without an audit row", sum(x.sent - (x.audit_rows or 0) for x in missing), "0", not missing)
         )
         for what, value, target, met in rows:
-            print(f"   {s['profile']:<12}{what:<48}{value:>12.2f}  {target:<7} {'met' if met else 'NOT met'}")
+            verdict = "" if met is None else "met" if met else "NOT met"
+            print(f"   {s['profile']:<12}{what:<48}{value:>12.2f}  {target:<7} {verdict}")
 
 
 def main() -> None:

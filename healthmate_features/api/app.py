@@ -15,16 +15,20 @@ errors become JSON `{"error": kind, "detail": message}` with the status code ERR
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 import gc
 import json
 import logging
+import re
 import time
+from collections.abc import Callable, Coroutine
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from importlib.metadata import version as package_version
 from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
+from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -406,6 +410,33 @@ Admin = Annotated[Principal, Depends(admin_only)]
 Ctx = Annotated[ApiContext, Depends(context)]
 
 
+def plain_query_route(plain: Callable[[bytes], dict[str, Any] | None]) -> type[APIRoute]:
+    """An APIRoute class whose requests skip FastAPI's per-request resolution and validation when
+    `plain(query_string)` is sure of the endpoint's arguments (it returns them, else None).
+
+    Such a request calls the endpoint with the Request and those arguments; any other, a bad one
+    included, is handled by FastAPI as on any route, so every error is FastAPI's own (422). For
+    an endpoint whose only parameters are the Request and its query's (a route with dependencies
+    always goes through FastAPI). The OpenAPI schema comes from the signature, as for any route."""
+
+    class PlainQueryRoute(APIRoute):
+        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+            full = super().get_route_handler()
+            endpoint = self.endpoint
+            if self.dependant.dependencies or not asyncio.iscoroutinefunction(endpoint):
+                return full
+
+            async def handler(request: Request) -> Response:
+                arguments = plain(request.scope["query_string"])
+                if arguments is None:
+                    return await full(request)
+                return cast(Response, await endpoint(request, **arguments))
+
+            return handler
+
+    return PlainQueryRoute
+
+
 # -- endpoints -------------------------------------------------------------------------------
 
 public = APIRouter()
@@ -491,6 +522,84 @@ def dashboard_page(
     return HTMLResponse(page.render(data, form_action=DASHBOARD_PATH))
 
 
+# The busiest endpoint first: the router tries its routes in order.
+async def extract_features(
+    request: Request,
+    user_id: Annotated[int, Query(ge=1, le=MAX_INT64, description="The user to look up.")],
+    feature_service: Annotated[str | None, Query(max_length=200, description="Only this feature service.")] = None,
+) -> Response:
+    """The latest feature values of one user from the online store (all features, or a service's).
+
+    A user key may read only its own user id (403 otherwise); admin keys any. A user the online
+    store holds no row of any feature view for is 404 (never a 200 with every value null); a
+    known user's missing values are nulls. 503 past the lookup deadline or when every lookup slot
+    stays busy (api.online_limit: other endpoints never wait for lookups), or when the online
+    store lost what was materialized."""
+    ctx: ApiContext = request.app.state.ctx
+    caller = _principal(request)
+    _target(request, "user", user_id)
+    if not caller.may_access_user(user_id):
+        raise PermissionDeniedError(f"key {caller.key_id} may read only its own user's features")
+    at = datetime.now(timezone.utc)
+    lookups = online_limit.limiter_for(ctx.settings)
+    reader = store.ready_reader(ctx.settings, feature_service) if feature_service else None
+    if reader is not None and feature_service:  # its plan resolved: no registry I/O, no thread
+        if reader.reads_in_place:  # SQLite in WAL mode waits for no lock
+            fetched = reader.fetch([user_id], feature_service=feature_service)
+        else:  # Redis through its asyncio client, under the lookup slots and deadline
+            fetched = await lookups.run_async(reader.fetch_async, [user_id], feature_service=feature_service)
+        pending = store.fetched_lookup(ctx.settings, fetched, at)
+    else:
+        # Only the blocking part (registry, online store reads) on the limiter's threads; decoding and the
+        # on-demand views here, on the event loop: CPU work on other threads would hold the GIL the loop waits for.
+        pending = await lookups.run(store.online_fetch, ctx.settings, [user_id], feature_service=feature_service, at=at)
+    values = store.one_user(store.online_finish(pending), user_id)
+    if reader is None and ctx.freeze_heap and not _FROZE_READER:
+        _freeze_heap(collect=False, after_first_lookup=True)
+    if feature_service:  # the service's LoggingConfig (Feast's feature logging; feast serve logs nothing)
+        served_log_for(ctx.settings).record(feature_service, user_id, values, at)
+    # Encoded here as FastAPI encodes an OnlineFeatures (response_model: the schema), without validating it again.
+    body = {"user_id": user_id, "feature_service": feature_service, "at": _JSON_TIME.dump_python(at, mode="json")}
+    body["features"] = _json_safe(values)
+    return Response(_json_bytes(body), media_type="application/json")
+
+
+_USER_ID = re.compile(r"[1-9][0-9]{0,18}")
+
+
+def _extract_query(query: bytes) -> dict[str, Any] | None:
+    """features/extract's query arguments when they are plainly valid: one `user_id` of plain
+    digits from 1 to 2^63-1, at most one `feature_service` of at most 200 characters, nothing else
+    (decoded as Starlette decodes a query). None for anything else: FastAPI then decides, with its 422s."""
+    user_id: int | None = None
+    feature_service: str | None = None
+    for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+        if name == "user_id" and user_id is None and _USER_ID.fullmatch(value):
+            user_id = int(value)
+        elif name == "feature_service" and feature_service is None and len(value) <= 200:
+            feature_service = value
+        else:
+            return None
+    if user_id is None or user_id > MAX_INT64:
+        return None
+    return {"user_id": user_id, "feature_service": feature_service}
+
+
+router.add_api_route(
+    "/features/extract",
+    extract_features,
+    methods=["GET"],
+    response_model=OnlineFeatures,
+    tags=["features"],
+    summary="One user's online features",
+    responses={404: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    # The busiest endpoint takes its context and caller from the request rather than as
+    # dependencies (each costs FastAPI a resolution per request); the key is still documented.
+    openapi_extra={"security": [{"HTTPBearer": []}]},
+    route_class_override=plain_query_route(_extract_query),
+)
+
+
 @router.post(
     "/feature-sets/create",
     status_code=201,
@@ -545,57 +654,6 @@ def verify_erasure(
     from healthmate_features.governance import scan_user
 
     return ErasureScan(**scan_user(user_id, ctx.settings).to_dict())
-
-
-@router.get(
-    "/features/extract",
-    response_model=OnlineFeatures,
-    tags=["features"],
-    summary="One user's online features",
-    responses={404: {"model": ErrorBody}, 503: {"model": ErrorBody}},
-    # The busiest endpoint takes its context and caller from the request rather than as
-    # dependencies (each costs FastAPI a resolution per request); the key is still documented.
-    openapi_extra={"security": [{"HTTPBearer": []}]},
-)
-async def extract_features(
-    request: Request,
-    user_id: Annotated[int, Query(ge=1, le=MAX_INT64, description="The user to look up.")],
-    feature_service: Annotated[str | None, Query(max_length=200, description="Only this feature service.")] = None,
-) -> Response:
-    """The latest feature values of one user from the online store (all features, or a service's).
-
-    A user key may read only its own user id (403 otherwise); admin keys any. A user the online
-    store holds no row of any feature view for is 404 (never a 200 with every value null); a
-    known user's missing values are nulls. 503 past the lookup deadline or when every lookup slot
-    stays busy (api.online_limit: other endpoints never wait for lookups), or when the online
-    store lost what was materialized."""
-    ctx: ApiContext = request.app.state.ctx
-    caller = _principal(request)
-    _target(request, "user", user_id)
-    if not caller.may_access_user(user_id):
-        raise PermissionDeniedError(f"key {caller.key_id} may read only its own user's features")
-    at = datetime.now(timezone.utc)
-    lookups = online_limit.limiter_for(ctx.settings)
-    reader = store.ready_reader(ctx.settings, feature_service) if feature_service else None
-    if reader is not None and feature_service:  # its plan resolved: no registry I/O, no thread
-        if reader.reads_in_place:  # SQLite in WAL mode waits for no lock
-            fetched = reader.fetch([user_id], feature_service=feature_service)
-        else:  # Redis through its asyncio client, under the lookup slots and deadline
-            fetched = await lookups.run_async(reader.fetch_async, [user_id], feature_service=feature_service)
-        pending = store.fetched_lookup(ctx.settings, fetched, at)
-    else:
-        # Only the blocking part (registry, online store reads) on the limiter's threads; decoding and the
-        # on-demand views here, on the event loop: CPU work on other threads would hold the GIL the loop waits for.
-        pending = await lookups.run(store.online_fetch, ctx.settings, [user_id], feature_service=feature_service, at=at)
-    values = store.one_user(store.online_finish(pending), user_id)
-    if reader is None and ctx.freeze_heap and not _FROZE_READER:
-        _freeze_heap(collect=False, after_first_lookup=True)
-    if feature_service:  # the service's LoggingConfig (Feast's feature logging; feast serve logs nothing)
-        served_log_for(ctx.settings).record(feature_service, user_id, values, at)
-    # Encoded here as FastAPI encodes an OnlineFeatures (response_model: the schema), without validating it again.
-    body = {"user_id": user_id, "feature_service": feature_service, "at": _JSON_TIME.dump_python(at, mode="json")}
-    body["features"] = _json_safe(values)
-    return Response(_json_bytes(body), media_type="application/json")
 
 
 @router.post(

@@ -5,14 +5,15 @@ and dependency). Online lookups wait on Redis: when it hangs, lookups holding th
 stall `/health` and every other endpoint. So `features/extract` runs its lookup here instead:
 
 - on this module's own threads, at most HM_ONLINE_MAX_CONCURRENT at a time per process; a lookup
-  that finds them all busy waits for one, within its deadline;
+  that finds them all busy waits for one, within its deadline, first come first served (a freed
+  slot is handed to the longest waiting lookup, never taken by one arriving meanwhile);
 - within HM_ONLINE_DEADLINE_S from its arrival (waiting for a thread included); past it the
   caller gets ServiceUnavailableError (HTTP 503) naming the limit and its setting. The reader's
   Redis client times out after the same deadline, so the abandoned thread frees itself then;
   its slot stays taken until it does, so the threads never exceed the limit.
 - the first lookup of a process also opens the online store (Feast's registry, Postgres and
   Redis checks): that step gets HM_CONNECT_TIMEOUT_S more.
-- `run_async` holds a slot for a lookup through an asyncio Redis client on the caller's loop
+- `run_async` holds a slot for a lookup through the pipelined Redis connection of the caller's loop
   (once the reader's plan is resolved): the same limit and deadline, no thread; past the
   deadline the lookup is cancelled and its slot freed at once.
 
@@ -23,6 +24,7 @@ for a slot sleeps on a future of its own loop, woken (thread-safely) when a slot
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -39,6 +41,25 @@ _Waiter = tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]
 def _wake(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
+
+
+if sys.version_info >= (3, 11):
+
+    async def _by(awaitable: Awaitable[T], deadline: float) -> T:
+        """`await awaitable`, cancelled at `deadline` (loop time) with TimeoutError: on 3.11+ a timer on
+        the caller's own task (`asyncio.timeout_at`), where `wait_for` wrapped a coroutine in a task of
+        its own, a few loop iterations and a task per lookup more."""
+        async with asyncio.timeout_at(deadline):
+            return await awaitable
+
+else:
+
+    async def _by(awaitable: Awaitable[T], deadline: float) -> T:
+        """`await awaitable`, cancelled at `deadline` (loop time) with TimeoutError."""
+        try:
+            return await asyncio.wait_for(awaitable, max(0.0, deadline - asyncio.get_running_loop().time()))
+        except asyncio.TimeoutError as exc:  # not the builtin TimeoutError before 3.11
+            raise TimeoutError from exc
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
@@ -81,7 +102,7 @@ class OnlineLimiter:
             raise
         future.add_done_callback(self._done)
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(future), max(0.0, deadline - loop.time()))
+            return await _by(asyncio.wrap_future(future), deadline)
         except TimeoutError as exc:
             raise ServiceUnavailableError(self._late(budget)) from exc
 
@@ -94,7 +115,7 @@ class OnlineLimiter:
         if not await self._acquire(loop, deadline):
             raise ServiceUnavailableError(self._busy(self.deadline_s))
         try:
-            return await asyncio.wait_for(fn(*args, **kwargs), max(0.0, deadline - loop.time()))
+            return await _by(fn(*args, **kwargs), deadline)
         except TimeoutError as exc:
             raise ServiceUnavailableError(self._late(self.deadline_s)) from exc
         finally:
@@ -115,35 +136,34 @@ class OnlineLimiter:
         )
 
     async def _acquire(self, loop: asyncio.AbstractEventLoop, deadline: float) -> bool:
-        """Take a slot, waiting until `deadline` (loop time) at most; False if none freed up."""
-        while True:
+        """Take a slot, waiting until `deadline` (loop time) at most; False if none freed up.
+
+        Waiting lookups are served first come, first served: a freed slot is handed to the
+        longest waiting one (`_release`), never taken by a lookup that arrives meanwhile."""
+        with self._lock:
+            if self._free > 0:  # only while nobody waits: a freed slot goes to a waiter first
+                self._free -= 1
+                return True
+            waiter: _Waiter = (loop, loop.create_future())
+            self._waiters.append(waiter)
+        try:
+            await _by(waiter[1], deadline)
+            return True  # handed a slot
+        except TimeoutError:
             with self._lock:
-                if self._free > 0:
-                    self._free -= 1
-                    return True
-                waiter: _Waiter = (loop, loop.create_future())
-                self._waiters.append(waiter)
-            try:
-                await asyncio.wait_for(waiter[1], max(0.0, deadline - loop.time()))
-            except TimeoutError:
-                with self._lock:
-                    woken = waiter not in self._waiters
-                    if not woken:
-                        self._waiters.remove(waiter)
-                if woken:  # a slot's wake-up reached this waiter as it gave up: pass it on
-                    self._wake_next()
-                return False
+                handed = waiter not in self._waiters
+                if not handed:
+                    self._waiters.remove(waiter)
+            if handed:  # a slot reached this waiter as it gave up: pass it on
+                self._release()
+            return False
 
     def _release(self) -> None:
-        with self._lock:
-            self._free += 1
-        self._wake_next()
-
-    def _wake_next(self) -> None:
-        """Wake the longest waiting lookup, if a slot is free (from any thread)."""
+        """Free a slot: hand it to the longest waiting lookup, else keep it free (from any thread)."""
         while True:
             with self._lock:
-                if self._free == 0 or not self._waiters:
+                if not self._waiters:
+                    self._free += 1
                     return
                 loop, future = self._waiters.popleft()
             try:

@@ -18,7 +18,9 @@ gets the same options (`tls_options`, `redis_connection_string`).
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -131,24 +133,6 @@ def connect(settings: Settings, *, timeout_s: float | None = None) -> Any:
     )
 
 
-def connect_async(settings: Settings, *, timeout_s: float | None = None) -> Any:
-    """`connect`'s client for asyncio (`redis.asyncio`): the same server, timeouts, TLS and no retries.
-
-    Bound to the event loop it is first used on: keep one per loop."""
-    from redis.asyncio import Redis
-    from redis.asyncio.retry import Retry
-    from redis.backoff import NoBackoff
-
-    timeout = settings.redis_timeout_s if timeout_s is None else timeout_s
-    return Redis.from_url(
-        settings.redis_url,
-        socket_connect_timeout=min(settings.connect_timeout_s, timeout),
-        socket_timeout=timeout,
-        retry=Retry(NoBackoff(), 0),
-        **tls_options(settings.redis_url, settings.redis_ca_cert),
-    )
-
-
 def resp_arguments(*arguments: bytes) -> bytes:
     """`arguments` in the Redis protocol (RESP bulk strings): a command's arguments, or the tail of
     them that does not change (see `send_packed`)."""
@@ -160,24 +144,180 @@ def resp_command(name: bytes, count: int, head: bytes, tail: bytes = b"") -> byt
     return b"*%d\r\n%b%b%b" % (count + 1, resp_arguments(name), head, tail)
 
 
-async def send_packed(client: Any, commands: bytes, replies: int) -> list[Any]:
-    """Send commands already in the Redis protocol (`resp_command`) on one connection of a
-    redis.asyncio `client` and read their `replies`: a pipeline whose unchanging arguments are
-    packed once by the caller instead of on every call (redis-py packs each argument every time).
+class PipelinedConnection:
+    """One connection to the settings' Redis on which concurrent callers' commands are pipelined.
 
-    The client's pool, connection checks and socket timeout apply as to its own pipelines; a
-    connection interrupted mid-reply (a timeout, a cancellation) is closed, never reused. Raises
-    redis-py's errors (a ResponseError for an error reply)."""
-    pool = client.connection_pool
-    connection = await pool.get_connection()
-    try:
-        await connection.send_packed_command(commands, check_health=False)
-        return [await connection.read_response() for _ in range(replies)]
-    except BaseException:
-        await connection.disconnect(nowait=True)
-        raise
-    finally:
-        await pool.release(connection)
+    `send` writes a caller's commands (already in the Redis protocol: `resp_command`) at once and
+    waits for its own replies; Redis answers a connection's commands in order, so each caller takes
+    the next replies as they arrive (hiredis parses them), whoever else is waiting. No pool, no
+    connection check and no lock per call: for the online reader's lookups (`OnlineReader.fetch_async`)
+    redis-py's asyncio pool cost about 90 us of CPU per lookup, this about 15. Bound to the event
+    loop it is first used on (keep one per loop); it connects on first use with the URL's TLS
+    (verifying the certificate and host name against HM_REDIS_CA_CERT, as `tls_options` does), ACL
+    user, password and database, within the smaller of HM_CONNECT_TIMEOUT_S and `timeout_s`.
+
+    A caller not answered within `timeout_s`, or cancelled while it waits (its own deadline),
+    closes the connection: the callers behind it wait for replies that come later still, so they
+    fail at once with the same TimeoutError; the next `send` connects again. Raises redis-py's
+    errors (ConnectionError, TimeoutError, AuthenticationError; ResponseError for an error reply),
+    which `answered_within` turns into ServiceUnavailableError."""
+
+    def __init__(self, settings: Settings, *, timeout_s: float | None = None) -> None:
+        self.settings = settings
+        self.timeout_s = settings.redis_timeout_s if timeout_s is None else timeout_s
+        self._wire: _Wire | None = None
+        self._opening: asyncio.Future[_Wire] | None = None
+
+    async def send(self, commands: bytes, replies: int) -> list[Any]:
+        """Write `commands` (RESP) and return their `replies` replies, in order."""
+        wire = self._wire
+        if wire is None or wire.closed:
+            wire = await self._open()
+        answered = await wire.exchange(commands, replies, self.timeout_s)
+        for reply in answered:
+            if isinstance(reply, Exception):
+                raise reply
+        return answered
+
+    async def close(self) -> None:
+        """Close the connection; callers still waiting get ConnectionError."""
+        import redis
+
+        if self._wire is not None:
+            self._wire.close(redis.exceptions.ConnectionError("the connection was closed"))
+
+    async def _open(self) -> _Wire:
+        """Connect once for every caller arriving meanwhile; raises as `send` does.
+
+        The connection is kept once made, even when every caller waiting for it has gone (their
+        deadline), and a connect that failed is not reused: the next caller starts another."""
+        if self._opening is None or self._opening.done():
+            self._opening = asyncio.ensure_future(self._connect())
+            self._opening.add_done_callback(self._opened)
+        return await asyncio.shield(self._opening)
+
+    def _opened(self, opening: asyncio.Future[_Wire]) -> None:
+        if not opening.cancelled() and opening.exception() is None:  # an error is each waiter's to raise
+            self._wire = opening.result()
+
+    async def _connect(self) -> _Wire:
+        import ssl
+
+        import redis
+
+        parts = urlsplit(self.settings.redis_url)
+        host, port = parts.hostname or "127.0.0.1", parts.port or 6379
+        context = None
+        if parts.scheme == "rediss":  # verifies the chain and the host name
+            context = ssl.create_default_context(cafile=self.settings.redis_ca_cert or None)
+        loop = asyncio.get_running_loop()
+        try:
+            _, wire = await asyncio.wait_for(
+                loop.create_connection(_Wire, host, port, ssl=context, server_hostname=host if context else None),
+                min(self.settings.connect_timeout_s, self.timeout_s),
+            )
+        except asyncio.TimeoutError as exc:
+            raise redis.exceptions.TimeoutError(f"Timeout connecting to {host}:{port}") from exc
+        except ssl.SSLError as exc:
+            raise redis.exceptions.ConnectionError(f"SSL error connecting to {host}:{port}: {exc}") from exc
+        except OSError as exc:
+            raise redis.exceptions.ConnectionError(f"Error connecting to {host}:{port}: {exc}") from exc
+        hello = []
+        if parts.password:
+            user = [unquote(parts.username)] if parts.username else []
+            hello.append((b"AUTH", [a.encode() for a in (*user, unquote(parts.password))]))
+        db = parts.path.lstrip("/") or "0"
+        if db != "0":
+            hello.append((b"SELECT", [db.encode()]))
+        if hello:
+            packed = b"".join(resp_command(name, len(args), resp_arguments(*args)) for name, args in hello)
+            replies = await wire.exchange(packed, len(hello), self.timeout_s)
+            for (name, _), reply in zip(hello, replies, strict=True):
+                if isinstance(reply, Exception):
+                    error = (
+                        redis.exceptions.AuthenticationError if name == b"AUTH" else redis.exceptions.ConnectionError
+                    )
+                    wire.close(error(str(reply)))
+                    raise error(str(reply))
+        return wire
+
+
+class _Wire(asyncio.Protocol):
+    """One TCP (or TLS) connection of a PipelinedConnection: its callers waiting in order, and its reply parser."""
+
+    def __init__(self) -> None:
+        import hiredis
+        import redis
+
+        self.closed = False
+        self._transport: Any = None
+        self._parser = hiredis.Reader(
+            protocolError=redis.exceptions.InvalidResponse, replyError=redis.exceptions.ResponseError
+        )
+        self._waiting: deque[tuple[asyncio.Future[list[Any]], int, list[Any]]] = deque()
+
+    async def exchange(self, commands: bytes, replies: int, timeout_s: float) -> list[Any]:
+        """Write `commands` and wait for the next `replies` replies after those of the callers before."""
+        import redis
+
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[list[Any]] = loop.create_future()
+        if self.closed:
+            raise redis.exceptions.ConnectionError("the connection was closed")
+        self._waiting.append((done, replies, []))
+        self._transport.write(commands)
+        timer = loop.call_later(timeout_s, self._expire, done, timeout_s)
+        try:
+            return await done
+        except asyncio.CancelledError:  # the caller's own deadline: the replies behind are late too
+            self.close(_late(timeout_s))
+            raise
+        finally:
+            timer.cancel()
+
+    def close(self, error: Exception) -> None:
+        """Drop the connection; every caller still waiting gets `error`."""
+        self.closed = True
+        waiting, self._waiting = self._waiting, deque()
+        if self._transport is not None:
+            self._transport.abort()
+        for done, _, _ in waiting:
+            if not done.done():
+                done.set_exception(error)
+
+    def _expire(self, done: asyncio.Future[list[Any]], timeout_s: float) -> None:
+        if not done.done():
+            self.close(_late(timeout_s))
+
+    def connection_made(self, transport: Any) -> None:
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        import redis
+
+        self._parser.feed(data)
+        while (reply := self._parser.gets()) is not False:
+            if not self._waiting:  # out of step (a closed connection's late bytes): never reused
+                self.close(redis.exceptions.ConnectionError("Redis sent a reply nobody asked for"))
+                return
+            done, expected, got = self._waiting[0]
+            got.append(reply)
+            if len(got) == expected:
+                self._waiting.popleft()
+                if not done.done():
+                    done.set_result(got)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        import redis
+
+        if not self.closed:
+            self.close(redis.exceptions.ConnectionError(f"Redis closed the connection: {exc or 'end of stream'}"))
+
+
+def _late(timeout_s: float) -> Exception:
+    import redis
+
+    return redis.exceptions.TimeoutError(f"Timeout reading from Redis (no reply within {timeout_s:g} s)")
 
 
 _timed_out_at: dict[str, float] = {}  # Redis address -> when a command under `answered_within` last timed out

@@ -571,7 +571,7 @@ def ready_reader(settings: Settings, feature_service: str) -> OnlineReader | Non
 
 
 async def close_async_reader(settings: Settings) -> None:
-    """Close what the process's reader opened on the running event loop (its asyncio Redis client)."""
+    """Close what the process's reader opened on the running event loop (its pipelined Redis connection)."""
     from healthmate_features.stores.online import OnlineReader
 
     with _readers_lock:

@@ -448,25 +448,25 @@ class OnlineReader:
             self._client = redis.connect(self.settings, timeout_s=self.settings.online_deadline_s)
         return self._client
 
-    def _async_redis(self) -> Any:
-        """The redis.asyncio client of the running event loop (created on first use there)."""
+    def _async_redis(self) -> redis.PipelinedConnection:
+        """The pipelined Redis connection of the running event loop (created on first use there)."""
         import asyncio
 
         loop = asyncio.get_running_loop()
         client = self._async_clients.get(loop)
         if client is None:
-            client = self._async_clients[loop] = redis.connect_async(
+            client = self._async_clients[loop] = redis.PipelinedConnection(
                 self.settings, timeout_s=self.settings.online_deadline_s
             )
         return client
 
     async def close_async(self) -> None:
-        """Close the redis.asyncio client of the running event loop, if it has one."""
+        """Close the pipelined Redis connection of the running event loop, if it has one."""
         import asyncio
 
         client = self._async_clients.pop(asyncio.get_running_loop(), None)
         if client is not None:
-            await client.aclose()
+            await client.close()
 
     def redis_key(self, user_id: int) -> bytes:
         """The Redis key Feast writes a user's features under (serialize_entity_key v3 + project)."""
@@ -546,9 +546,10 @@ class OnlineReader:
         return Fetched(ids=ids, plan=plan, rows=rows, found=found)
 
     async def fetch_async(self, user_ids: Sequence[int], *, feature_service: str) -> Fetched:
-        """`fetch` of a feature service from Redis on the caller's event loop (`redis.asyncio`, one
-        client per loop): no thread, so no hop to one and back. Only when `ready(feature_service)`
-        (the plan is resolved: no registry I/O here); raises as `fetch` does."""
+        """`fetch` of a feature service from Redis on the caller's event loop (one
+        `redis.PipelinedConnection` per loop, shared by concurrent lookups): no thread, so no hop to
+        one and back. Only when `ready(feature_service)` (the plan is resolved: no registry I/O
+        here); raises as `fetch` does."""
         if self._sqlite is not None:
             raise OnlineReadError("fetch_async reads Redis; a SQLite store reads in place (fetch)")
         ids = as_user_ids(user_ids)
@@ -569,10 +570,8 @@ class OnlineReader:
         ]
         deadline = self.settings.online_deadline_s
         with redis.answered_within(self.settings, timeout_s=deadline, setting="HM_ONLINE_DEADLINE_S"):
-            replies = await redis.send_packed(
-                self._async_redis(),
-                b"".join(commands if fields else []) + mget,
-                len(unique) * bool(fields) + bool(mget),
+            replies = await self._async_redis().send(
+                b"".join(commands if fields else []) + mget, len(unique) * bool(fields) + bool(mget)
             )
         return self._fetched(ids, plan, self._hmget_replies(unique, fields, plan.markers, replies))
 

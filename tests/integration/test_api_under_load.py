@@ -23,9 +23,10 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from healthmate_features.access.keys import ApiKeys
+from healthmate_features.access.keys import ApiKeys, KeyCache, Principal
 from healthmate_features.api.app import PREFIX, create_app
 from healthmate_features.backends import open_sql_store
+from healthmate_features.errors import AuthError
 from healthmate_features.monitoring import metrics
 from healthmate_features.tracking import Tracker
 
@@ -103,6 +104,45 @@ def test_keys_are_read_once_and_a_revocation_by_another_process_refuses_the_next
 
         created = json.loads(_cli(any_settings, "keys", "create", "--role", "admin", "--json"))
         assert client.get(VERSIONS, headers=_bearer(created["secret"])).status_code == 200  # a new key at once
+
+
+@pytest.mark.postgres
+def test_a_request_arriving_while_a_revision_read_is_in_flight_waits_for_the_next_read(postgres_settings, monkeypatch):
+    """Concurrent requests share Postgres revision reads (`SqlStore.current_revisions`), but never
+    one that started before they arrived: its snapshot may predate a revocation committed since.
+    Here a read holds its answer (the revision before the revocation) until a request that
+    arrived after the revocation committed is waiting; that request must be refused."""
+    secrets = _keys(postgres_settings)
+
+    async def scenario() -> tuple[object, object]:
+        with open_sql_store(postgres_settings) as sql:
+            cache = KeyCache(ApiKeys(sql))
+            await cache.authenticate(secrets["user"])  # cached under the revision before the revocation
+            read, answered, release = sql._read_revisions_async, asyncio.Event(), asyncio.Event()
+            held = {"first": True}
+
+            async def held_read(loop):
+                result = await read(loop)  # the real query, on the real connection
+                if held.pop("first", False):
+                    answered.set()
+                    await release.wait()
+                return result
+
+            monkeypatch.setattr(sql, "_read_revisions_async", held_read)
+            early = asyncio.ensure_future(cache.authenticate(secrets["user"]))
+            await answered.wait()  # that read has its answer
+            with open_sql_store(postgres_settings) as other:  # another connection, as `keys revoke` is
+                ApiKeys(other).revoke(secrets["user_id"])
+            late = asyncio.ensure_future(cache.authenticate(secrets["user"]))
+            await asyncio.sleep(0.05)  # the late request is waiting
+            release.set()
+            outcomes = await asyncio.gather(early, late, return_exceptions=True)
+            await sql.close_async()
+            return outcomes[0], outcomes[1]
+
+    early, late = asyncio.run(scenario())
+    assert isinstance(early, Principal)  # arrived before the revocation: either answer is right
+    assert isinstance(late, AuthError) and "was revoked" in str(late), late
 
 
 def test_a_bare_key_without_the_bearer_scheme_is_refused_and_audited(sqlite_settings):

@@ -362,7 +362,7 @@ def test_a_new_apply_is_seen_on_sqlite(tiny_applied, tiny, clone_repo, tmp_path)
 
 def test_a_ready_reader_reads_on_the_event_loop_the_same_values(small_repo):
     """Once a feature service's plan is resolved, the API reads without a thread: SQLite in place (the
-    file in WAL mode, set by our store), Redis through the reader's asyncio client. Same values as `fetch`."""
+    file in WAL mode, set by our store), Redis through the reader's pipelined connection. Same values as `fetch`."""
     import asyncio
 
     store.online_lookup(small_repo, [1], feature_service="health_risk_v1", at=AT)  # resolves the plan
@@ -390,3 +390,26 @@ def test_a_ready_reader_reads_on_the_event_loop_the_same_values(small_repo):
     assert (
         answer.features == store.online_finish(store.fetched_lookup(small_repo, expected, AT.to_pydatetime())).features
     )
+
+
+def test_concurrent_lookups_on_the_pipelined_connection_each_get_their_own_users(small_repo):
+    """On Redis, concurrent `fetch_async` calls share one connection (`redis.PipelinedConnection`):
+    each gets the rows of its own users, as `fetch` reads them."""
+    import asyncio
+
+    if small_repo.profile == "embedded":
+        pytest.skip("SQLite reads in place")
+    store.online_lookup(small_repo, [1], feature_service="health_risk_v1", at=AT)  # resolves the plan
+    ready = store.ready_reader(small_repo, "health_risk_v1")
+    assert ready is not None
+    groups = [[1 + i % 5] if i % 3 == 0 else [999, 2 + i % 3] if i % 3 == 1 else [3, 1] for i in range(60)]
+    expected = [ready.fetch(ids, feature_service="health_risk_v1") for ids in groups]
+
+    async def lookups():
+        try:
+            return await asyncio.gather(*(ready.fetch_async(ids, feature_service="health_risk_v1") for ids in groups))
+        finally:
+            await ready.close_async()
+
+    for want, got in zip(expected, asyncio.run(lookups()), strict=True):
+        assert (got.ids, got.rows, got.found) == (want.ids, want.rows, want.found)

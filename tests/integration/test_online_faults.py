@@ -209,6 +209,52 @@ def test_a_hung_redis_answers_503_within_the_deadline_and_never_delays_other_end
     assert response.status_code == 200, response.text
 
 
+def test_the_pipelined_connection_selects_its_database_and_fails_every_waiting_caller_on_a_hung_redis(
+    own_redis, tmp_path
+):
+    """`redis.PipelinedConnection`, the API's online lookups' connection: the URL's database, an
+    error reply raised to its caller only, and on a hung Redis every caller waiting fails once the
+    first one's deadline passes (their replies would come later still); resumed, it reconnects."""
+    import redis as redis_py
+
+    from healthmate_features.backends import redis
+
+    url = own_redis.url.rsplit("/", 1)[0] + "/3"
+    redis_py.Redis.from_url(url).set("hm_pipe:probe", "in db 3")
+    settings = Settings.from_env(repo_path=tmp_path, redis_url=url)
+    get = redis.resp_command(b"GET", 1, redis.resp_arguments(b"hm_pipe:probe"))
+    wrong = redis.resp_command(b"HGET", 2, redis.resp_arguments(b"hm_pipe:probe", b"field"))  # WRONGTYPE
+
+    async def scenario():
+        connection = redis.PipelinedConnection(settings, timeout_s=0.5)
+        try:
+            answers = await asyncio.gather(*(connection.send(get, 1) for _ in range(20)))
+            with pytest.raises(redis_py.exceptions.ResponseError, match="WRONGTYPE"):
+                await connection.send(wrong, 1)
+            assert await connection.send(get, 1) == [b"in db 3"]  # the same connection goes on
+
+            own_redis.hang()
+            try:
+                started = time.monotonic()
+                hung = await asyncio.gather(*(connection.send(get, 1) for _ in range(10)), return_exceptions=True)
+                waited = time.monotonic() - started
+            finally:
+                own_redis.resume()
+            again = await connection.send(get, 1)
+            return answers, hung, waited, again
+        finally:
+            await connection.close()
+
+    answers, hung, waited, again = asyncio.run(scenario())
+    assert answers == [[b"in db 3"]] * 20
+    assert all(isinstance(e, redis_py.exceptions.TimeoutError) for e in hung), hung
+    assert 0.4 < waited < 3, waited
+    assert again == [b"in db 3"]
+    with pytest.raises(ServiceUnavailableError, match=r"did not answer within 0\.5 s \(HM_ONLINE_DEADLINE_S\)"):
+        with redis.answered_within(settings, timeout_s=0.5, setting="HM_ONLINE_DEADLINE_S"):
+            raise hung[0]
+
+
 def test_materialize_against_a_hung_redis_fails_within_a_bounded_time(prod_own_redis, own_redis):
     settings = replace(prod_own_redis, redis_timeout_s=2.0, connect_timeout_s=2.0)
     hung = threading.Event()

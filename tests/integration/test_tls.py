@@ -264,6 +264,39 @@ def test_redis_over_tls_with_an_acl_user(tls_redis, pki, tmp_path):
 
 
 @pytest.mark.redis
+def test_the_pipelined_connection_over_tls_with_an_acl_user_and_its_failures(tls_redis, pki, tmp_path):
+    """The API's online lookups' connection (`redis.PipelinedConnection`): TLS verified against the
+    CA, the URL's ACL user; a wrong password or CA is a clear error that never shows the password."""
+    import asyncio
+
+    hello = redis.resp_command(b"PING", 0, b"") + redis.resp_command(b"ACL", 1, redis.resp_arguments(b"WHOAMI"))
+
+    def talk(url: str, ca: Path) -> list:
+        settings = Settings.from_env(repo_path=tmp_path, redis_url=url, redis_ca_cert=str(ca))
+
+        async def exchange() -> list:
+            connection = redis.PipelinedConnection(settings, timeout_s=5)
+            try:
+                with redis.answered_within(settings, timeout_s=5, setting="HM_ONLINE_DEADLINE_S"):
+                    return await connection.send(hello, 2)
+            finally:
+                await connection.close()
+
+        return asyncio.run(exchange())
+
+    assert talk(tls_redis, pki.ca) == [b"PONG", REDIS_USER.encode()]
+    with pytest.raises(ServiceUnavailableError) as caught:
+        talk(tls_redis.replace(REDIS_PASSWORD, "not-the-password"), pki.ca)
+    message = str(caught.value)
+    assert "refused the credentials" in message and "password" in message, message
+    assert "not-the-password" not in message and REDIS_PASSWORD not in message
+    with pytest.raises(ServiceUnavailableError) as caught:
+        talk(tls_redis, pki.wrong_ca)
+    message = str(caught.value)
+    assert "HM_REDIS_CA_CERT" in message and REDIS_PASSWORD not in message, message
+
+
+@pytest.mark.redis
 def test_redis_wrong_password_or_ca_is_a_clear_error(tls_redis, pki, tmp_path):
     wrong = tls_redis.replace(REDIS_PASSWORD, "not-the-password")
     settings = Settings.from_env(repo_path=tmp_path, redis_url=wrong, redis_ca_cert=str(pki.ca))
