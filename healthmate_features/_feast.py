@@ -591,3 +591,30 @@ def duckdb_monitoring_stats(
     for name in (n for n, t in feature_columns if t == "categorical"):
         results.append(feast_duckdb._duckdb_categorical_stats(conn, from_expr, name, ts_filter, top_n))
     return results
+
+
+# --- PySpark's JVM: private class state of PySpark, which Feast's Spark store runs on ---------------------
+
+
+def spark_gateway() -> Any:
+    """The py4j gateway to the JVM PySpark launched in this process (None before its first session).
+
+    PySpark's `launch_gateway` keeps the JVM's process as `gateway.proc` (a Popen whose stdin, when
+    closed, ends the JVM). Pinned by tests/unit/test_feast_contract.py::test_pyspark_jvm_state."""
+    from pyspark import SparkContext
+
+    gateway: Any = SparkContext._gateway
+    return gateway
+
+
+def spark_forget_gateway() -> None:
+    """Clear PySpark's class-level JVM state (context, gateway, session), so that the next session
+    launches a new JVM. Shutting the old gateway and JVM down is the caller's part."""
+    from pyspark import SparkContext
+    from pyspark.sql import SparkSession
+
+    SparkContext._active_spark_context = None
+    SparkContext._gateway = None
+    SparkContext._jvm = None
+    SparkSession._instantiatedSession = None
+    SparkSession._activeSession = None

@@ -127,13 +127,13 @@ def jvm_exited(wait: float = 0.0) -> bool:
     it to (its sockets close before the process ends); False when none was launched."""
     import subprocess
 
-    from pyspark import SparkContext
+    from healthmate_features._feast import spark_gateway
 
-    process = getattr(SparkContext._gateway, "proc", None)
-    if process is None:
+    gateway = spark_gateway()
+    if gateway is None:
         return False
     try:
-        process.wait(timeout=wait)
+        gateway.proc.wait(timeout=wait)
     except subprocess.TimeoutExpired:
         return False
     return True
@@ -142,18 +142,14 @@ def jvm_exited(wait: float = 0.0) -> bool:
 def forget_dead_jvm() -> None:
     """Let the next getOrCreate launch a JVM when the process's last one exited (out of memory, killed):
     PySpark would keep calling the dead one. Side effect: clears PySpark's session and context state."""
-    from pyspark import SparkContext
-    from pyspark.sql import SparkSession
+    from healthmate_features._feast import spark_forget_gateway, spark_gateway
 
     if not jvm_exited():
         return
-    SparkContext._gateway.close()  # type: ignore[union-attr]
-    SparkContext._gateway.proc.stdin.close()  # type: ignore[union-attr]
-    SparkContext._active_spark_context = None
-    SparkContext._gateway = None
-    SparkContext._jvm = None
-    SparkSession._instantiatedSession = None
-    SparkSession._activeSession = None
+    gateway = spark_gateway()
+    gateway.close()
+    gateway.proc.stdin.close()
+    spark_forget_gateway()
 
 
 def driver_out_of_memory(conf: Mapping[str, str]) -> ConfigError:
@@ -176,28 +172,24 @@ def restart_jvm_unless_it_fits(conf: Mapping[str, str]) -> None:
     an earlier one, ran out of memory collecting a training frame and hung for good in PySpark's
     `toArrow`. Side effect: when the process's JVM has another heap size, its session (if any) is
     stopped and the JVM shut down, so that the next getOrCreate launches one with these settings."""
-    from pyspark import SparkContext
+    from healthmate_features._feast import spark_forget_gateway, spark_gateway
 
-    gateway = SparkContext._gateway
+    gateway = spark_gateway()
     wanted = conf.get("spark.driver.memory")
     if gateway is None or wanted is None:
         return
     heap = gateway.jvm.java.lang.Runtime.getRuntime().maxMemory()
     if 0.9 * _jvm_bytes(wanted) <= heap <= _jvm_bytes(wanted):
         return
-    context = SparkContext._active_spark_context
-    if context is not None:
-        from pyspark.sql import SparkSession
+    from pyspark.sql import SparkSession
 
-        session = SparkSession.getActiveSession()
-        (session or context).stop()
+    session = SparkSession.getActiveSession()
+    if session is not None:
+        session.stop()
     gateway.shutdown()
-    process = getattr(gateway, "proc", None)
-    if process is not None:  # the JVM exits when its stdin closes (PySpark's launch_gateway)
-        process.stdin.close()
-        process.wait(timeout=60)
-    SparkContext._gateway = None
-    SparkContext._jvm = None
+    gateway.proc.stdin.close()  # the JVM exits when its stdin closes (PySpark's launch_gateway)
+    gateway.proc.wait(timeout=60)
+    spark_forget_gateway()
 
 
 def _jvm_bytes(size: str) -> int:

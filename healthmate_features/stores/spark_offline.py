@@ -237,18 +237,17 @@ class HealthmateSparkOfflineStore(SparkOfflineStore):
         encryption. An empty batch (`ensure_push_tables`) checks the columns and writes nothing
         (Feast's appended an empty file each time). It runs on the store's decrypting session: in a
         process with none yet, Feast started a plain one that could not read the encrypted table.
-        Other sources (tables, queries, Iceberg): Feast's, on that session too."""
-        from feast.infra.data_sources.contrib.iceberg_catalog.iceberg_source import IcebergSource
-        from feast.infra.offline_stores import offline_utils
-        from feast.infra.offline_stores.contrib.spark_offline_store.spark import _cast_data_frame
+        Other sources (tables, queries; Iceberg is not a SparkSource): Feast's, on that session too."""
         from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
+        from pyspark.sql.functions import col
 
         session = spark_session(config)
         source = feature_view.batch_source
-        if not isinstance(source, SparkSource) or isinstance(source, IcebergSource) or not source.path:
+        if not isinstance(source, SparkSource) or not source.path:
             SparkOfflineStore.offline_write_batch(config, feature_view, table, progress)
             return
-        _, columns = offline_utils.get_pyarrow_schema_from_batch_source(config, source)
+        existing = session.read.format(source.file_format).load(source.path)
+        columns = existing.columns
         if columns != table.column_names:
             raise EntityFrameError(
                 f"a batch for feature view {feature_view.name!r} has the columns {table.column_names}; "
@@ -256,8 +255,8 @@ class HealthmateSparkOfflineStore(SparkOfflineStore):
             )
         if table.num_rows == 0:
             return
-        existing = session.read.format(source.file_format).load(source.path)
-        batch = _cast_data_frame(session.createDataFrame(table), existing)
+        types = dict(existing.dtypes)
+        batch = session.createDataFrame(table).select([col(name).cast(types[name]).alias(name) for name in columns])
         batch.write.format(source.file_format).mode("append").save(source.path)
         if progress is not None:
             progress(table.num_rows)

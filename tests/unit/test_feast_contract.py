@@ -1138,3 +1138,23 @@ def test_online_engine_materializes_as_feasts(tmp_path, user, daily):
     _feast.online_store_of(ours).write_table = fail
     with pytest.raises(ConnectionResetError, match="went away"):
         ours.materialize(start_date=datetime(2024, 12, 31, tzinfo=timezone.utc), end_date=SPAN[1])
+
+
+def test_pyspark_jvm_state():
+    """What _feast.spark_gateway and spark_forget_gateway rely on in PySpark (the spark extra)."""
+    pytest.importorskip(
+        "pyspark", reason="PySpark is not installed; install the spark extra: pip install -e '.[spark]'"
+    )
+    from pyspark import SparkContext, java_gateway
+    from pyspark.sql import SparkSession
+
+    for owner, names in (
+        (SparkContext, ("_active_spark_context", "_gateway", "_jvm")),
+        (SparkSession, ("_instantiatedSession", "_activeSession")),
+    ):
+        for name in names:
+            assert hasattr(owner, name), (
+                f"PySpark's {owner.__name__} has no {name}: adapt healthmate_features/_feast.py"
+            )
+    launcher = inspect.getsource(java_gateway.launch_gateway)
+    assert "gateway.proc = proc" in launcher and "stdin" in launcher, "adapt _feast.spark_gateway: no gateway.proc"
