@@ -18,6 +18,7 @@ serializes each column at once into the same bytes and writes in pipelined, boun
 from __future__ import annotations
 
 import copy
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
@@ -47,6 +48,16 @@ class OnlineTableEngine(_feast.LocalComputeEngine):
         run two at a time), when the online store writes tables; else Feast's loop, view by view."""
         return writes_tables(self.online_store)
 
+    @property
+    def applies_materialization(self) -> bool:
+        """Whether the engine records each view's materialization in the registry itself (Feast's
+        `ComputeEngine.applies_materialization`): yes when the online store writes tables. Feast
+        records the same interval (`registry.apply_materialization(view, project, task start, task
+        end)`) for every view that succeeded, after the last view; here each view's record is
+        written as soon as its write is done, while the other views still pull and write (Feast's
+        per-view registry update, tens of milliseconds on the SQL registry, overlaps them)."""
+        return writes_tables(self.online_store)
+
     def materialize(self, registry: Any, tasks: Any, **kwargs: Any) -> list[Any]:
         """Feast's `ComputeEngine.materialize`: one job per task, in order, an error kept in its job
         as Feast keeps it. Several tasks run on two threads, so one view's pull from the offline
@@ -54,16 +65,21 @@ class OnlineTableEngine(_feast.LocalComputeEngine):
         if not writes_tables(self.online_store):
             return super().materialize(registry, tasks, **kwargs)
         tasks = tasks if isinstance(tasks, list) else [tasks]
+        recording = threading.Lock()  # one registry update at a time (Feast's file registry rewrites its file)
         if len(tasks) < 2:
-            return [self.materialize_task(registry, task) for task in tasks]
+            return [self.materialize_task(registry, task, recording) for task in tasks]
         with ThreadPoolExecutor(max_workers=PARALLEL_VIEWS, thread_name_prefix="materialize") as pool:
-            return list(pool.map(lambda task: self.materialize_task(registry, task), tasks))
+            return list(pool.map(lambda task: self.materialize_task(registry, task, recording), tasks))
 
-    def materialize_task(self, registry: Any, task: Any) -> Any:
-        """Run Feast's plan of one view with our output node; the job says whether it succeeded."""
+    def materialize_task(self, registry: Any, task: Any, recording: threading.Lock) -> Any:
+        """Run Feast's plan of one view with our output node, then record the view's materialized
+        interval in the registry as Feast would (`applies_materialization`); the job says whether
+        both succeeded (a failed view is not recorded: Feast rolls its state back and raises)."""
         try:
             context = self.get_execution_context(registry, task)
             _TableBuilder(registry, task, backend=_feast.pandas_backend()).build().execute(context)
+            with recording:
+                registry.apply_materialization(task.feature_view, task.project, task.start_time, task.end_time)
         except Exception as exc:  # Feast's engine reports a task's error in its job, the provider raises it
             return _feast.materialization_job(task, exc)
         return _feast.materialization_job(task, None)
