@@ -65,7 +65,7 @@ class OnlineTableEngine(_feast.LocalComputeEngine):
         if not writes_tables(self.online_store):
             return super().materialize(registry, tasks, **kwargs)
         tasks = tasks if isinstance(tasks, list) else [tasks]
-        recording = threading.Lock()  # one registry update at a time (Feast's file registry rewrites its file)
+        recording = threading.Lock()  # registry reads and writes one at a time (a file registry rewrites its file)
         if len(tasks) < 2:
             return [self.materialize_task(registry, task, recording) for task in tasks]
         with ThreadPoolExecutor(max_workers=PARALLEL_VIEWS, thread_name_prefix="materialize") as pool:
@@ -76,8 +76,10 @@ class OnlineTableEngine(_feast.LocalComputeEngine):
         interval in the registry as Feast would (`applies_materialization`); the job says whether
         both succeeded (a failed view is not recorded: Feast rolls its state back and raises)."""
         try:
-            context = self.get_execution_context(registry, task)
-            _TableBuilder(registry, task, backend=_feast.pandas_backend()).build().execute(context)
+            with recording:  # the plan reads the registry, which the other thread may be rewriting (a file registry)
+                context = self.get_execution_context(registry, task)
+                plan = _TableBuilder(registry, task, backend=_feast.pandas_backend()).build()
+            plan.execute(context)
             with recording:
                 registry.apply_materialization(task.feature_view, task.project, task.start_time, task.end_time)
         except Exception as exc:  # Feast's engine reports a task's error in its job, the provider raises it
