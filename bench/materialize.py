@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/materialize.py [--users 10000] [--days 365] [--labels 100000]
         [--raw DIR] [--reuse] [--dir /tmp/hm-bench-production] [--repeats 200] [--sample 1000]
-        [--skip-training]
+        [--materialize-repeats 1] [--skip-training] [--skip-embedded]
 
 Needs the Postgres and Redis named by HM_PG_* / HM_REDIS_URL. Uses its own database (default
 hm_bench, re-created unless --reuse) and its own Feast project `hm_bench`, whose Redis keys are
@@ -22,7 +22,14 @@ deleted at the end. In one run it measures, next to a reference each:
   ours; SQLite: an executemany upsert of ours' rows); then every row ours stored is opened and
   compared with the stock store's values byte for byte (Redis: same keys, `_ts` timestamps and
   key TTL too), and Feast's reads of `--sample` users through both are compared value for value;
-  and what sealing alone costs per value (AES-256-GCM, `crypto.seal_many`);
+  and what sealing alone costs per value (AES-256-GCM, `crypto.seal_many`); ours and the floors
+  run `--materialize-repeats` times (medians printed), Feast's stock stores once; each Redis run
+  starts with the project's keys deleted (both stores skip a row no newer than the stored one, so
+  a run over stored rows would write nothing);
+- the embedded profile end to end (unless --skip-embedded): the same raw data ingested and built
+  with DuckDB in `<dir>/embedded`, then the whole history through `FeatureStore.materialize` from
+  our DuckDB offline store into Feast's stock SQLite store (Feast's engine) and into ours
+  (encrypting, our engine), the raw write floor and the same byte-for-byte and Feast-read checks;
 - a point-in-time training frame of `--labels` rows with health_risk_v1 through Feast: our
   offline store (LATERAL join) next to Feast's own Postgres store, checking both are equal.
 """
@@ -30,9 +37,12 @@ deleted at the end. In one run it measures, next to a reference each:
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import resource
 import shutil
+import statistics
 import sys
 import time
 from dataclasses import replace
@@ -118,6 +128,7 @@ def materialization(settings, store_mod, postgres) -> tuple[int, int]:
             rows(cut, hi + timedelta(seconds=1)),
             rows(lo - timedelta(seconds=1), hi + timedelta(seconds=1)),
         )
+    clear_redis(settings)  # (--reuse: a previous run's rows would be skipped, not written)
     t0 = time.perf_counter()
     store_mod.materialize(settings, start=lo - timedelta(seconds=1), end=cut)
     full = time.perf_counter() - t0
@@ -199,6 +210,21 @@ def online(settings, store_mod, repeats: int, users_n: int, stock=None) -> None:
 
 
 STOCK_REDIS_DB = 15  # Feast's stock Redis store writes the bench project's keys into this database
+
+
+def clear_redis(settings, db: int | None = None) -> None:
+    """Delete the bench project's keys in the Redis database of HM_REDIS_URL (or database `db`): a
+    measured materialization writes every row (Redis skips a row no newer than the stored one)."""
+    import redis
+
+    url = settings.redis_url if db is None else f"{settings.redis_url.rsplit('/', 1)[0]}/{db}"
+    client = redis.Redis.from_url(url)
+    keys = list(client.scan_iter(match=f"*{PROJECT}", count=5000))
+    for i in range(0, len(keys), 5000):
+        client.delete(*keys[i : i + 5000])
+    client.close()
+
+
 FLOOR_SUFFIX = b":floor"  # the raw write floor writes copies of the keys under this suffix (same database 15)
 
 
@@ -227,66 +253,101 @@ def feast_store(settings, online: dict, engine: str | None = None):
     return fs
 
 
-def online_stores(settings, work: Path, rows: int, values: int, users_n: int, sample: int) -> dict:
+def load() -> str:
+    """The machine's load averages (1, 5, 15 min), printed next to timings (other work shares the cores)."""
+    return "load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def online_stores(
+    settings,
+    work: Path,
+    rows: int | None,
+    values: int | None,
+    users_n: int,
+    sample: int,
+    repeats: int = 1,
+    kinds: tuple[str, ...] = ("Redis", "SQLite"),
+) -> dict:
     """The whole history through Feast's `FeatureStore.materialize` into Feast's stock Redis and SQLite
     stores (Feast's engine) and into ours (encrypting, our engine), rows/s each, next to the raw
     write floor of the same bytes; then every stored row of ours checked against the stock store's
-    values, and Feast's reads of `sample` users through both compared value for value."""
+    values, and Feast's reads of `sample` users through both compared value for value. Ours and
+    the floors run `repeats` times (the median is the figure), the stock stores once. `kinds`:
+    the online stores to measure (the embedded profile: SQLite only). `rows` and `values` None:
+    counted in the stock store after its run (`stored_rows`)."""
     from healthmate_features.backends import backend_for
     from healthmate_features.features.catalog import FEATURE_TABLES
 
     lo, hi = backend_for(settings).feature_time_range(list(FEATURE_TABLES))
-    connection = backend_for(settings).feast_variables()["HM_FEAST_REDIS"]
-    stock_redis = ",".join(f"db={STOCK_REDIS_DB}" if p.startswith("db=") else p for p in connection.split(","))
     ttl = 1_209_600
     ours = "healthmate_features.stores.encrypted_online."
     for name in ("online-stock.db", "online-ours.db", "online-floor.db"):
         for suffix in ("", "-wal", "-shm"):
             (work / "data" / f"{name}{suffix}").unlink(missing_ok=True)
     (work / "data").mkdir(exist_ok=True)
-    stores: dict[str, tuple[dict, str | None]] = {
-        "Redis, Feast stock": ({"type": "redis", "connection_string": stock_redis, "key_ttl_seconds": ttl}, "local"),
-        "Redis, ours (encrypting)": (
+    stores: dict[str, tuple[dict, str | None]] = {}
+    if "Redis" in kinds:
+        connection = backend_for(settings).feast_variables()["HM_FEAST_REDIS"]
+        stock_redis = ",".join(f"db={STOCK_REDIS_DB}" if p.startswith("db=") else p for p in connection.split(","))
+        stores["Redis, Feast stock"] = (
+            {"type": "redis", "connection_string": stock_redis, "key_ttl_seconds": ttl},
+            "local",
+        )
+        stores["Redis, ours (encrypting)"] = (
             {
                 "type": ours + "EncryptedRedisOnlineStore",
                 "connection_string": connection,
                 "key_ttl_seconds": ttl,
-                "profile": "production",
+                "profile": settings.profile,
             },
             None,
-        ),
-        "SQLite, Feast stock": ({"type": "sqlite", "path": str(work / "data" / "online-stock.db")}, "local"),
-        "SQLite, ours (encrypting)": (
+        )
+    if "SQLite" in kinds:
+        stores["SQLite, Feast stock"] = ({"type": "sqlite", "path": str(work / "data" / "online-stock.db")}, "local")
+        stores["SQLite, ours (encrypting)"] = (
             {
                 "type": ours + "EncryptedSqliteOnlineStore",
                 "path": str(work / "data" / "online-ours.db"),
-                "profile": "production",
+                "profile": settings.profile,
             },
             None,
-        ),
-    }
+        )
+    counts = f"{rows:,} rows (users x views), {values:,} values" if rows is not None else "rows counted below"
     print(
-        f"\nmaterialize the whole history through FeatureStore.materialize: {rows:,} rows "
-        f"(users x views), {values:,} values; stock stores with Feast's engine, ours with ours"
+        f"\nmaterialize the whole history through FeatureStore.materialize: {counts}; stock stores with "
+        f"Feast's engine, ours with ours (x{repeats}, median); {load()}"
     )
     opened, seconds = {}, {}
     for name, (online, engine) in stores.items():
         fs = opened[name] = feast_store(settings, online, engine)
-        t0, c0 = time.perf_counter(), time.process_time()
-        fs.materialize(start_date=lo - timedelta(seconds=1), end_date=hi + timedelta(seconds=1))
-        seconds[name], cpu = time.perf_counter() - t0, time.process_time() - c0
+        walls, cpus = [], []
+        for _ in range(1 if engine == "local" else repeats):
+            if name.startswith("Redis"):  # every run writes every row (a stored row as new is skipped)
+                clear_redis(settings, STOCK_REDIS_DB if engine == "local" else None)
+            t0, c0 = time.perf_counter(), time.process_time()
+            with contextlib.redirect_stdout(io.StringIO()):  # Feast prints a line per view
+                fs.materialize(start_date=lo - timedelta(seconds=1), end_date=hi + timedelta(seconds=1))
+            walls.append(time.perf_counter() - t0)
+            cpus.append(time.process_time() - c0)
+        seconds[name], cpu = statistics.median(walls), statistics.median(cpus)
+        if rows is None or values is None:
+            rows, values = stored_rows(fs)
+            print(f"  the window: {rows:,} rows (users x views), {values:,} values")
         rate = f"{rows / seconds[name]:>9,.0f} rows/s {values / seconds[name]:>11,.0f} values/s"
-        print(f"  {name:<34}{seconds[name]:7.1f} s {rate}   (CPU of this process {cpu:5.1f} s)")
+        each = f"; runs {', '.join(f'{w:.2f}' for w in walls)} s" if len(walls) > 1 else ""
+        print(f"  {name:<34}{seconds[name]:7.2f} s {rate}   (CPU of this process {cpu:5.2f} s{each})")
         if name.startswith("Redis, ours"):
-            floor_redis(settings, opened, rows, ttl)
+            floor = floor_redis(settings, opened, rows, ttl, repeats)
+            print(f"    ours at {seconds[name] / floor:.2f}x the floor's time of our layout")
         if name.startswith("SQLite, ours"):
-            floor_sqlite(opened[name], work / "data" / "online-floor.db", rows)
-    for kind in ("Redis", "SQLite"):
+            floor = floor_sqlite(opened[name], work / "data" / "online-floor.db", rows, repeats)
+            print(f"    ours at {seconds[name] / floor:.2f}x the floor's time")
+    for kind in kinds:
         ratio = seconds[f"{kind}, Feast stock"] / seconds[f"{kind}, ours (encrypting)"]
         print(f"  {kind}: ours is {ratio:.1f}x Feast's stock path")
     rng = np.random.default_rng(4)
     users = [{"user_id": int(u)} for u in rng.choice(np.arange(1, users_n + 1), min(sample, users_n), replace=False)]
-    for kind in ("Redis", "SQLite"):
+    for kind in kinds:
         stock, mine = opened[f"{kind}, Feast stock"], opened[f"{kind}, ours (encrypting)"]
         compared = same_stored(settings, kind, stock, mine)
         refs = [f"{v.name}:{f.name}" for v in stock.list_feature_views() for f in v.features]
@@ -304,9 +365,10 @@ def online_stores(settings, work: Path, rows: int, values: int, users_n: int, sa
     return opened
 
 
-def floor_redis(settings, opened: dict, rows: int, ttl: int) -> None:
+def floor_redis(settings, opened: dict, rows: int, ttl: int, repeats: int = 1) -> float:
     """The raw write floor: a pipelined HSET (+ EXPIRE) loop in Python of bytes ready to store, in
-    batches of 2,000: the stock layout (a field per feature) and ours (two fields per view)."""
+    batches of 2,000: the stock layout (a field per feature) and ours (two fields per view), each
+    `repeats` times; the median seconds of ours."""
     import redis
 
     from healthmate_features import _feast
@@ -332,21 +394,25 @@ def floor_redis(settings, opened: dict, rows: int, ttl: int) -> None:
             for view, others in views.items():
                 if view in fields:
                     writes.append((key + FLOOR_SUFFIX, {view: fields[view], **{f: fields[f] for f in others[layout]}}))
-        t0 = time.perf_counter()
-        for start in range(0, len(writes), 2000):
-            with floor.pipeline(transaction=False) as pipe:
-                for key, mapping in writes[start : start + 2000]:
-                    pipe.hset(key, mapping=mapping)
-                    pipe.expire(key, ttl)
-                pipe.execute()
-        spent = time.perf_counter() - t0
-        print(f"    raw pipelined HSET floor, {label:<13}{spent:7.1f} s {len(writes) / spent:>9,.0f} rows/s")
-        written = list({k for k, _ in writes})
-        for start in range(0, len(written), 5000):
-            floor.delete(*written[start : start + 5000])
+        runs = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for start in range(0, len(writes), 2000):
+                with floor.pipeline(transaction=False) as pipe:
+                    for key, mapping in writes[start : start + 2000]:
+                        pipe.hset(key, mapping=mapping)
+                        pipe.expire(key, ttl)
+                    pipe.execute()
+            runs.append(time.perf_counter() - t0)
+            written = list({k for k, _ in writes})
+            for start in range(0, len(written), 5000):
+                floor.delete(*written[start : start + 5000])
+        spent = statistics.median(runs)
+        print(f"    raw pipelined HSET floor, {label:<13}{spent:7.2f} s {len(writes) / spent:>9,.0f} rows/s")
     assert len(writes) == rows, f"the floor wrote {len(writes)} rows, the window has {rows}"
     ours_client.close()
     floor.close()
+    return spent
 
 
 def fetch_hashes(client, keys: list[bytes]) -> list[dict]:
@@ -359,9 +425,10 @@ def fetch_hashes(client, keys: list[bytes]) -> list[dict]:
     return out
 
 
-def floor_sqlite(fs, path: Path, rows: int) -> None:
+def floor_sqlite(fs, path: Path, rows: int, repeats: int = 1) -> float:
     """The raw write floor on SQLite: the rows ours stored, upserted again with executemany into a
-    fresh file of Feast's table layout (WAL, one transaction per 10,000 rows, as ours writes)."""
+    fresh file of Feast's table layout (WAL, one transaction per 10,000 rows), `repeats` times
+    (each into a fresh file); the median seconds."""
     import sqlite3
 
     from healthmate_features import _feast
@@ -372,29 +439,35 @@ def floor_sqlite(fs, path: Path, rows: int) -> None:
         t: conn.execute(f'SELECT entity_key, feature_name, value, event_ts, created_ts FROM "{t}"').fetchall()
         for t in tables
     }
-    floor = sqlite3.connect(path)
-    floor.execute("PRAGMA journal_mode = WAL")
-    for table in tables:
-        floor.execute(
-            f'CREATE TABLE "{table}" (entity_key BLOB, feature_name TEXT, value BLOB, value_text TEXT, '
-            "event_ts timestamp, created_ts timestamp, PRIMARY KEY(entity_key, feature_name))"
-        )
-    t0 = time.perf_counter()
-    written = 0
-    for table, data in copies.items():
-        for start in range(0, len(data), 10_000):
-            with floor:
-                floor.executemany(
-                    f'INSERT INTO "{table}" (entity_key, feature_name, value, value_text, event_ts, created_ts) '
-                    "VALUES (?, ?, ?, NULL, ?, ?) ON CONFLICT(entity_key, feature_name) DO UPDATE SET "
-                    "value = excluded.value, event_ts = excluded.event_ts, created_ts = excluded.created_ts",
-                    data[start : start + 10_000],
-                )
-            written += len(data[start : start + 10_000])
-    spent = time.perf_counter() - t0
-    floor.close()
-    print(f"    raw executemany floor, ours' rows   {spent:7.1f} s {written / spent:>9,.0f} rows/s")
+    runs = []
+    for _ in range(repeats):
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        floor = sqlite3.connect(path)
+        floor.execute("PRAGMA journal_mode = WAL")
+        for table in tables:
+            floor.execute(
+                f'CREATE TABLE "{table}" (entity_key BLOB, feature_name TEXT, value BLOB, value_text TEXT, '
+                "event_ts timestamp, created_ts timestamp, PRIMARY KEY(entity_key, feature_name))"
+            )
+        t0 = time.perf_counter()
+        written = 0
+        for table, data in copies.items():
+            for start in range(0, len(data), 10_000):
+                with floor:
+                    floor.executemany(
+                        f'INSERT INTO "{table}" (entity_key, feature_name, value, value_text, event_ts, created_ts) '
+                        "VALUES (?, ?, ?, NULL, ?, ?) ON CONFLICT(entity_key, feature_name) DO UPDATE SET "
+                        "value = excluded.value, event_ts = excluded.event_ts, created_ts = excluded.created_ts",
+                        data[start : start + 10_000],
+                    )
+                written += len(data[start : start + 10_000])
+        runs.append(time.perf_counter() - t0)
+        floor.close()
+    spent = statistics.median(runs)
+    print(f"    raw executemany floor, ours' rows   {spent:7.2f} s {written / spent:>9,.0f} rows/s")
     assert written == rows, f"the floor wrote {written} rows, the window has {rows}"
+    return spent
 
 
 def same_stored(settings, kind: str, stock, mine) -> int:
@@ -476,6 +549,55 @@ def sealing(n: int = 200_000) -> None:
     print(f"  sealing alone: {spent / n * 1e6:.2f} us per value ({n / spent:,.0f} values/s on one core)")
 
 
+def embedded(args, work: Path, raw: Path) -> None:
+    """The embedded profile end to end: the same raw data ingested and built with DuckDB in
+    `work/embedded` (unless --reuse finds it built), then the whole history through
+    `FeatureStore.materialize` from our DuckDB offline store into Feast's stock SQLite store and
+    into ours, with the floor and the checks of `online_stores`."""
+    from healthmate_features.config import Settings
+
+    root = work / "embedded"
+    root.mkdir(exist_ok=True)
+    for name in ("feature_store.yaml", ".feastignore"):
+        shutil.copy(ROOT / name, root)
+    shutil.copytree(
+        ROOT / "feature_repo", root / "feature_repo", dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__")
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("HM_PROFILE", "HM_PG_DATABASE")}
+    env.update({"HM_REPO_PATH": str(root), "HM_PROFILE": "embedded"})
+    print(f"\nembedded profile (DuckDB offline store, SQLite online store) in {root}")
+    if not (args.reuse and (root / "data" / "registry.db").exists()):
+        cli = str(Path(sys.executable).parent / "healthmate-features")
+        print(f"{'step':<28}{'wall s':>10}{'peak MiB':>12}")
+        for name, cmd in {
+            "ingest (duckdb)": [cli, "ingest", "--profile", "embedded", "--raw", str(raw), "--quiet"],
+            "build-features (duckdb)": [cli, "build-features", "--profile", "embedded", "--raw", str(raw), "--quiet"],
+            "apply": [cli, "apply", "--profile", "embedded"],
+        }.items():
+            wall, peak = run_measured(cmd, cwd=root, env=env)
+            print(f"{name:<28}{wall:>10.1f}{peak:>12.0f}")
+    settings = Settings.from_env(repo_path=root, profile="embedded")
+    here = Path.cwd()
+    os.chdir(root)
+    try:
+        online_stores(settings, root, None, None, args.users, args.sample, args.materialize_repeats, ("SQLite",))
+    finally:
+        os.chdir(here)
+
+
+def stored_rows(fs) -> tuple[int, int]:
+    """(users x views, feature values) in Feast's stock SQLite store: what a whole-history window wrote."""
+    from healthmate_features import _feast
+
+    conn = _feast.sqlite_connection(fs)
+    rows = values = 0
+    for view in (v for v in fs.list_feature_views() if v.online):
+        table = _feast.sqlite_view_table(fs.config, view)
+        n = conn.execute(f'SELECT count(DISTINCT entity_key) FROM "{table}"').fetchone()[0]
+        rows, values = rows + n, values + n * len(view.features)
+    return rows, values
+
+
 def training(settings, store_mod, labels: pd.DataFrame) -> None:
     from healthmate_features.backends import backend_for
 
@@ -515,6 +637,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=200)
     parser.add_argument("--sample", type=int, default=1000, help="users whose Feast reads are compared")
     parser.add_argument("--skip-training", action="store_true", help="leave out the training-frame comparison")
+    parser.add_argument(
+        "--materialize-repeats", type=int, default=1, help="runs of ours and of the floors (medians printed)"
+    )
+    parser.add_argument("--skip-embedded", action="store_true", help="leave out the embedded profile")
     parser.add_argument("--dir", type=Path, default=Path("/tmp/hm-bench-production"))
     args = parser.parse_args()
 
@@ -548,7 +674,7 @@ def main() -> None:
         prepare(args, work, env)
     try:
         rows, values = materialization(settings, store, postgres)
-        opened = online_stores(settings, work, rows, values, args.users, args.sample)
+        opened = online_stores(settings, work, rows, values, args.users, args.sample, args.materialize_repeats)
         online(settings, store, args.repeats, args.users, stock=opened["Redis, Feast stock"])
         rng = np.random.default_rng(2)
         _, hi = backend_for(settings).feature_time_range(list(FEATURE_TABLES))
@@ -563,15 +689,11 @@ def main() -> None:
         ).assign(row=lambda df: np.arange(len(df)))
         if not args.skip_training:
             training(settings, store, labels)
+        if not args.skip_embedded:
+            embedded(args, work, args.raw or work / "raw")
     finally:
-        import redis
-
-        base = settings.redis_url.rsplit("/", 1)[0]
-        for client in (redis.Redis.from_url(settings.redis_url), redis.Redis.from_url(f"{base}/{STOCK_REDIS_DB}")):
-            keys = list(client.scan_iter(match=f"*{PROJECT}", count=5000))
-            for i in range(0, len(keys), 5000):
-                client.delete(*keys[i : i + 5000])
-            client.close()
+        clear_redis(settings)
+        clear_redis(settings, STOCK_REDIS_DB)
     print(f"\npeak memory of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 

@@ -183,11 +183,13 @@ def _micros_of(moment: datetime) -> int:
     return (_utc(moment) - _EPOCH) // timedelta(microseconds=1)
 
 
+@functools.lru_cache(maxsize=4096)  # a batch's rows share a few times (a view's rows are daily): computed once each
 def _naive(micros: int) -> datetime:
     """Feast's `to_naive_utc` of a time given in UTC microseconds: what its SQLite store writes to event_ts."""
     return datetime(1970, 1, 1) + timedelta(microseconds=micros)
 
 
+@functools.lru_cache(maxsize=4096)
 def _stamp(micros: int) -> bytes:
     """Feast's `_ts:<view>` value of a time: a serialized protobuf Timestamp (`Timestamp.FromDatetime`)."""
     seconds, rest = divmod(micros, 1_000_000)
@@ -324,8 +326,8 @@ class EncryptedSqliteOnlineStore(_Sealing, _feast.SqliteOnlineStore):
             )
         conn = self._get_conn(config)
         name = _feast.sqlite_view_table(config, view)
-        head = sqlite_aad_feature(ROW_FEATURE)
-        aads = [sqlite_aad_head(name, key) + head for key in rows.keys]
+        table_part, feature_part = _part(name.encode()), sqlite_aad_feature(ROW_FEATURE)
+        aads = [table_part + _part(key) + feature_part for key in rows.keys]  # sqlite_aad(name, key)
         sealed = seal_many(self.keyring(config).active(), rows.plaintexts, aads)
         quoted = '"' + name.replace('"', '""') + '"'
         with conn:
@@ -539,13 +541,16 @@ def _newer(keys: list[bytes], micros: list[int], stored: list[bytes | None]) -> 
     and than an earlier row of the same key in the batch)."""
     latest: dict[bytes, int] = {}
     keep: list[bool] = []
+    parsed: dict[bytes, int] = {}  # stored stamp -> its nanoseconds (the rows of a view share a few times)
     for key, moment, previous in zip(keys, micros, stored, strict=True):
         new = moment * 1000
         seen = 0
         if previous:
-            old = Timestamp()
-            old.ParseFromString(previous)
-            seen = old.seconds * 1_000_000_000 + old.nanos
+            seen = parsed.get(previous, -1)
+            if seen < 0:
+                old = Timestamp()
+                old.ParseFromString(previous)
+                seen = parsed[previous] = old.seconds * 1_000_000_000 + old.nanos
         seen = max(seen, latest.get(key, 0))
         if seen and new <= seen:
             keep.append(False)

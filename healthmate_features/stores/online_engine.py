@@ -18,7 +18,8 @@ serializes each column at once into the same bytes and writes in pipelined, boun
 from __future__ import annotations
 
 import copy
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Literal
 
 from healthmate_features import _feast
@@ -47,26 +48,56 @@ class OnlineTableEngine(_feast.LocalComputeEngine):
         run two at a time), when the online store writes tables; else Feast's loop, view by view."""
         return writes_tables(self.online_store)
 
+    @property
+    def applies_materialization(self) -> bool:
+        """Whether the engine records each view's materialization in the registry itself (Feast's
+        `ComputeEngine.applies_materialization`): yes when the online store writes tables. Feast
+        records the same interval (`registry.apply_materialization(view, project, task start, task
+        end)`) for every view that succeeded, after the last view; here a thread of its own
+        records each view as soon as its write is done, while the views after it pull and write
+        (Feast's per-view registry update, several SQL round trips on the SQL registry)."""
+        return writes_tables(self.online_store)
+
     def materialize(self, registry: Any, tasks: Any, **kwargs: Any) -> list[Any]:
         """Feast's `ComputeEngine.materialize`: one job per task, in order, an error kept in its job
-        as Feast keeps it. Several tasks run on two threads, so one view's pull from the offline
-        store (waiting on the database) overlaps another view's write."""
+        as Feast keeps it (a view whose write or record failed is not recorded: Feast rolls its
+        state back and raises). Several tasks run on two threads, so one view's pull from the
+        offline store (waiting on the database) overlaps another view's write; a third thread
+        records the written views in the registry."""
         if not writes_tables(self.online_store):
             return super().materialize(registry, tasks, **kwargs)
         tasks = tasks if isinstance(tasks, list) else [tasks]
-        if len(tasks) < 2:
-            return [self.materialize_task(registry, task) for task in tasks]
-        with ThreadPoolExecutor(max_workers=PARALLEL_VIEWS, thread_name_prefix="materialize") as pool:
-            return list(pool.map(lambda task: self.materialize_task(registry, task), tasks))
+        turns = threading.Lock()  # registry reads and writes take turns (a file registry rewrites its file)
+        with (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="materialize-record") as recorder,
+            ThreadPoolExecutor(max_workers=PARALLEL_VIEWS, thread_name_prefix="materialize") as pool,
+        ):
 
-    def materialize_task(self, registry: Any, task: Any) -> Any:
-        """Run Feast's plan of one view with our output node; the job says whether it succeeded."""
+            def run(task: Any) -> tuple[BaseException | None, Future[None] | None]:
+                error = self.write_task(registry, task, turns)
+                return error, (recorder.submit(self.record_task, registry, task, turns) if error is None else None)
+
+            outcomes = list(pool.map(run, tasks))
+            errors = [error if record is None else record.exception() for error, record in outcomes]
+        return [_feast.materialization_job(task, error) for task, error in zip(tasks, errors, strict=True)]
+
+    def write_task(self, registry: Any, task: Any, turns: threading.Lock) -> BaseException | None:
+        """Run Feast's plan of one view with our output node; the error, if any (Feast's engine
+        reports a task's error in its job, and the provider raises it)."""
         try:
-            context = self.get_execution_context(registry, task)
-            _TableBuilder(registry, task, backend=_feast.pandas_backend()).build().execute(context)
-        except Exception as exc:  # Feast's engine reports a task's error in its job, the provider raises it
-            return _feast.materialization_job(task, exc)
-        return _feast.materialization_job(task, None)
+            with turns:  # the plan reads the registry, which the recorder may be rewriting
+                context = self.get_execution_context(registry, task)
+                plan = _TableBuilder(registry, task, backend=_feast.pandas_backend()).build()
+            plan.execute(context)
+        except Exception as exc:
+            return exc
+        return None
+
+    @staticmethod
+    def record_task(registry: Any, task: Any, turns: threading.Lock) -> None:
+        """Record a written view's materialized interval in the registry, as Feast would record it."""
+        with turns:
+            registry.apply_materialization(task.feature_view, task.project, task.start_time, task.end_time)
 
 
 class _TableBuilder(_feast.LocalFeatureBuilder):

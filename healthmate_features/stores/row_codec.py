@@ -35,6 +35,7 @@ _ENTRY = struct.Struct("<4sI")
 _LEN = struct.Struct("<I")
 _DOUBLE_TAG = 0x29  # ValueProto field 5 (double_val), 64-bit
 _INT64_TAG = 0x20  # ValueProto field 4 (int64_val), varint
+_STRING_TAG = 0x12  # ValueProto field 2 (string_val), length-delimited
 
 
 def encode_row(fields: Sequence[bytes], values: Sequence[bytes]) -> bytes:
@@ -90,19 +91,46 @@ def values_of(row: bytes, fields: Sequence[bytes]) -> list[bytes | None]:
 def encode_table(columns: Mapping[bytes, tuple[Any, Any]], rows: int) -> list[bytes]:
     """Every row of a batch: `columns` maps field id -> (Arrow array, Feast ValueType) of `rows` values.
 
-    The values are serialized as Feast serializes them (`python_values_to_proto_values`), doubles
-    and int64s without nulls straight into their wire bytes, each column one numpy block."""
-    blocks: list[np.ndarray] = []
-    head = [_HEAD.pack(VERSION, len(columns))]
+    The values are serialized as Feast serializes them (`python_values_to_proto_values`): doubles,
+    int64s (with or without nulls, also as Feast sees an int64 column with nulls: doubles) and
+    strings straight into their wire bytes, each column one numpy block written into one (rows,
+    row width) matrix; any other type through Feast's own conversion. A row's columns come doubles
+    first (their fixed 13 bytes each written for all double columns at once), then the others;
+    the header names each column, so `decode_row` reads any order."""
+    import pyarrow as pa
+
+    doubles: list[tuple[bytes, Any]] = []
+    others: list[tuple[bytes, np.ndarray, np.ndarray]] = []
     for field, (array, value_type) in columns.items():
-        lengths, data = _column(array, value_type, rows)
-        head.append(_ENTRY.pack(field, data.shape[1]))
-        blocks.append(lengths.astype("<u4").view(np.uint8).reshape(rows, 4))
-        blocks.append(data)
+        if getattr(value_type, "name", "") == "DOUBLE" and pa.types.is_float64(array.type):
+            doubles.append((field, array))
+        else:
+            others.append((field, *_column(array, value_type, rows)))
+    head = [_HEAD.pack(VERSION, len(columns))]
+    head += [_ENTRY.pack(field, 9) for field, _ in doubles]
+    head += [_ENTRY.pack(field, data.shape[1]) for field, _, data in others]
     header = b"".join(head)
-    blocks.insert(0, np.broadcast_to(np.frombuffer(header, dtype=np.uint8), (rows, len(header))))
-    matrix = np.ascontiguousarray(np.hstack(blocks)) if rows else np.zeros((0, 0), np.uint8)
-    width = matrix.shape[1] if rows else 0
+    width = len(header) + 13 * len(doubles) + sum(4 + data.shape[1] for _, _, data in others)
+    if not rows:
+        return []
+    matrix = np.empty((rows, width), dtype=np.uint8)
+    matrix[:, : len(header)] = np.frombuffer(header, dtype=np.uint8)
+    offset = len(header)
+    if doubles:
+        k = len(doubles)
+        values = np.empty((rows, k), dtype="<f8")
+        for j, (_, array) in enumerate(doubles):
+            values[:, j] = array.to_numpy(zero_copy_only=False)  # a null is NaN here, as Feast sees it
+        block = matrix[:, offset : offset + 13 * k].reshape(rows, k, 13)  # a view: (length u32, tag, 8 bytes)
+        lengths = np.where(np.isnan(values), 0, 9).astype("<u4")  # Feast: NaN and null are an empty ValueProto
+        block[:, :, :4] = lengths.view(np.uint8).reshape(rows, k, 4)
+        block[:, :, 4] = _DOUBLE_TAG
+        block[:, :, 5:] = values.view(np.uint8).reshape(rows, k, 8)
+        offset += 13 * k
+    for _, lengths, data in others:
+        matrix[:, offset : offset + 4] = lengths.astype("<u4").view(np.uint8).reshape(rows, 4)
+        matrix[:, offset + 4 : offset + 4 + data.shape[1]] = data
+        offset += 4 + data.shape[1]
     buffer = matrix.tobytes()
     return [buffer[i * width : (i + 1) * width] for i in range(rows)]
 
@@ -114,13 +142,23 @@ def _column(array: Any, value_type: Any, rows: int) -> tuple[np.ndarray, np.ndar
     kind = getattr(value_type, "name", "")
     if kind == "DOUBLE" and pa.types.is_float64(array.type):
         values = array.to_numpy(zero_copy_only=False)
-        present = ~np.isnan(values)  # Feast: NaN and null are an empty ValueProto
         data = np.empty((rows, 9), dtype=np.uint8)
         data[:, 0] = _DOUBLE_TAG
         data[:, 1:] = values.astype("<f8").view(np.uint8).reshape(rows, 8)
-        return np.where(present, 9, 0).astype(np.uint32), data
+        return np.where(np.isnan(values), 0, 9).astype(np.uint32), data
     if kind == "INT64" and pa.types.is_int64(array.type) and array.null_count == 0:
         return _varints(array.to_numpy(zero_copy_only=False).astype(np.int64).view(np.uint64), rows)
+    if kind == "INT64" and (pa.types.is_int64(array.type) or pa.types.is_float64(array.type)):
+        values = array.to_numpy(zero_copy_only=False)  # what Feast converts: with nulls, doubles (NaN for null)
+        present = ~np.isnan(values)
+        kept = values[present]
+        if np.all((kept >= -(2.0**63)) & (kept < 2.0**63)):  # else (inf, out of range) Feast's conversion and error
+            ints = np.zeros(rows, dtype=np.int64)
+            ints[present] = kept.astype(np.int64)  # Feast's int(x): truncation toward zero
+            lengths, data = _varints(ints.view(np.uint64), rows)
+            return np.where(present, lengths, 0).astype(np.uint32), data
+    if kind == "STRING" and (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)):
+        return _strings(array, rows)
     serialized = _feast.serialized_values(array, value_type)
     width = max((len(v) for v in serialized), default=0)
     lengths = np.fromiter((len(v) for v in serialized), dtype=np.uint32, count=rows)
@@ -128,18 +166,61 @@ def _column(array: Any, value_type: Any, rows: int) -> tuple[np.ndarray, np.ndar
     return lengths, data
 
 
-def _varints(values: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray]:
-    """Int64 ValueProtos (tag, then the value's two's complement as a protobuf varint) of uint64 views."""
-    sizes = np.ones(rows, dtype=np.int64)
+def _varint_sizes(values: np.ndarray) -> np.ndarray:
+    """Bytes of each uint64 as a protobuf varint (7 bits a byte)."""
+    sizes = np.ones(len(values), dtype=np.int64)
     rest = values >> np.uint64(7)
     while rest.any():
         sizes += rest != 0
         rest = rest >> np.uint64(7)
+    return sizes
+
+
+def _put_varints(data: np.ndarray, column: int, values: np.ndarray, sizes: np.ndarray) -> None:
+    """Write each uint64 of `values` as a varint into its row of `data`, from `column` on."""
+    for k in range(int(sizes.max()) if len(sizes) else 0):
+        group = ((values >> np.uint64(7 * k)) & np.uint64(0x7F)).astype(np.uint8)
+        more = (sizes > k + 1).astype(np.uint8) << 7
+        data[:, column + k] = np.where(sizes > k, group | more, data[:, column + k])
+
+
+def _varints(values: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Int64 ValueProtos (tag, then the value's two's complement as a protobuf varint) of uint64 views."""
+    sizes = _varint_sizes(values)
     width = int(sizes.max()) if rows else 1
     data = np.zeros((rows, 1 + width), dtype=np.uint8)
     data[:, 0] = _INT64_TAG
-    for k in range(width):
-        group = ((values >> np.uint64(7 * k)) & np.uint64(0x7F)).astype(np.uint8)
-        more = (sizes > k + 1).astype(np.uint8) << 7
-        data[:, 1 + k] = np.where(sizes > k, group | more, 0)
+    _put_varints(data, 1, values, sizes)
     return (sizes + 1).astype(np.uint32), data
+
+
+def _strings(array: Any, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """String ValueProtos (tag, the UTF-8 length as a varint, the UTF-8 bytes; a null: empty) of an
+    Arrow string column, the bytes copied from Arrow's buffers at once."""
+    import pyarrow as pa
+
+    chunk = array
+    if isinstance(array, pa.ChunkedArray):  # one chunk (a batch of a table: offset into its buffers) or a copy
+        chunk = array.chunk(0) if array.num_chunks == 1 else array.combine_chunks()
+    offsets_type = np.int64 if pa.types.is_large_string(chunk.type) else np.int32
+    _, offsets_buffer, data_buffer = chunk.buffers()
+    offsets = np.frombuffer(offsets_buffer, dtype=offsets_type)[chunk.offset : chunk.offset + rows + 1].astype(np.int64)
+    present = ~np.asarray(chunk.is_null(), dtype=bool) if chunk.null_count else np.ones(rows, dtype=bool)
+    sizes = np.where(present, np.diff(offsets), 0)
+    varint = _varint_sizes(sizes.astype(np.uint64))
+    lengths = np.where(present, 1 + varint + sizes, 0)
+    width = int(lengths.max()) if rows else 0
+    data = np.zeros((rows, width), dtype=np.uint8)
+    if not present.any():
+        return lengths.astype(np.uint32), data
+    data[:, 0] = np.where(present, _STRING_TAG, 0)
+    _put_varints(data, 1, sizes.astype(np.uint64), np.where(present, varint, 0))
+    total = int(sizes.sum())
+    if total:
+        source = np.frombuffer(data_buffer, dtype=np.uint8)
+        before = np.cumsum(sizes) - sizes  # bytes of the rows before each row
+        step = np.arange(total)
+        starts = np.arange(rows) * width + 1 + varint
+        flat = data.reshape(-1)
+        flat[step + np.repeat(starts - before, sizes)] = source[step + np.repeat(offsets[:-1] - before, sizes)]
+    return lengths.astype(np.uint32), data

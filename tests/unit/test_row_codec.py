@@ -29,7 +29,9 @@ FEATURES = {
     "steps": Float64,
     "sessions": Int64,
     "sessions_or_null": Int64,
+    "sessions_as_doubles": Int64,  # an int64 column with nulls after a pandas round trip (Feast's nodes)
     "label": String,
+    "long_label": String,  # lengths needing 1, 2 and 3 varint bytes
     "flag": Bool,
     "small": Int32,
     "ratio": Float32,
@@ -59,7 +61,14 @@ def table(tz: str | None) -> pa.Table:
             "steps": pa.array(DOUBLES, pa.float64()),
             "sessions": pa.array(INT64S, pa.int64()),
             "sessions_or_null": pa.array([None if i % 3 == 0 else i for i in range(ROWS)], pa.int64()),
+            "sessions_as_doubles": pa.array(
+                [None, 279.0, -3.0, 2.7, -2.7, float("nan"), 0.0, -0.0, 2.0**62, -(2.0**63)], pa.float64()
+            ),
             "label": pa.array([None if i == 2 else f"l{i}é" * i for i in range(ROWS)], pa.string()),
+            "long_label": pa.array(
+                [None if i == 5 else "é" * (i * i * 300 + i) for i in range(ROWS)],
+                pa.large_string() if tz == "UTC" else pa.string(),
+            ),
             "flag": pa.array([None if i == 4 else bool(i % 2) for i in range(ROWS)], pa.bool_()),
             "small": pa.array([i - 5 for i in range(ROWS)], pa.int32()),
             "ratio": pa.array([None if i == 1 else i / 4 for i in range(ROWS)], pa.float32()),
@@ -83,11 +92,12 @@ def micros(moment: datetime) -> int:
 
 @pytest.mark.parametrize("tz", [None, "UTC", "Europe/Berlin"])
 @pytest.mark.parametrize("created", [False, True])
-def test_rows_equal_feasts_conversion_value_for_value(tmp_path, tz, created):
-    fv, data = view(created), table(tz)
+@pytest.mark.parametrize("rows", [slice(0, ROWS), slice(3, 9)])  # a batch of a table: Arrow arrays with an offset
+def test_rows_equal_feasts_conversion_value_for_value(tmp_path, tz, created, rows):
+    fv, data = view(created), table(tz).slice(rows.start, rows.stop - rows.start)
     feast_rows = _convert_arrow_to_proto(data.to_batches()[0], fv, {"user_id": ValueType.INT64})
     ours = encrypted_online.rows_of_table(config(tmp_path), fv, data)
-    assert len(ours.keys) == len(ours.plaintexts) == len(feast_rows) == ROWS
+    assert len(ours.keys) == len(ours.plaintexts) == len(feast_rows) == data.num_rows
     for i, (entity_key, values, event, created_at) in enumerate(feast_rows):
         assert ours.keys[i] == serialize_entity_key(entity_key, entity_key_serialization_version=3)
         want = {_feast.redis_field(fv.name, name): v.SerializeToString() for name, v in values.items()}
