@@ -82,6 +82,7 @@ def spark_session(settings: Settings, keyring: Keyring) -> SparkSession:
     master = settings.spark_master
     builder: Any
     if master.startswith("sc://"):
+        require_spark_connect(master)
         builder = SparkSession.builder.remote(master)
         conf = {k: conf[k] for k in ("spark.sql.session.timeZone",)}
     else:
@@ -94,6 +95,21 @@ def spark_session(settings: Settings, keyring: Keyring) -> SparkSession:
     for key, value in conf.items():
         builder = builder.config(key, value)
     return builder.getOrCreate()
+
+
+def require_spark_connect(master: str) -> None:
+    """ConfigError naming the fix when PySpark's Spark Connect client (its `connect` extra: grpcio-status,
+    googleapis-common-protos, zstandard) is not installed: the spark extra does not include it."""
+    try:
+        from pyspark.sql.connect.utils import check_dependencies
+
+        check_dependencies()
+    except ImportError as error:  # PySparkImportError is an ImportError
+        raise ConfigError(
+            f"HM_SPARK_MASTER {master!r} is Spark Connect, whose client is not installed ({error}); "
+            "install it with pip install 'pyspark[connect]' at the lock's PySpark version, or use a "
+            "spark:// or local[N] master"
+        ) from None
 
 
 def set_worker_python(conf: Mapping[str, str]) -> None:

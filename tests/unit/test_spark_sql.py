@@ -8,6 +8,7 @@ import re
 
 import pytest
 
+from healthmate_features.errors import ConfigError
 from healthmate_features.features.build import feature_build
 from healthmate_features.features.catalog import DIALECTS, FEATURE_TABLES, PREPARE_SQL
 from healthmate_features.features.incremental import build_version
@@ -70,3 +71,21 @@ def test_the_spark_build_is_the_catalog_translated_and_nothing_of_the_shared_dia
         assert shared.prepare_sql == PREPARE_SQL and shared.setup_sql == ()
         assert shared.tables == {t.name: t.typed_sql() for t in FEATURE_TABLES.values()}
     assert len({build_version(d) for d in DIALECTS.values()}) == len(DIALECTS)
+
+
+def test_a_spark_connect_master_without_its_client_is_a_clear_error(tmp_path):
+    """The spark extra has no Spark Connect client (PySpark's `connect` extra): sc:// says how to get it."""
+    pytest.importorskip(
+        "pyspark", reason="PySpark is not installed; install the spark extra: pip install -e '.[spark]'"
+    )
+    from healthmate_features.backends.spark_session import require_spark_connect
+
+    try:
+        from pyspark.sql.connect.utils import check_dependencies
+
+        check_dependencies()
+    except ImportError:
+        with pytest.raises(ConfigError, match=r"'sc://host:15002' is Spark Connect.*pyspark\[connect\]"):
+            require_spark_connect("sc://host:15002")
+    else:
+        require_spark_connect("sc://host:15002")  # installed: nothing to say
