@@ -16,7 +16,9 @@ tests/integration/test_spark_store.py:
   (crypto.spark_kms). A session this store starts carries `spark_encryption_conf` (the key list,
   the KMS client jar compiled once into `<repo>/data/spark`); an already running session must
   carry it too, else ConfigError naming the fix (Feast would report a missing file).
-  `feast apply` reads every source's schema: it runs on that session too (Feast starts a plain one).
+  `feast apply` reads every source's schema, and `offline_write_batch` (a push's offline rows, and
+  the empty batch `apply` writes so the push table exists) reads its table's: both run on that
+  session too (Feast starts a plain one).
 - **Python workers.** PySpark starts executors' Python workers with `python3` from PATH unless
   PYSPARK_PYTHON is set: Feast's compute engine then fails with "No module named 'feast'" outside
   the virtualenv's PATH. A session this store starts uses this interpreter (or `spark.pyspark.python`).
