@@ -221,6 +221,8 @@ def test_spark_yaml_is_filled_from_settings_and_shares_production_servers(tmp_pa
         "spark.driver.memory": "3g",
         "spark.sql.session.timeZone": "UTC",
         "spark.sql.warehouse.dir": str(settings.spark_warehouse_path),
+        "spark.ui.showConsoleProgress": "false",
+        "spark.log.level": "ERROR",
     }
     assert config.offline_store.type == "healthmate_features.stores.spark_offline.HealthmateSparkOfflineStore"
     assert config.batch_engine_config["type"] == "healthmate_features.stores.spark_engine.HealthmateSparkComputeEngine"
