@@ -278,8 +278,11 @@ class Result:
 
     @property
     def cpu_ms(self) -> float | None:
-        """The server's CPU milliseconds per request (its background work after the requests included)."""
-        return self.server_cpu_s * 1000 / len(self.latencies) if self.server_cpu_s and self.latencies else None
+        """The server's CPU milliseconds per request (its background work after the requests included);
+        0.0 when the server used less than the kernel's CPU accounting tick (10 ms) over a short run."""
+        if self.server_cpu_s is None or not self.latencies:
+            return None
+        return self.server_cpu_s * 1000 / len(self.latencies)
 
     def ms(self, q: float) -> float:
         return float(np.percentile(np.array(self.latencies) * 1000, q)) if self.latencies else float("nan")

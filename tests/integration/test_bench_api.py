@@ -49,13 +49,17 @@ def test_api_load_bench_runs_on_the_embedded_profile(repo_root, tmp_path):
     )
     out = done.stdout
     assert done.returncode == 0, out + done.stderr
+    cpu_ms = []
     for target in TARGETS:
         line = next(line for line in out.splitlines() if line.strip().startswith(target))
         sent, errors = (int(n) for n in line[len(line.split(target)[0]) + len(target) :].split()[:2])
         assert (sent, errors) == (6, 0), line
-        assert float(line.split()[-1]) > 0, line  # the server's CPU per request
+        cpu_ms.append(float(line.split()[-1]))  # the server's CPU per request
+        assert cpu_ms[-1] >= 0, line
         if "(ours)" in target:
             assert line.split()[-2] == "6/6", line  # an audit row for every request
+    # Six requests of one target may fit in one 10 ms tick of the kernel's CPU accounting (0.000); all together do not.
+    assert sum(cpu_ms) > 0, out
     assert re.search(r"peak RSS healthmate-features serve: \d+ MiB", out), out
     assert "online_features (the extract handler's call)" in out and "AuditLog.write" in out, out
     assert re.search(r"embedded\s+extract req/s / feast serve req/s\s+\d+\.\d\d", out), out
