@@ -87,11 +87,8 @@ def spark_session(settings: Settings, keyring: Keyring) -> SparkSession:
         conf = {k: conf[k] for k in ("spark.sql.session.timeZone",)}
     else:
         builder = SparkSession.builder.master(master)
-        conf = with_exit_on_out_of_memory(conf)
-        forget_dead_jvm()
+        conf = prepare_launch(conf)
         _stop_if_other_keys(SparkSession, conf)
-        restart_jvm_unless_it_fits(conf)
-        set_worker_python(conf)
     for key, value in conf.items():
         builder = builder.config(key, value)
     return builder.getOrCreate()
@@ -120,6 +117,19 @@ def set_worker_python(conf: Mapping[str, str]) -> None:
     module named 'feast'". Side effect: sets PYSPARK_PYTHON, unless the environment names one, to
     `conf`'s `spark.pyspark.python` (on a cluster: a path on every executor), else this interpreter."""
     os.environ.setdefault("PYSPARK_PYTHON", conf.get("spark.pyspark.python", sys.executable))
+
+
+def prepare_launch(conf: Mapping[str, str]) -> dict[str, str]:
+    """`conf` made ready for a session started from it, and the process made ready to start it:
+    the driver exits when out of memory (`with_exit_on_out_of_memory`), a dead JVM is forgotten, a
+    JVM of another heap size is shut down (`restart_jvm_unless_it_fits`), the executors' Python is
+    this interpreter (`set_worker_python`). Both session factories (this module's and the Spark
+    offline store's) call it before `getOrCreate`."""
+    forget_dead_jvm()
+    conf = with_exit_on_out_of_memory(conf)
+    restart_jvm_unless_it_fits(conf)
+    set_worker_python(conf)
+    return conf
 
 
 EXIT_ON_OOM = "-XX:+ExitOnOutOfMemoryError"

@@ -72,9 +72,7 @@ from healthmate_features.backends.spark_session import (
     driver_out_of_memory,
     forget_dead_jvm,
     jvm_exited,
-    restart_jvm_unless_it_fits,
-    set_worker_python,
-    with_exit_on_out_of_memory,
+    prepare_launch,
 )
 from healthmate_features.crypto.spark_kms import CRYPTO_FACTORY_CLASS, spark_encryption_conf, spark_kms_jar
 from healthmate_features.errors import ConfigError, EntityFrameError
@@ -116,9 +114,7 @@ def spark_session(config: RepoConfig) -> Any:
             spark_encryption_conf(keyring, jar=spark_kms_jar(jar_dir if jar_dir.is_absolute() else repo / jar_dir))
         )
         settings["spark.sql.session.timeZone"] = "UTC"
-        settings = with_exit_on_out_of_memory(settings)
-        restart_jvm_unless_it_fits(settings)
-        set_worker_python(settings)
+        settings = prepare_launch(settings)
         builder = SparkSession.builder
         for key, value in settings.items():
             builder = builder.config(key, value)
@@ -159,8 +155,13 @@ class HealthmateSparkRetrievalJob(SparkRetrievalJob):
     def _to_arrow_internal(self, timeout: int | None = None) -> pa.Table:
         try:
             return self.to_spark_df().toArrow()
-        except Exception:  # py4j's, Arrow's or a socket's, by where the JVM's exit caught the transfer
-            if jvm_exited(wait=10):
+        except Exception as error:  # py4j's, Arrow's or a socket's, by where the JVM's exit caught the transfer
+            from pyspark.errors import PySparkException
+
+            # A JVM that answered with an error (PySpark's, or py4j's Py4JJavaError carrying the Java
+            # exception) is alive: no waiting up to 10 s for it to exit then.
+            answered = isinstance(error, PySparkException) or getattr(error, "java_exception", None) is not None
+            if not answered and jvm_exited(wait=10):
                 raise driver_out_of_memory(self._config.offline_store.spark_conf or {}) from None
             raise
 
